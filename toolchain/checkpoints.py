@@ -1,0 +1,212 @@
+"""Checkpoints: the toolchain's own format, import of foreign files, and named public weights.
+
+Own format (a plain dict, loadable with ``torch.load(..., weights_only=True)``)::
+
+    {"format": "rram-toolchain-checkpoint", "version": 1,
+     "model": ModelSpec.to_dict(), "normalization": {"mean": [...], "std": [...]},
+     "state_dict": {...},
+     "bn_stats": {"0.1": {<bn buffer name>: tensor, ...}, ...},   # per-rate BN statistics (optional)
+     "meta": {...}}                                                 # training info (optional)
+
+Foreign files: a bare state dict or ``{"state_dict": ...}`` (akamaster's), with an optional
+``module.`` prefix from DataParallel. The architecture comes from ``--model`` or from the named
+registry entry whose SHA-256 prefix matches the file.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .data import IMAGENET_NORM, Normalization
+from .errors import UserError
+from .models import ModelSpec, build_model
+
+FORMAT = "rram-toolchain-checkpoint"
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class KnownCheckpoint:
+    name: str
+    spec: ModelSpec
+    url: str
+    filename: str
+    sha256_prefix: str
+    normalization: Normalization
+    note: str = ""
+
+
+KNOWN_CHECKPOINTS = {
+    "resnet20-akamaster": KnownCheckpoint(
+        name="resnet20-akamaster",
+        spec=ModelSpec("resnet20", 1.0, "A"),
+        url="https://github.com/akamaster/pytorch_resnet_cifar10/raw/master/pretrained_models/resnet20-12fca82f.th",
+        filename="resnet20-12fca82f.th",
+        sha256_prefix="12fca82f",
+        normalization=IMAGENET_NORM,
+        note="91.78% on original CIFAR-10 test set; BSD-2-Clause (c) 2018 Yerlan Idelbayev",
+    ),
+}
+
+
+@dataclass
+class Checkpoint:
+    spec: ModelSpec
+    normalization: Normalization
+    state_dict: dict
+    bn_stats: dict  # rate string -> {buffer name: tensor}
+    meta: dict
+    source: str = ""
+
+    def build(self) -> nn.Module:
+        """The model with the checkpoint's weights (and its own BN statistics)."""
+        model = build_model(self.spec)
+        load_state_dict_checked(model, self.state_dict, self.spec, self.source)
+        model.eval()
+        return model
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": VERSION, "model": self.spec.to_dict(),
+                "normalization": self.normalization.to_dict(), "state_dict": self.state_dict,
+                "bn_stats": self.bn_stats, "meta": self.meta}
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _weights_dirs() -> list[Path]:
+    dirs = [Path(p) for p in os.environ.get("RRAM_WEIGHTS", "").split(os.pathsep) if p]
+    dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
+    return dirs
+
+
+def resolve_checkpoint(ref: str | os.PathLike, *, download: bool = False) -> tuple[Path, KnownCheckpoint | None]:
+    """A path, or a registry name looked up in RRAM_WEIGHTS, then the torch hub cache, then online."""
+    path = Path(ref).expanduser()
+    if path.exists():
+        if not path.is_file():
+            raise UserError(f"checkpoint is not a file: {path}")
+        return path, None
+    known = KNOWN_CHECKPOINTS.get(str(ref))
+    if known is None:
+        hint = f"; known names: {', '.join(KNOWN_CHECKPOINTS)}"
+        raise UserError(f"checkpoint not found: {ref}{hint}")
+    for d in _weights_dirs():
+        candidate = d / known.filename
+        if candidate.is_file():
+            _check_hash(candidate, known)
+            return candidate, known
+    if not download:
+        raise UserError(f"{known.name}: {known.filename} not found in RRAM_WEIGHTS or the torch hub "
+                        f"cache; set RRAM_WEIGHTS to its folder, or pass --download when online")
+    dst = Path(torch.hub.get_dir()) / "checkpoints" / known.filename
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        torch.hub.download_url_to_file(known.url, str(dst), hash_prefix=known.sha256_prefix)
+    except Exception as e:  # network errors come in many types
+        raise UserError(f"cannot download {known.name} from {known.url}: {e}") from None
+    return dst, known
+
+
+def _check_hash(path: Path, known: KnownCheckpoint) -> None:
+    digest = sha256_of(path)
+    if not digest.startswith(known.sha256_prefix):
+        raise UserError(f"{path}: SHA-256 {digest[:8]}... does not match {known.name} "
+                        f"({known.sha256_prefix}...)")
+
+
+def _torch_load(path: Path):
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError,
+            AttributeError, OSError) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"corrupt or unreadable checkpoint {path}: {msg[:200]}") from None
+
+
+def load_checkpoint(ref: str | os.PathLike, *, model: str | None = None, width: float | None = None,
+                    shortcut: str | None = None, padded: bool | None = None,
+                    normalization: Normalization | None = None, download: bool = False) -> Checkpoint:
+    """Load our own checkpoint or import a foreign one; explicit options override/complete it."""
+    path, known = resolve_checkpoint(ref, download=download)
+    obj = _torch_load(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        spec = ModelSpec.from_dict(obj["model"])
+        if model is not None and model != spec.name:
+            raise UserError(f"checkpoint {path} holds a {spec.name}, not a {model}")
+        return Checkpoint(spec, Normalization.from_dict(obj["normalization"]), obj["state_dict"],
+                          dict(obj.get("bn_stats") or {}), dict(obj.get("meta") or {}), str(path))
+
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+        raise UserError(f"{path} is not a model checkpoint (no state dict of tensors)")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if known is None:  # a path: recognise a registry file by its hash
+        digest = sha256_of(path)
+        known = next((k for k in KNOWN_CHECKPOINTS.values() if digest.startswith(k.sha256_prefix)), None)
+    if model is None and known is None:
+        raise UserError(f"{path} is a foreign checkpoint: pass --model to say its architecture")
+    base = known.spec if known is not None else ModelSpec(model)
+    spec = ModelSpec(model or base.name,
+                     width if width is not None else base.width,
+                     shortcut or base.shortcut,
+                     bool(padded) if padded is not None else base.padded)
+    norm = normalization or (known.normalization if known else None)
+    if norm is None:
+        raise UserError(f"{path} records no input normalisation: pass --mean and --std")
+    return Checkpoint(spec, norm, state, {}, {"imported_from": str(path)}, str(path))
+
+
+def load_state_dict_checked(model: nn.Module, state: dict, spec: ModelSpec, source: str = "") -> None:
+    """load_state_dict, with a one-line error naming the first mismatched key."""
+    own = model.state_dict()
+    # Checkpoints saved before PyTorch 0.4.1 (akamaster's) have no BN step counters; they only
+    # matter for momentum=None BN, so take the model's own.
+    state = dict(state)
+    for key, value in own.items():
+        if key.endswith("num_batches_tracked") and key not in state:
+            state[key] = value
+    where = f"checkpoint {source}" if source else "checkpoint"
+    for key, value in own.items():
+        if key not in state:
+            raise UserError(f"{where} does not match {spec.describe()}: missing key {key!r}")
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise UserError(f"{where} does not match {spec.describe()}: key {key!r} has shape "
+                            f"{tuple(state[key].shape)}, the model expects {tuple(value.shape)}")
+    for key in state:
+        if key not in own:
+            raise UserError(f"{where} does not match {spec.describe()}: unexpected key {key!r}")
+    model.load_state_dict(state, strict=True)
+
+
+def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> Path:
+    """Write atomically (temporary name, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(ckpt.to_dict(), tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def checkpoint_from_model(model: nn.Module, spec: ModelSpec, norm: Normalization, **meta) -> Checkpoint:
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    return Checkpoint(spec, norm, state, {}, dict(meta))

@@ -1,0 +1,52 @@
+"""``rram``: the toolchain's command line. Each subcommand lives in ``toolchain/commands/<name>.py``
+with ``add_parser(subparsers)`` and ``run(args) -> int``.
+
+Every user-facing problem (UserError, or a passes/runtime input error) is printed as one line,
+``rram: error: ...``, with exit status 2 and no traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import UserError
+
+COMMANDS = ["eval"]
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """UserError plus the input-error types of the passes and runtime packages, when present."""
+    types: list[type[BaseException]] = [UserError]
+    for mod, name in (("passes.errors", "PassError"), ("runtime.errors", "RuntimeInputError")):
+        try:
+            types.append(getattr(importlib.import_module(mod), name))
+        except (ImportError, AttributeError):
+            pass
+    return tuple(types)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rram", description="Deploy DNNs to RRAM crossbars with fault-aware (drop-connect) training.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"toolchain.commands.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except user_error_types() as e:
+        print(f"rram: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("rram: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

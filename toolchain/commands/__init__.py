@@ -1,0 +1,1 @@
+"""One module per ``rram`` subcommand; shared argument helpers in :mod:`.common`."""

@@ -1,0 +1,75 @@
+"""Arguments that several subcommands share, and their conversion to toolchain objects."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+from ..data import Normalization
+from ..errors import UserError
+from ..models import MODEL_NAMES
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    return v
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return v
+
+
+def add_data_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", default=None, help="CIFAR-10 root (ImageFolder train/test or "
+                   "cifar-10-batches-py); default: $RRAM_DATA")
+    p.add_argument("--cache-dir", default=None, help="decoded-image cache (default: $RRAM_CACHE or "
+                   "~/.cache/rram-toolchain)")
+    p.add_argument("--no-cache", action="store_true", help="decode images without the cache")
+    p.add_argument("--download", action="store_true",
+                   help="allow downloads (torchvision CIFAR-10, named checkpoints); needs internet")
+
+
+def add_model_args(p: argparse.ArgumentParser, *, checkpoint_required: bool = True) -> None:
+    p.add_argument("--model", choices=None, default=None, metavar="NAME",
+                   help=f"architecture: {', '.join(MODEL_NAMES)} (read from our own checkpoints)")
+    p.add_argument("--width", type=positive_float, default=None, help="width multiplier")
+    p.add_argument("--shortcut", choices=["A", "B"], default=None, help="resnet20 shortcut option")
+    p.add_argument("--checkpoint", required=checkpoint_required, default=None,
+                   help="checkpoint path or a known name (e.g. resnet20-akamaster)")
+    p.add_argument("--mean", default=None, help="input mean r,g,b (foreign checkpoints)")
+    p.add_argument("--std", default=None, help="input std r,g,b (foreign checkpoints)")
+
+
+def normalization_from_args(args) -> Normalization | None:
+    if args.mean is None and args.std is None:
+        return None
+    if args.mean is None or args.std is None:
+        raise UserError("--mean and --std must be given together")
+    try:
+        mean = tuple(float(x) for x in args.mean.split(","))
+        std = tuple(float(x) for x in args.std.split(","))
+    except ValueError:
+        raise UserError(f"--mean/--std must be three comma-separated numbers") from None
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise UserError("--mean/--std must be three numbers each, std positive")
+    return Normalization(mean, std)
+
+
+def emit(result: dict, as_json: bool, text: str) -> None:
+    if as_json:
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(text)

@@ -1,0 +1,256 @@
+"""CIFAR-10 loading: two on-disk layouts, decoded once into a uint8 cache, batches made on tensors.
+
+Layouts (detected automatically):
+- ImageFolder: ``ROOT/{train,test}/<class>/*.jpg|png`` (e.g. ``../shared/data/cifar10-jpeg``);
+  class index = sorted folder name, as ``torchvision.datasets.ImageFolder`` does.
+- torchvision CIFAR-10: ``ROOT/cifar-10-batches-py/{data_batch_1..5,test_batch}`` (or ROOT itself
+  being that folder). ``download=True`` asks torchvision to fetch it (online only).
+
+Decoded splits are cached as ``.npz`` (images NHWC uint8, labels int64) under the cache folder,
+keyed on the source path and every source file's size and mtime, so any change re-decodes.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UserError
+
+SPLITS = ("train", "test")
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
+CIFAR_BATCH_DIR = "cifar-10-batches-py"
+CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("RRAM_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "rram-toolchain"
+
+
+def resolve_data_root(path: str | os.PathLike | None) -> Path:
+    if path is None or str(path) == "":
+        path = os.environ.get("RRAM_DATA")
+        if not path:
+            raise UserError("no data folder given: pass --data PATH or set RRAM_DATA")
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise UserError(f"data folder not found: {root}")
+    if not root.is_dir():
+        raise UserError(f"data path is not a folder: {root}")
+    return root
+
+
+def detect_layout(root: Path) -> tuple[str, Path]:
+    """Return ("imagefolder" | "cifar-batches", folder that holds the split data)."""
+    if (root / CIFAR_BATCH_DIR).is_dir():
+        return "cifar-batches", root / CIFAR_BATCH_DIR
+    if (root / "test_batch").is_file() or (root / "data_batch_1").is_file():
+        return "cifar-batches", root
+    if all((root / s).is_dir() for s in SPLITS):
+        return "imagefolder", root
+    raise UserError(
+        f"unrecognised data layout in {root}: expected train/ and test/ class folders "
+        f"or a {CIFAR_BATCH_DIR}/ folder (torchvision CIFAR-10)"
+    )
+
+
+@dataclass
+class Split:
+    images: np.ndarray  # (N, H, W, 3) uint8
+    labels: np.ndarray  # (N,) int64
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, n: int | None) -> "Split":
+        if n is None or n >= len(self):
+            return self
+        return Split(self.images[:n], self.labels[:n], self.classes)
+
+
+def _source_files(layout: str, folder: Path, split: str) -> list[Path]:
+    if layout == "cifar-batches":
+        files = [folder / f for f in CIFAR_FILES[split]]
+        missing = [f.name for f in files if not f.is_file()]
+        if missing:
+            raise UserError(f"CIFAR-10 batch file missing in {folder}: {missing[0]}")
+        return files
+    split_dir = folder / split
+    if not split_dir.is_dir():
+        raise UserError(f"data split folder not found: {split_dir}")
+    files = sorted(p for p in split_dir.glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise UserError(f"data split is empty: no images under {split_dir}/<class>/")
+    return files
+
+
+def _cache_key(layout: str, folder: Path, split: str, files: list[Path]) -> str:
+    h = hashlib.sha256(f"v1|{layout}|{folder.resolve()}|{split}".encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"|{f.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:24]
+
+
+def _decode_imagefolder(folder: Path, split: str, files: list[Path], progress: bool) -> Split:
+    from PIL import Image
+    from tqdm import tqdm
+
+    classes = sorted(p.name for p in (folder / split).iterdir() if p.is_dir())
+    index = {c: i for i, c in enumerate(classes)}
+    images, labels = [], []
+    for f in tqdm(files, desc=f"decoding {split}", unit="img", disable=None if progress else True,
+                  leave=False):
+        try:
+            with Image.open(f) as im:
+                images.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+        except OSError as e:
+            raise UserError(f"cannot decode image {f}: {e}") from None
+        labels.append(index[f.parent.name])
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        raise UserError(f"images in {folder / split} differ in size: {sorted(shapes)[:3]}")
+    return Split(np.stack(images), np.asarray(labels, dtype=np.int64), classes)
+
+
+def _read_cifar_batches(folder: Path, split: str, files: list[Path]) -> Split:
+    data, labels = [], []
+    for f in files:
+        try:
+            with open(f, "rb") as fh:
+                entry = pickle.load(fh, encoding="latin1")
+            data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
+        except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
+            raise UserError(f"corrupt CIFAR-10 batch file {f}: {e}") from None
+    classes = [f"class{i}" for i in range(10)]
+    meta = folder / "batches.meta"
+    if meta.is_file():
+        with open(meta, "rb") as fh:
+            classes = list(pickle.load(fh, encoding="latin1")["label_names"])
+    images = np.ascontiguousarray(np.concatenate(data).transpose(0, 2, 3, 1))
+    return Split(images, np.asarray(labels, dtype=np.int64), classes)
+
+
+def load_split(data: str | os.PathLike | None, split: str, *, cache_dir: str | os.PathLike | None = None,
+               use_cache: bool = True, download: bool = False, progress: bool = True) -> Split:
+    """Load one split ("train" or "test") as uint8 NHWC images and int64 labels."""
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}: expected one of {SPLITS}")
+    if download:
+        import torchvision
+
+        root = Path(data or os.environ.get("RRAM_DATA") or ".")
+        root.mkdir(parents=True, exist_ok=True)
+        torchvision.datasets.CIFAR10(str(root), train=(split == "train"), download=True)
+    root = resolve_data_root(data)
+    layout, folder = detect_layout(root)
+    files = _source_files(layout, folder, split)
+
+    cache_file = None
+    if use_cache:
+        cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
+        cache_file = cache_root / f"cifar-{split}-{_cache_key(layout, folder, split, files)}.npz"
+        if cache_file.is_file():
+            try:
+                with np.load(cache_file, allow_pickle=False) as z:
+                    return Split(z["images"], z["labels"], [str(c) for c in z["classes"]])
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged cache entry is rebuilt below
+
+    if layout == "imagefolder":
+        result = _decode_imagefolder(folder, split, files, progress)
+    else:
+        result = _read_cifar_batches(folder, split, files)
+    if len(result) == 0:
+        raise UserError(f"data split {split!r} in {root} is empty")
+
+    if cache_file is not None:
+        _atomic_savez(cache_file, images=result.images, labels=result.labels,
+                      classes=np.asarray(result.classes))
+    return result
+
+
+def _atomic_savez(path: Path, **arrays) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# --------------------------------------------------------------------------- batching on tensors
+
+@dataclass(frozen=True)
+class Normalization:
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+
+    def to_dict(self) -> dict:
+        return {"mean": list(self.mean), "std": list(self.std)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Normalization":
+        return cls(tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["std"]))
+
+
+IMAGENET_NORM = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+CIFAR10_NORM = Normalization((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
+
+
+def to_float_nchw(images_u8: torch.Tensor) -> torch.Tensor:
+    """uint8 NHWC -> float32 NCHW in [0, 1]."""
+    return images_u8.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def normalize(x: torch.Tensor, norm: Normalization) -> torch.Tensor:
+    mean = torch.tensor(norm.mean, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(norm.std, dtype=x.dtype, device=x.device).view(1, -1, 1, 1)
+    return (x - mean) / std
+
+
+def augment(x: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """Random crop with zero padding and horizontal flip on a whole NCHW batch (no per-image loop)."""
+    n, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :]).to(x.device)  # (n, h)
+    cols = (dx[:, None] + torch.arange(w)[None, :]).to(x.device)  # (n, w)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)
+    idx_n = torch.arange(n, device=x.device)[:, None, None, None]
+    idx_c = torch.arange(c, device=x.device)[None, :, None, None]
+    return padded[idx_n, idx_c, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+def iterate_batches(split: Split, batch_size: int, norm: Normalization, *, shuffle: bool = False,
+                    augment_batches: bool = False, generator: torch.Generator | None = None,
+                    device: torch.device | str = "cpu", indices: np.ndarray | None = None):
+    """Yield (normalised float batch, labels) from a uint8 split; all work on whole batches."""
+    images = torch.from_numpy(split.images)
+    labels = torch.from_numpy(split.labels)
+    if indices is None:
+        order = torch.randperm(len(split), generator=generator) if shuffle else torch.arange(len(split))
+    else:
+        order = torch.as_tensor(indices)
+    for start in range(0, len(order), batch_size):
+        idx = order[start:start + batch_size]
+        x = to_float_nchw(images[idx]).to(device, non_blocking=True)
+        if augment_batches:
+            x = augment(x, generator)
+        yield normalize(x, norm), labels[idx].to(device, non_blocking=True)
