@@ -1,0 +1,102 @@
+"""Per-rate BatchNormalization statistics inside one ONNX file (the convention ``rram export``
+writes; see docs/passes.md):
+
+* metadata ``rram.bn_stats_rates``: JSON list of rate strings, e.g. ``["0.0", "0.1"]``;
+* metadata ``rram.bn_rate_default``: the rate whose statistics the BN nodes use;
+* for each rate r and each BN node with mean/var initializers M and V, the unused initializers
+  ``M@rate=r`` and ``V@rate=r``.
+
+Selecting a rate writes that rate's statistics into M and V, drops every ``@rate=`` initializer,
+and records ``rram.bn_rate`` in the metadata."""
+from __future__ import annotations
+
+import json
+
+import onnx
+
+from .errors import PassError
+
+RATES_KEY = "rram.bn_stats_rates"
+DEFAULT_KEY = "rram.bn_rate_default"
+RATE_KEY = "rram.bn_rate"
+MARK = "@rate="
+
+
+def rates(meta: dict) -> list[str]:
+    if RATES_KEY not in meta:
+        return []
+    try:
+        value = json.loads(meta[RATES_KEY])
+    except json.JSONDecodeError:
+        value = None
+    if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
+        raise PassError(f"metadata {RATES_KEY} must be a JSON list of rate strings, "
+                        f"got {meta[RATES_KEY]!r}")
+    return value
+
+
+def match(requested: str, available: list[str]) -> str:
+    """The stored rate string equal to ``requested`` (as text or as a number)."""
+    if requested in available:
+        return requested
+    try:
+        want = float(requested)
+    except ValueError:
+        raise PassError(f"BN rate {requested!r} is not a number") from None
+    for r in available:
+        try:
+            if float(r) == want:
+                return r
+        except ValueError:
+            continue
+    if not available:
+        raise PassError(f"--bn-rate {requested}: the model holds no per-rate BN statistics "
+                        f"(no {RATES_KEY} metadata)")
+    raise PassError(f"--bn-rate {requested}: the model has BN statistics for rates "
+                    f"{', '.join(available)} only")
+
+
+def split_rate_initializers(model: onnx.ModelProto) -> list[onnx.TensorProto]:
+    """Remove and return the ``@rate=`` initializers (kept aside so graph cleanup cannot drop them)."""
+    keep, extra = [], []
+    for t in model.graph.initializer:
+        (extra if MARK in t.name else keep).append(t)
+    if extra:
+        kept = [onnx.TensorProto() for _ in keep]
+        for k, t in zip(kept, keep):
+            k.CopyFrom(t)
+        moved = [onnx.TensorProto() for _ in extra]
+        for m, t in zip(moved, extra):
+            m.CopyFrom(t)
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(kept)
+        return moved
+    return []
+
+
+def apply_rate(model: onnx.ModelProto, rate: str, extra: list[onnx.TensorProto], default: str | None) -> int:
+    """Write ``rate``'s statistics into the BN mean/var initializers of ``model`` (in place).
+    Returns the number of BN nodes updated."""
+    by_name = {t.name: t for t in extra}
+    inits = {t.name: t for t in model.graph.initializer}
+    updated = 0
+    for node in model.graph.node:
+        if node.op_type != "BatchNormalization" or len(node.input) < 5:
+            continue
+        for stat in node.input[3:5]:
+            src = by_name.get(f"{stat}{MARK}{rate}")
+            if src is None:
+                if rate == default:
+                    continue  # the baked statistics are the default rate's
+                raise PassError(f"BatchNormalization {node.name!r} has no statistics for rate "
+                                f"{rate} (initializer {stat}{MARK}{rate} missing)")
+            dst = inits.get(stat)
+            if dst is None:
+                raise PassError(f"BatchNormalization {node.name!r}: {stat!r} is not an initializer")
+            if list(src.dims) != list(dst.dims) or src.data_type != dst.data_type:
+                raise PassError(f"initializer {src.name!r} has shape {list(src.dims)}, "
+                                f"{stat!r} has {list(dst.dims)}")
+            dst.CopyFrom(src)
+            dst.name = stat
+        updated += 1
+    return updated

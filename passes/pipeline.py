@@ -1,0 +1,211 @@
+"""The pass pipeline: resolve names, select BN statistics, run passes on an onnx-graphsurgeon graph
+(cleanup, toposort and shape inference after each), verify numerically, export deterministically."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import onnx
+import onnx_graphsurgeon as gs
+
+from . import bn_rates, model_io
+from .errors import PassError
+from .graph import PassContext, infer_shapes, skeleton
+from .registry import resolve
+from .summary import summarize_graph, summarize_model
+from .verify import DEFAULT_TOLERANCE, Verifier, random_feeds
+
+VERIFY_MODES = ("each", "end", "off")
+
+
+@dataclass
+class Result:
+    model: onnx.ModelProto
+    passes: list
+    before: dict
+    after: dict
+    warnings: list = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    summaries: list = field(default_factory=list)
+    pass_seconds: dict = field(default_factory=dict)
+    verify_seconds: float = 0.0
+    export_seconds: float = 0.0
+    verification: dict | None = None
+    bn_rate: str | None = None
+    written: list = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        return sum(self.pass_seconds.values())
+
+
+def _copy(model: onnx.ModelProto) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    return m
+
+
+def _export(graph: gs.Graph, template: onnx.ModelProto, meta: dict,
+            extra: list[onnx.TensorProto]) -> onnx.ModelProto:
+    m = gs.export_onnx(graph, do_type_check=False)
+    # gs rebuilds the ModelProto: carry the header and metadata over from the input.
+    m.ir_version = template.ir_version
+    del m.opset_import[:]
+    m.opset_import.extend(template.opset_import)
+    m.producer_name, m.producer_version = template.producer_name, template.producer_version
+    m.domain, m.model_version, m.doc_string = template.domain, template.model_version, template.doc_string
+    del m.metadata_props[:]
+    for k, v in meta.items():
+        m.metadata_props.add(key=k, value=v)
+    m.graph.initializer.extend(extra)
+    return m
+
+
+def _graph_of(model: onnx.ModelProto) -> gs.Graph:
+    graph = gs.import_onnx(model)
+    graph.toposort()
+    return graph
+
+
+def _apply(graph, passes, ctx, on_each=None, timings=None):
+    for p in passes:
+        ctx.current = p.name
+        t0 = time.perf_counter()
+        try:
+            p.fn(graph, ctx)
+        except PassError:
+            raise
+        except Exception as e:  # a bug in a pass must not be reported as a valid model
+            raise PassError(f"pass {p.name!r} failed: {type(e).__name__}: {e}") from e
+        graph.cleanup().toposort()
+        infer_shapes(graph, ctx)
+        if timings is not None:
+            timings[p.name] = timings.get(p.name, 0.0) + time.perf_counter() - t0
+        if on_each is not None:
+            on_each(p.name)
+    ctx.current = ""
+
+
+def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERANCE, seed: int = 0,
+        batch: int = 2, input_shapes: dict | None = None, inputs: list[dict] | None = None,
+        bn_rate: str | None = None) -> Result:
+    """Run the named passes on ``model`` (a path or an ``onnx.ModelProto``, never modified) and
+    return a :class:`Result` whose ``.model`` is the rewritten model.
+
+    ``verify``: compare with onnxruntime after each pass, once at the end, or not at all;
+    ``inputs``: extra feed dicts (e.g. real images) verified besides the seeded random ones, or a
+    function ``f(reference_model) -> list of feed dicts``;
+    ``bn_rate``: which per-rate BN statistics to use (models from ``rram export``)."""
+    if verify not in VERIFY_MODES:
+        raise PassError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
+    if not (tolerance >= 0):
+        raise PassError(f"tolerance must be a non-negative number, got {tolerance}")
+    passes = resolve(names)
+    if isinstance(model, (str, os.PathLike)):
+        model = model_io.load(model)
+    else:
+        model_io.check(model, "the input model")
+
+    work = _copy(model)
+    meta = {p.key: p.value for p in work.metadata_props}
+    available = bn_rates.rates(meta)
+    extra = bn_rates.split_rate_initializers(work)
+    ctx = PassContext(options={"bn_rate": bn_rate})
+    chosen = None
+    if bn_rate is not None:
+        chosen = bn_rates.match(str(bn_rate), available)
+    elif available and any(p.name == "fold-bn" for p in passes):
+        chosen = meta.get(bn_rates.DEFAULT_KEY)
+        if chosen is None:
+            raise PassError(f"the model holds BN statistics for rates {', '.join(available)} but no "
+                            f"{bn_rates.DEFAULT_KEY}; choose one with --bn-rate")
+        ctx.warn(f"fold-bn folds the default BN statistics (rate {chosen}); "
+                 f"choose another rate with --bn-rate")
+    if chosen is not None:
+        n = bn_rates.apply_rate(work, chosen, extra, meta.get(bn_rates.DEFAULT_KEY))
+        ctx.stats["bn_rate.bn_nodes"] = n
+        extra = []  # the model is now specialised to one rate
+        for k in (bn_rates.RATES_KEY, bn_rates.DEFAULT_KEY):
+            meta.pop(k, None)
+        meta[bn_rates.RATE_KEY] = chosen
+    names_run = [p.name for p in passes]
+    meta["rram.passes"] = ",".join(filter(None, [meta.get("rram.passes", ""), *names_run]))
+    # The reference for verification: the input with the chosen rate's statistics, not rewritten.
+    reference = work
+
+    verifier = None
+    verify_seconds = 0.0
+    if verify != "off":
+        t0 = time.perf_counter()
+        feed_sets = [random_feeds(reference, seed=seed, batch=batch, input_shapes=input_shapes)]
+        if callable(inputs):
+            inputs = inputs(reference)
+        feed_sets += list(inputs or [])
+        verifier = Verifier(reference, feed_sets, tolerance)
+        verify_seconds += time.perf_counter() - t0
+
+    graph = _graph_of(work)
+    infer_shapes(graph, ctx)
+    before = summarize_graph(graph)
+    timings: dict[str, float] = {}
+    checks: list[dict] = []
+
+    def check_now(label, g):
+        nonlocal verify_seconds
+        t0 = time.perf_counter()
+        res = verifier.check(_export(g, work, meta, extra), label)
+        verify_seconds += time.perf_counter() - t0
+        checks.append(res)
+        if res["max_rel_diff"] > tolerance:
+            raise PassError(
+                f"verification failed after {label}: output {res['output']!r} differs from the "
+                f"original by {res['max_rel_diff']:.3g} (max |diff| / max |output|), tolerance "
+                f"{tolerance:g}, on {'random inputs (seed %d)' % seed if res['input_set'] == 0 else 'given input set %d' % res['input_set']}")
+        return res
+
+    each = (lambda name: check_now(f"pass {name!r}", graph)) if verify == "each" else None
+    _apply(graph, passes, ctx, on_each=each, timings=timings)
+    # Check the rewritten structure (weights stripped: they come from numpy, well-formed by
+    # construction), then export.
+    t0 = time.perf_counter()
+    try:
+        onnx.checker.check_model(skeleton(graph))
+    except Exception as e:
+        raise PassError(f"the model after passes {','.join(names_run)} fails onnx.checker: "
+                        f"{str(e).strip().splitlines()[0]}") from None
+    out = _export(graph, work, meta, extra)
+    export_seconds = time.perf_counter() - t0
+    verification = checks[-1] if checks else None
+    if verify == "end":
+        t0 = time.perf_counter()
+        res = verifier.check(out, "passes")
+        verify_seconds += time.perf_counter() - t0
+        if res["max_rel_diff"] > tolerance:
+            # Name the culprit: replay the passes, verifying after each one.
+            g2 = _graph_of(work)
+            infer_shapes(g2)
+            _apply(g2, passes, PassContext(options=dict(ctx.options)),
+                   on_each=lambda name: check_now(f"pass {name!r}", g2))
+            raise PassError(f"verification failed after passes {','.join(names_run)}: output "
+                            f"{res['output']!r} differs by {res['max_rel_diff']:.3g}, tolerance "
+                            f"{tolerance:g} (no single pass exceeds it)")
+        verification = res
+    return Result(model=out, passes=names_run, before=before, after=summarize_graph(graph),
+                  warnings=ctx.warnings, stats=ctx.stats, summaries=ctx.summaries,
+                  pass_seconds=timings, verify_seconds=verify_seconds, export_seconds=export_seconds, verification=verification,
+                  bn_rate=chosen)
+
+
+def run_file(src, dst, names, **kwargs) -> Result:
+    """``run`` on a file, writing the result atomically to ``dst`` (never to ``src``)."""
+    src, dst = Path(src), Path(dst)
+    if dst.exists() and src.exists() and os.path.samefile(src, dst):
+        raise PassError(f"output {dst} is the input file; the input is never overwritten")
+    if dst.with_name(dst.name + ".data").exists() and src.exists() and \
+            os.path.samefile(dst.with_name(dst.name + ".data"), src):
+        raise PassError(f"output data file would overwrite the input {src}")
+    res = run(src, names, **kwargs)
+    res.written = model_io.save(res.model, dst)
+    return res

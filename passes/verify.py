@@ -1,0 +1,145 @@
+"""Numeric verification: run the reference and the rewritten model in onnxruntime on the same
+seeded random inputs (plus any real inputs given) and compare every output.
+
+The figure compared with the tolerance is, per output, ``max|new - ref| / max|ref|`` (the largest
+difference relative to the output's magnitude); integer and boolean outputs must match exactly."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from . import model_io
+from .errors import PassError
+
+DEFAULT_TOLERANCE = 1e-4
+
+
+def _graph_inputs(model: onnx.ModelProto):
+    inits = {t.name for t in model.graph.initializer}
+    return [i for i in model.graph.input if i.name not in inits]
+
+
+def random_feeds(model: onnx.ModelProto, seed: int = 0, batch: int = 2,
+                 input_shapes: dict | None = None) -> dict:
+    """Seeded inputs for every graph input. The first dimension, when symbolic, is ``batch``; any
+    other symbolic dimension must come from ``input_shapes`` ({name: [dims]})."""
+    rng = np.random.default_rng(seed)
+    input_shapes = input_shapes or {}
+    feeds = {}
+    for vi in _graph_inputs(model):
+        tt = vi.type.tensor_type
+        if not vi.type.HasField("tensor_type"):
+            raise PassError(f"cannot verify: input {vi.name!r} is not a tensor (use --verify off)")
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        if vi.name in input_shapes:
+            shape = [int(d) for d in input_shapes[vi.name]]
+        else:
+            shape = []
+            for axis, d in enumerate(tt.shape.dim):
+                if d.HasField("dim_value") and d.dim_value > 0:
+                    shape.append(d.dim_value)
+                elif axis == 0:
+                    shape.append(batch)
+                else:
+                    raise PassError(
+                        f"cannot verify: input {vi.name!r} has a symbolic dimension "
+                        f"{d.dim_param or '?'!r} at axis {axis}; give its shape "
+                        f"(--input-shape {vi.name}=1,3,224,224) or use --verify off")
+        if np.issubdtype(dtype, np.floating):
+            feeds[vi.name] = rng.standard_normal(shape).astype(dtype)
+        elif dtype == np.bool_:
+            feeds[vi.name] = rng.integers(0, 2, shape).astype(np.bool_)
+        elif np.issubdtype(dtype, np.integer):
+            feeds[vi.name] = rng.integers(0, 10, shape).astype(dtype)
+        else:
+            raise PassError(f"cannot verify: input {vi.name!r} has type {dtype}; use --verify off")
+    return feeds
+
+
+class Runner:
+    """An onnxruntime session on a model, optimizations off (we verify what the file computes)."""
+
+    def __init__(self, model: onnx.ModelProto, what: str):
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        opts.log_severity_level = 3
+        self._tmp = None
+        try:
+            if model_io.model_size(model) < model_io.EXTERNAL_DATA_THRESHOLD:
+                self.sess = ort.InferenceSession(model.SerializeToString(), opts,
+                                                 providers=["CPUExecutionProvider"])
+            else:
+                self._tmp = tempfile.TemporaryDirectory(prefix="rram-verify-")
+                p = model_io.write_raw(model, Path(self._tmp.name) / "model.onnx")
+                self.sess = ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            msg = str(e).strip().splitlines()
+            raise PassError(f"cannot verify {what}: onnxruntime cannot load it "
+                            f"({msg[0] if msg else type(e).__name__}); use --verify off") from None
+        self.output_names = [o.name for o in self.sess.get_outputs()]
+
+    def __call__(self, feeds: dict) -> dict:
+        outs = self.sess.run(None, feeds)
+        return dict(zip(self.output_names, outs))
+
+    def close(self):
+        self.sess = None
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+
+def difference(ref: np.ndarray, new: np.ndarray) -> float:
+    """max|new - ref| / max|ref| (0 when equal; inf for a shape, NaN-pattern or integer mismatch)."""
+    ref, new = np.asarray(ref), np.asarray(new)
+    if ref.shape != new.shape or ref.dtype != new.dtype:
+        return float("inf")
+    if not np.issubdtype(ref.dtype, np.floating):
+        return 0.0 if np.array_equal(ref, new) else float("inf")
+    r, n = ref.astype(np.float64), new.astype(np.float64)
+    nan_r, nan_n = np.isnan(r), np.isnan(n)
+    if not np.array_equal(nan_r, nan_n):
+        return float("inf")
+    r, n = np.where(nan_r, 0, r), np.where(nan_n, 0, n)
+    if not np.array_equal(np.isinf(r), np.isinf(n)) or not np.array_equal(r[np.isinf(r)], n[np.isinf(n)]):
+        return float("inf")
+    fin = np.isfinite(r)
+    if not fin.any():
+        return 0.0
+    scale = float(np.max(np.abs(r[fin])))
+    diff = float(np.max(np.abs(n[fin] - r[fin])))
+    return diff / scale if scale > 0 else diff
+
+
+class Verifier:
+    """Reference outputs computed once; ``check(model)`` compares a rewritten model against them."""
+
+    def __init__(self, reference: onnx.ModelProto, feed_sets: list[dict], tolerance: float):
+        self.tolerance = float(tolerance)
+        self.feed_sets = feed_sets
+        run = Runner(reference, "the original model")
+        try:
+            self.ref = [run(f) for f in feed_sets]
+        finally:
+            run.close()
+
+    def check(self, model: onnx.ModelProto, label: str) -> dict:
+        run = Runner(model, f"the model after {label}")
+        worst, worst_out, worst_set = 0.0, None, 0
+        try:
+            for k, (feeds, ref) in enumerate(zip(self.feed_sets, self.ref)):
+                got = run(feeds)
+                if set(got) != set(ref):
+                    raise PassError(f"verification failed after {label}: outputs changed from "
+                                    f"{sorted(ref)} to {sorted(got)}")
+                for name in ref:
+                    d = difference(ref[name], got[name])
+                    if d > worst or worst_out is None:
+                        worst, worst_out, worst_set = d, name, k
+        finally:
+            run.close()
+        return {"max_rel_diff": worst, "output": worst_out, "input_set": worst_set,
+                "tolerance": self.tolerance, "input_sets": len(self.feed_sets)}

@@ -1,0 +1,127 @@
+"""``rram passes``: run ONNX graph passes (1x1->3x3 padding, BN folding, cleanup) with numeric
+verification; see docs/passes.md."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from ..errors import UserError
+from .common import add_data_args, normalization_from_args, positive_int
+
+
+def _input_shape(text: str):
+    name, sep, dims = text.rpartition("=")
+    try:
+        shape = [int(d) for d in dims.split(",")]
+    except ValueError:
+        shape = None
+    if not sep or not name or not shape or min(shape) < 1:
+        raise argparse.ArgumentTypeError(f"expected NAME=d1,d2,... with positive dims, got {text!r}")
+    return name, shape
+
+
+def _tolerance(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (v >= 0) or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return v
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("passes", help="rewrite an ONNX model (pad 1x1 convs, fold BN, clean up), verified",
+                       description="Run graph passes on IN.onnx and write OUT.onnx atomically. "
+                                   "IN is never modified; the same input and passes give identical bytes.")
+    p.add_argument("input", nargs="?", metavar="IN.onnx")
+    p.add_argument("output", nargs="?", metavar="OUT.onnx")
+    p.add_argument("--passes", default="standard",
+                   help="comma-separated pass names, in order ('standard' = "
+                        "eliminate-identity,fold-constants,fold-bn,pad-1x1-to-3x3,eliminate-dead)")
+    p.add_argument("--list", action="store_true", help="list the available passes and exit")
+    p.add_argument("--verify", choices=["each", "end", "off"], default="end",
+                   help="compare with the original in onnxruntime after each pass, at the end, or never")
+    p.add_argument("--tolerance", type=_tolerance, default=None,
+                   help="max allowed |diff| / max|output| per output (default 1e-4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random verification inputs")
+    p.add_argument("--batch", type=positive_int, default=2, help="batch size for a symbolic batch dimension")
+    p.add_argument("--input-shape", type=_input_shape, action="append", default=[], metavar="NAME=D1,D2,..",
+                   help="shape of a graph input with symbolic dimensions (repeatable)")
+    p.add_argument("--bn-rate", default=None,
+                   help="use this rate's BN statistics (models from `rram export` with per-rate statistics)")
+    add_data_args(p)
+    p.add_argument("--images", type=positive_int, default=16,
+                   help="with --data: verify on this many test images too (default 16)")
+    p.add_argument("--mean", default=None, help="with --data: input mean r,g,b (default CIFAR-10)")
+    p.add_argument("--std", default=None, help="with --data: input std r,g,b (default CIFAR-10)")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.set_defaults(func=run)
+
+
+def _image_feeds(args):
+    """A function building feed dicts of real test images, shaped for the model's first input."""
+    from ..data import CIFAR10_NORM, load_split
+
+    norm = normalization_from_args(args) or CIFAR10_NORM
+    split = load_split(args.data, "test", cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                       download=args.download).subset(args.images)
+    x = split.images.astype(np.float32) / 255.0  # NHWC
+    x = ((x - np.asarray(norm.mean, np.float32)) / np.asarray(norm.std, np.float32)).transpose(0, 3, 1, 2)
+
+    def feeds(model):
+        inits = {t.name for t in model.graph.initializer}
+        inputs = [i for i in model.graph.input if i.name not in inits]
+        if len(inputs) != 1:
+            raise UserError(f"--data needs a model with one input, this one has {len(inputs)}")
+        vi = inputs[0]
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in vi.type.tensor_type.shape.dim]
+        if len(dims) != 4 or any(d not in (None, want) for d, want in zip(dims[1:], x.shape[1:])):
+            raise UserError(f"--data gives images of shape N x {x.shape[1]} x {x.shape[2]} x {x.shape[3]} "
+                            f"but model input {vi.name!r} has shape {dims}")
+        step = dims[0] or len(x)
+        return [{vi.name: np.ascontiguousarray(x[i:i + step])}
+                for i in range(0, len(x) - step + 1, step)]
+    return feeds
+
+
+def run(args) -> int:
+    import passes as P
+
+    if args.list:
+        for name, text in P.list_passes().items():
+            print(f"{name:<20} {text}")
+        print(f"{'standard':<20} = {','.join(P.STANDARD)}")
+        return 0
+    if not args.input or not args.output:
+        raise UserError("give IN.onnx and OUT.onnx (or --list)")
+    res = P.run_file(args.input, args.output, args.passes, verify=args.verify,
+                     tolerance=P.DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance,
+                     seed=args.seed, batch=args.batch, input_shapes=dict(args.input_shape),
+                     inputs=_image_feeds(args) if args.data else None, bn_rate=args.bn_rate)
+    for w in res.warnings:
+        print(f"rram: warning: {w}", file=sys.stderr)
+    v = res.verification
+    result = {"input": args.input, "output": args.output, "passes": res.passes, "bn_rate": res.bn_rate,
+              "before": res.before, "after": res.after, "stats": res.stats, "warnings": res.warnings,
+              "pass_seconds": {k: round(t, 4) for k, t in res.pass_seconds.items()},
+              "export_seconds": round(res.export_seconds, 3), "verify_seconds": round(res.verify_seconds, 3),
+              "verification": v, "written": [str(p) for p in res.written]}
+    if args.json:
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    from passes.summary import format_summary
+    print(format_summary(res.before, res.after))
+    print(f"passes {','.join(res.passes)}: {res.seconds:.3f} s"
+          + (f", BN statistics of rate {res.bn_rate}" if res.bn_rate else ""))
+    if v:
+        print(f"verified ({args.verify}) on {v['input_sets']} input set(s): max relative difference "
+              f"{v['max_rel_diff']:.2g} <= {v['tolerance']:g} ({res.verify_seconds:.2f} s)")
+    else:
+        print("not verified (--verify off)")
+    print(f"wrote {args.output}")
+    return 0
