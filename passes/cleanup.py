@@ -2,23 +2,51 @@
 ``eliminate-identity`` and ``eliminate-dead``."""
 from __future__ import annotations
 
+import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from .graph import PassContext, describe
 from .registry import register
 
 
+def _castlike_to_cast(graph: gs.Graph, ctx: PassContext) -> None:
+    """CastLike(a, t) reads only t's element type; as Cast(a, to=type) it no longer depends on t and
+    can fold when a is constant. (The dynamo exporter without its optimizer emits CastLike(c, x),
+    e.g. for zero conv biases, which would otherwise keep those biases computed.)"""
+    for node in graph.nodes:
+        if node.op != "CastLike" or len(node.inputs) != 2:
+            continue
+        target = node.inputs[1]
+        dtype = target.dtype
+        if dtype is None:
+            continue
+        try:
+            to = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        except (TypeError, KeyError):
+            to = dtype if isinstance(dtype, int) else None
+        if not to:
+            continue
+        node.op = "Cast"
+        node.attrs = {"to": int(to), **({"saturate": node.attrs["saturate"]}
+                                        if "saturate" in node.attrs else {})}
+        del node.inputs[1]
+        ctx.count("castlike_to_cast")
+
+
 @register("fold-constants", "evaluate subgraphs whose inputs are all constants (onnxruntime)")
 def fold_constants(graph: gs.Graph, ctx: PassContext) -> None:
     before = len(graph.nodes)
-    # error_ok=False: a folding failure must be reported, not silently leave a half-folded graph.
+    _castlike_to_cast(graph, ctx)
+    # One onnxruntime session for the whole foldable subgraph; only if that fails (an op
+    # onnxruntime cannot run), partition so the rest still folds, and say so.
     try:
-        graph.fold_constants(fold_shapes=True, partitioning="basic", error_ok=False)
+        graph.fold_constants(fold_shapes=True, partitioning=None, error_ok=False)
     except Exception as e:
         msg = str(e).strip().splitlines()
-        ctx.warn(f"onnxruntime could not fold constants ({msg[0] if msg else type(e).__name__}); "
-                 f"graph left unfolded")
-        return
+        ctx.warn(f"onnxruntime could not fold all constants at once "
+                 f"({msg[0] if msg else type(e).__name__}); folding what it can part by part")
+        graph.fold_constants(fold_shapes=True, partitioning="recursive", error_ok=True)
     graph.cleanup()
     ctx.count("removed_nodes", before - len(graph.nodes))
 

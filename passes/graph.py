@@ -11,6 +11,7 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
 log = logging.getLogger("passes")
+log.addHandler(logging.NullHandler())  # callers (the CLI) print ctx.warnings themselves
 
 # Constants with more elements than this become typed graph inputs in the shape-inference skeleton;
 # small ones (shape tensors, axes) keep their values because data-dependent inference needs them.
