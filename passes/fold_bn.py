@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .graph import Namer, PassContext, describe, set_input_constant
+from .graph import Namer, PassContext, describe, resolve_constant, set_input_constant
 from .registry import register
 
 
@@ -24,8 +24,8 @@ def _bn_params(bn: gs.Node, opset: int, out_names: set):
     for extra in bn.outputs[1:]:
         if extra.outputs or extra.name in out_names:
             return "its training-mode outputs (running mean/var) are used"
-    params = bn.inputs[1:]
-    if not all(isinstance(p, gs.Constant) for p in params):
+    params = [resolve_constant(p) for p in bn.inputs[1:]]
+    if any(p is None for p in params):
         return "its scale/bias/mean/var are not constants"
     gamma, beta, mean, var = (np.asarray(p.values, dtype=np.float64) for p in params)
     c = gamma.shape
@@ -36,16 +36,16 @@ def _bn_params(bn: gs.Node, opset: int, out_names: set):
 
 
 def _fold_conv(conv, s, t, namer):
-    w = conv.inputs[1]
-    if not isinstance(w, gs.Constant):
+    w = resolve_constant(conv.inputs[1])
+    if w is None:
         return "the Conv weight is not a constant"
     wv = w.values
     if wv.ndim < 3 or wv.shape[0] != s.shape[0]:
         return f"the Conv has {wv.shape[0]} output channels, BN has {s.shape[0]}"
     b = conv.inputs[2] if len(conv.inputs) > 2 and conv.inputs[2].name else None
-    if b is not None and not isinstance(b, gs.Constant):
+    if b is not None and resolve_constant(b) is None:
         return "the Conv bias is not a constant"
-    bv = np.zeros(s.shape, np.float64) if b is None else np.asarray(b.values, np.float64)
+    bv = np.zeros(s.shape, np.float64) if b is None else np.asarray(resolve_constant(b).values, np.float64)
     if bv.shape != s.shape:
         return f"the Conv bias has shape {bv.shape}"
     new_w = (wv.astype(np.float64) * s.reshape((-1,) + (1,) * (wv.ndim - 1))).astype(wv.dtype)
@@ -64,8 +64,8 @@ def _fold_conv(conv, s, t, namer):
 
 
 def _fold_gemm(gemm, s, t, namer):
-    b = gemm.inputs[1]
-    if not isinstance(b, gs.Constant) or b.values.ndim != 2:
+    b = resolve_constant(gemm.inputs[1])
+    if b is None or b.values.ndim != 2:
         return "the Gemm B input is not a constant matrix"
     bv = b.values
     trans_b = int(gemm.attrs.get("transB", 0))
@@ -73,8 +73,10 @@ def _fold_gemm(gemm, s, t, namer):
     if n != s.shape[0]:
         return f"the Gemm has {n} output features, BN has {s.shape[0]}"
     c = gemm.inputs[2] if len(gemm.inputs) > 2 and gemm.inputs[2].name else None
-    if c is not None and not isinstance(c, gs.Constant):
-        return "the Gemm C input is not a constant"
+    if c is not None:
+        c = resolve_constant(c)
+        if c is None:
+            return "the Gemm C input is not a constant"
     beta = float(gemm.attrs.get("beta", 1.0))
     cv = np.zeros(s.shape, np.float64) if c is None else beta * np.asarray(c.values, np.float64)
     try:
@@ -100,8 +102,8 @@ def _fold_gemm(gemm, s, t, namer):
 def _matmul_weight(mm, s):
     if mm.op != "MatMul":
         return None, f"its input comes from {describe(mm)}"
-    w = mm.inputs[1]
-    if not isinstance(w, gs.Constant) or w.values.ndim != 2:
+    w = resolve_constant(mm.inputs[1])
+    if w is None or w.values.ndim != 2:
         return None, "the MatMul weight is not a constant matrix"
     if w.values.shape[1] != s.shape[0]:
         return None, f"the MatMul has {w.values.shape[1]} output features, BN has {s.shape[0]}"
@@ -129,8 +131,8 @@ def _fold_matmul(bn, x, mm, s, t, namer):
 def _fold_matmul_add(x, add, s, t, namer):
     if x.shape is None or len(x.shape) != 2:
         return "its input is not known to be 2-D, so BN's channel axis is not the feature axis"
-    consts = [i for i in add.inputs if isinstance(i, gs.Constant)]
-    vars_ = [i for i in add.inputs if not isinstance(i, gs.Constant)]
+    consts = [i for i in add.inputs if resolve_constant(i) is not None]
+    vars_ = [i for i in add.inputs if resolve_constant(i) is None]
     if len(add.inputs) != 2 or len(consts) != 1 or len(vars_) != 1:
         return f"its input comes from {describe(add)} of two computed tensors"
     y = vars_[0]
@@ -141,7 +143,7 @@ def _fold_matmul_add(x, add, s, t, namer):
     if why:
         return f"its input comes from {describe(add)}, and {why.replace('its input comes from ', '')}"
     c = consts[0]
-    cv = np.asarray(c.values, np.float64)
+    cv = np.asarray(resolve_constant(c).values, np.float64)
     try:
         new_c = cv * s + t
     except ValueError:
@@ -150,7 +152,7 @@ def _fold_matmul_add(x, add, s, t, namer):
         return f"the Add constant of shape {cv.shape} has more than 2 dimensions"
     wv = w.values
     set_input_constant(mm, 1, (wv.astype(np.float64) * s[None, :]).astype(wv.dtype), namer, "bnfold")
-    set_input_constant(add, add.inputs.index(c), new_c.astype(c.values.dtype), namer, "bnfold")
+    set_input_constant(add, add.inputs.index(c), new_c.astype(resolve_constant(c).values.dtype), namer, "bnfold")
     return None
 
 

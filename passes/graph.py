@@ -55,9 +55,16 @@ class Namer:
         return name
 
 
-def const_values(t) -> np.ndarray | None:
-    """The values of a Constant tensor, or None for a Variable."""
-    return t.values if isinstance(t, gs.Constant) else None
+def resolve_constant(t) -> gs.Constant | None:
+    """The Constant behind ``t``, looking through Identity nodes (the TorchScript exporter shares
+    equal initializers through Identity), or None when ``t`` is computed."""
+    for _ in range(1000):
+        if isinstance(t, gs.Constant):
+            return t
+        if t is None or len(t.inputs) != 1 or t.inputs[0].op != "Identity" or not t.inputs[0].inputs:
+            return None
+        t = t.inputs[0].inputs[0]
+    return None
 
 
 def set_input_constant(node: gs.Node, index: int, values: np.ndarray, namer: Namer, suffix: str) -> None:
@@ -66,7 +73,8 @@ def set_input_constant(node: gs.Node, index: int, values: np.ndarray, namer: Nam
     if isinstance(old, gs.Constant) and len(old.outputs) == 1:
         old.values = values
     else:
-        base = old.name if isinstance(old, gs.Constant) and old.name else (node.name or node.op)
+        src = resolve_constant(old)
+        base = src.name if src is not None and src.name else (old.name or node.name or node.op)
         node.inputs[index] = gs.Constant(namer(f"{base}_{suffix}"), values)
 
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .graph import Namer, PassContext, describe, set_input_constant
+from .graph import Namer, PassContext, describe, resolve_constant, set_input_constant
 from .registry import register
 
 
 def _skip_reason(node: gs.Node) -> str | None:
     """Why this 1x1 Conv cannot be padded (None: it can)."""
-    w = node.inputs[1] if len(node.inputs) > 1 else None
-    if not isinstance(w, gs.Constant):
+    w = resolve_constant(node.inputs[1]) if len(node.inputs) > 1 else None
+    if w is None:
         return "its weight is not a constant"
     dil = node.attrs.get("dilations", [1, 1])
     if list(dil) != [1, 1]:
@@ -39,6 +39,8 @@ def is_1x1_conv(node: gs.Node) -> bool:
     ks = node.attrs.get("kernel_shape")
     w = node.inputs[1]
     shape = list(ks) if ks is not None else (list(w.shape[2:]) if w.shape is not None else None)
+    if shape is None and resolve_constant(w) is not None:
+        shape = list(resolve_constant(w).shape[2:])
     return shape == [1, 1]
 
 
@@ -54,11 +56,15 @@ def pad_1x1_to_3x3(graph: gs.Graph, ctx: PassContext) -> None:
             ctx.warn(f"{describe(node)} left as 1x1: {reason}")
             ctx.count("skipped")
             continue
-        w = node.inputs[1]
+        w = resolve_constant(node.inputs[1])
         if w.name in padded:
             node.inputs[1] = padded[w.name]
         else:
             v = w.values
+            if v.ndim != 4:
+                ctx.warn(f"{describe(node)} left as 1x1: weight has {v.ndim} dimensions")
+                ctx.count("skipped")
+                continue
             new = np.zeros(v.shape[:2] + (3, 3), dtype=v.dtype)
             new[:, :, 1, 1] = v[:, :, 0, 0]
             old_name = w.name
