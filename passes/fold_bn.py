@@ -129,8 +129,6 @@ def _fold_matmul(bn, x, mm, s, t, namer):
 
 
 def _fold_matmul_add(x, add, s, t, namer):
-    if x.shape is None or len(x.shape) != 2:
-        return "its input is not known to be 2-D, so BN's channel axis is not the feature axis"
     consts = [i for i in add.inputs if resolve_constant(i) is not None]
     vars_ = [i for i in add.inputs if resolve_constant(i) is None]
     if len(add.inputs) != 2 or len(consts) != 1 or len(vars_) != 1:
@@ -142,6 +140,8 @@ def _fold_matmul_add(x, add, s, t, namer):
     w, why = _matmul_weight(mm, s)
     if why:
         return f"its input comes from {describe(add)}, and {why.replace('its input comes from ', '')}"
+    if x.shape is None or len(x.shape) != 2:
+        return "its input is not known to be 2-D, so BN's channel axis is not the feature axis"
     c = consts[0]
     cv = np.asarray(resolve_constant(c).values, np.float64)
     try:

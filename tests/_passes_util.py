@@ -122,6 +122,12 @@ def make_model(nodes, inits, inputs, outputs, opset=17) -> onnx.ModelProto:
     g = helper.make_graph(nodes, "test", inputs, outputs, initializer=inits)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     m.ir_version = 8
+    # Outputs declared with shape None get their inferred type (the checker wants a shape).
+    inferred = onnx.shape_inference.infer_shapes(m)
+    types = {v.name: v.type for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    for o in m.graph.output:
+        if not o.type.tensor_type.HasField("shape") and o.name in types:
+            o.type.CopyFrom(types[o.name])
     onnx.checker.check_model(m)
     return m
 
