@@ -40,6 +40,10 @@ def fold_constants(graph: gs.Graph, ctx: PassContext) -> None:
     _castlike_to_cast(graph, ctx)
     # One onnxruntime session for the whole foldable subgraph; only if that fails (an op
     # onnxruntime cannot run), partition so the rest still folds, and say so.
+    import onnxruntime as ort
+    # gs's sessions log graph-optimizer chatter at warning level; silence it while folding
+    # (2 = onnxruntime's default severity, restored afterwards).
+    ort.set_default_logger_severity(3)
     try:
         graph.fold_constants(fold_shapes=True, partitioning=None, error_ok=False)
     except Exception as e:
@@ -47,6 +51,8 @@ def fold_constants(graph: gs.Graph, ctx: PassContext) -> None:
         ctx.warn(f"onnxruntime could not fold all constants at once "
                  f"({msg[0] if msg else type(e).__name__}); folding what it can part by part")
         graph.fold_constants(fold_shapes=True, partitioning="recursive", error_ok=True)
+    finally:
+        ort.set_default_logger_severity(2)
     graph.cleanup()
     ctx.count("removed_nodes", before - len(graph.nodes))
 
