@@ -75,15 +75,27 @@ def split_rate_initializers(model: onnx.ModelProto) -> list[onnx.TensorProto]:
 
 
 def apply_rate(model: onnx.ModelProto, rate: str, extra: list[onnx.TensorProto], default: str | None) -> int:
-    """Write ``rate``'s statistics into the BN mean/var initializers of ``model`` (in place).
-    Returns the number of BN nodes updated."""
+    """Make every BN node of ``model`` read ``rate``'s mean/var (in place). Returns the number of BN
+    nodes updated.
+
+    An initializer used by that BN alone gets the new values under its own name. Otherwise (the
+    TorchScript exporter shares equal initializers and feeds BN through Identity nodes; any input
+    may be shared) the BN input is pointed at a new initializer ``<name>_rate<r>``, so no other
+    consumer changes."""
     by_name = {t.name: t for t in extra}
     inits = {t.name: t for t in model.graph.initializer}
+    uses: dict[str, int] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            uses[i] = uses.get(i, 0) + 1
+    graph_inputs = {i.name for i in model.graph.input}
+    taken = set(inits) | {o for n in model.graph.node for o in n.output} | graph_inputs
     updated = 0
     for node in model.graph.node:
         if node.op_type != "BatchNormalization" or len(node.input) < 5:
             continue
-        for stat in node.input[3:5]:
+        for slot in (3, 4):
+            stat = node.input[slot]
             src = by_name.get(f"{stat}{MARK}{rate}")
             if src is None:
                 if rate == default:
@@ -91,12 +103,20 @@ def apply_rate(model: onnx.ModelProto, rate: str, extra: list[onnx.TensorProto],
                 raise PassError(f"BatchNormalization {node.name!r} has no statistics for rate "
                                 f"{rate} (initializer {stat}{MARK}{rate} missing)")
             dst = inits.get(stat)
-            if dst is None:
-                raise PassError(f"BatchNormalization {node.name!r}: {stat!r} is not an initializer")
-            if list(src.dims) != list(dst.dims) or src.data_type != dst.data_type:
-                raise PassError(f"initializer {src.name!r} has shape {list(src.dims)}, "
-                                f"{stat!r} has {list(dst.dims)}")
-            dst.CopyFrom(src)
-            dst.name = stat
+            if dst is not None and uses.get(stat, 0) == 1 and stat not in graph_inputs:
+                if list(src.dims) != list(dst.dims) or src.data_type != dst.data_type:
+                    raise PassError(f"initializer {src.name!r} has shape {list(src.dims)}, "
+                                    f"{stat!r} has {list(dst.dims)}")
+                dst.CopyFrom(src)
+                dst.name = stat
+            else:
+                name, i = f"{stat}_rate{rate}", 1
+                while name in taken:
+                    name, i = f"{stat}_rate{rate}_{i}", i + 1
+                taken.add(name)
+                t = model.graph.initializer.add()
+                t.CopyFrom(src)
+                t.name = name
+                node.input[slot] = name
         updated += 1
     return updated

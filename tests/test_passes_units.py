@@ -286,6 +286,48 @@ def test_rate_statistics_survive_passes_that_do_not_fold():
     assert {p.key: p.value for p in again.model.metadata_props}["rram.bn_rate"] == "0.1"
 
 
+def test_bn_rate_with_shared_statistics():
+    # As the TorchScript exporter writes equal tensors: bn1 reads its mean through an Identity of
+    # an initializer that bn2 reads directly. Each BN must get its own rate-0.1 statistics.
+    rng = np.random.default_rng(11)
+    A, B, C = (rng.standard_normal(8).astype(np.float32) * 0.3 for _ in range(3))
+
+    def build(mean1, mean2, per_rate):
+        base = conv_bn_model(seed=12)
+        inits = {t.name: t for t in base.graph.initializer}
+        base.graph.initializer.remove(inits["bn.mean"])
+        base.graph.initializer.extend(
+            [init("shared", A), init("bn2.gamma", np.full(8, 1.5, np.float32)),
+             init("bn2.beta", np.zeros(8, np.float32)), init("bn2.var", np.ones(8, np.float32))])
+        if isinstance(mean1, str):
+            base.graph.node.insert(0, helper.make_node("Identity", ["shared"], ["bn.mean"], name="dedup"))
+        else:
+            base.graph.initializer.append(init("bn.mean", mean1))
+        base.graph.node[-1].output[0] = "h"
+        if not isinstance(mean2, str):
+            base.graph.initializer.append(init("bn2.mean", mean2))
+        base.graph.node.append(helper.make_node(
+            "BatchNormalization", ["h", "bn2.gamma", "bn2.beta", "shared" if isinstance(mean2, str) else "bn2.mean",
+                                   "bn2.var"], ["y"], name="bn2"))
+        if per_rate:
+            var = onnx.numpy_helper.to_array(inits["bn.var"])
+            base.graph.initializer.extend([
+                init("bn.mean@rate=0.1", B), init("bn.var@rate=0.1", var),
+                init("shared@rate=0.1", C), init("bn2.var@rate=0.1", np.ones(8, np.float32))])
+            base.metadata_props.add(key="rram.bn_stats_rates", value='["0.0", "0.1"]')
+            base.metadata_props.add(key="rram.bn_rate_default", value="0.0")
+        onnx.checker.check_model(base)
+        return base
+
+    m = build("identity", "shared", per_rate=True)
+    expected = build(B, C, per_rate=False)  # the rate-0.1 model written out by hand
+    res = passes.run(m, ["fold-bn"], bn_rate="0.1", verify="end", tolerance=TOL)
+    assert ops(res.model) == ["Conv"]
+    feeds = input_feeds(m)
+    assert max_rel_diff(expected, res.model, feeds) <= TOL
+    assert max_rel_diff(m, res.model, feeds) > 1e-2
+
+
 def test_bad_rates():
     m, _ = _rate_model()
     with pytest.raises(passes.PassError, match="BN statistics for rates 0.0, 0.1 only"):
@@ -385,3 +427,31 @@ def test_list(capsys):
     for name in ("pad-1x1-to-3x3", "fold-bn", "fold-constants", "eliminate-identity", "eliminate-dead",
                  "summary", "standard"):
         assert name in out
+
+
+# --- real images (needs ../shared) --------------------------------------------------------------
+
+@pytest.mark.slow
+def test_cli_verifies_on_real_images(tmp_path, capsys):
+    import os
+    from pathlib import Path
+
+    import torch
+
+    from _passes_util import export, randomize_bn
+    from toolchain.models import ModelSpec, build_model
+
+    root = Path(__file__).resolve().parents[1]
+    data = Path(os.environ.get("RRAM_DATA", root.parent / "shared" / "data" / "cifar10-jpeg"))
+    if not (data / "test").is_dir():
+        pytest.skip(f"real CIFAR-10 not found at {data}")
+    torch.manual_seed(0)
+    src = tmp_path / "r20.onnx"
+    export(randomize_bn(build_model(ModelSpec("resnet20", shortcut="B"))), src, 32)
+    out = tmp_path / "out.onnx"
+    assert rram(["passes", str(src), str(out), "--data", str(data), "--images", "8",
+                 "--cache-dir", str(tmp_path / "cache"), "--verify", "each", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["verification"]["input_sets"] == 2  # seeded random + 8 real images
+    assert res["verification"]["max_rel_diff"] <= 1e-5
+    assert res["after"]["ops"].get("BatchNormalization", 0) == 0

@@ -56,23 +56,35 @@ def add_parser(sub) -> None:
     add_data_args(p)
     p.add_argument("--images", type=positive_int, default=16,
                    help="with --data: verify on this many test images too (default 16)")
-    p.add_argument("--mean", default=None, help="with --data: input mean r,g,b (default CIFAR-10)")
-    p.add_argument("--std", default=None, help="with --data: input std r,g,b (default CIFAR-10)")
+    p.add_argument("--mean", default=None, help="with --data: input mean r,g,b (default: the model's "
+                   "rram.normalization metadata, else CIFAR-10's)")
+    p.add_argument("--std", default=None, help="with --data: input std r,g,b (default: as --mean)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=run)
 
 
 def _image_feeds(args):
-    """A function building feed dicts of real test images, shaped for the model's first input."""
-    from ..data import CIFAR10_NORM, load_split
+    """A function building feed dicts of real test images, shaped for the model's first input and
+    normalised with --mean/--std, else the model's ``rram.normalization`` metadata (written by
+    ``rram export``), else CIFAR-10's statistics."""
+    from ..data import CIFAR10_NORM, Normalization, load_split
 
-    norm = normalization_from_args(args) or CIFAR10_NORM
+    given = normalization_from_args(args)
     split = load_split(args.data, "test", cache_dir=args.cache_dir, use_cache=not args.no_cache,
                        download=args.download).subset(args.images)
-    x = split.images.astype(np.float32) / 255.0  # NHWC
-    x = ((x - np.asarray(norm.mean, np.float32)) / np.asarray(norm.std, np.float32)).transpose(0, 3, 1, 2)
 
     def feeds(model):
+        norm = given
+        meta = {p.key: p.value for p in model.metadata_props}
+        if norm is None and "rram.normalization" in meta:
+            try:
+                norm = Normalization.from_dict(json.loads(meta["rram.normalization"]))
+            except (ValueError, KeyError, TypeError):
+                raise UserError("model metadata rram.normalization is not {\"mean\": [..], \"std\": [..]}; "
+                                "give --mean/--std") from None
+        norm = norm or CIFAR10_NORM
+        x = split.images.astype(np.float32) / 255.0  # NHWC
+        x = ((x - np.asarray(norm.mean, np.float32)) / np.asarray(norm.std, np.float32)).transpose(0, 3, 1, 2)
         inits = {t.name for t in model.graph.initializer}
         inputs = [i for i in model.graph.input if i.name not in inits]
         if len(inputs) != 1:
