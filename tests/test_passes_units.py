@@ -432,26 +432,42 @@ def test_list(capsys):
 # --- real images (needs ../shared) --------------------------------------------------------------
 
 @pytest.mark.slow
-def test_cli_verifies_on_real_images(tmp_path, capsys):
+def test_cli_on_pretrained_resnet20_and_real_images(tmp_path, capsys):
+    """The pretrained ResNet20 (81.03% top-1) through the standard passes, verified on real images:
+    the rewritten model predicts the same class for all 10000 test images."""
     import os
     from pathlib import Path
 
-    import torch
+    from _passes_util import export
+    from toolchain.checkpoints import load_checkpoint
+    from toolchain.data import load_split
 
-    from _passes_util import export, randomize_bn
-    from toolchain.models import ModelSpec, build_model
-
-    root = Path(__file__).resolve().parents[1]
-    data = Path(os.environ.get("RRAM_DATA", root.parent / "shared" / "data" / "cifar10-jpeg"))
-    if not (data / "test").is_dir():
-        pytest.skip(f"real CIFAR-10 not found at {data}")
-    torch.manual_seed(0)
+    shared = Path(__file__).resolve().parents[1].parent / "shared"
+    data = Path(os.environ.get("RRAM_DATA", shared / "data" / "cifar10-jpeg"))
+    ckpt_path = shared / "models" / "resnet20-12fca82f.th"
+    if not (data / "test").is_dir() or not ckpt_path.is_file():
+        pytest.skip(f"real CIFAR-10 / pretrained ResNet20 not found under {shared}")
+    ckpt = load_checkpoint(str(ckpt_path))
     src = tmp_path / "r20.onnx"
-    export(randomize_bn(build_model(ModelSpec("resnet20", shortcut="B"))), src, 32)
+    export(ckpt.build().eval(), src, 32)
     out = tmp_path / "out.onnx"
-    assert rram(["passes", str(src), str(out), "--data", str(data), "--images", "8",
-                 "--cache-dir", str(tmp_path / "cache"), "--verify", "each", "--json"]) == 0
+    norm = ckpt.normalization
+    cache = str(tmp_path / "cache")
+    assert rram(["passes", str(src), str(out), "--data", str(data), "--images", "64", "--cache-dir", cache,
+                 "--mean", ",".join(map(str, norm.mean)), "--std", ",".join(map(str, norm.std)),
+                 "--verify", "each", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["verification"]["input_sets"] == 2  # seeded random + 8 real images
-    assert res["verification"]["max_rel_diff"] <= 1e-5
+    assert res["verification"]["input_sets"] == 2  # seeded random + 64 real images
+    assert res["verification"]["max_rel_diff"] <= TOL
     assert res["after"]["ops"].get("BatchNormalization", 0) == 0
+    split = load_split(str(data), "test", cache_dir=cache)
+    x = (split.images.astype(np.float32) / 255 - np.float32(norm.mean)) / np.float32(norm.std)
+    x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    import onnxruntime as ort
+    preds = []
+    for path in (src, out):
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        preds.append(np.concatenate([sess.run(None, {"input": x[i:i + 1000]})[0].argmax(1)
+                                     for i in range(0, len(x), 1000)]))
+    assert np.array_equal(preds[0], preds[1])
+    assert abs((preds[1] == split.labels).mean() - 0.8103) < 1e-4
