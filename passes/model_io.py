@@ -17,8 +17,11 @@ EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 
 
 def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+    """The exception's message on one line (the checker spreads node dumps over several)."""
+    text = " ".join(str(e).split())
+    if len(text) > 300:
+        text = text[:297] + "..."
+    return text or type(e).__name__
 
 
 def load(path) -> onnx.ModelProto:
