@@ -201,13 +201,35 @@ def _storage_dtype(device: DeviceConfig) -> tuple[type, int, int]:
 
 
 def _raise_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
+    """``onnx.version_converter`` on a shell of the model without its initializers (stand-in graph
+    inputs keep it valid): the converter serialises the whole model, which for a ResNet-50 costs
+    seconds; upgrade adapters rewrite nodes and attributes, never initializer values."""
     from onnx import version_converter
 
-    converted = version_converter.convert_version(model, target)
-    onnx.checker.check_model(converted)
+    graph = model.graph
+    shell = onnx.ModelProto()
+    shell.ir_version = model.ir_version
+    shell.opset_import.extend(model.opset_import)
+    shell.functions.extend(model.functions)
+    g = shell.graph
+    g.name = graph.name
+    g.node.extend(graph.node)
+    g.input.extend(graph.input)
+    g.input.extend(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+                   for t in graph.initializer)
+    g.output.extend(graph.output)
+    g.value_info.extend(graph.value_info)
+    converted = version_converter.convert_version(shell, target)
+    kept = list(converted.graph.input)[:len(graph.input)]
+    del converted.graph.input[:]
+    converted.graph.input.extend(kept)
+    converted.graph.initializer.extend(graph.initializer)
+    converted.graph.sparse_initializer.extend(graph.sparse_initializer)
+    converted.graph.doc_string = graph.doc_string
+    for attr in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
+        setattr(converted, attr, getattr(model, attr))
+    converted.metadata_props.extend(model.metadata_props)
     return converted
-
-
 def _unique(name: str, taken: set[str]) -> str:
     out, k = name, 1
     while out in taken:
@@ -216,13 +238,16 @@ def _unique(name: str, taken: set[str]) -> str:
     return out
 
 
-def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
-    ref = reference.astype(np.float64)
-    noise = float(np.sum((ref - approx.astype(np.float64)) ** 2))
-    signal = float(np.sum(ref ** 2))
+def _db(signal: float, noise: float) -> float:
     if noise == 0:
         return math.inf
     return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
+
+
+def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
+    """Signal-to-quantisation-noise ratio in dB (inf when exact)."""
+    ref = reference.astype(np.float64)
+    return _db(float(np.sum(ref ** 2)), float(np.sum((ref - approx.astype(np.float64)) ** 2)))
 
 
 def quantize_model(model_or_path: str | os.PathLike | onnx.ModelProto, device: DeviceConfig, *,
@@ -298,8 +323,8 @@ def quantize_model(model_or_path: str | os.PathLike | onnx.ModelProto, device: D
         layers.append(MappedLayer(qname, cand.node.name, cand.node.op_type, tuple(weight.shape),
                                   cand.transpose, cand.groups, levels, scales, tiles))
 
-        signal = float(np.sum(matrix.astype(np.float64) ** 2))
-        noise = float(np.sum((matrix.astype(np.float64) - deq) ** 2))
+        diff = matrix - deq  # float32 is exact enough for a noise power
+        signal, noise = float(np.vdot(matrix, matrix)), float(np.vdot(diff, diff))
         total_signal, total_noise = total_signal + signal, total_noise + noise
         allocated = len(tiles) * device.tile_rows * device.tile_cols
         rows.append({
@@ -307,9 +332,9 @@ def quantize_model(model_or_path: str | os.PathLike | onnx.ModelProto, device: D
             "weight_shape": list(weight.shape), "groups": cand.groups, "matrix_shape": list(matrix.shape),
             "tiles": len(tiles), "cells": int(levels.size), "allocated_cells": allocated,
             "utilisation": levels.size / allocated,
-            "sqnr_db": sqnr_db(matrix, deq),
-            "clipped": float(np.mean(np.abs(np.rint(matrix.astype(np.float64) / scales.astype(np.float64)[None, :]))
-                                      > device.qmax)),
+            "sqnr_db": _db(signal, noise),
+            # saturated by the clip (rounding would have gone past qmax)
+            "clipped": float(np.mean(np.abs(matrix) > (device.qmax + 0.5) * scales[None, :])),
             "dtype": np.dtype(np_dtype).name,
         })
 
@@ -343,7 +368,7 @@ def quantize_model(model_or_path: str | os.PathLike | onnx.ModelProto, device: D
             "layers": len(rows), "weights": int(sum(np.prod(r["weight_shape"]) for r in rows)),
             "tiles": sum(r["tiles"] for r in rows), "cells": cells, "allocated_cells": allocated,
             "utilisation": cells / allocated if allocated else 0.0,
-            "sqnr_db": (10 * math.log10(total_signal / total_noise) if total_noise > 0 else math.inf),
+            "sqnr_db": _db(total_signal, total_noise),
         },
         "seconds": round(time.perf_counter() - t0, 3),
     }
