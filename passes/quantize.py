@@ -305,7 +305,7 @@ def quantize_model(model_or_path: str | os.PathLike | onnx.ModelProto, device: D
         weight = numpy_helper.to_array(tensor).astype(np.float32, copy=False)
         if not np.all(np.isfinite(weight)):
             raise QuantizeError(f"weight {cand.weight!r} of {cand.node.name} has NaN or infinite values")
-        matrix = weight_to_matrix(weight, transpose=cand.transpose)
+        matrix = np.ascontiguousarray(weight_to_matrix(weight, transpose=cand.transpose))
         scales = column_scales(matrix, device)
         q = quantize_matrix(matrix, scales, device)
         levels = encode(q, device)
