@@ -8,7 +8,9 @@ quantises their weights, rewrites the graph in the QDQ convention and writes the
 Graph rewrite: a mapped float initializer ``W`` is replaced by an integer initializer ``W__q``
 (int8 when |q| <= 127, int16 otherwise, int32 beyond 15 bits) and a per-column float32 scale
 ``W__scale``; a ``DequantizeLinear`` node computes a tensor named ``W`` again, so every consumer is
-untouched. Per-axis DequantizeLinear needs opset 13, int16 needs opset 21: the model's opset is
+untouched. (K, N) weights of MatMul and Gemm(transB=0) are stored transposed, (N, K), and a
+``Transpose`` node restores them (see ``quantize_model``: it keeps onnxruntime from running them
+with int8 activations). Per-axis DequantizeLinear needs opset 13, int16 needs opset 21: the model's opset is
 raised with ``onnx.version_converter`` when it is below that (int32 is the fallback when the
 converter cannot reach 21).
 """
@@ -89,6 +91,8 @@ def load_model(src: str | os.PathLike | onnx.ModelProto) -> onnx.ModelProto:
     else:
         path = Path(src)
         where = str(path)
+        if path.is_dir():
+            raise QuantizeError(f"{path} is a folder, not an ONNX file")
         if not path.is_file():
             raise QuantizeError(f"{path}: no such file")
         try:
@@ -160,7 +164,9 @@ def find_layers(model: onnx.ModelProto, selection: LayerSelection) -> tuple[list
         if tensor is None and wname in const_nodes:
             tensor = const_nodes[wname].attribute[0].t
         if tensor is None:
-            skip("weight is not a constant")
+            overridable = any(i.name == wname for i in graph.input)
+            skip("weight is a graph input (overridable, not a constant)" if overridable
+                 else "weight is not a constant")
             continue
         if tensor.data_type != onnx.TensorProto.FLOAT:
             skip(f"weight type {onnx.TensorProto.DataType.Name(tensor.data_type)} (only FLOAT is mapped)")
@@ -314,14 +320,29 @@ def quantize_model(model_or_path: str | os.PathLike | onnx.ModelProto, device: D
 
         qname = _unique(f"{cand.weight}__q", taken)
         sname = _unique(f"{cand.weight}__scale", taken)
-        axis = 0 if (weight.ndim > 2 or cand.transpose) else 1  # the axis that indexes matrix columns
+        dqname = _unique(f"{cand.weight}__dequantize", taken)
+        if weight.ndim == 2 and not cand.transpose:
+            # A (K, N) weight is stored transposed, (N, K) with per-row scales, and a Transpose
+            # restores it: onnxruntime otherwise fuses DequantizeLinear(int8) -> MatMul/Gemm into
+            # MatMulNBits, which quantises the *activations* to int8 (a 1-2% output error not in
+            # the map). DQ -> Transpose -> MatMul becomes an exact float FusedMatMul instead.
+            stored_shape, stored_transpose = weight.shape[::-1], True
+            dq_out = _unique(f"{cand.weight}__dequantized", taken)
+            dq_nodes.append(onnx.helper.make_node("DequantizeLinear", [qname, sname], [dq_out],
+                                                  name=dqname, axis=0))
+            dq_nodes.append(onnx.helper.make_node("Transpose", [dq_out], [cand.weight],
+                                                  name=_unique(f"{cand.weight}__transpose", taken), perm=[1, 0]))
+        else:
+            # Conv (Cout, ...) and Gemm transB=1 (N, K): matrix columns are axis 0
+            stored_shape, stored_transpose = weight.shape, cand.transpose
+            dq_nodes.append(onnx.helper.make_node("DequantizeLinear", [qname, sname], [cand.weight],
+                                                  name=dqname, axis=0))
         new_inits.append(numpy_helper.from_array(
-            matrix_to_weight(q, weight.shape, transpose=cand.transpose).astype(np_dtype), qname))
+            matrix_to_weight(q, stored_shape, transpose=stored_transpose).astype(np_dtype), qname))
         new_inits.append(numpy_helper.from_array(scales, sname))
-        dq_nodes.append(onnx.helper.make_node("DequantizeLinear", [qname, sname], [cand.weight],
-                                              name=_unique(f"{cand.weight}__dequantize", taken), axis=axis))
-        layers.append(MappedLayer(qname, cand.node.name, cand.node.op_type, tuple(weight.shape),
-                                  cand.transpose, cand.groups, levels, scales, tiles))
+        # the map describes the integer initializer as stored (what DequantizeLinear reads)
+        layers.append(MappedLayer(qname, cand.node.name, cand.node.op_type, tuple(stored_shape),
+                                  stored_transpose, cand.groups, levels, scales, tiles))
 
         diff = matrix - deq  # float32 is exact enough for a noise power
         signal, noise = float(np.vdot(matrix, matrix)), float(np.vdot(diff, diff))

@@ -62,15 +62,19 @@ def run(model: onnx.ModelProto, x: np.ndarray, outputs=None, exact: bool = True)
     return sess.run(outputs, {"x": x})
 
 
-def dequantized_weights(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
-    """The DequantizeLinear outputs onnxruntime computes, exposed as extra graph outputs."""
+def tensors(model: onnx.ModelProto, x: np.ndarray, names: list[str]) -> dict[str, np.ndarray]:
+    """Intermediate tensors as onnxruntime computes them, exposed as extra graph outputs."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
-    names = [n.output[0] for n in m.graph.node if n.op_type == "DequantizeLinear"]
-    m.graph.output.extend(helper.make_empty_tensor_value_info(n) for n in names)
-    for o in m.graph.output[-len(names):]:
-        o.type.tensor_type.elem_type = TensorProto.FLOAT
+    m.graph.output.extend(helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in names)
     return dict(zip(names, run(m, x, names)))
+
+
+def dequantized_weights(model: onnx.ModelProto, x: np.ndarray) -> dict[str, np.ndarray]:
+    """DequantizeLinear outputs keyed by the integer initializer they read."""
+    dq = {n.input[0]: n.output[0] for n in model.graph.node if n.op_type == "DequantizeLinear"}
+    values = tensors(model, x, list(dq.values()))
+    return {q: values[out] for q, out in dq.items()}
 
 
 X = np.random.default_rng(1).standard_normal((4, 4, 6, 6)).astype(np.float32)
@@ -92,23 +96,26 @@ def test_map_decodes_exactly_to_the_deployed_weights(tmp_path, name):
     ints = {t.name: numpy_helper.to_array(t) for t in deployed.graph.initializer}
     assert len(loaded.layers) == 5 and len(dq) == 5
     for layer in loaded.layers:
-        weight_name = layer.name.removesuffix("__q")
         # bit for bit: the decoder and onnxruntime's DequantizeLinear agree
-        np.testing.assert_array_equal(layer.float_weight(loaded.device), dq[weight_name])
+        np.testing.assert_array_equal(layer.float_weight(loaded.device), dq[layer.name])
         np.testing.assert_array_equal(layer.integer_weight(device=loaded.device), ints[layer.name])
     expected_dtype = np.int8 if device.qmax <= 127 else np.int16
     assert {ints[layer.name].dtype for layer in loaded.layers} == {np.dtype(expected_dtype)}
     # the deployed model is the float model with the map's weights ...
+    weight_names = ["w_conv", "w_group", "w_dw", "w_fc", "w_mm"]
+    deployed_weights = tensors(deployed, X, weight_names)
     substituted = make_model()
     for t in substituted.graph.initializer:
-        if t.name in dq:
-            t.CopyFrom(numpy_helper.from_array(dq[t.name], t.name))
+        if t.name in deployed_weights:
+            assert tuple(t.dims) == deployed_weights[t.name].shape
+            t.CopyFrom(numpy_helper.from_array(deployed_weights[t.name], t.name))
     got = run(deployed, X)[0]
     np.testing.assert_allclose(got, run(substituted, X)[0], rtol=1e-5, atol=1e-6)
+    # and onnxruntime's default optimisations do not change that (no int8-activation MatMulNBits)
+    np.testing.assert_allclose(run(deployed, X, exact=False)[0], got, rtol=1e-5, atol=1e-6)
     # ... and within the quantisation error of the float model (4 layers, half a step each)
     ref = run(make_model(), X)[0]
     assert np.abs(got - ref).max() < 3 * np.abs(ref).max() / device.qmax
-    assert np.abs(run(deployed, X, exact=False)[0] - ref).max() < 3 * np.abs(ref).max() / device.qmax
 
 
 def _matmul_model(w: np.ndarray) -> onnx.ModelProto:
@@ -148,7 +155,9 @@ def test_hand_computed_2x3_offset():
                           [[2, 0, 2], [0, 3, 3]]]],    # u >> 2
                         dtype=np.uint8)
     np.testing.assert_array_equal(layer.levels, expected)
-    np.testing.assert_array_equal(layer.integer_weight(device=device), [[3, -7, 1], [-7, 6, 7]])
+    np.testing.assert_array_equal(decode(layer.levels, device), [[3, -7, 1], [-7, 6, 7]])
+    # the MatMul weight is stored transposed in model.onnx
+    np.testing.assert_array_equal(layer.integer_weight(device=device), [[3, -7], [-7, 6], [1, 7]])
 
 
 def test_hand_computed_2x3_paper_preset():
@@ -183,7 +192,9 @@ def test_report_and_grouped_depthwise_layout(tmp_path):
     assert by_node["dw_conv"].matrix_shape == (9, 8) and by_node["dw_conv"].groups == 8
     assert by_node["conv"].matrix_shape == (36, 8)
     assert by_node["fc"].matrix_shape == (8, 5) and by_node["fc"].transpose
-    assert by_node["mm"].matrix_shape == (5, 3) and not by_node["mm"].transpose
+    # MatMul (K, N) = (5, 3) is stored transposed (3, 5) behind a Transpose node
+    assert by_node["mm"].matrix_shape == (5, 3) and by_node["mm"].transpose
+    assert by_node["mm"].weight_shape == (3, 5)
     rows = {r["node"]: r for r in report["layers"]}
     # 36 rows / 5 = 8 row tiles, 8 columns / 3 = 3 column tiles
     assert rows["conv"]["tiles"] == 24 == len(by_node["conv"].tiles)
@@ -244,6 +255,21 @@ def test_layer_selection():
         LayerSelection(op_types=("Relu",))
 
 
+def test_constant_node_weight_is_mapped():
+    w = np.arange(6, dtype=np.float32).reshape(2, 3) - 2.5
+    nodes = [helper.make_node("Constant", [], ["w"], name="const", value=numpy_helper.from_array(w, "w")),
+             helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])])
+    model, cmap, _ = quantize_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+                                    PRESETS["paper"])
+    assert [n.op_type for n in model.graph.node] == ["DequantizeLinear", "Transpose", "MatMul"]
+    x = np.array([[1.0, -2.0]], dtype=np.float32)
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], x @ cmap.layers[0].float_weight(cmap.device).T,
+                               rtol=1e-6)
+
+
 # ------------------------------------------------------------------------------------ CLI + bad input
 
 def cli(args, capsys):
@@ -269,6 +295,7 @@ def test_cli_writes_the_artifact(tmp_path, model_file, capsys):
     assert report["device"]["tile_rows"] == 64 and report["device"]["tile_cols"] == 32
     assert report["device"]["name"] == "mlc4+custom"
     assert report["model_sha256"] == file_sha256(out / "model.onnx")
+    assert [r["node"] for r in report["layers"]] == ["conv", "group_conv", "dw_conv", "fc", "mm"]
     assert load_map(out).device.tile_cols == 32
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp leftovers
     # an existing folder is refused, then replaced with --force
@@ -307,6 +334,7 @@ BAD_FILES = {
     "truncated": (_truncated, "ONNX"),
     "empty": (lambda p: p.write_bytes(b""), "ONNX"),
     "missing": (lambda p: None, "no such file"),
+    "folder": (lambda p: p.mkdir(), "is a folder"),
 }
 
 
@@ -367,6 +395,14 @@ def test_failed_write_leaves_no_folder(tmp_path, monkeypatch):
         write_artifact(tmp_path / "out", model, cmap, report, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert file_sha256(tmp_path / "out" / "crossbars.npz") == before
+
+
+def test_cli_json_and_include(tmp_path, model_file, capsys):
+    rc, stdout, err = cli(["quantize", model_file, tmp_path / "o", "--include", "*conv", "--json"], capsys)
+    assert rc == 0, err
+    report = json.loads(stdout)
+    assert [r["node"] for r in report["layers"]] == ["conv", "group_conv", "dw_conv"]
+    assert report["output"] == str(tmp_path / "o")
 
 
 def test_output_path_that_is_a_file_is_refused(tmp_path, model_file, capsys):
