@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,13 +71,6 @@ class _Candidate:
     weight: str
     transpose: bool
     groups: int
-
-
-@dataclass
-class QuantizeResult:
-    model: onnx.ModelProto
-    cmap: CrossbarMap
-    report: dict = field(default_factory=dict)
 
 
 # ------------------------------------------------------------------------------------ loading
@@ -248,12 +241,6 @@ def _db(signal: float, noise: float) -> float:
     if noise == 0:
         return math.inf
     return 10 * math.log10(signal / noise) if signal > 0 else -math.inf
-
-
-def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
-    """Signal-to-quantisation-noise ratio in dB (inf when exact)."""
-    ref = reference.astype(np.float64)
-    return _db(float(np.sum(ref ** 2)), float(np.sum((ref - approx.astype(np.float64)) ** 2)))
 
 
 def quantize_model(model_or_path: str | os.PathLike | onnx.ModelProto, device: DeviceConfig, *,
