@@ -228,6 +228,8 @@ def _raise_opset(model: onnx.ModelProto, target: int) -> onnx.ModelProto:
     for attr in ("producer_name", "producer_version", "domain", "model_version", "doc_string"):
         setattr(converted, attr, getattr(model, attr))
     converted.metadata_props.extend(model.metadata_props)
+    converted.ir_version = max(model.ir_version,
+                               onnx.helper.find_min_ir_version_for(list(converted.opset_import), True))
     return converted
 def _unique(name: str, taken: set[str]) -> str:
     out, k = name, 1

@@ -373,6 +373,15 @@ def test_bad_device_options(tmp_path, model_file, capsys, case):
     assert not (tmp_path / "out").exists()
 
 
+def test_non_finite_weight_is_refused():
+    model = make_model()
+    w = numpy_helper.to_array(model.graph.initializer[0]).copy()
+    w[0, 0, 0, 0] = np.nan
+    model.graph.initializer[0].CopyFrom(numpy_helper.from_array(w, "w_conv"))
+    with pytest.raises(QuantizeError, match="NaN"):
+        quantize_model(model, PRESETS["paper"])
+
+
 def test_failed_write_leaves_no_folder(tmp_path, monkeypatch):
     import passes.quantize as q
 
