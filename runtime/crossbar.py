@@ -217,14 +217,21 @@ def encode(q: np.ndarray, device: DeviceConfig) -> np.ndarray:
     """Integer matrix (R, C) -> cell levels, uint8 array (planes, slices, R, C)."""
     if np.abs(q).max(initial=0) > device.qmax:
         raise RuntimeInputError(f"integer weight out of range for the device (|q| > {device.qmax})")
-    q = q.astype(np.int64)
+    # the non-negative cell values in the narrowest unsigned type (uint8 for 8-bit weights): the
+    # slicing below is memory bound; slices are written straight into the uint8 map
+    q = np.ascontiguousarray(q, dtype=np.int32)  # the map is C-ordered; a transposed q copies slowly
+    vtype = np.uint8 if device.weight_bits <= 8 else np.uint16 if device.weight_bits <= 16 else np.uint32
     if device.encoding == "differential":
-        values = np.stack([np.where(q > 0, q, 0), np.where(q < 0, -q, 0)])
+        values = [np.maximum(q, 0).astype(vtype), np.maximum(-q, 0).astype(vtype)]
     else:
-        values = (q + device.offset)[None]
+        values = [(q + np.int32(device.offset)).astype(vtype)]
     b, mask = device.bits_per_cell, device.levels - 1
-    slices = [(values >> (b * k)) & mask for k in range(device.cells_per_weight)]
-    return np.stack(slices, axis=1).astype(np.uint8)
+    out = np.empty((device.planes, device.cells_per_weight, *q.shape), dtype=np.uint8)
+    for p, v in enumerate(values):
+        for k in range(device.cells_per_weight):
+            part = v if device.cells_per_weight == 1 else (v >> vtype(b * k)) & vtype(mask)
+            out[p, k] = part  # fits: 0 <= part < levels <= 256
+    return out
 
 
 def decode(levels: np.ndarray, device: DeviceConfig) -> np.ndarray:
