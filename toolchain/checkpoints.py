@@ -141,6 +141,8 @@ def load_checkpoint(ref: str | os.PathLike, *, model: str | None = None, width: 
                     shortcut: str | None = None, padded: bool | None = None,
                     normalization: Normalization | None = None, download: bool = False) -> Checkpoint:
     """Load our own checkpoint or import a foreign one; explicit options override/complete it."""
+    if model is not None:
+        ModelSpec(model)  # an unknown name fails here, before any file is read
     path, known = resolve_checkpoint(ref, download=download)
     obj = _torch_load(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:

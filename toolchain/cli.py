@@ -12,7 +12,7 @@ import sys
 
 from .errors import UserError
 
-COMMANDS = ["eval", "passes"]
+COMMANDS = ["eval", "quantize", "passes"]
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:

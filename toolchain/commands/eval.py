@@ -25,9 +25,9 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     ckpt = load_checkpoint(args.checkpoint, model=args.model, width=args.width, shortcut=args.shortcut,
                            normalization=normalization_from_args(args), download=args.download)
+    model = ckpt.build()  # a mismatched checkpoint fails before any image is decoded
     split = load_split(args.data, args.split, cache_dir=args.cache_dir, use_cache=not args.no_cache,
                        download=args.download).subset(args.images)
-    model = ckpt.build()
     t0 = time.perf_counter()
     acc = accuracy(model, split, ckpt.normalization, batch_size=args.batch_size)
     seconds = time.perf_counter() - t0

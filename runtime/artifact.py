@@ -1,0 +1,137 @@
+"""The conductance map of a deployed model: ``crossbars.json`` (description) + ``crossbars.npz``
+(cell levels and scales). Format spec: ``docs/crossbar-format.md``.
+
+Written by the quantizer (``passes``), read by the fault runtime. Per mapped layer the npz holds
+``L{i:04d}.levels`` (uint8, planes x slices x rows x cols: the level of every cell, per cell plane)
+and ``L{i:04d}.scales`` (float32, one per column). The weight the deployed model computes with is
+``matrix_to_weight(decode(levels) * scales)``, bit for bit the DequantizeLinear output in model.onnx.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .crossbar import DeviceConfig, Tile, decode, dequantize_matrix, matrix_to_weight, tile_grid
+from .errors import RuntimeInputError
+
+FORMAT = "rram-crossbar-map"
+VERSION = 1
+JSON_NAME = "crossbars.json"
+NPZ_NAME = "crossbars.npz"
+
+
+@dataclass
+class MappedLayer:
+    """One weight initializer mapped onto crossbar tiles."""
+    name: str            # the ONNX initializer that holds the integer weight
+    node: str            # the Conv/Gemm/MatMul node that uses it
+    op_type: str
+    weight_shape: tuple[int, ...]
+    transpose: bool      # 2-D weights stored (N, K) (Gemm transB=1)
+    groups: int
+    levels: np.ndarray   # uint8 (planes, slices, rows, cols)
+    scales: np.ndarray   # float32 (cols,)
+    tiles: list[Tile] = field(default_factory=list)
+
+    @property
+    def matrix_shape(self) -> tuple[int, int]:
+        return tuple(self.levels.shape[2:])
+
+    def integer_weight(self, levels: np.ndarray | None = None, device: DeviceConfig | None = None) -> np.ndarray:
+        """Signed integer weight in the layer's own shape, decoded from (possibly faulty) levels."""
+        q = decode(self.levels if levels is None else levels, device)
+        return matrix_to_weight(q, self.weight_shape, transpose=self.transpose)
+
+    def float_weight(self, device: DeviceConfig, levels: np.ndarray | None = None) -> np.ndarray:
+        q = decode(self.levels if levels is None else levels, device)
+        return matrix_to_weight(dequantize_matrix(q, self.scales), self.weight_shape, transpose=self.transpose)
+
+
+@dataclass
+class CrossbarMap:
+    device: DeviceConfig
+    layers: list[MappedLayer]
+    model_sha256: str = ""  # of the model.onnx this map belongs to
+
+    def cell_count(self) -> int:
+        return int(sum(layer.levels.size for layer in self.layers))
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_map(cmap: CrossbarMap, folder: str | os.PathLike) -> None:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays, entries = {}, []
+    for i, layer in enumerate(cmap.layers):
+        key = f"L{i:04d}"
+        arrays[f"{key}.levels"] = np.ascontiguousarray(layer.levels, dtype=np.uint8)
+        arrays[f"{key}.scales"] = np.ascontiguousarray(layer.scales, dtype=np.float32)
+        tiles = layer.tiles or tile_grid(*layer.matrix_shape, cmap.device)
+        entries.append({
+            "key": key, "name": layer.name, "node": layer.node, "op_type": layer.op_type,
+            "weight_shape": list(layer.weight_shape), "transpose": layer.transpose,
+            "groups": layer.groups, "matrix_shape": list(layer.matrix_shape),
+            "planes": int(layer.levels.shape[0]), "slices": int(layer.levels.shape[1]),
+            "tiles": [[t.row, t.col, t.rows, t.cols] for t in tiles],
+        })
+    doc = {"format": FORMAT, "version": VERSION, "device": cmap.device.to_dict(),
+           "model_sha256": cmap.model_sha256, "layers": entries}
+    # npz first: a json without its npz would be a broken artifact
+    _atomic_write(folder / NPZ_NAME, lambda fh: np.savez(fh, **arrays))
+    _atomic_write(folder / JSON_NAME, lambda fh: fh.write(json.dumps(doc, indent=1).encode()))
+
+
+def load_map(folder: str | os.PathLike) -> CrossbarMap:
+    folder = Path(folder)
+    jpath, npath = folder / JSON_NAME, folder / NPZ_NAME
+    if not jpath.is_file() or not npath.is_file():
+        raise RuntimeInputError(f"{folder} has no conductance map ({JSON_NAME} + {NPZ_NAME})")
+    try:
+        doc = json.loads(jpath.read_text())
+    except (OSError, ValueError) as e:
+        raise RuntimeInputError(f"corrupt {jpath}: {e}") from None
+    if doc.get("format") != FORMAT:
+        raise RuntimeInputError(f"{jpath} is not a crossbar map (format {doc.get('format')!r})")
+    device = DeviceConfig.from_dict(doc["device"])
+    layers = []
+    try:
+        with np.load(npath, allow_pickle=False) as z:
+            for e in doc["layers"]:
+                levels, scales = z[f"{e['key']}.levels"], z[f"{e['key']}.scales"]
+                expected = (device.planes, device.cells_per_weight, *e["matrix_shape"])
+                if levels.dtype != np.uint8 or tuple(levels.shape) != expected:
+                    raise RuntimeInputError(f"{npath}: layer {e['name']!r} levels have shape "
+                                            f"{levels.shape}, the map says {expected}")
+                if levels.max(initial=0) >= device.levels:
+                    raise RuntimeInputError(f"{npath}: layer {e['name']!r} has a level above {device.levels - 1}")
+                layers.append(MappedLayer(e["name"], e["node"], e["op_type"], tuple(e["weight_shape"]),
+                                          bool(e["transpose"]), int(e["groups"]), levels, scales,
+                                          [Tile(*t) for t in e["tiles"]]))
+    except (KeyError, OSError, ValueError, zipfile.BadZipFile) as e:
+        raise RuntimeInputError(f"corrupt conductance map in {folder}: {e}") from None
+    return CrossbarMap(device, layers, doc.get("model_sha256", ""))

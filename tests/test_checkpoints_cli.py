@@ -1,0 +1,131 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT, write_cifar_batches
+from toolchain.checkpoints import checkpoint_from_model, load_checkpoint, save_checkpoint
+from toolchain.cli import main
+from toolchain.data import CIFAR10_NORM
+from toolchain.errors import UserError
+from toolchain.models import ModelSpec, build_model
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path):
+    torch.manual_seed(0)
+    spec = ModelSpec("resnet20", width=0.5, shortcut="B", padded=True)
+    model = build_model(spec)
+    ckpt = checkpoint_from_model(model, spec, CIFAR10_NORM, note="test")
+    return save_checkpoint(ckpt, tmp_path / "ck" / "model.pt"), model
+
+
+def test_checkpoint_round_trip_restores_spec_norm_and_outputs(tiny_ckpt):
+    path, model = tiny_ckpt
+    assert not list(path.parent.glob("*.tmp"))
+    loaded = load_checkpoint(path)
+    assert loaded.spec == ModelSpec("resnet20", width=0.5, shortcut="B", padded=True)
+    assert loaded.normalization == CIFAR10_NORM
+    assert loaded.meta["note"] == "test"
+    x = torch.randn(2, 3, 32, 32)
+    model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.build()(x), model(x), rtol=0, atol=0)
+    # loads with weights_only=True: nothing but plain containers and tensors inside
+    torch.load(path, weights_only=True)
+
+
+def test_akamaster_import_strips_module_prefix(shared_resnet20):
+    ckpt = load_checkpoint(shared_resnet20)
+    assert ckpt.spec == ModelSpec("resnet20", 1.0, "A")
+    assert ckpt.normalization.mean == (0.485, 0.456, 0.406)
+    ckpt.build()
+
+
+def test_named_checkpoint_found_in_rram_weights(shared_resnet20, monkeypatch):
+    monkeypatch.setenv("RRAM_WEIGHTS", str(shared_resnet20.parent))
+    ckpt = load_checkpoint("resnet20-akamaster")
+    assert ckpt.source.endswith("resnet20-12fca82f.th")
+
+
+def test_named_checkpoint_with_wrong_hash_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "resnet20-12fca82f.th").write_bytes(b"not the real file")
+    monkeypatch.setenv("RRAM_WEIGHTS", str(tmp_path))
+    with pytest.raises(UserError, match="does not match resnet20-akamaster"):
+        load_checkpoint("resnet20-akamaster")
+
+
+def test_mismatched_checkpoint_names_the_first_bad_key(tiny_ckpt, capsys, tmp_path):
+    path, _ = tiny_ckpt
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"state_dict": {"module." + k: v for k, v in torch.load(path, weights_only=True)["state_dict"].items()}}, foreign)
+    code, _, err = run_cli(capsys, "eval", "--model", "resnet20", "--checkpoint", str(foreign),
+                           "--mean", "0,0,0", "--std", "1,1,1", "--data", str(tmp_path))
+    assert code == 2
+    assert err.count("\n") == 1 and "conv1.weight" in err and "shape" in err
+
+
+@pytest.mark.parametrize("argv_tail, message", [
+    (["--model", "resnet56"], "unknown model"),
+    (["--model", "resnet20", "--width", "-2"], "width"),
+    (["--model", "resnet20", "--width", "0"], "width"),
+])
+def test_bad_model_arguments(capsys, tiny_ckpt, argv_tail, message):
+    path, _ = tiny_ckpt
+    with pytest.raises(SystemExit) as exc:
+        code = main(["eval", "--checkpoint", str(path), *argv_tail])
+        raise SystemExit(code)
+    assert exc.value.code != 0
+    assert message in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_is_one_line_error(tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x80\x04garbage" * 10)
+    code, _, err = run_cli(capsys, "eval", "--model", "resnet20", "--checkpoint", str(bad), "--data", str(tmp_path))
+    assert code == 2 and "corrupt or unreadable checkpoint" in err and err.count("\n") == 1
+
+
+def test_missing_and_wrong_layout_data_folders(tiny_ckpt, tmp_path, capsys):
+    path, _ = tiny_ckpt
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", str(path), "--data", str(tmp_path / "nope"))
+    assert code == 2 and "data folder not found" in err
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", str(path), "--data", str(tmp_path))
+    assert code == 2 and "unrecognised data layout" in err
+
+
+def test_eval_json_on_torchvision_layout(tiny_ckpt, tmp_path, capsys):
+    path, model = tiny_ckpt
+    root = write_cifar_batches(tmp_path / "c", n_test=10)
+    code, out, _ = run_cli(capsys, "eval", "--checkpoint", str(path), "--data", str(root), "--json",
+                           "--cache-dir", str(tmp_path / "cache"))
+    assert code == 0
+    result = json.loads(out)
+    assert result["images"] == 10 and 0.0 <= result["accuracy"] <= 1.0
+
+
+def test_cli_error_has_no_traceback_in_a_real_process(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "toolchain", "eval", "--model", "resnet20",
+                           "--checkpoint", str(tmp_path / "missing.pt")],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"rram: error: checkpoint not found: {tmp_path / 'missing.pt'}; "
+                                                f"known names: resnet20-akamaster"]
+
+
+@pytest.mark.slow
+def test_eval_of_shared_resnet20_reports_81_03(shared_resnet20, shared_data, capsys, tmp_path):
+    code, out, _ = run_cli(capsys, "eval", "--model", "resnet20", "--checkpoint", str(shared_resnet20),
+                           "--data", str(shared_data), "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["images"] == 10000
+    assert abs(100 * result["accuracy"] - 81.03) <= 0.05
