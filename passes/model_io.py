@@ -94,7 +94,16 @@ def save(model: onnx.ModelProto, out) -> list[Path]:
     """Write atomically: into a temporary folder beside ``out``, then ``os.replace`` (data file
     first, so the .onnx never points at a missing or stale data file). Returns the written paths."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        raise PassError(f"output {out} is a directory")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return _save(model, out)
+    except OSError as e:
+        raise PassError(f"cannot write {out}: {e.strerror or e}") from None
+
+
+def _save(model: onnx.ModelProto, out: Path) -> list[Path]:
     with tempfile.TemporaryDirectory(prefix=f".{out.name}.", dir=out.parent) as d:
         tmp = write_raw(model, Path(d) / out.name)
         written = []

@@ -409,6 +409,7 @@ def test_bad_inputs(tmp_path, capsys):
     _one_line_error(capsys, ["passes", str(src), str(out), "--passes", "fold-bn,fuse-everything"],
                     "unknown pass 'fuse-everything'")
     _one_line_error(capsys, ["passes", str(src), str(out), "--bn-rate", "0.2"], "no per-rate BN statistics")
+    _one_line_error(capsys, ["passes", str(src), str(tmp_path)], "is a directory")
     assert not out.exists()
 
 
