@@ -100,8 +100,11 @@ def _export(graph: gs.Graph, template: onnx.ModelProto, meta: dict,
 
 
 def _graph_of(model: onnx.ModelProto) -> gs.Graph:
-    graph = gs.import_onnx(model)
-    graph.toposort()
+    try:
+        graph = gs.import_onnx(model)
+        graph.toposort()
+    except Exception as e:
+        raise PassError(f"onnx-graphsurgeon cannot import the model: {' '.join(str(e).split())[:300]}") from None
     return graph
 
 

@@ -68,6 +68,7 @@ class Runner:
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         opts.log_severity_level = 3
         self._tmp = None
+        self.what = what
         try:
             if model_io.model_size(model) < model_io.EXTERNAL_DATA_THRESHOLD:
                 self.sess = ort.InferenceSession(model.SerializeToString(), opts,
@@ -83,7 +84,11 @@ class Runner:
         self.output_names = [o.name for o in self.sess.get_outputs()]
 
     def __call__(self, feeds: dict) -> dict:
-        outs = self.sess.run(None, feeds)
+        try:
+            outs = self.sess.run(None, feeds)
+        except Exception as e:
+            raise PassError(f"cannot verify {self.what}: onnxruntime failed running it "
+                            f"({' '.join(str(e).split())[:300]}); use --verify off") from None
         return dict(zip(self.output_names, outs))
 
     def close(self):
