@@ -45,6 +45,22 @@ def load(path) -> onnx.ModelProto:
     return model
 
 
+def external_files(path) -> list[Path]:
+    """The external data files an ONNX file refers to (empty when it holds its weights)."""
+    path = Path(path)
+    try:
+        m = onnx.load(str(path), load_external_data=False)
+    except Exception:
+        return []
+    locs = []
+    for t in m.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            for e in t.external_data:
+                if e.key == "location" and e.value not in locs:
+                    locs.append(e.value)
+    return [path.parent / loc for loc in locs]
+
+
 def model_size(model: onnx.ModelProto) -> int:
     """Serialized size, estimated without serializing (``ByteSize`` takes seconds on big models):
     initializer payloads from their dims plus the exact size of everything else."""

@@ -213,7 +213,7 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
         onnx.checker.check_model(skeleton(graph))
     except Exception as e:
         raise PassError(f"the model after passes {','.join(names_run)} fails onnx.checker: "
-                        f"{str(e).strip().splitlines()[0]}") from None
+                        f"{model_io._first_line(e)}") from None
     out = _export(graph, work, meta, extra)
     export_seconds = time.perf_counter() - t0
     verification = checks[-1] if checks else None
@@ -242,9 +242,12 @@ def run_file(src, dst, names, **kwargs) -> Result:
     src, dst = Path(src), Path(dst)
     if dst.exists() and src.exists() and os.path.samefile(src, dst):
         raise PassError(f"output {dst} is the input file; the input is never overwritten")
-    if dst.with_name(dst.name + ".data").exists() and src.exists() and \
-            os.path.samefile(dst.with_name(dst.name + ".data"), src):
-        raise PassError(f"output data file would overwrite the input {src}")
+    data = dst.with_name(dst.name + ".data")
+    if data.exists() and src.is_file():
+        # A large output writes OUT.onnx.data: it must not be the input or its external data.
+        own = [src] + model_io.external_files(src)
+        if any(p.exists() and os.path.samefile(data, p) for p in own):
+            raise PassError(f"output data file {data} belongs to the input {src}; choose another output name")
     res = run(src, names, **kwargs)
     res.written = model_io.save(res.model, dst)
     return res

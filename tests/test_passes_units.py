@@ -360,6 +360,13 @@ def test_external_data_input(tmp_path):
     assert (tmp_path / "in.onnx.data").exists()
     res = passes.run_file(tmp_path / "in.onnx", tmp_path / "out.onnx", "standard", tolerance=TOL)
     assert [p.name for p in res.written] == ["out.onnx"]  # small output: one self-contained file
+    # An output whose data file would be the input's external data is refused.
+    onnx.save_model(conv_bn_model(cin=16, cout=32, k=1), str(tmp_path / "in2.onnx"),
+                    save_as_external_data=True, location="x.onnx.data", size_threshold=0)
+    before = _digest(tmp_path / "x.onnx.data")
+    with pytest.raises(passes.PassError, match="belongs to the input"):
+        passes.run_file(tmp_path / "in2.onnx", tmp_path / "x.onnx", "standard")
+    assert _digest(tmp_path / "x.onnx.data") == before
     assert max_rel_diff(m, onnx.load(str(tmp_path / "out.onnx")), input_feeds(m)) <= TOL
 
 
