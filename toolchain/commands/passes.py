@@ -54,6 +54,10 @@ def add_parser(sub) -> None:
     p.add_argument("--bn-rate", default=None,
                    help="use this rate's BN statistics (models from `rram export` with per-rate statistics)")
     add_data_args(p)
+    for action in p._actions:  # here --data is opt-in: the passes serve models of any dataset
+        if action.dest == "data":
+            action.help = ("also verify on CIFAR-10 test images from this root (ImageFolder "
+                           "train/test or cifar-10-batches-py); off by default")
     p.add_argument("--images", type=positive_int, default=16,
                    help="with --data: verify on this many test images too (default 16)")
     p.add_argument("--mean", default=None, help="with --data: input mean r,g,b (default: the model's "
