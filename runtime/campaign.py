@@ -78,7 +78,7 @@ class Artifact:
             return name
         rates = {n: m.bn_rate for n, m in self.models.items()}
         if stats_rate == "auto":
-            return min(rates, key=lambda n: (abs(rates[n] - chip_rate), rates[n]))
+            return min(rates, key=lambda n: (round(abs(rates[n] - chip_rate), 9), rates[n]))
         for n, r in rates.items():
             if math.isclose(r, float(stats_rate), abs_tol=1e-9):
                 return n

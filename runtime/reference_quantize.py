@@ -75,10 +75,14 @@ def quantize_onnx(model: onnx.ModelProto, out: str | os.PathLike, device: Device
 
 def export_torch(module, sample, path: str | os.PathLike) -> onnx.ModelProto:
     """Float ONNX from a torch module in eval mode (legacy exporter: folds BN into convs)."""
+    import warnings
+
     import torch
 
     module.eval()
-    torch.onnx.export(module, sample, str(path), dynamo=False, input_names=["input"],
-                      output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
-                      opset_version=17)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and folding notices
+        torch.onnx.export(module, sample, str(path), dynamo=False, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
+                          opset_version=17)
     return onnx.load(str(path))
