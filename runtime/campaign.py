@@ -209,7 +209,8 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
              sa1: list[float], sa0: float = 0.0, runs: int = 100, seed: int = 0,
              stats_rate: str | float = "auto", shard: tuple[int, int] = (1, 1),
              out: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
-             engine_kw: dict | None = None, info: dict | None = None) -> dict:
+             engine_kw: dict | None = None, info: dict | None = None, precision: str = "fp32",
+             calibration: np.ndarray | None = None) -> dict:
     """Sweep the rates; return (and, with ``out``, keep writing) the results document."""
     if not isinstance(artifact, Artifact):
         artifact = Artifact.load(artifact)
@@ -230,8 +231,12 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
         "cells": artifact.first.cmap.cell_count(),
         "sa1": [float(p) for p in sa1], "sa0": float(sa0), "runs": runs, "seed": int(seed),
         "images": int(len(labels)), "images_sha256": images_digest(images, labels),
-        "stats_rate": stats_rate, "precision": "fp32",
+        "stats_rate": stats_rate, "precision": precision,
     }
+    if precision == "int8":
+        if calibration is None:
+            raise RuntimeInputError("--precision int8 needs calibration images")
+        config["calibration_sha256"] = images_digest(calibration, np.zeros(0, np.int64))
     out = Path(out) if out is not None else None
     doc = None
     if out is not None and out.exists():
@@ -244,7 +249,8 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
                "shard": None if shard == (1, 1) else list(shard), "clean": {},
                "rates": [{"sa1": float(p), "sa0": float(sa0), "model": m, "runs": {}} for p, m in zip(sa1, selected)],
                "timing": {}, "complete": False, "info": info or {}}
-    engine = _engine_factory(artifact, images, labels, engine_kw or {})
+    engine = _engine_factory(artifact, images, labels, {**(engine_kw or {}), "precision": precision,
+                                                        "calibration": calibration})
 
     todo = [(i, r) for i, r in _jobs(len(sa1), runs, shard) if str(r) not in doc["rates"][i]["runs"]]
     for name in sorted(set(selected)):
@@ -341,7 +347,8 @@ def validate_fault_map(artifact: Artifact | str | os.PathLike, images: np.ndarra
                        "model_sha256": artifact.models[name].sha256,
                        "device": artifact.first.cmap.device.to_dict(), "fault_map": str(fault_map),
                        "fault_map_sha256": file_sha256(fault_map), "images": int(len(labels)),
-                       "images_sha256": images_digest(images, labels)},
+                       "images_sha256": images_digest(images, labels),
+                       "precision": (engine_kw or {}).get("precision", "fp32")},
             "clean": engine.clean_accuracy(),
             "chip": {"accuracy": engine.chip_accuracy(chip), "stuck_fraction": chip.stuck_fraction,
                      "sa1_fraction": chip.sa1_fraction, "sa0_fraction": chip.sa0_fraction},

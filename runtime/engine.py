@@ -15,6 +15,7 @@ ORT_ENABLE_EXTENDED it loses the NCHWc layout (~40% slower runs).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,10 +90,8 @@ class DeployedModel:
             weights = self._clean
         if len(weights) != len(self.weight_names):
             raise RuntimeInputError(f"{len(weights)} weights for {len(self.weight_names)} mapped layers")
-        tail = onnx.ModelProto(graph=onnx.GraphProto(initializer=[
-            numpy_helper.from_array(np.ascontiguousarray(w, dtype=np.float32), n)
-            for n, w in zip(self.weight_names, weights)]))
-        return self.base_bytes + tail.SerializeToString()
+        return append_initializers(self.base_bytes, self.weight_names,
+                                   [np.asarray(w, dtype=np.float32) for w in weights])
 
     def clean_weights(self) -> list[np.ndarray]:
         return [layer.float_weight(self.cmap.device) for layer in self.cmap.layers]
@@ -180,12 +179,107 @@ def normalize_images(images: np.ndarray, normalization: dict | None) -> np.ndarr
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def append_initializers(base: bytes, names: list[str], arrays: list[np.ndarray]) -> bytes:
+    """``base`` plus these initializers: protobuf merges a concatenated message into the first
+    (repeated fields append), so only the weights are serialised per chip."""
+    tail = onnx.ModelProto(graph=onnx.GraphProto(initializer=[
+        numpy_helper.from_array(np.ascontiguousarray(a), n) for n, a in zip(names, arrays)]))
+    return base + tail.SerializeToString()
+
+
+PRECISIONS = ("fp32", "int8")
+
+
+def int8_fits(model: DeployedModel) -> bool:
+    """Every (faulty) integer weight fits int8: |q| <= 127 differential, 8-bit offset."""
+    d = model.cmap.device
+    return d.qmax <= 127 if d.encoding == "differential" else d.weight_bits <= 8
+
+
+def prepare_int8(model: DeployedModel, calibration: np.ndarray, *, calibration_batch: int = 100) -> tuple[bytes, list[str]]:
+    """onnxruntime static quantisation (QDQ, uint8 activations as a DAC/ADC would see them,
+    MinMax calibration on ``calibration`` = normalised float images), then each mapped layer's
+    weight DequantizeLinear is pointed at the crossbar integers and scales (per output channel,
+    symmetric) instead of onnxruntime's own weight quantisation. Returns the model bytes without
+    those integer weights and their names (appended per chip, int8)."""
+    import tempfile
+
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
+                                          quantize_static)
+
+    if not int8_fits(model):
+        raise RuntimeInputError(f"--precision int8 needs crossbar weights that fit int8; device "
+                                f"{model.cmap.device.name!r} holds up to {model.cmap.device.qmax}")
+    if calibration is None or len(calibration) == 0:
+        raise RuntimeInputError("--precision int8 needs calibration images")
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{model.input_name: calibration[i:i + calibration_batch]}
+                                 for i in range(0, len(calibration), calibration_batch)])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    with tempfile.TemporaryDirectory(prefix="rram-int8-") as tmp:
+        src, dst = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "int8.onnx")
+        float_model = onnx.ModelProto.FromString(model.model_bytes_with(None))
+        opset = next((o.version for o in float_model.opset_import if o.domain in ("", "ai.onnx")), 21)
+        if opset < 21:  # onnxruntime's quantizer moves the model to opset 21: convert properly first
+            from onnx import version_converter
+
+            float_model = version_converter.convert_version(float_model, 21)
+        onnx.save(float_model, src)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # quantize_static logs a pre-processing hint as a warning
+        try:
+            quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"WeightSymmetric": True})
+        finally:
+            root.setLevel(level)
+        q = onnx.load(dst)
+    graph = q.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    inits = {t.name: t for t in graph.initializer}
+    names, replaced = [], set()
+    for layer, wname in zip(model.cmap.layers, model.weight_names):
+        consumers = [n for n in graph.node if n.name == layer.node] or \
+            [n for n in graph.node if n.op_type == layer.op_type and wname in n.input]
+        if len(consumers) != 1 or len(consumers[0].input) < 2:
+            raise RuntimeInputError(f"int8: cannot find the node of layer {layer.name!r} after quantisation")
+        dq = producer.get(consumers[0].input[1])
+        if dq is None or dq.op_type != "DequantizeLinear":
+            raise RuntimeInputError(f"int8: onnxruntime left layer {layer.name!r} unquantised")
+        axis = 1 if (len(layer.weight_shape) == 2 and not layer.transpose) else 0
+        qname, sname, zname = f"{wname}.crossbar", f"{wname}.crossbar_scale", f"{wname}.crossbar_zp"
+        replaced.update(i for i in dq.input[:3])
+        del dq.input[:]
+        dq.input.extend([qname, sname, zname])
+        for a in list(dq.attribute):
+            if a.name == "axis":
+                dq.attribute.remove(a)
+        dq.attribute.append(onnx.helper.make_attribute("axis", axis))
+        graph.initializer.extend([numpy_helper.from_array(layer.scales.astype(np.float32), sname),
+                                  numpy_helper.from_array(np.zeros(len(layer.scales), np.int8), zname)])
+        names.append(qname)
+    used = {i for n in graph.node for i in n.input}
+    keep = [t for t in graph.initializer if t.name not in replaced or t.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    return q.SerializeToString(), names
+
+
 class Engine:
     """Evaluates one prepared model on fixed images under any number of chips."""
 
     def __init__(self, model: DeployedModel, images: np.ndarray, labels: np.ndarray, *,
-                 batch_size: int = 500, threads: int | None = None, providers: list[str] | None = None,
-                 normalized: np.ndarray | None = None):
+                 batch_size: int = 256, threads: int | None = None, providers: list[str] | None = None,
+                 normalized: np.ndarray | None = None, precision: str = "fp32",
+                 calibration: np.ndarray | None = None):
+        """``calibration``: uint8 NHWC training images, for ``precision="int8"`` only."""
         import onnxruntime as ort
 
         if len(images) != len(labels) or len(labels) == 0:
@@ -197,14 +291,33 @@ class Engine:
         self.batch_size = int(batch_size)
         self.threads = threads or default_threads()
         self.providers = providers or default_providers()
+        if precision not in PRECISIONS:
+            raise RuntimeInputError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
+        self.precision = precision
+        if precision == "int8":
+            calib = normalize_images(calibration, model.normalization) if calibration is not None else None
+            self.int8_base, self.int8_names = prepare_int8(model, calib)
+
+    def weights(self, chip: Chip | None = None) -> list[np.ndarray]:
+        """What the session needs per chip: float weights (fp32) or crossbar integers (int8)."""
+        if self.precision == "fp32":
+            return self.model.chip_weights(chip) if chip is not None else self.model.clean_weights()
+        m = self.model
+        levels = faulty_levels(m.cmap, chip.codes) if chip is not None else [lay.levels for lay in m.cmap.layers]
+        return [lay.integer_weight(lv, m.cmap.device).astype(np.int8) for lay, lv in zip(m.cmap.layers, levels)]
 
     def session(self, weights: list[np.ndarray] | None = None):
-        """A session with the given float weights for the mapped layers (fault-free when None)."""
+        """A session with these per-layer weights (see ``weights``; fault-free when None)."""
         so = self.ort.SessionOptions()
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
-        return self.ort.InferenceSession(self.model.model_bytes_with(weights), so, providers=self.providers)
+        if self.precision == "fp32":
+            data = self.model.model_bytes_with(weights)
+        else:
+            data = append_initializers(self.int8_base, self.int8_names,
+                                       weights if weights is not None else self.weights())
+        return self.ort.InferenceSession(data, so, providers=self.providers)
 
     def accuracy_of(self, sess) -> float:
         correct = 0
@@ -218,4 +331,4 @@ class Engine:
         return self.accuracy_of(self.session())
 
     def chip_accuracy(self, chip: Chip) -> float:
-        return self.accuracy_of(self.session(self.model.chip_weights(chip)))
+        return self.accuracy_of(self.session(self.weights(chip)))

@@ -24,6 +24,11 @@ MODEL_NAME = "model.onnx"
 def quantize_onnx(model: onnx.ModelProto, out: str | os.PathLike, device: DeviceConfig, *,
                   normalization: dict | None = None, bn_rate: float | None = None) -> Path:
     model = onnx.ModelProto.FromString(model.SerializeToString())
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    if device.qmax > 127 and opset < 21:  # int16 DequantizeLinear needs opset 21
+        from onnx import version_converter
+
+        model = version_converter.convert_version(model, 21)
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     layers, new_nodes, wide = [], [], False

@@ -289,3 +289,35 @@ def test_bad_inputs_one_line_error_nothing_overwritten(art, data, tmp_path, caps
     assert not chip_out.exists()
     assert "not found" in _err(capsys, ["merge", str(tmp_path / "nope.json"), "--out", str(merged)])
     assert "k/n" in _err(capsys, base + ["--sa1", "0.1", "--shard", "3/2", "--resume"])
+
+
+# ------------------------------------------------------------------ int8 path
+
+def test_int8_engine_computes_with_the_crossbar_integers(art, data, tmp_path):
+    images, labels = data
+    dm = DeployedModel.load(art)
+    calib = make_images(64, seed=1)[0]
+    e8 = Engine(dm, images, labels, precision="int8", calibration=calib)
+    e32 = Engine(dm, images, labels)
+    assert abs(e8.clean_accuracy() - e32.clean_accuracy()) <= 0.1
+    chip = sample_chip(dm.cmap.cell_count(), 0.2, 0.05, run_seed(0, 0.2, 0.05, 0))
+    w8 = e8.weights(chip)
+    for layer, lv, w in zip(dm.cmap.layers, faulty_levels(dm.cmap, chip.codes), w8):
+        assert w.dtype == np.int8 and np.array_equal(w, layer.integer_weight(lv, dm.cmap.device))
+    # the quantized graph dequantises exactly those integers with the crossbar scales
+    m = onnx.ModelProto.FromString(e8.int8_base)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+    for layer, name in zip(dm.cmap.layers, e8.int8_names):
+        dq = next(n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == name)
+        assert np.array_equal(inits[dq.input[1]], layer.scales)
+    x = normalize_images(images, NORM)
+    out8 = e8.session(w8).run(None, {dm.input_name: x})[0]
+    out32 = e32.session(dm.chip_weights(chip)).run(None, {dm.input_name: x})[0]
+    assert np.corrcoef(out8.ravel(), out32.ravel())[0, 1] > 0.95
+    doc = validate(art, images, labels, sa1=[0.1], runs=1, progress=False, precision="int8", calibration=calib)
+    assert doc["config"]["precision"] == "int8"
+    wide = make_artifact(tmp_path / "wide", preset("mlc4"))  # int16 weights, opset 21
+    assert validate(wide, images, labels, sa1=[0.0], runs=1, progress=False)["rates"][0]["summary"]["mean"] \
+        == Engine(DeployedModel.load(wide), images, labels).clean_accuracy()
+    with pytest.raises(RuntimeInputError, match="int8"):
+        Engine(DeployedModel.load(wide), images, labels, precision="int8", calibration=calib)

@@ -38,7 +38,12 @@ def add_parser(sub) -> None:
     p.add_argument("--shard", default=None, help="k/n: run the k-th of n deterministic parts")
     p.add_argument("--resume", action="store_true", help="continue the campaign in --out")
     p.add_argument("--out", required=True, help="results JSON (written after every run)")
-    p.add_argument("--batch-size", type=positive_int, default=1000)
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                   help="int8: activations quantised as a DAC/ADC would (onnxruntime static "
+                        "quantisation calibrated on training images), weights = crossbar integers")
+    p.add_argument("--calibration-images", type=positive_int, default=500,
+                   help="training images for --precision int8 calibration")
+    p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime threads (default: all cores)")
     p.set_defaults(func=run)
 
@@ -60,6 +65,10 @@ def run(args) -> int:
     idx = subset_indices(len(split), args.images)
     images, labels = split.images[idx], split.labels[idx]
     engine_kw = {"batch_size": args.batch_size, "threads": args.threads}
+    calibration = None
+    if args.precision == "int8":
+        train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache)
+        calibration = train.images[subset_indices(len(train), args.calibration_images)]
     info = {"data": str(args.data), "split": args.split}
     if args.fault_map:
         from pathlib import Path
@@ -67,14 +76,15 @@ def run(args) -> int:
         if Path(args.out).exists():
             raise UserError(f"{args.out} exists; choose another --out")
         doc = validate_fault_map(artifact, images, labels, args.fault_map, stats_rate=stats_rate,
-                                 engine_kw=engine_kw, info=info)
+                                 engine_kw={**engine_kw, "precision": args.precision,
+                                            "calibration": calibration}, info=info)
         write_results(doc, args.out)
         print(f"chip {args.fault_map}: {100 * doc['chip']['accuracy']:.2f}% "
               f"(fault-free {100 * doc['clean']:.2f}%, {100 * doc['chip']['stuck_fraction']:.3f}% cells stuck)")
         return 0
     doc = validate(artifact, images, labels, sa1=sa1, sa0=args.sa0, runs=args.runs, seed=args.seed,
                    stats_rate=stats_rate, shard=shard, out=args.out, resume=args.resume,
-                   engine_kw=engine_kw, info=info)
+                   engine_kw=engine_kw, info=info, precision=args.precision, calibration=calibration)
     print_summary(doc)
     return 0
 

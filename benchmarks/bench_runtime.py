@@ -1,0 +1,232 @@
+"""Fault-injection campaign throughput on the shared ResNet20 (docs/runtime.md).
+
+Prints one table: image inferences per second under distinct fault maps for the validate engine,
+a plain PyTorch loop doing the same work (copy the weights, zero the sampled ones, evaluate: the
+approach of the paper and of PytorchFI), onnxruntime on the fault-free model with no fault
+handling, the alternative ways to feed weights to onnxruntime that we measured and rejected, and
+the machine's floor (model FLOPs x images / measured fp32 matrix-multiply rate).
+
+    PYTHONPATH=. python benchmarks/bench_runtime.py [--images 2000] [--runs 3] [--rate 0.1]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import torch  # noqa: E402
+from onnx import helper, numpy_helper, shape_inference  # noqa: E402
+
+from runtime.campaign import subset_indices  # noqa: E402
+from runtime.crossbar import preset  # noqa: E402
+from runtime.engine import DeployedModel, Engine, default_threads  # noqa: E402
+from runtime.faults import run_seed, sample_chip  # noqa: E402
+from runtime.reference_quantize import export_torch, quantize_onnx  # noqa: E402
+
+
+def model_flops(model: onnx.ModelProto) -> float:
+    """Multiply-accumulates x 2 of the Conv/Gemm/MatMul nodes for one image."""
+    m = onnx.ModelProto.FromString(model.SerializeToString())
+    for d in m.graph.input[0].type.tensor_type.shape.dim[:1]:
+        d.ClearField("dim_param")
+        d.dim_value = 1
+    m = shape_inference.infer_shapes(m)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(m.graph.value_info) + list(m.graph.output) + list(m.graph.input)}
+    inits = {t.name: list(t.dims) for t in m.graph.initializer}
+    flops = 0.0
+    for n in m.graph.node:
+        if n.op_type == "Conv":
+            w = inits[n.input[1]]
+            out = shapes[n.output[0]]
+            flops += 2.0 * np.prod(w) * out[2] * out[3]
+        elif n.op_type in ("Gemm", "MatMul") and n.input[1] in inits:
+            flops += 2.0 * np.prod(inits[n.input[1]])
+    return flops
+
+
+def matmul_rate(threads: int, size: int = 1024, reps: int = 10) -> float:
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2.0 * size ** 3 * reps / (time.perf_counter() - t0)
+
+
+def timed(fn, reps=1):
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        out = fn()
+    return (time.perf_counter() - t0) / reps, out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--rate", type=float, default=0.1)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--batch-size", type=int, default=1000)
+    ap.add_argument("--int8", action="store_true", help="also measure --precision int8")
+    args = ap.parse_args()
+    threads = args.threads or default_threads()
+
+    from toolchain.checkpoints import load_checkpoint
+    from toolchain.data import load_split
+
+    shared = ROOT.parent / "shared"
+    ckpt = load_checkpoint(os.environ.get("RRAM_BENCH_CKPT", str(shared / "models" / "resnet20-12fca82f.th")))
+    split = load_split(os.environ.get("RRAM_DATA", str(shared / "data" / "cifar10-jpeg")), "test", progress=False)
+    idx = subset_indices(len(split), args.images)
+    images, labels = split.images[idx], split.labels[idx]
+    n = len(labels)
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-runtime-"))
+    model = ckpt.build()
+    onx = export_torch(model, torch.zeros(1, 3, 32, 32), tmp / "float.onnx")
+    art = quantize_onnx(onx, tmp / "art", preset("paper"), normalization=ckpt.normalization.to_dict())
+    dm = DeployedModel.load(art)
+    eng = Engine(dm, images, labels, batch_size=args.batch_size, threads=threads)
+    x = eng.x
+    chips = [sample_chip(dm.cmap.cell_count(), args.rate, 0.0, run_seed(0, args.rate, 0.0, r))
+             for r in range(args.runs)]
+    rows = []
+
+    def row(name, seconds_per_run, acc, note=""):
+        rows.append((name, n / seconds_per_run, acc, note))
+
+    # (b) onnxruntime, fault-free model, no fault handling: one session, one pass
+    sess = eng.session()
+    eng.accuracy_of(sess)  # warm-up
+    t, acc = timed(lambda: eng.accuracy_of(sess))
+    row("onnxruntime fault-free, no fault handling (b)", t, acc)
+    base = n / t
+
+    # the validate engine: sample + decode + session + evaluate, per distinct chip
+    t0 = time.perf_counter()
+    accs = [eng.chip_accuracy(sample_chip(dm.cmap.cell_count(), args.rate, 0.0, run_seed(0, args.rate, 0.0, r)))
+            for r in range(args.runs)]
+    t = (time.perf_counter() - t0) / args.runs
+    row(f"validate engine fp32, SA1 {args.rate:g}", t, float(np.mean(accs)), "per chip: sample, decode, session, run")
+    engine_rate = n / t
+    t_prep, _ = timed(lambda: eng.session(dm.chip_weights(chips[0])), reps=3)
+
+    # (a) PyTorch loop: copy weights, zero the sampled ones, evaluate the same images
+    torch.set_num_threads(threads)
+    clean_state = {k: v.clone() for k, v in model.state_dict().items()}
+    xt, yt = torch.from_numpy(x), torch.from_numpy(labels)
+    gen = torch.Generator().manual_seed(0)
+
+    @torch.no_grad()
+    def torch_run():
+        model.load_state_dict(clean_state)
+        for m in model.modules():
+            if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)):
+                m.weight[torch.rand(m.weight.shape, generator=gen) < args.rate] = 0
+        correct = 0
+        for s in range(0, n, args.batch_size):
+            correct += int((model(xt[s:s + args.batch_size]).argmax(1) == yt[s:s + args.batch_size]).sum())
+        return correct / n
+
+    torch_run()
+    t0 = time.perf_counter()
+    accs = [torch_run() for _ in range(args.runs)]
+    t = (time.perf_counter() - t0) / args.runs
+    row(f"PyTorch loop fp32, SA1 {args.rate:g} (a)", t, float(np.mean(accs)), "copy weights, zero sampled, eval")
+    torch_rate = n / t
+
+    # rejected alternatives for feeding per-chip weights
+    w = dm.chip_weights(chips[0])
+    m = onnx.ModelProto.FromString(dm.model_bytes_with(None))
+    keep = [t_ for t_ in m.graph.initializer if t_.name not in dm.weight_names]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(keep)
+    for name, arr in zip(dm.weight_names, w):
+        m.graph.input.append(helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, arr.shape))
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    s_in = ort.InferenceSession(m.SerializeToString(), so)
+    feeds = dict(zip(dm.weight_names, w))
+
+    def run_inputs():
+        c = 0
+        for s in range(0, n, args.batch_size):
+            out = s_in.run(None, {dm.input_name: x[s:s + args.batch_size], **feeds})[0]
+            c += int((out.argmax(1) == labels[s:s + args.batch_size]).sum())
+        return c / n
+    run_inputs()
+    t, acc = timed(run_inputs)
+    row("alt: weights as graph inputs", t, acc, "no pre-packing")
+    ref_acc = acc
+    for level, lname in ((ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, "EXTENDED"),
+                         (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, "ALL")):
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.graph_optimization_level = level
+        vals = [ort.OrtValue.ortvalue_from_numpy(a) for a in w]
+        for name, v in zip(dm.weight_names, vals):
+            so.add_initializer(name, v)
+        s_ai = ort.InferenceSession(dm.model_bytes_with(None), so)
+        eng.accuracy_of(s_ai)
+        t, acc = timed(lambda: eng.accuracy_of(s_ai))
+        row(f"alt: SessionOptions.add_initializer, {lname}", t, acc,
+            "same chip as row above" + ("" if acc == ref_acc else ": WRONG accuracy"))
+
+    if args.int8:
+        eng8 = Engine(dm, images, labels, batch_size=args.batch_size, threads=threads, precision="int8",
+                      calibration=split_train_calibration())
+        clean8 = eng8.clean_accuracy()
+        t0 = time.perf_counter()
+        accs = [eng8.chip_accuracy(c) for c in chips]
+        t = (time.perf_counter() - t0) / args.runs
+        row(f"validate engine int8, SA1 {args.rate:g}", t, float(np.mean(accs)),
+            f"fault-free {100 * clean8:.2f}% vs fp32 {100 * eng.clean_accuracy():.2f}%")
+        int8_rate = n / t
+
+    flops = model_flops(onx)
+    rate = matmul_rate(threads)
+    floor = rate / flops
+    rows.append(("floor: FLOPs x images / fp32 matmul rate", floor, None,
+                 f"{flops / 1e6:.1f} MFLOP/image, {rate / 1e9:.1f} GFLOP/s"))
+
+    print(f"\nResNet20 (shared checkpoint), {n} test images, {args.runs} chips, {threads} threads, "
+          f"batch {args.batch_size}, providers {eng.providers[0]}; per-chip prep (decode+session) "
+          f"{1000 * t_prep:.0f} ms\n")
+    print(f"| {'what':52s} | {'images/s':>9s} | {'accuracy':>8s} | note")
+    print(f"|{'-' * 54}|{'-' * 11}|{'-' * 10}|------")
+    for name, ips, acc, note in rows:
+        a = f"{100 * acc:.2f}%" if acc is not None else "-"
+        print(f"| {name:52s} | {ips:9.0f} | {a:>8s} | {note}")
+    print(f"\nengine vs PyTorch loop: {engine_rate / torch_rate:.2f}x (target >= 2x); "
+          f"engine vs fault-free onnxruntime: {100 * engine_rate / base:.0f}% (target >= 90%); "
+          f"engine vs floor: {100 * engine_rate / floor:.0f}%")
+    if args.int8:
+        print(f"int8 engine vs fp32 engine: {int8_rate / engine_rate:.2f}x (target >= 2x); "
+              f"vs PyTorch loop: {int8_rate / torch_rate:.2f}x (target >= 4x)")
+    print("(the CPU is shared with other jobs while this runs: figures are noisy)")
+    return 0
+
+
+def split_train_calibration():
+    from runtime.campaign import subset_indices as sub
+    from toolchain.data import load_split
+
+    shared = ROOT.parent / "shared"
+    tr = load_split(os.environ.get("RRAM_DATA", str(shared / "data" / "cifar10-jpeg")), "train", progress=False)
+    return tr.images[sub(len(tr), 500)]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
