@@ -321,3 +321,14 @@ def test_int8_engine_computes_with_the_crossbar_integers(art, data, tmp_path):
         == Engine(DeployedModel.load(wide), images, labels).clean_accuracy()
     with pytest.raises(RuntimeInputError, match="int8"):
         Engine(DeployedModel.load(wide), images, labels, precision="int8", calibration=calib)
+
+
+def test_offset_encoding_faults_push_weights_to_the_extremes():
+    """The README's table for the offset encoding (k = 1): SA1 -> most negative, SA0 -> most positive."""
+    from runtime.crossbar import decode, encode
+
+    device = DeviceConfig(bits_per_cell=4, cells_per_weight=1, encoding="offset")
+    q = np.arange(-device.qmax, device.qmax + 1, dtype=np.int32).reshape(1, -1)
+    levels = encode(q, device)
+    assert np.all(decode(apply_faults(levels, np.full(levels.shape, SA1, np.uint8), sa0_level(device)), device) == -8)
+    assert np.all(decode(apply_faults(levels, np.full(levels.shape, SA0, np.uint8), sa0_level(device)), device) == 7)
