@@ -46,6 +46,24 @@ def default_threads() -> int:
     return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+_ENV_ARENA: bool | None = None
+
+
+def shared_cpu_arena(ort) -> bool:
+    """Register one process-wide CPU arena for all sessions (once). A fresh session per chip then
+    reuses the activation memory of the previous one instead of growing its own arena (page faults)
+    during its first run: measured, that first run was ~5-8% slower than a warmed session's."""
+    global _ENV_ARENA
+    if _ENV_ARENA is None:
+        try:
+            ort.create_and_register_allocator(ort.OrtMemoryInfo(
+                "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT), None)
+            _ENV_ARENA = True
+        except Exception as e:  # already registered (by the host application), or unsupported
+            _ENV_ARENA = "already" in str(e).lower()
+    return bool(_ENV_ARENA)
+
+
 def _meta(model: onnx.ModelProto) -> dict[str, str]:
     return {p.key: p.value for p in model.metadata_props}
 
@@ -312,6 +330,8 @@ class Engine:
         so.intra_op_num_threads = self.threads
         so.inter_op_num_threads = 1
         so.log_severity_level = 3
+        if self.providers == ["CPUExecutionProvider"] and shared_cpu_arena(self.ort):
+            so.add_session_config_entry("session.use_env_allocators", "1")
         if self.precision == "fp32":
             data = self.model.model_bytes_with(weights)
         else:
