@@ -33,11 +33,14 @@ MODEL_NAME = "model.onnx"
 
 
 def default_providers() -> list[str]:
-    """CUDA where onnxruntime-gpu and a GPU are present, the CPU provider otherwise."""
+    """CUDA where onnxruntime-gpu and a GPU are present (unless RRAM_PROVIDER=cpu), the CPU
+    provider otherwise."""
     import onnxruntime as ort
 
     available = ort.get_available_providers()
-    if "CUDAExecutionProvider" in available:
+    # onnxruntime-gpu lists CUDA whether or not this machine has a GPU: look for the driver too
+    gpu = any(Path(p).exists() for p in ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia"))
+    if "CUDAExecutionProvider" in available and gpu and os.environ.get("RRAM_PROVIDER", "").lower() != "cpu":
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
 
