@@ -332,3 +332,40 @@ def test_offset_encoding_faults_push_weights_to_the_extremes():
     levels = encode(q, device)
     assert np.all(decode(apply_faults(levels, np.full(levels.shape, SA1, np.uint8), sa0_level(device)), device) == -8)
     assert np.all(decode(apply_faults(levels, np.full(levels.shape, SA0, np.uint8), sa0_level(device)), device) == 7)
+
+
+def test_sigkill_mid_campaign_then_resume(art, data, tmp_path):
+    """A real kill -9 of `rram validate`: the results file stays valid and --resume completes it
+    to exactly the uninterrupted result."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = write_cifar_batches(tmp_path / "cifar", *data)
+    out = tmp_path / "k.json"
+    args = [sys.executable, "-m", "toolchain", "validate", str(art), "--data", str(root), "--no-cache",
+            "--sa1", "0.1,0.3", "--runs", "60", "--seed", "4", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists():
+            done = sum(len(e["runs"]) for e in read_results(out)["rates"])
+            if done >= 3:
+                break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = read_results(out)  # never a half-written file
+    finished = {(e["sa1"], r): v for e in killed["rates"] for r, v in e["runs"].items()}
+    assert 3 <= len(finished) < 120, len(finished)
+    assert main(args[3:] + ["--resume"]) == 0
+    resumed = read_results(out)
+    for e in resumed["rates"]:
+        for r, v in e["runs"].items():
+            assert finished.get((e["sa1"], r), v) == v  # finished runs kept as they were
+    assert identity(resumed) == identity(validate(art, *data, sa1=[0.1, 0.3], runs=60, seed=4, progress=False))
