@@ -242,33 +242,56 @@ def prepare_int8(model: DeployedModel, calibration: np.ndarray, *, calibration_b
         def get_next(self):
             return next(self.batches, None)
 
-    with tempfile.TemporaryDirectory(prefix="rram-int8-") as tmp:
-        src, dst = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "int8.onnx")
-        float_model = onnx.ModelProto.FromString(model.model_bytes_with(None))
-        opset = next((o.version for o in float_model.opset_import if o.domain in ("", "ai.onnx")), 21)
-        if opset < 21:  # onnxruntime's quantizer moves the model to opset 21: convert properly first
-            from onnx import version_converter
+    float_model = onnx.ModelProto.FromString(model.model_bytes_with(None))
+    opset = next((o.version for o in float_model.opset_import if o.domain in ("", "ai.onnx")), 21)
+    if opset < 21:  # onnxruntime's quantizer moves the model to opset 21: convert properly first
+        from onnx import version_converter
 
-            float_model = version_converter.convert_version(float_model, 21)
-        onnx.save(float_model, src)
-        root = logging.getLogger()
-        level = root.level
-        root.setLevel(logging.ERROR)  # quantize_static logs a pre-processing hint as a warning
-        try:
-            quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax,
-                            extra_options={"WeightSymmetric": True})
-        finally:
-            root.setLevel(level)
-        q = onnx.load(dst)
+        float_model = version_converter.convert_version(float_model, 21)
+    # tag each mapped layer's node, to find it again after pre-processing and quantisation
+    tags = []
+    for i, (layer, wname) in enumerate(zip(model.cmap.layers, model.weight_names)):
+        nodes = [n for n in float_model.graph.node if len(n.input) > 1 and n.input[1] == wname]
+        if len(nodes) != 1:
+            raise RuntimeInputError(f"int8: weight {wname!r} of layer {layer.name!r} feeds {len(nodes)} nodes")
+        nodes[0].name = f"rram.crossbar.{i}"
+        tags.append(nodes[0].name)
+
+    def quantize(pre_process: bool) -> onnx.ModelProto:
+        with tempfile.TemporaryDirectory(prefix="rram-int8-") as tmp:
+            src, dst = os.path.join(tmp, "float.onnx"), os.path.join(tmp, "int8.onnx")
+            onnx.save(float_model, src)
+            root = logging.getLogger()
+            level = root.level
+            root.setLevel(logging.ERROR)  # quantize_static logs a pre-processing hint as a warning
+            try:
+                if pre_process:  # onnxruntime's recommended shape inference + optimisation (faster int8 graph)
+                    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+                    pre = os.path.join(tmp, "pre.onnx")
+                    quant_pre_process(src, pre)
+                    src = pre
+                quantize_static(src, dst, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                                calibrate_method=CalibrationMethod.MinMax,
+                                extra_options={"WeightSymmetric": True})
+            finally:
+                root.setLevel(level)
+            return onnx.load(dst)
+
+    try:
+        return _retarget(quantize(True), model, tags)
+    except RuntimeInputError:  # pre-processing fused a mapped layer away: quantise the graph as it is
+        return _retarget(quantize(False), model, tags)
+
+
+def _retarget(q: onnx.ModelProto, model: DeployedModel, tags: list[str]) -> tuple[bytes, list[str]]:
+    """Point each mapped layer's weight DequantizeLinear at the crossbar integers and scales."""
     graph = q.graph
     producer = {o: n for n in graph.node for o in n.output}
-    inits = {t.name: t for t in graph.initializer}
     names, replaced = [], set()
-    for layer, wname in zip(model.cmap.layers, model.weight_names):
-        consumers = [n for n in graph.node if n.name == layer.node] or \
-            [n for n in graph.node if n.op_type == layer.op_type and wname in n.input]
+    for layer, wname, tag in zip(model.cmap.layers, model.weight_names, tags):
+        consumers = [n for n in graph.node if n.name == tag]
         if len(consumers) != 1 or len(consumers[0].input) < 2:
             raise RuntimeInputError(f"int8: cannot find the node of layer {layer.name!r} after quantisation")
         dq = producer.get(consumers[0].input[1])
