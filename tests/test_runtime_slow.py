@@ -57,3 +57,20 @@ def test_campaign_mean_agrees_with_torch_reference(tmp_path):
     se = math.sqrt(np.var(ours, ddof=1) / RUNS + np.var(ref, ddof=1) / RUNS)
     assert abs(np.mean(ours) - np.mean(ref)) <= 3 * se, (ours, ref)
     assert np.mean(ours) < doc["clean"]["."] - 0.02  # the faults do bite at this rate
+
+    # chip for chip: the weights a simulated chip drops, dropped in the float PyTorch model, give
+    # the same accuracy up to the crossbar quantisation
+    from runtime.engine import DeployedModel, Engine
+    from runtime.faults import run_seed, sample_chip
+
+    dm = DeployedModel.load(art)
+    engine = Engine(dm, sub.images, sub.labels)
+    mods = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert [tuple(m.weight.shape) for m in mods] == [tuple(lay.weight_shape) for lay in dm.cmap.layers]
+    for r in range(2):
+        chip = sample_chip(dm.cmap.cell_count(), 0.1, 0.0, run_seed(9, 0.1, 0.0, r))
+        model.load_state_dict(clean_state)
+        with torch.no_grad():
+            for m, c, f in zip(mods, dm.clean_weights(), dm.chip_weights(chip)):
+                m.weight[torch.from_numpy((f == 0) & (c != 0))] = 0
+        assert abs(engine.chip_accuracy(chip) - accuracy(model, sub, ckpt.normalization, progress=False)) <= 0.01
