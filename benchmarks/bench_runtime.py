@@ -93,7 +93,8 @@ def main() -> int:
     images, labels = split.images[idx], split.labels[idx]
     n = len(labels)
 
-    tmp = Path(tempfile.mkdtemp(prefix="bench-runtime-"))
+    tmpdir = tempfile.TemporaryDirectory(prefix="bench-runtime-")
+    tmp = Path(tmpdir.name)
     model = ckpt.build()
     onx = export_torch(model, torch.zeros(1, 3, 32, 32), tmp / "float.onnx")
     art = quantize_onnx(onx, tmp / "art", preset("paper"), normalization=ckpt.normalization.to_dict())
@@ -221,6 +222,7 @@ def main() -> int:
         print(f"int8 engine vs fp32 engine: {int8_rate / engine_rate:.2f}x (target >= 2x); "
               f"vs PyTorch loop: {int8_rate / torch_rate:.2f}x (target >= 4x)")
     print("(the CPU is shared with other jobs while this runs: figures are noisy)")
+    tmpdir.cleanup()
     return 0
 
 

@@ -6,14 +6,16 @@ shardable and mergeable. Run r at rates (p1, p0) always uses the chip drawn from
 Results file (``format: rram-validate-results``)::
 
     {"format", "version",
-     "config": {artifact, models {name: {sha256, bn_rate}}, device, sa1 [...], sa0, runs, seed,
-                images, images_sha256, stats_rate, precision},   # identity: resume/merge compare it
+     "config": {models {name: {sha256, bn_rate}}, device, cells, sa1 [...], sa0, runs, seed,
+                images, images_sha256, stats_rate, precision[, calibration_sha256]},
+                                 # identity (content hashes, not paths): resume/merge compare it
      "shard": [k, n] | null,
      "clean": {model name: fault-free accuracy},
      "rates": [{"sa1", "sa0", "model", "runs": {"<r>": {accuracy, stuck_fraction, sa1_fraction,
                 sa0_fraction}}, "summary": {n, mean, std, sem, min, max, ci95}}],
      "timing": {runs, seconds, runs_per_second, images_per_second},   # this process (or sums)
-     "complete": bool}
+     "complete": bool,
+     "info": {artifact path, data path, split}}                      # informative only
 """
 from __future__ import annotations
 
@@ -225,7 +227,6 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
     stats_rate = parse_stats_rate(stats_rate)
     selected = [artifact.select(p + sa0, stats_rate) for p in sa1]
     config = {
-        "artifact": str(artifact.path),
         "models": {n: {"sha256": m.sha256, "bn_rate": m.bn_rate} for n, m in artifact.models.items()},
         "device": artifact.first.cmap.device.to_dict(),
         "cells": artifact.first.cmap.cell_count(),
@@ -248,7 +249,7 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
         doc = {"format": FORMAT, "version": VERSION, "config": config,
                "shard": None if shard == (1, 1) else list(shard), "clean": {},
                "rates": [{"sa1": float(p), "sa0": float(sa0), "model": m, "runs": {}} for p, m in zip(sa1, selected)],
-               "timing": {}, "complete": False, "info": info or {}}
+               "timing": {}, "complete": False, "info": {"artifact": str(artifact.path), **(info or {})}}
     engine = _engine_factory(artifact, images, labels, {**(engine_kw or {}), "precision": precision,
                                                         "calibration": calibration})
 

@@ -369,3 +369,13 @@ def test_sigkill_mid_campaign_then_resume(art, data, tmp_path):
         for r, v in e["runs"].items():
             assert finished.get((e["sa1"], r), v) == v  # finished runs kept as they were
     assert identity(resumed) == identity(validate(art, *data, sa1=[0.1, 0.3], runs=60, seed=4, progress=False))
+
+
+def test_resume_and_merge_follow_content_not_paths(art, data, tmp_path):
+    """A moved artifact folder is the same artifact: shards run from two copies merge."""
+    copy = tmp_path / "moved"
+    shutil.copytree(art, copy)
+    kw = dict(sa1=[0.2], runs=2, seed=8, progress=False)
+    validate(art, *data, shard=(1, 2), out=tmp_path / "a.json", **kw)
+    validate(copy, *data, shard=(2, 2), out=tmp_path / "b.json", **kw)
+    assert identity(merge([tmp_path / "a.json", tmp_path / "b.json"])) == identity(validate(art, *data, **kw))
