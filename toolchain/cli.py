@@ -12,7 +12,7 @@ import sys
 
 from .errors import UserError
 
-COMMANDS = ["eval", "quantize", "passes"]
+COMMANDS = ["eval", "passes", "quantize", "validate", "merge", "plot"]
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:

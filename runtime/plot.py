@@ -1,0 +1,67 @@
+"""Accuracy vs fault rate, the paper's figure style: one box per rate per model (runs' spread),
+the fault-free accuracy as a dashed reference line per model."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .campaign import read_results
+from .errors import RuntimeInputError
+
+
+def plot_results(paths: list[str | os.PathLike], out: str | os.PathLike, *, labels: list[str] | None = None,
+                 title: str | None = None) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not paths:
+        raise RuntimeInputError("no results files to plot")
+    docs = [read_results(p) for p in paths]
+    if labels is not None and len(labels) != len(docs):
+        raise RuntimeInputError(f"{len(labels)} labels for {len(docs)} results files")
+    names = labels or [Path(p).stem for p in paths]
+    rates = sorted({e["sa1"] for d in docs for e in d["rates"]})
+    if not rates:
+        raise RuntimeInputError("the results files hold no rates")
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.2 * len(rates) * max(1, len(docs)) ** 0.5 + 2), 4))
+    width = 0.8 / len(docs)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for m, (doc, name) in enumerate(zip(docs, names)):
+        color = colors[m % len(colors)]
+        data, pos = [], []
+        for e in doc["rates"]:
+            accs = [100 * v["accuracy"] for v in e["runs"].values()]
+            if accs:
+                data.append(accs)
+                pos.append(rates.index(e["sa1"]) + (m - (len(docs) - 1) / 2) * width)
+        if data:
+            ax.boxplot(data, positions=pos, widths=width * 0.85, patch_artist=True, manage_ticks=False,
+                       boxprops={"facecolor": color, "alpha": 0.45, "edgecolor": color},
+                       medianprops={"color": color}, whiskerprops={"color": color},
+                       capprops={"color": color}, flierprops={"markeredgecolor": color, "markersize": 3})
+        clean = doc.get("clean") or {}
+        if clean:
+            ax.axhline(100 * max(clean.values()), color=color, linestyle="--", linewidth=1,
+                       label=f"{name} (fault-free {100 * max(clean.values()):.2f}%)")
+        else:
+            ax.plot([], [], color=color, label=name)
+    ax.set_xticks(range(len(rates)))
+    ax.set_xticklabels([f"{100 * r:g}%" for r in rates])
+    ax.set_xlim(-0.6, len(rates) - 0.4)
+    sa0 = {d["config"].get("sa0", 0.0) for d in docs}
+    ax.set_xlabel("SA1 cell rate" + (f" (SA0 {100 * sa0.pop():g}%)" if len(sa0) == 1 and 0 not in sa0 else ""))
+    ax.set_ylabel("top-1 accuracy (%)")
+    runs = {d["config"]["runs"] for d in docs}
+    ax.set_title(title or f"accuracy under stuck-at faults ({'/'.join(map(str, sorted(runs)))} chips per rate)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp" + out.suffix)
+    fig.savefig(tmp, dpi=150)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out

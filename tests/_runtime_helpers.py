@@ -1,0 +1,68 @@
+"""Artifacts for the runtime tests, built with runtime.reference_quantize (the contract of
+`rram quantize`) so the runtime's tests do not wait for the quantizer branch."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from runtime.crossbar import DeviceConfig
+from runtime.reference_quantize import export_torch, quantize_onnx
+
+NORM = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.conv2 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.fc = nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.conv2(x))
+        return self.fc(x.mean((2, 3)))
+
+
+def tiny_model(seed: int = 0) -> TinyNet:
+    torch.manual_seed(seed)
+    m = TinyNet()
+    with torch.no_grad():
+        m.bn1.running_mean.uniform_(-0.1, 0.1)
+        m.bn1.running_var.uniform_(0.5, 1.5)
+    return m.eval()
+
+
+def make_artifact(folder: Path, device: DeviceConfig, *, seed: int = 0, bn_rate: float | None = None,
+                  size: int = 32) -> Path:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    onx = export_torch(tiny_model(seed), torch.zeros(1, 3, size, size), folder / "float.onnx")
+    (folder / "float.onnx").unlink()
+    return quantize_onnx(onx, folder, device, normalization=NORM, bn_rate=bn_rate)
+
+
+def make_images(n: int = 64, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random images labelled by the fault-free deployed model itself would make 100% clean; we
+    label them by the float tiny model so the clean accuracy is high but not trivially exact."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    x = (x - 0.5) / 0.25
+    with torch.no_grad():
+        labels = tiny_model().eval()(x).argmax(1).numpy().astype(np.int64)
+    return images, labels
+
+
+def write_cifar_batches(root: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """A torchvision-layout CIFAR-10 folder (test_batch only) holding these images."""
+    root.mkdir(parents=True, exist_ok=True)
+    data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+    with open(root / "test_batch", "wb") as fh:
+        pickle.dump({"data": data, "labels": [int(x) for x in labels]}, fh)
+    return root

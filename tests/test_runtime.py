@@ -1,0 +1,381 @@
+"""Fault model, onnxruntime engine and validate campaigns on a tiny artifact (fast)."""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from runtime.artifact import load_map, save_map
+from runtime.campaign import Artifact, merge, read_results, subset_indices, validate, validate_fault_map
+from runtime.crossbar import PRESETS, SA1_LEVEL, DeviceConfig, levels_to_conductance, preset, sa0_level
+from runtime.engine import DeployedModel, Engine, normalize_images
+from runtime.errors import RuntimeInputError
+from runtime.faults import (OK, SA0, SA1, Chip, apply_faults, faulty_levels, load_fault_map, run_seed,
+                            sample_chip, save_fault_map, split_codes)
+from toolchain.cli import main
+
+from _runtime_helpers import NORM, make_artifact, make_images, write_cifar_batches
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory):
+    return make_artifact(tmp_path_factory.mktemp("art") / "a", preset("paper"))
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_images(48)
+
+
+def identity(doc):
+    return {k: doc[k] for k in ("config", "clean", "rates", "complete")}
+
+
+# ------------------------------------------------------------------ fault model
+
+@pytest.mark.parametrize("p1,p0", [(0.1, 0.0), (0.02, 0.05), (0.3, 0.2)])
+def test_stuck_fraction_matches_rate(p1, p0):
+    n = 400_000
+    chip = sample_chip(n, p1, p0, run_seed(7, p1, p0, 3))
+    for got, p in ((chip.sa1_fraction, p1), (chip.sa0_fraction, p0), (chip.stuck_fraction, p1 + p0)):
+        assert abs(got - p) <= 5 * math.sqrt(p * (1 - p) / n) + 1e-12, (got, p)
+
+
+def test_same_seed_same_chip_and_rates_distinct():
+    a = sample_chip(10_000, 0.1, 0.01, run_seed(1, 0.1, 0.01, 0))
+    b = sample_chip(10_000, 0.1, 0.01, run_seed(1, 0.1, 0.01, 0))
+    c = sample_chip(10_000, 0.1, 0.01, run_seed(1, 0.1, 0.01, 1))
+    assert np.array_equal(a.codes, b.codes) and not np.array_equal(a.codes, c.codes)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS) + ["offset"])
+def test_stuck_cells_read_gmin_and_gmax_exactly(name):
+    device = DeviceConfig(bits_per_cell=4, cells_per_weight=2, encoding="offset") if name == "offset" else preset(name)
+    rng = np.random.default_rng(0)
+    levels = rng.integers(0, device.levels, (device.planes, device.cells_per_weight, 20, 30), dtype=np.uint8)
+    codes = rng.choice(np.array([OK, SA1, SA0], np.uint8), size=levels.shape, p=[0.6, 0.2, 0.2])
+    faulty = apply_faults(levels, codes, sa0_level(device))
+    g = levels_to_conductance(faulty, device)
+    assert np.all(g[codes == SA1] == device.g_min)
+    assert np.all(g[codes == SA0] == device.g_max)
+    assert np.array_equal(faulty[codes == OK], levels[codes == OK])
+
+
+def test_differential_sa1_zeroes_only_through_the_active_cell(art):
+    dm = DeployedModel.load(art)
+    layer = dm.cmap.layers[1]
+    q = layer.integer_weight(device=dm.cmap.device)
+    codes = np.full(dm.cmap.cell_count(), SA1, np.uint8)  # every cell at G_min
+    w = dm.chip_weights(Chip(codes))
+    assert all(not np.any(x) for x in w)
+    # SA1 on the inactive plane only: nothing changes
+    per_layer = [np.zeros(lay.levels.shape, np.uint8) for lay in dm.cmap.layers]
+    inactive = np.where(layer.levels[0, 0] > 0, 1, 0)  # positive weights: plane 1 (G-) is inactive
+    per_layer[1][1, 0][layer.levels[0, 0] > 0] = SA1
+    per_layer[1][0, 0][layer.levels[1, 0] > 0] = SA1  # and G+ of negative weights
+    assert inactive.any()
+    w = dm.chip_weights(Chip(np.concatenate([c.ravel() for c in per_layer])))
+    assert all(np.array_equal(a, b) for a, b in zip(w, dm.clean_weights()))
+    # SA0 on the inactive cell of a positive weight: q - qmax
+    per_layer = [np.zeros(lay.levels.shape, np.uint8) for lay in dm.cmap.layers]
+    per_layer[1][1, 0][layer.levels[0, 0] > 0] = SA0
+    lv = faulty_levels(dm.cmap, np.concatenate([c.ravel() for c in per_layer]))[1]
+    got = layer.integer_weight(lv, dm.cmap.device)
+    pos = q > 0
+    assert np.array_equal(got[pos], q[pos] - dm.cmap.device.qmax)
+
+
+# ------------------------------------------------------------------ engine
+
+def test_engine_matches_the_qdq_model(art, data):
+    images, labels = data
+    dm = DeployedModel.load(art)
+    x = normalize_images(images, NORM)
+    ref = ort.InferenceSession(str(art / "model.onnx")).run(None, {dm.input_name: x})[0]
+    eng = Engine(dm, images, labels, batch_size=16)
+    got = eng.session().run(None, {dm.input_name: x})[0]
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    assert eng.clean_accuracy() == pytest.approx(float(np.mean(ref.argmax(1) == labels)))
+
+
+def test_chip_weights_reach_onnxruntime(art, data):
+    """The per-chip model computes with exactly the faulty weights (checked against a model with the
+    faulty weights re-serialised as ordinary initializers)."""
+    images, labels = data
+    dm = DeployedModel.load(art)
+    chip = sample_chip(dm.cmap.cell_count(), 0.3, 0.05, run_seed(0, 0.3, 0.05, 0))
+    w = dm.chip_weights(chip)
+    m = onnx.ModelProto.FromString(dm.model_bytes_with(None))
+    for t in m.graph.initializer:
+        if t.name in dm.weight_names:
+            t.CopyFrom(onnx.numpy_helper.from_array(w[dm.weight_names.index(t.name)], t.name))
+    x = normalize_images(images, NORM)
+    ref = ort.InferenceSession(m.SerializeToString()).run(None, {dm.input_name: x})[0]
+    got = Engine(dm, images, labels).session(w).run(None, {dm.input_name: x})[0]
+    np.testing.assert_array_equal(got, ref)
+    clean = Engine(dm, images, labels).session().run(None, {dm.input_name: x})[0]
+    assert not np.allclose(got, clean)
+
+
+# ------------------------------------------------------------------ campaigns
+
+def test_same_seed_same_numbers(art, data, tmp_path):
+    a = validate(art, *data, sa1=[0.0, 0.2], sa0=0.01, runs=3, seed=5, progress=False)
+    b = validate(art, *data, sa1=[0.0, 0.2], sa0=0.01, runs=3, seed=5, progress=False)
+    c = validate(art, *data, sa1=[0.0, 0.2], sa0=0.01, runs=3, seed=6, progress=False)
+    assert identity(a) == identity(b)
+    assert identity(a)["rates"] != identity(c)["rates"]
+    s = a["rates"][1]["summary"]
+    accs = [v["accuracy"] for v in a["rates"][1]["runs"].values()]
+    assert s["n"] == 3 and s["mean"] == pytest.approx(np.mean(accs)) and s["min"] == min(accs)
+    assert s["std"] == pytest.approx(np.std(accs, ddof=1))
+    assert s["ci95"][0] <= s["mean"] <= s["ci95"][1]
+    assert a["clean"]["."] > 0.5
+
+
+def test_shards_merged_equal_one_run(art, data, tmp_path):
+    kw = dict(sa1=[0.1, 0.3], runs=3, seed=1, progress=False)
+    full = validate(art, *data, out=tmp_path / "full.json", **kw)
+    for k in (1, 2, 3):
+        validate(art, *data, shard=(k, 3), out=tmp_path / f"s{k}.json", **kw)
+    assert not read_results(tmp_path / "s1.json")["complete"]
+    merged = merge([tmp_path / f"s{k}.json" for k in (3, 1, 2)])
+    assert identity(merged) == identity(full)
+    assert identity(read_results(tmp_path / "full.json")) == identity(full)
+    # the CLI writes the same
+    assert main(["merge", *(str(tmp_path / f"s{k}.json") for k in (1, 2, 3)), "--out", str(tmp_path / "m.json")]) == 0
+    assert identity(read_results(tmp_path / "m.json")) == identity(full)
+
+
+def test_resume_after_kill_loses_no_finished_run(art, data, tmp_path, monkeypatch):
+    kw = dict(sa1=[0.1, 0.2], runs=3, seed=2, progress=False)
+    full = validate(art, *data, **kw)
+    out = tmp_path / "r.json"
+    real, calls = Engine.chip_accuracy, []
+
+    def dying(self, chip):
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # killed in the middle of the fifth chip
+        calls.append(1)
+        return real(self, chip)
+
+    monkeypatch.setattr(Engine, "chip_accuracy", dying)
+    with pytest.raises(KeyboardInterrupt):
+        validate(art, *data, out=out, **kw)
+    partial = read_results(out)
+    assert sum(len(e["runs"]) for e in partial["rates"]) == 4 and not partial["complete"]
+    monkeypatch.setattr(Engine, "chip_accuracy", real)
+    with pytest.raises(RuntimeInputError, match="--resume"):
+        validate(art, *data, out=out, **kw)
+    calls.clear()
+    monkeypatch.setattr(Engine, "chip_accuracy", lambda self, chip: calls.append(1) or real(self, chip))
+    resumed = validate(art, *data, out=out, resume=True, **kw)
+    assert len(calls) == 2  # only the missing chips ran
+    assert identity(resumed) == identity(full)
+
+
+def test_stats_rate_picks_the_nearest_recalibrated_model(tmp_path, data):
+    root = tmp_path / "multi"
+    for r in (0.0, 0.1, 0.3):
+        make_artifact(root / f"rate-{r}", preset("paper"), seed=0, bn_rate=r)
+    a = Artifact.load(root)
+    assert [a.select(p, "auto") for p in (0.0, 0.04, 0.06, 0.2, 0.25, 1.0)] == \
+        ["rate-0.0", "rate-0.0", "rate-0.1", "rate-0.1", "rate-0.3", "rate-0.3"]
+    assert a.select(0.3, 0.1) == "rate-0.1"
+    with pytest.raises(RuntimeInputError, match="no model for stats rate"):
+        a.select(0.3, 0.2)
+    doc = validate(a, *data, sa1=[0.0, 0.25], runs=1, progress=False)
+    assert [e["model"] for e in doc["rates"]] == ["rate-0.0", "rate-0.3"]
+    assert set(doc["clean"]) == {"rate-0.0", "rate-0.3"}
+
+
+def test_measured_fault_map_is_applied_cell_for_cell(art, data, tmp_path):
+    dm = DeployedModel.load(art)
+    chip = sample_chip(dm.cmap.cell_count(), 0.15, 0.05, run_seed(3, 0.15, 0.05, 0))
+    save_fault_map(tmp_path / "chip.npz", dm.cmap, chip)
+    loaded = load_fault_map(tmp_path / "chip.npz", dm.cmap)
+    assert np.array_equal(loaded.codes, chip.codes)
+    # per cell: every SA1 cell reads level 0, every SA0 cell L-1, the rest unchanged
+    for layer, codes, lv in zip(dm.cmap.layers, split_codes(dm.cmap, chip.codes), faulty_levels(dm.cmap, chip.codes)):
+        assert np.all(lv[codes == SA1] == SA1_LEVEL) and np.all(lv[codes == SA0] == sa0_level(dm.cmap.device))
+        assert np.array_equal(lv[codes == OK], layer.levels[codes == OK])
+    # keyed by initializer name works too
+    by_name = {lay.name: c for lay, c in zip(dm.cmap.layers, split_codes(dm.cmap, chip.codes))}
+    np.savez(tmp_path / "named.npz", **by_name)
+    assert np.array_equal(load_fault_map(tmp_path / "named.npz", dm.cmap).codes, chip.codes)
+    doc = validate_fault_map(art, *data, tmp_path / "chip.npz")
+    assert doc["chip"]["accuracy"] == Engine(dm, *data).chip_accuracy(chip)
+    assert doc["chip"]["stuck_fraction"] == chip.stuck_fraction
+
+
+def test_cli_validate_merge_plot(art, data, tmp_path):
+    root = write_cifar_batches(tmp_path / "cifar", *data)
+    out = tmp_path / "res.json"
+    args = ["validate", str(art), "--data", str(root), "--no-cache", "--sa1", "0,0.2", "--runs", "2",
+            "--seed", "3", "--out", str(out)]
+    assert main(args) == 0
+    doc = read_results(out)
+    assert doc["complete"] and doc["config"]["images"] == len(data[1])
+    assert identity(doc) == identity(validate(art, *data, sa1=[0.0, 0.2], runs=2, seed=3, progress=False))
+    assert main(["plot", str(out), str(out), "--labels", "a,b", "--out", str(tmp_path / "fig.png")]) == 0
+    assert (tmp_path / "fig.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(args[:-2] + ["--images", "10", "--out", str(tmp_path / "ten.json")]) == 0
+    assert read_results(tmp_path / "ten.json")["config"]["images"] == 10
+    assert list(subset_indices(100, 4)) == [0, 25, 50, 75]
+
+
+# ------------------------------------------------------------------ bad input
+
+def _err(capsys, args):
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("rram: error:") and "\n" not in err, err
+    return err
+
+
+def test_bad_inputs_one_line_error_nothing_overwritten(art, data, tmp_path, capsys):
+    root = write_cifar_batches(tmp_path / "cifar", *data)
+    out = tmp_path / "res.json"
+    base = ["validate", str(art), "--data", str(root), "--no-cache", "--runs", "1", "--out", str(out)]
+    assert "[0, 1]" in _err(capsys, base + ["--sa1", "0.1,1.5"])
+    assert "[0, 1]" in _err(capsys, base + ["--sa1", "-0.1"])
+    assert "exceed 1" in _err(capsys, base + ["--sa1", "0.6", "--sa0", "0.5"])
+    assert "at least 1" in _err(capsys, base[:-4] + ["--runs", "0", "--out", str(out)])
+    assert not out.exists()
+
+    assert main(base + ["--sa1", "0.1", "--seed", "1"]) == 0
+    before = out.read_bytes()
+    assert "--resume" in _err(capsys, base + ["--sa1", "0.1", "--seed", "1"])
+    assert "different configuration" in _err(capsys, base + ["--sa1", "0.1", "--seed", "2", "--resume"])
+    assert out.read_bytes() == before
+
+    other = tmp_path / "other.json"
+    assert main(base[:-1] + [str(other), "--sa1", "0.2", "--seed", "1"]) == 0
+    merged = tmp_path / "merged.json"
+    assert "different configuration" in _err(capsys, ["merge", str(out), str(other), "--out", str(merged)])
+    assert not merged.exists()
+
+    # artifact without a conductance map / map of another model
+    bare = tmp_path / "bare"
+    shutil.copytree(art, bare)
+    (bare / "crossbars.npz").unlink()
+    assert "no conductance map" in _err(capsys, base[:1] + [str(bare)] + base[2:] + ["--sa1", "0.1"])
+    other_art = make_artifact(tmp_path / "other_art", preset("paper"), seed=1)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(art, mixed)
+    shutil.copy(other_art / "model.onnx", mixed / "model.onnx")
+    assert "different model.onnx" in _err(capsys, base[:1] + [str(mixed)] + base[2:] + ["--sa1", "0.1"])
+    cmap = load_map(mixed)  # same map without its hash: the content check still catches it
+    cmap.model_sha256 = ""
+    save_map(cmap, mixed)
+    assert "does not match" in _err(capsys, base[:1] + [str(mixed)] + base[2:] + ["--sa1", "0.1"])
+    assert not (tmp_path / "x.json").exists()
+
+    # fault map of the wrong shape
+    dm = DeployedModel.load(art)
+    codes = split_codes(dm.cmap, np.zeros(dm.cmap.cell_count(), np.uint8))
+    codes[0] = codes[0][..., :-1]
+    np.savez(tmp_path / "bad.npz", **{f"L{i:04d}": c for i, c in enumerate(codes)})
+    chip_out = tmp_path / "chip.json"
+    assert "shape" in _err(capsys, base[:-1] + [str(chip_out), "--fault-map", str(tmp_path / "bad.npz")])
+    codes[0] = np.full(dm.cmap.layers[0].levels.shape, 3, np.uint8)
+    np.savez(tmp_path / "bad3.npz", **{f"L{i:04d}": c for i, c in enumerate(codes)})
+    assert "codes must be" in _err(capsys, base[:-1] + [str(chip_out), "--fault-map", str(tmp_path / "bad3.npz")])
+    assert not chip_out.exists()
+    assert "not found" in _err(capsys, ["merge", str(tmp_path / "nope.json"), "--out", str(merged)])
+    assert "k/n" in _err(capsys, base + ["--sa1", "0.1", "--shard", "3/2", "--resume"])
+
+
+# ------------------------------------------------------------------ int8 path
+
+def test_int8_engine_computes_with_the_crossbar_integers(art, data, tmp_path):
+    images, labels = data
+    dm = DeployedModel.load(art)
+    calib = make_images(64, seed=1)[0]
+    e8 = Engine(dm, images, labels, precision="int8", calibration=calib)
+    e32 = Engine(dm, images, labels)
+    assert abs(e8.clean_accuracy() - e32.clean_accuracy()) <= 0.1
+    chip = sample_chip(dm.cmap.cell_count(), 0.2, 0.05, run_seed(0, 0.2, 0.05, 0))
+    w8 = e8.weights(chip)
+    for layer, lv, w in zip(dm.cmap.layers, faulty_levels(dm.cmap, chip.codes), w8):
+        assert w.dtype == np.int8 and np.array_equal(w, layer.integer_weight(lv, dm.cmap.device))
+    # the quantized graph dequantises exactly those integers with the crossbar scales
+    m = onnx.ModelProto.FromString(e8.int8_base)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
+    for layer, name in zip(dm.cmap.layers, e8.int8_names):
+        dq = next(n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == name)
+        assert np.array_equal(inits[dq.input[1]], layer.scales)
+    x = normalize_images(images, NORM)
+    out8 = e8.session(w8).run(None, {dm.input_name: x})[0]
+    out32 = e32.session(dm.chip_weights(chip)).run(None, {dm.input_name: x})[0]
+    assert np.corrcoef(out8.ravel(), out32.ravel())[0, 1] > 0.95
+    doc = validate(art, images, labels, sa1=[0.1], runs=1, progress=False, precision="int8", calibration=calib)
+    assert doc["config"]["precision"] == "int8"
+    wide = make_artifact(tmp_path / "wide", preset("mlc4"))  # int16 weights, opset 21
+    assert validate(wide, images, labels, sa1=[0.0], runs=1, progress=False)["rates"][0]["summary"]["mean"] \
+        == Engine(DeployedModel.load(wide), images, labels).clean_accuracy()
+    with pytest.raises(RuntimeInputError, match="int8"):
+        Engine(DeployedModel.load(wide), images, labels, precision="int8", calibration=calib)
+
+
+def test_offset_encoding_faults_push_weights_to_the_extremes():
+    """The README's table for the offset encoding (k = 1): SA1 -> most negative, SA0 -> most positive."""
+    from runtime.crossbar import decode, encode
+
+    device = DeviceConfig(bits_per_cell=4, cells_per_weight=1, encoding="offset")
+    q = np.arange(-device.qmax, device.qmax + 1, dtype=np.int32).reshape(1, -1)
+    levels = encode(q, device)
+    assert np.all(decode(apply_faults(levels, np.full(levels.shape, SA1, np.uint8), sa0_level(device)), device) == -8)
+    assert np.all(decode(apply_faults(levels, np.full(levels.shape, SA0, np.uint8), sa0_level(device)), device) == 7)
+
+
+def test_sigkill_mid_campaign_then_resume(art, data, tmp_path):
+    """A real kill -9 of `rram validate`: the results file stays valid and --resume completes it
+    to exactly the uninterrupted result."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    root = write_cifar_batches(tmp_path / "cifar", *data)
+    out = tmp_path / "k.json"
+    args = [sys.executable, "-m", "toolchain", "validate", str(art), "--data", str(root), "--no-cache",
+            "--sa1", "0.1,0.3", "--runs", "60", "--seed", "4", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    done = 0
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists():
+            done = sum(len(e["runs"]) for e in read_results(out)["rates"])
+            if done >= 3:
+                break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed = read_results(out)  # never a half-written file
+    finished = {(e["sa1"], r): v for e in killed["rates"] for r, v in e["runs"].items()}
+    assert 3 <= len(finished) < 120, len(finished)
+    assert main(args[3:] + ["--resume"]) == 0
+    resumed = read_results(out)
+    for e in resumed["rates"]:
+        for r, v in e["runs"].items():
+            assert finished.get((e["sa1"], r), v) == v  # finished runs kept as they were
+    assert identity(resumed) == identity(validate(art, *data, sa1=[0.1, 0.3], runs=60, seed=4, progress=False))
+
+
+def test_resume_and_merge_follow_content_not_paths(art, data, tmp_path):
+    """A moved artifact folder is the same artifact: shards run from two copies merge."""
+    copy = tmp_path / "moved"
+    shutil.copytree(art, copy)
+    kw = dict(sa1=[0.2], runs=2, seed=8, progress=False)
+    validate(art, *data, shard=(1, 2), out=tmp_path / "a.json", **kw)
+    validate(copy, *data, shard=(2, 2), out=tmp_path / "b.json", **kw)
+    assert identity(merge([tmp_path / "a.json", tmp_path / "b.json"])) == identity(validate(art, *data, **kw))

@@ -1,0 +1,22 @@
+"""``rram merge``: combine shard (or resumed) results files of one validate configuration."""
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("merge", help="combine `rram validate --shard` results files")
+    p.add_argument("results", nargs="+", help="results JSON files of one configuration")
+    p.add_argument("--out", required=True, help="merged results JSON")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from runtime.campaign import merge, write_results
+
+    from .validate import print_summary
+
+    doc = merge(args.results)  # every check happens before anything is written
+    write_results(doc, args.out)
+    print_summary(doc)
+    if not doc["complete"]:
+        print("note: the merged files do not cover every run of the configuration")
+    return 0

@@ -1,0 +1,19 @@
+"""``rram plot``: accuracy vs fault rate from validate results (a box per rate per model)."""
+from __future__ import annotations
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("plot", help="plot accuracy vs fault rate from validate results")
+    p.add_argument("results", nargs="+", help="results JSON files (one per model)")
+    p.add_argument("--out", required=True, help="figure file (.png, .pdf, .svg)")
+    p.add_argument("--labels", default=None, help="comma-separated legend names, one per file")
+    p.add_argument("--title", default=None)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from runtime.plot import plot_results
+
+    labels = args.labels.split(",") if args.labels else None
+    print(plot_results(args.results, args.out, labels=labels, title=args.title))
+    return 0

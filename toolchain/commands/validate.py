@@ -1,0 +1,104 @@
+"""``rram validate``: Monte-Carlo accuracy of a deployed artifact on simulated faulty chips
+(or on one measured chip with ``--fault-map``). The runtime does the work; this wrapper loads
+the images (toolchain.data) and parses arguments."""
+from __future__ import annotations
+
+import json
+import math
+
+from ..data import load_split
+from ..errors import UserError
+from .common import add_data_args, positive_int
+
+
+def rate_list(text: str) -> list[float]:
+    try:
+        rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--sa1 must be comma-separated rates, got {text!r}") from None
+    if not rates:
+        raise UserError("--sa1 needs at least one rate")
+    return rates
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("validate", help="accuracy of a deployed artifact on simulated faulty chips")
+    p.add_argument("artifact", help="folder written by `rram quantize` (or one subfolder per BN rate)")
+    add_data_args(p)
+    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--sa1", default="0,0.1,0.2,0.3", help="SA1 (stuck at G_min) cell rates, comma-separated")
+    p.add_argument("--sa0", type=float, default=0.0, help="SA0 (stuck at G_max) cell rate, for every run")
+    p.add_argument("--runs", type=int, default=100, help="simulated chips per rate")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", type=positive_int, default=None,
+                   help="use N images spread evenly over the split (default: all)")
+    p.add_argument("--stats-rate", default="auto",
+                   help="BN statistics: 'auto' = model recalibrated for the nearest rate, or a rate")
+    p.add_argument("--fault-map", default=None, help="a measured fault map (.npz): validate that one chip")
+    p.add_argument("--shard", default=None, help="k/n: run the k-th of n deterministic parts")
+    p.add_argument("--resume", action="store_true", help="continue the campaign in --out")
+    p.add_argument("--out", required=True, help="results JSON (written after every run)")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                   help="int8: activations quantised as a DAC/ADC would (onnxruntime static "
+                        "quantisation calibrated on training images), weights = crossbar integers")
+    p.add_argument("--calibration-images", type=positive_int, default=500,
+                   help="training images for --precision int8 calibration")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime threads (default: all cores)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from runtime.campaign import (Artifact, parse_shard, parse_stats_rate, subset_indices, validate,
+                                  validate_fault_map, write_results)
+    from runtime.faults import check_rates
+
+    if args.runs < 1:
+        raise UserError(f"--runs must be at least 1, got {args.runs}")
+    sa1 = rate_list(args.sa1)
+    for p in sa1:
+        check_rates(p, args.sa0)
+    shard = parse_shard(args.shard)
+    stats_rate = parse_stats_rate(args.stats_rate)
+    artifact = Artifact.load(args.artifact)  # before the (slower) image loading: fail fast
+    split = load_split(args.data, args.split, cache_dir=args.cache_dir, use_cache=not args.no_cache)
+    idx = subset_indices(len(split), args.images)
+    images, labels = split.images[idx], split.labels[idx]
+    engine_kw = {"batch_size": args.batch_size, "threads": args.threads}
+    calibration = None
+    if args.precision == "int8":
+        train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache)
+        calibration = train.images[subset_indices(len(train), args.calibration_images)]
+    info = {"data": str(args.data), "split": args.split}
+    if args.fault_map:
+        from pathlib import Path
+
+        if Path(args.out).exists():
+            raise UserError(f"{args.out} exists; choose another --out")
+        doc = validate_fault_map(artifact, images, labels, args.fault_map, stats_rate=stats_rate,
+                                 engine_kw={**engine_kw, "precision": args.precision,
+                                            "calibration": calibration}, info=info)
+        write_results(doc, args.out)
+        print(f"chip {args.fault_map}: {100 * doc['chip']['accuracy']:.2f}% "
+              f"(fault-free {100 * doc['clean']:.2f}%, {100 * doc['chip']['stuck_fraction']:.3f}% cells stuck)")
+        return 0
+    doc = validate(artifact, images, labels, sa1=sa1, sa0=args.sa0, runs=args.runs, seed=args.seed,
+                   stats_rate=stats_rate, shard=shard, out=args.out, resume=args.resume,
+                   engine_kw=engine_kw, info=info, precision=args.precision, calibration=calibration)
+    print_summary(doc)
+    return 0
+
+
+def print_summary(doc: dict) -> None:
+    clean = ", ".join(f"{n}: {100 * a:.2f}%" for n, a in doc["clean"].items())
+    print(f"fault-free accuracy {clean}")
+    for e in doc["rates"]:
+        s = e["summary"]
+        if s.get("n"):
+            print(f"SA1 {e['sa1']:g} SA0 {e['sa0']:g} ({s['n']} chips, model {e['model']}): "
+                  f"mean {100 * s['mean']:.2f}% sd {100 * s['std']:.2f} min {100 * s['min']:.2f}% "
+                  f"max {100 * s['max']:.2f}% ci95 [{100 * s['ci95'][0]:.2f}, {100 * s['ci95'][1]:.2f}]")
+    t = doc.get("timing") or {}
+    if t.get("runs_per_second"):
+        print(f"{t['runs']} chips in {t['seconds']:.1f} s: {t['runs_per_second']:.2f} chips/s, "
+              f"{t['images_per_second']:.0f} images/s")
