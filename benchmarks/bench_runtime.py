@@ -31,7 +31,23 @@ from runtime.campaign import subset_indices  # noqa: E402
 from runtime.crossbar import preset  # noqa: E402
 from runtime.engine import DeployedModel, Engine, default_threads  # noqa: E402
 from runtime.faults import run_seed, sample_chip  # noqa: E402
-from runtime.reference_quantize import export_torch, quantize_onnx  # noqa: E402
+from passes.quantize import quantize_to_folder  # noqa: E402
+
+
+def deploy_paper_artifact(model, normalization: dict, tmp: Path) -> Path:
+    """Float ONNX (legacy exporter, BN folded in eval mode) -> `rram quantize --preset paper`."""
+    import json
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model.eval(), torch.zeros(1, 3, 32, 32), str(tmp / "float.onnx"), dynamo=False,
+                          input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}}, opset_version=17)
+    onx = onnx.load(str(tmp / "float.onnx"))
+    onx.metadata_props.add(key="rram.normalization", value=json.dumps(normalization))
+    quantize_to_folder(onx, tmp / "art", preset("paper"))
+    return tmp / "art"
 
 
 def model_flops(model: onnx.ModelProto) -> float:
@@ -96,8 +112,7 @@ def main() -> int:
     tmpdir = tempfile.TemporaryDirectory(prefix="bench-runtime-")
     tmp = Path(tmpdir.name)
     model = ckpt.build()
-    onx = export_torch(model, torch.zeros(1, 3, 32, 32), tmp / "float.onnx")
-    art = quantize_onnx(onx, tmp / "art", preset("paper"), normalization=ckpt.normalization.to_dict())
+    art = deploy_paper_artifact(model, ckpt.normalization.to_dict(), tmp)
     dm = DeployedModel.load(art)
     eng = Engine(dm, images, labels, batch_size=args.batch_size, threads=threads)
     x = eng.x

@@ -1,5 +1,5 @@
-"""Artifacts for the runtime tests, built with runtime.reference_quantize (the contract of
-`rram quantize`) so the runtime's tests do not wait for the quantizer branch."""
+"""Artifacts for the runtime tests, built with the real quantizer (`rram quantize`,
+passes.quantize) from small torch models exported to ONNX."""
 from __future__ import annotations
 
 import pickle
@@ -9,8 +9,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+import json
+import os
+import warnings
+
+import onnx
+
+from passes.quantize import quantize_to_folder
 from runtime.crossbar import DeviceConfig
-from runtime.reference_quantize import export_torch, quantize_onnx
 
 NORM = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
 
@@ -38,12 +44,36 @@ def tiny_model(seed: int = 0) -> TinyNet:
     return m.eval()
 
 
+def export_torch(module, sample, path: str | os.PathLike) -> onnx.ModelProto:
+    """Float ONNX from a torch module in eval mode (legacy exporter: folds BN into convs)."""
+    module.eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation and folding notices
+        torch.onnx.export(module, sample, str(path), dynamo=False, input_names=["input"],
+                          output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
+                          opset_version=17)
+    return onnx.load(str(path))
+
+
+def quantize_onnx(model: onnx.ModelProto, out: str | os.PathLike, device: DeviceConfig, *,
+                  normalization: dict | None = None, bn_rate: float | None = None) -> Path:
+    """`rram quantize` on a float model, with the metadata `rram export` would have written."""
+    model = onnx.ModelProto.FromString(model.SerializeToString())
+    if normalization is not None:
+        model.metadata_props.add(key="rram.normalization", value=json.dumps(normalization))
+    if bn_rate is not None:
+        model.metadata_props.add(key="rram.bn_rate", value=json.dumps(bn_rate))
+    quantize_to_folder(model, out, device)
+    return Path(out)
+
+
 def make_artifact(folder: Path, device: DeviceConfig, *, seed: int = 0, bn_rate: float | None = None,
                   size: int = 32) -> Path:
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    onx = export_torch(tiny_model(seed), torch.zeros(1, 3, size, size), folder / "float.onnx")
-    (folder / "float.onnx").unlink()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    float_path = folder.parent / f".{folder.name}.float.onnx"
+    onx = export_torch(tiny_model(seed), torch.zeros(1, 3, size, size), float_path)
+    float_path.unlink()
     return quantize_onnx(onx, folder, device, normalization=NORM, bn_rate=bn_rate)
 
 

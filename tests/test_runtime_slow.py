@@ -24,7 +24,7 @@ P, RUNS, IMAGES = 0.05, 5, 1000
 def test_campaign_mean_agrees_with_torch_reference(tmp_path):
     from runtime.campaign import subset_indices, validate
     from runtime.crossbar import preset
-    from runtime.reference_quantize import export_torch, quantize_onnx
+    from _runtime_helpers import export_torch, quantize_onnx
     from toolchain.checkpoints import load_checkpoint
     from toolchain.data import Split, load_split
     from toolchain.evaluate import accuracy
