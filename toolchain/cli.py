@@ -12,7 +12,7 @@ import sys
 
 from .errors import UserError
 
-COMMANDS = ["eval"]
+COMMANDS = ["eval", "train", "recalibrate", "export"]
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
