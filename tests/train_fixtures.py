@@ -47,3 +47,14 @@ def rram(*args, env=None, check=False) -> subprocess.CompletedProcess:
     if check and p.returncode != 0:
         raise AssertionError(f"rram {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stderr}")
     return p
+
+
+def one_thread():
+    """Generator fixture body: tiny models run fastest (and never oversubscribe a busy machine)
+    on one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -114,6 +114,13 @@ def sample_sa1_masks(model: nn.Module, p: float, generator: torch.Generator) -> 
     return {n: torch.rand(m.weight.shape, generator=generator) < p for n, m in weight_modules(model)}
 
 
+def stored_weight(m: nn.Module) -> torch.Tensor:
+    """The weight tensor itself (under drop-connect: the unmasked original)."""
+    if parametrize.is_parametrized(m, "weight"):
+        return m.parametrizations.weight.original
+    return m.weight
+
+
 @contextlib.contextmanager
 def sa1_faults(model: nn.Module, masks: dict[str, torch.Tensor]):
     """Zero the masked weights (SA1: the cell reads 0, no rescaling) and restore them on exit."""
@@ -122,11 +129,11 @@ def sa1_faults(model: nn.Module, masks: dict[str, torch.Tensor]):
     try:
         with torch.no_grad():
             for name, mask in masks.items():
-                w = mods[name].weight
+                w = stored_weight(mods[name])
                 saved[name] = w.detach().clone()
                 w.masked_fill_(mask.to(w.device), 0.0)
         yield model
     finally:
         with torch.no_grad():
             for name, original in saved.items():
-                mods[name].weight.copy_(original)
+                stored_weight(mods[name]).copy_(original)

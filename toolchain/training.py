@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -31,7 +32,8 @@ from tqdm import tqdm
 
 from .checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from .data import CIFAR10_NORM, Split, iterate_batches, load_split
-from .dropconnect import add_dropconnect, check_rate, derive_seed, plain_state_dict
+from .dropconnect import (add_dropconnect, check_rate, derive_seed, plain_state_dict, sa1_faults,
+                          sample_sa1_masks)
 from .errors import UserError
 from .evaluate import accuracy
 from .models import ModelSpec, build_model, pad_1x1_to_3x3
@@ -170,6 +172,7 @@ def _initial_model(cfg: TrainConfig):
             pad_1x1_to_3x3(model)  # function-preserving, so fine-tuning starts from the same outputs
             spec = replace(spec, padded=True)
         return model, spec, ckpt.normalization
+    torch.manual_seed(derive_seed(cfg.seed, "init"))  # model initialisation uses the global RNG
     return build_model(cfg.spec), cfg.spec, CIFAR10_NORM
 
 
@@ -280,17 +283,22 @@ def train(cfg: TrainConfig, *, step_callback: Callable[[int, int], None] | None 
         entry = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
                  "lr": sched.get_last_lr()[0], "images": int(seen)}
         if dd.main:
-            # model.eval() turns drop-connect off: test accuracy of the fault-free weights,
-            # with the BN statistics gathered in training (i.e. matching fault rate p)
-            entry["test_acc"] = accuracy(model, test_split, norm, device=dd.device,
-                                         progress=cfg.progress, desc="test")
+            # The BN statistics gathered in training match a chip with fault rate p (unscaled
+            # masks), so the test accuracy is that of one simulated chip at rate p (the same chip
+            # every epoch); the fault-free weights need BN re-aligned at 0 (rram recalibrate).
+            chip = sample_sa1_masks(model, cfg.drop_rate,
+                                    torch.Generator().manual_seed(derive_seed(cfg.seed, "test-chip")))
+            with sa1_faults(model, chip):
+                entry["test_acc"] = accuracy(model, test_split, norm, device=dd.device,
+                                             progress=cfg.progress, desc="test")
+            entry["test_sa1"] = cfg.drop_rate
             entry["seconds"] = round(time.perf_counter() - t0, 2)
             history.append(entry)
             _save_epoch(out, model, spec, norm, record, history, epoch + 1, opt, sched, cfg, dd.world)
             if cfg.progress:
                 print(f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['train_loss']:.4f} "
                       f"train {100 * entry['train_acc']:.2f}% test {100 * entry['test_acc']:.2f}% "
-                      f"({entry['seconds']:.1f}s)", flush=True)
+                      f"({entry['seconds']:.1f}s)", file=sys.stderr, flush=True)
         dd.barrier()
     if dd.world > 1:
         dist.destroy_process_group()

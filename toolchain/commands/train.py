@@ -54,6 +54,6 @@ def run(args) -> int:
         cache_dir=args.cache_dir, use_cache=not args.no_cache)
     log = train(cfg)
     if args.json and log["main"]:  # under torchrun, rank 0 speaks
-        json.dump(log, sys.stdout, indent=2)
+        json.dump({k: v for k, v in log.items() if k != "main"}, sys.stdout, indent=2)
         sys.stdout.write("\n")
     return 0
