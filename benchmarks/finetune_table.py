@@ -5,7 +5,6 @@ from pathlib import Path
 
 ROWS = [("base-train-stats", "pretrained ResNet20, its own BN statistics"),
         ("base-realigned", "pretrained ResNet20, BN re-aligned at p'=SA1 rate"),
-        ("dc0.2-train-stats", "drop-connect p=0.2 fine-tuned, training BN statistics"),
         ("dc0.2-realigned", "drop-connect p=0.2 fine-tuned, BN re-aligned at p'=SA1 rate")]
 RATES = ["0", "0.1", "0.2", "0.3"]
 
