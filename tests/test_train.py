@@ -12,7 +12,7 @@ from toolchain.cli import main
 from toolchain.errors import UserError
 from toolchain.models import ModelSpec
 from toolchain.training import LAST, TrainConfig, train
-from train_fixtures import REPO, make_cifar, one_thread, rram
+from train_fixtures import REPO, make_cifar, one_thread
 
 SPEC = ModelSpec("resnet20", 0.25)
 _one_thread = pytest.fixture(autouse=True)(one_thread)
@@ -30,25 +30,26 @@ def cfg(data, out, **kw):
     return TrainConfig(**base)
 
 
-def test_cli_train_writes_checkpoints_and_log(data, tmp_path):
+def test_cli_train_writes_checkpoints_and_log(data, tmp_path, capsys):
     out = tmp_path / "run"
-    p = rram("train", "--model", "resnet20", "--width", "0.25", "--drop-rate", "0.2", "--epochs", "2",
-             "--images", "128", "--eval-images", "64", "--batch-size", "32", "--data", data,
-             "--no-cache", "--out", out, "--json", check=True)
+    assert main(["train", "--model", "resnet20", "--width", "0.25", "--drop-rate", "0.2", "--epochs",
+                 "2", "--images", "128", "--eval-images", "64", "--batch-size", "32", "--data",
+                 str(data), "--no-cache", "--out", str(out), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
     log = json.loads((out / "log.json").read_text())
-    assert json.loads(p.stdout)["epochs"] == log["epochs"]
+    assert printed["epochs"] == log["epochs"]
     assert [e["epoch"] for e in log["epochs"]] == [1, 2]
     assert log["config"]["drop_rate"] == 0.2 and log["config"]["rescale"] is False
     for e in log["epochs"]:
-        assert 0 <= e["test_acc"] <= 1 and e["train_loss"] > 0
+        assert 0 <= e["test_acc"] <= 1 and e["train_loss"] > 0 and e["test_sa1"] == 0.2
     ck = load_checkpoint(out / "model.pt")
     assert ck.spec == SPEC and ck.meta["drop_rate"] == 0.2 and "train_state" not in ck.meta
     assert not any("parametrizations" in k for k in ck.state_dict)
     assert load_checkpoint(out / LAST).meta["train_state"]["epoch"] == 2
     # eval reads it
-    p = rram("eval", "--checkpoint", out / "model.pt", "--data", data, "--no-cache", "--json",
-             check=True)
-    assert json.loads(p.stdout)["images"] == 128
+    assert main(["eval", "--checkpoint", str(out / "model.pt"), "--data", str(data), "--no-cache",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 128
 
 
 def test_training_learns_and_same_seed_same_weights(data, tmp_path):
