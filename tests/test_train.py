@@ -152,3 +152,29 @@ def test_torchrun_two_processes_on_cpu(data, tmp_path):
     assert all(e["images"] == 128 for e in log["epochs"])  # both ranks' batches counted
     ck = load_checkpoint(out / "model.pt")
     assert ck.spec == SPEC and ck.meta["epoch"] == 2
+
+
+def test_killed_process_resumes_from_the_last_finished_epoch(data, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "k"
+    args = ["-m", "toolchain", "train", "--model", "resnet20", "--width", "0.25", "--drop-rate", "0.2",
+            "--epochs", "12", "--images", "64", "--eval-images", "32", "--batch-size", "32", "--data",
+            str(data), "--no-cache", "--device", "cpu", "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, *args], env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (out / "log.json").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # killed mid-run, not finished
+    done = load_checkpoint(out / LAST).meta["train_state"]["epoch"]
+    assert 1 <= done < 12
+    log = train(cfg(data, out, epochs=12, images=64, eval_images=32, resume=True))
+    assert [e["epoch"] for e in log["epochs"]] == list(range(1, 13))
+    assert json.loads((out / "log.json").read_text())["epochs"] == log["epochs"]
