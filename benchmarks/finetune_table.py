@@ -5,7 +5,8 @@ from pathlib import Path
 
 ROWS = [("base-train-stats", "pretrained ResNet20, its own BN statistics"),
         ("base-realigned", "pretrained ResNet20, BN re-aligned at p'=SA1 rate"),
-        ("dc0.2-realigned", "drop-connect p=0.2 fine-tuned, BN re-aligned at p'=SA1 rate")]
+        ("dc0.2-realigned", "drop-connect p=0.2 fine-tuned 3 epochs, BN re-aligned at p'=SA1 rate"),
+        ("dc0.2-more-realigned", "... then 3 more epochs (lr 0.005), BN re-aligned at p'=SA1 rate")]
 RATES = ["0", "0.1", "0.2", "0.3"]
 
 folder = Path(sys.argv[1] if len(sys.argv) > 1 else "out/finetune/results")
@@ -15,7 +16,7 @@ for key, label in ROWS:
     cells = []
     for r in RATES:
         f = folder / f"{key}-sa1-{r}.json"
-        if not f.exists():
+        if not f.exists() or f.stat().st_size == 0:
             cells.append("n/a")
             continue
         d = json.loads(f.read_text())

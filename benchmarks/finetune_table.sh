@@ -21,7 +21,8 @@ evaluate() {  # evaluate CONFIG ROW [--rate-stats]: one JSON per SA1 rate
     runs=10; [ "$rate" = 0 ] && runs=1   # no faults: every chip is the same
     $RRAM eval --checkpoint "$OUT/$cfg/recalibrated.pt" --data "$DATA" --sa1 $rate --runs $runs \
         --seed 0 --json $( [ "$realign" = yes ] && echo --rate-stats $rate ) \
-        > "$OUT/results/$row-sa1-$rate.json"
+        > "$OUT/results/$row-sa1-$rate.json.part"
+    mv "$OUT/results/$row-sa1-$rate.json.part" "$OUT/results/$row-sa1-$rate.json"
   done
 }
 
