@@ -3,8 +3,6 @@ each class has its own mean colour, so a few steps of training do learn somethin
 from __future__ import annotations
 
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -33,20 +31,6 @@ def make_cifar(root: Path, per_batch: int = 64, test: int = 128, seed: int = 0) 
     with open(folder / "test_batch", "wb") as fh:
         pickle.dump(batch(test), fh)
     return root
-
-
-def rram(*args, env=None, check=False) -> subprocess.CompletedProcess:
-    """Run the CLI in a fresh process (exit codes and stderr as a user sees them)."""
-    import os
-
-    e = dict(os.environ, PYTHONPATH=str(REPO), RRAM_CACHE=str(REPO / ".cache" / "tests"),
-             OMP_NUM_THREADS="1")
-    e.update(env or {})
-    p = subprocess.run([sys.executable, "-m", "toolchain", *map(str, args)], capture_output=True,
-                       text=True, env=e, cwd=REPO)
-    if check and p.returncode != 0:
-        raise AssertionError(f"rram {' '.join(map(str, args))} failed ({p.returncode}):\n{p.stderr}")
-    return p
 
 
 def one_thread():
