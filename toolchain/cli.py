@@ -12,7 +12,8 @@ import sys
 
 from .errors import UserError
 
-COMMANDS = ["eval", "passes", "quantize", "validate", "merge", "plot"]
+COMMANDS = ["eval", "train", "recalibrate", "export", "passes", "quantize", "validate", "merge",
+            "plot"]
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:

@@ -1,13 +1,17 @@
 """``rram eval``: top-1 accuracy of a checkpoint on the CIFAR-10 test split."""
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
 
 from ..checkpoints import load_checkpoint
 from ..data import load_split
+from ..dropconnect import check_rate, derive_seed, rate_key, sa1_faults, sample_sa1_masks
+from ..errors import UserError
 from ..evaluate import accuracy
+from ..recalibrate import apply_bn_stats
 from .common import add_data_args, add_model_args, emit, normalization_from_args, positive_int
 
 
@@ -19,21 +23,55 @@ def add_parser(sub) -> None:
     p.add_argument("--images", type=positive_int, default=None, help="evaluate only the first N images")
     p.add_argument("--batch-size", type=positive_int, default=500)
     p.add_argument("--json", action="store_true", help="print a JSON object")
+    p.add_argument("--sa1", type=float, default=None, metavar="P",
+                   help="reference fault evaluation: zero each Conv/Linear weight with probability P, "
+                        "a new simulated chip per run")
+    p.add_argument("--runs", type=positive_int, default=1, help="simulated chips (with --sa1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulated chips")
+    p.add_argument("--rate-stats", type=float, default=None, metavar="P",
+                   help="use the BN statistics recalibrated for fault rate P")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     ckpt = load_checkpoint(args.checkpoint, model=args.model, width=args.width, shortcut=args.shortcut,
                            normalization=normalization_from_args(args), download=args.download)
+    if args.sa1 is not None:
+        check_rate(args.sa1, "SA1 rate")  # bad input fails before any work
     model = ckpt.build()  # a mismatched checkpoint fails before any image is decoded
+    if args.rate_stats is not None:
+        key = rate_key(check_rate(args.rate_stats, "--rate-stats"))
+        if key not in ckpt.bn_stats:
+            have = ", ".join(sorted(ckpt.bn_stats, key=float)) or "none"
+            raise UserError(f"checkpoint has no BN statistics for rate {key} (it has: {have}); "
+                            f"run rram recalibrate first")
+        apply_bn_stats(model, ckpt.bn_stats[key])
     split = load_split(args.data, args.split, cache_dir=args.cache_dir, use_cache=not args.no_cache,
                        download=args.download).subset(args.images)
     t0 = time.perf_counter()
-    acc = accuracy(model, split, ckpt.normalization, batch_size=args.batch_size)
+    if args.sa1 is None:
+        acc = accuracy(model, split, ckpt.normalization, batch_size=args.batch_size)
+        extra, text = {}, f"top-1 {100 * acc:.2f}%"
+    else:
+        p = check_rate(args.sa1, "SA1 rate")
+        accs = []
+        for run_i in range(args.runs):
+            gen = torch.Generator().manual_seed(derive_seed(args.seed, "sa1", run_i))
+            with sa1_faults(model, sample_sa1_masks(model, p, gen)):
+                accs.append(accuracy(model, split, ckpt.normalization, batch_size=args.batch_size,
+                                     desc=f"chip {run_i + 1}/{args.runs}"))
+        acc = statistics.fmean(accs)
+        extra = {"sa1": p, "runs": args.runs, "seed": args.seed, "mean": acc,
+                 "std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "min": min(accs),
+                 "max": max(accs), "accuracies": accs}
+        text = (f"SA1 {p:g}, {args.runs} chips: mean {100 * acc:.2f}% std {100 * extra['std']:.2f} "
+                f"min {100 * extra['min']:.2f}% max {100 * extra['max']:.2f}%")
     seconds = time.perf_counter() - t0
     result = {"model": ckpt.spec.to_dict(), "checkpoint": ckpt.source, "split": args.split,
               "images": len(split), "accuracy": acc, "seconds": round(seconds, 3),
-              "threads": torch.get_num_threads()}
-    emit(result, args.json, f"{ckpt.spec.describe()} on {args.split} ({len(split)} images): "
-                            f"top-1 {100 * acc:.2f}%")
+              "threads": torch.get_num_threads(),
+              "rate_stats": None if args.rate_stats is None else rate_key(args.rate_stats), **extra}
+    stats = "" if args.rate_stats is None else f", BN stats for p'={args.rate_stats:g}"
+    emit(result, args.json, f"{ckpt.spec.describe()} on {args.split} ({len(split)} images{stats}): "
+                            f"{text}")
     return 0

@@ -1,0 +1,180 @@
+"""rram train: outputs, determinism, resume after an interruption, torchrun (2 processes), bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from toolchain.checkpoints import load_checkpoint
+from toolchain.cli import main
+from toolchain.errors import UserError
+from toolchain.models import ModelSpec
+from toolchain.training import LAST, TrainConfig, train
+from train_fixtures import REPO, make_cifar, one_thread
+
+SPEC = ModelSpec("resnet20", 0.25)
+_one_thread = pytest.fixture(autouse=True)(one_thread)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_cifar(tmp_path_factory.mktemp("cifar"))
+
+
+def cfg(data, out, **kw):
+    base = dict(spec=SPEC, drop_rate=0.2, epochs=2, out=str(out), data=str(data), batch_size=32,
+                images=128, eval_images=64, use_cache=False, progress=False, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_cli_train_writes_checkpoints_and_log(data, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--model", "resnet20", "--width", "0.25", "--drop-rate", "0.2", "--epochs",
+                 "2", "--images", "128", "--eval-images", "64", "--batch-size", "32", "--data",
+                 str(data), "--no-cache", "--out", str(out), "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    log = json.loads((out / "log.json").read_text())
+    assert printed["epochs"] == log["epochs"]
+    assert [e["epoch"] for e in log["epochs"]] == [1, 2]
+    assert log["config"]["drop_rate"] == 0.2 and log["config"]["rescale"] is False
+    for e in log["epochs"]:
+        assert 0 <= e["test_acc"] <= 1 and e["train_loss"] > 0 and e["test_sa1"] == 0.2
+    ck = load_checkpoint(out / "model.pt")
+    assert ck.spec == SPEC and ck.meta["drop_rate"] == 0.2 and "train_state" not in ck.meta
+    assert not any("parametrizations" in k for k in ck.state_dict)
+    assert load_checkpoint(out / LAST).meta["train_state"]["epoch"] == 2
+    # eval reads it
+    assert main(["eval", "--checkpoint", str(out / "model.pt"), "--data", str(data), "--no-cache",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 128
+
+
+def test_training_learns_and_same_seed_same_weights(data, tmp_path):
+    a = train(cfg(data, tmp_path / "a", epochs=3, drop_rate=0.1, lr=0.05))
+    b = train(cfg(data, tmp_path / "b", epochs=3, drop_rate=0.1, lr=0.05))
+    assert a["epochs"][-1]["train_loss"] < a["epochs"][0]["train_loss"]
+    sa = load_checkpoint(tmp_path / "a" / "model.pt").state_dict
+    sb = load_checkpoint(tmp_path / "b" / "model.pt").state_dict
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert [e["train_loss"] for e in a["epochs"]] == [e["train_loss"] for e in b["epochs"]]
+    c = train(cfg(data, tmp_path / "c", epochs=1, drop_rate=0.1, lr=0.05, seed=1))
+    sc = load_checkpoint(tmp_path / "c" / "model.pt").state_dict
+    sa1 = train(cfg(data, tmp_path / "a1", epochs=1, drop_rate=0.1, lr=0.05))
+    assert not torch.equal(sc["conv1.weight"], load_checkpoint(tmp_path / "a1" / "model.pt").state_dict["conv1.weight"])
+
+
+def test_resume_after_interruption_repeats_the_run_exactly(data, tmp_path):
+    full = train(cfg(data, tmp_path / "full", epochs=3))
+
+    def crash(epoch, step):
+        if epoch == 1 and step == 1:  # in the middle of the second epoch
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(data, tmp_path / "cut", epochs=3), step_callback=crash)
+    kept = load_checkpoint(tmp_path / "cut" / LAST)
+    assert kept.meta["train_state"]["epoch"] == 1  # the finished epoch is not lost
+    with pytest.raises(UserError, match="--resume"):
+        train(cfg(data, tmp_path / "cut", epochs=3))
+    resumed = train(cfg(data, tmp_path / "cut", epochs=3, resume=True))
+    assert [e["epoch"] for e in resumed["epochs"]] == [1, 2, 3]
+    s1 = load_checkpoint(tmp_path / "full" / "model.pt").state_dict
+    s2 = load_checkpoint(tmp_path / "cut" / "model.pt").state_dict
+    for k in s1:
+        assert torch.allclose(s1[k].float(), s2[k].float(), atol=1e-6), k
+    assert full["epochs"][-1]["train_loss"] == pytest.approx(resumed["epochs"][-1]["train_loss"],
+                                                              rel=1e-5)
+
+
+def test_resume_folder_of_another_model(data, tmp_path):
+    train(cfg(data, tmp_path / "r", epochs=1))
+    with pytest.raises(UserError, match="belongs to another model"):
+        train(cfg(data, tmp_path / "r", epochs=1, resume=True, spec=ModelSpec("resnet20", 0.5)))
+    with pytest.raises(UserError, match="drop_rate"):
+        train(cfg(data, tmp_path / "r", epochs=1, resume=True, drop_rate=0.3))
+    with pytest.raises(UserError, match="nothing to resume"):
+        train(cfg(data, tmp_path / "none", epochs=1, resume=True))
+
+
+def test_fine_tune_from_own_checkpoint_with_padding(data, tmp_path):
+    spec_b = ModelSpec("resnet20", 0.25, "B")
+    train(cfg(data, tmp_path / "base", spec=spec_b, epochs=1, drop_rate=0.0))
+    log = train(cfg(data, tmp_path / "ft", spec=ModelSpec("resnet20", 0.25, "B", padded=True),
+                    epochs=1, init=str(tmp_path / "base" / "model.pt")))
+    assert log["config"]["model"]["padded"] is True and log["config"]["lr"] == 0.01
+    ck = load_checkpoint(tmp_path / "ft" / "model.pt")
+    assert ck.spec.padded and ck.state_dict["layer2.0.shortcut.0.weight"].shape[-1] == 3
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--drop-rate", "1.0"], "drop rate must be in [0, 1)"),
+    (["--drop-rate", "-0.1"], "drop rate must be in [0, 1)"),
+    (["--epochs", "0"], "epochs must be at least 1"),
+])
+def test_bad_input_one_line_error(data, tmp_path, capsys, args, message):
+    base = {"--drop-rate": "0.2", "--epochs": "1"}
+    base.update(dict(zip(args[::2], args[1::2])))
+    code = main(["train", "--model", "resnet20", "--width", "0.25", "--data", str(data), "--no-cache",
+                 "--out", str(tmp_path / "x"), *[x for kv in base.items() for x in kv]])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("rram: error: ")
+    assert message in err[0]
+    assert not (tmp_path / "x").exists()
+
+
+def test_empty_data_split(tmp_path, capsys):
+    for split in ("train", "test"):
+        for c in ("cat", "dog"):
+            (tmp_path / "d" / split / c).mkdir(parents=True)
+    code = main(["train", "--model", "resnet20", "--drop-rate", "0.1", "--epochs", "1", "--data",
+                 str(tmp_path / "d"), "--no-cache", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "empty" in err[0]
+    assert not (tmp_path / "x").exists()
+
+
+def test_torchrun_two_processes_on_cpu(data, tmp_path):
+    out = tmp_path / "ddp"
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    p = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "toolchain", "train", "--model", "resnet20", "--width", "0.25", "--drop-rate", "0.2",
+         "--epochs", "2", "--images", "128", "--eval-images", "64", "--batch-size", "32", "--data",
+         str(data), "--no-cache", "--device", "cpu", "--out", str(out)],
+        capture_output=True, text=True, env=env, cwd=REPO, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    log = json.loads((out / "log.json").read_text())
+    assert log["world_size"] == 2
+    assert [e["epoch"] for e in log["epochs"]] == [1, 2]
+    assert all(e["images"] == 128 for e in log["epochs"])  # both ranks' batches counted
+    ck = load_checkpoint(out / "model.pt")
+    assert ck.spec == SPEC and ck.meta["epoch"] == 2
+
+
+def test_killed_process_resumes_from_the_last_finished_epoch(data, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "k"
+    args = ["-m", "toolchain", "train", "--model", "resnet20", "--width", "0.25", "--drop-rate", "0.2",
+            "--epochs", "12", "--images", "64", "--eval-images", "32", "--batch-size", "32", "--data",
+            str(data), "--no-cache", "--device", "cpu", "--out", str(out)]
+    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, *args], env=env, cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (out / "log.json").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL  # killed mid-run, not finished
+    done = load_checkpoint(out / LAST).meta["train_state"]["epoch"]
+    assert 1 <= done < 12
+    log = train(cfg(data, out, epochs=12, images=64, eval_images=32, resume=True))
+    assert [e["epoch"] for e in log["epochs"]] == list(range(1, 13))
+    assert json.loads((out / "log.json").read_text())["epochs"] == log["epochs"]

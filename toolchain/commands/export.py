@@ -1,0 +1,32 @@
+"""``rram export``: a checkpoint with one rate's (or every rate's) BN statistics -> ONNX."""
+from __future__ import annotations
+
+from ..checkpoints import load_checkpoint
+from ..dropconnect import check_rate, rate_key
+from ..export import export_onnx
+from .common import emit
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("export", help="export to ONNX with per-rate BN statistics")
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint path or known name")
+    p.add_argument("--model", default=None, help="architecture of a foreign checkpoint")
+    p.add_argument("--rate", type=float, default=None, metavar="P",
+                   help="BN statistics of this fault rate go into the BN nodes")
+    p.add_argument("--all-rates", action="store_true",
+                   help="also embed every stored rate's statistics as NAME@rate=r initializers")
+    p.add_argument("--out", required=True, help="output .onnx file (written atomically)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random check input")
+    p.add_argument("--download", action="store_true", help="allow downloading named checkpoints")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    rate = None if args.rate is None else rate_key(check_rate(args.rate, "--rate"))
+    ckpt = load_checkpoint(args.checkpoint, model=args.model, download=args.download)
+    result = export_onnx(ckpt, args.out, rate=rate, all_rates=args.all_rates, seed=args.seed)
+    emit(result, args.json, f"{ckpt.spec.describe()} -> {result['out']} (opset {result['opset']}, "
+                            f"BN rate {result['bn_rate']}, rates {', '.join(result['bn_stats_rates'])}, "
+                            f"max |onnx - torch| {result['max_abs_diff']:.2e})")
+    return 0

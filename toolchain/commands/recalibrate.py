@@ -1,0 +1,76 @@
+"""``rram recalibrate``: BN re-alignment (UpdateVar) for each expected chip fault rate p'."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from ..checkpoints import load_checkpoint, save_checkpoint
+from ..data import load_split
+from ..dropconnect import check_rate, rate_key
+from ..errors import UserError
+from ..recalibrate import recalibrate_bn
+from ..training import random_subset
+from .common import add_data_args, emit, positive_int
+
+OUT_NAME = "recalibrated.pt"
+
+
+def parse_rates(text: str) -> list[float]:
+    try:
+        rates = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"--rates must be comma-separated numbers, got {text!r}") from None
+    if not rates:
+        raise UserError("--rates is empty")
+    for r in rates:
+        check_rate(r, "recalibration rate")
+    return list(dict.fromkeys(rates))
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("recalibrate", help="re-estimate BN statistics per expected fault rate")
+    p.add_argument("checkpoint", metavar="CKPT", help="checkpoint path or known name")
+    p.add_argument("--model", default=None, help="architecture of a foreign checkpoint")
+    p.add_argument("--rates", required=True, help="comma-separated fault rates, e.g. 0,0.1,0.2,0.3")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help=f"output folder (writes {OUT_NAME}), or a .pt file path")
+    p.add_argument("--batches", type=positive_int, default=None,
+                   help="use only N batches of the training set (default: all of it)")
+    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--images", type=positive_int, default=None, help="random subset of N images")
+    p.add_argument("--seed", type=int, default=0, help="seed of the drop-connect masks and order")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", action="store_true")
+    add_data_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    rates = parse_rates(args.rates)
+    if args.batch_size < 2:
+        raise UserError("--batch-size must be at least 2 (train-mode BatchNorm)")
+    out = Path(args.out)
+    out_file = out if out.suffix == ".pt" else out / OUT_NAME
+    ckpt = load_checkpoint(args.checkpoint, model=args.model, download=args.download)
+    split = random_subset(load_split(args.data, "train", cache_dir=args.cache_dir,
+                                     use_cache=not args.no_cache, download=args.download),
+                          args.images, args.seed)
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    model = ckpt.build().to(device)
+    t0 = time.perf_counter()
+    for r in rates:
+        ckpt.bn_stats[rate_key(r)] = recalibrate_bn(model, split, ckpt.normalization, r,
+                                                    batch_size=args.batch_size, batches=args.batches,
+                                                    seed=args.seed, device=device)
+    ckpt.meta = dict(ckpt.meta)
+    ckpt.meta.pop("train_state", None)
+    ckpt.meta["recalibration"] = {"rates": [rate_key(r) for r in rates], "batches": args.batches,
+                                  "batch_size": args.batch_size, "images": len(split),
+                                  "seed": args.seed, "source": ckpt.source}
+    save_checkpoint(ckpt, out_file)
+    result = {"checkpoint": str(out_file), "rates": sorted(ckpt.bn_stats, key=float),
+              "seconds": round(time.perf_counter() - t0, 2)}
+    emit(result, args.json, f"BN statistics for rates {', '.join(result['rates'])} -> {out_file}")
+    return 0

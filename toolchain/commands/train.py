@@ -1,0 +1,59 @@
+"""``rram train``: fault-aware training (drop-connect) from scratch or fine-tuning (--init).
+
+Run under ``torchrun --nproc_per_node N -m toolchain train ...`` for DistributedDataParallel.
+"""
+from __future__ import annotations
+
+import json
+import sys
+
+from ..models import MODEL_NAMES, ModelSpec
+from ..training import TrainConfig, train
+from .common import add_data_args, positive_float, positive_int
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("train", help="fault-aware training with drop-connect (also fine-tuning)")
+    p.add_argument("--model", required=True, choices=MODEL_NAMES)
+    p.add_argument("--width", type=positive_float, default=1.0, help="width multiplier (widening)")
+    p.add_argument("--pad-1x1", action="store_true", help="pad 1x1 convolutions to 3x3")
+    p.add_argument("--shortcut", choices=["A", "B"], default="A", help="resnet20 shortcut option")
+    p.add_argument("--init", default=None, metavar="CKPT",
+                   help="fine-tune this checkpoint (ours, or e.g. resnet20-akamaster / its .th file)")
+    p.add_argument("--drop-rate", type=float, required=True, metavar="P",
+                   help="drop-connect probability in [0, 1); 0 = plain training")
+    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (checkpoints, log.json)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="global batch size")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="peak learning rate (default 0.1, or 0.01 with --init)")
+    p.add_argument("--momentum", type=float, default=0.9)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--images", type=positive_int, default=None,
+                   help="train on a random subset of N images (tests)")
+    p.add_argument("--eval-images", type=positive_int, default=None,
+                   help="test accuracy after each epoch on a random subset of N images")
+    p.add_argument("--no-drop-first", action="store_true", help="no drop-connect on the first layer")
+    p.add_argument("--no-drop-last", action="store_true", help="no drop-connect on the last layer")
+    p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda")
+    p.add_argument("--json", action="store_true", help="print the epoch log as JSON at the end")
+    add_data_args(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    cfg = TrainConfig(
+        spec=ModelSpec(args.model, args.width, args.shortcut, args.pad_1x1),
+        drop_rate=args.drop_rate, epochs=args.epochs, out=args.out, data=args.data, init=args.init,
+        batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+        weight_decay=args.weight_decay, seed=args.seed, images=args.images,
+        eval_images=args.eval_images, include_first=not args.no_drop_first,
+        include_last=not args.no_drop_last, resume=args.resume, device=args.device,
+        cache_dir=args.cache_dir, use_cache=not args.no_cache)
+    log = train(cfg)
+    if args.json and log["main"]:  # under torchrun, rank 0 speaks
+        json.dump({k: v for k, v in log.items() if k != "main"}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    return 0

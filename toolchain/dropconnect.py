@@ -1,0 +1,139 @@
+"""Drop-connect on Conv2d/Linear weights (Wan et al., ICML 2013) and the reference SA1 fault model.
+
+Drop-connect is a ``torch.nn.utils.parametrize`` parametrization on each ``weight``: in training
+mode every forward pass draws a fresh Bernoulli mask from a seeded generator and zeroes each weight
+with probability p; in eval mode the weight passes through unchanged.
+
+No rescaling: surviving weights are NOT multiplied by 1/(1-p). An SA1 cell (stuck at G_min) reads as
+0 and does not scale its neighbours, so an unscaled mask is the faithful model of the chip. The
+scale this leaves on a layer's output (about 1-p on average) is absorbed by the BatchNorm that
+follows: the BN running statistics collected in training match a chip with fault rate p, and BN
+re-alignment (``toolchain.recalibrate``) re-estimates them for any other rate p'. Evaluation and
+recalibration use the same unscaled convention (faulty weights are exactly zero).
+
+Which weights count: every Conv2d and Linear ``weight`` (not biases, not BN parameters), the same
+set the reference SA1 evaluation (:func:`sa1_faults`) and the ONNX runtime fault injection hit.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+
+import torch
+import torch.nn as nn
+from torch.nn.utils import parametrize
+
+from .errors import UserError
+
+PARAM_SUFFIX = ".parametrizations.weight.original"
+
+
+def derive_seed(seed: int, *parts) -> int:
+    """A 63-bit seed for one purpose (e.g. ("mask", rank, epoch)), stable across runs and machines."""
+    text = "|".join(str(p) for p in (seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
+
+
+def check_rate(p: float, what: str = "drop rate") -> float:
+    p = float(p)
+    if not (0.0 <= p < 1.0):
+        raise UserError(f"{what} must be in [0, 1), got {p:g}")
+    return p
+
+
+def rate_key(p: float) -> str:
+    """The string a rate is stored under: 0 -> "0.0", 0.1 -> "0.1" (Python's shortest repr)."""
+    return repr(float(p))
+
+
+def weight_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """Every Conv2d and Linear, in registration order (first = input layer, last = classifier)."""
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+
+
+class DropConnect(nn.Module):
+    """weight -> weight * Bernoulli(1-p) mask in training mode; identity in eval mode."""
+
+    def __init__(self, p: float, generator: torch.Generator):
+        super().__init__()
+        self.p = check_rate(p)
+        self.generator = generator
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return w
+        # One uniform draw and a compare is the cheapest mask; masked_fill's gradient is zero
+        # exactly at the dropped weights, so only kept weights learn from this step.
+        drop = torch.rand(w.shape, generator=self.generator, device=w.device, dtype=w.dtype) < self.p
+        return w.masked_fill(drop, 0.0)
+
+
+def add_dropconnect(model: nn.Module, p: float, generator: torch.Generator, *,
+                    include_first: bool = True, include_last: bool = True) -> list[DropConnect]:
+    """Put drop-connect on the weights of every Conv2d/Linear; returns the parametrization modules."""
+    check_rate(p)
+    mods = weight_modules(model)
+    chosen = [m for i, (_, m) in enumerate(mods)
+              if (include_first or i != 0) and (include_last or i != len(mods) - 1)]
+    added = []
+    for m in chosen:
+        if parametrize.is_parametrized(m, "weight"):
+            raise ValueError("weight already parametrized")
+        dc = DropConnect(p, generator)
+        parametrize.register_parametrization(m, "weight", dc)
+        added.append(dc)
+    return added
+
+
+def set_drop_rate(model: nn.Module, p: float) -> None:
+    check_rate(p)
+    for m in model.modules():
+        if isinstance(m, DropConnect):
+            m.p = float(p)
+
+
+def remove_dropconnect(model: nn.Module) -> nn.Module:
+    """Back to plain weights (the stored, unmasked values)."""
+    for _, m in weight_modules(model):
+        if parametrize.is_parametrized(m, "weight"):
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=False)
+    return model
+
+
+def plain_state_dict(model: nn.Module) -> dict:
+    """state_dict with plain key names (``conv1.weight``), masks not applied, on the CPU."""
+    return {k.replace(PARAM_SUFFIX, ".weight"): v.detach().cpu().clone()
+            for k, v in model.state_dict().items()}
+
+
+# --------------------------------------------------------------------------- reference SA1 faults
+
+def sample_sa1_masks(model: nn.Module, p: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """{module name: bool mask of faulty weights}, each weight faulty independently with prob. p."""
+    check_rate(p, "SA1 rate")
+    return {n: torch.rand(m.weight.shape, generator=generator) < p for n, m in weight_modules(model)}
+
+
+def stored_weight(m: nn.Module) -> torch.Tensor:
+    """The weight tensor itself (under drop-connect: the unmasked original)."""
+    if parametrize.is_parametrized(m, "weight"):
+        return m.parametrizations.weight.original
+    return m.weight
+
+
+@contextlib.contextmanager
+def sa1_faults(model: nn.Module, masks: dict[str, torch.Tensor]):
+    """Zero the masked weights (SA1: the cell reads 0, no rescaling) and restore them on exit."""
+    mods = dict(weight_modules(model))
+    saved = {}
+    try:
+        with torch.no_grad():
+            for name, mask in masks.items():
+                w = stored_weight(mods[name])
+                saved[name] = w.detach().clone()
+                w.masked_fill_(mask.to(w.device), 0.0)
+        yield model
+    finally:
+        with torch.no_grad():
+            for name, original in saved.items():
+                stored_weight(mods[name]).copy_(original)

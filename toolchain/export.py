@@ -1,0 +1,172 @@
+"""ONNX export with per-rate BN statistics (the convention agreed with ``passes/``).
+
+- BatchNormalization nodes stay in the graph (``do_constant_folding=False``; folding is a pass).
+  Each BN node's mean/var inputs are initializers named after the PyTorch buffers
+  (``layer1.0.bn1.running_mean``) holding the statistics of the default rate.
+- ``metadata_props``: ``rram.bn_stats_rates`` (JSON list of rate strings, e.g. ["0.0","0.1"]),
+  ``rram.bn_rate_default`` and ``rram.bn_rate`` (the rate baked into the BN nodes),
+  ``rram.model`` (JSON ModelSpec), ``rram.normalization`` (JSON mean/std), ``rram.drop_rate``
+  (training drop-connect rate), ``rram.input_layout`` ("NCHW float32, normalised").
+- For every rate r in ``rram.bn_stats_rates`` and every BN node with mean/var initializers M, V:
+  extra graph initializers ``M@rate=r`` and ``V@rate=r`` (consumed by no node).
+
+Input ``input`` (N, 3, H, W) float32, normalised; output ``logits`` (N, classes); batch dynamic.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+from .checkpoints import Checkpoint
+from .dropconnect import rate_key
+from .errors import UserError
+from .recalibrate import apply_bn_stats, bn_stats_of
+
+OPSET = 17
+INPUT, OUTPUT = "input", "logits"
+TOLERANCE = 1e-4
+
+
+def available_stats(ckpt: Checkpoint) -> dict[str, dict]:
+    """rate string -> BN statistics. A checkpoint without recalibrated statistics offers its own
+    (training) statistics under its training drop rate (0.0 for a plain model)."""
+    if ckpt.bn_stats:
+        return dict(ckpt.bn_stats)
+    return {rate_key(float(ckpt.meta.get("drop_rate", 0.0))): None}
+
+
+def _undo_initializer_dedup(model: onnx.ModelProto) -> None:
+    """The TorchScript exporter merges equal initializers and feeds copies through Identity
+    nodes; give every such consumer its own named initializer again (BN stats must be per node)."""
+    g = model.graph
+    inits = {i.name: i for i in g.initializer}
+    keep = []
+    for node in g.node:
+        if node.op_type == "Identity" and node.input[0] in inits:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            g.initializer.append(copy)
+        else:
+            keep.append(node)
+    del g.node[:]
+    g.node.extend(keep)
+
+
+def bn_stat_inputs(model: onnx.ModelProto) -> list[tuple[str, str]]:
+    """(mean initializer name, var initializer name) of every BatchNormalization node."""
+    return [(n.input[3], n.input[4]) for n in model.graph.node if n.op_type == "BatchNormalization"]
+
+
+def export_onnx(ckpt: Checkpoint, out: str | os.PathLike, *, rate: str | None = None,
+                all_rates: bool = False, seed: int = 0, check_batch: int = 4) -> dict:
+    """Export ``ckpt`` with BN statistics of ``rate`` (a rate string); write ``out`` atomically.
+    Returns a summary dict (rates, default rate, max abs difference against PyTorch)."""
+    stats = available_stats(ckpt)
+    rates = sorted(stats, key=float)
+    if rate is None:
+        if len(rates) == 1 or all_rates:
+            rate = rates[0]
+        else:
+            raise UserError(f"checkpoint holds BN statistics for rates {', '.join(rates)}: choose one "
+                            f"with --rate (or --all-rates)")
+    if rate not in stats:
+        raise UserError(f"checkpoint has no BN statistics for rate {rate} (it has: {', '.join(rates)}); "
+                        f"run rram recalibrate first")
+    model = ckpt.build()
+    if stats[rate] is not None:
+        apply_bn_stats(model, stats[rate])
+    model.eval()
+    # full per-rate tables by buffer name (the checkpoint's own stats where no rate was stored)
+    tables = {r: (stats[r] if stats[r] is not None else bn_stats_of(model)) for r in
+              (rates if all_rates else [rate])}
+
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    buf = io.BytesIO()
+    with torch.no_grad(), warnings.catch_warnings():
+        # the TorchScript path is deprecated in favour of dynamo, which folds BN into Conv
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=OPSET,
+                          do_constant_folding=False, input_names=[INPUT], output_names=[OUTPUT],
+                          dynamic_axes={INPUT: {0: "batch"}, OUTPUT: {0: "batch"}})
+    onx = onnx.load_from_string(buf.getvalue())
+    _undo_initializer_dedup(onx)
+    inits = {i.name for i in onx.graph.initializer}
+    pairs = bn_stat_inputs(onx)
+    for m, v in pairs:
+        for name in (m, v):
+            if name not in inits:
+                raise RuntimeError(f"BatchNormalization input {name} is not an initializer")
+            if name not in tables[rate]:
+                raise RuntimeError(f"BatchNormalization input {name} is not a BN buffer of the model")
+    for r, table in tables.items():
+        for m, v in pairs:
+            for name in (m, v):
+                t = numpy_helper.from_array(table[name].numpy().astype(np.float32), f"{name}@rate={r}")
+                onx.graph.initializer.append(t)
+
+    spec = ckpt.spec
+    meta = {
+        "rram.model": json.dumps(spec.to_dict()),
+        "rram.normalization": json.dumps(ckpt.normalization.to_dict()),
+        "rram.drop_rate": repr(float(ckpt.meta.get("drop_rate", 0.0))),
+        "rram.bn_rate": rate,
+        "rram.bn_rate_default": rate,
+        "rram.bn_stats_rates": json.dumps(sorted(tables, key=float)),
+        "rram.input_layout": "NCHW float32, normalised with rram.normalization",
+        "rram.source": str(ckpt.source),
+    }
+    for k, val in meta.items():
+        entry = onx.metadata_props.add()
+        entry.key, entry.value = k, val
+    onx.producer_name = "rram-toolchain"
+    onnx.checker.check_model(onx, full_check=True)
+
+    diff = compare_with_torch(onx, model, seed=seed, batch=check_batch)
+    if not diff <= TOLERANCE:
+        raise RuntimeError(f"exported model differs from PyTorch: max abs difference {diff:.3g}")
+    _atomic_write(onx.SerializeToString(), Path(out))
+    return {"out": str(out), "bn_rate": rate, "bn_stats_rates": sorted(tables, key=float),
+            "max_abs_diff": diff, "opset": OPSET, "bn_nodes": len(pairs)}
+
+
+def compare_with_torch(onx: onnx.ModelProto, model: torch.nn.Module, *, seed: int = 0,
+                       batch: int = 4) -> float:
+    import onnxruntime as ort
+
+    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed + 1))
+    with torch.no_grad():
+        ref = model(x).numpy()
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # the per-rate initializers are unused by design: no warnings
+    sess = ort.InferenceSession(onx.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    got = sess.run([OUTPUT], {INPUT: x.numpy()})[0]
+    return float(np.abs(got - ref).max())
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _atomic_write(data: bytes, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,321 @@
+"""Fault-aware training: SGD + momentum + weight decay, cosine schedule, drop-connect on every
+Conv2d/Linear weight, batch augmentation on tensors, a checkpoint every epoch with resume, and
+DistributedDataParallel when started by ``torchrun`` (gloo on CPU, nccl on GPU).
+
+Output folder::
+
+    OUT/last.pt    own checkpoint format + meta["train_state"] (optimizer, schedule, epoch): resume
+    OUT/model.pt   the same model without the optimizer state: what eval/recalibrate/export read
+    OUT/log.json   {"config": {...}, "epochs": [{"epoch", "train_loss", "train_acc", "test_acc", ...}]}
+
+Every random draw (data order, augmentation, masks) comes from generators seeded from ``seed``,
+the epoch and the process rank, so a run resumed after epoch k repeats epochs k+1.. exactly.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from .data import CIFAR10_NORM, Split, iterate_batches, load_split
+from .dropconnect import (add_dropconnect, check_rate, derive_seed, plain_state_dict, sa1_faults,
+                          sample_sa1_masks)
+from .errors import UserError
+from .evaluate import accuracy
+from .models import ModelSpec, build_model, pad_1x1_to_3x3
+
+LAST = "last.pt"
+MODEL = "model.pt"
+LOG = "log.json"
+
+
+@dataclass
+class TrainConfig:
+    spec: ModelSpec
+    drop_rate: float
+    epochs: int
+    out: str
+    data: str | None = None
+    init: str | None = None
+    batch_size: int = 128
+    lr: float | None = None  # default: 0.1 from scratch, 0.01 when fine-tuning (--init)
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    seed: int = 0
+    images: int | None = None
+    eval_images: int | None = None
+    include_first: bool = True
+    include_last: bool = True
+    resume: bool = False
+    device: str = "auto"
+    cache_dir: str | None = None
+    use_cache: bool = True
+    progress: bool = True
+    extra: dict = field(default_factory=dict)
+
+    def effective_lr(self) -> float:
+        if self.lr is not None:
+            return self.lr
+        return 0.01 if self.init else 0.1
+
+    def record(self) -> dict:
+        """What defines the run (a resume must match it)."""
+        return {"model": self.spec.to_dict(), "drop_rate": self.drop_rate, "epochs": self.epochs,
+                "init": self.init, "batch_size": self.batch_size, "lr": self.effective_lr(),
+                "momentum": self.momentum, "weight_decay": self.weight_decay, "seed": self.seed,
+                "images": self.images, "include_first": self.include_first,
+                "include_last": self.include_last, "schedule": "cosine (per step)",
+                "rescale": False}
+
+
+def validate(cfg: TrainConfig) -> None:
+    check_rate(cfg.drop_rate, "drop rate")
+    if cfg.epochs < 1:
+        raise UserError(f"epochs must be at least 1, got {cfg.epochs}")
+    if cfg.batch_size < 2:
+        raise UserError(f"batch size must be at least 2 (BatchNorm), got {cfg.batch_size}")
+    if cfg.effective_lr() <= 0 or not math.isfinite(cfg.effective_lr()):
+        raise UserError(f"learning rate must be positive, got {cfg.effective_lr()}")
+
+
+# --------------------------------------------------------------------------- distributed helpers
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def sum(self, values: list[float]) -> list[float]:
+        if self.world == 1:
+            return values
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+
+def setup_distributed(device: str) -> Dist:
+    """Single process, or the torchrun environment (WORLD_SIZE/RANK/LOCAL_RANK) -> process group."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Dist(device=torch.device(device))
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if device.startswith("cuda"):
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+        backend = "nccl"
+    else:
+        dev = torch.device("cpu")
+        backend = "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    return Dist(rank, world, local, dev)
+
+
+# --------------------------------------------------------------------------- files
+
+def _atomic_json(obj: dict, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=2)
+            fh.write("\n")
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the log the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def random_subset(split: Split, n: int | None, seed: int) -> Split:
+    """n images drawn without replacement (ImageFolder order is sorted by class, so the first n
+    would be a single class)."""
+    if n is None or n >= len(split):
+        return split
+    g = torch.Generator().manual_seed(derive_seed(seed, "subset", n))
+    idx = np.sort(torch.randperm(len(split), generator=g)[:n].numpy())
+    return Split(split.images[idx], split.labels[idx], split.classes)
+
+
+def _initial_model(cfg: TrainConfig):
+    """(model, spec, normalization, init meta) from scratch or from --init."""
+    if cfg.init:
+        ckpt = load_checkpoint(cfg.init, model=cfg.spec.name, width=cfg.spec.width,
+                               shortcut=cfg.spec.shortcut)
+        model = ckpt.build()
+        spec = ckpt.spec
+        if cfg.spec.padded and not spec.padded:
+            pad_1x1_to_3x3(model)  # function-preserving, so fine-tuning starts from the same outputs
+            spec = replace(spec, padded=True)
+        return model, spec, ckpt.normalization
+    torch.manual_seed(derive_seed(cfg.seed, "init"))  # model initialisation uses the global RNG
+    return build_model(cfg.spec), cfg.spec, CIFAR10_NORM
+
+
+def train(cfg: TrainConfig, *, step_callback: Callable[[int, int], None] | None = None) -> dict:
+    """Run (or resume) a training; returns the log dict. ``step_callback(epoch, step)`` is called
+    after every optimizer step (tests use it to interrupt a run)."""
+    validate(cfg)
+    dd = setup_distributed(cfg.device)
+    out = Path(cfg.out)
+    last = out / LAST
+
+    model, spec, norm = _initial_model(cfg)
+    cfg = replace(cfg, spec=spec)
+    record = cfg.record()
+    history: list[dict] = []
+    start_epoch = 0
+    train_state = None
+    if last.exists():
+        if not cfg.resume:
+            raise UserError(f"{out} already holds a training run ({LAST}): pass --resume to continue "
+                            f"it, or choose another --out")
+        prev = load_checkpoint(last)
+        prev_record = prev.meta.get("config", {})
+        if prev.spec != spec:
+            raise UserError(f"{out} belongs to another model: {prev.spec.describe()}, not "
+                            f"{spec.describe()}")
+        for key in ("drop_rate", "epochs", "batch_size", "seed", "images", "init"):
+            if prev_record.get(key) != record.get(key):
+                raise UserError(f"{out} was trained with {key}={prev_record.get(key)!r}, not "
+                                f"{record.get(key)!r}: resume with the same options")
+        model.load_state_dict(prev.state_dict)
+        norm = prev.normalization
+        train_state = prev.meta.get("train_state")
+        history = list(prev.meta.get("history", []))
+        start_epoch = int(train_state["epoch"])
+    elif cfg.resume and not out.is_dir():
+        raise UserError(f"nothing to resume: {out} does not exist")
+    elif cfg.resume:
+        raise UserError(f"nothing to resume: no {LAST} in {out}")
+
+    train_split = random_subset(load_split(cfg.data, "train", cache_dir=cfg.cache_dir,
+                                           use_cache=cfg.use_cache, progress=cfg.progress),
+                                cfg.images, cfg.seed)
+    test_split = random_subset(load_split(cfg.data, "test", cache_dir=cfg.cache_dir,
+                                          use_cache=cfg.use_cache, progress=cfg.progress),
+                               cfg.eval_images, cfg.seed)
+    if len(train_split) == 0:
+        raise UserError("the training split is empty")
+    if len(test_split) == 0:
+        raise UserError("the test split is empty")
+    local_bs = max(2, cfg.batch_size // dd.world)
+    per_rank = len(train_split) // dd.world
+    if per_rank < 2:
+        raise UserError(f"{len(train_split)} training images are too few for {dd.world} processes")
+    steps_per_epoch = max(1, per_rank // local_bs)
+
+    model.to(dd.device)
+    mask_gen = torch.Generator(device=dd.device)
+    if cfg.drop_rate > 0:
+        add_dropconnect(model, cfg.drop_rate, mask_gen, include_first=cfg.include_first,
+                        include_last=cfg.include_last)
+    net: nn.Module = model
+    if dd.world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[dd.local_rank] if dd.device.type == "cuda" else None)
+
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.effective_lr(), momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay, nesterov=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
+    if train_state is not None:
+        opt.load_state_dict(train_state["optimizer"])
+        sched.load_state_dict(train_state["scheduler"])
+
+    if dd.main:
+        out.mkdir(parents=True, exist_ok=True)
+    sampler = torch.utils.data.distributed.DistributedSampler(
+        range(len(train_split)), num_replicas=dd.world, rank=dd.rank, shuffle=True,
+        seed=derive_seed(cfg.seed, "order") % (2**31), drop_last=True)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        sampler.set_epoch(epoch)
+        idx = np.asarray(list(sampler))[: steps_per_epoch * local_bs]
+        aug_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "augment", dd.rank, epoch))
+        mask_gen.manual_seed(derive_seed(cfg.seed, "mask", dd.rank, epoch))
+        net.train()
+        loss_sum = correct = seen = 0.0
+        bar = tqdm(iterate_batches(train_split, local_bs, norm, augment_batches=True, generator=aug_gen,
+                                   device=dd.device, indices=idx),
+                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+                   leave=False, disable=None if (cfg.progress and dd.main) else True)
+        for step, (x, y) in enumerate(bar):
+            logits = net(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            n = y.shape[0]
+            loss_sum += float(loss.detach()) * n
+            correct += float((logits.detach().argmax(1) == y).sum())
+            seen += n
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}%")
+            if step_callback is not None:
+                step_callback(epoch, step)
+        bar.close()
+        loss_sum, correct, seen = dd.sum([loss_sum, correct, seen])
+        entry = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+                 "lr": sched.get_last_lr()[0], "images": int(seen)}
+        if dd.main:
+            # The BN statistics gathered in training match a chip with fault rate p (unscaled
+            # masks), so the test accuracy is that of one simulated chip at rate p (the same chip
+            # every epoch); the fault-free weights need BN re-aligned at 0 (rram recalibrate).
+            chip = sample_sa1_masks(model, cfg.drop_rate,
+                                    torch.Generator().manual_seed(derive_seed(cfg.seed, "test-chip")))
+            with sa1_faults(model, chip):
+                entry["test_acc"] = accuracy(model, test_split, norm, device=dd.device,
+                                             progress=cfg.progress, desc="test")
+            entry["test_sa1"] = cfg.drop_rate
+            entry["seconds"] = round(time.perf_counter() - t0, 2)
+            history.append(entry)
+            _save_epoch(out, model, spec, norm, record, history, epoch + 1, opt, sched, cfg, dd.world)
+            if cfg.progress:
+                print(f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['train_loss']:.4f} "
+                      f"train {100 * entry['train_acc']:.2f}% test {100 * entry['test_acc']:.2f}% "
+                      f"({entry['seconds']:.1f}s)", file=sys.stderr, flush=True)
+        dd.barrier()
+    if dd.world > 1:
+        dist.destroy_process_group()
+    return {"config": record, "world_size": dd.world, "epochs": history, "main": dd.main}
+
+
+def _save_epoch(out: Path, model: nn.Module, spec: ModelSpec, norm, record: dict, history: list,
+                epoch: int, opt, sched, cfg: TrainConfig, world: int) -> None:
+    state = plain_state_dict(model)
+    meta = {"config": record, "drop_rate": cfg.drop_rate, "epoch": epoch, "history": history,
+            "trained_with": "rram train"}
+    full = dict(meta, train_state={"epoch": epoch, "optimizer": opt.state_dict(),
+                                   "scheduler": sched.state_dict()})
+    # last.pt is the resume point and is written first; model.pt and log.json follow from it
+    save_checkpoint(Checkpoint(spec, norm, state, {}, full), out / LAST)
+    save_checkpoint(Checkpoint(spec, norm, state, {}, meta), out / MODEL)
+    _atomic_json({"config": record, "world_size": world, "epochs": history}, out / LOG)
