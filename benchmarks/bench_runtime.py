@@ -215,7 +215,7 @@ def main() -> int:
         int8_rate = rate_of[methods[-1][0]]
     t_prep, _ = timed(lambda: eng.session(dm.chip_weights(chips[0])), reps=3)
 
-    flops = model_flops(onx)
+    flops = model_flops(onnx.load(str(tmp / "float.onnx")))
     rate = matmul_rate(threads)
     floor = rate / flops
     rows.append(("floor: FLOPs x images / fp32 matmul rate", floor, floor, None,

@@ -17,7 +17,7 @@ from . import bn_rates, model_io
 from .errors import PassError
 from .graph import PassContext, infer_shapes, skeleton
 from .registry import resolve
-from .summary import summarize_graph, summarize_model
+from .summary import summarize_graph
 from .verify import DEFAULT_TOLERANCE, Verifier, random_feeds
 
 VERIFY_MODES = ("each", "end", "off")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from .crossbar import DeviceConfig, Tile, decode, dequantize_matrix, matrix_to_weight, tile_grid
 from .errors import RuntimeInputError
+from .fileio import atomic_path
 
 FORMAT = "rram-crossbar-map"
 VERSION = 1
@@ -73,14 +73,8 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        write(fh)
 
 
 def save_map(cmap: CrossbarMap, folder: str | os.PathLike) -> None:

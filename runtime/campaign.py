@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import _atomic_write
+from .fileio import atomic_write_json
 from .engine import MODEL_NAME, DeployedModel, Engine, normalize_images
 from .errors import RuntimeInputError
-from .faults import Chip, check_rates, load_fault_map, run_seed, sample_chip
+from .faults import check_rates, load_fault_map, run_seed, sample_chip
 
 FORMAT = "rram-validate-results"
 VERSION = 1
@@ -155,7 +155,7 @@ def images_digest(images: np.ndarray, labels: np.ndarray) -> str:
 def write_results(doc: dict, path: str | os.PathLike) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda fh: fh.write((json.dumps(doc, indent=1) + "\n").encode()))
+    atomic_write_json(path, doc)
 
 
 def read_results(path: str | os.PathLike) -> dict:

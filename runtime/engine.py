@@ -24,7 +24,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .artifact import CrossbarMap, MappedLayer, file_sha256, load_map
+from .artifact import CrossbarMap, file_sha256, load_map
 from .crossbar import decode, dequantize_matrix, matrix_to_weight
 from .errors import RuntimeInputError
 from .faults import Chip, faulty_levels

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .campaign import read_results
 from .errors import RuntimeInputError
+from .fileio import atomic_path
 
 
 def plot_results(paths: list[str | os.PathLike], out: str | os.PathLike, *, labels: list[str] | None = None,
@@ -59,9 +60,7 @@ def plot_results(paths: list[str | os.PathLike], out: str | os.PathLike, *, labe
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp" + out.suffix)
-    fig.savefig(tmp, dpi=150)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=150, format=out.suffix.lstrip(".") or "png")
     plt.close(fig)
-    os.replace(tmp, out)
     return out

@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from onnx import numpy_helper
 from .checkpoints import Checkpoint
 from .dropconnect import rate_key
 from .errors import UserError
+from runtime.fileio import atomic_write_bytes
 from .recalibrate import apply_bn_stats, bn_stats_of
 
 OPSET = 17
@@ -134,7 +134,7 @@ def export_onnx(ckpt: Checkpoint, out: str | os.PathLike, *, rate: str | None = 
     diff = compare_with_torch(onx, model, seed=seed, batch=check_batch)
     if not diff <= TOLERANCE:
         raise RuntimeError(f"exported model differs from PyTorch: max abs difference {diff:.3g}")
-    _atomic_write(onx.SerializeToString(), Path(out))
+    atomic_write_bytes(Path(out), onx.SerializeToString())
     return {"out": str(out), "bn_rate": rate, "bn_stats_rates": sorted(tables, key=float),
             "max_abs_diff": diff, "opset": OPSET, "bn_nodes": len(pairs)}
 
@@ -153,20 +153,3 @@ def compare_with_torch(onx: onnx.ModelProto, model: torch.nn.Module, *, seed: in
     return float(np.abs(got - ref).max())
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write(data: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

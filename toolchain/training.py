@@ -13,13 +13,11 @@ the epoch and the process rank, so a run resumed after epoch k repeats epochs k+
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -35,6 +33,7 @@ from .data import CIFAR10_NORM, Split, iterate_batches, load_split
 from .dropconnect import (add_dropconnect, check_rate, derive_seed, plain_state_dict, sa1_faults,
                           sample_sa1_masks)
 from .errors import UserError
+from runtime.fileio import atomic_write_json
 from .evaluate import accuracy
 from .models import ModelSpec, build_model, pad_1x1_to_3x3
 
@@ -140,18 +139,7 @@ def setup_distributed(device: str) -> Dist:
 # --------------------------------------------------------------------------- files
 
 def _atomic_json(obj: dict, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=2)
-            fh.write("\n")
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600; give the log the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_json(path, obj, indent=2)
 
 
 def random_subset(split: Split, n: int | None, seed: int) -> Split:

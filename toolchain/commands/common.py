@@ -61,7 +61,7 @@ def normalization_from_args(args) -> Normalization | None:
         mean = tuple(float(x) for x in args.mean.split(","))
         std = tuple(float(x) for x in args.std.split(","))
     except ValueError:
-        raise UserError(f"--mean/--std must be three comma-separated numbers") from None
+        raise UserError("--mean/--std must be three comma-separated numbers") from None
     if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
         raise UserError("--mean/--std must be three numbers each, std positive")
     return Normalization(mean, std)

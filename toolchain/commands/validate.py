@@ -3,8 +3,6 @@
 the images (toolchain.data) and parses arguments."""
 from __future__ import annotations
 
-import json
-import math
 
 from ..data import load_split
 from ..errors import UserError
