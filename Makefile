@@ -6,7 +6,7 @@ SHARED ?= ../shared
 export RRAM_DATA ?= $(SHARED)/data/cifar10-jpeg
 export RRAM_WEIGHTS ?= $(SHARED)/models
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install test test-fast demo artifacts bench clean
 
 # The stamp re-runs pip only when pyproject.toml changes.
 install: $(VENV)/.installed
@@ -22,11 +22,63 @@ test: install
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
-demo: install
-	$(VENV)/bin/rram eval --model resnet20 --checkpoint resnet20-akamaster --data $(RRAM_DATA)
+# ---------------------------------------------------------------------------------------------
+# The main job, end to end, as file-dependency rules: only what changed is rebuilt.
+#   pretrained ResNet20 -> drop-connect fine-tune -> per-rate BN re-alignment -> ONNX (all rates)
+#   -> passes (fold BN at each rate) -> crossbar artifact per rate -> fault campaign -> figure
+# Sized for a few minutes on 2 CPU cores; raise DEMO_EPOCHS/DEMO_IMAGES/DEMO_RUNS for real figures.
+RRAM        := $(VENV)/bin/rram
+DEMO        ?= out/demo
+DEMO_INIT   ?= resnet20-akamaster
+DEMO_P      ?= 0.1
+DEMO_RATES  ?= 0.0 0.1
+DEMO_SA1    ?= 0,0.05,0.1
+DEMO_EPOCHS ?= 1
+DEMO_TRAIN_IMAGES ?= 10000
+DEMO_IMAGES ?= 2000
+DEMO_RUNS   ?= 5
+PRESET      ?= paper
+.PRECIOUS: $(DEMO)/model.r%.onnx
+comma := ,
+empty :=
+space := $(empty) $(empty)
+
+demo: install $(DEMO)/accuracy.png
+	@echo "demo: results in $(DEMO)/results.json, figure $(DEMO)/accuracy.png"
+
+artifacts: install $(foreach r,$(DEMO_RATES),$(DEMO)/art/rate-$(r)/report.json)
+
+$(DEMO)/baseline.json:
+	@mkdir -p $(DEMO)
+	$(RRAM) eval --checkpoint $(DEMO_INIT) --data $(RRAM_DATA) --json > $@.tmp && mv $@.tmp $@
+
+$(DEMO)/train/model.pt: | $(DEMO)/baseline.json
+	$(RRAM) train --model resnet20 --init $(DEMO_INIT) --drop-rate $(DEMO_P) --epochs $(DEMO_EPOCHS) \
+	    --images $(DEMO_TRAIN_IMAGES) --lr 0.01 --data $(RRAM_DATA) --out $(@D)
+
+$(DEMO)/recalibrated.pt: $(DEMO)/train/model.pt
+	$(RRAM) recalibrate $< --rates $(subst $(space),$(comma),$(DEMO_RATES)) --batches 20 \
+	    --data $(RRAM_DATA) --out $@
+
+$(DEMO)/model.onnx: $(DEMO)/recalibrated.pt
+	$(RRAM) export $< --all-rates --out $@
+
+$(DEMO)/model.r%.onnx: $(DEMO)/model.onnx
+	$(RRAM) passes $< $@ --passes standard --bn-rate $*
+
+$(DEMO)/art/rate-%/report.json: $(DEMO)/model.r%.onnx
+	$(RRAM) quantize $< $(@D) --preset $(PRESET) --force
+
+$(DEMO)/results.json: $(foreach r,$(DEMO_RATES),$(DEMO)/art/rate-$(r)/report.json)
+	rm -f $@
+	$(RRAM) validate $(DEMO)/art --stats-rate auto --data $(RRAM_DATA) --sa1 $(DEMO_SA1) \
+	    --runs $(DEMO_RUNS) --images $(DEMO_IMAGES) --seed 0 --out $@
+
+$(DEMO)/accuracy.png: $(DEMO)/results.json
+	$(RRAM) plot $< --labels "ResNet20 drop-connect p=$(DEMO_P)" --out $@
 
 bench: install
 	$(PY) benchmarks/run_all.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache out
