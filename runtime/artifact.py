@@ -109,11 +109,11 @@ def load_map(folder: str | os.PathLike) -> CrossbarMap:
         doc = json.loads(jpath.read_text())
     except (OSError, ValueError) as e:
         raise RuntimeInputError(f"corrupt {jpath}: {e}") from None
-    if doc.get("format") != FORMAT:
-        raise RuntimeInputError(f"{jpath} is not a crossbar map (format {doc.get('format')!r})")
-    device = DeviceConfig.from_dict(doc["device"])
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        raise RuntimeInputError(f"{jpath} is not a crossbar map")
     layers = []
     try:
+        device = DeviceConfig.from_dict(doc["device"])
         with np.load(npath, allow_pickle=False) as z:
             for e in doc["layers"]:
                 levels, scales = z[f"{e['key']}.levels"], z[f"{e['key']}.scales"]
@@ -126,6 +126,6 @@ def load_map(folder: str | os.PathLike) -> CrossbarMap:
                 layers.append(MappedLayer(e["name"], e["node"], e["op_type"], tuple(e["weight_shape"]),
                                           bool(e["transpose"]), int(e["groups"]), levels, scales,
                                           [Tile(*t) for t in e["tiles"]]))
-    except (KeyError, OSError, ValueError, zipfile.BadZipFile) as e:
-        raise RuntimeInputError(f"corrupt conductance map in {folder}: {e}") from None
+    except (KeyError, OSError, ValueError, TypeError, AttributeError, zipfile.BadZipFile) as e:
+        raise RuntimeInputError(f"corrupt conductance map in {folder}: {type(e).__name__}: {e}") from None
     return CrossbarMap(device, layers, doc.get("model_sha256", ""))

@@ -60,6 +60,10 @@ class Artifact:
         if missing:
             raise RuntimeInputError(f"{path}: with several models each needs rram.bn_rate metadata; "
                                     f"{missing[0]} has none")
+        rates = [m.bn_rate for m in models.values()]
+        if len(set(rates)) < len(rates):
+            raise RuntimeInputError(f"{path}: two models are recalibrated for the same BN rate "
+                                    f"({sorted(rates)}); keep one per rate")
         devices = {json.dumps(m.cmap.device.to_dict(), sort_keys=True) for m in models.values()}
         cells = {m.cmap.cell_count() for m in models.values()}
         if len(devices) > 1 or len(cells) > 1:
@@ -168,6 +172,14 @@ def read_results(path: str | os.PathLike) -> dict:
         raise RuntimeInputError(f"corrupt results file {path}: {e}") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise RuntimeInputError(f"{path} is not a validate results file")
+    try:  # the structure merge, resume and plot rely on
+        assert isinstance(doc["config"], dict) and isinstance(doc["rates"], list)
+        for entry in doc["rates"]:
+            assert isinstance(entry["runs"], dict)
+            for run in entry["runs"].values():
+                float(run["accuracy"]), float(run["stuck_fraction"])
+    except (AssertionError, KeyError, TypeError, ValueError):
+        raise RuntimeInputError(f"{path}: malformed results file (config, rates[].runs)") from None
     return doc
 
 
@@ -195,6 +207,10 @@ def _jobs(n_rates: int, runs: int, shard: tuple[int, int]) -> list[tuple[int, in
 
 def _engine_factory(artifact: Artifact, images, labels, engine_kw):
     cache: dict[str, Engine] = {}
+    if artifact.first.normalization is None:
+        # Guessing (e.g. CIFAR statistics, or none) silently gives a wrong accuracy.
+        raise RuntimeInputError(f"{artifact.path}: model.onnx records no input normalisation "
+                                f"(metadata rram.normalization); export it with rram export")
     x = normalize_images(images, artifact.first.normalization)
     norms = {json.dumps(m.normalization) for m in artifact.models.values()}
     if len(norms) > 1:

@@ -1,6 +1,7 @@
-"""Write-then-rename: the project's one way to put a file on disk, so a kill never leaves a
-half-written output under the real name. ``passes`` and ``toolchain`` use it too (both may
-import ``runtime``)."""
+"""Write-then-rename for single files, so a kill never leaves a half-written output under the
+real name; ``toolchain`` uses it too (it may import ``runtime``). Multi-file outputs have their own
+write-then-rename of a whole folder or file set: ``passes/model_io.py`` (model + external data)
+and ``passes/quantize.py`` (artifact folder)."""
 from __future__ import annotations
 
 import json
@@ -9,6 +10,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from .errors import RuntimeInputError
+
 
 def _usual_mode() -> int:
     mask = os.umask(0)
@@ -16,20 +19,39 @@ def _usual_mode() -> int:
     return 0o666 & ~mask
 
 
+def check_output_path(path: str | os.PathLike) -> Path:
+    """Fail before any long work if ``path`` cannot become a file: it is a folder, or a file
+    stands where one of its parent folders should be."""
+    path = Path(path)
+    if path.is_dir():
+        raise RuntimeInputError(f"cannot write {path}: it is a folder")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise RuntimeInputError(f"cannot write {path}: {parent} is a file, not a folder")
+            break
+    return path
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success it gets the usual file mode (mkstemp
     makes 0600) and replaces ``path``; on failure it is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    path = check_output_path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    except OSError as e:
+        raise RuntimeInputError(f"cannot write {path}: {e.strerror or e}") from None
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, _usual_mode())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise RuntimeInputError(f"cannot write {path}: {e.strerror or e}") from None
         raise
 
 

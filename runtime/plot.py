@@ -19,6 +19,12 @@ def plot_results(paths: list[str | os.PathLike], out: str | os.PathLike, *, labe
 
     if not paths:
         raise RuntimeInputError("no results files to plot")
+    fmt = Path(out).suffix.lstrip(".").lower()
+    supported = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    if fmt not in supported:
+        raise RuntimeInputError(f"cannot write a figure as {Path(out).name!r}: use one of "
+                                f"{', '.join('.' + k for k in sorted(supported))}")
     docs = [read_results(p) for p in paths]
     if labels is not None and len(labels) != len(docs):
         raise RuntimeInputError(f"{len(labels)} labels for {len(docs)} results files")

@@ -83,7 +83,7 @@ def test_bad_model_arguments(capsys, tiny_ckpt, argv_tail, message):
     with pytest.raises(SystemExit) as exc:
         code = main(["eval", "--checkpoint", str(path), *argv_tail])
         raise SystemExit(code)
-    assert exc.value.code != 0
+    assert exc.value.code == 2
     assert message in capsys.readouterr().err
 
 

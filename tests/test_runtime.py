@@ -19,7 +19,9 @@ from runtime.faults import (OK, SA0, SA1, Chip, apply_faults, faulty_levels, loa
                             sample_chip, save_fault_map, split_codes)
 from toolchain.cli import main
 
-from _runtime_helpers import NORM, make_artifact, make_images, write_cifar_batches
+import torch
+
+from _runtime_helpers import NORM, export_torch, make_artifact, make_images, quantize_onnx, tiny_model, write_cifar_batches
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +276,7 @@ def test_bad_inputs_one_line_error_nothing_overwritten(art, data, tmp_path, caps
     cmap.model_sha256 = ""
     save_map(cmap, mixed)
     assert "does not match" in _err(capsys, base[:1] + [str(mixed)] + base[2:] + ["--sa1", "0.1"])
-    assert not (tmp_path / "x.json").exists()
+    assert out.read_bytes() == before  # no failed call above touched the --out file
 
     # fault map of the wrong shape
     dm = DeployedModel.load(art)
@@ -379,3 +381,48 @@ def test_resume_and_merge_follow_content_not_paths(art, data, tmp_path):
     validate(art, *data, shard=(1, 2), out=tmp_path / "a.json", **kw)
     validate(copy, *data, shard=(2, 2), out=tmp_path / "b.json", **kw)
     assert identity(merge([tmp_path / "a.json", tmp_path / "b.json"])) == identity(validate(art, *data, **kw))
+
+
+def test_review_bad_inputs_are_one_line_errors(tmp_path, capsys):
+    """Inputs found by review to crash with a traceback: a corrupt map, malformed results, an
+    unknown figure type, an output path blocked by a file, two models for one BN rate, an
+    artifact without input normalisation."""
+    art = make_artifact(tmp_path / "art", preset("paper"))
+    images, labels = make_images(16)
+    root = write_cifar_batches(tmp_path / "data", images, labels)
+    out = tmp_path / "res.json"
+    base = ["validate", str(art), "--data", str(root), "--no-cache", "--runs", "1", "--sa1", "0.1"]
+
+    assert main(base + ["--out", str(out)]) == 0
+    capsys.readouterr()
+    (tmp_path / "file").write_text("x")
+    assert "is a file, not a folder" in _err(capsys, base + ["--out", str(tmp_path / "file" / "r.json")])
+    assert "cannot write a figure" in _err(capsys, ["plot", str(out), "--out", str(tmp_path / "f.xyz")])
+    assert not (tmp_path / "f.xyz").exists()
+
+    doc = json.loads(out.read_text())
+    doc["rates"][0]["runs"] = [1, 2]
+    (tmp_path / "broken.json").write_text(json.dumps(doc))
+    assert "malformed results" in _err(capsys, ["merge", str(tmp_path / "broken.json"), "--out", str(tmp_path / "m.json")])
+    assert "malformed results" in _err(capsys, ["plot", str(tmp_path / "broken.json"), "--out", str(tmp_path / "p.png")])
+
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(art, corrupt)
+    (corrupt / "crossbars.json").write_text("[]")
+    assert "not a crossbar map" in _err(capsys, ["validate", str(corrupt)] + base[2:] + ["--out", str(tmp_path / "c.json")])
+    doc = json.loads((art / "crossbars.json").read_text())
+    doc["layers"][0]["tiles"] = [[0]]
+    (corrupt / "crossbars.json").write_text(json.dumps(doc))
+    assert "corrupt conductance map" in _err(capsys, ["validate", str(corrupt)] + base[2:] + ["--out", str(tmp_path / "c.json")])
+
+    multi = tmp_path / "multi"
+    make_artifact(multi / "a", preset("paper"), bn_rate=0.1)
+    make_artifact(multi / "b", preset("paper"), bn_rate=0.1)
+    with pytest.raises(RuntimeInputError, match="same BN rate"):
+        Artifact.load(multi)
+
+    bare = tmp_path / "bare"
+    onx = export_torch(tiny_model(), torch.zeros(1, 3, 32, 32), tmp_path / "f.onnx")
+    quantize_onnx(onx, bare, preset("paper"))  # no rram.normalization metadata
+    assert "no input normalisation" in _err(capsys, ["validate", str(bare)] + base[2:] + ["--out", str(tmp_path / "n.json")])
+    assert not (tmp_path / "n.json").exists() and not (tmp_path / "c.json").exists()

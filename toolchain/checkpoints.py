@@ -14,7 +14,6 @@ registry entry whose SHA-256 prefix matches the file.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import zipfile
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from runtime.artifact import file_sha256
 from runtime.fileio import atomic_path
 
 from .data import IMAGENET_NORM, Normalization
@@ -80,14 +80,6 @@ class Checkpoint:
                 "bn_stats": self.bn_stats, "meta": self.meta}
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _weights_dirs() -> list[Path]:
     dirs = [Path(p) for p in os.environ.get("RRAM_WEIGHTS", "").split(os.pathsep) if p]
     dirs.append(Path(torch.hub.get_dir()) / "checkpoints")
@@ -123,17 +115,26 @@ def resolve_checkpoint(ref: str | os.PathLike, *, download: bool = False) -> tup
 
 
 def _check_hash(path: Path, known: KnownCheckpoint) -> None:
-    digest = sha256_of(path)
+    digest = file_sha256(path)
     if not digest.startswith(known.sha256_prefix):
         raise UserError(f"{path}: SHA-256 {digest[:8]}... does not match {known.name} "
                         f"({known.sha256_prefix}...)")
 
 
 def _torch_load(path: Path):
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    # torch.save writes a zip archive ("PK"); legacy files start with a pickle protocol byte.
+    if not (head == b"PK" or head[:1] == b"\x80"):
+        raise UserError(f"{path} is not a PyTorch checkpoint")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, EOFError, zipfile.BadZipFile, ValueError,
-            AttributeError, OSError) as e:
+    except pickle.UnpicklingError as e:
+        if "Unsupported global" in str(e) or "Unsupported class" in str(e):
+            raise UserError(f"{path} holds objects other than tensors and plain containers: refused "
+                            f"(checkpoints load with weights_only=True)") from None
+        raise UserError(f"corrupt or unreadable checkpoint {path}: not a valid pickle") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, AttributeError, OSError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"corrupt or unreadable checkpoint {path}: {msg[:200]}") from None
 
@@ -158,7 +159,7 @@ def load_checkpoint(ref: str | os.PathLike, *, model: str | None = None, width: 
         raise UserError(f"{path} is not a model checkpoint (no state dict of tensors)")
     state = {k.removeprefix("module."): v for k, v in state.items()}
     if known is None:  # a path: recognise a registry file by its hash
-        digest = sha256_of(path)
+        digest = file_sha256(path)
         known = next((k for k in KNOWN_CHECKPOINTS.values() if digest.startswith(k.sha256_prefix)), None)
     if model is None and known is None:
         raise UserError(f"{path} is a foreign checkpoint: pass --model to say its architecture")

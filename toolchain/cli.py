@@ -44,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     except user_error_types() as e:
         print(f"rram: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # e.g. permission denied, disk full: still one line, no traceback
+        where = f": {e.filename}" if e.filename else ""
+        print(f"rram: error: {e.strerror or e}{where}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("rram: interrupted", file=sys.stderr)
         return 130

@@ -34,10 +34,12 @@ def derive_seed(seed: int, *parts) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little") & ((1 << 63) - 1)
 
 
-def check_rate(p: float, what: str = "drop rate") -> float:
+def check_rate(p: float, what: str = "drop rate", *, inclusive: bool = False) -> float:
+    """Training and recalibration rates live in [0, 1) (p = 1 would drop every weight); a chip's
+    SA1 fault rate may be 1 (``inclusive``), as in the runtime."""
     p = float(p)
-    if not (0.0 <= p < 1.0):
-        raise UserError(f"{what} must be in [0, 1), got {p:g}")
+    if not (0.0 <= p < 1.0 or (inclusive and p == 1.0)):
+        raise UserError(f"{what} must be in [0, {'1]' if inclusive else '1)'}, got {p:g}")
     return p
 
 
@@ -110,7 +112,7 @@ def plain_state_dict(model: nn.Module) -> dict:
 
 def sample_sa1_masks(model: nn.Module, p: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
     """{module name: bool mask of faulty weights}, each weight faulty independently with prob. p."""
-    check_rate(p, "SA1 rate")
+    check_rate(p, "SA1 rate", inclusive=True)
     return {n: torch.rand(m.weight.shape, generator=generator) < p for n, m in weight_modules(model)}
 
 

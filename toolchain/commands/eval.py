@@ -37,7 +37,7 @@ def run(args) -> int:
     ckpt = load_checkpoint(args.checkpoint, model=args.model, width=args.width, shortcut=args.shortcut,
                            normalization=normalization_from_args(args), download=args.download)
     if args.sa1 is not None:
-        check_rate(args.sa1, "SA1 rate")  # bad input fails before any work
+        check_rate(args.sa1, "SA1 rate", inclusive=True)  # bad input fails before any work
     model = ckpt.build()  # a mismatched checkpoint fails before any image is decoded
     if args.rate_stats is not None:
         key = rate_key(check_rate(args.rate_stats, "--rate-stats"))
@@ -53,7 +53,7 @@ def run(args) -> int:
         acc = accuracy(model, split, ckpt.normalization, batch_size=args.batch_size)
         extra, text = {}, f"top-1 {100 * acc:.2f}%"
     else:
-        p = check_rate(args.sa1, "SA1 rate")
+        p = check_rate(args.sa1, "SA1 rate", inclusive=True)
         accs = []
         for run_i in range(args.runs):
             gen = torch.Generator().manual_seed(derive_seed(args.seed, "sa1", run_i))

@@ -1,6 +1,8 @@
 """``rram export``: a checkpoint with one rate's (or every rate's) BN statistics -> ONNX."""
 from __future__ import annotations
 
+from runtime.fileio import check_output_path
+
 from ..checkpoints import load_checkpoint
 from ..dropconnect import check_rate, rate_key
 from ..export import export_onnx
@@ -24,6 +26,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     rate = None if args.rate is None else rate_key(check_rate(args.rate, "--rate"))
+    check_output_path(args.out)
     ckpt = load_checkpoint(args.checkpoint, model=args.model, download=args.download)
     result = export_onnx(ckpt, args.out, rate=rate, all_rates=args.all_rates, seed=args.seed)
     emit(result, args.json, f"{ckpt.spec.describe()} -> {result['out']} (opset {result['opset']}, "

@@ -71,7 +71,7 @@ def _image_feeds(args):
     """A function building feed dicts of real test images, shaped for the model's first input and
     normalised with --mean/--std, else the model's ``rram.normalization`` metadata (written by
     ``rram export``), else CIFAR-10's statistics."""
-    from ..data import CIFAR10_NORM, Normalization, load_split
+    from ..data import Normalization, load_split
 
     given = normalization_from_args(args)
     split = load_split(args.data, "test", cache_dir=args.cache_dir, use_cache=not args.no_cache,
@@ -86,7 +86,9 @@ def _image_feeds(args):
             except (ValueError, KeyError, TypeError):
                 raise UserError("model metadata rram.normalization is not {\"mean\": [..], \"std\": [..]}; "
                                 "give --mean/--std") from None
-        norm = norm or CIFAR10_NORM
+        if norm is None:
+            raise UserError("the model records no input normalisation (metadata rram.normalization): "
+                            "give --mean and --std to verify on real images")
         x = split.images.astype(np.float32) / 255.0  # NHWC
         x = ((x - np.asarray(norm.mean, np.float32)) / np.asarray(norm.std, np.float32)).transpose(0, 3, 1, 2)
         inits = {t.name for t in model.graph.initializer}

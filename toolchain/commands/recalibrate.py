@@ -9,6 +9,8 @@ import torch
 from ..checkpoints import load_checkpoint, save_checkpoint
 from ..data import load_split
 from ..dropconnect import check_rate, rate_key
+from runtime.fileio import check_output_path
+
 from ..errors import UserError
 from ..recalibrate import recalibrate_bn
 from ..training import random_subset
@@ -53,6 +55,7 @@ def run(args) -> int:
         raise UserError("--batch-size must be at least 2 (train-mode BatchNorm)")
     out = Path(args.out)
     out_file = out if out.suffix == ".pt" else out / OUT_NAME
+    check_output_path(out_file)  # before the long forward passes
     ckpt = load_checkpoint(args.checkpoint, model=args.model, download=args.download)
     split = random_subset(load_split(args.data, "train", cache_dir=args.cache_dir,
                                      use_cache=not args.no_cache, download=args.download),

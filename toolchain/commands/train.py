@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
+from runtime.fileio import check_output_path
+
+from ..errors import UserError
 from ..models import MODEL_NAMES, ModelSpec
 from ..training import TrainConfig, train
 from .common import add_data_args, positive_float, positive_int
@@ -52,6 +56,10 @@ def run(args) -> int:
         eval_images=args.eval_images, include_first=not args.no_drop_first,
         include_last=not args.no_drop_last, resume=args.resume, device=args.device,
         cache_dir=args.cache_dir, use_cache=not args.no_cache)
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder")
+    check_output_path(out / "log.json")
     log = train(cfg)
     if args.json and log["main"]:  # under torchrun, rank 0 speaks
         json.dump({k: v for k, v in log.items() if k != "main"}, sys.stdout, indent=2)

@@ -50,6 +50,7 @@ def run(args) -> int:
     from runtime.campaign import (Artifact, parse_shard, parse_stats_rate, subset_indices, validate,
                                   validate_fault_map, write_results)
     from runtime.faults import check_rates
+    from runtime.fileio import check_output_path
 
     if args.runs < 1:
         raise UserError(f"--runs must be at least 1, got {args.runs}")
@@ -58,6 +59,7 @@ def run(args) -> int:
         check_rates(p, args.sa0)
     shard = parse_shard(args.shard)
     stats_rate = parse_stats_rate(args.stats_rate)
+    check_output_path(args.out)
     artifact = Artifact.load(args.artifact)  # before the (slower) image loading: fail fast
     split = load_split(args.data, args.split, cache_dir=args.cache_dir, use_cache=not args.no_cache)
     idx = subset_indices(len(split), args.images)
