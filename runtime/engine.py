@@ -320,7 +320,7 @@ class Engine:
     """Evaluates one prepared model on fixed images under any number of chips."""
 
     def __init__(self, model: DeployedModel, images: np.ndarray, labels: np.ndarray, *,
-                 batch_size: int = 256, threads: int | None = None, providers: list[str] | None = None,
+                 batch_size: int = 128, threads: int | None = None, providers: list[str] | None = None,
                  normalized: np.ndarray | None = None, precision: str = "fp32",
                  calibration: np.ndarray | None = None):
         """``calibration``: uint8 NHWC training images, for ``precision="int8"`` only."""
