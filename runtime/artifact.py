@@ -19,7 +19,7 @@ import numpy as np
 
 from .crossbar import DeviceConfig, Tile, decode, dequantize_matrix, matrix_to_weight, tile_grid
 from .errors import RuntimeInputError
-from .fileio import atomic_path
+from .fileio import atomic_path, read_json_document
 
 FORMAT = "rram-crossbar-map"
 VERSION = 1
@@ -105,12 +105,7 @@ def load_map(folder: str | os.PathLike) -> CrossbarMap:
     jpath, npath = folder / JSON_NAME, folder / NPZ_NAME
     if not jpath.is_file() or not npath.is_file():
         raise RuntimeInputError(f"{folder} has no conductance map ({JSON_NAME} + {NPZ_NAME})")
-    try:
-        doc = json.loads(jpath.read_text())
-    except (OSError, ValueError) as e:
-        raise RuntimeInputError(f"corrupt {jpath}: {e}") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise RuntimeInputError(f"{jpath} is not a crossbar map")
+    doc = read_json_document(jpath, FORMAT, "crossbar map")
     layers = []
     try:
         device = DeviceConfig.from_dict(doc["device"])

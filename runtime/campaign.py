@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .fileio import atomic_write_json
+from .fileio import atomic_write_json, read_json_document
 from .engine import MODEL_NAME, DeployedModel, Engine, normalize_images
 from .errors import RuntimeInputError
 from .faults import check_rates, load_fault_map, run_seed, sample_chip
@@ -163,15 +163,7 @@ def write_results(doc: dict, path: str | os.PathLike) -> None:
 
 
 def read_results(path: str | os.PathLike) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise RuntimeInputError(f"results file not found: {path}")
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise RuntimeInputError(f"corrupt results file {path}: {e}") from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise RuntimeInputError(f"{path} is not a validate results file")
+    doc = read_json_document(path, FORMAT, "validate results file")
     try:  # the structure merge, resume and plot rely on
         assert isinstance(doc["config"], dict) and isinstance(doc["rates"], list)
         for entry in doc["rates"]:

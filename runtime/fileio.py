@@ -62,3 +62,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj, indent: int = 1) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=indent) + "\n").encode())
+
+
+def read_json_document(path: str | os.PathLike, fmt: str, what: str) -> dict:
+    """A JSON object whose "format" field is ``fmt``; anything else is a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        raise RuntimeInputError(f"{what} not found: {path}")
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise RuntimeInputError(f"corrupt {what} {path}: {e}") from None
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise RuntimeInputError(f"{path} is not a {what}")
+    return doc
