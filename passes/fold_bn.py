@@ -51,16 +51,21 @@ def _fold_conv(conv, s, t, namer):
     new_w = (wv.astype(np.float64) * s.reshape((-1,) + (1,) * (wv.ndim - 1))).astype(wv.dtype)
     new_b = (bv * s + t).astype(wv.dtype)
     set_input_constant(conv, 1, new_w, namer, "bnfold")
-    if b is None:
-        while len(conv.inputs) < 2:
-            conv.inputs.append(gs.Variable.empty())
-        if len(conv.inputs) == 2:
-            conv.inputs.append(gs.Constant(namer(f"{w.name}_bias"), new_b))
-        else:
-            conv.inputs[2] = gs.Constant(namer(f"{w.name}_bias"), new_b)
-    else:
-        set_input_constant(conv, 2, new_b, namer, "bnfold")
+    _set_bias(conv, b is None, new_b, f"{w.name}_bias", namer)
     return None
+
+
+def _set_bias(node, absent: bool, value, name_hint: str, namer) -> None:
+    """Input 2 (Conv bias, Gemm C): a fresh constant where there was none, else rewritten."""
+    if absent:
+        while len(node.inputs) < 2:
+            node.inputs.append(gs.Variable.empty())
+        if len(node.inputs) == 2:
+            node.inputs.append(gs.Constant(namer(name_hint), value))
+        else:
+            node.inputs[2] = gs.Constant(namer(name_hint), value)
+    else:
+        set_input_constant(node, 2, value, namer, "bnfold")
 
 
 def _fold_gemm(gemm, s, t, namer):
@@ -87,14 +92,7 @@ def _fold_gemm(gemm, s, t, namer):
         return f"the Gemm C input of shape {cv.shape} is not broadcastable to the output"
     scale = s[:, None] if trans_b else s[None, :]
     set_input_constant(gemm, 1, (bv.astype(np.float64) * scale).astype(bv.dtype), namer, "bnfold")
-    new_c = new_c.astype(bv.dtype)
-    if c is None:
-        if len(gemm.inputs) == 2:
-            gemm.inputs.append(gs.Constant(namer(f"{b.name}_bias"), new_c))
-        else:
-            gemm.inputs[2] = gs.Constant(namer(f"{b.name}_bias"), new_c)
-    else:
-        set_input_constant(gemm, 2, new_c, namer, "bnfold")
+    _set_bias(gemm, c is None, new_c.astype(bv.dtype), f"{b.name}_bias", namer)
     gemm.attrs["beta"] = 1.0
     return None
 

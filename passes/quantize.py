@@ -265,7 +265,7 @@ def quantize_model(model_or_path: str | os.PathLike | onnx.ModelProto, device: D
         raise QuantizeError(f"no mappable layer (Conv/Gemm/MatMul with a constant float weight) in the "
                             f"model: {why}")
 
-    np_dtype, onnx_dtype, min_opset = _storage_dtype(device)
+    np_dtype, _, min_opset = _storage_dtype(device)
     opset_before = _opset(model)
     if opset_before < min_opset:
         try:
@@ -275,7 +275,7 @@ def quantize_model(model_or_path: str | os.PathLike | onnx.ModelProto, device: D
                 raise QuantizeError(f"cannot raise the model's opset {opset_before} to {min_opset} "
                                     f"(needed by per-column DequantizeLinear): {_one_line(e)}") from None
             # int16 needs opset 21; int32 represents the same integers exactly from opset 13
-            np_dtype, onnx_dtype, min_opset = np.int32, onnx.TensorProto.INT32, 13
+            np_dtype, min_opset = np.int32, 13
             if opset_before < min_opset:
                 try:
                     model = _raise_opset(model, min_opset)

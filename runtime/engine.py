@@ -87,15 +87,7 @@ class DeployedModel:
 
     @property
     def normalization(self) -> dict | None:
-        text = self.metadata.get("rram.normalization")
-        if text is None:
-            return None
-        try:
-            d = json.loads(text)
-            mean, std = [float(x) for x in d["mean"]], [float(x) for x in d["std"]]
-        except (ValueError, KeyError, TypeError):
-            raise RuntimeInputError(f"{self.folder / MODEL_NAME}: unreadable rram.normalization {text!r}") from None
-        return {"mean": mean, "std": std}
+        return read_normalization(self.metadata, self.folder / MODEL_NAME)
 
     @property
     def bn_rate(self) -> float | None:
@@ -186,6 +178,19 @@ def _fold_weights(model: onnx.ModelProto, cmap: CrossbarMap, path: Path) -> tupl
     del graph.initializer[:]
     graph.initializer.extend(kept_inits)
     return model.SerializeToString(), names
+
+
+def read_normalization(metadata: dict[str, str], where) -> dict | None:
+    """The input normalisation ``rram export`` records (metadata ``rram.normalization``), or None."""
+    text = metadata.get("rram.normalization")
+    if text is None:
+        return None
+    try:
+        d = json.loads(text)
+        mean, std = [float(x) for x in d["mean"]], [float(x) for x in d["std"]]
+    except (ValueError, KeyError, TypeError):
+        raise RuntimeInputError(f"{where}: unreadable rram.normalization {text!r}") from None
+    return {"mean": mean, "std": std}
 
 
 def normalize_images(images: np.ndarray, normalization: dict | None) -> np.ndarray:

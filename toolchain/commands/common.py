@@ -31,6 +31,17 @@ def positive_int(text: str) -> int:
     return v
 
 
+def float_list(text: str, flag: str) -> list[float]:
+    """``"0,0.1,0.2"`` -> [0.0, 0.1, 0.2]; the range check is the caller's (it differs by use)."""
+    try:
+        values = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UserError(f"{flag} must be comma-separated numbers, got {text!r}") from None
+    if not values:
+        raise UserError(f"{flag} needs at least one value")
+    return values
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="CIFAR-10 root (ImageFolder train/test or "
                    "cifar-10-batches-py); default: $RRAM_DATA")

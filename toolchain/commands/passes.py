@@ -70,27 +70,22 @@ def add_parser(sub) -> None:
 def _image_feeds(args):
     """A function building feed dicts of real test images, shaped for the model's first input and
     normalised with --mean/--std, else the model's ``rram.normalization`` metadata (written by
-    ``rram export``), else CIFAR-10's statistics."""
-    from ..data import Normalization, load_split
+    ``rram export``); without either it refuses rather than guess."""
+    from runtime.engine import normalize_images, read_normalization
+
+    from ..data import load_split
 
     given = normalization_from_args(args)
     split = load_split(args.data, "test", cache_dir=args.cache_dir, use_cache=not args.no_cache,
                        download=args.download).subset(args.images)
 
     def feeds(model):
-        norm = given
-        meta = {p.key: p.value for p in model.metadata_props}
-        if norm is None and "rram.normalization" in meta:
-            try:
-                norm = Normalization.from_dict(json.loads(meta["rram.normalization"]))
-            except (ValueError, KeyError, TypeError):
-                raise UserError("model metadata rram.normalization is not {\"mean\": [..], \"std\": [..]}; "
-                                "give --mean/--std") from None
+        norm = given.to_dict() if given is not None else read_normalization(
+            {p.key: p.value for p in model.metadata_props}, "the model")
         if norm is None:
             raise UserError("the model records no input normalisation (metadata rram.normalization): "
                             "give --mean and --std to verify on real images")
-        x = split.images.astype(np.float32) / 255.0  # NHWC
-        x = ((x - np.asarray(norm.mean, np.float32)) / np.asarray(norm.std, np.float32)).transpose(0, 3, 1, 2)
+        x = normalize_images(split.images, norm)
         inits = {t.name for t in model.graph.initializer}
         inputs = [i for i in model.graph.input if i.name not in inits]
         if len(inputs) != 1:

@@ -8,24 +8,19 @@ import torch
 
 from ..checkpoints import load_checkpoint, save_checkpoint
 from ..data import load_split
-from ..dropconnect import check_rate, rate_key
 from runtime.fileio import check_output_path
 
+from ..dropconnect import check_rate, rate_key
 from ..errors import UserError
 from ..recalibrate import recalibrate_bn
 from ..training import random_subset
-from .common import add_data_args, emit, positive_int
+from .common import add_data_args, emit, float_list, positive_int
 
 OUT_NAME = "recalibrated.pt"
 
 
 def parse_rates(text: str) -> list[float]:
-    try:
-        rates = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"--rates must be comma-separated numbers, got {text!r}") from None
-    if not rates:
-        raise UserError("--rates is empty")
+    rates = float_list(text, "--rates")
     for r in rates:
         check_rate(r, "recalibration rate")
     return list(dict.fromkeys(rates))

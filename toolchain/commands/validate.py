@@ -3,20 +3,9 @@
 the images (toolchain.data) and parses arguments."""
 from __future__ import annotations
 
-
 from ..data import load_split
 from ..errors import UserError
-from .common import add_data_args, positive_int
-
-
-def rate_list(text: str) -> list[float]:
-    try:
-        rates = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UserError(f"--sa1 must be comma-separated rates, got {text!r}") from None
-    if not rates:
-        raise UserError("--sa1 needs at least one rate")
-    return rates
+from .common import add_data_args, float_list, positive_int
 
 
 def add_parser(sub) -> None:
@@ -55,7 +44,7 @@ def run(args) -> int:
 
     if args.runs < 1:
         raise UserError(f"--runs must be at least 1, got {args.runs}")
-    sa1 = rate_list(args.sa1)
+    sa1 = float_list(args.sa1, "--sa1")
     for p in sa1:
         check_rates(p, args.sa0)
     shard = parse_shard(args.shard)
