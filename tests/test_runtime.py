@@ -13,7 +13,8 @@ import pytest
 from runtime.artifact import load_map, save_map
 from runtime.campaign import Artifact, merge, read_results, subset_indices, validate, validate_fault_map
 from runtime.crossbar import PRESETS, SA1_LEVEL, DeviceConfig, levels_to_conductance, preset, sa0_level
-from runtime.engine import DeployedModel, Engine, normalize_images
+from runtime.engine import (DeployedModel, Engine, append_initializers, normalize_images, prepare_int8,
+                            quantize_input)
 from runtime.errors import RuntimeInputError
 from runtime.faults import (OK, SA0, SA1, Chip, apply_faults, faulty_levels, load_fault_map, run_seed,
                             sample_chip, save_fault_map, split_codes)
@@ -304,25 +305,69 @@ def test_int8_engine_computes_with_the_crossbar_integers(art, data, tmp_path):
     assert abs(e8.clean_accuracy() - e32.clean_accuracy()) <= 0.1
     chip = sample_chip(dm.cmap.cell_count(), 0.2, 0.05, run_seed(0, 0.2, 0.05, 0))
     w8 = e8.weights(chip)
+    # RGB input padded to 4 channels for onnxruntime's fast int8 conv: conv1 gets a zero channel
+    assert e8.int8.padded_layers == {0: 1} and e8.feed.dtype == np.uint8 and e8.feed.shape[1:] == (32, 32, 4)
     for layer, lv, w in zip(dm.cmap.layers, faulty_levels(dm.cmap, chip.codes), w8):
-        assert w.dtype == np.int8 and np.array_equal(w, layer.integer_weight(lv, dm.cmap.device))
+        q = layer.integer_weight(lv, dm.cmap.device)
+        assert w.dtype == np.int8 and np.array_equal(w[:, :q.shape[1]], q) and not np.any(w[:, q.shape[1]:])
     # the quantized graph dequantises exactly those integers with the crossbar scales
-    m = onnx.ModelProto.FromString(e8.int8_base)
+    m = onnx.ModelProto.FromString(e8.int8.model)
     inits = {t.name: onnx.numpy_helper.to_array(t) for t in m.graph.initializer}
-    for layer, name in zip(dm.cmap.layers, e8.int8_names):
+    for layer, name in zip(dm.cmap.layers, e8.int8.weight_names):
         dq = next(n for n in m.graph.node if n.op_type == "DequantizeLinear" and n.input[0] == name)
         assert np.array_equal(inits[dq.input[1]], layer.scales)
-    x = normalize_images(images, NORM)
-    out8 = e8.session(w8).run(None, {dm.input_name: x})[0]
-    out32 = e32.session(dm.chip_weights(chip)).run(None, {dm.input_name: x})[0]
+    out8 = e8.session(w8).run(None, {e8.feed_name: e8.feed})[0]
+    out32 = e32.session(dm.chip_weights(chip)).run(None, {dm.input_name: e32.x})[0]
     assert np.corrcoef(out8.ravel(), out32.ravel())[0, 1] > 0.95
+    # the streamlined graph (uint8 NHWC input quantised once) equals onnxruntime's own QDQ graph
+    # bit for bit, on a faulty chip too
+    plain = prepare_int8(dm, normalize_images(calib, NORM), streamline=False)
+    assert plain.input_quant is None and plain.input_name == dm.input_name
+    ref = ort.InferenceSession(append_initializers(plain.model, plain.weight_names, plain.layer_weights(
+        [lay.integer_weight(lv, dm.cmap.device) for lay, lv in zip(dm.cmap.layers, faulty_levels(dm.cmap, chip.codes))])))
+    assert np.array_equal(out8, ref.run(None, {dm.input_name: e32.x})[0])
     doc = validate(art, images, labels, sa1=[0.1], runs=1, progress=False, precision="int8", calibration=calib)
     assert doc["config"]["precision"] == "int8"
     wide = make_artifact(tmp_path / "wide", preset("mlc4"))  # int16 weights, opset 21
     assert validate(wide, images, labels, sa1=[0.0], runs=1, progress=False)["rates"][0]["summary"]["mean"] \
         == Engine(DeployedModel.load(wide), images, labels).clean_accuracy()
-    with pytest.raises(RuntimeInputError, match="int8"):
-        Engine(DeployedModel.load(wide), images, labels, precision="int8", calibration=calib)
+
+
+class OptionAShortcut(torch.nn.Module):
+    """ResNet20's downsampling block: the shortcut subsamples and zero-pads channels (Slice + Pad)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv1 = torch.nn.Conv2d(3, 16, 3, padding=1)
+        self.conv2 = torch.nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.fc = torch.nn.Linear(32, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.conv1(x))
+        short = torch.nn.functional.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 8, 8), "constant", 0)
+        x = torch.relu(self.conv2(x) + short)
+        return self.fc(x.mean((2, 3)))
+
+
+def test_int8_streamlining_pads_on_integers_and_keeps_logits(tmp_path):
+    onx = export_torch(OptionAShortcut().eval(), torch.zeros(1, 3, 32, 32), tmp_path / "f.onnx")
+    art = quantize_onnx(onx, tmp_path / "art", preset("paper"), normalization=NORM)
+    dm = DeployedModel.load(art)
+    calib = normalize_images(make_images(64, seed=2)[0], NORM)
+    fast = prepare_int8(dm, calib)  # raises if the logits differ from the plain graph's
+    g = onnx.ModelProto.FromString(fast.model).graph
+    pads = [n for n in g.node if n.op_type == "Pad"]
+    producer = {o: n.op_type for n in g.node for o in n.output}
+    assert len(pads) == 1 and producer.get(pads[0].input[0]) != "DequantizeLinear"
+    assert g.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8
+    assert not any(n.op_type == "QuantizeLinear" and n.input[0] == dm.input_name for n in g.node)
+    x = normalize_images(make_images(16, seed=4)[0], NORM)
+    plain = prepare_int8(dm, calib, streamline=False)
+    clean = [lay.integer_weight(device=dm.cmap.device) for lay in dm.cmap.layers]
+    outs = [ort.InferenceSession(append_initializers(s.model, s.weight_names, s.layer_weights(clean)))
+            .run(None, {s.input_name: quantize_input(x, s)})[0] for s in (plain, fast)]
+    assert np.array_equal(*outs) and np.ptp(outs[0]) > 0
 
 
 def test_offset_encoding_faults_push_weights_to_the_extremes():
