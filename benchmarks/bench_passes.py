@@ -23,23 +23,9 @@ import torchvision  # noqa: E402
 import passes  # noqa: E402
 from passes import model_io  # noqa: E402
 from toolchain.models import ModelSpec, build_model  # noqa: E402
+from toolchain.models.common import randomize_bn  # noqa: E402
 
 TARGET_S = 2.0
-
-
-def randomize_bn(model):
-    # Fresh BN layers are identities and random-init nets can collapse to their last bias, which
-    # would make the "max diff" column meaningless; seeded statistics keep it informative.
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.2)
-    return model
 
 
 def export(model, path: Path, size: int) -> None:

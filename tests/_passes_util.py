@@ -10,21 +10,9 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from toolchain.models.common import randomize_bn  # noqa: F401 (re-exported for the tests)
+
 TOL = 1e-5  # max |diff| / max |output| every pass must stay under on these models
-
-
-def randomize_bn(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Non-trivial BN statistics (fresh BN layers are identities, which would hide folding bugs)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
-                c = m.num_features
-                m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(c, generator=g) * 0.2)
-    return model.eval()
 
 
 def export(model: torch.nn.Module, path, size: int, dynamo: bool = False, optimize: bool = True) -> None:
