@@ -165,12 +165,16 @@ def write_results(doc: dict, path: str | os.PathLike) -> None:
 def read_results(path: str | os.PathLike) -> dict:
     doc = read_json_document(path, FORMAT, "validate results file")
     try:  # the structure merge, resume and plot rely on
-        assert isinstance(doc["config"], dict) and isinstance(doc["rates"], list)
-        for entry in doc["rates"]:
-            assert isinstance(entry["runs"], dict)
-            for run in entry["runs"].values():
+        config = doc["config"]
+        assert isinstance(config, dict) and isinstance(doc["rates"], list)
+        assert isinstance(config["runs"], int) and config["runs"] >= 1 and isinstance(config["images"], int)
+        assert isinstance(config["sa1"], list) and len(config["sa1"]) == len(doc["rates"])
+        for p, entry in zip(config["sa1"], doc["rates"]):
+            assert isinstance(entry["runs"], dict) and float(entry["sa1"]) == float(p)
+            for key, run in entry["runs"].items():
+                assert key.isdigit() and int(key) < config["runs"]
                 float(run["accuracy"]), float(run["stuck_fraction"])
-    except (AssertionError, KeyError, TypeError, ValueError):
+    except (AssertionError, KeyError, TypeError, ValueError, AttributeError):
         raise RuntimeInputError(f"{path}: malformed results file (config, rates[].runs)") from None
     return doc
 
@@ -232,6 +236,8 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
         raise RuntimeInputError(f"repeated SA1 rate in {sa1}")
     if not isinstance(runs, int) or runs < 1:
         raise RuntimeInputError(f"runs must be at least 1, got {runs}")
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise RuntimeInputError(f"seed must be a non-negative integer, got {seed}")
     stats_rate = parse_stats_rate(stats_rate)
     selected = [artifact.select(p + sa0, stats_rate) for p in sa1]
     config = {

@@ -81,6 +81,7 @@ class DeployedModel:
     input_name: str
     sha256: str
     metadata: dict[str, str] = field(default_factory=dict)
+    input_dims: tuple = ()        # the image input's dims, None where symbolic (e.g. batch)
 
     def __post_init__(self):
         self._clean = self.clean_weights()
@@ -136,7 +137,21 @@ class DeployedModel:
         base_bytes, names = _fold_weights(model, cmap, path)
         if len(inputs) != 1:
             raise RuntimeInputError(f"{path}: expected one image input, found {inputs}")
-        return cls(folder, cmap, base_bytes, names, inputs[0], sha, _meta(model))
+        dims = next(i for i in model.graph.input if i.name == inputs[0]).type.tensor_type.shape.dim
+        return cls(folder, cmap, base_bytes, names, inputs[0], sha, _meta(model),
+                   tuple(d.dim_value if d.dim_value > 0 else None for d in dims))
+
+    def fixed_batch(self, images_shape: tuple) -> int | None:
+        """Check uint8 NHWC images against the model's input; the batch size the model fixes, if any."""
+        dims = self.input_dims
+        if len(dims) != 4 or len(images_shape) != 4:  # (normalize_images refuses non-NHWC images)
+            return None
+        got = (images_shape[3], images_shape[1], images_shape[2])
+        if any(want is not None and want != g for want, g in zip(dims[1:], got)):
+            show = "x".join("?" if d is None else str(d) for d in dims[1:])
+            raise RuntimeInputError(f"{self.folder}: the model takes images of {show} (C x H x W), "
+                                    f"the data holds {got[0]}x{got[1]}x{got[2]}")
+        return dims[0]
 
 
 def _fold_weights(model: onnx.ModelProto, cmap: CrossbarMap, path: Path) -> tuple[bytes, list[str]]:
@@ -243,7 +258,7 @@ class Int8Graph:
 
 
 def prepare_int8(model: DeployedModel, calibration: np.ndarray, *, calibration_batch: int = 100,
-                 streamline: bool = True) -> Int8Graph:
+                 fixed_batch: bool = False, streamline: bool = True) -> Int8Graph:
     """onnxruntime static quantisation (QDQ, uint8 activations as a DAC/ADC would see them,
     MinMax calibration on ``calibration`` = normalised float images), then each mapped layer's
     weight DequantizeLinear is pointed at the crossbar integers and scales (per output channel,
@@ -260,6 +275,12 @@ def prepare_int8(model: DeployedModel, calibration: np.ndarray, *, calibration_b
                                 f"{model.cmap.device.name!r} holds up to {model.cmap.device.qmax}")
     if calibration is None or len(calibration) == 0:
         raise RuntimeInputError("--precision int8 needs calibration images")
+
+    if fixed_batch:  # the model takes exactly calibration_batch images per call
+        calibration = calibration[:len(calibration) // calibration_batch * calibration_batch]
+    if len(calibration) == 0:
+        raise RuntimeInputError(f"--precision int8: the model takes batches of {calibration_batch} images; "
+                                f"give at least that many calibration images")
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -278,9 +299,13 @@ def prepare_int8(model: DeployedModel, calibration: np.ndarray, *, calibration_b
     # tag each mapped layer's node, to find it again after pre-processing and quantisation
     tags = []
     for i, (layer, wname) in enumerate(zip(model.cmap.layers, model.weight_names)):
-        nodes = [n for n in float_model.graph.node if len(n.input) > 1 and n.input[1] == wname]
-        if len(nodes) != 1:
-            raise RuntimeInputError(f"int8: weight {wname!r} of layer {layer.name!r} feeds {len(nodes)} nodes")
+        users = [n for n in float_model.graph.node if wname in n.input]
+        nodes = [n for n in users if len(n.input) > 1 and n.input[1] == wname]
+        if len(users) != 1 or len(nodes) != 1:
+            kinds = ", ".join(sorted({n.op_type for n in users})) or "nothing"
+            raise RuntimeInputError(f"int8: the weight of layer {layer.name!r} feeds {len(users)} node(s) ({kinds}); "
+                                    f"--precision int8 takes a mapped weight used once, directly as the "
+                                    f"weight input of its Conv/Gemm/MatMul: use --precision fp32")
         nodes[0].name = f"rram.crossbar.{i}"
         tags.append(nodes[0].name)
 
@@ -308,7 +333,7 @@ def prepare_int8(model: DeployedModel, calibration: np.ndarray, *, calibration_b
 
     try:
         qbytes, names = _retarget(quantize(True), model, tags)
-    except RuntimeInputError:  # pre-processing fused a mapped layer away: quantise the graph as it is
+    except RuntimeInputError:  # pre-processing fused something into a mapped layer: quantise the graph as it is
         qbytes, names = _retarget(quantize(False), model, tags)
     plain = Int8Graph(qbytes, names, model.input_name)
     if not streamline:
@@ -327,10 +352,13 @@ def _retarget(q: onnx.ModelProto, model: DeployedModel, tags: list[str]) -> tupl
         consumers = [n for n in graph.node if n.name == tag]
         if len(consumers) != 1 or len(consumers[0].input) < 2:
             raise RuntimeInputError(f"int8: cannot find the node of layer {layer.name!r} after quantisation")
-        dq = producer.get(consumers[0].input[1])
+        node = consumers[0]
+        dq = producer.get(node.input[1])
         if dq is None or dq.op_type != "DequantizeLinear":
             raise RuntimeInputError(f"int8: onnxruntime left layer {layer.name!r} unquantised")
         axis = 1 if (len(layer.weight_shape) == 2 and not layer.transpose) else 0
+        _check_quantized_weight(graph, dq, layer, model.cmap.device, axis)
+        _requantize_bias(graph, node, producer, layer, wname)
         qname, sname, zname = f"{wname}.crossbar", f"{wname}.crossbar_scale", f"{wname}.crossbar_zp"
         replaced.update(i for i in dq.input[:3])
         del dq.input[:]
@@ -347,6 +375,57 @@ def _retarget(q: onnx.ModelProto, model: DeployedModel, tags: list[str]) -> tupl
     del graph.initializer[:]
     graph.initializer.extend(keep)
     return q.SerializeToString(), names
+
+
+def _check_quantized_weight(graph: onnx.GraphProto, dq, layer, device, axis: int) -> None:
+    """onnxruntime's own quantisation of a mapped weight must be that weight (within its rounding):
+    its pre-processing folds a following BatchNormalization or Mul into the weight, and retargeting
+    such a layer to the crossbar integers would silently drop that factor."""
+    q, scale = _initializer_array(graph, dq.input[0]), _initializer_array(graph, dq.input[1])
+    zero = _initializer_array(graph, dq.input[2]) if len(dq.input) > 2 and dq.input[2] else None
+    want = layer.float_weight(device)
+    if q is None or scale is None or q.shape != want.shape:
+        raise RuntimeInputError(f"int8: onnxruntime reshaped the weight of layer {layer.name!r}")
+    ax = next((a.i for a in dq.attribute if a.name == "axis"), 1) % q.ndim
+    shape = [1] * q.ndim
+    if scale.size > 1:
+        shape[ax] = scale.size
+    scale = scale.astype(np.float64).reshape(shape)
+    zero = 0 if zero is None else zero.astype(np.float64).reshape(shape if zero.size > 1 else [1] * q.ndim)
+    got = (q.astype(np.float64) - zero) * scale
+    if np.any(np.abs(got - want) > 0.5 * scale * 1.01 + 1e-12):
+        raise RuntimeInputError(f"int8: onnxruntime's quantizer changed the weights of layer {layer.name!r} "
+                                f"(a BatchNormalization or Mul folded into it?)")
+
+
+def _requantize_bias(graph: onnx.GraphProto, node, producer: dict, layer, wname: str) -> None:
+    """A fused int8 Conv/Gemm reads its int32 bias in units of (input scale x weight scale): with
+    the crossbar's weight scales instead of onnxruntime's (scale granularity layer/tile), the
+    bias is re-expressed in those units (a no-op where the scales agree)."""
+    if len(node.input) < 3 or not node.input[2]:
+        return
+    bdq, xdq = producer.get(node.input[2]), producer.get(node.input[0])
+    if bdq is None or xdq is None or bdq.op_type != "DequantizeLinear" or xdq.op_type != "DequantizeLinear":
+        return
+    bq, bs = _initializer_array(graph, bdq.input[0]), _initializer_array(graph, bdq.input[1])
+    bz = _initializer_array(graph, bdq.input[2]) if len(bdq.input) > 2 and bdq.input[2] else None
+    xs = _initializer_array(graph, xdq.input[1])
+    if bq is None or bs is None or xs is None or xs.size != 1 or bq.dtype != np.int32:
+        return
+    bias = (bq.astype(np.float64) - (0 if bz is None else bz.astype(np.float64))) * bs.astype(np.float64)
+    scale = (float(xs.reshape(())) * layer.scales.astype(np.float64)).astype(np.float32)
+    scale = np.broadcast_to(scale, bias.shape).copy()
+    info = np.iinfo(np.int32)
+    q = np.clip(np.rint(bias / np.where(scale > 0, scale, 1.0)), info.min, info.max).astype(np.int32)
+    qname, sname, zname, out = (f"{wname}.crossbar_bias_q", f"{wname}.crossbar_bias_scale",
+                                f"{wname}.crossbar_bias_zp", f"{wname}.crossbar_bias")
+    graph.initializer.extend([numpy_helper.from_array(q, qname), numpy_helper.from_array(scale, sname),
+                              numpy_helper.from_array(np.zeros(q.shape, np.int32), zname)])
+    graph.node.insert(0, onnx.helper.make_node("DequantizeLinear", [qname, sname, zname], [out], axis=0,
+                                               name=f"{wname}.crossbar_bias_dq"))
+    node.input[2] = out
+    if not any(bdq.output[0] in n.input for n in graph.node):
+        graph.node.remove(bdq)
 
 
 def _initializer_array(graph: onnx.GraphProto, name: str) -> np.ndarray | None:
@@ -477,8 +556,10 @@ def quantize_input(x: np.ndarray, spec: Int8Graph, *, batch: int = 1000) -> np.n
         [h.make_tensor_value_info("y", onnx.TensorProto.UINT8, [None, None, None, spec.input_channels])],
         [numpy_helper.from_array(np.array(scale, np.float32), "s"), numpy_helper.from_array(np.array(zero, np.uint8), "z"),
          numpy_helper.from_array(np.array([0, 0, 0, 0, 0, 0, 0, spec.input_channels - c], np.int64), "pads")])
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
     sess = ort.InferenceSession(h.make_model(graph, opset_imports=[h.make_opsetid("", 21)]).SerializeToString(),
-                                providers=["CPUExecutionProvider"])
+                                so, providers=["CPUExecutionProvider"])
     out = np.empty((x.shape[0], x.shape[2], x.shape[3], spec.input_channels), np.uint8)
     for s in range(0, len(x), batch):
         out[s:s + batch] = sess.run(None, {"x": x[s:s + batch]})[0]
@@ -493,7 +574,9 @@ def _check_same_logits(plain: Int8Graph, fast: Int8Graph, model: DeployedModel, 
     outs = []
     for g, feed in ((plain, x), (fast, quantize_input(x, fast))):
         data = append_initializers(g.model, g.weight_names, g.layer_weights(clean))
-        sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
         outs.append(sess.run(None, {g.input_name: feed})[0])
     if outs[0].shape != outs[1].shape or not np.array_equal(outs[0], outs[1]):
         raise RuntimeInputError(f"int8: the streamlined graph of {model.folder} changed the logits "
@@ -518,6 +601,12 @@ class Engine:
         self.x = normalized if normalized is not None else normalize_images(images, model.normalization)
         self.labels = np.asarray(labels, dtype=np.int64)
         self.batch_size = int(batch_size)
+        fixed = model.fixed_batch(images.shape)
+        if fixed is not None:  # the model takes exactly this many images per call
+            if len(labels) % fixed:
+                raise RuntimeInputError(f"{model.folder}: the model takes batches of exactly {fixed} images; "
+                                        f"{len(labels)} images are not a multiple of {fixed} (choose --images)")
+            self.batch_size = fixed
         self.threads = threads or default_threads()
         self.providers = providers or default_providers()
         if precision not in PRECISIONS:
@@ -526,7 +615,7 @@ class Engine:
         self.feed_name, self.feed = model.input_name, self.x
         if precision == "int8":
             calib = normalize_images(calibration, model.normalization) if calibration is not None else None
-            self.int8 = prepare_int8(model, calib)
+            self.int8 = prepare_int8(model, calib, calibration_batch=fixed or 100, fixed_batch=fixed is not None)
             self.feed_name, self.feed = self.int8.input_name, quantize_input(self.x, self.int8)
 
     def weights(self, chip: Chip | None = None) -> list[np.ndarray]:

@@ -471,3 +471,121 @@ def test_review_bad_inputs_are_one_line_errors(tmp_path, capsys):
     quantize_onnx(onx, bare, preset("paper"))  # no rram.normalization metadata
     assert "no input normalisation" in _err(capsys, ["validate", str(bare)] + base[2:] + ["--out", str(tmp_path / "n.json")])
     assert not (tmp_path / "n.json").exists() and not (tmp_path / "c.json").exists()
+
+
+def _export_keep_bn(module, path, batch=None, size=32):
+    """Float ONNX with BatchNormalization kept (as `rram export` writes it); fixed batch if given."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module.eval(), torch.zeros(batch or 1, 3, size, size), str(path), dynamo=False,
+                          do_constant_folding=False, input_names=["input"], output_names=["logits"],
+                          dynamic_axes=None if batch else {"input": {0: "n"}, "logits": {0: "n"}},
+                          opset_version=17)
+    return onnx.load(str(path))
+
+
+def test_int8_keeps_a_batchnorm_that_follows_a_mapped_conv(tmp_path):
+    """onnxruntime's pre-processing folds BN into the conv weight; pointing that weight at the
+    crossbar integers would drop the BN factor (review: 10% accuracy). The weight check catches
+    it and the graph is quantised without pre-processing."""
+    model = tiny_model()
+    with torch.no_grad():  # a BN far from the identity
+        model.bn1.weight.copy_(torch.linspace(0.2, 3.0, 8))
+        model.bn1.bias.copy_(torch.linspace(-0.5, 0.5, 8))
+    onx = _export_keep_bn(model, tmp_path / "f.onnx")
+    assert "BatchNormalization" in [n.op_type for n in onx.graph.node]
+    art = quantize_onnx(onx, tmp_path / "art", preset("paper"), normalization=NORM)
+    dm = DeployedModel.load(art)
+    images, labels = make_images(48)
+    e8 = Engine(dm, images, labels, precision="int8", calibration=make_images(64, seed=1)[0])
+    e32 = Engine(dm, images, labels)
+    assert "BatchNormalization" in [n.op_type for n in onnx.ModelProto.FromString(e8.int8.model).graph.node]
+    out8 = e8.session().run(None, {e8.feed_name: e8.feed})[0]
+    out32 = e32.session().run(None, {e32.feed_name: e32.feed})[0]
+    assert np.corrcoef(out8.ravel(), out32.ravel())[0, 1] > 0.999  # 0.962 with the BN factor dropped
+
+
+def test_int8_bias_follows_the_crossbar_scales(tmp_path):
+    """With one scale per layer the crossbar's weight scales differ from onnxruntime's per-channel
+    ones; the fused int8 Conv/Gemm read the int32 bias in (input scale x weight scale) units, so
+    the bias is re-expressed: fused and unfused evaluation of the same graph agree."""
+    device = DeviceConfig(**{**preset("paper").to_dict(), "scale_granularity": "layer"})
+    model = tiny_model()
+    with torch.no_grad():
+        model.fc.weight[:2] *= 0.1  # rows far below the layer's largest weight
+        model.fc.bias.copy_(torch.linspace(-0.3, 0.3, 10))
+    art = quantize_onnx(export_torch(model, torch.zeros(1, 3, 32, 32), tmp_path / "f.onnx"), tmp_path / "art",
+                        device, normalization=NORM)
+    dm = DeployedModel.load(art)
+    images, labels = make_images(32)
+    e8 = Engine(dm, images, labels, precision="int8", calibration=make_images(64, seed=1)[0])
+    data = append_initializers(e8.int8.model, e8.int8.weight_names, e8.weights())
+    outs = []
+    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_ALL, ort.GraphOptimizationLevel.ORT_DISABLE_ALL):
+        so = ort.SessionOptions()
+        so.graph_optimization_level = level
+        outs.append(ort.InferenceSession(data, so).run(None, {e8.feed_name: e8.feed})[0])
+    spread = np.ptp(outs[1])
+    assert np.max(np.abs(outs[0] - outs[1])) <= 0.02 * spread, np.max(np.abs(outs[0] - outs[1])) / spread
+
+
+def test_input_shape_and_fixed_batch(tmp_path, capsys):
+    images, labels = make_images(50)
+    small = make_artifact(tmp_path / "small", preset("paper"), size=16)
+    with pytest.raises(RuntimeInputError, match=r"3x16x16 \(C x H x W\), the data holds 3x32x32"):
+        Engine(DeployedModel.load(small), images, labels)
+    fixed = quantize_onnx(_export_keep_bn(tiny_model(), tmp_path / "b.onnx", batch=5), tmp_path / "fixed",
+                          preset("paper"), normalization=NORM)
+    dm = DeployedModel.load(fixed)
+    eng = Engine(dm, images, labels, batch_size=128)
+    assert eng.batch_size == 5 and 0 < eng.clean_accuracy() <= 1
+    e8 = Engine(dm, images, labels, precision="int8", calibration=make_images(12, seed=1)[0])
+    assert abs(e8.clean_accuracy() - eng.clean_accuracy()) <= 0.1
+    with pytest.raises(RuntimeInputError, match="batches of exactly 5 images; 48 images"):
+        Engine(dm, images[:48], labels[:48])
+    with pytest.raises(RuntimeInputError, match="at least that many calibration images"):
+        Engine(dm, images, labels, precision="int8", calibration=make_images(4, seed=1)[0])
+
+
+def test_int8_refuses_a_shared_weight_in_one_line(tmp_path):
+    class Twice(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+            self.fc = torch.nn.Linear(3, 10)
+
+        def forward(self, x):
+            return self.fc(self.conv(torch.relu(self.conv(x))).mean((2, 3)))
+
+    art = quantize_onnx(export_torch(Twice(), torch.zeros(1, 3, 32, 32), tmp_path / "f.onnx"), tmp_path / "art",
+                        preset("paper"), normalization=NORM)
+    images, labels = make_images(8)
+    assert 0 <= Engine(DeployedModel.load(art), images, labels).clean_accuracy() <= 1  # fp32 runs it
+    with pytest.raises(RuntimeInputError, match=r"feeds 2 node\(s\) \(Conv\).*use --precision fp32"):
+        Engine(DeployedModel.load(art), images, labels, precision="int8", calibration=images)
+
+
+def test_seed_and_results_files_are_checked(art, data, tmp_path, capsys):
+    root = write_cifar_batches(tmp_path / "cifar", *data)
+    out = tmp_path / "res.json"
+    base = ["validate", str(art), "--data", str(root), "--no-cache", "--runs", "2", "--sa1", "0,0.1", "--out", str(out)]
+    assert "non-negative" in _err(capsys, base + ["--seed", "-1"])
+    with pytest.raises(RuntimeInputError, match="non-negative"):
+        validate(art, *data, sa1=[0.1], runs=1, seed=-1, progress=False, out=out)
+    assert not out.exists()
+    assert main(base) == 0
+    doc = json.loads(out.read_text())
+    broken = [json.loads(json.dumps(doc)) for _ in range(4)]
+    broken[0]["rates"][0]["runs"]["x"] = broken[0]["rates"][0]["runs"]["0"]
+    del broken[1]["config"]["runs"]
+    broken[2]["rates"] = broken[2]["rates"][:1]
+    broken[3]["rates"][1]["runs"]["7"] = broken[3]["rates"][1]["runs"]["0"]  # run index >= runs
+    for i, b in enumerate(broken):
+        path = tmp_path / f"b{i}.json"
+        path.write_text(json.dumps(b))
+        assert "malformed results" in _err(capsys, ["merge", str(path), "--out", str(tmp_path / "m.json")])
+        assert "malformed results" in _err(capsys, base[:-1] + [str(path), "--resume"])
+    assert not (tmp_path / "m.json").exists()

@@ -27,8 +27,15 @@ def user_error_types() -> tuple[type[BaseException], ...]:
     return tuple(types)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad argument is one line (no usage block), like every other error."""
+
+    def error(self, message: str):
+        self.exit(2, f"rram: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="rram", description="Deploy DNNs to RRAM crossbars with fault-aware (drop-connect) training.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS:
@@ -38,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help, or a bad argument already reported in one line
+        return int(e.code or 0)
     try:
         return int(args.func(args) or 0)
     except user_error_types() as e:

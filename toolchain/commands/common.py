@@ -31,6 +31,17 @@ def positive_int(text: str) -> int:
     return v
 
 
+def seed(text: str) -> int:
+    """A seed: a non-negative integer (numpy's SeedSequence takes no negative entropy)."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
+    return v
+
+
 def float_list(text: str, flag: str) -> list[float]:
     """``"0,0.1,0.2"`` -> [0.0, 0.1, 0.2]; the range check is the caller's (it differs by use)."""
     try:

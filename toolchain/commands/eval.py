@@ -12,7 +12,7 @@ from ..dropconnect import check_rate, derive_seed, rate_key, sa1_faults, sample_
 from ..errors import UserError
 from ..evaluate import accuracy
 from ..recalibrate import apply_bn_stats
-from .common import add_data_args, add_model_args, emit, normalization_from_args, positive_int
+from .common import add_data_args, add_model_args, emit, normalization_from_args, positive_int, seed
 
 
 def add_parser(sub) -> None:
@@ -27,7 +27,7 @@ def add_parser(sub) -> None:
                    help="reference fault evaluation: zero each Conv/Linear weight with probability P, "
                         "a new simulated chip per run")
     p.add_argument("--runs", type=positive_int, default=1, help="simulated chips (with --sa1)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the simulated chips")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the simulated chips")
     p.add_argument("--rate-stats", type=float, default=None, metavar="P",
                    help="use the BN statistics recalibrated for fault rate P")
     p.set_defaults(func=run)

@@ -6,7 +6,7 @@ from runtime.fileio import check_output_path
 from ..checkpoints import load_checkpoint
 from ..dropconnect import check_rate, rate_key
 from ..export import export_onnx
-from .common import emit
+from .common import emit, seed
 
 
 def add_parser(sub) -> None:
@@ -18,7 +18,7 @@ def add_parser(sub) -> None:
     p.add_argument("--all-rates", action="store_true",
                    help="also embed every stored rate's statistics as NAME@rate=r initializers")
     p.add_argument("--out", required=True, help="output .onnx file (written atomically)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random check input")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the random check input")
     p.add_argument("--download", action="store_true", help="allow downloading named checkpoints")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)

@@ -14,7 +14,7 @@ from ..dropconnect import check_rate, rate_key
 from ..errors import UserError
 from ..recalibrate import recalibrate_bn
 from ..training import random_subset
-from .common import add_data_args, emit, float_list, positive_int
+from .common import add_data_args, emit, float_list, positive_int, seed
 
 OUT_NAME = "recalibrated.pt"
 
@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
                    help="use only N batches of the training set (default: all of it)")
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--images", type=positive_int, default=None, help="random subset of N images")
-    p.add_argument("--seed", type=int, default=0, help="seed of the drop-connect masks and order")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the drop-connect masks and order")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
     add_data_args(p)

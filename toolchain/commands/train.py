@@ -13,7 +13,7 @@ from runtime.fileio import check_output_path
 from ..errors import UserError
 from ..models import MODEL_NAMES, ModelSpec
 from ..training import TrainConfig, train
-from .common import add_data_args, positive_float, positive_int
+from .common import add_data_args, positive_float, positive_int, seed
 
 
 def add_parser(sub) -> None:
@@ -34,7 +34,7 @@ def add_parser(sub) -> None:
                    help="peak learning rate (default 0.1, or 0.01 with --init)")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed, default=0)
     p.add_argument("--images", type=positive_int, default=None,
                    help="train on a random subset of N images (tests)")
     p.add_argument("--eval-images", type=positive_int, default=None,
