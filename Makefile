@@ -48,15 +48,31 @@ demo: install $(DEMO)/accuracy.png
 
 artifacts: install $(foreach r,$(DEMO_RATES),$(DEMO)/art/rate-$(r)/report.json)
 
-$(DEMO)/baseline.json:
+# Parameter stamps: an output depends on the make variables that shape it, not only on files.
+# A stamp is rewritten only when those values change, so `make demo DEMO_RUNS=20` re-runs just the
+# campaign and the figure, and a new DEMO_RATES re-runs recalibration onwards.
+.PHONY: FORCE
+define stamp
+	@mkdir -p $(@D); printf '%s\n' '$(1)' > $@.tmp; if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv $@.tmp $@; fi
+endef
+$(DEMO)/.init.params: FORCE ; $(call stamp,$(DEMO_INIT))
+$(DEMO)/.train.params: FORCE ; $(call stamp,$(DEMO_INIT) $(DEMO_P) $(DEMO_EPOCHS) $(DEMO_TRAIN_IMAGES))
+$(DEMO)/.rates.params: FORCE ; $(call stamp,$(DEMO_RATES))
+$(DEMO)/.preset.params: FORCE ; $(call stamp,$(PRESET))
+$(DEMO)/.validate.params: FORCE ; $(call stamp,$(DEMO_SA1) $(DEMO_RUNS) $(DEMO_IMAGES))
+$(DEMO)/.plot.params: FORCE ; $(call stamp,$(DEMO_P))
+
+$(DEMO)/baseline.json: $(DEMO)/.init.params
 	@mkdir -p $(DEMO)
 	$(RRAM) eval --checkpoint $(DEMO_INIT) --data $(RRAM_DATA) --json > $@.tmp && mv $@.tmp $@
 
-$(DEMO)/train/model.pt: | $(DEMO)/baseline.json
-	$(RRAM) train --model resnet20 --init $(DEMO_INIT) --drop-rate $(DEMO_P) --epochs $(DEMO_EPOCHS) \
-	    --images $(DEMO_TRAIN_IMAGES) --lr 0.01 --data $(RRAM_DATA) --out $(@D)
+# Resume a killed run of the same configuration; otherwise (new parameters) start afresh.
+TRAIN_ARGS = --model resnet20 --init $(DEMO_INIT) --drop-rate $(DEMO_P) --epochs $(DEMO_EPOCHS) \
+	--images $(DEMO_TRAIN_IMAGES) --lr 0.01 --data $(RRAM_DATA) --out $(@D)
+$(DEMO)/train/model.pt: $(DEMO)/.train.params | $(DEMO)/baseline.json
+	$(RRAM) train $(TRAIN_ARGS) --resume 2>/dev/null || { rm -rf $(@D) && $(RRAM) train $(TRAIN_ARGS); }
 
-$(DEMO)/recalibrated.pt: $(DEMO)/train/model.pt
+$(DEMO)/recalibrated.pt: $(DEMO)/train/model.pt $(DEMO)/.rates.params
 	$(RRAM) recalibrate $< --rates $(subst $(space),$(comma),$(DEMO_RATES)) --batches 20 \
 	    --data $(RRAM_DATA) --out $@
 
@@ -66,15 +82,18 @@ $(DEMO)/model.onnx: $(DEMO)/recalibrated.pt
 $(DEMO)/model.r%.onnx: $(DEMO)/model.onnx
 	$(RRAM) passes $< $@ --passes standard --bn-rate $*
 
-$(DEMO)/art/rate-%/report.json: $(DEMO)/model.r%.onnx
+$(DEMO)/art/rate-%/report.json: $(DEMO)/model.r%.onnx $(DEMO)/.preset.params
 	$(RRAM) quantize $< $(@D) --preset $(PRESET) --force
 
-$(DEMO)/results.json: $(foreach r,$(DEMO_RATES),$(DEMO)/art/rate-$(r)/report.json)
+# validate reads every rate-* folder under art/: drop those of rates no longer in DEMO_RATES
+$(DEMO)/results.json: $(foreach r,$(DEMO_RATES),$(DEMO)/art/rate-$(r)/report.json) $(DEMO)/.validate.params
+	@for d in $(DEMO)/art/rate-*; do case " $(DEMO_RATES) " in *" $${d##*/rate-} "*) ;; \
+	    *) echo "removing $$d (rate not in DEMO_RATES)"; rm -rf "$$d";; esac; done
 	rm -f $@
 	$(RRAM) validate $(DEMO)/art --stats-rate auto --data $(RRAM_DATA) --sa1 $(DEMO_SA1) \
 	    --runs $(DEMO_RUNS) --images $(DEMO_IMAGES) --seed 0 --out $@
 
-$(DEMO)/accuracy.png: $(DEMO)/results.json
+$(DEMO)/accuracy.png: $(DEMO)/results.json $(DEMO)/.plot.params
 	$(RRAM) plot $< --labels "ResNet20 drop-connect p=$(DEMO_P)" --out $@
 
 bench: install

@@ -28,6 +28,10 @@ def random_feeds(model: onnx.ModelProto, seed: int = 0, batch: int = 2,
     other symbolic dimension must come from ``input_shapes`` ({name: [dims]})."""
     rng = np.random.default_rng(seed)
     input_shapes = input_shapes or {}
+    names = [vi.name for vi in _graph_inputs(model)]
+    unknown = sorted(set(input_shapes) - set(names))
+    if unknown:
+        raise PassError(f"--input-shape names no graph input: {', '.join(unknown)} (inputs: {', '.join(names)})")
     feeds = {}
     for vi in _graph_inputs(model):
         tt = vi.type.tensor_type

@@ -143,8 +143,9 @@ def summarize(accs: list[float]) -> dict:
     std = float(a.std(ddof=1)) if n > 1 else 0.0
     sem = std / math.sqrt(n) if n > 1 else 0.0
     half = t_quantile_975(n - 1) * sem if n > 1 else 0.0
+    # an accuracy lies in [0, 1]: the t interval is clipped there (it overshoots with few runs)
     return {"n": n, "mean": mean, "std": std, "sem": sem, "min": float(a.min()), "max": float(a.max()),
-            "ci95": [mean - half, mean + half]}
+            "ci95": [max(0.0, mean - half), min(1.0, mean + half)]}
 
 
 # ------------------------------------------------------------------ results file
@@ -316,12 +317,18 @@ def merge(paths: list[str | os.PathLike]) -> dict:
     agree exactly. Equals the unsharded result, timing aside (summed)."""
     if not paths:
         raise RuntimeInputError("nothing to merge")
+    seen: dict = {}
+    for p in paths:
+        key = Path(p).resolve()
+        if key in seen:
+            raise RuntimeInputError(f"{p} is given twice (also as {seen[key]})")
+        seen[key] = p
     docs = [read_results(p) for p in paths]
     base = docs[0]
     out = {"format": FORMAT, "version": VERSION, "config": base["config"], "shard": None, "clean": {},
            "rates": [{k: e[k] for k in ("sa1", "sa0", "model")} | {"runs": {}} for e in base["rates"]],
            "timing": {}, "complete": False, "info": base.get("info", {})}
-    seconds = runs_done = 0.0
+    seconds = 0.0
     for path, doc in zip(paths, docs):
         if doc["config"] != base["config"]:
             diff = sorted(k for k in set(doc["config"]) | set(base["config"])
@@ -336,7 +343,8 @@ def merge(paths: list[str | os.PathLike]) -> dict:
                 if mine["runs"].setdefault(r, v) != v:
                     raise RuntimeInputError(f"{path}: run {r} at SA1 {mine['sa1']} differs from another file")
         seconds += doc.get("timing", {}).get("seconds", 0.0)
-        runs_done += doc.get("timing", {}).get("runs", 0)
+    # distinct runs over the summed time of all files (a run found in two files counts once)
+    runs_done = sum(len(e["runs"]) for e in out["rates"])
     images = base["config"]["images"]
     out["timing"] = {"runs": int(runs_done), "seconds": round(seconds, 3),
                      "runs_per_second": runs_done / seconds if seconds else None,

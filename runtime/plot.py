@@ -29,6 +29,9 @@ def plot_results(paths: list[str | os.PathLike], out: str | os.PathLike, *, labe
     if labels is not None and len(labels) != len(docs):
         raise RuntimeInputError(f"{len(labels)} labels for {len(docs)} results files")
     names = labels or [Path(p).stem for p in paths]
+    sa0 = {d["config"].get("sa0", 0.0) for d in docs}
+    if len(sa0) > 1:  # mixed: say each file's SA0 rate in its legend entry
+        names = [f"{n}, SA0 {100 * d['config'].get('sa0', 0.0):g}%" for n, d in zip(names, docs)]
     rates = sorted({e["sa1"] for d in docs for e in d["rates"]})
     if not rates:
         raise RuntimeInputError("the results files hold no rates")
@@ -57,7 +60,6 @@ def plot_results(paths: list[str | os.PathLike], out: str | os.PathLike, *, labe
     ax.set_xticks(range(len(rates)))
     ax.set_xticklabels([f"{100 * r:g}%" for r in rates])
     ax.set_xlim(-0.6, len(rates) - 0.4)
-    sa0 = {d["config"].get("sa0", 0.0) for d in docs}
     ax.set_xlabel("SA1 cell rate" + (f" (SA0 {100 * sa0.pop():g}%)" if len(sa0) == 1 and 0 not in sa0 else ""))
     ax.set_ylabel("top-1 accuracy (%)")
     runs = {d["config"]["runs"] for d in docs}

@@ -480,3 +480,12 @@ def test_cli_on_pretrained_resnet20_and_real_images(tmp_path, capsys):
                                      for i in range(0, len(x), 1000)]))
     assert np.array_equal(preds[0], preds[1])
     assert (preds[1] == split.labels).mean() > 0.75  # it is the trained model, not noise
+
+
+def test_input_shape_for_an_unknown_input_is_refused(tmp_path):
+    from passes.errors import PassError
+    from passes.verify import random_feeds
+
+    model = conv_bn_model()
+    with pytest.raises(PassError, match="names no graph input: nope"):
+        random_feeds(model, input_shapes={"nope": [1, 3, 8, 8]})

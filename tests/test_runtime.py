@@ -589,3 +589,24 @@ def test_seed_and_results_files_are_checked(art, data, tmp_path, capsys):
         assert "malformed results" in _err(capsys, ["merge", str(path), "--out", str(tmp_path / "m.json")])
         assert "malformed results" in _err(capsys, base[:-1] + [str(path), "--resume"])
     assert not (tmp_path / "m.json").exists()
+
+
+def test_summary_interval_stays_in_0_1_and_merge_refuses_a_file_twice(art, data, tmp_path):
+    from runtime.campaign import summarize
+
+    s = summarize([0.02, 0.9])
+    assert s["ci95"][0] == 0.0 and s["ci95"][1] == 1.0 and s["mean"] == pytest.approx(0.46)
+    out = tmp_path / "r.json"
+    validate(art, *data, sa1=[0.1], runs=2, seed=3, progress=False, out=out)
+    with pytest.raises(RuntimeInputError, match="given twice"):
+        merge([out, tmp_path / "." / "r.json"])
+
+
+def test_eval_subset_spreads_over_the_classes():
+    from toolchain.data import Split
+
+    labels = np.repeat(np.arange(10), 100)  # class-sorted, like the test folders
+    split = Split(np.zeros((1000, 2, 2, 3), np.uint8), labels, [str(c) for c in range(10)])
+    sub = split.subset(50)
+    assert np.array_equal(np.bincount(sub.labels, minlength=10), [5] * 10)
+    assert np.array_equal(sub.labels, labels[subset_indices(1000, 50)])

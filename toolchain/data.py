@@ -74,9 +74,14 @@ class Split:
         return len(self.labels)
 
     def subset(self, n: int | None) -> "Split":
+        """``n`` images spread evenly over the split (folders are sorted by class: the first n
+        would cover one class), the same ones ``rram validate --images n`` takes."""
         if n is None or n >= len(self):
             return self
-        return Split(self.images[:n], self.labels[:n], self.classes)
+        from runtime.campaign import subset_indices
+
+        idx = subset_indices(len(self), n)
+        return Split(self.images[idx], self.labels[idx], self.classes)
 
 
 def _source_files(layout: str, folder: Path, split: str) -> list[Path]:

@@ -20,7 +20,7 @@ def add_parser(sub) -> None:
     add_model_args(p)
     add_data_args(p)
     p.add_argument("--split", choices=["test", "train"], default="test")
-    p.add_argument("--images", type=positive_int, default=None, help="evaluate only the first N images")
+    p.add_argument("--images", type=positive_int, default=None, help="evaluate N images spread evenly over the split (the ones rram validate --images N takes)")
     p.add_argument("--batch-size", type=positive_int, default=500)
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.add_argument("--sa1", type=float, default=None, metavar="P",

@@ -80,12 +80,16 @@ def run(args) -> int:
 
 
 def print_summary(doc: dict) -> None:
-    clean = ", ".join(f"{n}: {100 * a:.2f}%" for n, a in doc["clean"].items())
-    print(f"fault-free accuracy {clean}")
+    # "." names the one model of a plain quantized folder (results files key models by name)
+    if list(doc["clean"]) == ["."]:
+        print(f"fault-free accuracy {100 * doc['clean']['.']:.2f}%")
+    else:
+        print("fault-free accuracy " + ", ".join(f"{n}: {100 * a:.2f}%" for n, a in doc["clean"].items()))
     for e in doc["rates"]:
         s = e["summary"]
         if s.get("n"):
-            print(f"SA1 {e['sa1']:g} SA0 {e['sa0']:g} ({s['n']} chips, model {e['model']}): "
+            which = "" if e["model"] == "." else f", model {e['model']}"
+            print(f"SA1 {e['sa1']:g} SA0 {e['sa0']:g} ({s['n']} chips{which}): "
                   f"mean {100 * s['mean']:.2f}% sd {100 * s['std']:.2f} min {100 * s['min']:.2f}% "
                   f"max {100 * s['max']:.2f}% ci95 [{100 * s['ci95'][0]:.2f}, {100 * s['ci95'][1]:.2f}]")
     t = doc.get("timing") or {}
