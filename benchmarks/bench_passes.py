@@ -51,7 +51,6 @@ def main() -> int:
     head = f"{'model':<21}{'nodes':>12}{'MB in/out':>12}{'load':>7}{'passes':>8}{'export':>8}{'save':>7}{'verify':>8}{'max diff':>10}"
     print(head)
     print("-" * len(head))
-    result = 0
     with tempfile.TemporaryDirectory(prefix="bench-passes-") as d:
         for name, build, size in models:
             src = Path(d) / "in.onnx"

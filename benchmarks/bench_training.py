@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from toolchain.dropconnect import DropConnect, add_dropconnect, weight_modules  # noqa: E402
+from toolchain.dropconnect import add_dropconnect, weight_modules  # noqa: E402
 from toolchain.models import ModelSpec, build_model  # noqa: E402
 
 

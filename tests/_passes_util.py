@@ -10,8 +10,6 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from toolchain.models.common import randomize_bn  # noqa: F401 (re-exported for the tests)
-
 TOL = 1e-5  # max |diff| / max |output| every pass must stay under on these models
 
 

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 import pytest
 from onnx import helper
 
@@ -15,7 +14,7 @@ import passes
 from passes import model_io
 from toolchain.cli import main as rram
 
-from _passes_util import (TOL, bn_inits, bn_node, conv_bn_model, foldable_bns, init, input_feeds,
+from _passes_util import (TOL, bn_inits, bn_node, conv_bn_model, init, input_feeds,
                           make_model, max_rel_diff, one_by_one_convs, ops, ort_outputs, vi)
 
 
