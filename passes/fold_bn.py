@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .errors import PassError
 from .graph import Namer, PassContext, describe, resolve_constant, set_input_constant
 from .registry import register
 
@@ -31,7 +32,11 @@ def _bn_params(bn: gs.Node, opset: int, out_names: set):
     c = gamma.shape
     if len(c) != 1 or any(x.shape != c for x in (beta, mean, var)):
         return "its parameters are not 1-D vectors of one length"
-    s = gamma / np.sqrt(var + float(bn.attrs.get("epsilon", 1e-5)))
+    eps = float(bn.attrs.get("epsilon", 1e-5))
+    if np.any(var + eps <= 0):
+        raise PassError(f"BatchNormalization {bn.name!r} has a negative variance "
+                        f"({float(var.min()):g}): corrupt statistics")
+    s = gamma / np.sqrt(var + eps)
     return s, beta - mean * s
 
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import onnx
 from google.protobuf.message import DecodeError
 
+from runtime.fileio import check_parents
+
 from .errors import PassError
 
 # Protobuf cannot serialize a message of 2 GiB or more; above this we write external data.
@@ -112,6 +114,7 @@ def save(model: onnx.ModelProto, out) -> list[Path]:
     out = Path(out)
     if out.is_dir():
         raise PassError(f"output {out} is a directory")
+    check_parents(out)  # a file where a folder should be: say so, not "File exists"
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         return _save(model, out)

@@ -127,6 +127,22 @@ def _apply(graph, passes, ctx, on_each=None, timings=None):
     ctx.current = ""
 
 
+PARAMETER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization")
+
+
+def _check_finite_parameters(model: onnx.ModelProto) -> None:
+    """NaN/Inf in a weight or BN parameter makes every output NaN, and NaN == NaN would pass the
+    verification: refuse such a model up front (other constants, e.g. -inf masks, may be real)."""
+    from onnx import numpy_helper
+
+    params = {i for n in model.graph.node if n.op_type in PARAMETER_OPS for i in n.input[1:]}
+    for t in model.graph.initializer:
+        if t.name in params and t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+                                                 onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16):
+            if not np.all(np.isfinite(numpy_helper.to_array(t).astype(np.float32, copy=False))):
+                raise PassError(f"initializer {t.name!r} holds NaN or Inf values")
+
+
 def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERANCE, seed: int = 0,
         batch: int = 2, input_shapes: dict | None = None, inputs: list[dict] | None = None,
         bn_rate: str | None = None) -> Result:
@@ -169,6 +185,7 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
         for k in (bn_rates.RATES_KEY, bn_rates.DEFAULT_KEY):
             meta.pop(k, None)
         meta[bn_rates.RATE_KEY] = chosen
+    _check_finite_parameters(work)
     names_run = [p.name for p in passes]
     meta["rram.passes"] = ",".join(filter(None, [meta.get("rram.passes", ""), *names_run]))
     # The reference for verification: the input with the chosen rate's statistics, not rewritten.

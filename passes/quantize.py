@@ -31,6 +31,7 @@ import onnx
 from onnx import numpy_helper
 
 from runtime.artifact import CrossbarMap, MappedLayer, file_sha256, save_map
+from runtime.fileio import check_parents
 from runtime.crossbar import (DeviceConfig, column_scales, dequantize_matrix, encode, matrix_to_weight,
                               quantize_matrix, tile_grid, weight_to_matrix)
 from runtime.errors import RuntimeInputError
@@ -406,6 +407,7 @@ def write_artifact(outdir: str | os.PathLike, model: onnx.ModelProto, cmap: Cros
     refused unless ``force``.
     """
     out = check_output_folder(outdir, force)
+    check_parents(out)
     parent = out.absolute().parent
     try:
         parent.mkdir(parents=True, exist_ok=True)

@@ -48,7 +48,9 @@ def resolve(names) -> list[Pass]:
     """Pass names (a list or a comma-separated string; ``standard`` expands) -> Pass objects."""
     _load_builtin()
     if isinstance(names, str):
-        names = [n for n in (p.strip() for p in names.split(",")) if n]
+        text, names = names, [p.strip() for p in names.split(",")]
+        if not all(names):
+            raise PassError(f"empty pass name in {text!r}")
     out: list[Pass] = []
     for n in names:
         if n == "standard":

@@ -134,6 +134,11 @@ class Verifier:
             self.ref = [run(f) for f in feed_sets]
         finally:
             run.close()
+        for outs in self.ref:
+            for name, v in outs.items():
+                if np.issubdtype(np.asarray(v).dtype, np.floating) and np.isnan(v).any():
+                    raise PassError(f"cannot verify: the original model's output {name!r} holds NaN "
+                                    f"on the verification inputs")
 
     def check(self, model: onnx.ModelProto, label: str) -> dict:
         run = Runner(model, f"the model after {label}")

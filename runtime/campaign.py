@@ -102,7 +102,8 @@ def parse_stats_rate(text: str | float) -> str | float:
         v = float(text)
     except ValueError:
         raise RuntimeInputError(f"--stats-rate must be 'auto' or a rate, got {text!r}") from None
-    check_rates(v)
+    if not math.isfinite(v) or not 0.0 <= v <= 1.0:
+        raise RuntimeInputError(f"--stats-rate must be 'auto' or a rate in [0, 1], got {text}")
     return v
 
 
@@ -174,7 +175,13 @@ def read_results(path: str | os.PathLike) -> dict:
             assert isinstance(entry["runs"], dict) and float(entry["sa1"]) == float(p)
             for key, run in entry["runs"].items():
                 assert key.isdigit() and int(key) < config["runs"]
-                float(run["accuracy"]), float(run["stuck_fraction"])
+                for field in ("accuracy", "stuck_fraction"):
+                    v = run[field]
+                    assert isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+        clean = doc.get("clean", {})
+        assert isinstance(clean, dict) and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in clean.values())
+        assert isinstance(doc.get("timing", {}), dict)
     except (AssertionError, KeyError, TypeError, ValueError, AttributeError):
         raise RuntimeInputError(f"{path}: malformed results file (config, rates[].runs)") from None
     return doc

@@ -72,9 +72,12 @@ class DeviceConfig:
             raise RuntimeInputError(f"g_min ({self.g_min:g}) must be below g_max ({self.g_max:g})")
         if self.clip_percentile is not None and not (0 < self.clip_percentile <= 100):
             raise RuntimeInputError(f"clip_percentile must be in (0, 100], got {self.clip_percentile}")
-        if self.encoding == "differential" and self.cells_per_column_group > self.tile_cols:
+        if self.cells_per_column_group > self.tile_cols:
             raise RuntimeInputError(f"a tile of {self.tile_cols} columns cannot hold one weight column "
                                     f"({self.cells_per_column_group} cells)")
+        if self.qmax < 1:  # offset encoding keeps one bit for the sign: 1 bit holds only q = 0
+            raise RuntimeInputError(f"{self.encoding} encoding with {self.weight_bits} bit(s) per weight "
+                                    f"represents no non-zero weight: use more bits or cells per weight")
 
     # ---------------------------------------------------------------- derived quantities
     @property

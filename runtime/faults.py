@@ -114,8 +114,11 @@ def load_fault_map(path: str | os.PathLike, cmap: CrossbarMap) -> Chip:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise RuntimeInputError(f"corrupt fault map {path}: {e}") from None
+    except ValueError as e:  # e.g. a text or pickle file: numpy's message is about pickles
+        raise RuntimeInputError(f"{path} is not a fault map (.npz of integer arrays): "
+                                f"{str(e).splitlines()[0][:120]}") from None
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise RuntimeInputError(f"corrupt fault map {path}: {e or 'empty file'}") from None
     parts, used = [], set()
     for key, layer in zip(layer_keys(cmap), cmap.layers):
         k = key if key in arrays else layer.name if layer.name in arrays else None

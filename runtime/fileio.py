@@ -25,6 +25,13 @@ def check_output_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.is_dir():
         raise RuntimeInputError(f"cannot write {path}: it is a folder")
+    return check_parents(path)
+
+
+def check_parents(path: str | os.PathLike) -> Path:
+    """Fail if a file stands where one of ``path``'s parent folders should be (file or folder
+    outputs alike), instead of a bare "File exists" from mkdir later."""
+    path = Path(path)
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():

@@ -129,3 +129,65 @@ def test_eval_of_shared_resnet20_reports_81_03(shared_resnet20, shared_data, cap
     result = json.loads(out)
     assert result["images"] == 10000
     assert abs(100 * result["accuracy"] - 81.03) <= 0.05
+
+
+def test_damaged_own_checkpoints_are_one_line_errors(tiny_ckpt, tmp_path, capsys):
+    """Every field of our format is checked on load (review: KeyErrors and silently exported
+    nonsense); NaN/Inf weights are refused for our own and foreign files alike."""
+    path, _ = tiny_ckpt
+    good = torch.load(path, weights_only=True)
+    bn = {k: v.clone() for k, v in good["state_dict"].items() if "running" in k}
+
+    def variant(name, edit):
+        obj = {k: (dict(v) if isinstance(v, dict) else v) for k, v in good.items()}
+        edit(obj)
+        torch.save(obj, tmp_path / name)
+        return tmp_path / name
+
+    def nan_weight(o):
+        o["state_dict"]["conv1.weight"] = o["state_dict"]["conv1.weight"].clone().fill_(float("nan"))
+
+    cases = [
+        (variant("nomodel.pt", lambda o: o.pop("model")), "no 'model' entry"),
+        (variant("nonorm.pt", lambda o: o.pop("normalization")), "no 'normalization' entry"),
+        (variant("badnorm.pt", lambda o: o.update(normalization={"mean": [0.5, 0.5], "std": [1, 1]})),
+         "three numbers each"),
+        (variant("sdint.pt", lambda o: o["state_dict"].update({"conv1.weight": 5})), "not a dict of tensors"),
+        (variant("sdlist.pt", lambda o: o.update(state_dict=[1, 2])), "not a dict of tensors"),
+        (variant("bnlist.pt", lambda o: o.update(bn_stats=[1])), "'bn_stats' is not a dict"),
+        (variant("bnkey.pt", lambda o: o.update(bn_stats={"abc": bn})), "BN rate 'abc' is not a number"),
+        (variant("bnrange.pt", lambda o: o.update(bn_stats={"1.5": bn})), "outside [0, 1)"),
+        (variant("bnunk.pt", lambda o: o.update(bn_stats={"0.1": {"nope.running_mean": torch.zeros(3)}})),
+         "not a buffer of the model"),
+        (variant("bnshape.pt", lambda o: o.update(bn_stats={"0.1": {k: v[:1] for k, v in bn.items()}})),
+         "of shape (1,)"),
+        (variant("nan.pt", nan_weight), "'conv1.weight' holds NaN or Inf"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+            load_checkpoint(bad)
+    code, _, err = run_cli(capsys, "export", str(cases[0][0]), "--out", str(tmp_path / "x.onnx"))
+    assert code == 2 and err.count("\n") == 1 and "no 'model' entry" in err
+    assert not (tmp_path / "x.onnx").exists()
+    foreign = tmp_path / "foreign.th"
+    torch.save({"state_dict": {**good["state_dict"], "conv1.weight": good["state_dict"]["conv1.weight"] * float("inf")}},
+               foreign)
+    with pytest.raises(UserError, match="holds NaN or Inf"):
+        load_checkpoint(foreign, model="resnet20", width=0.5, shortcut="B", padded=True,
+                        normalization=CIFAR10_NORM)
+
+
+def test_foreign_checkpoint_exports_with_mean_and_std(tmp_path, capsys):
+    torch.manual_seed(0)
+    foreign = tmp_path / "foreign.th"
+    torch.save({"state_dict": build_model(ModelSpec("resnet20")).state_dict()}, foreign)
+    out = tmp_path / "f.onnx"
+    base = ["export", str(foreign), "--model", "resnet20", "--out", str(out)]
+    code, _, err = run_cli(capsys, *base)
+    assert code == 2 and "pass --mean and --std" in err and not out.exists()
+    code, _, err = run_cli(capsys, *base, "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25")
+    assert code == 0 and out.is_file(), err
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert json.loads(meta["rram.normalization"]) == {"mean": [0.5] * 3, "std": [0.25] * 3}

@@ -488,3 +488,30 @@ def test_input_shape_for_an_unknown_input_is_refused(tmp_path):
     model = conv_bn_model()
     with pytest.raises(PassError, match="names no graph input: nope"):
         random_feeds(model, input_shapes={"nope": [1, 3, 8, 8]})
+
+
+def test_nan_parameters_negative_variance_and_empty_pass_names_are_refused():
+    from onnx import numpy_helper
+
+    from passes.errors import PassError
+
+    model = conv_bn_model()
+    bad = onnx.ModelProto.FromString(model.SerializeToString())
+    for t in bad.graph.initializer:
+        if t.name == "w":
+            a = numpy_helper.to_array(t).copy()
+            a.flat[0] = np.nan
+            t.CopyFrom(numpy_helper.from_array(a, "w"))
+    with pytest.raises(PassError, match="'w' holds NaN or Inf"):
+        passes.run(bad, "standard")
+    neg = onnx.ModelProto.FromString(model.SerializeToString())
+    for t in neg.graph.initializer:
+        if t.name.endswith("var"):
+            t.CopyFrom(numpy_helper.from_array(-np.ones(numpy_helper.to_array(t).shape, np.float32), t.name))
+    with pytest.raises(PassError, match="negative variance"):
+        passes.run(neg, "fold-bn", verify="off")
+    with pytest.raises(PassError, match="empty pass name"):
+        passes.run(model, "fold-bn,,eliminate-dead")
+    sqrt = make_model([helper.make_node("Sqrt", ["x"], ["y"])], [], [vi("x", ["N", 4])], [vi("y", None)])
+    with pytest.raises(PassError, match="cannot verify: the original model's output 'y' holds NaN"):
+        passes.run(sqrt, "eliminate-identity")  # random normal inputs: sqrt of negatives

@@ -610,3 +610,43 @@ def test_eval_subset_spreads_over_the_classes():
     sub = split.subset(50)
     assert np.array_equal(np.bincount(sub.labels, minlength=10), [5] * 10)
     assert np.array_equal(sub.labels, labels[subset_indices(1000, 50)])
+
+
+def test_bad_input_review_round_two(art, data, tmp_path, capsys):
+    """Fault-map files that are empty or text, devices that hold no weight, malformed results
+    fields, empty comma-list entries, --stats-rate out of range, merge onto one of its inputs."""
+    root = write_cifar_batches(tmp_path / "cifar", *data)
+    base = ["validate", str(art), "--data", str(root), "--no-cache", "--runs", "1"]
+    (tmp_path / "empty.npz").write_bytes(b"")
+    (tmp_path / "text.npz").write_text("ok ok SA1\n")
+    out = tmp_path / "chip.json"
+    assert "corrupt fault map" in _err(capsys, base + ["--fault-map", str(tmp_path / "empty.npz"), "--out", str(out)])
+    assert "not a fault map" in _err(capsys, base + ["--fault-map", str(tmp_path / "text.npz"), "--out", str(out)])
+    assert not out.exists()
+    with pytest.raises(RuntimeInputError, match="represents no non-zero weight"):
+        DeviceConfig(bits_per_cell=1, cells_per_weight=1, encoding="offset")
+    with pytest.raises(RuntimeInputError, match="cannot hold one weight column"):
+        DeviceConfig(bits_per_cell=1, cells_per_weight=20, encoding="offset", tile_cols=8)
+    res = tmp_path / "r.json"
+    assert "empty entry" in _err(capsys, base + ["--sa1", "0.1,,0.2", "--out", str(res)])
+    assert "--stats-rate must be 'auto' or a rate in [0, 1]" in _err(
+        capsys, base + ["--sa1", "0.1", "--stats-rate", "-0.1", "--out", str(res)])
+    assert main(base + ["--sa1", "0.1", "--out", str(res)]) == 0
+    capsys.readouterr()
+    doc = json.loads(res.read_text())
+    for i, edit in enumerate([lambda d: d.update(clean=[1]), lambda d: d.update(timing=5),
+                              lambda d: d["rates"][0]["runs"]["0"].update(accuracy="nan")]):
+        bad = json.loads(json.dumps(doc))
+        edit(bad)
+        path = tmp_path / f"bad{i}.json"
+        path.write_text(json.dumps(bad))
+        assert "malformed results" in _err(capsys, ["merge", str(path), "--out", str(tmp_path / "m.json")])
+        assert "malformed results" in _err(capsys, ["plot", str(path), "--out", str(tmp_path / "p.png")])
+    assert "one of the files to merge" in _err(capsys, ["merge", str(res), "--out", str(res)])
+    assert json.loads(res.read_text()) == doc
+    # options whose companion is missing, an empty shard, more images than the split holds
+    assert "give --sa1 too" in _err(capsys, ["eval", "--checkpoint", "x", "--runs", "3"])
+    assert "give --data too" in _err(capsys, ["passes", "a.onnx", "b.onnx", "--images", "5"])
+    assert "would be empty" in _err(capsys, base + ["--sa1", "0.1", "--shard", "3/3", "--out", str(tmp_path / "s.json")])
+    assert main(base + ["--sa1", "0.1", "--images", "1000", "--out", str(tmp_path / "all.json")]) == 0
+    assert "using all of them" in capsys.readouterr().out

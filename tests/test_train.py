@@ -113,6 +113,11 @@ def test_fine_tune_from_own_checkpoint_with_padding(data, tmp_path):
     (["--drop-rate", "1.0"], "drop rate must be in [0, 1)"),
     (["--drop-rate", "-0.1"], "drop rate must be in [0, 1)"),
     (["--epochs", "0"], "epochs must be at least 1"),
+    (["--momentum", "-1"], "momentum must be a finite number >= 0"),
+    (["--weight-decay", "nan"], "weight decay must be a finite number >= 0"),
+    (["--device", "foo"], "--device must be auto, cpu, cuda or cuda:N"),
+    pytest.param(["--device", "cuda"], "no CUDA device is available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
 ])
 def test_bad_input_one_line_error(data, tmp_path, capsys, args, message):
     base = {"--drop-rate": "0.2", "--epochs": "1"}

@@ -14,6 +14,7 @@ registry entry whose SHA-256 prefix matches the file.
 """
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import zipfile
@@ -148,16 +149,16 @@ def load_checkpoint(ref: str | os.PathLike, *, model: str | None = None, width: 
     path, known = resolve_checkpoint(ref, download=download)
     obj = _torch_load(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        spec = ModelSpec.from_dict(obj["model"])
-        if model is not None and model != spec.name:
-            raise UserError(f"checkpoint {path} holds a {spec.name}, not a {model}")
-        return Checkpoint(spec, Normalization.from_dict(obj["normalization"]), obj["state_dict"],
-                          dict(obj.get("bn_stats") or {}), dict(obj.get("meta") or {}), str(path))
+        ckpt = _own_checkpoint(obj, path)
+        if model is not None and model != ckpt.spec.name:
+            raise UserError(f"checkpoint {path} holds a {ckpt.spec.name}, not a {model}")
+        return ckpt
 
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
     if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
         raise UserError(f"{path} is not a model checkpoint (no state dict of tensors)")
     state = {k.removeprefix("module."): v for k, v in state.items()}
+    _check_finite(state, f"checkpoint {path}")
     if known is None:  # a path: recognise a registry file by its hash
         digest = file_sha256(path)
         known = next((k for k in KNOWN_CHECKPOINTS.values() if digest.startswith(k.sha256_prefix)), None)
@@ -172,6 +173,62 @@ def load_checkpoint(ref: str | os.PathLike, *, model: str | None = None, width: 
     if norm is None:
         raise UserError(f"{path} records no input normalisation: pass --mean and --std")
     return Checkpoint(spec, norm, state, {}, {"imported_from": str(path)}, str(path))
+
+
+def _check_finite(tensors: dict, where: str) -> None:
+    for key, t in tensors.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise UserError(f"{where}: {key!r} holds NaN or Inf values")
+
+
+def _own_checkpoint(obj: dict, path: Path) -> Checkpoint:
+    """Our format, every field checked: a damaged or hand-edited file is a one-line error here,
+    not a KeyError (or a silently wrong export) later."""
+    def bad(why: str) -> UserError:
+        return UserError(f"{path} is not a valid rram checkpoint: {why}")
+
+    for key in ("model", "normalization", "state_dict"):
+        if key not in obj:
+            raise bad(f"no {key!r} entry")
+    try:
+        spec = ModelSpec.from_dict(obj["model"])
+    except UserError:
+        raise
+    except (TypeError, ValueError, KeyError, AttributeError) as e:
+        raise bad(f"unreadable 'model' entry ({e})") from None
+    try:
+        norm = Normalization.from_dict(obj["normalization"])
+    except (TypeError, ValueError, KeyError, AttributeError):
+        raise bad("'normalization' needs 'mean' and 'std', three numbers each, std > 0") from None
+    if len(norm.mean) != 3 or len(norm.std) != 3 or not all(math.isfinite(v) for v in norm.mean + norm.std) \
+            or min(norm.std) <= 0:
+        raise bad("'normalization' needs 'mean' and 'std', three numbers each, std > 0")
+    state = obj["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise bad("'state_dict' is not a dict of tensors")
+    _check_finite(state, f"checkpoint {path}")
+    bn_stats = obj.get("bn_stats") or {}
+    if not isinstance(bn_stats, dict):
+        raise bad("'bn_stats' is not a dict of rate -> statistics")
+    for rate, table in bn_stats.items():
+        try:
+            r = float(rate)
+        except (TypeError, ValueError):
+            raise bad(f"BN rate {rate!r} is not a number") from None
+        if not 0.0 <= r < 1.0:
+            raise bad(f"BN rate {rate} is outside [0, 1)")
+        if not isinstance(table, dict) or not all(torch.is_tensor(v) for v in table.values()):
+            raise bad(f"the BN statistics of rate {rate} are not a dict of tensors")
+        for key, t in table.items():
+            if key not in state or tuple(state[key].shape) != tuple(t.shape):
+                raise bad(f"the BN statistics of rate {rate} hold {key!r}"
+                          + (f" of shape {tuple(t.shape)}, the model's is {tuple(state[key].shape)}"
+                             if key in state else ", not a buffer of the model"))
+        _check_finite(table, f"checkpoint {path}, BN statistics of rate {rate}")
+    meta = obj.get("meta") or {}
+    if not isinstance(meta, dict):
+        raise bad("'meta' is not a dict")
+    return Checkpoint(spec, norm, state, dict(bn_stats), dict(meta), str(path))
 
 
 def load_state_dict_checked(model: nn.Module, state: dict, spec: ModelSpec, source: str = "") -> None:

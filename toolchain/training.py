@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from .checkpoints import Checkpoint, load_checkpoint, save_checkpoint
-from .data import CIFAR10_NORM, Split, iterate_batches, load_split
+from .data import CIFAR10_NORM, Normalization, Split, iterate_batches, load_split
 from .dropconnect import (add_dropconnect, check_rate, derive_seed, plain_state_dict, sa1_faults,
                           sample_sa1_masks)
 from .errors import UserError
@@ -50,6 +50,7 @@ class TrainConfig:
     out: str
     data: str | None = None
     init: str | None = None
+    init_normalization: Normalization | None = None  # for a foreign --init that records none
     batch_size: int = 128
     lr: float | None = None  # default: 0.1 from scratch, 0.01 when fine-tuning (--init)
     momentum: float = 0.9
@@ -89,6 +90,26 @@ def validate(cfg: TrainConfig) -> None:
         raise UserError(f"batch size must be at least 2 (BatchNorm), got {cfg.batch_size}")
     if cfg.effective_lr() <= 0 or not math.isfinite(cfg.effective_lr()):
         raise UserError(f"learning rate must be positive, got {cfg.effective_lr()}")
+    for name, v in (("momentum", cfg.momentum), ("weight decay", cfg.weight_decay)):
+        if not math.isfinite(v) or v < 0:
+            raise UserError(f"{name} must be a finite number >= 0, got {v}")
+    resolve_device(cfg.device)
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; CUDA must be available."""
+    name = str(device).strip().lower()
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cpu":
+        return name
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {device}: no CUDA device is available here (use cpu or auto)")
+        if ":" in name and int(name[5:]) >= torch.cuda.device_count():
+            raise UserError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices")
+        return name
+    raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
 
 
 # --------------------------------------------------------------------------- distributed helpers
@@ -118,8 +139,7 @@ class Dist:
 
 def setup_distributed(device: str) -> Dist:
     """Single process, or the torchrun environment (WORLD_SIZE/RANK/LOCAL_RANK) -> process group."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Dist(device=torch.device(device))
@@ -156,7 +176,7 @@ def _initial_model(cfg: TrainConfig):
     """(model, spec, normalization, init meta) from scratch or from --init."""
     if cfg.init:
         ckpt = load_checkpoint(cfg.init, model=cfg.spec.name, width=cfg.spec.width,
-                               shortcut=cfg.spec.shortcut)
+                               shortcut=cfg.spec.shortcut, normalization=cfg.init_normalization)
         model = ckpt.build()
         spec = ckpt.spec
         if cfg.spec.padded and not spec.padded:
@@ -243,6 +263,8 @@ def train(cfg: TrainConfig, *, step_callback: Callable[[int, int], None] | None 
         range(len(train_split)), num_replicas=dd.world, rank=dd.rank, shuffle=True,
         seed=derive_seed(cfg.seed, "order") % (2**31), drop_last=True)
 
+    if start_epoch >= cfg.epochs and cfg.progress and dd.rank == 0:
+        print(f"nothing to do: the run in {out} finished all {cfg.epochs} epochs", file=sys.stderr)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)

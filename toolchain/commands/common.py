@@ -42,15 +42,23 @@ def seed(text: str) -> int:
     return v
 
 
+def split_list(text: str, flag: str) -> list[str]:
+    """``"a, b"`` -> ["a", "b"]; an empty entry ("a,,b", a trailing comma) is refused: it usually
+    means a value was left out."""
+    items = [x.strip() for x in text.split(",")]
+    if not any(items):
+        raise UserError(f"{flag} needs at least one value")
+    if not all(items):
+        raise UserError(f"{flag} has an empty entry in {text!r}")
+    return items
+
+
 def float_list(text: str, flag: str) -> list[float]:
     """``"0,0.1,0.2"`` -> [0.0, 0.1, 0.2]; the range check is the caller's (it differs by use)."""
     try:
-        values = [float(x) for x in text.split(",") if x.strip()]
+        return [float(x) for x in split_list(text, flag)]
     except ValueError:
         raise UserError(f"{flag} must be comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise UserError(f"{flag} needs at least one value")
-    return values
 
 
 def add_data_args(p: argparse.ArgumentParser) -> None:
@@ -70,6 +78,10 @@ def add_model_args(p: argparse.ArgumentParser, *, checkpoint_required: bool = Tr
     p.add_argument("--shortcut", choices=["A", "B"], default=None, help="resnet20 shortcut option")
     p.add_argument("--checkpoint", required=checkpoint_required, default=None,
                    help="checkpoint path or a known name (e.g. resnet20-akamaster)")
+    add_normalization_args(p)
+
+
+def add_normalization_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mean", default=None, help="input mean r,g,b (foreign checkpoints)")
     p.add_argument("--std", default=None, help="input std r,g,b (foreign checkpoints)")
 

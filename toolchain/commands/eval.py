@@ -26,7 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--sa1", type=float, default=None, metavar="P",
                    help="reference fault evaluation: zero each Conv/Linear weight with probability P, "
                         "a new simulated chip per run")
-    p.add_argument("--runs", type=positive_int, default=1, help="simulated chips (with --sa1)")
+    p.add_argument("--runs", type=positive_int, default=None, help="simulated chips (with --sa1; default 1)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the simulated chips")
     p.add_argument("--rate-stats", type=float, default=None, metavar="P",
                    help="use the BN statistics recalibrated for fault rate P")
@@ -34,10 +34,13 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    ckpt = load_checkpoint(args.checkpoint, model=args.model, width=args.width, shortcut=args.shortcut,
-                           normalization=normalization_from_args(args), download=args.download)
     if args.sa1 is not None:
         check_rate(args.sa1, "SA1 rate", inclusive=True)  # bad input fails before any work
+    elif args.runs is not None:
+        raise UserError("--runs counts simulated chips: give --sa1 too")
+    args.runs = args.runs or 1
+    ckpt = load_checkpoint(args.checkpoint, model=args.model, width=args.width, shortcut=args.shortcut,
+                           normalization=normalization_from_args(args), download=args.download)
     model = ckpt.build()  # a mismatched checkpoint fails before any image is decoded
     if args.rate_stats is not None:
         key = rate_key(check_rate(args.rate_stats, "--rate-stats"))

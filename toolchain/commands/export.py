@@ -6,7 +6,7 @@ from runtime.fileio import check_output_path
 from ..checkpoints import load_checkpoint
 from ..dropconnect import check_rate, rate_key
 from ..export import export_onnx
-from .common import emit, seed
+from .common import emit, seed, add_normalization_args, normalization_from_args
 
 
 def add_parser(sub) -> None:
@@ -18,6 +18,7 @@ def add_parser(sub) -> None:
     p.add_argument("--all-rates", action="store_true",
                    help="also embed every stored rate's statistics as NAME@rate=r initializers")
     p.add_argument("--out", required=True, help="output .onnx file (written atomically)")
+    add_normalization_args(p)
     p.add_argument("--seed", type=seed, default=0, help="seed of the random check input")
     p.add_argument("--download", action="store_true", help="allow downloading named checkpoints")
     p.add_argument("--json", action="store_true")
@@ -27,7 +28,8 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     rate = None if args.rate is None else rate_key(check_rate(args.rate, "--rate"))
     check_output_path(args.out)
-    ckpt = load_checkpoint(args.checkpoint, model=args.model, download=args.download)
+    ckpt = load_checkpoint(args.checkpoint, model=args.model, download=args.download,
+                           normalization=normalization_from_args(args))
     result = export_onnx(ckpt, args.out, rate=rate, all_rates=args.all_rates, seed=args.seed)
     emit(result, args.json, f"{ckpt.spec.describe()} -> {result['out']} (opset {result['opset']}, "
                             f"BN rate {result['bn_rate']}, rates {', '.join(result['bn_stats_rates'])}, "

@@ -1,6 +1,8 @@
 """``rram merge``: combine shard (or resumed) results files of one validate configuration."""
 from __future__ import annotations
 
+from ..errors import UserError
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("merge", help="combine `rram validate --shard` results files")
@@ -14,6 +16,13 @@ def run(args) -> int:
 
     from .validate import print_summary
 
+    from pathlib import Path
+
+    from runtime.fileio import check_output_path
+
+    check_output_path(args.out)
+    if Path(args.out).resolve() in {Path(r).resolve() for r in args.results}:
+        raise UserError(f"--out {args.out} is one of the files to merge: write the merged result elsewhere")
     doc = merge(args.results)  # every check happens before anything is written
     write_results(doc, args.out)
     print_summary(doc)

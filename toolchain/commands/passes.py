@@ -58,7 +58,7 @@ def add_parser(sub) -> None:
         if action.dest == "data":
             action.help = ("also verify on CIFAR-10 test images from this root (ImageFolder "
                            "train/test or cifar-10-batches-py); off by default")
-    p.add_argument("--images", type=positive_int, default=16,
+    p.add_argument("--images", type=positive_int, default=None,
                    help="with --data: verify on this many test images too (default 16)")
     p.add_argument("--mean", default=None, help="with --data: input mean r,g,b (default: the model's "
                    "rram.normalization metadata, else CIFAR-10's)")
@@ -77,7 +77,7 @@ def _image_feeds(args):
 
     given = normalization_from_args(args)
     split = load_split(args.data, "test", cache_dir=args.cache_dir, use_cache=not args.no_cache,
-                       download=args.download).subset(args.images)
+                       download=args.download).subset(args.images or 16)
 
     def feeds(model):
         norm = given.to_dict() if given is not None else read_normalization(
@@ -111,6 +111,8 @@ def run(args) -> int:
         return 0
     if not args.input or not args.output:
         raise UserError("give IN.onnx and OUT.onnx (or --list)")
+    if not args.data and (args.images is not None or args.mean is not None or args.std is not None):
+        raise UserError("--images/--mean/--std choose the real images of --data: give --data too")
     res = P.run_file(args.input, args.output, args.passes, verify=args.verify,
                      tolerance=P.DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance,
                      seed=args.seed, batch=args.batch, input_shapes=dict(args.input_shape),

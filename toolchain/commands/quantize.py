@@ -3,6 +3,8 @@
 the device description and its presets in ``runtime.crossbar``."""
 from __future__ import annotations
 
+from .common import split_list
+
 import json
 import sys
 
@@ -64,7 +66,7 @@ def device_from_args(args):
 
 def run(args) -> int:
     device = device_from_args(args)
-    ops = tuple(o.strip() for o in args.ops.split(",") if o.strip()) if args.ops else MAPPABLE_OPS
+    ops = tuple(split_list(args.ops, "--ops")) if args.ops else MAPPABLE_OPS
     selection = LayerSelection(ops, tuple(args.include), tuple(args.exclude))
     report = quantize_to_folder(args.input, args.outdir, device, selection=selection, force=args.force)
     if args.json:

@@ -4,17 +4,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import torch
-
 from ..checkpoints import load_checkpoint, save_checkpoint
 from ..data import load_split
-from runtime.fileio import check_output_path
-
 from ..dropconnect import check_rate, rate_key
 from ..errors import UserError
 from ..recalibrate import recalibrate_bn
-from ..training import random_subset
-from .common import add_data_args, emit, float_list, positive_int, seed
+from ..training import random_subset, resolve_device
+from .common import add_data_args, emit, float_list, positive_int, seed, add_normalization_args, normalization_from_args
+from runtime.fileio import check_output_path
 
 OUT_NAME = "recalibrated.pt"
 
@@ -37,6 +34,7 @@ def add_parser(sub) -> None:
                    help="use only N batches of the training set (default: all of it)")
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--images", type=positive_int, default=None, help="random subset of N images")
+    add_normalization_args(p)
     p.add_argument("--seed", type=seed, default=0, help="seed of the drop-connect masks and order")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
@@ -51,11 +49,12 @@ def run(args) -> int:
     out = Path(args.out)
     out_file = out if out.suffix == ".pt" else out / OUT_NAME
     check_output_path(out_file)  # before the long forward passes
-    ckpt = load_checkpoint(args.checkpoint, model=args.model, download=args.download)
+    device = resolve_device(args.device)
+    ckpt = load_checkpoint(args.checkpoint, model=args.model, download=args.download,
+                           normalization=normalization_from_args(args))
     split = random_subset(load_split(args.data, "train", cache_dir=args.cache_dir,
                                      use_cache=not args.no_cache, download=args.download),
                           args.images, args.seed)
-    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     model = ckpt.build().to(device)
     t0 = time.perf_counter()
     for r in rates:

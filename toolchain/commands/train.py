@@ -13,7 +13,7 @@ from runtime.fileio import check_output_path
 from ..errors import UserError
 from ..models import MODEL_NAMES, ModelSpec
 from ..training import TrainConfig, train
-from .common import add_data_args, positive_float, positive_int, seed
+from .common import add_data_args, positive_float, positive_int, seed, add_normalization_args, normalization_from_args
 
 
 def add_parser(sub) -> None:
@@ -41,6 +41,7 @@ def add_parser(sub) -> None:
                    help="test accuracy after each epoch on a random subset of N images")
     p.add_argument("--no-drop-first", action="store_true", help="no drop-connect on the first layer")
     p.add_argument("--no-drop-last", action="store_true", help="no drop-connect on the last layer")
+    add_normalization_args(p)
     p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda")
     p.add_argument("--json", action="store_true", help="print the epoch log as JSON at the end")
     add_data_args(p)
@@ -55,7 +56,7 @@ def run(args) -> int:
         weight_decay=args.weight_decay, seed=args.seed, images=args.images,
         eval_images=args.eval_images, include_first=not args.no_drop_first,
         include_last=not args.no_drop_last, resume=args.resume, device=args.device,
-        cache_dir=args.cache_dir, use_cache=not args.no_cache)
+        cache_dir=args.cache_dir, use_cache=not args.no_cache, init_normalization=normalization_from_args(args))
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")

@@ -48,10 +48,15 @@ def run(args) -> int:
     for p in sa1:
         check_rates(p, args.sa0)
     shard = parse_shard(args.shard)
+    if shard[0] > len(sa1) * args.runs:
+        raise UserError(f"--shard {args.shard}: the campaign has only {len(sa1) * args.runs} runs "
+                        f"({len(sa1)} rates x {args.runs}), so shard {shard[0]} would be empty")
     stats_rate = parse_stats_rate(args.stats_rate)
     check_output_path(args.out)
     artifact = Artifact.load(args.artifact)  # before the (slower) image loading: fail fast
     split = load_split(args.data, args.split, cache_dir=args.cache_dir, use_cache=not args.no_cache)
+    if args.images is not None and args.images > len(split):
+        print(f"note: --images {args.images}, but the {args.split} split holds {len(split)}: using all of them")
     idx = subset_indices(len(split), args.images)
     images, labels = split.images[idx], split.labels[idx]
     engine_kw = {"batch_size": args.batch_size, "threads": args.threads}
