@@ -36,6 +36,8 @@ def check_parents(path: str | os.PathLike) -> Path:
         if parent.exists():
             if not parent.is_dir():
                 raise RuntimeInputError(f"cannot write {path}: {parent} is a file, not a folder")
+            if not os.access(parent, os.W_OK | os.X_OK):  # before the long work, not after it
+                raise RuntimeInputError(f"cannot write {path}: no write permission in {parent}")
             break
     return path
 

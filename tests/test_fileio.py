@@ -25,3 +25,15 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
             raise RuntimeError("killed mid-write")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def test_unwritable_folder_is_refused_before_the_work(tmp_path, monkeypatch):
+    import runtime.fileio as fileio
+    from runtime.errors import RuntimeInputError
+
+    # (root may write anywhere, so the permission answer is simulated)
+    monkeypatch.setattr(fileio.os, "access", lambda p, mode: str(p) != str(tmp_path / "ro"))
+    (tmp_path / "ro").mkdir()
+    with pytest.raises(RuntimeInputError, match="no write permission in"):
+        fileio.check_output_path(tmp_path / "ro" / "sub" / "out.json")
+    fileio.check_output_path(tmp_path / "ok.json")
