@@ -71,6 +71,7 @@ TRAIN_ARGS = --model resnet20 --init $(DEMO_INIT) --drop-rate $(DEMO_P) --epochs
 	--images $(DEMO_TRAIN_IMAGES) --lr 0.01 --data $(RRAM_DATA) --out $(@D)
 $(DEMO)/train/model.pt: $(DEMO)/.train.params | $(DEMO)/baseline.json
 	$(RRAM) train $(TRAIN_ARGS) --resume 2>/dev/null || { rm -rf $(@D) && $(RRAM) train $(TRAIN_ARGS); }
+	@touch $@  # a resumed run that had finished rewrites nothing: mark it current
 
 $(DEMO)/recalibrated.pt: $(DEMO)/train/model.pt $(DEMO)/.rates.params
 	$(RRAM) recalibrate $< --rates $(subst $(space),$(comma),$(DEMO_RATES)) --batches 20 \
