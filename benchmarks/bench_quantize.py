@@ -51,7 +51,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=os.environ.get("RRAM_DATA", "../shared/data/cifar10-jpeg"))
     ap.add_argument("--checkpoint", default="../shared/models/resnet20-12fca82f.th")
-    ap.add_argument("--images", type=int, default=None, help="first N test images (default: all)")
+    ap.add_argument("--images", type=int, default=None, help="N test images spread over the classes (default: all)")
     ap.add_argument("--presets", default=",".join(PRESETS))
     ap.add_argument("--repeats", type=int, default=3, help="timing repeats for ResNet-50")
     ap.add_argument("--skip-accuracy", action="store_true")
