@@ -49,32 +49,36 @@ demo: install $(DEMO)/accuracy.png
 artifacts: install $(foreach r,$(DEMO_RATES),$(DEMO)/art/rate-$(r)/report.json)
 
 # Parameter stamps: an output depends on the make variables that shape it, not only on files.
-# A stamp is rewritten only when those values change, so `make demo DEMO_RUNS=20` re-runs just the
-# campaign and the figure, and a new DEMO_RATES re-runs recalibration onwards.
-.PHONY: FORCE
-define stamp
-	@mkdir -p $(@D); printf '%s\n' '$(1)' > $@.tmp; if cmp -s $@.tmp $@; then rm -f $@.tmp; else mv $@.tmp $@; fi
-endef
-$(DEMO)/.init.params: FORCE ; $(call stamp,$(DEMO_INIT))
-$(DEMO)/.train.params: FORCE ; $(call stamp,$(DEMO_INIT) $(DEMO_P) $(DEMO_EPOCHS) $(DEMO_TRAIN_IMAGES))
-$(DEMO)/.rates.params: FORCE ; $(call stamp,$(DEMO_RATES))
-$(DEMO)/.preset.params: FORCE ; $(call stamp,$(PRESET))
-$(DEMO)/.validate.params: FORCE ; $(call stamp,$(DEMO_SA1) $(DEMO_RUNS) $(DEMO_IMAGES))
-$(DEMO)/.plot.params: FORCE ; $(call stamp,$(DEMO_P))
+# Each stamp is (re)written while the Makefile is read, and only when its values change, so
+# `make demo DEMO_RUNS=20` re-runs just the campaign and the figure, a new DEMO_RATES re-runs
+# recalibration onwards, and `make -n demo` still shows exactly what would run.
+write_stamp = $(shell mkdir -p $(dir $(1)) && f='$(1)' && c='$(2)' && \
+	{ [ "$$(cat "$$f" 2>/dev/null)" = "$$c" ] || printf '%s\n' "$$c" > "$$f"; })
+ifneq ($(filter demo artifacts $(DEMO)/%,$(MAKECMDGOALS)),)
+$(call write_stamp,$(DEMO)/.init.params,$(DEMO_INIT))
+$(call write_stamp,$(DEMO)/.train.params,$(DEMO_INIT) $(DEMO_P) $(DEMO_EPOCHS) $(DEMO_TRAIN_IMAGES))
+$(call write_stamp,$(DEMO)/.rates.params,$(DEMO_RATES))
+$(call write_stamp,$(DEMO)/.preset.params,$(PRESET))
+$(call write_stamp,$(DEMO)/.validate.params,$(DEMO_SA1) $(DEMO_RUNS) $(DEMO_IMAGES))
+$(call write_stamp,$(DEMO)/.plot.params,$(DEMO_P))
+endif
+# A failed or killed step leaves no target that looks finished.
+.DELETE_ON_ERROR:
 
 $(DEMO)/baseline.json: $(DEMO)/.init.params
 	@mkdir -p $(DEMO)
 	$(RRAM) eval --checkpoint $(DEMO_INIT) --data $(RRAM_DATA) --json > $@.tmp && mv $@.tmp $@
 
-# Resume a killed run of the same configuration; otherwise (new parameters) start afresh.
-TRAIN_ARGS = --model resnet20 --init $(DEMO_INIT) --drop-rate $(DEMO_P) --epochs $(DEMO_EPOCHS) \
-	--images $(DEMO_TRAIN_IMAGES) --lr 0.01 --data $(RRAM_DATA) --out $(@D)
-$(DEMO)/train/model.pt: $(DEMO)/.train.params | $(DEMO)/baseline.json
-	$(RRAM) train $(TRAIN_ARGS) --resume 2>/dev/null || { rm -rf $(@D) && $(RRAM) train $(TRAIN_ARGS); }
-	@touch $@  # a resumed run that had finished rewrites nothing: mark it current
+# `complete` is touched only after `rram train` returns, so a training killed in any way (its
+# model.pt is rewritten every epoch) is picked up again; --auto-resume continues a run of the same
+# settings and replaces one of other settings.
+$(DEMO)/train/complete: $(DEMO)/.train.params | $(DEMO)/baseline.json
+	$(RRAM) train --model resnet20 --init $(DEMO_INIT) --drop-rate $(DEMO_P) --epochs $(DEMO_EPOCHS) \
+	    --images $(DEMO_TRAIN_IMAGES) --lr 0.01 --data $(RRAM_DATA) --out $(@D) --auto-resume
+	@touch $@
 
-$(DEMO)/recalibrated.pt: $(DEMO)/train/model.pt $(DEMO)/.rates.params
-	$(RRAM) recalibrate $< --rates $(subst $(space),$(comma),$(DEMO_RATES)) --batches 20 \
+$(DEMO)/recalibrated.pt: $(DEMO)/train/complete $(DEMO)/.rates.params
+	$(RRAM) recalibrate $(DEMO)/train/model.pt --rates $(subst $(space),$(comma),$(DEMO_RATES)) --batches 20 \
 	    --data $(RRAM_DATA) --out $@
 
 $(DEMO)/model.onnx: $(DEMO)/recalibrated.pt

@@ -331,10 +331,20 @@ def prepare_int8(model: DeployedModel, calibration: np.ndarray, *, calibration_b
                 root.setLevel(level)
             return onnx.load(dst)
 
+    def attempt(pre_process: bool) -> tuple[bytes, list[str]]:
+        try:
+            return _retarget(quantize(pre_process), model, tags)
+        except RuntimeInputError:
+            raise
+        except Exception as e:  # onnxruntime's quantizer fails in assorted ways on unusual graphs
+            raise RuntimeInputError(f"int8: onnxruntime's quantizer failed on {model.folder} "
+                                    f"({type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}); "
+                                    f"use --precision fp32") from None
+
     try:
-        qbytes, names = _retarget(quantize(True), model, tags)
+        qbytes, names = attempt(True)
     except RuntimeInputError:  # pre-processing fused something into a mapped layer: quantise the graph as it is
-        qbytes, names = _retarget(quantize(False), model, tags)
+        qbytes, names = attempt(False)
     plain = Int8Graph(qbytes, names, model.input_name)
     if not streamline:
         return plain
@@ -357,7 +367,7 @@ def _retarget(q: onnx.ModelProto, model: DeployedModel, tags: list[str]) -> tupl
         if dq is None or dq.op_type != "DequantizeLinear":
             raise RuntimeInputError(f"int8: onnxruntime left layer {layer.name!r} unquantised")
         axis = 1 if (len(layer.weight_shape) == 2 and not layer.transpose) else 0
-        _check_quantized_weight(graph, dq, layer, model.cmap.device, axis)
+        _check_quantized_weight(graph, dq, layer, model.cmap.device)
         _requantize_bias(graph, node, producer, layer, wname)
         qname, sname, zname = f"{wname}.crossbar", f"{wname}.crossbar_scale", f"{wname}.crossbar_zp"
         replaced.update(i for i in dq.input[:3])
@@ -377,7 +387,7 @@ def _retarget(q: onnx.ModelProto, model: DeployedModel, tags: list[str]) -> tupl
     return q.SerializeToString(), names
 
 
-def _check_quantized_weight(graph: onnx.GraphProto, dq, layer, device, axis: int) -> None:
+def _check_quantized_weight(graph: onnx.GraphProto, dq, layer, device) -> None:
     """onnxruntime's own quantisation of a mapped weight must be that weight (within its rounding):
     its pre-processing folds a following BatchNormalization or Mul into the weight, and retargeting
     such a layer to the crossbar integers would silently drop that factor."""

@@ -191,3 +191,12 @@ def test_foreign_checkpoint_exports_with_mean_and_std(tmp_path, capsys):
 
     meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
     assert json.loads(meta["rram.normalization"]) == {"mean": [0.5] * 3, "std": [0.25] * 3}
+
+
+def test_mean_std_do_not_silently_override_a_recorded_normalisation(tiny_ckpt):
+    from toolchain.data import Normalization
+
+    path, _ = tiny_ckpt
+    assert load_checkpoint(path, normalization=CIFAR10_NORM).normalization == CIFAR10_NORM  # the same: fine
+    with pytest.raises(UserError, match="records its own input normalisation"):
+        load_checkpoint(path, normalization=Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)))

@@ -115,7 +115,7 @@ def test_fine_tune_from_own_checkpoint_with_padding(data, tmp_path):
     (["--epochs", "0"], "epochs must be at least 1"),
     (["--momentum", "-1"], "momentum must be a finite number >= 0"),
     (["--weight-decay", "nan"], "weight decay must be a finite number >= 0"),
-    (["--device", "foo"], "--device must be auto, cpu, cuda or cuda:N"),
+    (["--device", "foo"], "--device must be auto, cpu, cuda, cuda:N or another torch device"),
     pytest.param(["--device", "cuda"], "no CUDA device is available",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
 ])
@@ -183,3 +183,25 @@ def test_killed_process_resumes_from_the_last_finished_epoch(data, tmp_path):
     log = train(cfg(data, out, epochs=12, images=64, eval_images=32, resume=True))
     assert [e["epoch"] for e in log["epochs"]] == list(range(1, 13))
     assert json.loads((out / "log.json").read_text())["epochs"] == log["epochs"]
+
+
+def test_auto_resume_continues_same_options_and_replaces_others(data, tmp_path, capsys):
+    out = tmp_path / "run"
+
+    def crash(epoch, step):
+        if epoch == 1 and step == 0:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(data, out, epochs=2), step_callback=crash)
+    # an unrelated failure (here: the data is gone) keeps the run to resume
+    with pytest.raises(UserError):
+        train(cfg(tmp_path / "nodata", out, epochs=2, auto_resume=True))
+    assert (out / LAST).exists()
+    log = train(cfg(data, out, epochs=2, auto_resume=True))  # same options: continues at epoch 2
+    assert [e["epoch"] for e in log["epochs"]] == [1, 2]
+    full = train(cfg(data, tmp_path / "straight", epochs=2))
+    assert [e["train_loss"] for e in log["epochs"]] == [e["train_loss"] for e in full["epochs"]]
+    other = train(cfg(data, out, epochs=2, drop_rate=0.1, auto_resume=True, progress=True))
+    assert "starting afresh" in capsys.readouterr().err
+    assert load_checkpoint(out / LAST).meta["config"]["drop_rate"] == 0.1 and len(other["epochs"]) == 2

@@ -152,6 +152,9 @@ def load_checkpoint(ref: str | os.PathLike, *, model: str | None = None, width: 
         ckpt = _own_checkpoint(obj, path)
         if model is not None and model != ckpt.spec.name:
             raise UserError(f"checkpoint {path} holds a {ckpt.spec.name}, not a {model}")
+        if normalization is not None and normalization != ckpt.normalization:
+            raise UserError(f"{path} records its own input normalisation {ckpt.normalization.to_dict()}; "
+                            f"--mean/--std are for foreign checkpoints")
         return ckpt
 
     state = obj.get("state_dict", obj) if isinstance(obj, dict) else None

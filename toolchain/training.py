@@ -51,6 +51,7 @@ class TrainConfig:
     data: str | None = None
     init: str | None = None
     init_normalization: Normalization | None = None  # for a foreign --init that records none
+    auto_resume: bool = False  # resume a run of the same options, replace one of other options
     batch_size: int = 128
     lr: float | None = None  # default: 0.1 from scratch, 0.01 when fine-tuning (--init)
     momentum: float = 0.9
@@ -101,15 +102,18 @@ def resolve_device(device: str) -> str:
     name = str(device).strip().lower()
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cpu":
-        return name
-    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise UserError(f"--device must be auto, cpu, cuda, cuda:N or another torch device, got {device!r}") from None
+    if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"--device {device}: no CUDA device is available here (use cpu or auto)")
-        if ":" in name and int(name[5:]) >= torch.cuda.device_count():
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise UserError(f"--device {device}: there are {torch.cuda.device_count()} CUDA devices")
-        return name
-    raise UserError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device}: MPS is not available here")
+    return name
 
 
 # --------------------------------------------------------------------------- distributed helpers
@@ -202,26 +206,35 @@ def train(cfg: TrainConfig, *, step_callback: Callable[[int, int], None] | None 
     start_epoch = 0
     train_state = None
     if last.exists():
-        if not cfg.resume:
+        if not (cfg.resume or cfg.auto_resume):
             raise UserError(f"{out} already holds a training run ({LAST}): pass --resume to continue "
                             f"it, or choose another --out")
         prev = load_checkpoint(last)
         prev_record = prev.meta.get("config", {})
         if prev.spec != spec:
-            raise UserError(f"{out} belongs to another model: {prev.spec.describe()}, not "
-                            f"{spec.describe()}")
-        for key in ("drop_rate", "epochs", "batch_size", "seed", "images", "init"):
-            if prev_record.get(key) != record.get(key):
-                raise UserError(f"{out} was trained with {key}={prev_record.get(key)!r}, not "
-                                f"{record.get(key)!r}: resume with the same options")
+            differs = f"{out} belongs to another model: {prev.spec.describe()}, not {spec.describe()}"
+        else:
+            differs = next((f"{out} was trained with {key}={prev_record.get(key)!r}, not {record.get(key)!r}"
+                            for key in ("drop_rate", "epochs", "batch_size", "seed", "images", "init")
+                            if prev_record.get(key) != record.get(key)), None)
+        if differs and not cfg.auto_resume:
+            raise UserError(f"{differs}: resume with the same options")
+        if differs:  # --auto-resume: a run of other options is replaced
+            print(f"note: {differs}; starting afresh", file=sys.stderr)
+            for name in (LAST, MODEL, LOG):
+                (out / name).unlink(missing_ok=True)
+            prev = None
+    else:
+        prev = None
+    if prev is not None:
         model.load_state_dict(prev.state_dict)
         norm = prev.normalization
         train_state = prev.meta.get("train_state")
         history = list(prev.meta.get("history", []))
         start_epoch = int(train_state["epoch"])
-    elif cfg.resume and not out.is_dir():
+    elif cfg.resume and not cfg.auto_resume and not out.is_dir():
         raise UserError(f"nothing to resume: {out} does not exist")
-    elif cfg.resume:
+    elif cfg.resume and not cfg.auto_resume and not last.exists():
         raise UserError(f"nothing to resume: no {LAST} in {out}")
 
     train_split = random_subset(load_split(cfg.data, "train", cache_dir=cfg.cache_dir,

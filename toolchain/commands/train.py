@@ -29,6 +29,9 @@ def add_parser(sub) -> None:
     p.add_argument("--epochs", type=int, required=True)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (checkpoints, log.json)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--auto-resume", action="store_true",
+                   help="continue a run of the same options in --out, replace a run of other options, "
+                        "or start one (what `make demo` uses)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="global batch size")
     p.add_argument("--lr", type=positive_float, default=None,
                    help="peak learning rate (default 0.1, or 0.01 with --init)")
@@ -55,7 +58,7 @@ def run(args) -> int:
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, seed=args.seed, images=args.images,
         eval_images=args.eval_images, include_first=not args.no_drop_first,
-        include_last=not args.no_drop_last, resume=args.resume, device=args.device,
+        include_last=not args.no_drop_last, resume=args.resume, auto_resume=args.auto_resume, device=args.device,
         cache_dir=args.cache_dir, use_cache=not args.no_cache, init_normalization=normalization_from_args(args))
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
