@@ -14,7 +14,11 @@ import onnx
 from . import model_io
 from .errors import PassError
 
-DEFAULT_TOLERANCE = 1e-4
+# max |diff| / max |output|. float32 evaluation noise alone reaches ~1e-4 on deep nets with
+# small BN variances (measured: onnxruntime optimised vs unoptimised on the *same* MobileNetV2,
+# BN recalibrated at p = 0.5: 8e-5; its folded form: 1.3e-4), so 1e-4 refused correct rewrites.
+# A deliberately wrong rewrite (every Conv weight x 1.01) shows 1e-2: 1e-3 keeps a 10x margin.
+DEFAULT_TOLERANCE = 1e-3
 
 
 def _graph_inputs(model: onnx.ModelProto):
