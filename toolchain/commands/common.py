@@ -21,25 +21,23 @@ def positive_float(text: str) -> float:
     return v
 
 
-def positive_int(text: str) -> int:
+def _int_at_least(text: str, low: int, wanted: str) -> int:
     try:
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    if v < low:
+        raise argparse.ArgumentTypeError(f"must be {wanted}, got {text}")
     return v
+
+
+def positive_int(text: str) -> int:
+    return _int_at_least(text, 1, "at least 1")
 
 
 def seed(text: str) -> int:
     """A seed: a non-negative integer (numpy's SeedSequence takes no negative entropy)."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
-    return v
+    return _int_at_least(text, 0, "a non-negative integer")
 
 
 def split_list(text: str, flag: str) -> list[str]:
