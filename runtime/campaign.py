@@ -164,6 +164,10 @@ def write_results(doc: dict, path: str | os.PathLike) -> None:
     atomic_write_json(path, doc)
 
 
+def _is_fraction(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+
+
 def read_results(path: str | os.PathLike) -> dict:
     doc = read_json_document(path, FORMAT, "validate results file")
     try:  # the structure merge, resume and plot rely on
@@ -175,12 +179,9 @@ def read_results(path: str | os.PathLike) -> dict:
             assert isinstance(entry["runs"], dict) and float(entry["sa1"]) == float(p)
             for key, run in entry["runs"].items():
                 assert key.isdigit() and int(key) < config["runs"]
-                for field in ("accuracy", "stuck_fraction"):
-                    v = run[field]
-                    assert isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
+                assert _is_fraction(run["accuracy"]) and _is_fraction(run["stuck_fraction"])
         clean = doc.get("clean", {})
-        assert isinstance(clean, dict) and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in clean.values())
+        assert isinstance(clean, dict) and all(_is_fraction(v) for v in clean.values())
         assert isinstance(doc.get("timing", {}), dict)
     except (AssertionError, KeyError, TypeError, ValueError, AttributeError):
         raise RuntimeInputError(f"{path}: malformed results file (config, rates[].runs)") from None
