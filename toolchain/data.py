@@ -11,6 +11,8 @@ keyed on the source path and every source file's size and mtime, so any change r
 """
 from __future__ import annotations
 
+import math
+
 import hashlib
 import os
 import pickle
@@ -199,6 +201,12 @@ def _atomic_savez(path: Path, **arrays) -> None:
 class Normalization:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+
+    def __post_init__(self):  # one check for checkpoints, --mean/--std and metadata alike
+        values = tuple(self.mean) + tuple(self.std)
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(math.isfinite(v) for v in values) \
+                or min(self.std) <= 0:
+            raise ValueError("mean and std must be three finite numbers each, std > 0")
 
     def to_dict(self) -> dict:
         return {"mean": list(self.mean), "std": list(self.std)}

@@ -90,13 +90,9 @@ def normalization_from_args(args) -> Normalization | None:
     if args.mean is None or args.std is None:
         raise UserError("--mean and --std must be given together")
     try:
-        mean = tuple(float(x) for x in args.mean.split(","))
-        std = tuple(float(x) for x in args.std.split(","))
+        return Normalization(tuple(float_list(args.mean, "--mean")), tuple(float_list(args.std, "--std")))
     except ValueError:
-        raise UserError("--mean/--std must be three comma-separated numbers") from None
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise UserError("--mean/--std must be three numbers each, std positive")
-    return Normalization(mean, std)
+        raise UserError("--mean/--std must be three comma-separated finite numbers each, std positive") from None
 
 
 def emit(result: dict, as_json: bool, text: str) -> None:
