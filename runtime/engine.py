@@ -349,8 +349,18 @@ def prepare_int8(model: DeployedModel, calibration: np.ndarray, *, calibration_b
     if not streamline:
         return plain
     fast = streamline_int8(onnx.ModelProto.FromString(qbytes), names, model.input_name)
-    _check_same_logits(plain, fast, model, calibration[:calibration_batch])
-    return fast
+    difference = _logit_difference(plain, fast, model, calibration[:calibration_batch])
+    if difference == 0.0:
+        return fast
+    # Without AVX512-VNNI (e.g. AVX2-only CPUs) onnxruntime's u8s8 kernels add products in int16
+    # pairs that saturate, and the padded channel layout pairs them differently: the streamlined
+    # graph is then not bit-exact. onnxruntime's own QDQ graph stays the reference: run it.
+    import sys
+
+    print(f"note: int8: the streamlined graph differs from onnxruntime's QDQ graph on this CPU (max logit "
+          f"difference {difference:.3g}; its int8 kernels saturate without AVX512-VNNI): running the QDQ graph",
+          file=sys.stderr)
+    return plain
 
 
 def _retarget(q: onnx.ModelProto, model: DeployedModel, tags: list[str]) -> tuple[bytes, list[str]]:
@@ -576,8 +586,8 @@ def quantize_input(x: np.ndarray, spec: Int8Graph, *, batch: int = 1000) -> np.n
     return out
 
 
-def _check_same_logits(plain: Int8Graph, fast: Int8Graph, model: DeployedModel, x: np.ndarray) -> None:
-    """The streamlined graph must give the plain graph's logits bit for bit (clean weights)."""
+def _logit_difference(plain: Int8Graph, fast: Int8Graph, model: DeployedModel, x: np.ndarray) -> float:
+    """Max |logit difference| of the streamlined and the plain graph (clean weights); 0 = bit for bit."""
     import onnxruntime as ort
 
     clean = [lay.integer_weight(lay.levels, model.cmap.device) for lay in model.cmap.layers]
@@ -588,10 +598,9 @@ def _check_same_logits(plain: Int8Graph, fast: Int8Graph, model: DeployedModel, 
         so.log_severity_level = 3
         sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
         outs.append(sess.run(None, {g.input_name: feed})[0])
-    if outs[0].shape != outs[1].shape or not np.array_equal(outs[0], outs[1]):
-        raise RuntimeInputError(f"int8: the streamlined graph of {model.folder} changed the logits "
-                                f"(max difference {float(np.max(np.abs(outs[0] - outs[1]))):.3g}); "
-                                f"this is a bug, please report it")
+    if outs[0].shape != outs[1].shape:
+        return float("inf")
+    return float(np.max(np.abs(outs[0] - outs[1]))) if outs[0].size else 0.0
 
 
 class Engine:

@@ -96,3 +96,18 @@ def write_cifar_batches(root: Path, images: np.ndarray, labels: np.ndarray) -> P
     with open(root / "test_batch", "wb") as fh:
         pickle.dump({"data": data, "labels": [int(x) for x in labels]}, fh)
     return root
+
+
+
+def int8_kernels_exact() -> bool:
+    """onnxruntime's u8s8 int8 kernels add exactly on x86 only with VNNI; AVX2-only CPUs add
+    products in saturating int16 pairs (docs/runtime.md), so int8-vs-fp32 closeness holds only there."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return True
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return True
+    return "avx512_vnni" in flags or "avx_vnni" in flags

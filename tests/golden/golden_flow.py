@@ -1,0 +1,97 @@
+"""The golden flow: the shared ResNet20 through export, passes, quantize and two small validate
+campaigns (fp32, int8), run through the real CLI. ``python tests/golden/golden_flow.py --freeze``
+records what it gives (hashes of the written files, the results files less their timing) beside
+this file; tests/test_golden.py runs the same flow and demands the same bytes and numbers.
+
+Frozen before the architecture refactor (issue 10) to prove that it changed no behaviour. Re-freeze
+only for an intended change of output, and say so in the commit."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import platform
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+FILES = ("r20.onnx", "r20.passes.onnx", "art/model.onnx", "art/crossbars.json", "art/crossbars.npz")
+VALIDATE = ["--sa1", "0,0.1,0.2", "--runs", "2", "--images", "200", "--seed", "0"]
+VOLATILE = ("timing", "info")  # wall-clock figures and the paths given on the command line
+
+
+def cpu_int8_kind() -> str:
+    """onnxruntime's int8 kernels add exactly with VNNI and saturate without (docs/runtime.md):
+    int8 numbers are recorded per kind of CPU."""
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return platform.machine().lower()
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return "x86-vnni" if ("avx512_vnni" in flags or "avx_vnni" in flags) else "x86-avx2"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def report_digest(path: Path) -> str:
+    doc = json.loads(path.read_text())
+    doc.pop("seconds")  # the only wall-clock figure in report.json
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def stable(results: Path) -> dict:
+    doc = json.loads(results.read_text())
+    return {k: v for k, v in doc.items() if k not in VOLATILE}
+
+
+def run_flow(work: Path, checkpoint: Path, data: Path) -> dict:
+    """Runs the flow in ``work``; returns {"hashes": ..., "fp32": results, "int8": results}."""
+    from toolchain.cli import main
+
+    def rram(*args) -> None:
+        code = main([str(a) for a in args])
+        if code:
+            raise RuntimeError(f"rram {' '.join(map(str, args))} exited {code}")
+
+    w = work
+    rram("export", checkpoint, "--model", "resnet20", "--out", w / "r20.onnx")
+    rram("passes", w / "r20.onnx", w / "r20.passes.onnx", "--passes", "standard")
+    rram("quantize", w / "r20.passes.onnx", w / "art", "--preset", "paper")
+    rram("validate", w / "art", *VALIDATE, "--data", data, "--out", w / "fp32.json")
+    rram("validate", w / "art", *VALIDATE, "--precision", "int8", "--data", data, "--out", w / "int8.json")
+    hashes = {name: sha256(w / name) for name in FILES}
+    hashes["art/report.json (less timing)"] = report_digest(w / "art/report.json")
+    return {"hashes": hashes, "fp32": stable(w / "fp32.json"), "int8": stable(w / "int8.json")}
+
+
+def golden_paths() -> dict[str, Path]:
+    return {"hashes": HERE / "hashes.json", "fp32": HERE / "validate-fp32.json",
+            "int8": HERE / f"validate-int8.{cpu_int8_kind()}.json"}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--freeze", action="store_true", help="write the golden files beside this script")
+    ap.add_argument("--work", default=None, help="folder for the flow's outputs (default: a temporary one)")
+    args = ap.parse_args()
+    import tempfile
+
+    sys.path.insert(0, str(ROOT))
+    shared = ROOT.parent / "shared"
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(args.work or tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        got = run_flow(work, shared / "models" / "resnet20-12fca82f.th", shared / "data" / "cifar10-jpeg")
+    for key, path in golden_paths().items():
+        text = json.dumps(got[key], indent=1, sort_keys=True) + "\n"
+        if args.freeze:
+            path.write_text(text)
+            print(f"froze {path.relative_to(ROOT)}")
+        else:
+            print(f"{path.name}: {'same' if path.exists() and path.read_text() == text else 'DIFFERENT'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
