@@ -80,15 +80,16 @@ def model_size(model: onnx.ModelProto) -> int:
     return total
 
 
-def check(model: onnx.ModelProto, what: str) -> None:
-    """``onnx.checker`` on an in-memory model (through a temporary file when it is too large)."""
+def check(model: onnx.ModelProto, what: str, *, full: bool = False) -> None:
+    """``onnx.checker`` on an in-memory model (through a temporary file when it is too large);
+    ``full`` adds the checker's strict shape inference, as for every model the passes write."""
     try:
         if model_size(model) < EXTERNAL_DATA_THRESHOLD:
-            onnx.checker.check_model(model)
+            onnx.checker.check_model(model, full_check=full)
         else:
             with tempfile.TemporaryDirectory(prefix="rram-passes-") as d:
                 p = write_raw(model, Path(d) / "model.onnx")
-                onnx.checker.check_model(str(p))
+                onnx.checker.check_model(str(p), full_check=full)
     except Exception as e:
         raise PassError(f"{what} fails onnx.checker: {_first_line(e)}") from None
 

@@ -15,9 +15,10 @@ from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from . import bn_rates, model_io
 from .errors import PassError
-from .graph import PassContext, infer_shapes, skeleton
+from .graph import PassContext, infer_shapes
 from .registry import resolve
 from .summary import summarize_graph
+from .upgrade_opset import TARGET_OPSET, default_opset
 from .verify import DEFAULT_TOLERANCE, Verifier, random_feeds
 
 VERIFY_MODES = ("each", "end", "off")
@@ -57,8 +58,12 @@ def _export(graph: gs.Graph, template: onnx.ModelProto, meta: dict,
     Like ``gs.export_onnx``, but each weight is copied once into the proto (gs copies it through
     make_tensor, make_graph and make_model: seconds on a model of several hundred MB)."""
     m = onnx.ModelProto()
-    m.ir_version = template.ir_version
+    # The input's opsets, with the default domain's version as the graph now has it (upgrade-opset).
     m.opset_import.extend(template.opset_import)
+    for o in m.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            o.version = graph.opset
+    m.ir_version = output_ir_version(template.ir_version, m.opset_import)
     m.producer_name, m.producer_version = template.producer_name, template.producer_version
     m.domain, m.model_version, m.doc_string = template.domain, template.model_version, template.doc_string
     for k, v in meta.items():
@@ -97,6 +102,14 @@ def _export(graph: gs.Graph, template: onnx.ModelProto, meta: dict,
     g.initializer.extend(extra)
     m.functions.extend(OnnxExporter.export_function(f) for f in graph.functions)
     return m
+
+
+def output_ir_version(ir_version: int, opset_import) -> int:
+    """The IR version of a rewritten model: the input's, raised where the output needs more.
+    IR 3 demands that every initializer also be a graph input; the passes (onnx-graphsurgeon)
+    keep weights as initializers only, which IR 4 allows, so an IR 3 input leaves as IR 4 or
+    higher (whatever its opsets need); the model computes the same either way."""
+    return max(int(ir_version), 4, onnx.helper.find_min_ir_version_for(list(opset_import), True))
 
 
 def _graph_of(model: onnx.ModelProto) -> gs.Graph:
@@ -162,6 +175,9 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
         model = model_io.load(model)
     else:
         model_io.check(model, "the input model")
+    if _asks_standard(names) and default_opset(model) < TARGET_OPSET \
+            and not any(p.name == "upgrade-opset" for p in passes):
+        passes = resolve(["upgrade-opset"]) + passes  # older models are converted first
 
     work = _copy(model)
     meta = {p.key: p.value for p in work.metadata_props}
@@ -223,15 +239,11 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
 
     each = (lambda name: check_now(f"pass {name!r}", graph)) if verify == "each" else None
     _apply(graph, passes, ctx, on_each=each, timings=timings)
-    # Check the rewritten structure (weights stripped: they come from numpy, well-formed by
-    # construction), then export.
+    # Export, then the full onnx.checker on what will be written (IR rules included): a model
+    # that fails it is an error, never written.
     t0 = time.perf_counter()
-    try:
-        onnx.checker.check_model(skeleton(graph))
-    except Exception as e:
-        raise PassError(f"the model after passes {','.join(names_run)} fails onnx.checker: "
-                        f"{model_io._first_line(e)}") from None
     out = _export(graph, work, meta, extra)
+    model_io.check(out, f"the model after passes {','.join(names_run)}", full=True)
     export_seconds = time.perf_counter() - t0
     verification = checks[-1] if checks else None
     if verify == "end":
@@ -252,6 +264,11 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
                   warnings=ctx.warnings, stats=ctx.stats, summaries=ctx.summaries,
                   pass_seconds=timings, verify_seconds=verify_seconds, export_seconds=export_seconds, verification=verification,
                   bn_rate=chosen)
+
+
+def _asks_standard(names) -> bool:
+    listed = [p.strip() for p in names.split(",")] if isinstance(names, str) else list(names)
+    return "standard" in listed
 
 
 def run_file(src, dst, names, **kwargs) -> Result:

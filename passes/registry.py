@@ -18,6 +18,7 @@ class Pass:
 _REGISTRY: dict[str, Pass] = {}
 
 # The order a deployment build uses: clean, fold, then reshape kernels for the crossbar mapper.
+# `upgrade-opset` goes first when the input's opset is older (pipeline.run).
 STANDARD = ("eliminate-identity", "fold-constants", "fold-bn", "pad-1x1-to-3x3", "eliminate-dead")
 
 
@@ -36,7 +37,7 @@ def unregister(name: str) -> None:
 
 def _load_builtin() -> None:
     # Importing the modules registers their passes.
-    from . import cleanup, fold_bn, pad_1x1, summary  # noqa: F401
+    from . import cleanup, fold_bn, pad_1x1, summary, upgrade_opset  # noqa: F401
 
 
 def available() -> dict[str, Pass]:

@@ -67,6 +67,50 @@ def random_feeds(model: onnx.ModelProto, seed: int = 0, batch: int = 2,
     return feeds
 
 
+class ReferenceRunner:
+    """ONNX's reference evaluator on a model: slow, but it implements every operator version,
+    so an original that onnxruntime no longer runs (e.g. BatchNormalization-6) is still a
+    reference for verification. Used only for the original model (see ``Verifier``)."""
+
+    def __init__(self, model: onnx.ModelProto, what: str, why: str):
+        from onnx.reference import ReferenceEvaluator
+
+        self.what = what
+        try:
+            self.sess = ReferenceEvaluator(model)
+        except Exception as e:
+            raise PassError(f"cannot verify {what}: onnxruntime cannot load it ({why}), nor can ONNX's "
+                            f"reference evaluator ({' '.join(str(e).split())[:200]}); use --verify off") from None
+        self.output_names = list(self.sess.output_names)
+
+    def __call__(self, feeds: dict) -> dict:
+        try:
+            outs = self.sess.run(None, feeds)
+        except Exception as e:
+            raise PassError(f"cannot verify {self.what}: ONNX's reference evaluator failed running it "
+                            f"({' '.join(str(e).split())[:300]}); use --verify off") from None
+        return dict(zip(self.output_names, outs))
+
+    def close(self):
+        self.sess = None
+
+
+def reference_runner(model: onnx.ModelProto, what: str):
+    """onnxruntime where it loads the model, else ONNX's reference evaluator."""
+    try:
+        return Runner(model, what)
+    except OrtLoadError as e:
+        return ReferenceRunner(model, what, e.reason)
+
+
+class OrtLoadError(PassError):
+    """onnxruntime refused to load a model (``reason``: its first line)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 class Runner:
     """An onnxruntime session on a model, optimizations off (we verify what the file computes)."""
 
@@ -87,8 +131,9 @@ class Runner:
                 self.sess = ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
         except Exception as e:
             msg = str(e).strip().splitlines()
-            raise PassError(f"cannot verify {what}: onnxruntime cannot load it "
-                            f"({msg[0] if msg else type(e).__name__}); use --verify off") from None
+            reason = msg[0] if msg else type(e).__name__
+            raise OrtLoadError(f"cannot verify {what}: onnxruntime cannot load it ({reason}); use --verify off",
+                               reason) from None
         self.output_names = [o.name for o in self.sess.get_outputs()]
 
     def __call__(self, feeds: dict) -> dict:
@@ -133,7 +178,7 @@ class Verifier:
     def __init__(self, reference: onnx.ModelProto, feed_sets: list[dict], tolerance: float):
         self.tolerance = float(tolerance)
         self.feed_sets = feed_sets
-        run = Runner(reference, "the original model")
+        run = reference_runner(reference, "the original model")
         try:
             self.ref = [run(f) for f in feed_sets]
         finally:
