@@ -15,15 +15,17 @@ import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "tests"))  # randomize_bn: the same seeded BN statistics as the passes tests
 
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 
 import passes  # noqa: E402
 from passes import model_io  # noqa: E402
+from _passes_util import randomize_bn  # noqa: E402
 from toolchain.models import ModelSpec, build_model  # noqa: E402
-from toolchain.models.common import randomize_bn  # noqa: E402
 
 TARGET_S = 2.0
 

@@ -78,10 +78,6 @@ def set_input_constant(node: gs.Node, index: int, values: np.ndarray, namer: Nam
         node.inputs[index] = gs.Constant(namer(f"{base}_{suffix}"), values)
 
 
-def add_input_constant(node: gs.Node, values: np.ndarray, namer: Namer, name: str) -> None:
-    node.inputs.append(gs.Constant(namer(name), values))
-
-
 def skeleton(graph: gs.Graph) -> onnx.ModelProto:
     """The graph as an ONNX model whose large constants are typed graph inputs instead of data:
     cheap to shape-infer and to check, whatever the model's size."""
