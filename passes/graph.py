@@ -10,6 +10,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
+from .model_io import one_line
+
 log = logging.getLogger("passes")
 log.addHandler(logging.NullHandler())  # callers (the CLI) print ctx.warnings themselves
 
@@ -111,7 +113,7 @@ def infer_shapes(graph: gs.Graph, ctx: PassContext | None = None) -> None:
         inferred = onnx.shape_inference.infer_shapes(skel, strict_mode=False, data_prop=True)
     except Exception as e:  # inference is advisory; passes that need a rank check it themselves
         if ctx is not None:
-            ctx.warn(f"shape inference failed: {str(e).splitlines()[0] if str(e) else e}")
+            ctx.warn(f"shape inference failed: {one_line(e)}")
         return
     tensors = graph.tensors()
     for vi in list(inferred.graph.value_info) + list(inferred.graph.output):
