@@ -10,7 +10,7 @@ import torchvision
 import passes
 from toolchain.models import ModelSpec, build_model
 
-from _passes_util import TOL, export, randomize_bn, foldable_bns, input_feeds, max_rel_diff, one_by_one_convs, ops
+from _passes_util import TOL, export, foldable_bns, input_feeds, max_rel_diff, one_by_one_convs, ops, randomize_bn
 
 
 def _vgg13_bn_small():

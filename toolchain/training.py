@@ -17,9 +17,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -28,12 +28,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from runtime.fileio import atomic_write_json
+
 from .checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from .data import CIFAR10_NORM, Normalization, Split, iterate_batches, load_split
-from .dropconnect import (add_dropconnect, check_rate, derive_seed, plain_state_dict, sa1_faults,
-                          sample_sa1_masks)
+from .dropconnect import add_dropconnect, check_rate, derive_seed, plain_state_dict, sa1_faults, sample_sa1_masks
 from .errors import UserError
-from runtime.fileio import atomic_write_json
 from .evaluate import accuracy
 from .models import ModelSpec, build_model, pad_1x1_to_3x3
 
