@@ -234,9 +234,7 @@ def train(cfg: TrainConfig, *, step_callback: Callable[[int, int], None] | None 
             history.append(entry)
             _save_epoch(out, model, spec, norm, record, history, epoch + 1, opt, sched, cfg, dd.world)
             if cfg.progress:
-                print(f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['train_loss']:.4f} "
-                      f"train {100 * entry['train_acc']:.2f}% test {100 * entry['test_acc']:.2f}% "
-                      f"({entry['seconds']:.1f}s)", file=sys.stderr, flush=True)
+                _print_epoch(entry, cfg.epochs)
         dd.barrier()
     if dd.world > 1:
         dist.destroy_process_group()
@@ -359,6 +357,12 @@ def _test_accuracy(model: nn.Module, split: Split, norm: Normalization, cfg: Tra
                             torch.Generator().manual_seed(derive_seed(cfg.seed, "test-chip")))
     with sa1_faults(model, chip):
         return accuracy(model, split, norm, device=dd.device, progress=cfg.progress, desc="test")
+
+
+def _print_epoch(entry: dict, epochs: int) -> None:
+    print(f"epoch {entry['epoch']}/{epochs}: loss {entry['train_loss']:.4f} "
+          f"train {100 * entry['train_acc']:.2f}% test {100 * entry['test_acc']:.2f}% "
+          f"({entry['seconds']:.1f}s)", file=sys.stderr, flush=True)
 
 
 def _save_epoch(out: Path, model: nn.Module, spec: ModelSpec, norm, record: dict, history: list,
