@@ -6,7 +6,7 @@ SHARED ?= ../shared
 export RRAM_DATA ?= $(SHARED)/data/cifar10-jpeg
 export RRAM_WEIGHTS ?= $(SHARED)/models
 
-.PHONY: install test test-fast demo artifacts bench clean
+.PHONY: install lint test test-fast demo artifacts bench clean
 
 # The stamp re-runs pip only when pyproject.toml changes.
 install: $(VENV)/.installed
@@ -16,7 +16,11 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-test: install
+# Lint first, so CI (.ci/run -> make test) fails on a lint finding; rules in pyproject.toml.
+lint: install
+	$(VENV)/bin/ruff check .
+
+test: install lint
 	$(PY) -m pytest -q
 
 test-fast: install

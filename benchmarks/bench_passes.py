@@ -15,7 +15,9 @@ import time
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(1, str(ROOT / "tests"))  # randomize_bn: the same seeded BN statistics as the passes tests
 
 import torch  # noqa: E402
 import torchvision  # noqa: E402
@@ -23,7 +25,8 @@ import torchvision  # noqa: E402
 import passes  # noqa: E402
 from passes import model_io  # noqa: E402
 from toolchain.models import ModelSpec, build_model  # noqa: E402
-from toolchain.models.common import randomize_bn  # noqa: E402
+
+from _passes_util import randomize_bn  # noqa: E402
 
 TARGET_S = 2.0
 
@@ -48,7 +51,8 @@ def main() -> int:
               ("vgg13 (CIFAR)", lambda: build_model(ModelSpec("vgg13")), 32),
               ("resnet50 (ImageNet)", lambda: torchvision.models.resnet50(), 224)]
     print(f"torch threads {torch.get_num_threads()}; best of {args.repeat} runs; seconds")
-    head = f"{'model':<21}{'nodes':>12}{'MB in/out':>12}{'load':>7}{'passes':>8}{'export':>8}{'save':>7}{'verify':>8}{'max diff':>10}"
+    head = (f"{'model':<21}{'nodes':>12}{'MB in/out':>12}{'load':>7}{'passes':>8}{'export':>8}"
+            f"{'save':>7}{'verify':>8}{'max diff':>10}")
     print(head)
     print("-" * len(head))
     with tempfile.TemporaryDirectory(prefix="bench-passes-") as d:

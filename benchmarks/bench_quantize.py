@@ -95,7 +95,7 @@ def main() -> int:
             timing = []
             for name in presets:
                 q_s, w_s = [], []
-                for r in range(args.repeats):
+                for _ in range(args.repeats):
                     t0 = time.perf_counter()
                     model, cmap, report = quantize_model(tmp / "resnet50.onnx", PRESETS[name])
                     t1 = time.perf_counter()

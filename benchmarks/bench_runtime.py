@@ -27,11 +27,11 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 from onnx import helper, numpy_helper, shape_inference  # noqa: E402
 
+from passes.quantize import quantize_to_folder  # noqa: E402
 from runtime.campaign import subset_indices  # noqa: E402
 from runtime.crossbar import preset  # noqa: E402
 from runtime.engine import DeployedModel, Engine, default_threads  # noqa: E402
 from runtime.faults import run_seed, sample_chip  # noqa: E402
-from passes.quantize import quantize_to_folder  # noqa: E402
 
 
 def deploy_paper_artifact(model, normalization: dict, tmp: Path) -> Path:

@@ -7,6 +7,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from .graph import PassContext, describe
+from .model_io import one_line
 from .registry import register
 
 
@@ -47,9 +48,8 @@ def fold_constants(graph: gs.Graph, ctx: PassContext) -> None:
     try:
         graph.fold_constants(fold_shapes=True, partitioning=None, error_ok=False)
     except Exception as e:
-        msg = str(e).strip().splitlines()
-        ctx.warn(f"onnxruntime could not fold all constants at once "
-                 f"({msg[0] if msg else type(e).__name__}); folding what it can part by part")
+        ctx.warn(f"onnxruntime could not fold all constants at once ({one_line(e)}); "
+                 f"folding what it can part by part")
         graph.fold_constants(fold_shapes=True, partitioning="recursive", error_ok=True)
     finally:
         ort.set_default_logger_severity(2)

@@ -10,6 +10,8 @@ import onnx
 import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 
+from .model_io import one_line
+
 log = logging.getLogger("passes")
 log.addHandler(logging.NullHandler())  # callers (the CLI) print ctx.warnings themselves
 
@@ -78,10 +80,6 @@ def set_input_constant(node: gs.Node, index: int, values: np.ndarray, namer: Nam
         node.inputs[index] = gs.Constant(namer(f"{base}_{suffix}"), values)
 
 
-def add_input_constant(node: gs.Node, values: np.ndarray, namer: Namer, name: str) -> None:
-    node.inputs.append(gs.Constant(namer(name), values))
-
-
 def skeleton(graph: gs.Graph) -> onnx.ModelProto:
     """The graph as an ONNX model whose large constants are typed graph inputs instead of data:
     cheap to shape-infer and to check, whatever the model's size."""
@@ -115,7 +113,7 @@ def infer_shapes(graph: gs.Graph, ctx: PassContext | None = None) -> None:
         inferred = onnx.shape_inference.infer_shapes(skel, strict_mode=False, data_prop=True)
     except Exception as e:  # inference is advisory; passes that need a rank check it themselves
         if ctx is not None:
-            ctx.warn(f"shape inference failed: {str(e).splitlines()[0] if str(e) else e}")
+            ctx.warn(f"shape inference failed: {one_line(e)}")
         return
     tensors = graph.tensors()
     for vi in list(inferred.graph.value_info) + list(inferred.graph.output):

@@ -18,12 +18,16 @@ from .errors import PassError
 EXTERNAL_DATA_THRESHOLD = 2**31 - 2**26
 
 
-def _first_line(e: BaseException) -> str:
-    """The exception's message on one line (the checker spreads node dumps over several)."""
+def one_line(e: BaseException) -> str:
+    """The exception's message on one line of at most 300 characters, for one-line errors and
+    warnings (onnx.checker and onnxruntime spread node dumps over several lines)."""
     text = " ".join(str(e).split())
     if len(text) > 300:
         text = text[:297] + "..."
     return text or type(e).__name__
+
+
+_first_line = one_line  # the name passes/pipeline.py still calls
 
 
 def load(path) -> onnx.ModelProto:
@@ -34,16 +38,16 @@ def load(path) -> onnx.ModelProto:
     try:
         model = onnx.load(str(path), load_external_data=True)
     except (DecodeError, RuntimeError, ValueError, OSError) as e:
-        raise PassError(f"{path}: not an ONNX model or truncated ({_first_line(e)})") from None
+        raise PassError(f"{path}: not an ONNX model or truncated ({one_line(e)})") from None
     except Exception as e:  # protobuf raises assorted types for garbage
-        raise PassError(f"{path}: not an ONNX model or truncated ({_first_line(e)})") from None
+        raise PassError(f"{path}: not an ONNX model or truncated ({one_line(e)})") from None
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise PassError(f"{path}: not an ONNX model or truncated (no graph nodes)")
     try:
         # The path form handles >2 GB models and external data.
         onnx.checker.check_model(str(path))
     except Exception as e:
-        raise PassError(f"{path}: fails onnx.checker: {_first_line(e)}") from None
+        raise PassError(f"{path}: fails onnx.checker: {one_line(e)}") from None
     return model
 
 
@@ -91,7 +95,7 @@ def check(model: onnx.ModelProto, what: str, *, full: bool = False) -> None:
                 p = write_raw(model, Path(d) / "model.onnx")
                 onnx.checker.check_model(str(p), full_check=full)
     except Exception as e:
-        raise PassError(f"{what} fails onnx.checker: {_first_line(e)}") from None
+        raise PassError(f"{what} fails onnx.checker: {one_line(e)}") from None
 
 
 def write_raw(model: onnx.ModelProto, path: Path) -> Path:

@@ -2,8 +2,8 @@
 that rewrites the graph in place; the pipeline runs cleanup, toposort and shape inference after it."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from .errors import PassError
 

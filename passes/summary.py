@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-import onnx
 import onnx_graphsurgeon as gs
 
 from .graph import PassContext
@@ -18,16 +17,6 @@ def summarize_graph(graph: gs.Graph) -> dict:
     return {"nodes": len(graph.nodes), "ops": dict(sorted(ops.items())),
             "weights": int(sum(int(np.prod(t.shape, dtype=np.int64)) for t in consts)),
             "initializers": len(consts)}
-
-
-def summarize_model(model: onnx.ModelProto) -> dict:
-    """Same figures from a ModelProto (initializers not used by any node are not counted)."""
-    used = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
-    ops = Counter(n.op_type for n in model.graph.node)
-    inits = [t for t in model.graph.initializer if t.name in used]
-    return {"nodes": len(model.graph.node), "ops": dict(sorted(ops.items())),
-            "weights": int(sum(int(np.prod(t.dims, dtype=np.int64)) for t in inits)),
-            "initializers": len(inits)}
 
 
 def format_summary(before: dict, after: dict) -> str:

@@ -130,8 +130,7 @@ class Runner:
                 p = model_io.write_raw(model, Path(self._tmp.name) / "model.onnx")
                 self.sess = ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
         except Exception as e:
-            msg = str(e).strip().splitlines()
-            reason = msg[0] if msg else type(e).__name__
+            reason = model_io.one_line(e)
             raise OrtLoadError(f"cannot verify {what}: onnxruntime cannot load it ({reason}); use --verify off",
                                reason) from None
         self.output_names = [o.name for o in self.sess.get_outputs()]
@@ -141,7 +140,7 @@ class Runner:
             outs = self.sess.run(None, feeds)
         except Exception as e:
             raise PassError(f"cannot verify {self.what}: onnxruntime failed running it "
-                            f"({' '.join(str(e).split())[:300]}); use --verify off") from None
+                            f"({model_io.one_line(e)}); use --verify off") from None
         return dict(zip(self.output_names, outs))
 
     def close(self):

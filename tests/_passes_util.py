@@ -1,5 +1,5 @@
-"""Shared helpers for the passes tests: model export, independent onnxruntime comparison, and
-small hand-built ONNX graphs."""
+"""Shared helpers for the passes tests (and benchmarks/bench_passes.py): seeded BN statistics,
+model export, independent onnxruntime comparison, and small hand-built ONNX graphs."""
 from __future__ import annotations
 
 import warnings
@@ -11,6 +11,22 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 TOL = 1e-5  # max |diff| / max |output| every pass must stay under on these models
+
+
+def randomize_bn(model, seed: int = 0):
+    """Seeded, non-trivial BN statistics and affine parameters, in place; returns the model in
+    eval mode. Fresh BN layers are identities, which would hide BN-folding bugs and can collapse a
+    random-init net to its last bias: the passes tests and benchmark check folding on these."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                c = m.num_features
+                m.running_mean.copy_(torch.randn(c, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(c, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(c, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(c, generator=g) * 0.2)
+    return model.eval()
 
 
 def export(model: torch.nn.Module, path, size: int, dynamo: bool = False, optimize: bool = True) -> None:

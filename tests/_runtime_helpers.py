@@ -2,21 +2,20 @@
 passes.quantize) from small torch models exported to ONNX."""
 from __future__ import annotations
 
-import pickle
-from pathlib import Path
-
-import numpy as np
-import torch
-import torch.nn as nn
-
 import json
 import os
 import warnings
+from pathlib import Path
 
+import numpy as np
 import onnx
+import torch
+import torch.nn as nn
 
 from passes.quantize import quantize_to_folder
 from runtime.crossbar import DeviceConfig
+
+from conftest import write_test_batch
 
 NORM = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
 
@@ -89,13 +88,8 @@ def make_images(n: int = 64, size: int = 32, seed: int = 0) -> tuple[np.ndarray,
     return images, labels
 
 
-def write_cifar_batches(root: Path, images: np.ndarray, labels: np.ndarray) -> Path:
-    """A torchvision-layout CIFAR-10 folder (test_batch only) holding these images."""
-    root.mkdir(parents=True, exist_ok=True)
-    data = images.transpose(0, 3, 1, 2).reshape(len(images), -1)
-    with open(root / "test_batch", "wb") as fh:
-        pickle.dump({"data": data, "labels": [int(x) for x in labels]}, fh)
-    return root
+# test_runtime.py imports the runtime tests' CIFAR writer from here; it is conftest's single one.
+write_cifar_batches = write_test_batch
 
 
 
@@ -107,7 +101,7 @@ def int8_kernels_exact() -> bool:
     if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
         return True
     try:
-        flags = open("/proc/cpuinfo").read()
+        flags = Path("/proc/cpuinfo").read_text()
     except OSError:
         return True
     return "avx512_vnni" in flags or "avx_vnni" in flags

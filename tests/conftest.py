@@ -1,3 +1,5 @@
+"""Shared test set-up: where the real data lives (one definition of ``../shared``), fixtures that
+skip without it, and the synthetic data sets the tests write (one writer per format)."""
 import os
 import pickle
 from pathlib import Path
@@ -8,7 +10,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("RRAM_SHARED", ROOT.parent / "shared"))
 SHARED_DATA = Path(os.environ.get("RRAM_DATA", SHARED / "data" / "cifar10-jpeg"))
-SHARED_RESNET20 = SHARED / "models" / "resnet20-12fca82f.th"
+SHARED_MODELS = Path(os.environ.get("RRAM_WEIGHTS", SHARED / "models"))
+SHARED_RESNET20 = SHARED_MODELS / "resnet20-12fca82f.th"
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
 @pytest.fixture
@@ -30,25 +35,69 @@ def cache_dir(tmp_path) -> Path:
     return tmp_path / "cache"
 
 
-def write_cifar_batches(root: Path, n_train: int = 20, n_test: int = 10, seed: int = 0) -> Path:
-    """A tiny folder in torchvision's CIFAR-10 python format (cifar-10-batches-py)."""
-    rng = np.random.default_rng(seed)
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
-    for name in names:
-        n = n_test if name == "test_batch" else n_train // 5
-        entry = {"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8),
-                 "labels": rng.integers(0, 10, n).tolist()}
+def one_thread():
+    """Generator fixture body (``pytest.fixture(autouse=True)(one_thread)``): tiny models run
+    fastest (and never oversubscribe a busy machine) on one thread."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# --- synthetic data sets ------------------------------------------------------------------------
+
+def write_cifar_python(folder: Path, batches: dict, label_names=None) -> Path:
+    """The one writer of torchvision's CIFAR-10 python layout: ``batches`` maps a file name
+    (data_batch_1.., test_batch) to (uint8 rows of 3072 CHW values, labels); ``batches.meta`` is
+    written when ``label_names`` is given."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (data, labels) in batches.items():
         with open(folder / name, "wb") as fh:
-            pickle.dump(entry, fh)
-    with open(folder / "batches.meta", "wb") as fh:
-        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
-                                     "horse", "ship", "truck"]}, fh)
+            pickle.dump({"data": data, "labels": [int(x) for x in labels]}, fh)
+    if label_names is not None:
+        with open(folder / "batches.meta", "wb") as fh:
+            pickle.dump({"label_names": list(label_names)}, fh)
+    return folder
+
+
+def write_cifar_batches(root: Path, n_train: int = 20, n_test: int = 10, seed: int = 0) -> Path:
+    """A tiny ``root/cifar-10-batches-py`` of uniform random images (for the data-loading tests)."""
+    rng = np.random.default_rng(seed)
+    batches = {}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        n = n_test if name == "test_batch" else n_train // 5
+        batches[name] = (rng.integers(0, 256, (n, 3072), dtype=np.uint8), rng.integers(0, 10, n))
+    write_cifar_python(root / "cifar-10-batches-py", batches, CIFAR10_CLASSES)
     return root
 
 
+def make_cifar(root: Path, per_batch: int = 64, test: int = 128, seed: int = 0) -> Path:
+    """A small ``root/cifar-10-batches-py`` in which each class has its own mean colour, so a few
+    steps of training do learn something (training, recalibration, export, eval tests)."""
+    rng = np.random.default_rng(seed)
+    colours = rng.integers(30, 225, size=(10, 3))
+
+    def batch(n):
+        labels = rng.integers(0, 10, size=n)
+        img = colours[labels][:, :, None, None] + rng.normal(0, 40, size=(n, 3, 32, 32))
+        return np.clip(img, 0, 255).astype(np.uint8).reshape(n, -1), labels
+
+    batches = {f"data_batch_{i}": batch(per_batch) for i in range(1, 6)}
+    batches["test_batch"] = batch(test)
+    write_cifar_python(root / "cifar-10-batches-py", batches)
+    return root
+
+
+def write_test_batch(root: Path, images: np.ndarray, labels: np.ndarray) -> Path:
+    """``root/test_batch`` only, holding these (N, H, W, 3) uint8 images (for the runtime tests)."""
+    return write_cifar_python(root, {"test_batch": (images.transpose(0, 3, 1, 2).reshape(len(images), -1),
+                                                    labels)})
+
+
 def write_imagefolder(root: Path, per_class: int = 2, classes=("cat", "dog", "ship"), seed: int = 0) -> Path:
+    """``root/{train,test}/<class>/NNNN.png`` of uniform random 32x32 images."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)

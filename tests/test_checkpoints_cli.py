@@ -5,12 +5,13 @@ import sys
 import pytest
 import torch
 
-from conftest import ROOT, write_cifar_batches
 from toolchain.checkpoints import checkpoint_from_model, load_checkpoint, save_checkpoint
 from toolchain.cli import main
 from toolchain.data import CIFAR10_NORM
 from toolchain.errors import UserError
 from toolchain.models import ModelSpec, build_model
+
+from conftest import ROOT, write_cifar_batches
 
 
 def run_cli(capsys, *argv):
@@ -43,6 +44,7 @@ def test_checkpoint_round_trip_restores_spec_norm_and_outputs(tiny_ckpt):
     torch.load(path, weights_only=True)
 
 
+@pytest.mark.slow
 def test_akamaster_import_strips_module_prefix(shared_resnet20):
     ckpt = load_checkpoint(shared_resnet20)
     assert ckpt.spec == ModelSpec("resnet20", 1.0, "A")
@@ -50,6 +52,7 @@ def test_akamaster_import_strips_module_prefix(shared_resnet20):
     ckpt.build()
 
 
+@pytest.mark.slow
 def test_named_checkpoint_found_in_rram_weights(shared_resnet20, monkeypatch):
     monkeypatch.setenv("RRAM_WEIGHTS", str(shared_resnet20.parent))
     ckpt = load_checkpoint("resnet20-akamaster")
@@ -66,7 +69,8 @@ def test_named_checkpoint_with_wrong_hash_is_refused(tmp_path, monkeypatch):
 def test_mismatched_checkpoint_names_the_first_bad_key(tiny_ckpt, capsys, tmp_path):
     path, _ = tiny_ckpt
     foreign = tmp_path / "foreign.pt"
-    torch.save({"state_dict": {"module." + k: v for k, v in torch.load(path, weights_only=True)["state_dict"].items()}}, foreign)
+    state = torch.load(path, weights_only=True)["state_dict"]
+    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, foreign)
     code, _, err = run_cli(capsys, "eval", "--model", "resnet20", "--checkpoint", str(foreign),
                            "--mean", "0,0,0", "--std", "1,1,1", "--data", str(tmp_path))
     assert code == 2
@@ -170,8 +174,8 @@ def test_damaged_own_checkpoints_are_one_line_errors(tiny_ckpt, tmp_path, capsys
     assert code == 2 and err.count("\n") == 1 and "no 'model' entry" in err
     assert not (tmp_path / "x.onnx").exists()
     foreign = tmp_path / "foreign.th"
-    torch.save({"state_dict": {**good["state_dict"], "conv1.weight": good["state_dict"]["conv1.weight"] * float("inf")}},
-               foreign)
+    bad = good["state_dict"]["conv1.weight"] * float("inf")
+    torch.save({"state_dict": {**good["state_dict"], "conv1.weight": bad}}, foreign)
     with pytest.raises(UserError, match="holds NaN or Inf"):
         load_checkpoint(foreign, model="resnet20", width=0.5, shortcut="B", padded=True,
                         normalization=CIFAR10_NORM)

@@ -4,8 +4,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from toolchain.dropconnect import (DropConnect, add_dropconnect, plain_state_dict, remove_dropconnect,
-                                   sa1_faults, sample_sa1_masks, weight_modules)
+from toolchain.dropconnect import (
+    DropConnect,
+    add_dropconnect,
+    plain_state_dict,
+    remove_dropconnect,
+    sa1_faults,
+    sample_sa1_masks,
+    weight_modules,
+)
 from toolchain.errors import UserError
 from toolchain.models import ModelSpec, build_model
 
@@ -99,7 +106,6 @@ def test_sa1_zeroes_exactly_the_sampled_weights_and_restores_them():
 def test_sa1_restores_after_an_exception():
     m = nn.Sequential(nn.Linear(8, 8))
     before = m[0].weight.detach().clone()
-    with pytest.raises(RuntimeError):
-        with sa1_faults(m, sample_sa1_masks(m, 0.5, torch.Generator().manual_seed(0))):
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError), sa1_faults(m, sample_sa1_masks(m, 0.5, torch.Generator().manual_seed(0))):
+        raise RuntimeError("boom")
     assert torch.equal(m[0].weight, before)

@@ -9,7 +9,8 @@ from toolchain.cli import main
 from toolchain.data import CIFAR10_NORM
 from toolchain.models import ModelSpec, build_model
 from toolchain.recalibrate import bn_stats_of
-from train_fixtures import REAL_DATA, REAL_WEIGHTS, make_cifar, one_thread
+
+from conftest import make_cifar, one_thread
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 SPEC = ModelSpec("resnet20", 0.25)
@@ -85,12 +86,10 @@ def test_bad_rates(data, ckpt, capsys, flag, value, allowed):
 
 
 @pytest.mark.slow
-def test_pretrained_resnet20_collapses_under_sa1(capsys, monkeypatch):
-    if not (REAL_DATA.exists() and REAL_WEIGHTS.exists()):
-        pytest.skip("needs ../shared")
-    monkeypatch.setenv("RRAM_WEIGHTS", str(REAL_WEIGHTS))
+def test_pretrained_resnet20_collapses_under_sa1(capsys, monkeypatch, shared_data, shared_resnet20):
+    monkeypatch.setenv("RRAM_WEIGHTS", str(shared_resnet20.parent))
     # the whole test split: the ImageFolder order is sorted by class
-    code, r = ev(capsys, "--checkpoint", "resnet20-akamaster", "--data", REAL_DATA,
+    code, r = ev(capsys, "--checkpoint", "resnet20-akamaster", "--data", shared_data,
                  "--sa1", "0.1", "--runs", "1", "--seed", "0")
     assert code == 0 and r["images"] == 10000
     assert r["max"] < 0.7  # 81% fault-free: 10% SA1 costs a lot without fault-aware training

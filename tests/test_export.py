@@ -13,7 +13,8 @@ from toolchain.cli import main
 from toolchain.data import CIFAR10_NORM
 from toolchain.models import ModelSpec, build_model
 from toolchain.recalibrate import apply_bn_stats, bn_stats_of
-from train_fixtures import REAL_WEIGHTS, one_thread
+
+from conftest import one_thread
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 SPEC = ModelSpec("resnet20", 0.25, "B", padded=True)
@@ -119,10 +120,8 @@ def test_corrupt_checkpoint(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_export_shared_akamaster_file(tmp_path, capsys):
-    f = REAL_WEIGHTS / "resnet20-12fca82f.th"
-    if not f.exists():
-        pytest.skip("needs ../shared/models")
+def test_export_shared_akamaster_file(tmp_path, capsys, shared_resnet20):
+    f = shared_resnet20
     out = tmp_path / "r20.onnx"
     assert main(["export", str(f), "--model", "resnet20", "--out", str(out), "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)

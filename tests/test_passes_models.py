@@ -10,8 +10,7 @@ import torchvision
 import passes
 from toolchain.models import ModelSpec, build_model
 
-from _passes_util import TOL, export, foldable_bns, input_feeds, max_rel_diff, one_by_one_convs, ops
-from toolchain.models.common import randomize_bn
+from _passes_util import TOL, export, foldable_bns, input_feeds, max_rel_diff, one_by_one_convs, ops, randomize_bn
 
 
 def _vgg13_bn_small():

@@ -14,8 +14,20 @@ import passes
 from passes import model_io
 from toolchain.cli import main as rram
 
-from _passes_util import (TOL, bn_inits, bn_node, conv_bn_model, init, input_feeds,
-                          make_model, max_rel_diff, one_by_one_convs, ops, ort_outputs, vi)
+from _passes_util import (
+    TOL,
+    bn_inits,
+    bn_node,
+    conv_bn_model,
+    init,
+    input_feeds,
+    make_model,
+    max_rel_diff,
+    one_by_one_convs,
+    ops,
+    ort_outputs,
+    vi,
+)
 
 
 def _save(model, path):
@@ -440,23 +452,17 @@ def test_list(capsys):
 # --- real images (needs ../shared) --------------------------------------------------------------
 
 @pytest.mark.slow
-def test_cli_on_pretrained_resnet20_and_real_images(tmp_path, capsys):
+def test_cli_on_pretrained_resnet20_and_real_images(tmp_path, capsys, shared_data, shared_resnet20):
     """The pretrained ResNet20 (81.03% top-1) through the standard passes, verified on real images:
     the rewritten model predicts the same class on the first 2000 test images (all 10000: see
     docs/passes.md; left out here because it takes ~30 s on 2 cores)."""
-    import os
-    from pathlib import Path
-
-    from _passes_util import export
     from toolchain.checkpoints import load_checkpoint
     from toolchain.data import load_split
 
-    shared = Path(__file__).resolve().parents[1].parent / "shared"
-    data = Path(os.environ.get("RRAM_DATA", shared / "data" / "cifar10-jpeg"))
-    ckpt_path = shared / "models" / "resnet20-12fca82f.th"
-    if not (data / "test").is_dir() or not ckpt_path.is_file():
-        pytest.skip(f"real CIFAR-10 / pretrained ResNet20 not found under {shared}")
-    ckpt = load_checkpoint(str(ckpt_path))
+    from _passes_util import export
+
+    data = shared_data
+    ckpt = load_checkpoint(str(shared_resnet20))
     src = tmp_path / "r20.onnx"
     export(ckpt.build().eval(), src, 32)
     out = tmp_path / "out.onnx"

@@ -7,7 +7,8 @@ from toolchain.cli import main
 from toolchain.data import CIFAR10_NORM, iterate_batches, load_split
 from toolchain.models import ModelSpec, build_model
 from toolchain.recalibrate import bn_stats_of, recalibrate_bn
-from train_fixtures import make_cifar, one_thread
+
+from conftest import make_cifar, one_thread
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 SPEC = ModelSpec("resnet20", 0.25)

@@ -4,36 +4,30 @@ the `paper` preset)."""
 from __future__ import annotations
 
 import math
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-
-SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
-CKPT = Path(os.environ.get("RRAM_WEIGHTS", SHARED / "models")) / "resnet20-12fca82f.th"
-DATA = Path(os.environ.get("RRAM_DATA", SHARED / "data" / "cifar10-jpeg"))
 
 pytestmark = pytest.mark.slow
 
 P, RUNS, IMAGES = 0.05, 5, 1000
 
 
-@pytest.mark.skipif(not CKPT.is_file() or not DATA.is_dir(), reason="needs ../shared checkpoint and data")
-def test_campaign_mean_agrees_with_torch_reference(tmp_path):
+def test_campaign_mean_agrees_with_torch_reference(tmp_path, shared_data, shared_resnet20):
     from runtime.campaign import subset_indices, validate
     from runtime.crossbar import preset
-    from _runtime_helpers import export_torch, quantize_onnx
     from toolchain.checkpoints import load_checkpoint
     from toolchain.data import Split, load_split
     from toolchain.evaluate import accuracy
 
-    ckpt = load_checkpoint(str(CKPT))
+    from _runtime_helpers import export_torch, quantize_onnx
+
+    ckpt = load_checkpoint(str(shared_resnet20))
     model = ckpt.build()
     onx = export_torch(model, torch.zeros(1, 3, 32, 32), tmp_path / "float.onnx")
     art = quantize_onnx(onx, tmp_path / "art", preset("paper"), normalization=ckpt.normalization.to_dict())
-    split = load_split(str(DATA), "test")
+    split = load_split(str(shared_data), "test")
     idx = subset_indices(len(split), IMAGES)
     sub = Split(split.images[idx], split.labels[idx], split.classes)
 

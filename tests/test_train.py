@@ -12,7 +12,8 @@ from toolchain.cli import main
 from toolchain.errors import UserError
 from toolchain.models import ModelSpec
 from toolchain.training import LAST, TrainConfig, train
-from train_fixtures import REPO, make_cifar, one_thread
+
+from conftest import ROOT as REPO, make_cifar, one_thread
 
 SPEC = ModelSpec("resnet20", 0.25)
 _one_thread = pytest.fixture(autouse=True)(one_thread)

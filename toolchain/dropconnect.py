@@ -87,13 +87,6 @@ def add_dropconnect(model: nn.Module, p: float, generator: torch.Generator, *,
     return added
 
 
-def set_drop_rate(model: nn.Module, p: float) -> None:
-    check_rate(p)
-    for m in model.modules():
-        if isinstance(m, DropConnect):
-            m.p = float(p)
-
-
 def remove_dropconnect(model: nn.Module) -> nn.Module:
     """Back to plain weights (the stored, unmasked values)."""
     for _, m in weight_modules(model):

@@ -17,9 +17,9 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -28,12 +28,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from runtime.fileio import atomic_write_json
+
 from .checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from .data import CIFAR10_NORM, Normalization, Split, iterate_batches, load_split
-from .dropconnect import (add_dropconnect, check_rate, derive_seed, plain_state_dict, sa1_faults,
-                          sample_sa1_masks)
+from .dropconnect import add_dropconnect, check_rate, derive_seed, plain_state_dict, sa1_faults, sample_sa1_masks
 from .errors import UserError
-from runtime.fileio import atomic_write_json
 from .evaluate import accuracy
 from .models import ModelSpec, build_model, pad_1x1_to_3x3
 
@@ -160,11 +160,7 @@ def setup_distributed(device: str) -> Dist:
     return Dist(rank, world, local, dev)
 
 
-# --------------------------------------------------------------------------- files
-
-def _atomic_json(obj: dict, path: Path) -> None:
-    atomic_write_json(path, obj, indent=2)
-
+# --------------------------------------------------------------------------- the steps of train()
 
 def random_subset(split: Split, n: int | None, seed: int) -> Split:
     """n images drawn without replacement (ImageFolder order is sorted by class, so the first n
@@ -197,79 +193,26 @@ def train(cfg: TrainConfig, *, step_callback: Callable[[int, int], None] | None 
     validate(cfg)
     dd = setup_distributed(cfg.device)
     out = Path(cfg.out)
-    last = out / LAST
-
     model, spec, norm = _initial_model(cfg)
     cfg = replace(cfg, spec=spec)
     record = cfg.record()
+    prev = _previous_run(cfg, out, record)
     history: list[dict] = []
     start_epoch = 0
     train_state = None
-    if last.exists():
-        if not (cfg.resume or cfg.auto_resume):
-            raise UserError(f"{out} already holds a training run ({LAST}): pass --resume to continue "
-                            f"it, or choose another --out")
-        prev = load_checkpoint(last)
-        prev_record = prev.meta.get("config", {})
-        if prev.spec != spec:
-            differs = f"{out} belongs to another model: {prev.spec.describe()}, not {spec.describe()}"
-        else:
-            differs = next((f"{out} was trained with {key}={prev_record.get(key)!r}, not {record.get(key)!r}"
-                            for key in ("drop_rate", "epochs", "batch_size", "seed", "images", "init")
-                            if prev_record.get(key) != record.get(key)), None)
-        if differs and not cfg.auto_resume:
-            raise UserError(f"{differs}: resume with the same options")
-        if differs:  # --auto-resume: a run of other options is replaced
-            print(f"note: {differs}; starting afresh", file=sys.stderr)
-            for name in (LAST, MODEL, LOG):
-                (out / name).unlink(missing_ok=True)
-            prev = None
-    else:
-        prev = None
     if prev is not None:
         model.load_state_dict(prev.state_dict)
         norm = prev.normalization
         train_state = prev.meta.get("train_state")
         history = list(prev.meta.get("history", []))
         start_epoch = int(train_state["epoch"])
-    elif cfg.resume and not cfg.auto_resume and not out.is_dir():
-        raise UserError(f"nothing to resume: {out} does not exist")
-    elif cfg.resume and not cfg.auto_resume and not last.exists():
-        raise UserError(f"nothing to resume: no {LAST} in {out}")
 
-    train_split = random_subset(load_split(cfg.data, "train", cache_dir=cfg.cache_dir,
-                                           use_cache=cfg.use_cache, progress=cfg.progress),
-                                cfg.images, cfg.seed)
-    test_split = random_subset(load_split(cfg.data, "test", cache_dir=cfg.cache_dir,
-                                          use_cache=cfg.use_cache, progress=cfg.progress),
-                               cfg.eval_images, cfg.seed)
-    if len(train_split) == 0:
-        raise UserError("the training split is empty")
-    if len(test_split) == 0:
-        raise UserError("the test split is empty")
-    local_bs = max(2, cfg.batch_size // dd.world)
-    per_rank = len(train_split) // dd.world
-    if per_rank < 2:
-        raise UserError(f"{len(train_split)} training images are too few for {dd.world} processes")
-    steps_per_epoch = max(1, per_rank // local_bs)
-
+    train_split, test_split = _load_splits(cfg)
+    local_bs, steps_per_epoch = _batches_per_rank(cfg, len(train_split), dd.world)
     model.to(dd.device)
     mask_gen = torch.Generator(device=dd.device)
-    if cfg.drop_rate > 0:
-        add_dropconnect(model, cfg.drop_rate, mask_gen, include_first=cfg.include_first,
-                        include_last=cfg.include_last)
-    net: nn.Module = model
-    if dd.world > 1:
-        net = nn.parallel.DistributedDataParallel(
-            model, device_ids=[dd.local_rank] if dd.device.type == "cuda" else None)
-
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.effective_lr(), momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay, nesterov=True)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
-    if train_state is not None:
-        opt.load_state_dict(train_state["optimizer"])
-        sched.load_state_dict(train_state["scheduler"])
-
+    net = _wrap_model(model, cfg, dd, mask_gen)
+    opt, sched = _optimizer(model, cfg, steps_per_epoch, train_state)
     if dd.main:
         out.mkdir(parents=True, exist_ok=True)
     sampler = torch.utils.data.distributed.DistributedSampler(
@@ -282,53 +225,144 @@ def train(cfg: TrainConfig, *, step_callback: Callable[[int, int], None] | None 
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)
         idx = np.asarray(list(sampler))[: steps_per_epoch * local_bs]
-        aug_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "augment", dd.rank, epoch))
-        mask_gen.manual_seed(derive_seed(cfg.seed, "mask", dd.rank, epoch))
-        net.train()
-        loss_sum = correct = seen = 0.0
-        bar = tqdm(iterate_batches(train_split, local_bs, norm, augment_batches=True, generator=aug_gen,
-                                   device=dd.device, indices=idx),
-                   total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
-                   leave=False, disable=None if (cfg.progress and dd.main) else True)
-        for step, (x, y) in enumerate(bar):
-            logits = net(x)
-            loss = F.cross_entropy(logits, y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            n = y.shape[0]
-            loss_sum += float(loss.detach()) * n
-            correct += float((logits.detach().argmax(1) == y).sum())
-            seen += n
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}%")
-            if step_callback is not None:
-                step_callback(epoch, step)
-        bar.close()
-        loss_sum, correct, seen = dd.sum([loss_sum, correct, seen])
-        entry = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
-                 "lr": sched.get_last_lr()[0], "images": int(seen)}
+        entry = _train_epoch(net, opt, sched, train_split, idx, norm, cfg, dd, epoch, local_bs,
+                             steps_per_epoch, mask_gen, step_callback)
         if dd.main:
-            # The BN statistics gathered in training match a chip with fault rate p (unscaled
-            # masks), so the test accuracy is that of one simulated chip at rate p (the same chip
-            # every epoch); the fault-free weights need BN re-aligned at 0 (rram recalibrate).
-            chip = sample_sa1_masks(model, cfg.drop_rate,
-                                    torch.Generator().manual_seed(derive_seed(cfg.seed, "test-chip")))
-            with sa1_faults(model, chip):
-                entry["test_acc"] = accuracy(model, test_split, norm, device=dd.device,
-                                             progress=cfg.progress, desc="test")
+            entry["test_acc"] = _test_accuracy(model, test_split, norm, cfg, dd)
             entry["test_sa1"] = cfg.drop_rate
             entry["seconds"] = round(time.perf_counter() - t0, 2)
             history.append(entry)
             _save_epoch(out, model, spec, norm, record, history, epoch + 1, opt, sched, cfg, dd.world)
             if cfg.progress:
-                print(f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['train_loss']:.4f} "
-                      f"train {100 * entry['train_acc']:.2f}% test {100 * entry['test_acc']:.2f}% "
-                      f"({entry['seconds']:.1f}s)", file=sys.stderr, flush=True)
+                _print_epoch(entry, cfg.epochs)
         dd.barrier()
     if dd.world > 1:
         dist.destroy_process_group()
     return {"config": record, "world_size": dd.world, "epochs": history, "main": dd.main}
+
+
+def _previous_run(cfg: TrainConfig, out: Path, record: dict) -> Checkpoint | None:
+    """The checkpoint to resume from, or None for a fresh start. Refuses an existing run unless
+    resuming, and a run of other options unless --auto-resume (which deletes it)."""
+    last = out / LAST
+    if not last.exists():
+        if cfg.resume and not cfg.auto_resume:
+            raise UserError(f"nothing to resume: {out} does not exist" if not out.is_dir()
+                            else f"nothing to resume: no {LAST} in {out}")
+        return None
+    if not (cfg.resume or cfg.auto_resume):
+        raise UserError(f"{out} already holds a training run ({LAST}): pass --resume to continue "
+                        f"it, or choose another --out")
+    prev = load_checkpoint(last)
+    prev_record = prev.meta.get("config", {})
+    if prev.spec != cfg.spec:
+        differs = f"{out} belongs to another model: {prev.spec.describe()}, not {cfg.spec.describe()}"
+    else:
+        differs = next((f"{out} was trained with {key}={prev_record.get(key)!r}, not {record.get(key)!r}"
+                        for key in ("drop_rate", "epochs", "batch_size", "seed", "images", "init")
+                        if prev_record.get(key) != record.get(key)), None)
+    if differs is None:
+        return prev
+    if not cfg.auto_resume:
+        raise UserError(f"{differs}: resume with the same options")
+    print(f"note: {differs}; starting afresh", file=sys.stderr)  # --auto-resume replaces the run
+    for name in (LAST, MODEL, LOG):
+        (out / name).unlink(missing_ok=True)
+    return None
+
+
+def _load_splits(cfg: TrainConfig) -> tuple[Split, Split]:
+    """(train, test), each cut to --images / --eval-images by a seeded random subset."""
+    def split(name: str, n: int | None) -> Split:
+        return random_subset(load_split(cfg.data, name, cache_dir=cfg.cache_dir, use_cache=cfg.use_cache,
+                                        progress=cfg.progress), n, cfg.seed)
+
+    train_split, test_split = split("train", cfg.images), split("test", cfg.eval_images)
+    if len(train_split) == 0:
+        raise UserError("the training split is empty")
+    if len(test_split) == 0:
+        raise UserError("the test split is empty")
+    return train_split, test_split
+
+
+def _batches_per_rank(cfg: TrainConfig, n_train: int, world: int) -> tuple[int, int]:
+    """(batch size per process, optimizer steps per epoch)."""
+    local_bs = max(2, cfg.batch_size // world)
+    per_rank = n_train // world
+    if per_rank < 2:
+        raise UserError(f"{n_train} training images are too few for {world} processes")
+    return local_bs, max(1, per_rank // local_bs)
+
+
+def _wrap_model(model: nn.Module, cfg: TrainConfig, dd: Dist, mask_gen: torch.Generator) -> nn.Module:
+    """Drop-connect on the weights (masks drawn from ``mask_gen``), then DDP when distributed."""
+    if cfg.drop_rate > 0:
+        add_dropconnect(model, cfg.drop_rate, mask_gen, include_first=cfg.include_first,
+                        include_last=cfg.include_last)
+    if dd.world > 1:
+        return nn.parallel.DistributedDataParallel(
+            model, device_ids=[dd.local_rank] if dd.device.type == "cuda" else None)
+    return model
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int, train_state: dict | None):
+    """SGD (Nesterov) with a per-step cosine schedule, restored from ``train_state`` on resume."""
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.effective_lr(), momentum=cfg.momentum,
+                          weight_decay=cfg.weight_decay, nesterov=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
+    if train_state is not None:
+        opt.load_state_dict(train_state["optimizer"])
+        sched.load_state_dict(train_state["scheduler"])
+    return opt, sched
+
+
+def _train_epoch(net: nn.Module, opt, sched, split: Split, idx: np.ndarray, norm: Normalization,
+                 cfg: TrainConfig, dd: Dist, epoch: int, local_bs: int, steps: int,
+                 mask_gen: torch.Generator, step_callback) -> dict:
+    """One pass over this process's share ``idx``; returns the loss/accuracy summed over processes.
+    Augmentation and masks are reseeded from (seed, rank, epoch), which makes a resume exact."""
+    aug_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "augment", dd.rank, epoch))
+    mask_gen.manual_seed(derive_seed(cfg.seed, "mask", dd.rank, epoch))
+    net.train()
+    loss_sum = correct = seen = 0.0
+    bar = tqdm(iterate_batches(split, local_bs, norm, augment_batches=True, generator=aug_gen,
+                               device=dd.device, indices=idx),
+               total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+               leave=False, disable=None if (cfg.progress and dd.main) else True)
+    for step, (x, y) in enumerate(bar):
+        logits = net(x)
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        n = y.shape[0]
+        loss_sum += float(loss.detach()) * n
+        correct += float((logits.detach().argmax(1) == y).sum())
+        seen += n
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}%")
+        if step_callback is not None:
+            step_callback(epoch, step)
+    bar.close()
+    loss_sum, correct, seen = dd.sum([loss_sum, correct, seen])
+    return {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+            "lr": sched.get_last_lr()[0], "images": int(seen)}
+
+
+def _test_accuracy(model: nn.Module, split: Split, norm: Normalization, cfg: TrainConfig, dd: Dist) -> float:
+    """Test accuracy of one simulated chip at rate p (the same chip every epoch): the BN statistics
+    gathered in training match such a chip (unscaled masks); the fault-free weights need BN
+    re-aligned at 0 (rram recalibrate)."""
+    chip = sample_sa1_masks(model, cfg.drop_rate,
+                            torch.Generator().manual_seed(derive_seed(cfg.seed, "test-chip")))
+    with sa1_faults(model, chip):
+        return accuracy(model, split, norm, device=dd.device, progress=cfg.progress, desc="test")
+
+
+def _print_epoch(entry: dict, epochs: int) -> None:
+    print(f"epoch {entry['epoch']}/{epochs}: loss {entry['train_loss']:.4f} "
+          f"train {100 * entry['train_acc']:.2f}% test {100 * entry['test_acc']:.2f}% "
+          f"({entry['seconds']:.1f}s)", file=sys.stderr, flush=True)
 
 
 def _save_epoch(out: Path, model: nn.Module, spec: ModelSpec, norm, record: dict, history: list,
@@ -341,4 +375,4 @@ def _save_epoch(out: Path, model: nn.Module, spec: ModelSpec, norm, record: dict
     # last.pt is the resume point and is written first; model.pt and log.json follow from it
     save_checkpoint(Checkpoint(spec, norm, state, {}, full), out / LAST)
     save_checkpoint(Checkpoint(spec, norm, state, {}, meta), out / MODEL)
-    _atomic_json({"config": record, "world_size": world, "epochs": history}, out / LOG)
+    atomic_write_json(out / LOG, {"config": record, "world_size": world, "epochs": history}, indent=2)

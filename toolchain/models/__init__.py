@@ -41,7 +41,7 @@ class ModelSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ModelSpec":
+    def from_dict(cls, d: dict) -> ModelSpec:
         return cls(name=str(d["name"]), width=float(d.get("width", 1.0)),
                    shortcut=str(d.get("shortcut", "A")), padded=bool(d.get("padded", False)),
                    num_classes=int(d.get("num_classes", 10)))
