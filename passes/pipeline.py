@@ -117,7 +117,7 @@ def _graph_of(model: onnx.ModelProto) -> gs.Graph:
         graph = gs.import_onnx(model)
         graph.toposort()
     except Exception as e:
-        raise PassError(f"onnx-graphsurgeon cannot import the model: {' '.join(str(e).split())[:300]}") from None
+        raise PassError(f"onnx-graphsurgeon cannot import the model: {model_io.one_line(e)}") from None
     return graph
 
 

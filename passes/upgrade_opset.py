@@ -15,6 +15,7 @@ from onnx import version_converter
 
 from .errors import PassError
 from .graph import PassContext
+from .model_io import one_line
 from .registry import register
 
 # The opset `rram export` writes and the passes are written against.
@@ -38,9 +39,8 @@ def upgrade_opset(graph: gs.Graph, ctx: PassContext) -> None:
     try:
         converted = version_converter.convert_version(model, TARGET_OPSET)
     except Exception as e:
-        reason = " ".join(str(e).split())[:300] or type(e).__name__
         raise PassError(f"upgrade-opset: ONNX's version converter cannot bring this model from opset {before} "
-                        f"to {TARGET_OPSET} ({reason}); convert it with the tool that made it, or run the "
+                        f"to {TARGET_OPSET} ({one_line(e)}); convert it with the tool that made it, or run the "
                         f"passes without upgrade-opset") from None
     new = gs.import_onnx(converted)
     graph.nodes, graph.inputs, graph.outputs = new.nodes, new.inputs, new.outputs

@@ -80,7 +80,7 @@ class ReferenceRunner:
             self.sess = ReferenceEvaluator(model)
         except Exception as e:
             raise PassError(f"cannot verify {what}: onnxruntime cannot load it ({why}), nor can ONNX's "
-                            f"reference evaluator ({' '.join(str(e).split())[:200]}); use --verify off") from None
+                            f"reference evaluator ({model_io.one_line(e)}); use --verify off") from None
         self.output_names = list(self.sess.output_names)
 
     def __call__(self, feeds: dict) -> dict:
@@ -88,7 +88,7 @@ class ReferenceRunner:
             outs = self.sess.run(None, feeds)
         except Exception as e:
             raise PassError(f"cannot verify {self.what}: ONNX's reference evaluator failed running it "
-                            f"({' '.join(str(e).split())[:300]}); use --verify off") from None
+                            f"({model_io.one_line(e)}); use --verify off") from None
         return dict(zip(self.output_names, outs))
 
     def close(self):
