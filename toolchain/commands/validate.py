@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..data import load_split
 from ..errors import UserError
-from .common import add_data_args, float_list, positive_int, seed
+from .common import add_data_args, float_list, positive_int, rate, seed
 
 
 def add_parser(sub) -> None:
@@ -14,9 +14,9 @@ def add_parser(sub) -> None:
     add_data_args(p)
     p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--sa1", default="0,0.1,0.2,0.3", help="SA1 (stuck at G_min) cell rates, comma-separated")
-    p.add_argument("--sa0", type=float, default=0.0, help="SA0 (stuck at G_max) cell rate, for every run")
+    p.add_argument("--sa0", type=rate, default=0.0, help="SA0 (stuck at G_max) cell rate, for every run")
     p.add_argument("--runs", type=int, default=100, help="simulated chips per rate")
-    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--seed", type=seed, default=0, help="seed of the simulated chips, 0 <= seed < 2**32")
     p.add_argument("--images", type=positive_int, default=None,
                    help="use N images spread evenly over the split (default: all)")
     p.add_argument("--stats-rate", default="auto",
