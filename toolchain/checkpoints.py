@@ -133,9 +133,9 @@ def _torch_load(path: Path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         text = str(e)
-        # torch's weights_only unpickler refuses code and foreign objects with "Weights only load
-        # failed" (and names the global); only other unpickling errors mean a damaged file
-        if "Weights only load failed" in text or "Unsupported global" in text or "Unsupported class" in text:
+        # torch's weights_only unpickler refuses code and foreign objects naming the GLOBAL it
+        # will not load; other "Weights only load failed" errors ("Unsupported operand") are damage
+        if "GLOBAL" in text or "Unsupported global" in text or "Unsupported class" in text:
             found = re.search(r"GLOBAL ([\w.]+)", text)
             what = f" ({found.group(1)})" if found else ""
             raise UserError(f"{path} holds code or objects{what} that weights_only loading refuses: "

@@ -289,6 +289,8 @@ def check_class_folders(data: str | os.PathLike | None, num_classes: int, what: 
         return
     if layout != "imagefolder":
         return  # batch files: their labels are checked when they are read
+    for split in SPLITS:
+        _source_files(layout, folder, split)  # an empty split: the error loading gives
     _check_same_classes(folder)
     classes = class_folders(folder / "train")
     if len(classes) != num_classes:
