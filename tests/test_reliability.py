@@ -247,10 +247,18 @@ def test_negative_zero_rate_is_recorded_as_zero(ckpt, tmp_path, capsys):
     assert json.loads(out)["rates"] == ["0.0", "0.1"]
 
 
-def test_malicious_checkpoint_is_named_as_such(tmp_path, capsys):
+class RunsShell(MakesMarker):
+    def __reduce__(self):  # a module torch's weights_only unpickler blocks outright (posix)
+        import os
+
+        return (os.system, (f"touch '{self.marker}'",))
+
+
+@pytest.mark.parametrize("payload", [MakesMarker, RunsShell])
+def test_malicious_checkpoint_is_named_as_such(tmp_path, capsys, payload):
     marker = tmp_path / "marker"
     path = tmp_path / "evil.pt"
-    torch.save({"state_dict": MakesMarker(marker)}, path)
+    torch.save({"state_dict": payload(marker)}, path)
     code, _, err = run(capsys, "eval", "--checkpoint", path, "--model", "resnet20")
     line = one_line_error(err)
     assert code == 2 and "weights_only" in line and "holds code or objects" in line
