@@ -149,6 +149,20 @@ def test_train_with_wrong_class_folders_creates_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_validate_with_wrong_class_folders_writes_nothing(tmp_path, capsys):
+    from _runtime_helpers import make_artifact
+
+    from runtime.crossbar import preset
+
+    art = make_artifact(tmp_path / "art", preset("paper"))  # a 10-class model
+    root = image_folder(tmp_path / "d", classes=CLASSES[:3])
+    out = tmp_path / "res.json"
+    code, _, err = run(capsys, "validate", art, "--data", root, "--no-cache", "--runs", "1", "--out", out)
+    line = one_line_error(err)
+    assert code == 2 and "3 classes (airplane, automobile, bird)" in line and "10 outputs" in line
+    assert not out.exists()
+
+
 def test_recalibrate_with_wrong_class_folders_is_refused(ckpt, tmp_path, capsys):
     root = image_folder(tmp_path / "d", classes=CLASSES[:3])
     out = tmp_path / "rec"

@@ -265,7 +265,8 @@ def load_split(data: str | os.PathLike | None, split: str, *, cache_dir: str | o
     return result
 
 
-def check_for_model(split: Split, num_classes: int, what: str = "the model") -> None:
+def check_for_model(split: Split, num_classes: int, what: str = "the model", *,
+                    image_size: tuple[int, int] | None = IMAGE_SIZE) -> None:
     """One-line error unless the data's classes and image size are what the model takes:
     otherwise labels or inputs mean something else and the accuracy is silently wrong."""
     if len(split.classes) != num_classes:
@@ -274,8 +275,8 @@ def check_for_model(split: Split, num_classes: int, what: str = "the model") -> 
     if len(split) and int(split.labels.max()) >= num_classes:
         raise UserError(f"the data has label {int(split.labels.max())}, {what} has {num_classes} outputs")
     h, w = split.images.shape[1:3]
-    if (h, w) != IMAGE_SIZE:
-        raise UserError(f"{what} takes images of 3x{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} (C x H x W), the "
+    if image_size is not None and (h, w) != tuple(image_size):
+        raise UserError(f"{what} takes images of 3x{image_size[0]}x{image_size[1]} (C x H x W), the "
                         f"data holds 3x{h}x{w}")
 
 

@@ -3,7 +3,7 @@
 the images (toolchain.data) and parses arguments."""
 from __future__ import annotations
 
-from ..data import load_split
+from ..data import check_for_model, load_split
 from ..errors import UserError
 from .common import add_data_args, float_list, positive_int, rate, seed
 
@@ -55,6 +55,9 @@ def run(args) -> int:
     check_output_path(args.out)
     artifact = Artifact.load(args.artifact)  # before the (slower) image loading: fail fast
     split = load_split(args.data, args.split, cache_dir=args.cache_dir, use_cache=not args.no_cache)
+    classes = _output_classes(artifact)
+    if classes is not None:  # (the image size the runtime checks against the model's input)
+        check_for_model(split, classes, f"the model in {args.artifact}", image_size=None)
     if args.images is not None and args.images > len(split):
         print(f"note: --images {args.images}, but the {args.split} split holds {len(split)}: using all of them")
     idx = subset_indices(len(split), args.images)
@@ -101,3 +104,14 @@ def print_summary(doc: dict) -> None:
     if t.get("runs_per_second"):
         print(f"{t['runs']} chips in {t['seconds']:.1f} s: {t['runs_per_second']:.2f} chips/s, "
               f"{t['images_per_second']:.0f} images/s")
+
+
+def _output_classes(artifact) -> int | None:
+    """The number of outputs (classes) of the artifact's model, when its ONNX output says it."""
+    import onnx
+
+    name = next(iter(artifact.models))
+    folder = artifact.path if name == "." else artifact.path / name
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    dims = graph.output[0].type.tensor_type.shape.dim if graph.output else []
+    return dims[-1].dim_value if len(dims) == 2 and dims[-1].dim_value > 0 else None
