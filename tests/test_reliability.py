@@ -4,9 +4,11 @@ was run, deleted, overwritten or half-written."""
 from __future__ import annotations
 
 import errno
+import io
 import json
 import math
 import pickle
+import struct
 import tempfile
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import torch
 
 from toolchain.checkpoints import checkpoint_from_model, save_checkpoint
 from toolchain.cli import main
-from toolchain.data import CIFAR10_NORM
+from toolchain.data import CIFAR10_NORM, load_split
 from toolchain.models import ModelSpec, build_model
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -329,3 +331,36 @@ def test_merge_does_not_overwrite_another_campaign(tmp_path, capsys):
     assert code == 0, err
     code, _, err = run(capsys, "merge", shard, "--out", tmp_path / "merged.json")
     assert code == 0, err
+
+
+def test_python2_numpy1_batch_files_still_load(tmp_path, capsys, ckpt):
+    """The real CIFAR-10 files are Python 2 pickles of numpy 1.x arrays (str as BINSTRING,
+    numpy.core.multiarray._reconstruct): the restricted unpickler must admit exactly those."""
+    class Py2Pickler(pickle._Pickler):
+        def save_bytes(self, obj):  # Python 2's str: raw bytes, read back with encoding="latin1"
+            n = len(obj)
+            self.write(pickle.SHORT_BINSTRING + bytes([n]) + obj if n < 256
+                       else pickle.BINSTRING + struct.pack("<i", n) + obj)
+            self.memoize(obj)
+
+        dispatch = dict(pickle._Pickler.dispatch)
+        dispatch[bytes] = save_bytes
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "d" / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    labels = list(range(10)) * 2
+    data = rng.integers(0, 256, (20, 3072), dtype=np.uint8)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        buf = io.BytesIO()
+        Py2Pickler(buf, protocol=2).dump({"batch_label": "testing batch 1 of 1", "labels": labels,
+                                          "data": data, "filenames": [f"f{i}.png" for i in range(20)]})
+        raw = buf.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+        assert b"numpy.core.multiarray\n_reconstruct" in raw and b"_codecs" not in raw
+        (folder / name).write_bytes(raw)
+    code, out, err = run(capsys, "eval", "--checkpoint", ckpt, "--data", tmp_path / "d", "--no-cache", "--json")
+    assert code == 0, err
+    assert json.loads(out)["images"] == 20
+    split = load_split(tmp_path / "d", "test", use_cache=False)
+    assert split.labels.tolist() == labels
+    assert np.array_equal(split.images, data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
