@@ -343,7 +343,7 @@ def test_python2_numpy1_batch_files_still_load(tmp_path, capsys, ckpt):
                        else pickle.BINSTRING + struct.pack("<i", n) + obj)
             self.memoize(obj)
 
-        dispatch = dict(pickle._Pickler.dispatch)
+        dispatch = dict(pickle._Pickler.dispatch)  # noqa: RUF012 (pickle looks it up by this name)
         dispatch[bytes] = save_bytes
 
     rng = np.random.default_rng(0)
