@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,9 +132,14 @@ def _torch_load(path: Path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Unsupported global" in str(e) or "Unsupported class" in str(e):
-            raise UserError(f"{path} holds objects other than tensors and plain containers: refused "
-                            f"(checkpoints load with weights_only=True)") from None
+        text = str(e)
+        # torch's weights_only unpickler refuses code and foreign objects naming the GLOBAL it
+        # will not load; other "Weights only load failed" errors ("Unsupported operand") are damage
+        if "GLOBAL" in text or "Unsupported global" in text or "Unsupported class" in text:
+            found = re.search(r"GLOBAL ([\w.]+)", text)
+            what = f" ({found.group(1)})" if found else ""
+            raise UserError(f"{path} holds code or objects{what} that weights_only loading refuses: "
+                            f"refused (checkpoints load with weights_only=True)") from None
         raise UserError(f"corrupt or unreadable checkpoint {path}: not a valid pickle") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, AttributeError, OSError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -256,7 +263,15 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> Path:
     """Write atomically (temporary name, then rename)."""
     path = Path(path)
     with atomic_path(path) as tmp:
-        torch.save(ckpt.to_dict(), tmp)
+        try:
+            torch.save(ckpt.to_dict(), tmp)
+        except RuntimeError as e:
+            # torch's zip writer reports a failed write (a full disk: "[enforce fail at
+            # inline_container.cc] unexpected pos ...") as RuntimeError, not OSError
+            why = (str(e).strip().splitlines() or ["RuntimeError"])[0][:200]
+            if shutil.disk_usage(tmp.parent).free < (1 << 20):
+                why = f"no space left on the device ({why})"
+            raise UserError(f"cannot write {path}: {why}") from None
     return path
 
 

@@ -8,6 +8,11 @@ Layouts (detected automatically):
 
 Decoded splits are cached as ``.npz`` (images NHWC uint8, labels int64) under the cache folder,
 keyed on the source path and every source file's size and mtime, so any change re-decodes.
+
+Bad data is a one-line error, never a silently wrong accuracy: hidden entries (".ipynb_checkpoints")
+are ignored, ``train`` and ``test`` must hold the same class folders, and ``check_for_model``
+compares the classes and image size with the model's. Batch files are unpickled by a restricted
+unpickler (``_BatchUnpickler``): a pickle can run code, a CIFAR batch needs only numpy arrays.
 """
 from __future__ import annotations
 
@@ -16,12 +21,14 @@ import math
 import hashlib
 import os
 import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from runtime.errors import RuntimeInputError
 from runtime.fileio import atomic_path
 
 from .errors import UserError
@@ -30,6 +37,7 @@ SPLITS = ("train", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 CIFAR_BATCH_DIR = "cifar-10-batches-py"
 CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
+IMAGE_SIZE = (32, 32)  # (H, W) the models are trained and exported for (toolchain/export.py)
 
 
 def default_cache_dir() -> Path:
@@ -96,10 +104,27 @@ def _source_files(layout: str, folder: Path, split: str) -> list[Path]:
     split_dir = folder / split
     if not split_dir.is_dir():
         raise UserError(f"data split folder not found: {split_dir}")
-    files = sorted(p for p in split_dir.glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in split_dir.glob("*/*") if p.suffix.lower() in IMAGE_SUFFIXES
+                   and not p.name.startswith(".") and not p.parent.name.startswith("."))
     if not files:
         raise UserError(f"data split is empty: no images under {split_dir}/<class>/")
     return files
+
+
+def class_folders(split_dir: Path) -> list[str]:
+    """Sorted class folder names; hidden ones (".ipynb_checkpoints", ".git") are not classes."""
+    return sorted(p.name for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _check_same_classes(folder: Path) -> None:
+    """ImageFolder labels are folder indices: train and test must hold the same folders, or one
+    split's labels mean other classes than the other's."""
+    train, test = class_folders(folder / "train"), class_folders(folder / "test")
+    if train != test:
+        only_train = sorted(set(train) - set(test))
+        only_test = sorted(set(test) - set(train))
+        raise UserError(f"train and test class folders in {folder} differ: only in train: "
+                        f"{', '.join(only_train) or 'none'}; only in test: {', '.join(only_test) or 'none'}")
 
 
 def _cache_key(layout: str, folder: Path, split: str, files: list[Path]) -> str:
@@ -114,7 +139,7 @@ def _decode_imagefolder(folder: Path, split: str, files: list[Path], progress: b
     from PIL import Image
     from tqdm import tqdm
 
-    classes = sorted(p.name for p in (folder / split).iterdir() if p.is_dir())
+    classes = class_folders(folder / split)
     index = {c: i for i, c in enumerate(classes)}
     images, labels = [], []
     for f in tqdm(files, desc=f"decoding {split}", unit="img", disable=None if progress else True,
@@ -131,21 +156,62 @@ def _decode_imagefolder(folder: Path, split: str, files: list[Path], progress: b
     return Split(np.stack(images), np.asarray(labels, dtype=np.int64), classes)
 
 
-def _read_cifar_batches(folder: Path, split: str, files: list[Path]) -> Split:
-    data, labels = [], []
-    for f in files:
+_RECONSTRUCT = np.zeros(1).__reduce__()[0]  # numpy's array rebuilder, whatever its module path
+_BATCH_GLOBALS = {("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,  # numpy 1.x writers
+                  ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,  # numpy 2.x writers
+                  ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype}
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR batch files hold: dicts, lists, bytes, str, ints and numpy arrays.
+    Any other global (``os.system``, ``builtins.eval``, ...) is refused before it is called."""
+
+    def find_class(self, module, name):
         try:
-            with open(f, "rb") as fh:
-                entry = pickle.load(fh, encoding="latin1")
-            data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            labels.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
-        except (OSError, pickle.UnpicklingError, EOFError, KeyError, ValueError) as e:
-            raise UserError(f"corrupt CIFAR-10 batch file {f}: {e}") from None
+            return _BATCH_GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refused: it holds {module}.{name}, not only numpy arrays "
+                                         f"and plain data") from None
+
+
+def _unpickle(path: Path):
+    """A batch file's object through the restricted unpickler; any failure names the file."""
+    try:
+        with open(path, "rb") as fh:
+            return _BatchUnpickler(fh, encoding="latin1").load()
+    except pickle.UnpicklingError as e:
+        raise UserError(f"CIFAR-10 batch file {path}: {e}") from None
+    except (OSError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+        raise UserError(f"corrupt CIFAR-10 batch file {path}: {type(e).__name__}: {e}") from None
+
+
+def _read_cifar_batches(folder: Path, split: str, files: list[Path]) -> Split:
     classes = [f"class{i}" for i in range(10)]
     meta = folder / "batches.meta"
     if meta.is_file():
-        with open(meta, "rb") as fh:
-            classes = list(pickle.load(fh, encoding="latin1")["label_names"])
+        names = _unpickle(meta)
+        names = names.get("label_names") if isinstance(names, dict) else None
+        if not isinstance(names, list) or not names or not all(isinstance(c, (str, bytes)) for c in names):
+            raise UserError(f"corrupt CIFAR-10 batch file {meta}: no 'label_names' list of names")
+        classes = [c.decode("latin1") if isinstance(c, bytes) else c for c in names]
+    data, labels = [], []
+    for f in files:
+        entry = _unpickle(f)
+        lab = None
+        if isinstance(entry, dict):
+            lab = entry.get("labels", entry.get("fine_labels"))
+        if not isinstance(entry, dict) or not isinstance(entry.get("data"), np.ndarray) \
+                or not isinstance(lab, list) or not all(type(v) is int for v in lab):
+            raise UserError(f"corrupt CIFAR-10 batch file {f}: not a dict with a 'data' array and "
+                            f"a 'labels' list of integers")
+        arr = entry["data"]
+        if arr.dtype != np.uint8 or arr.ndim != 2 or arr.shape[1] != 3 * 32 * 32 or arr.shape[0] != len(lab):
+            raise UserError(f"corrupt CIFAR-10 batch file {f}: 'data' is {arr.dtype} {arr.shape}, expected "
+                            f"uint8 ({len(lab)}, 3072) for {len(lab)} labels")
+        if lab and not 0 <= min(lab) <= max(lab) < len(classes):
+            raise UserError(f"corrupt CIFAR-10 batch file {f}: labels outside 0..{len(classes) - 1}")
+        data.append(arr.reshape(-1, 3, 32, 32))
+        labels.extend(lab)
     images = np.ascontiguousarray(np.concatenate(data).transpose(0, 2, 3, 1))
     return Split(images, np.asarray(labels, dtype=np.int64), classes)
 
@@ -164,6 +230,10 @@ def load_split(data: str | os.PathLike | None, split: str, *, cache_dir: str | o
     root = resolve_data_root(data)
     layout, folder = detect_layout(root)
     files = _source_files(layout, folder, split)
+    classes = None
+    if layout == "imagefolder":
+        _check_same_classes(folder)
+        classes = class_folders(folder / split)
 
     cache_file = None
     if use_cache:
@@ -172,7 +242,10 @@ def load_split(data: str | os.PathLike | None, split: str, *, cache_dir: str | o
         if cache_file.is_file():
             try:
                 with np.load(cache_file, allow_pickle=False) as z:
-                    return Split(z["images"], z["labels"], [str(c) for c in z["classes"]])
+                    cached = Split(z["images"], z["labels"], [str(c) for c in z["classes"]])
+                # the key covers the image files, not empty class folders: those shift labels too
+                if classes is None or cached.classes == classes:
+                    return cached
             except (OSError, ValueError, KeyError):
                 pass  # a damaged cache entry is rebuilt below
 
@@ -184,9 +257,46 @@ def load_split(data: str | os.PathLike | None, split: str, *, cache_dir: str | o
         raise UserError(f"data split {split!r} in {root} is empty")
 
     if cache_file is not None:
-        _atomic_savez(cache_file, images=result.images, labels=result.labels,
-                      classes=np.asarray(result.classes))
+        try:
+            _atomic_savez(cache_file, images=result.images, labels=result.labels,
+                          classes=np.asarray(result.classes))
+        except (OSError, RuntimeInputError) as e:  # a read-only or full cache costs time, not the run
+            print(f"note: not caching the decoded images ({e}); running uncached", file=sys.stderr)
     return result
+
+
+def check_for_model(split: Split, num_classes: int, what: str = "the model", *,
+                    image_size: tuple[int, int] | None = IMAGE_SIZE) -> None:
+    """One-line error unless the data's classes and image size are what the model takes:
+    otherwise labels or inputs mean something else and the accuracy is silently wrong."""
+    if len(split.classes) != num_classes:
+        raise UserError(f"the data has {len(split.classes)} classes ({', '.join(split.classes)}), "
+                        f"{what} has {num_classes} outputs")
+    if len(split) and int(split.labels.max()) >= num_classes:
+        raise UserError(f"the data has label {int(split.labels.max())}, {what} has {num_classes} outputs")
+    h, w = split.images.shape[1:3]
+    if image_size is not None and (h, w) != tuple(image_size):
+        raise UserError(f"{what} takes images of 3x{image_size[0]}x{image_size[1]} (C x H x W), the "
+                        f"data holds 3x{h}x{w}")
+
+
+def check_class_folders(data: str | os.PathLike | None, num_classes: int, what: str = "the model") -> None:
+    """The class check of ``check_for_model`` from the folder names alone (nothing decoded), for
+    commands that must refuse bad data before they create any output (``rram train``). Data that
+    cannot be found is left to the loading, which reports it."""
+    try:
+        layout, folder = detect_layout(resolve_data_root(data))
+    except UserError:
+        return
+    if layout != "imagefolder":
+        return  # batch files: their labels are checked when they are read
+    for split in SPLITS:
+        _source_files(layout, folder, split)  # an empty split: the error loading gives
+    _check_same_classes(folder)
+    classes = class_folders(folder / "train")
+    if len(classes) != num_classes:
+        raise UserError(f"the data has {len(classes)} class folders ({', '.join(classes)}), "
+                        f"{what} has {num_classes} outputs")
 
 
 def _atomic_savez(path: Path, **arrays) -> None:

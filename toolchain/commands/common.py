@@ -5,6 +5,8 @@ import argparse
 import json
 import math
 import sys
+from contextlib import contextmanager
+from pathlib import Path
 
 from ..data import Normalization
 from ..errors import UserError
@@ -35,9 +37,26 @@ def positive_int(text: str) -> int:
     return _int_at_least(text, 1, "at least 1")
 
 
+SEED_LIMIT = 2**32  # seeds are 0 <= seed < 2**32: every consumer takes these (torch's manual_seed
+#                    overflows at 2**64, `rram export` seeds with seed + 1; legacy numpy stops at 2**32)
+
+
 def seed(text: str) -> int:
-    """A seed: a non-negative integer (numpy's SeedSequence takes no negative entropy)."""
-    return _int_at_least(text, 0, "a non-negative integer")
+    """A seed in [0, 2**32) (numpy's SeedSequence takes no negative entropy; 2**70 overflowed torch)."""
+    v = _int_at_least(text, 0, "a non-negative integer")
+    if v >= SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be below 2**32 = {SEED_LIMIT}, got {text}")
+    return v
+
+
+def rate(text: str) -> float:
+    """A fault or drop rate as a float, -0 read as 0 (so "-0" is not recorded as -0.0); the range
+    check is the caller's."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    return v + 0.0  # -0.0 + 0.0 == +0.0
 
 
 def split_list(text: str, flag: str) -> list[str]:
@@ -54,7 +73,7 @@ def split_list(text: str, flag: str) -> list[str]:
 def float_list(text: str, flag: str) -> list[float]:
     """``"0,0.1,0.2"`` -> [0.0, 0.1, 0.2]; the range check is the caller's (it differs by use)."""
     try:
-        return [float(x) for x in split_list(text, flag)]
+        return [float(x) + 0.0 for x in split_list(text, flag)]  # + 0.0: "-0" is 0, not -0.0
     except ValueError:
         raise UserError(f"{flag} must be comma-separated numbers, got {text!r}") from None
 
@@ -101,3 +120,21 @@ def emit(result: dict, as_json: bool, text: str) -> None:
         sys.stdout.write("\n")
     else:
         print(text)
+
+
+@contextmanager
+def no_new_folders_on_failure(folder: str | Path):
+    """On failure (a full disk, an interrupt), remove the folders of ``folder``'s path that did
+    not exist before and are still empty: a failed run leaves nothing behind, while a folder that
+    holds earlier outputs (a resumable training) is kept."""
+    folder = Path(folder)
+    new = [p for p in (folder, *folder.parents) if not p.exists()]  # deepest first
+    try:
+        yield
+    except BaseException:
+        for p in new:
+            try:
+                p.rmdir()  # only an empty folder goes
+            except OSError:
+                break
+        raise

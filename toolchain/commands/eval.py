@@ -7,12 +7,12 @@ import time
 import torch
 
 from ..checkpoints import load_checkpoint
-from ..data import load_split
+from ..data import check_for_model, load_split
 from ..dropconnect import check_rate, derive_seed, rate_key, sa1_faults, sample_sa1_masks
 from ..errors import UserError
 from ..evaluate import accuracy
 from ..recalibrate import apply_bn_stats
-from .common import add_data_args, add_model_args, emit, normalization_from_args, positive_int, seed
+from .common import add_data_args, add_model_args, emit, normalization_from_args, positive_int, rate, seed
 
 
 def add_parser(sub) -> None:
@@ -23,12 +23,12 @@ def add_parser(sub) -> None:
     p.add_argument("--images", type=positive_int, default=None, help="evaluate N images spread evenly over the split (the ones rram validate --images N takes)")
     p.add_argument("--batch-size", type=positive_int, default=500)
     p.add_argument("--json", action="store_true", help="print a JSON object")
-    p.add_argument("--sa1", type=float, default=None, metavar="P",
+    p.add_argument("--sa1", type=rate, default=None, metavar="P",
                    help="reference fault evaluation: zero each Conv/Linear weight with probability P, "
                         "a new simulated chip per run")
     p.add_argument("--runs", type=positive_int, default=None, help="simulated chips (with --sa1; default 1)")
-    p.add_argument("--seed", type=seed, default=0, help="seed of the simulated chips")
-    p.add_argument("--rate-stats", type=float, default=None, metavar="P",
+    p.add_argument("--seed", type=seed, default=0, help="seed of the simulated chips, 0 <= seed < 2**32")
+    p.add_argument("--rate-stats", type=rate, default=None, metavar="P",
                    help="use the BN statistics recalibrated for fault rate P")
     p.set_defaults(func=run)
 
@@ -51,6 +51,7 @@ def run(args) -> int:
         apply_bn_stats(model, ckpt.bn_stats[key])
     split = load_split(args.data, args.split, cache_dir=args.cache_dir, use_cache=not args.no_cache,
                        download=args.download).subset(args.images)
+    check_for_model(split, ckpt.spec.num_classes, f"the model ({ckpt.spec.describe()})")
     t0 = time.perf_counter()
     if args.sa1 is None:
         acc = accuracy(model, split, ckpt.normalization, batch_size=args.batch_size)

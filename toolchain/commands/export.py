@@ -6,20 +6,20 @@ from runtime.fileio import check_output_path
 from ..checkpoints import load_checkpoint
 from ..dropconnect import check_rate, rate_key
 from ..export import export_onnx
-from .common import emit, seed, add_normalization_args, normalization_from_args
+from .common import emit, rate, seed, add_normalization_args, normalization_from_args
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="export to ONNX with per-rate BN statistics")
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint path or known name")
     p.add_argument("--model", default=None, help="architecture of a foreign checkpoint")
-    p.add_argument("--rate", type=float, default=None, metavar="P",
+    p.add_argument("--rate", type=rate, default=None, metavar="P",
                    help="BN statistics of this fault rate go into the BN nodes")
     p.add_argument("--all-rates", action="store_true",
                    help="also embed every stored rate's statistics as NAME@rate=r initializers")
     p.add_argument("--out", required=True, help="output .onnx file (written atomically)")
     add_normalization_args(p)
-    p.add_argument("--seed", type=seed, default=0, help="seed of the random check input")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the random check input, 0 <= seed < 2**32")
     p.add_argument("--download", action="store_true", help="allow downloading named checkpoints")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)

@@ -12,7 +12,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from runtime.campaign import merge, write_results
+    from runtime.campaign import merge, read_results, write_results
+    from runtime.errors import RuntimeInputError
 
     from .validate import print_summary
 
@@ -24,6 +25,14 @@ def run(args) -> int:
     if Path(args.out).resolve() in {Path(r).resolve() for r in args.results}:
         raise UserError(f"--out {args.out} is one of the files to merge: write the merged result elsewhere")
     doc = merge(args.results)  # every check happens before anything is written
+    if Path(args.out).exists():  # re-merging one campaign may replace its merge; nothing else
+        try:
+            same = read_results(args.out)["config"] == doc["config"]
+        except RuntimeInputError:  # unreadable, or not a results file: not ours to replace
+            same = False
+        if not same:
+            raise UserError(f"--out {args.out} exists and is not a merge of this configuration "
+                            f"(another campaign's results?): choose another --out")
     write_results(doc, args.out)
     print_summary(doc)
     if not doc["complete"]:

@@ -47,7 +47,7 @@ def add_parser(sub) -> None:
                    help="compare with the original in onnxruntime after each pass, at the end, or never")
     p.add_argument("--tolerance", type=_tolerance, default=None,
                    help="max allowed |diff| / max|output| per output (default 1e-3, see passes/verify.py)")
-    p.add_argument("--seed", type=seed, default=0, help="seed of the random verification inputs")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the random verification inputs, 0 <= seed < 2**32")
     p.add_argument("--batch", type=positive_int, default=2, help="batch size for a symbolic batch dimension")
     p.add_argument("--input-shape", type=_input_shape, action="append", default=[], metavar="NAME=D1,D2,..",
                    help="shape of a graph input with symbolic dimensions (repeatable)")

@@ -5,12 +5,13 @@ import time
 from pathlib import Path
 
 from ..checkpoints import load_checkpoint, save_checkpoint
-from ..data import load_split
+from ..data import check_for_model, load_split
 from ..dropconnect import check_rate, rate_key
 from ..errors import UserError
 from ..recalibrate import recalibrate_bn
 from ..training import random_subset, resolve_device
-from .common import add_data_args, emit, float_list, positive_int, seed, add_normalization_args, normalization_from_args
+from .common import (add_data_args, emit, float_list, no_new_folders_on_failure, positive_int, seed,
+                     add_normalization_args, normalization_from_args)
 from runtime.fileio import check_output_path
 
 OUT_NAME = "recalibrated.pt"
@@ -35,7 +36,7 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=256)
     p.add_argument("--images", type=positive_int, default=None, help="random subset of N images")
     add_normalization_args(p)
-    p.add_argument("--seed", type=seed, default=0, help="seed of the drop-connect masks and order")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the drop-connect masks and order, 0 <= seed < 2**32")
     p.add_argument("--device", default="auto")
     p.add_argument("--json", action="store_true")
     add_data_args(p)
@@ -55,6 +56,7 @@ def run(args) -> int:
     split = random_subset(load_split(args.data, "train", cache_dir=args.cache_dir,
                                      use_cache=not args.no_cache, download=args.download),
                           args.images, args.seed)
+    check_for_model(split, ckpt.spec.num_classes, f"the model ({ckpt.spec.describe()})")
     model = ckpt.build().to(device)
     t0 = time.perf_counter()
     for r in rates:
@@ -66,7 +68,8 @@ def run(args) -> int:
     ckpt.meta["recalibration"] = {"rates": [rate_key(r) for r in rates], "batches": args.batches,
                                   "batch_size": args.batch_size, "images": len(split),
                                   "seed": args.seed, "source": ckpt.source}
-    save_checkpoint(ckpt, out_file)
+    with no_new_folders_on_failure(out_file.parent):  # a failed write leaves no empty --out
+        save_checkpoint(ckpt, out_file)
     result = {"checkpoint": str(out_file), "rates": sorted(ckpt.bn_stats, key=float),
               "seconds": round(time.perf_counter() - t0, 2)}
     emit(result, args.json, f"BN statistics for rates {', '.join(result['rates'])} -> {out_file}")

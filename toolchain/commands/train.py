@@ -10,10 +10,12 @@ from pathlib import Path
 
 from runtime.fileio import check_output_path
 
+from ..data import check_class_folders
 from ..errors import UserError
 from ..models import MODEL_NAMES, ModelSpec
 from ..training import TrainConfig, train
-from .common import add_data_args, positive_float, positive_int, seed, add_normalization_args, normalization_from_args
+from .common import (add_data_args, no_new_folders_on_failure, positive_float, positive_int, rate, seed,
+                     add_normalization_args, normalization_from_args)
 
 
 def add_parser(sub) -> None:
@@ -24,7 +26,7 @@ def add_parser(sub) -> None:
     p.add_argument("--shortcut", choices=["A", "B"], default="A", help="resnet20 shortcut option")
     p.add_argument("--init", default=None, metavar="CKPT",
                    help="fine-tune this checkpoint (ours, or e.g. resnet20-akamaster / its .th file)")
-    p.add_argument("--drop-rate", type=float, required=True, metavar="P",
+    p.add_argument("--drop-rate", type=rate, required=True, metavar="P",
                    help="drop-connect probability in [0, 1); 0 = plain training")
     p.add_argument("--epochs", type=int, required=True)
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (checkpoints, log.json)")
@@ -37,7 +39,7 @@ def add_parser(sub) -> None:
                    help="peak learning rate (default 0.1, or 0.01 with --init)")
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--seed", type=seed, default=0, help="seed of every random draw, 0 <= seed < 2**32")
     p.add_argument("--images", type=positive_int, default=None,
                    help="train on a random subset of N images (tests)")
     p.add_argument("--eval-images", type=positive_int, default=None,
@@ -64,7 +66,10 @@ def run(args) -> int:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file, not a folder")
     check_output_path(out / "log.json")
-    log = train(cfg)
+    # wrong class folders would fail mid-epoch (IndexError) or train on shifted labels
+    check_class_folders(cfg.data, cfg.spec.num_classes, f"the model ({cfg.spec.describe()})")
+    with no_new_folders_on_failure(out):  # a failed first epoch (full disk) leaves no empty --out
+        log = train(cfg)
     if args.json and log["main"]:  # under torchrun, rank 0 speaks
         json.dump({k: v for k, v in log.items() if k != "main"}, sys.stdout, indent=2)
         sys.stdout.write("\n")

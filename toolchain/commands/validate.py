@@ -3,9 +3,9 @@
 the images (toolchain.data) and parses arguments."""
 from __future__ import annotations
 
-from ..data import load_split
+from ..data import check_for_model, load_split
 from ..errors import UserError
-from .common import add_data_args, float_list, positive_int, seed
+from .common import add_data_args, float_list, positive_int, rate, seed
 
 
 def add_parser(sub) -> None:
@@ -14,9 +14,9 @@ def add_parser(sub) -> None:
     add_data_args(p)
     p.add_argument("--split", choices=["test", "train"], default="test")
     p.add_argument("--sa1", default="0,0.1,0.2,0.3", help="SA1 (stuck at G_min) cell rates, comma-separated")
-    p.add_argument("--sa0", type=float, default=0.0, help="SA0 (stuck at G_max) cell rate, for every run")
+    p.add_argument("--sa0", type=rate, default=0.0, help="SA0 (stuck at G_max) cell rate, for every run")
     p.add_argument("--runs", type=int, default=100, help="simulated chips per rate")
-    p.add_argument("--seed", type=seed, default=0)
+    p.add_argument("--seed", type=seed, default=0, help="seed of the simulated chips, 0 <= seed < 2**32")
     p.add_argument("--images", type=positive_int, default=None,
                    help="use N images spread evenly over the split (default: all)")
     p.add_argument("--stats-rate", default="auto",
@@ -55,6 +55,9 @@ def run(args) -> int:
     check_output_path(args.out)
     artifact = Artifact.load(args.artifact)  # before the (slower) image loading: fail fast
     split = load_split(args.data, args.split, cache_dir=args.cache_dir, use_cache=not args.no_cache)
+    classes = _output_classes(artifact)
+    if classes is not None:  # (the image size the runtime checks against the model's input)
+        check_for_model(split, classes, f"the model in {args.artifact}", image_size=None)
     if args.images is not None and args.images > len(split):
         print(f"note: --images {args.images}, but the {args.split} split holds {len(split)}: using all of them")
     idx = subset_indices(len(split), args.images)
@@ -101,3 +104,14 @@ def print_summary(doc: dict) -> None:
     if t.get("runs_per_second"):
         print(f"{t['runs']} chips in {t['seconds']:.1f} s: {t['runs_per_second']:.2f} chips/s, "
               f"{t['images_per_second']:.0f} images/s")
+
+
+def _output_classes(artifact) -> int | None:
+    """The number of outputs (classes) of the artifact's model, when its ONNX output says it."""
+    import onnx
+
+    name = next(iter(artifact.models))
+    folder = artifact.path if name == "." else artifact.path / name
+    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    dims = graph.output[0].type.tensor_type.shape.dim if graph.output else []
+    return dims[-1].dim_value if len(dims) == 2 and dims[-1].dim_value > 0 else None
