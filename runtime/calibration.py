@@ -58,7 +58,8 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
-def stats_model(model: onnx.ModelProto, targets: dict[str, BNTarget]) -> tuple[onnx.ModelProto, list[str]]:
+def stats_model(model: onnx.ModelProto, targets: dict[str, BNTarget], *,
+                weight_ranks: dict[str, int] | None = None) -> tuple[onnx.ModelProto, list[str]]:
     """A copy of ``model`` that measures, in one forward pass of a calibration batch, every target
     layer's per-channel output mean and variance, with each layer already normalised to its target
     by the batch's own statistics (train-mode BN, in the graph): later layers are measured with the
@@ -79,7 +80,9 @@ def stats_model(model: onnx.ModelProto, targets: dict[str, BNTarget]) -> tuple[o
             continue
         t = targets[out]
         w = inits.get(node.input[1])
-        rank = len(w.dims) if node.op_type == "Conv" and w is not None else 2
+        rank = 2 if node.op_type == "Gemm" else len(w.dims) if w is not None else (weight_ranks or {}).get(node.input[1])
+        if rank is None:
+            raise RuntimeInputError(f"calibration: the rank of {node.input[1]!r} is unknown")
         axes = [0] + list(range(2, rank)) if node.op_type == "Conv" else [0]
         shape = [-1] + [1] * (rank - 2) if node.op_type == "Conv" else [-1]
         raw = f"{out}.rram_raw"
@@ -151,3 +154,76 @@ def calibrated_model(model: onnx.ModelProto, affines: dict[str, tuple[np.ndarray
         del node.input[2:]
         node.input.append(bias)
     return m
+
+
+def _channel_axis(node: onnx.NodeProto) -> int:
+    """The weight axis of the output channels: 0 for Conv and Gemm(transB=1), 1 for Gemm(transB=0)."""
+    trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+    return 1 if node.op_type == "Gemm" and not trans_b else 0
+
+
+class ChipCalibrator:
+    """Per-chip calibration for a deployed float model whose mapped weights are appended per chip
+    (``base``: the model without those initializers, as the runtime engine keeps it).
+
+    For each chip: one run of the ``stats_model`` on the calibration batch with the chip's weights
+    measures every calibrated layer; the digital (scale, offset) of each channel follow from its BN
+    target; the evaluated model takes scale * weight as the layer's weight (the scale multiplies the
+    column's output, so the product is the same) and the offset as its bias."""
+
+    def __init__(self, base: onnx.ModelProto, weight_names: list[str], weight_shapes: list[tuple],
+                 targets: dict[str, BNTarget], calibration: dict[str, np.ndarray], session):
+        """``calibration``: the feed of the calibration batch ({input name: normalised images});
+        ``session(model_bytes) -> onnxruntime session``."""
+        self.weight_names = list(weight_names)
+        self.calibration = calibration
+        self.session = session
+        by_weight = {}
+        for node in base.graph.node:
+            if node.op_type in ("Conv", "Gemm") and len(node.input) > 1 and node.output[0] in targets \
+                    and node.input[1] in self.weight_names:
+                by_weight[node.input[1]] = node
+        if not by_weight:
+            raise RuntimeInputError("calibration: no mapped layer has a BN target")
+        self.layers = [(i, by_weight[w].output[0], _channel_axis(by_weight[w]))
+                       for i, w in enumerate(self.weight_names) if w in by_weight]
+        self.targets = {out: targets[out] for _, out, _ in self.layers}
+        ranks = dict(zip(self.weight_names, (len(s) for s in weight_shapes)))
+        smodel, self.order = stats_model(base, self.targets, weight_ranks=ranks)
+        self.stats_bytes = smodel.SerializeToString()
+        # the evaluated model: each calibrated layer reads its bias from a per-chip offset
+        emodel = onnx.ModelProto()
+        emodel.CopyFrom(base)
+        self.offset_names = []
+        for node in emodel.graph.node:
+            if node.op_type in ("Conv", "Gemm") and node.output and node.output[0] in self.targets:
+                del node.input[2:]
+                node.input.append(f"{node.output[0]}.rram_offset")
+        used = {i for n in emodel.graph.node for i in n.input}
+        kept = [t for t in emodel.graph.initializer if t.name in used]
+        del emodel.graph.initializer[:]
+        emodel.graph.initializer.extend(kept)
+        self.eval_base = emodel.SerializeToString()
+
+    def measure(self, weights: list[np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{layer output: (scale, offset)} for a chip computing with these float weights."""
+        from .engine import append_initializers
+
+        sess = self.session(append_initializers(self.stats_bytes, self.weight_names,
+                                                [np.asarray(w, np.float32) for w in weights]))
+        stats = measure(sess, self.calibration, self.order)
+        return {out: self.targets[out].affine(*stats[out]) for out in self.order}
+
+    def evaluated(self, weights: list[np.ndarray], affines: dict) -> tuple[list[str], list[np.ndarray]]:
+        """(initializer names, arrays) to append to ``eval_base``: weights with the digital scale
+        folded in, and the offsets."""
+        weights = [np.asarray(w, np.float32) for w in weights]
+        names, arrays = list(self.weight_names), list(weights)
+        for i, out, axis in self.layers:
+            scale, offset = affines[out]
+            shape = [1] * weights[i].ndim
+            shape[axis] = -1
+            arrays[i] = (weights[i] * scale.reshape(shape)).astype(np.float32)
+            names.append(f"{out}.rram_offset")
+            arrays.append(np.asarray(offset, np.float32))
+        return names, arrays
