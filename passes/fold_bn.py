@@ -3,7 +3,13 @@ groups, with or without bias), a Gemm, or a MatMul (+ constant Add) used only by
 that node's weights and bias. Anything else stays, with a warning naming it.
 
 BN(y) = s * (y - mean) + beta with s = gamma / sqrt(var + eps); arithmetic in float64, stored in the
-weight's dtype. Per-rate statistics are selected before this pass runs (see pipeline)."""
+weight's dtype. Per-rate statistics are selected before this pass runs (see pipeline).
+
+Each BN folded into a Conv or Gemm leaves its per-channel *target* in the model's metadata
+(``BN_TARGETS_KEY``: gamma, beta, epsilon and the fold scale s, keyed by the output tensor the
+layer now writes): per-chip calibration re-estimates the mean and variance of that layer's
+output on a faulty chip and sets the digital scale and offset so that the channel meets the
+target again (runtime/calibration.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -12,6 +18,16 @@ import onnx_graphsurgeon as gs
 from .errors import PassError
 from .graph import Namer, PassContext, describe, resolve_constant, set_input_constant
 from .registry import register
+
+BN_TARGETS_KEY = "rram.bn_targets"
+
+
+def bn_target(bn: gs.Node, s: np.ndarray) -> dict:
+    """What per-chip calibration needs of a folded BN: y = |gamma| (z - m) / sqrt(v + eps s^2) + beta
+    for the folded layer's output z with per-chip mean m and variance v."""
+    gamma, beta = (np.asarray(resolve_constant(p).values, np.float64) for p in (bn.inputs[1], bn.inputs[2]))
+    return {"gamma": gamma.tolist(), "beta": beta.tolist(), "epsilon": float(bn.attrs.get("epsilon", 1e-5)),
+            "fold_scale": np.asarray(s, np.float64).tolist()}
 
 
 def _bn_params(bn: gs.Node, opset: int, out_names: set):
@@ -191,6 +207,8 @@ def fold_bn(graph: gs.Graph, ctx: PassContext) -> None:
             else:
                 why = f"its input comes from {describe(prod)}"
             if why is None:
+                if prod.op in ("Conv", "Gemm"):  # the layers a crossbar maps (MatMul forms: not yet)
+                    ctx.metadata.setdefault(BN_TARGETS_KEY, {})[bn.outputs[0].name] = bn_target(bn, s)
                 # The producer takes over BN's output tensor (name kept, maybe a graph output).
                 prod.outputs = [bn.outputs[0]]
                 bn.outputs.clear()

@@ -27,6 +27,7 @@ class PassContext:
     warnings: list = field(default_factory=list)
     stats: dict = field(default_factory=dict)
     summaries: list = field(default_factory=list)  # from the ``summary`` pass
+    metadata: dict = field(default_factory=dict)  # rram.* entries a pass adds to the model's metadata
     current: str = ""  # name of the running pass
 
     def warn(self, msg: str) -> None:

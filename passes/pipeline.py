@@ -2,6 +2,7 @@
 (cleanup, toposort and shape inference after each), verify numerically, export deterministically."""
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -239,6 +240,7 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
 
     each = (lambda name: check_now(f"pass {name!r}", graph)) if verify == "each" else None
     _apply(graph, passes, ctx, on_each=each, timings=timings)
+    _merge_metadata(meta, ctx.metadata)
     # Export, then the full onnx.checker on what will be written (IR rules included): a model
     # that fails it is an error, never written.
     t0 = time.perf_counter()
@@ -264,6 +266,13 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
                   warnings=ctx.warnings, stats=ctx.stats, summaries=ctx.summaries,
                   pass_seconds=timings, verify_seconds=verify_seconds, export_seconds=export_seconds, verification=verification,
                   bn_rate=chosen)
+
+
+def _merge_metadata(meta: dict, added: dict) -> None:
+    """Entries passes added (JSON objects, merged with what an earlier run of the passes wrote)."""
+    for key, value in sorted(added.items()):
+        merged = {**json.loads(meta.get(key, "{}")), **value}
+        meta[key] = json.dumps(merged, sort_keys=True, separators=(",", ":"))
 
 
 def _asks_standard(names) -> bool:

@@ -6,8 +6,11 @@ import time
 
 import torch
 
+from runtime.calibration import calibration_indices
+
+from ..calibrate import calibrate_bn, restored_bn
 from ..checkpoints import load_checkpoint
-from ..data import check_for_model, load_split
+from ..data import check_for_model, load_split, normalize, to_float_nchw
 from ..dropconnect import check_rate, derive_seed, rate_key, sa1_faults, sample_sa1_masks
 from ..errors import UserError
 from ..evaluate import accuracy
@@ -30,6 +33,9 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=seed, default=0, help="seed of the simulated chips, 0 <= seed < 2**32")
     p.add_argument("--rate-stats", type=rate, default=None, metavar="P",
                    help="use the BN statistics recalibrated for fault rate P")
+    p.add_argument("--calibrate", type=positive_int, default=None, metavar="N",
+                   help="per-chip calibration (with --sa1): re-estimate every BN's statistics on each faulty "
+                        "chip from N training images chosen by --seed, then evaluate (default: off)")
     p.set_defaults(func=run)
 
 
@@ -38,6 +44,8 @@ def run(args) -> int:
         check_rate(args.sa1, "SA1 rate", inclusive=True)  # bad input fails before any work
     elif args.runs is not None:
         raise UserError("--runs counts simulated chips: give --sa1 too")
+    if args.calibrate is not None and args.sa1 is None:
+        raise UserError("--calibrate re-estimates BN statistics on each simulated chip: give --sa1 too")
     args.runs = args.runs or 1
     ckpt = load_checkpoint(args.checkpoint, model=args.model, width=args.width, shortcut=args.shortcut,
                            normalization=normalization_from_args(args), download=args.download)
@@ -52,6 +60,12 @@ def run(args) -> int:
     split = load_split(args.data, args.split, cache_dir=args.cache_dir, use_cache=not args.no_cache,
                        download=args.download).subset(args.images)
     check_for_model(split, ckpt.spec.num_classes, f"the model ({ckpt.spec.describe()})")
+    calib = None
+    if args.calibrate is not None:
+        train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                           download=args.download)
+        idx = calibration_indices(len(train), args.calibrate, args.seed)
+        calib = normalize(to_float_nchw(torch.from_numpy(train.images[idx])), ckpt.normalization)
     t0 = time.perf_counter()
     if args.sa1 is None:
         acc = accuracy(model, split, ckpt.normalization, batch_size=args.batch_size)
@@ -61,14 +75,17 @@ def run(args) -> int:
         accs = []
         for run_i in range(args.runs):
             gen = torch.Generator().manual_seed(derive_seed(args.seed, "sa1", run_i))
-            with sa1_faults(model, sample_sa1_masks(model, p, gen)):
+            with sa1_faults(model, sample_sa1_masks(model, p, gen)), restored_bn(model):
+                if calib is not None:
+                    calibrate_bn(model, calib)
                 accs.append(accuracy(model, split, ckpt.normalization, batch_size=args.batch_size,
                                      desc=f"chip {run_i + 1}/{args.runs}"))
         acc = statistics.fmean(accs)
-        extra = {"sa1": p, "runs": args.runs, "seed": args.seed, "mean": acc,
+        extra = {"sa1": p, "runs": args.runs, "seed": args.seed, "calibrate": args.calibrate, "mean": acc,
                  "std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "min": min(accs),
                  "max": max(accs), "accuracies": accs}
-        text = (f"SA1 {p:g}, {args.runs} chips: mean {100 * acc:.2f}% std {100 * extra['std']:.2f} "
+        calibrated = "" if calib is None else f" calibrated on {args.calibrate} images each"
+        text = (f"SA1 {p:g}, {args.runs} chips{calibrated}: mean {100 * acc:.2f}% std {100 * extra['std']:.2f} "
                 f"min {100 * extra['min']:.2f}% max {100 * extra['max']:.2f}%")
     seconds = time.perf_counter() - t0
     result = {"model": ckpt.spec.to_dict(), "checkpoint": ckpt.source, "split": args.split,

@@ -1,0 +1,229 @@
+"""Per-chip calibration of the digital periphery: which calibration images a chip sees.
+
+After a chip is programmed, a deployment runs N calibration images through it and re-estimates
+each channel's batch-norm statistics with the chip's own (faulty) weights; only the digital
+per-channel scale and offset after each crossbar column change. The PyTorch reference
+(`rram eval --sa1 P --calibrate N`) and the fault campaign take the same N training images,
+chosen here from the seed alone, so that both calibrate every chip on the same data."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from .errors import RuntimeInputError
+
+# Mixed into the seed so that the calibration draw is independent of the fault maps' streams.
+_STREAM = 0xCA11B
+
+
+def calibration_indices(total: int, n: int, seed: int) -> np.ndarray:
+    """``n`` distinct indices into a split of ``total`` images, drawn from ``seed`` only (sorted)."""
+    if not 1 <= int(n) <= int(total):
+        raise RuntimeInputError(f"--calibrate {n}: choose between 1 and the {total} images of the training split")
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), _STREAM]))
+    return np.sort(rng.choice(int(total), size=int(n), replace=False))
+
+
+# --------------------------------------------------------------------------- the digital periphery
+
+@dataclass(frozen=True)
+class BNTarget:
+    """What a folded BatchNormalization asked of its layer, per output channel (passes/fold_bn.py):
+    after calibration the channel's output is |gamma| (z - m) / sqrt(v + eps s^2) + beta, with z the
+    layer's crossbar output (folded weights, no bias), m and v its mean and variance on the chip."""
+    gamma: np.ndarray
+    beta: np.ndarray
+    epsilon: float
+    fold_scale: np.ndarray
+
+    @classmethod
+    def from_dict(cls, d: dict) -> BNTarget:
+        return cls(np.asarray(d["gamma"], np.float64), np.asarray(d["beta"], np.float64),
+                   float(d["epsilon"]), np.asarray(d["fold_scale"], np.float64))
+
+    @property
+    def variance_floor(self) -> np.ndarray:
+        """eps s^2: BN's epsilon expressed in the folded layer's units."""
+        return self.epsilon * self.fold_scale ** 2
+
+    def affine(self, mean: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (scale, offset) that give the measured channel its target again."""
+        scale = np.abs(self.gamma) / np.sqrt(np.asarray(var, np.float64) + self.variance_floor)
+        return scale, self.beta - scale * np.asarray(mean, np.float64)
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
+
+
+def stats_model(model: onnx.ModelProto, targets: dict[str, BNTarget], *,
+                weight_ranks: dict[str, int] | None = None) -> tuple[onnx.ModelProto, list[str]]:
+    """A copy of ``model`` that measures, in one forward pass of a calibration batch, every target
+    layer's per-channel output mean and variance, with each layer already normalised to its target
+    by the batch's own statistics (train-mode BN, in the graph): later layers are measured with the
+    earlier ones calibrated, as layer-by-layer calibration in network order would, in one run.
+    Returns the model and the target layers (output tensor names) in network order; its outputs
+    are the model's own, then ``<layer>.rram_mean`` and ``<layer>.rram_var`` for each layer."""
+    h = onnx.helper
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    opset = _opset(m)
+    inits = {t.name: t for t in g.initializer}
+    nodes, layers = [], []
+    for node in g.node:
+        out = node.output[0] if node.output else ""
+        if out not in targets or node.op_type not in ("Conv", "Gemm"):
+            nodes.append(node)
+            continue
+        t = targets[out]
+        w = inits.get(node.input[1])
+        rank = 2 if node.op_type == "Gemm" else len(w.dims) if w is not None else (weight_ranks or {}).get(node.input[1])
+        if rank is None:
+            raise RuntimeInputError(f"calibration: the rank of {node.input[1]!r} is unknown")
+        axes = [0] + list(range(2, rank)) if node.op_type == "Conv" else [0]
+        shape = [-1] + [1] * (rank - 2) if node.op_type == "Conv" else [-1]
+        raw = f"{out}.rram_raw"
+        node.output[0] = raw
+        del node.input[2:]  # the bias becomes the calibrated offset
+        nodes.append(node)
+
+        def const(name, values):
+            g.initializer.append(onnx.numpy_helper.from_array(
+                np.asarray(values, np.float32).reshape(shape), f"{out}.rram_{name}"))
+            return f"{out}.rram_{name}"
+
+        def reduce_mean(x, y):
+            if opset >= 18:
+                g.initializer.append(onnx.numpy_helper.from_array(np.array(axes, np.int64), f"{y}.axes"))
+                return h.make_node("ReduceMean", [x, f"{y}.axes"], [y], keepdims=1)
+            return h.make_node("ReduceMean", [x], [y], axes=axes, keepdims=1)
+
+        mean, var = f"{out}.rram_mean", f"{out}.rram_var"
+        p = f"{out}.rram"
+        nodes += [reduce_mean(raw, mean),
+                  h.make_node("Sub", [raw, mean], [f"{p}_centred"]),
+                  h.make_node("Mul", [f"{p}_centred", f"{p}_centred"], [f"{p}_squared"]),
+                  reduce_mean(f"{p}_squared", var),
+                  h.make_node("Add", [var, const("floor", t.variance_floor)], [f"{p}_var_floor"]),
+                  h.make_node("Sqrt", [f"{p}_var_floor"], [f"{p}_std"]),
+                  h.make_node("Div", [f"{p}_centred", f"{p}_std"], [f"{p}_normalised"]),
+                  h.make_node("Mul", [f"{p}_normalised", const("gain", np.abs(t.gamma))], [f"{p}_scaled"]),
+                  h.make_node("Add", [f"{p}_scaled", const("beta", t.beta)], [out])]
+        g.output.append(h.make_tensor_value_info(mean, onnx.TensorProto.FLOAT, None))
+        g.output.append(h.make_tensor_value_info(var, onnx.TensorProto.FLOAT, None))
+        layers.append(out)
+    del g.node[:]
+    g.node.extend(nodes)
+    return m, layers
+
+
+def measure(session, feed: dict, layers: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{layer: (mean, var)} per channel from one run of a ``stats_model`` session on the batch."""
+    wanted = [n for layer in layers for n in (f"{layer}.rram_mean", f"{layer}.rram_var")]
+    outs = dict(zip(wanted, session.run(wanted, feed)))
+    return {layer: (outs[f"{layer}.rram_mean"].reshape(-1).astype(np.float64),
+                    outs[f"{layer}.rram_var"].reshape(-1).astype(np.float64)) for layer in layers}
+
+
+def calibrated_model(model: onnx.ModelProto, affines: dict[str, tuple[np.ndarray, np.ndarray]]) -> onnx.ModelProto:
+    """A copy of ``model`` (float weights, as on the chip) in which each calibrated layer's output
+    is scale * z + offset per channel: the digital scale folded into the layer's weight (the same
+    product, since it multiplies the column's output), the offset as its bias."""
+    from onnx import numpy_helper
+
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    inits = {t.name: t for t in g.initializer}
+    for node in g.node:
+        out = node.output[0] if node.output else ""
+        if out not in affines:
+            continue
+        scale, offset = affines[out]
+        w = numpy_helper.to_array(inits[node.input[1]])
+        axis = 1 if node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute) else 0
+        shape = [1] * w.ndim
+        shape[axis] = -1
+        inits[node.input[1]].CopyFrom(numpy_helper.from_array((w * scale.reshape(shape)).astype(w.dtype),
+                                                              node.input[1]))
+        bias = f"{out}.rram_offset"
+        g.initializer.append(numpy_helper.from_array(np.asarray(offset, w.dtype), bias))
+        del node.input[2:]
+        node.input.append(bias)
+    return m
+
+
+def _channel_axis(node: onnx.NodeProto) -> int:
+    """The weight axis of the output channels: 0 for Conv and Gemm(transB=1), 1 for Gemm(transB=0)."""
+    trans_b = any(a.name == "transB" and a.i for a in node.attribute)
+    return 1 if node.op_type == "Gemm" and not trans_b else 0
+
+
+class ChipCalibrator:
+    """Per-chip calibration for a deployed float model whose mapped weights are appended per chip
+    (``base``: the model without those initializers, as the runtime engine keeps it).
+
+    For each chip: one run of the ``stats_model`` on the calibration batch with the chip's weights
+    measures every calibrated layer; the digital (scale, offset) of each channel follow from its BN
+    target; the evaluated model takes scale * weight as the layer's weight (the scale multiplies the
+    column's output, so the product is the same) and the offset as its bias."""
+
+    def __init__(self, base: onnx.ModelProto, weight_names: list[str], weight_shapes: list[tuple],
+                 targets: dict[str, BNTarget], calibration: dict[str, np.ndarray], session):
+        """``calibration``: the feed of the calibration batch ({input name: normalised images});
+        ``session(model_bytes) -> onnxruntime session``."""
+        self.weight_names = list(weight_names)
+        self.calibration = calibration
+        self.session = session
+        by_weight = {}
+        for node in base.graph.node:
+            if node.op_type in ("Conv", "Gemm") and len(node.input) > 1 and node.output[0] in targets \
+                    and node.input[1] in self.weight_names:
+                by_weight[node.input[1]] = node
+        if not by_weight:
+            raise RuntimeInputError("calibration: no mapped layer has a BN target")
+        self.layers = [(i, by_weight[w].output[0], _channel_axis(by_weight[w]))
+                       for i, w in enumerate(self.weight_names) if w in by_weight]
+        self.targets = {out: targets[out] for _, out, _ in self.layers}
+        ranks = dict(zip(self.weight_names, (len(s) for s in weight_shapes)))
+        smodel, self.order = stats_model(base, self.targets, weight_ranks=ranks)
+        self.stats_bytes = smodel.SerializeToString()
+        # the evaluated model: each calibrated layer reads its bias from a per-chip offset
+        emodel = onnx.ModelProto()
+        emodel.CopyFrom(base)
+        self.offset_names = []
+        for node in emodel.graph.node:
+            if node.op_type in ("Conv", "Gemm") and node.output and node.output[0] in self.targets:
+                del node.input[2:]
+                node.input.append(f"{node.output[0]}.rram_offset")
+        used = {i for n in emodel.graph.node for i in n.input}
+        kept = [t for t in emodel.graph.initializer if t.name in used]
+        del emodel.graph.initializer[:]
+        emodel.graph.initializer.extend(kept)
+        self.eval_base = emodel.SerializeToString()
+
+    def measure(self, weights: list[np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{layer output: (scale, offset)} for a chip computing with these float weights."""
+        from .engine import append_initializers
+
+        sess = self.session(append_initializers(self.stats_bytes, self.weight_names,
+                                                [np.asarray(w, np.float32) for w in weights]))
+        stats = measure(sess, self.calibration, self.order)
+        return {out: self.targets[out].affine(*stats[out]) for out in self.order}
+
+    def evaluated(self, weights: list[np.ndarray], affines: dict) -> tuple[list[str], list[np.ndarray]]:
+        """(initializer names, arrays) to append to ``eval_base``: weights with the digital scale
+        folded in, and the offsets."""
+        weights = [np.asarray(w, np.float32) for w in weights]
+        names, arrays = list(self.weight_names), list(weights)
+        for i, out, axis in self.layers:
+            scale, offset = affines[out]
+            shape = [1] * weights[i].ndim
+            shape[axis] = -1
+            arrays[i] = (weights[i] * scale.reshape(shape)).astype(np.float32)
+            names.append(f"{out}.rram_offset")
+            arrays.append(np.asarray(offset, np.float32))
+        return names, arrays
