@@ -13,6 +13,8 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
+from runtime import metadata as md
+
 from . import bn_rates, model_io
 from .errors import PassError
 from .graph import PassContext, infer_shapes, skeleton
@@ -172,22 +174,22 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
     if bn_rate is not None:
         chosen = bn_rates.match(str(bn_rate), available)
     elif available and any(p.name == "fold-bn" for p in passes):
-        chosen = meta.get(bn_rates.DEFAULT_KEY)
+        chosen = meta.get(md.BN_RATE_DEFAULT_KEY)
         if chosen is None:
             raise PassError(f"the model holds BN statistics for rates {', '.join(available)} but no "
-                            f"{bn_rates.DEFAULT_KEY}; choose one with --bn-rate")
+                            f"{md.BN_RATE_DEFAULT_KEY}; choose one with --bn-rate")
         ctx.warn(f"fold-bn folds the default BN statistics (rate {chosen}); "
                  f"choose another rate with --bn-rate")
     if chosen is not None:
-        n = bn_rates.apply_rate(work, chosen, extra, meta.get(bn_rates.DEFAULT_KEY))
+        n = bn_rates.apply_rate(work, chosen, extra, meta.get(md.BN_RATE_DEFAULT_KEY))
         ctx.stats["bn_rate.bn_nodes"] = n
         extra = []  # the model is now specialised to one rate
-        for k in (bn_rates.RATES_KEY, bn_rates.DEFAULT_KEY):
+        for k in (md.BN_STATS_RATES_KEY, md.BN_RATE_DEFAULT_KEY):
             meta.pop(k, None)
-        meta[bn_rates.RATE_KEY] = chosen
+        meta[md.BN_RATE_KEY] = chosen
     _check_finite_parameters(work)
     names_run = [p.name for p in passes]
-    meta["rram.passes"] = ",".join(filter(None, [meta.get("rram.passes", ""), *names_run]))
+    meta[md.PASSES_KEY] = ",".join(filter(None, [meta.get(md.PASSES_KEY, ""), *names_run]))
     # The reference for verification: the input with the chosen rate's statistics, not rewritten.
     reference = work
 

@@ -11,7 +11,6 @@ keyed on the source path and every source file's size and mtime, so any change r
 """
 from __future__ import annotations
 
-import math
 
 import hashlib
 import os
@@ -22,7 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime.fileio import atomic_path
+from runtime.fileio import atomic_write_with
+from runtime.metadata import Normalization  # noqa: F401  (the one definition; re-exported)
 
 from .errors import UserError
 
@@ -80,10 +80,16 @@ class Split:
         would cover one class), the same ones ``rram validate --images n`` takes."""
         if n is None or n >= len(self):
             return self
-        from runtime.campaign import subset_indices
-
         idx = subset_indices(len(self), n)
         return Split(self.images[idx], self.labels[idx], self.classes)
+
+
+def subset_indices(total: int, n: int | None) -> np.ndarray:
+    """``n`` images spread evenly over the split (test folders are sorted by class, so the first
+    n would cover only a few classes)."""
+    if n is None or n >= total:
+        return np.arange(total)
+    return (np.arange(n, dtype=np.int64) * total) // n
 
 
 def _source_files(layout: str, folder: Path, split: str) -> list[Path]:
@@ -190,31 +196,10 @@ def load_split(data: str | os.PathLike | None, split: str, *, cache_dir: str | o
 
 
 def _atomic_savez(path: Path, **arrays) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+    atomic_write_with(path, lambda fh: np.savez(fh, **arrays))
 
 
 # --------------------------------------------------------------------------- batching on tensors
-
-@dataclass(frozen=True)
-class Normalization:
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def __post_init__(self):  # one check for checkpoints, --mean/--std and metadata alike
-        values = tuple(self.mean) + tuple(self.std)
-        if len(self.mean) != 3 or len(self.std) != 3 or not all(math.isfinite(v) for v in values) \
-                or min(self.std) <= 0:
-            raise ValueError("mean and std must be three finite numbers each, std > 0")
-
-    def to_dict(self) -> dict:
-        return {"mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Normalization":
-        return cls(tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["std"]))
-
 
 IMAGENET_NORM = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CIFAR10_NORM = Normalization((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
