@@ -12,7 +12,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from passes.quantize import quantize_to_folder
+from runtime.quantize import quantize_to_folder
 from runtime.artifact import load_map
 from runtime.crossbar import PRESETS
 
