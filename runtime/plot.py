@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .campaign import read_results
+from .results import read_results
 from .errors import RuntimeInputError
 from .fileio import atomic_path
 

@@ -10,15 +10,18 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from runtime.artifact import load_map, save_map
-from runtime.campaign import Artifact, merge, read_results, subset_indices, validate, validate_fault_map
+from runtime.artifact import Artifact, DeployedModel, append_initializers, load_map, save_map
+from runtime.campaign import validate, validate_fault_map
 from runtime.crossbar import PRESETS, SA1_LEVEL, DeviceConfig, levels_to_conductance, preset, sa0_level
-from runtime.engine import (DeployedModel, Engine, append_initializers, normalize_images, prepare_int8, streamline_int8,
-                            quantize_input)
+from runtime.engine import Engine
+from runtime.int8 import prepare_int8, quantize_input, streamline_int8
+from runtime.metadata import normalize_images
+from runtime.results import merge, read_results
 from runtime.errors import RuntimeInputError
 from runtime.faults import (OK, SA0, SA1, Chip, apply_faults, faulty_levels, load_fault_map, run_seed,
                             sample_chip, save_fault_map, split_codes)
 from toolchain.cli import main
+from toolchain.data import subset_indices
 
 import torch
 
@@ -607,7 +610,7 @@ def test_seed_and_results_files_are_checked(art, data, tmp_path, capsys):
 
 
 def test_summary_interval_stays_in_0_1_and_merge_refuses_a_file_twice(art, data, tmp_path):
-    from runtime.campaign import summarize
+    from runtime.results import summarize
 
     s = summarize([0.02, 0.9])
     assert s["ci95"][0] == 0.0 and s["ci95"][1] == 1.0 and s["mean"] == pytest.approx(0.46)

@@ -22,7 +22,8 @@ P, RUNS, IMAGES = 0.05, 5, 1000
 
 @pytest.mark.skipif(not CKPT.is_file() or not DATA.is_dir(), reason="needs ../shared checkpoint and data")
 def test_campaign_mean_agrees_with_torch_reference(tmp_path):
-    from runtime.campaign import subset_indices, validate
+    from runtime.campaign import validate
+    from toolchain.data import subset_indices
     from runtime.crossbar import preset
     from _runtime_helpers import export_torch, quantize_onnx
     from toolchain.checkpoints import load_checkpoint
@@ -60,7 +61,8 @@ def test_campaign_mean_agrees_with_torch_reference(tmp_path):
 
     # chip for chip: the weights a simulated chip drops, dropped in the float PyTorch model, give
     # the same accuracy up to the crossbar quantisation
-    from runtime.engine import DeployedModel, Engine
+    from runtime.artifact import DeployedModel
+    from runtime.engine import Engine
     from runtime.faults import run_seed, sample_chip
 
     dm = DeployedModel.load(art)

@@ -35,6 +35,30 @@ def positive_int(text: str) -> int:
     return _int_at_least(text, 1, "at least 1")
 
 
+def parse_stats_rate(text: str | float) -> str | float:
+    """--stats-rate: 'auto' or a rate in [0, 1] (the campaign's own check, in the flag's words)."""
+    from runtime.campaign import check_stats_rate
+    from runtime.errors import RuntimeInputError
+
+    try:
+        return check_stats_rate(text)
+    except RuntimeInputError as e:
+        raise UserError(f"--{e}") from None
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """--shard k/n: the k-th of n deterministic parts of a campaign."""
+    if text is None:
+        return (1, 1)
+    try:
+        k, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise UserError(f"--shard must look like k/n (e.g. 2/4), got {text!r}") from None
+    if n < 1 or not 1 <= k <= n:
+        raise UserError(f"--shard k/n needs 1 <= k <= n, got {text}")
+    return (k, n)
+
+
 def seed(text: str) -> int:
     """A seed: a non-negative integer (numpy's SeedSequence takes no negative entropy)."""
     return _int_at_least(text, 0, "a non-negative integer")

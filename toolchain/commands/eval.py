@@ -1,10 +1,11 @@
 """``rram eval``: top-1 accuracy of a checkpoint on the CIFAR-10 test split."""
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
+
+from runtime.results import summarize
 
 from ..checkpoints import load_checkpoint
 from ..data import load_split
@@ -63,10 +64,10 @@ def run(args) -> int:
             with sa1_faults(model, sample_sa1_masks(model, p, gen)):
                 accs.append(accuracy(model, split, ckpt.normalization, batch_size=args.batch_size,
                                      desc=f"chip {run_i + 1}/{args.runs}"))
-        acc = statistics.fmean(accs)
-        extra = {"sa1": p, "runs": args.runs, "seed": args.seed, "mean": acc,
-                 "std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "min": min(accs),
-                 "max": max(accs), "accuracies": accs}
+        s = summarize(accs)  # the statistics rram validate reports
+        acc = s["mean"]
+        extra = {"sa1": p, "runs": args.runs, "seed": args.seed, "mean": acc, "std": s["std"],
+                 "min": s["min"], "max": s["max"], "accuracies": accs}
         text = (f"SA1 {p:g}, {args.runs} chips: mean {100 * acc:.2f}% std {100 * extra['std']:.2f} "
                 f"min {100 * extra['min']:.2f}% max {100 * extra['max']:.2f}%")
     seconds = time.perf_counter() - t0

@@ -12,7 +12,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from runtime.campaign import merge, write_results
+    from runtime.results import merge, write_results
 
     from .validate import print_summary
 

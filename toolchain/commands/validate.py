@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..data import load_split
 from ..errors import UserError
-from .common import add_data_args, float_list, positive_int, seed
+from .common import add_data_args, float_list, parse_shard, parse_stats_rate, positive_int, seed
 
 
 def add_parser(sub) -> None:
@@ -37,8 +37,11 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from runtime.campaign import (Artifact, parse_shard, parse_stats_rate, subset_indices, validate,
-                                  validate_fault_map, write_results)
+    from runtime.artifact import Artifact
+    from runtime.campaign import validate, validate_fault_map
+    from runtime.results import write_results
+
+    from ..data import subset_indices
     from runtime.faults import check_rates
     from runtime.fileio import check_output_path
 
