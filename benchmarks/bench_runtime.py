@@ -273,8 +273,8 @@ def main() -> int:
 
 
 def split_train_calibration():
-    from toolchain.data import subset_indices as sub
     from toolchain.data import load_split
+    from toolchain.data import subset_indices as sub
 
     shared = ROOT.parent / "shared"
     tr = load_split(os.environ.get("RRAM_DATA", str(shared / "data" / "cifar10-jpeg")), "train", progress=False)

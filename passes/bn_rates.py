@@ -19,7 +19,6 @@ from runtime import metadata as md
 from .errors import PassError
 
 
-
 def rates(meta: dict) -> list[str]:
     if md.BN_STATS_RATES_KEY not in meta:
         return []

@@ -7,33 +7,26 @@ split.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from .artifact import Artifact
+from .artifact import Artifact, check_stats_rate
 from .engine import Engine
 from .errors import RuntimeInputError
 from .faults import check_rates, load_fault_map, run_seed, sample_chip
 from .fileio import file_sha256
 from .metadata import normalize_images
-from .results import FORMAT, VERSION, images_digest, read_results, refresh, write_results
-
-
-def check_stats_rate(stats_rate: str | float) -> str | float:
-    """``"auto"`` or a rate in [0, 1] (``rram validate --stats-rate`` goes through this too)."""
-    if isinstance(stats_rate, str) and stats_rate.strip().lower() == "auto":
-        return "auto"
-    try:
-        v = float(stats_rate)
-    except (TypeError, ValueError):
-        raise RuntimeInputError(f"stats-rate must be 'auto' or a rate, got {stats_rate!r}") from None
-    if not math.isfinite(v) or not 0.0 <= v <= 1.0:
-        raise RuntimeInputError(f"stats-rate must be 'auto' or a rate in [0, 1], got {stats_rate}")
-    return v
+from .results import (
+    FORMAT,
+    VERSION,
+    images_digest,
+    read_results,
+    refresh,
+    write_results,
+)
 
 
 def _jobs(n_rates: int, runs: int, shard: tuple[int, int]) -> list[tuple[int, int]]:

@@ -62,14 +62,14 @@ class Normalization:
         return {"mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Normalization":
+    def from_dict(cls, d: dict) -> Normalization:
         return cls(tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["std"]))
 
     def to_metadata(self) -> str:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_metadata(cls, metadata: dict[str, str], where) -> "Normalization | None":
+    def from_metadata(cls, metadata: dict[str, str], where) -> Normalization | None:
         """The normalisation ``rram export`` records (``rram.normalization``), or None."""
         text = metadata.get(NORMALIZATION_KEY)
         if text is None:

@@ -2,22 +2,20 @@
 runtime.quantize) from small torch models exported to ONNX."""
 from __future__ import annotations
 
+import json
+import os
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 import torch.nn as nn
 
-import json
-import os
-import warnings
-
-import onnx
-
-from runtime.quantize import quantize_to_folder
 from runtime.crossbar import DeviceConfig
 from runtime.metadata import Normalization
+from runtime.quantize import quantize_to_folder
 
 NORM = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 

@@ -9,24 +9,54 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
+from _runtime_helpers import (
+    NORM,
+    export_torch,
+    int8_kernels_exact,
+    make_artifact,
+    make_images,
+    quantize_onnx,
+    tiny_model,
+    write_cifar_batches,
+)
 
-from runtime.artifact import Artifact, DeployedModel, append_initializers, load_map, save_map
+from runtime.artifact import (
+    Artifact,
+    DeployedModel,
+    append_initializers,
+    load_map,
+    save_map,
+)
 from runtime.campaign import validate, validate_fault_map
-from runtime.crossbar import PRESETS, SA1_LEVEL, DeviceConfig, levels_to_conductance, preset, sa0_level
+from runtime.crossbar import (
+    PRESETS,
+    SA1_LEVEL,
+    DeviceConfig,
+    levels_to_conductance,
+    preset,
+    sa0_level,
+)
 from runtime.engine import Engine
+from runtime.errors import RuntimeInputError
+from runtime.faults import (
+    OK,
+    SA0,
+    SA1,
+    Chip,
+    apply_faults,
+    faulty_levels,
+    load_fault_map,
+    run_seed,
+    sample_chip,
+    save_fault_map,
+    split_codes,
+)
 from runtime.int8 import prepare_int8, quantize_input, streamline_int8
 from runtime.metadata import normalize_images
 from runtime.results import merge, read_results
-from runtime.errors import RuntimeInputError
-from runtime.faults import (OK, SA0, SA1, Chip, apply_faults, faulty_levels, load_fault_map, run_seed,
-                            sample_chip, save_fault_map, split_codes)
 from toolchain.cli import main
 from toolchain.data import subset_indices
-
-import torch
-
-from _runtime_helpers import (NORM, export_torch, int8_kernels_exact, make_artifact, make_images, quantize_onnx,
-                              tiny_model, write_cifar_batches)
 
 
 @pytest.fixture(scope="module")

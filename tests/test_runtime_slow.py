@@ -22,18 +22,18 @@ P, RUNS, IMAGES = 0.05, 5, 1000
 
 @pytest.mark.skipif(not CKPT.is_file() or not DATA.is_dir(), reason="needs ../shared checkpoint and data")
 def test_campaign_mean_agrees_with_torch_reference(tmp_path):
-    from runtime.campaign import validate
-    from toolchain.data import subset_indices
-    from runtime.crossbar import preset
     from _runtime_helpers import export_torch, quantize_onnx
+
+    from runtime.campaign import validate
+    from runtime.crossbar import preset
     from toolchain.checkpoints import load_checkpoint
-    from toolchain.data import Split, load_split
+    from toolchain.data import Split, load_split, subset_indices
     from toolchain.evaluate import accuracy
 
     ckpt = load_checkpoint(str(CKPT))
     model = ckpt.build()
     onx = export_torch(model, torch.zeros(1, 3, 32, 32), tmp_path / "float.onnx")
-    art = quantize_onnx(onx, tmp_path / "art", preset("paper"), normalization=ckpt.normalization.to_dict())
+    art = quantize_onnx(onx, tmp_path / "art", preset("paper"), normalization=ckpt.normalization)
     split = load_split(str(DATA), "test")
     idx = subset_indices(len(split), IMAGES)
     sub = Split(split.images[idx], split.labels[idx], split.classes)

@@ -11,7 +11,6 @@ keyed on the source path and every source file's size and mtime, so any change r
 """
 from __future__ import annotations
 
-
 import hashlib
 import os
 import pickle

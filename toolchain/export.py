@@ -25,12 +25,13 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from .checkpoints import Checkpoint
-from .dropconnect import rate_key
-from .errors import UserError
 from runtime import metadata as md
 from runtime.fileio import atomic_write_bytes
 from runtime.session import make_session
+
+from .checkpoints import Checkpoint
+from .dropconnect import rate_key
+from .errors import UserError
 from .recalibrate import apply_bn_stats, bn_stats_of
 
 OPSET = 17

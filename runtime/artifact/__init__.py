@@ -10,8 +10,10 @@ from .crossbar_map import FORMAT, VERSION, CrossbarMap, MappedLayer, load_map, s
 from .deployed import DeployedModel, append_initializers
 from .folder import check_output_folder, json_safe, write_artifact
 from .layout import FILES, JSON_NAME, MODEL_NAME, NPZ_NAME, REPORT_NAME
-from .multi_rate import Artifact
+from .multi_rate import Artifact, check_stats_rate
 
-__all__ = ["FORMAT", "VERSION", "CrossbarMap", "MappedLayer", "load_map", "save_map", "DeployedModel",
-           "append_initializers", "check_output_folder", "json_safe", "write_artifact", "FILES",
-           "JSON_NAME", "MODEL_NAME", "NPZ_NAME", "REPORT_NAME", "Artifact"]
+__all__ = [
+    "FILES", "FORMAT", "JSON_NAME", "MODEL_NAME", "NPZ_NAME", "REPORT_NAME", "VERSION", "Artifact",
+    "CrossbarMap", "DeployedModel", "MappedLayer", "append_initializers", "check_output_folder",
+    "check_stats_rate", "json_safe", "load_map", "save_map", "write_artifact",
+]

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..crossbar import DeviceConfig, Tile, decode, dequantize_matrix, matrix_to_weight, tile_grid
+from ..crossbar import (
+    DeviceConfig,
+    Tile,
+    decode,
+    dequantize_matrix,
+    matrix_to_weight,
+    tile_grid,
+)
 from ..errors import RuntimeInputError
 from ..fileio import atomic_write_with, read_json_document
 from .layout import JSON_NAME, NPZ_NAME

@@ -70,7 +70,7 @@ class DeployedModel:
     def clean_weights(self) -> list[np.ndarray]:
         return [layer.float_weight(self.cmap.device) for layer in self.cmap.layers]
 
-    def chip_weights(self, chip: "Chip") -> list[np.ndarray]:
+    def chip_weights(self, chip: Chip) -> list[np.ndarray]:
         """The float weights a faulty chip computes with (same decoder as the quantizer)."""
         from ..faults import faulty_levels  # here: runtime.faults imports this package
 
@@ -80,7 +80,7 @@ class DeployedModel:
                 for layer, lv in zip(self.cmap.layers, faulty_levels(self.cmap, chip.codes))]
 
     @classmethod
-    def load(cls, folder: str | os.PathLike) -> "DeployedModel":
+    def load(cls, folder: str | os.PathLike) -> DeployedModel:
         folder = Path(folder)
         path = folder / MODEL_NAME
         if not path.is_file():

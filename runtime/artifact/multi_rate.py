@@ -20,7 +20,7 @@ class Artifact:
     models: dict[str, DeployedModel]  # name ("." for a plain quantized folder) -> model
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "Artifact":
+    def load(cls, path: str | os.PathLike) -> Artifact:
         path = Path(path)
         if not path.is_dir():
             raise RuntimeInputError(f"artifact folder not found: {path}")
@@ -67,3 +67,16 @@ class Artifact:
 
     def first_item(self):
         return next(iter(self.models.items()))
+
+
+def check_stats_rate(stats_rate: str | float) -> str | float:
+    """``"auto"`` or a rate in [0, 1] (``rram validate --stats-rate`` goes through this too)."""
+    if isinstance(stats_rate, str) and stats_rate.strip().lower() == "auto":
+        return "auto"
+    try:
+        v = float(stats_rate)
+    except (TypeError, ValueError):
+        raise RuntimeInputError(f"stats-rate must be 'auto' or a rate, got {stats_rate!r}") from None
+    if not math.isfinite(v) or not 0.0 <= v <= 1.0:
+        raise RuntimeInputError(f"stats-rate must be 'auto' or a rate in [0, 1], got {stats_rate}")
+    return v

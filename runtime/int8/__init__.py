@@ -5,4 +5,6 @@ from .graph import Int8Graph, quantize_input
 from .prepare import int8_fits, prepare_int8
 from .streamline import streamline_int8
 
-__all__ = ["Int8Graph", "quantize_input", "int8_fits", "prepare_int8", "streamline_int8"]
+__all__ = [
+    "Int8Graph", "int8_fits", "prepare_int8", "quantize_input", "streamline_int8",
+]

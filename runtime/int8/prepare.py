@@ -34,8 +34,13 @@ def prepare_int8(model: DeployedModel, calibration: np.ndarray, *, calibration_b
     bit-identical logits."""
     import tempfile
 
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     if not int8_fits(model):
         raise RuntimeInputError(f"--precision int8 needs crossbar weights that fit int8; device "
@@ -85,7 +90,9 @@ def prepare_int8(model: DeployedModel, calibration: np.ndarray, *, calibration_b
             root.setLevel(logging.ERROR)  # quantize_static logs a pre-processing hint as a warning
             try:
                 if pre_process:  # onnxruntime's recommended shape inference + optimisation (faster int8 graph)
-                    from onnxruntime.quantization.shape_inference import quant_pre_process
+                    from onnxruntime.quantization.shape_inference import (
+                        quant_pre_process,
+                    )
 
                     pre = os.path.join(tmp, "pre.onnx")
                     quant_pre_process(src, pre)

@@ -14,5 +14,7 @@ from .convert import quantize_model, quantize_to_folder
 from .layers import MAPPABLE_OPS, LayerSelection, find_layers, load_model
 from .report import format_report, sqnr_db
 
-__all__ = ["json_safe", "write_artifact", "QuantizeError", "quantize_model", "quantize_to_folder",
-           "MAPPABLE_OPS", "LayerSelection", "find_layers", "load_model", "format_report", "sqnr_db"]
+__all__ = [
+    "MAPPABLE_OPS", "LayerSelection", "QuantizeError", "find_layers", "format_report", "json_safe",
+    "load_model", "quantize_model", "quantize_to_folder", "sqnr_db", "write_artifact",
+]

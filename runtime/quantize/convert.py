@@ -25,8 +25,16 @@ import onnx
 from onnx import numpy_helper
 
 from ..artifact import CrossbarMap, MappedLayer, check_output_folder, write_artifact
-from ..crossbar import (DeviceConfig, column_scales, dequantize_matrix, encode, matrix_to_weight,
-                        quantize_matrix, tile_grid, weight_to_matrix)
+from ..crossbar import (
+    DeviceConfig,
+    column_scales,
+    dequantize_matrix,
+    encode,
+    matrix_to_weight,
+    quantize_matrix,
+    tile_grid,
+    weight_to_matrix,
+)
 from ..errors import QuantizeError, one_line
 from ..metadata import DEVICE_KEY, read_metadata
 from .layers import LayerSelection, constants, find_layers, load_model, opset_of

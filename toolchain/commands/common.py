@@ -36,8 +36,8 @@ def positive_int(text: str) -> int:
 
 
 def parse_stats_rate(text: str | float) -> str | float:
-    """--stats-rate: 'auto' or a rate in [0, 1] (the campaign's own check, in the flag's words)."""
-    from runtime.campaign import check_stats_rate
+    """--stats-rate: 'auto' or a rate in [0, 1] (the multi-rate artifact's own check, in the flag's words)."""
+    from runtime.artifact import check_stats_rate
     from runtime.errors import RuntimeInputError
 
     try:

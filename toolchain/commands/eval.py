@@ -9,11 +9,24 @@ from runtime.results import summarize
 
 from ..checkpoints import load_checkpoint
 from ..data import load_split
-from ..dropconnect import check_rate, derive_seed, rate_key, sa1_faults, sample_sa1_masks
+from ..dropconnect import (
+    check_rate,
+    derive_seed,
+    rate_key,
+    sa1_faults,
+    sample_sa1_masks,
+)
 from ..errors import UserError
 from ..evaluate import accuracy
 from ..recalibrate import apply_bn_stats
-from .common import add_data_args, add_model_args, emit, normalization_from_args, positive_int, seed
+from .common import (
+    add_data_args,
+    add_model_args,
+    emit,
+    normalization_from_args,
+    positive_int,
+    seed,
+)
 
 
 def add_parser(sub) -> None:

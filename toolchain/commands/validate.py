@@ -5,7 +5,14 @@ from __future__ import annotations
 
 from ..data import load_split
 from ..errors import UserError
-from .common import add_data_args, float_list, parse_shard, parse_stats_rate, positive_int, seed
+from .common import (
+    add_data_args,
+    float_list,
+    parse_shard,
+    parse_stats_rate,
+    positive_int,
+    seed,
+)
 
 
 def add_parser(sub) -> None:
@@ -39,11 +46,11 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from runtime.artifact import Artifact
     from runtime.campaign import validate, validate_fault_map
+    from runtime.faults import check_rates
+    from runtime.fileio import check_output_path
     from runtime.results import write_results
 
     from ..data import subset_indices
-    from runtime.faults import check_rates
-    from runtime.fileio import check_output_path
 
     if args.runs < 1:
         raise UserError(f"--runs must be at least 1, got {args.runs}")
