@@ -18,7 +18,7 @@ from .engine import Engine
 from .errors import RuntimeInputError
 from .faults import check_rates, load_fault_map, run_seed, sample_chip
 from .fileio import file_sha256
-from .metadata import normalize_images
+from .metadata import NORMALIZATION_KEY, normalize_images
 from .results import (
     FORMAT,
     VERSION,
@@ -42,7 +42,7 @@ def _engine_factory(artifact: Artifact, images, labels, engine_kw):
     if artifact.first.normalization is None:
         # Guessing (e.g. CIFAR statistics, or none) silently gives a wrong accuracy.
         raise RuntimeInputError(f"{artifact.path}: model.onnx records no input normalisation "
-                                f"(metadata rram.normalization); export it with rram export")
+                                f"(metadata {NORMALIZATION_KEY}); export it with rram export")
     x = normalize_images(images, artifact.first.normalization)
     norms = {m.normalization for m in artifact.models.values()}
     if len(norms) > 1:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from runtime.fileio import atomic_write_with
-from runtime.metadata import Normalization  # noqa: F401  (the one definition; re-exported)
+from runtime.metadata import Normalization
 
 from .errors import UserError
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import RuntimeInputError
+from ..metadata import BN_RATE_KEY
 from .deployed import DeployedModel
 from .layout import MODEL_NAME
 
@@ -32,7 +33,7 @@ class Artifact:
         models = {p.name: DeployedModel.load(p) for p in subs}
         missing = [n for n, m in models.items() if m.bn_rate is None]
         if missing:
-            raise RuntimeInputError(f"{path}: with several models each needs rram.bn_rate metadata; "
+            raise RuntimeInputError(f"{path}: with several models each needs {BN_RATE_KEY} metadata; "
                                     f"{missing[0]} has none")
         rates = [m.bn_rate for m in models.values()]
         if len(set(rates)) < len(rates):

@@ -71,7 +71,12 @@ def _image_feeds(args):
     """A function building feed dicts of real test images, shaped for the model's first input and
     normalised with --mean/--std, else the model's ``rram.normalization`` metadata (written by
     ``rram export``); without either it refuses rather than guess."""
-    from runtime.metadata import Normalization, normalize_images, read_metadata
+    from runtime.metadata import (
+        NORMALIZATION_KEY,
+        Normalization,
+        normalize_images,
+        read_metadata,
+    )
 
     from ..data import load_split
 
@@ -82,7 +87,7 @@ def _image_feeds(args):
     def feeds(model):
         norm = given if given is not None else Normalization.from_metadata(read_metadata(model), "the model")
         if norm is None:
-            raise UserError("the model records no input normalisation (metadata rram.normalization): "
+            raise UserError(f"the model records no input normalisation (metadata {NORMALIZATION_KEY}): "
                             "give --mean and --std to verify on real images")
         x = normalize_images(split.images, norm)
         inits = {t.name for t in model.graph.initializer}
