@@ -24,8 +24,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from passes.quantize import json_safe, quantize_model, quantize_to_folder, write_artifact  # noqa: E402
 from runtime.crossbar import PRESETS  # noqa: E402
+from runtime.quantize import (  # noqa: E402
+    json_safe,
+    quantize_model,
+    quantize_to_folder,
+    write_artifact,
+)
 from toolchain.checkpoints import load_checkpoint  # noqa: E402
 from toolchain.data import load_split, normalize, to_float_nchw  # noqa: E402
 

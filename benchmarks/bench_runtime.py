@@ -27,11 +27,14 @@ import onnxruntime as ort  # noqa: E402
 import torch  # noqa: E402
 from onnx import helper, numpy_helper, shape_inference  # noqa: E402
 
-from passes.quantize import quantize_to_folder  # noqa: E402
-from runtime.campaign import subset_indices  # noqa: E402
+from runtime.artifact import DeployedModel  # noqa: E402
 from runtime.crossbar import preset  # noqa: E402
-from runtime.engine import DeployedModel, Engine, default_threads  # noqa: E402
+from runtime.engine import Engine  # noqa: E402
 from runtime.faults import run_seed, sample_chip  # noqa: E402
+from runtime.metadata import NORMALIZATION_KEY  # noqa: E402
+from runtime.quantize import quantize_to_folder  # noqa: E402
+from runtime.session import default_threads  # noqa: E402
+from toolchain.data import subset_indices  # noqa: E402
 
 
 def deploy_paper_artifact(model, normalization: dict, tmp: Path) -> Path:
@@ -45,7 +48,7 @@ def deploy_paper_artifact(model, normalization: dict, tmp: Path) -> Path:
                           input_names=["input"], output_names=["logits"],
                           dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}}, opset_version=17)
     onx = onnx.load(str(tmp / "float.onnx"))
-    onx.metadata_props.add(key="rram.normalization", value=json.dumps(normalization))
+    onx.metadata_props.add(key=NORMALIZATION_KEY, value=json.dumps(normalization))
     quantize_to_folder(onx, tmp / "art", preset("paper"))
     return tmp / "art"
 
@@ -270,8 +273,7 @@ def main() -> int:
 
 
 def split_train_calibration():
-    from runtime.campaign import subset_indices as sub
-    from toolchain.data import load_split
+    from toolchain.data import load_split, subset_indices as sub
 
     shared = ROOT.parent / "shared"
     tr = load_split(os.environ.get("RRAM_DATA", str(shared / "data" / "cifar10-jpeg")), "train", progress=False)

@@ -14,24 +14,21 @@ import json
 
 import onnx
 
-from .errors import PassError
+from runtime import metadata as md
 
-RATES_KEY = "rram.bn_stats_rates"
-DEFAULT_KEY = "rram.bn_rate_default"
-RATE_KEY = "rram.bn_rate"
-MARK = "@rate="
+from .errors import PassError
 
 
 def rates(meta: dict) -> list[str]:
-    if RATES_KEY not in meta:
+    if md.BN_STATS_RATES_KEY not in meta:
         return []
     try:
-        value = json.loads(meta[RATES_KEY])
+        value = json.loads(meta[md.BN_STATS_RATES_KEY])
     except json.JSONDecodeError:
         value = None
     if not isinstance(value, list) or not all(isinstance(r, str) for r in value):
-        raise PassError(f"metadata {RATES_KEY} must be a JSON list of rate strings, "
-                        f"got {meta[RATES_KEY]!r}")
+        raise PassError(f"metadata {md.BN_STATS_RATES_KEY} must be a JSON list of rate strings, "
+                        f"got {meta[md.BN_STATS_RATES_KEY]!r}")
     return value
 
 
@@ -51,7 +48,7 @@ def match(requested: str, available: list[str]) -> str:
             continue
     if not available:
         raise PassError(f"--bn-rate {requested}: the model holds no per-rate BN statistics "
-                        f"(no {RATES_KEY} metadata)")
+                        f"(no {md.BN_STATS_RATES_KEY} metadata)")
     raise PassError(f"--bn-rate {requested}: the model has BN statistics for rates "
                     f"{', '.join(available)} only")
 
@@ -60,7 +57,7 @@ def split_rate_initializers(model: onnx.ModelProto) -> list[onnx.TensorProto]:
     """Remove and return the ``@rate=`` initializers (kept aside so graph cleanup cannot drop them)."""
     keep, extra = [], []
     for t in model.graph.initializer:
-        (extra if MARK in t.name else keep).append(t)
+        (extra if md.RATE_MARKER in t.name else keep).append(t)
     if extra:
         kept = [onnx.TensorProto() for _ in keep]
         for k, t in zip(kept, keep):
@@ -96,12 +93,12 @@ def apply_rate(model: onnx.ModelProto, rate: str, extra: list[onnx.TensorProto],
             continue
         for slot in (3, 4):
             stat = node.input[slot]
-            src = by_name.get(f"{stat}{MARK}{rate}")
+            src = by_name.get(md.rate_initializer_name(stat, rate))
             if src is None:
                 if rate == default:
                     continue  # the baked statistics are the default rate's
                 raise PassError(f"BatchNormalization {node.name!r} has no statistics for rate "
-                                f"{rate} (initializer {stat}{MARK}{rate} missing)")
+                                f"{rate} (initializer {stat}{md.RATE_MARKER}{rate} missing)")
             dst = inits.get(stat)
             if dst is not None and uses.get(stat, 0) == 1 and stat not in graph_inputs:
                 if list(src.dims) != list(dst.dims) or src.data_type != dst.data_type:

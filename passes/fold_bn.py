@@ -15,11 +15,11 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from runtime.metadata import BN_TARGETS_KEY
+
 from .errors import PassError
 from .graph import Namer, PassContext, describe, resolve_constant, set_input_constant
 from .registry import register
-
-BN_TARGETS_KEY = "rram.bn_targets"
 
 
 def bn_target(bn: gs.Node, s: np.ndarray) -> dict:

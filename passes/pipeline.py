@@ -14,6 +14,8 @@ import onnx_graphsurgeon as gs
 from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
+from runtime import metadata as md
+
 from . import bn_rates, model_io
 from .errors import PassError
 from .graph import PassContext, infer_shapes
@@ -151,10 +153,11 @@ def _check_finite_parameters(model: onnx.ModelProto) -> None:
 
     params = {i for n in model.graph.node if n.op_type in PARAMETER_OPS for i in n.input[1:]}
     for t in model.graph.initializer:
-        if t.name in params and t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
-                                                 onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16):
-            if not np.all(np.isfinite(numpy_helper.to_array(t).astype(np.float32, copy=False))):
-                raise PassError(f"initializer {t.name!r} holds NaN or Inf values")
+        floating = t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
+                                   onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)
+        if t.name in params and floating \
+                and not np.all(np.isfinite(numpy_helper.to_array(t).astype(np.float32, copy=False))):
+            raise PassError(f"initializer {t.name!r} holds NaN or Inf values")
 
 
 def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERANCE, seed: int = 0,
@@ -189,22 +192,22 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
     if bn_rate is not None:
         chosen = bn_rates.match(str(bn_rate), available)
     elif available and any(p.name == "fold-bn" for p in passes):
-        chosen = meta.get(bn_rates.DEFAULT_KEY)
+        chosen = meta.get(md.BN_RATE_DEFAULT_KEY)
         if chosen is None:
             raise PassError(f"the model holds BN statistics for rates {', '.join(available)} but no "
-                            f"{bn_rates.DEFAULT_KEY}; choose one with --bn-rate")
+                            f"{md.BN_RATE_DEFAULT_KEY}; choose one with --bn-rate")
         ctx.warn(f"fold-bn folds the default BN statistics (rate {chosen}); "
                  f"choose another rate with --bn-rate")
     if chosen is not None:
-        n = bn_rates.apply_rate(work, chosen, extra, meta.get(bn_rates.DEFAULT_KEY))
+        n = bn_rates.apply_rate(work, chosen, extra, meta.get(md.BN_RATE_DEFAULT_KEY))
         ctx.stats["bn_rate.bn_nodes"] = n
         extra = []  # the model is now specialised to one rate
-        for k in (bn_rates.RATES_KEY, bn_rates.DEFAULT_KEY):
+        for k in (md.BN_STATS_RATES_KEY, md.BN_RATE_DEFAULT_KEY):
             meta.pop(k, None)
-        meta[bn_rates.RATE_KEY] = chosen
+        meta[md.BN_RATE_KEY] = chosen
     _check_finite_parameters(work)
     names_run = [p.name for p in passes]
-    meta["rram.passes"] = ",".join(filter(None, [meta.get("rram.passes", ""), *names_run]))
+    meta[md.PASSES_KEY] = ",".join(filter(None, [meta.get(md.PASSES_KEY, ""), *names_run]))
     # The reference for verification: the input with the chosen rate's statistics, not rewritten.
     reference = work
 
@@ -232,10 +235,11 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
         verify_seconds += time.perf_counter() - t0
         checks.append(res)
         if res["max_rel_diff"] > tolerance:
+            inputs = f"random inputs (seed {seed})" if res["input_set"] == 0 else f"given input set {res['input_set']}"
             raise PassError(
                 f"verification failed after {label}: output {res['output']!r} differs from the "
                 f"original by {res['max_rel_diff']:.3g} (max |diff| / max |output|), tolerance "
-                f"{tolerance:g}, on {'random inputs (seed %d)' % seed if res['input_set'] == 0 else 'given input set %d' % res['input_set']}")
+                f"{tolerance:g}, on {inputs}")
         return res
 
     each = (lambda name: check_now(f"pass {name!r}", graph)) if verify == "each" else None
@@ -264,8 +268,8 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
         verification = res
     return Result(model=out, passes=names_run, before=before, after=summarize_graph(graph),
                   warnings=ctx.warnings, stats=ctx.stats, summaries=ctx.summaries,
-                  pass_seconds=timings, verify_seconds=verify_seconds, export_seconds=export_seconds, verification=verification,
-                  bn_rate=chosen)
+                  pass_seconds=timings, verify_seconds=verify_seconds, export_seconds=export_seconds,
+                  verification=verification, bn_rate=chosen)
 
 
 def _merge_metadata(meta: dict, added: dict) -> None:

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from runtime.session import make_session
+
 from . import model_io
 from .errors import PassError
 
@@ -115,20 +117,15 @@ class Runner:
     """An onnxruntime session on a model, optimizations off (we verify what the file computes)."""
 
     def __init__(self, model: onnx.ModelProto, what: str):
-        import onnxruntime as ort
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        opts.log_severity_level = 3
         self._tmp = None
         self.what = what
         try:
             if model_io.model_size(model) < model_io.EXTERNAL_DATA_THRESHOLD:
-                self.sess = ort.InferenceSession(model.SerializeToString(), opts,
-                                                 providers=["CPUExecutionProvider"])
+                self.sess = make_session(model.SerializeToString(), optimize=False)
             else:
                 self._tmp = tempfile.TemporaryDirectory(prefix="rram-verify-")
                 p = model_io.write_raw(model, Path(self._tmp.name) / "model.onnx")
-                self.sess = ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"])
+                self.sess = make_session(str(p), optimize=False)
         except Exception as e:
             reason = model_io.one_line(e)
             raise OrtLoadError(f"cannot verify {what}: onnxruntime cannot load it ({reason}); use --verify off",

@@ -80,7 +80,10 @@ def stats_model(model: onnx.ModelProto, targets: dict[str, BNTarget], *,
             continue
         t = targets[out]
         w = inits.get(node.input[1])
-        rank = 2 if node.op_type == "Gemm" else len(w.dims) if w is not None else (weight_ranks or {}).get(node.input[1])
+        if node.op_type == "Gemm":
+            rank = 2
+        else:
+            rank = len(w.dims) if w is not None else (weight_ranks or {}).get(node.input[1])
         if rank is None:
             raise RuntimeInputError(f"calibration: the rank of {node.input[1]!r} is unknown")
         axes = [0] + list(range(2, rank)) if node.op_type == "Conv" else [0]
@@ -90,12 +93,12 @@ def stats_model(model: onnx.ModelProto, targets: dict[str, BNTarget], *,
         del node.input[2:]  # the bias becomes the calibrated offset
         nodes.append(node)
 
-        def const(name, values):
+        def const(name, values, shape=shape, out=out):
             g.initializer.append(onnx.numpy_helper.from_array(
                 np.asarray(values, np.float32).reshape(shape), f"{out}.rram_{name}"))
             return f"{out}.rram_{name}"
 
-        def reduce_mean(x, y):
+        def reduce_mean(x, y, axes=axes):
             if opset >= 18:
                 g.initializer.append(onnx.numpy_helper.from_array(np.array(axes, np.int64), f"{y}.axes"))
                 return h.make_node("ReduceMean", [x, f"{y}.axes"], [y], keepdims=1)

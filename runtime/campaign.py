@@ -1,205 +1,32 @@
 """Monte-Carlo validation campaigns: for each fault rate, ``runs`` simulated chips, the same
-images on each; results appended run by run to a JSON file (write-then-rename), resumable,
-shardable and mergeable. Run r at rates (p1, p0) always uses the chip drawn from
-``faults.run_seed(seed, p1, p0, r)``, so the numbers do not depend on how the work is split.
-
-Results file (``format: rram-validate-results``)::
-
-    {"format", "version",
-     "config": {models {name: {sha256, bn_rate}}, device, cells, sa1 [...], sa0, runs, seed,
-                images, images_sha256, stats_rate, precision[, calibration_sha256]},
-                                 # identity (content hashes, not paths): resume/merge compare it
-     "shard": [k, n] | null,
-     "clean": {model name: fault-free accuracy},
-     "rates": [{"sa1", "sa0", "model", "runs": {"<r>": {accuracy, stuck_fraction, sa1_fraction,
-                sa0_fraction}}, "summary": {n, mean, std, sem, min, max, ci95}}],
-     "timing": {runs, seconds, runs_per_second, images_per_second},   # this process (or sums)
-     "complete": bool,
-     "info": {artifact path, data path, split}}                      # informative only
+images on each; results appended run by run to a JSON file (write-then-rename; format in
+``results.py``), resumable, shardable and mergeable. Run r at rates (p1, p0) always uses the chip
+drawn from ``faults.run_seed(seed, p1, p0, r)``, so the numbers do not depend on how the work is
+split.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from .fileio import atomic_write_json, read_json_document
-from .engine import MODEL_NAME, DeployedModel, Engine, normalize_images
+from .artifact import Artifact, check_stats_rate
+from .engine import Engine
 from .errors import RuntimeInputError
 from .faults import check_rates, load_fault_map, run_seed, sample_chip
-
-FORMAT = "rram-validate-results"
-VERSION = 1
-
-
-# ------------------------------------------------------------------ artifacts with several BN rates
-
-@dataclass
-class Artifact:
-    path: Path
-    models: dict[str, DeployedModel]  # name ("." for a plain quantized folder) -> model
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> "Artifact":
-        path = Path(path)
-        if not path.is_dir():
-            raise RuntimeInputError(f"artifact folder not found: {path}")
-        if (path / MODEL_NAME).is_file():
-            return cls(path, {".": DeployedModel.load(path)})
-        subs = sorted(p for p in path.iterdir() if p.is_dir() and (p / MODEL_NAME).is_file())
-        if not subs:
-            raise RuntimeInputError(f"{path} is not a quantized artifact: no {MODEL_NAME} in it or its subfolders")
-        models = {p.name: DeployedModel.load(p) for p in subs}
-        missing = [n for n, m in models.items() if m.bn_rate is None]
-        if missing:
-            raise RuntimeInputError(f"{path}: with several models each needs rram.bn_rate metadata; "
-                                    f"{missing[0]} has none")
-        rates = [m.bn_rate for m in models.values()]
-        if len(set(rates)) < len(rates):
-            raise RuntimeInputError(f"{path}: two models are recalibrated for the same BN rate "
-                                    f"({sorted(rates)}); keep one per rate")
-        devices = {json.dumps(m.cmap.device.to_dict(), sort_keys=True) for m in models.values()}
-        cells = {m.cmap.cell_count() for m in models.values()}
-        if len(devices) > 1 or len(cells) > 1:
-            raise RuntimeInputError(f"{path}: the models are mapped onto different crossbars")
-        return cls(path, models)
-
-    @property
-    def first(self) -> DeployedModel:
-        return next(iter(self.models.values()))
-
-    def select(self, chip_rate: float, stats_rate: str | float) -> str:
-        """The model to run on a chip with this total fault rate: the one recalibrated for the
-        nearest rate (``auto``; ties go to the lower rate) or for exactly ``stats_rate``."""
-        if len(self.models) == 1:
-            name, model = self.first_item()
-            if stats_rate != "auto" and model.bn_rate is not None and not math.isclose(model.bn_rate, float(stats_rate)):
-                raise RuntimeInputError(f"{self.path} holds statistics for rate {model.bn_rate}, not {stats_rate}")
-            return name
-        rates = {n: m.bn_rate for n, m in self.models.items()}
-        if stats_rate == "auto":
-            return min(rates, key=lambda n: (round(abs(rates[n] - chip_rate), 9), rates[n]))
-        for n, r in rates.items():
-            if math.isclose(r, float(stats_rate), abs_tol=1e-9):
-                return n
-        raise RuntimeInputError(f"{self.path} has no model for stats rate {stats_rate}; it has "
-                                f"{', '.join(str(r) for r in sorted(rates.values()))}")
-
-    def first_item(self):
-        return next(iter(self.models.items()))
-
-
-def parse_stats_rate(text: str | float) -> str | float:
-    if isinstance(text, str) and text.strip().lower() == "auto":
-        return "auto"
-    try:
-        v = float(text)
-    except ValueError:
-        raise RuntimeInputError(f"--stats-rate must be 'auto' or a rate, got {text!r}") from None
-    if not math.isfinite(v) or not 0.0 <= v <= 1.0:
-        raise RuntimeInputError(f"--stats-rate must be 'auto' or a rate in [0, 1], got {text}")
-    return v
-
-
-def parse_shard(text: str | None) -> tuple[int, int]:
-    if text is None:
-        return (1, 1)
-    try:
-        k, n = (int(x) for x in str(text).split("/"))
-    except ValueError:
-        raise RuntimeInputError(f"--shard must look like k/n (e.g. 2/4), got {text!r}") from None
-    if n < 1 or not 1 <= k <= n:
-        raise RuntimeInputError(f"--shard k/n needs 1 <= k <= n, got {text}")
-    return (k, n)
-
-
-# ------------------------------------------------------------------ statistics
-
-_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
-         10: 2.228}
-
-
-def t_quantile_975(df: int) -> float:
-    """Two-sided 95% Student-t critical value: table to 10 degrees of freedom, then the
-    Cornish-Fisher expansion around the normal quantile (error < 1e-3)."""
-    if df in _T975:
-        return _T975[df]
-    z, v = 1.959963984540054, float(df)
-    return (z + (z ** 3 + z) / (4 * v) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * v ** 2)
-            + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * v ** 3))
-
-
-def summarize(accs: list[float]) -> dict:
-    a = np.asarray(accs, dtype=np.float64)
-    n = len(a)
-    if n == 0:
-        return {"n": 0}
-    mean = float(a.mean())
-    std = float(a.std(ddof=1)) if n > 1 else 0.0
-    sem = std / math.sqrt(n) if n > 1 else 0.0
-    half = t_quantile_975(n - 1) * sem if n > 1 else 0.0
-    # an accuracy lies in [0, 1]: the t interval is clipped there (it overshoots with few runs)
-    return {"n": n, "mean": mean, "std": std, "sem": sem, "min": float(a.min()), "max": float(a.max()),
-            "ci95": [max(0.0, mean - half), min(1.0, mean + half)]}
-
-
-# ------------------------------------------------------------------ results file
-
-def images_digest(images: np.ndarray, labels: np.ndarray) -> str:
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(images).tobytes())
-    h.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
-    return h.hexdigest()
-
-
-def write_results(doc: dict, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, doc)
-
-
-def _is_fraction(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
-
-
-def read_results(path: str | os.PathLike) -> dict:
-    doc = read_json_document(path, FORMAT, "validate results file")
-    try:  # the structure merge, resume and plot rely on
-        config = doc["config"]
-        assert isinstance(config, dict) and isinstance(doc["rates"], list)
-        assert isinstance(config["runs"], int) and config["runs"] >= 1 and isinstance(config["images"], int)
-        assert isinstance(config["sa1"], list) and len(config["sa1"]) == len(doc["rates"])
-        for p, entry in zip(config["sa1"], doc["rates"]):
-            assert isinstance(entry["runs"], dict) and float(entry["sa1"]) == float(p)
-            for key, run in entry["runs"].items():
-                assert key.isdigit() and int(key) < config["runs"]
-                assert _is_fraction(run["accuracy"]) and _is_fraction(run["stuck_fraction"])
-        clean = doc.get("clean", {})
-        assert isinstance(clean, dict) and all(_is_fraction(v) for v in clean.values())
-        assert isinstance(doc.get("timing", {}), dict)
-    except (AssertionError, KeyError, TypeError, ValueError, AttributeError):
-        raise RuntimeInputError(f"{path}: malformed results file (config, rates[].runs)") from None
-    return doc
-
-
-def _refresh(doc: dict) -> dict:
-    """Summaries and completeness recomputed from the runs (so a merge equals an unsharded run)."""
-    runs = doc["config"]["runs"]
-    complete = True
-    for entry in doc["rates"]:
-        entry["runs"] = {str(r): entry["runs"][str(r)] for r in sorted(int(k) for k in entry["runs"])}
-        entry["summary"] = summarize([v["accuracy"] for v in entry["runs"].values()])
-        entry["summary"]["stuck_fraction"] = float(np.mean([v["stuck_fraction"] for v in entry["runs"].values()])) \
-            if entry["runs"] else None
-        complete &= len(entry["runs"]) == runs
-    doc["complete"] = complete
-    return doc
+from .fileio import file_sha256
+from .metadata import NORMALIZATION_KEY, normalize_images
+from .results import (
+    FORMAT,
+    VERSION,
+    images_digest,
+    read_results,
+    refresh,
+    write_results,
+)
 
 
 def _jobs(n_rates: int, runs: int, shard: tuple[int, int]) -> list[tuple[int, int]]:
@@ -215,9 +42,9 @@ def _engine_factory(artifact: Artifact, images, labels, engine_kw):
     if artifact.first.normalization is None:
         # Guessing (e.g. CIFAR statistics, or none) silently gives a wrong accuracy.
         raise RuntimeInputError(f"{artifact.path}: model.onnx records no input normalisation "
-                                f"(metadata rram.normalization); export it with rram export")
+                                f"(metadata {NORMALIZATION_KEY}); export it with rram export")
     x = normalize_images(images, artifact.first.normalization)
-    norms = {json.dumps(m.normalization) for m in artifact.models.values()}
+    norms = {m.normalization for m in artifact.models.values()}
     if len(norms) > 1:
         raise RuntimeInputError(f"{artifact.path}: the models use different input normalisations")
 
@@ -247,7 +74,7 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
         raise RuntimeInputError(f"runs must be at least 1, got {runs}")
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise RuntimeInputError(f"seed must be a non-negative integer, got {seed}")
-    stats_rate = parse_stats_rate(stats_rate)
+    stats_rate = check_stats_rate(stats_rate)
     selected = [artifact.select(p + sa0, stats_rate) for p in sa1]
     config = {
         "models": {n: {"sha256": m.sha256, "bn_rate": m.bn_rate} for n, m in artifact.models.items()},
@@ -280,16 +107,16 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
     for name in sorted(set(selected)):
         if name not in doc["clean"]:
             doc["clean"][name] = engine(name).clean_accuracy()
-    _refresh(doc)
+    refresh(doc)
     if out is not None:
         write_results(doc, out)
 
     from tqdm import tqdm
 
     n_cells = artifact.first.cmap.cell_count()
-    t0, done = time.perf_counter(), 0
+    t0 = time.perf_counter()
     bar = tqdm(todo, desc="validate", unit="chip", disable=None if progress else True)
-    for i, r in bar:
+    for done, (i, r) in enumerate(bar, start=1):
         entry = doc["rates"][i]
         p1 = entry["sa1"]
         chip = sample_chip(n_cells, p1, sa0, run_seed(seed, p1, sa0, r))
@@ -297,11 +124,10 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
         acc = doc["clean"][entry["model"]] if not chip.codes.any() else engine(entry["model"]).chip_accuracy(chip)
         entry["runs"][str(r)] = {"accuracy": acc, "stuck_fraction": chip.stuck_fraction,
                                  "sa1_fraction": chip.sa1_fraction, "sa0_fraction": chip.sa0_fraction}
-        done += 1
         seconds = time.perf_counter() - t0
         doc["timing"] = {"runs": done, "seconds": round(seconds, 3), "runs_per_second": done / seconds,
                          "images_per_second": done * len(labels) / seconds}
-        _refresh(doc)
+        refresh(doc)
         if out is not None:
             write_results(doc, out)
         accs = [v["accuracy"] for v in entry["runs"].values()]
@@ -320,47 +146,6 @@ def _check_same(doc: dict, config: dict, shard, path) -> None:
         raise RuntimeInputError(f"{path} holds shard {doc.get('shard')}, not {list(shard)}")
 
 
-def merge(paths: list[str | os.PathLike]) -> dict:
-    """Combine results files of one configuration (shards, resumed pieces); duplicated runs must
-    agree exactly. Equals the unsharded result, timing aside (summed)."""
-    if not paths:
-        raise RuntimeInputError("nothing to merge")
-    seen: dict = {}
-    for p in paths:
-        key = Path(p).resolve()
-        if key in seen:
-            raise RuntimeInputError(f"{p} is given twice (also as {seen[key]})")
-        seen[key] = p
-    docs = [read_results(p) for p in paths]
-    base = docs[0]
-    out = {"format": FORMAT, "version": VERSION, "config": base["config"], "shard": None, "clean": {},
-           "rates": [{k: e[k] for k in ("sa1", "sa0", "model")} | {"runs": {}} for e in base["rates"]],
-           "timing": {}, "complete": False, "info": base.get("info", {})}
-    seconds = 0.0
-    for path, doc in zip(paths, docs):
-        if doc["config"] != base["config"]:
-            diff = sorted(k for k in set(doc["config"]) | set(base["config"])
-                          if doc["config"].get(k) != base["config"].get(k))
-            raise RuntimeInputError(f"{path} is from a different configuration than {paths[0]} "
-                                    f"(differs in {', '.join(diff)})")
-        for name, acc in doc.get("clean", {}).items():
-            if out["clean"].setdefault(name, acc) != acc:
-                raise RuntimeInputError(f"{path}: fault-free accuracy of {name} differs from another file")
-        for mine, theirs in zip(out["rates"], doc["rates"]):
-            for r, v in theirs["runs"].items():
-                if mine["runs"].setdefault(r, v) != v:
-                    raise RuntimeInputError(f"{path}: run {r} at SA1 {mine['sa1']} differs from another file")
-        seconds += doc.get("timing", {}).get("seconds", 0.0)
-    # distinct runs over the summed time of all files (a run found in two files counts once)
-    runs_done = sum(len(e["runs"]) for e in out["rates"])
-    images = base["config"]["images"]
-    out["timing"] = {"runs": int(runs_done), "seconds": round(seconds, 3),
-                     "runs_per_second": runs_done / seconds if seconds else None,
-                     "images_per_second": runs_done * images / seconds if seconds else None}
-    out["clean"] = dict(sorted(out["clean"].items()))
-    return _refresh(out)
-
-
 # ------------------------------------------------------------------ one measured chip
 
 def validate_fault_map(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels: np.ndarray,
@@ -370,10 +155,8 @@ def validate_fault_map(artifact: Artifact | str | os.PathLike, images: np.ndarra
     if not isinstance(artifact, Artifact):
         artifact = Artifact.load(artifact)
     chip = load_fault_map(fault_map, artifact.first.cmap)
-    name = artifact.select(chip.stuck_fraction, parse_stats_rate(stats_rate))
+    name = artifact.select(chip.stuck_fraction, check_stats_rate(stats_rate))
     engine = _engine_factory(artifact, images, labels, engine_kw or {})(name)
-    from .artifact import file_sha256
-
     return {"format": FORMAT + "-chip", "version": VERSION,
             "config": {"artifact": str(artifact.path), "model": name,
                        "model_sha256": artifact.models[name].sha256,
@@ -385,11 +168,3 @@ def validate_fault_map(artifact: Artifact | str | os.PathLike, images: np.ndarra
             "chip": {"accuracy": engine.chip_accuracy(chip), "stuck_fraction": chip.stuck_fraction,
                      "sa1_fraction": chip.sa1_fraction, "sa0_fraction": chip.sa0_fraction},
             "info": info or {}}
-
-
-def subset_indices(total: int, n: int | None) -> np.ndarray:
-    """``n`` images spread evenly over the split (test folders are sorted by class, so the first
-    n would cover only a few classes)."""
-    if n is None or n >= total:
-        return np.arange(total)
-    return (np.arange(n, dtype=np.int64) * total) // n

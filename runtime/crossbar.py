@@ -111,22 +111,18 @@ class DeviceConfig:
     def matrix_cols_per_tile(self) -> int:
         return max(1, self.tile_cols // self.cells_per_column_group)
 
-    @property
-    def on_off_ratio(self) -> float:
-        return self.g_max / self.g_min if self.g_min > 0 else math.inf
-
     def to_dict(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "DeviceConfig":
+    def from_dict(cls, d: dict) -> DeviceConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(d) - known
         if unknown:
             raise RuntimeInputError(f"unknown device fields: {', '.join(sorted(unknown))}")
         return cls(**d)
 
-    def with_options(self, **overrides) -> "DeviceConfig":
+    def with_options(self, **overrides) -> DeviceConfig:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
 
@@ -249,12 +245,6 @@ def decode(levels: np.ndarray, device: DeviceConfig) -> np.ndarray:
 
 def levels_to_conductance(levels: np.ndarray, device: DeviceConfig) -> np.ndarray:
     return device.g_min + levels.astype(np.float64) / (device.levels - 1) * (device.g_max - device.g_min)
-
-
-def conductance_to_levels(g: np.ndarray, device: DeviceConfig) -> np.ndarray:
-    lv = np.rint((np.asarray(g, dtype=np.float64) - device.g_min) / (device.g_max - device.g_min)
-                 * (device.levels - 1))
-    return np.clip(lv, 0, device.levels - 1).astype(np.uint8)
 
 
 SA1_LEVEL = 0  # stuck at HRS (G_min)

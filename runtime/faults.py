@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .artifact import CrossbarMap
+from .artifact.crossbar_map import CrossbarMap
 from .crossbar import SA1_LEVEL, sa0_level
 from .errors import RuntimeInputError
+from .fileio import atomic_write_with
 
 OK, SA1, SA0 = 0, 1, 2
 RATE_SCALE = 1_000_000  # rates enter seeds as integers in parts per million
@@ -141,9 +142,7 @@ def load_fault_map(path: str | os.PathLike, cmap: CrossbarMap) -> Chip:
 
 def save_fault_map(path: str | os.PathLike, cmap: CrossbarMap, chip: Chip) -> None:
     """Write a chip in the measured fault-map format (e.g. to replay a simulated chip)."""
-    from .artifact import _atomic_write
-
     arrays = dict(zip(layer_keys(cmap), split_codes(cmap, chip.codes)))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, lambda fh: np.savez_compressed(fh, **arrays))
+    atomic_write_with(path, lambda fh: np.savez_compressed(fh, **arrays))

@@ -1,9 +1,10 @@
 """Write-then-rename for single files, so a kill never leaves a half-written output under the
-real name; ``toolchain`` uses it too (it may import ``runtime``). Multi-file outputs have their own
-write-then-rename of a whole folder or file set: ``passes/model_io.py`` (model + external data)
-and ``passes/quantize.py`` (artifact folder)."""
+real name, and file hashing; ``toolchain`` uses them too (it may import ``runtime``). Multi-file
+outputs have their own write-then-rename of a whole folder or file set: ``passes/model_io.py``
+(model + external data) and ``runtime/artifact/folder.py`` (artifact folder)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -62,6 +63,20 @@ def atomic_path(path: str | os.PathLike):
         if isinstance(e, OSError):
             raise RuntimeInputError(f"cannot write {path}: {e.strerror or e}") from None
         raise
+
+
+def atomic_write_with(path: str | os.PathLike, write) -> None:
+    """``write(fh)`` into a binary file handle, then rename into ``path`` (e.g. ``np.savez``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        write(fh)
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .campaign import read_results
 from .errors import RuntimeInputError
 from .fileio import atomic_path
+from .results import read_results
 
 
 def plot_results(paths: list[str | os.PathLike], out: str | os.PathLike, *, labels: list[str] | None = None,

@@ -1,5 +1,5 @@
 """Artifacts for the runtime tests, built with the real quantizer (`rram quantize`,
-passes.quantize) from small torch models exported to ONNX."""
+runtime.quantize) from small torch models exported to ONNX."""
 from __future__ import annotations
 
 import json
@@ -12,12 +12,13 @@ import onnx
 import torch
 import torch.nn as nn
 
-from passes.quantize import quantize_to_folder
 from runtime.crossbar import DeviceConfig
+from runtime.metadata import Normalization
+from runtime.quantize import quantize_to_folder
 
 from conftest import write_test_batch
 
-NORM = {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
+NORM = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
 
 class TinyNet(nn.Module):
@@ -55,11 +56,11 @@ def export_torch(module, sample, path: str | os.PathLike) -> onnx.ModelProto:
 
 
 def quantize_onnx(model: onnx.ModelProto, out: str | os.PathLike, device: DeviceConfig, *,
-                  normalization: dict | None = None, bn_rate: float | None = None) -> Path:
+                  normalization: Normalization | None = None, bn_rate: float | None = None) -> Path:
     """`rram quantize` on a float model, with the metadata `rram export` would have written."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     if normalization is not None:
-        model.metadata_props.add(key="rram.normalization", value=json.dumps(normalization))
+        model.metadata_props.add(key="rram.normalization", value=normalization.to_metadata())
     if bn_rate is not None:
         model.metadata_props.add(key="rram.bn_rate", value=json.dumps(bn_rate))
     quantize_to_folder(model, out, device)

@@ -7,8 +7,8 @@ import torch
 import torch.nn as nn
 
 import passes
-from passes.fold_bn import BN_TARGETS_KEY
 from runtime.calibration import BNTarget, calibrated_model, measure, stats_model
+from runtime.metadata import BN_TARGETS_KEY
 from toolchain.calibrate import calibrate_bn
 from toolchain.recalibrate import bn_modules
 

@@ -2,10 +2,11 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_cifar_batches, write_imagefolder
 from toolchain import data as data_mod
 from toolchain.data import CIFAR10_NORM, augment, detect_layout, iterate_batches, load_split
 from toolchain.errors import UserError
+
+from conftest import write_cifar_batches, write_imagefolder
 
 
 def test_torchvision_layout_reads_pixels_and_labels(tmp_path, cache_dir):

@@ -1,4 +1,4 @@
-"""Crossbar quantizer (passes/quantize.py, runtime/crossbar.py mapping, rram quantize)."""
+"""Crossbar quantizer (runtime/quantize/, runtime/crossbar.py mapping, rram quantize)."""
 from __future__ import annotations
 
 import json
@@ -9,10 +9,16 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from passes.quantize import (DEVICE_METADATA_KEY, LayerSelection, QuantizeError, quantize_model,
-                             write_artifact)
-from runtime.artifact import file_sha256, load_map
+from runtime.artifact import load_map
 from runtime.crossbar import PRESETS, SA1_LEVEL, DeviceConfig, decode, encode, tile_grid
+from runtime.fileio import file_sha256
+from runtime.metadata import DEVICE_KEY as DEVICE_METADATA_KEY
+from runtime.quantize import (
+    LayerSelection,
+    QuantizeError,
+    quantize_model,
+    write_artifact,
+)
 from toolchain.cli import main
 
 OFFSET = DeviceConfig(bits_per_cell=4, cells_per_weight=2, encoding="offset", name="offset")
@@ -383,7 +389,7 @@ def test_non_finite_weight_is_refused():
 
 
 def test_failed_write_leaves_no_folder(tmp_path, monkeypatch):
-    import passes.quantize as q
+    import runtime.artifact.folder as q
 
     model, cmap, report = quantize_model(make_model(), PRESETS["paper"])
 

@@ -12,9 +12,9 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from passes.quantize import quantize_to_folder
 from runtime.artifact import load_map
 from runtime.crossbar import PRESETS
+from runtime.quantize import quantize_to_folder
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared"
 DATA = Path(os.environ.get("RRAM_DATA", SHARED / "data" / "cifar10-jpeg"))

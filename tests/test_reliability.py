@@ -152,9 +152,9 @@ def test_train_with_wrong_class_folders_creates_nothing(tmp_path, capsys):
 
 
 def test_validate_with_wrong_class_folders_writes_nothing(tmp_path, capsys):
-    from _runtime_helpers import make_artifact
-
     from runtime.crossbar import preset
+
+    from _runtime_helpers import make_artifact
 
     art = make_artifact(tmp_path / "art", preset("paper"))  # a 10-class model
     root = image_folder(tmp_path / "d", classes=CLASSES[:3])

@@ -9,21 +9,55 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-
-from runtime.artifact import load_map, save_map
-from runtime.campaign import Artifact, merge, read_results, subset_indices, validate, validate_fault_map
-from runtime.crossbar import PRESETS, SA1_LEVEL, DeviceConfig, levels_to_conductance, preset, sa0_level
-from runtime.engine import (DeployedModel, Engine, append_initializers, normalize_images, prepare_int8, streamline_int8,
-                            quantize_input)
-from runtime.errors import RuntimeInputError
-from runtime.faults import (OK, SA0, SA1, Chip, apply_faults, faulty_levels, load_fault_map, run_seed,
-                            sample_chip, save_fault_map, split_codes)
-from toolchain.cli import main
-
 import torch
 
-from _runtime_helpers import (NORM, export_torch, int8_kernels_exact, make_artifact, make_images, quantize_onnx,
-                              tiny_model, write_cifar_batches)
+from runtime.artifact import (
+    Artifact,
+    DeployedModel,
+    append_initializers,
+    load_map,
+    save_map,
+)
+from runtime.campaign import validate, validate_fault_map
+from runtime.crossbar import (
+    PRESETS,
+    SA1_LEVEL,
+    DeviceConfig,
+    levels_to_conductance,
+    preset,
+    sa0_level,
+)
+from runtime.engine import Engine
+from runtime.errors import RuntimeInputError
+from runtime.faults import (
+    OK,
+    SA0,
+    SA1,
+    Chip,
+    apply_faults,
+    faulty_levels,
+    load_fault_map,
+    run_seed,
+    sample_chip,
+    save_fault_map,
+    split_codes,
+)
+from runtime.int8 import prepare_int8, quantize_input, streamline_int8
+from runtime.metadata import normalize_images
+from runtime.results import merge, read_results
+from toolchain.cli import main
+from toolchain.data import subset_indices
+
+from _runtime_helpers import (
+    NORM,
+    export_torch,
+    int8_kernels_exact,
+    make_artifact,
+    make_images,
+    quantize_onnx,
+    tiny_model,
+    write_cifar_batches,
+)
 
 
 @pytest.fixture(scope="module")
@@ -330,7 +364,8 @@ def test_int8_engine_computes_with_the_crossbar_integers(art, data, tmp_path):
     plain = prepare_int8(dm, normalize_images(calib, NORM), streamline=False)
     assert plain.input_quant is None and plain.input_name == dm.input_name
     ref = ort.InferenceSession(append_initializers(plain.model, plain.weight_names, plain.layer_weights(
-        [lay.integer_weight(lv, dm.cmap.device) for lay, lv in zip(dm.cmap.layers, faulty_levels(dm.cmap, chip.codes))])))
+        [lay.integer_weight(lv, dm.cmap.device)
+         for lay, lv in zip(dm.cmap.layers, faulty_levels(dm.cmap, chip.codes))])))
     assert np.array_equal(out8, ref.run(None, {dm.input_name: e32.x})[0])
     doc = validate(art, images, labels, sa1=[0.1], runs=1, progress=False, precision="int8", calibration=calib)
     assert doc["config"]["precision"] == "int8"
@@ -461,17 +496,19 @@ def test_review_bad_inputs_are_one_line_errors(tmp_path, capsys):
     doc = json.loads(out.read_text())
     doc["rates"][0]["runs"] = [1, 2]
     (tmp_path / "broken.json").write_text(json.dumps(doc))
-    assert "malformed results" in _err(capsys, ["merge", str(tmp_path / "broken.json"), "--out", str(tmp_path / "m.json")])
-    assert "malformed results" in _err(capsys, ["plot", str(tmp_path / "broken.json"), "--out", str(tmp_path / "p.png")])
+    broken = str(tmp_path / "broken.json")
+    assert "malformed results" in _err(capsys, ["merge", broken, "--out", str(tmp_path / "m.json")])
+    assert "malformed results" in _err(capsys, ["plot", broken, "--out", str(tmp_path / "p.png")])
 
     corrupt = tmp_path / "corrupt"
     shutil.copytree(art, corrupt)
     (corrupt / "crossbars.json").write_text("[]")
-    assert "not a crossbar map" in _err(capsys, ["validate", str(corrupt)] + base[2:] + ["--out", str(tmp_path / "c.json")])
+    c_out = ["--out", str(tmp_path / "c.json")]
+    assert "not a crossbar map" in _err(capsys, ["validate", str(corrupt)] + base[2:] + c_out)
     doc = json.loads((art / "crossbars.json").read_text())
     doc["layers"][0]["tiles"] = [[0]]
     (corrupt / "crossbars.json").write_text(json.dumps(doc))
-    assert "corrupt conductance map" in _err(capsys, ["validate", str(corrupt)] + base[2:] + ["--out", str(tmp_path / "c.json")])
+    assert "corrupt conductance map" in _err(capsys, ["validate", str(corrupt)] + base[2:] + c_out)
 
     multi = tmp_path / "multi"
     make_artifact(multi / "a", preset("paper"), bn_rate=0.1)
@@ -482,7 +519,8 @@ def test_review_bad_inputs_are_one_line_errors(tmp_path, capsys):
     bare = tmp_path / "bare"
     onx = export_torch(tiny_model(), torch.zeros(1, 3, 32, 32), tmp_path / "f.onnx")
     quantize_onnx(onx, bare, preset("paper"))  # no rram.normalization metadata
-    assert "no input normalisation" in _err(capsys, ["validate", str(bare)] + base[2:] + ["--out", str(tmp_path / "n.json")])
+    n_out = ["--out", str(tmp_path / "n.json")]
+    assert "no input normalisation" in _err(capsys, ["validate", str(bare)] + base[2:] + n_out)
     assert not (tmp_path / "n.json").exists() and not (tmp_path / "c.json").exists()
 
 
@@ -607,7 +645,7 @@ def test_seed_and_results_files_are_checked(art, data, tmp_path, capsys):
 
 
 def test_summary_interval_stays_in_0_1_and_merge_refuses_a_file_twice(art, data, tmp_path):
-    from runtime.campaign import summarize
+    from runtime.results import summarize
 
     s = summarize([0.02, 0.9])
     assert s["ci95"][0] == 0.0 and s["ci95"][1] == 1.0 and s["mean"] == pytest.approx(0.46)

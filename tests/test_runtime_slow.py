@@ -15,10 +15,10 @@ P, RUNS, IMAGES = 0.05, 5, 1000
 
 
 def test_campaign_mean_agrees_with_torch_reference(tmp_path, shared_data, shared_resnet20):
-    from runtime.campaign import subset_indices, validate
+    from runtime.campaign import validate
     from runtime.crossbar import preset
     from toolchain.checkpoints import load_checkpoint
-    from toolchain.data import Split, load_split
+    from toolchain.data import Split, load_split, subset_indices
     from toolchain.evaluate import accuracy
 
     from _runtime_helpers import export_torch, quantize_onnx
@@ -26,7 +26,7 @@ def test_campaign_mean_agrees_with_torch_reference(tmp_path, shared_data, shared
     ckpt = load_checkpoint(str(shared_resnet20))
     model = ckpt.build()
     onx = export_torch(model, torch.zeros(1, 3, 32, 32), tmp_path / "float.onnx")
-    art = quantize_onnx(onx, tmp_path / "art", preset("paper"), normalization=ckpt.normalization.to_dict())
+    art = quantize_onnx(onx, tmp_path / "art", preset("paper"), normalization=ckpt.normalization)
     split = load_split(str(shared_data), "test")
     idx = subset_indices(len(split), IMAGES)
     sub = Split(split.images[idx], split.labels[idx], split.classes)
@@ -54,7 +54,8 @@ def test_campaign_mean_agrees_with_torch_reference(tmp_path, shared_data, shared
 
     # chip for chip: the weights a simulated chip drops, dropped in the float PyTorch model, give
     # the same accuracy up to the crossbar quantisation
-    from runtime.engine import DeployedModel, Engine
+    from runtime.artifact import DeployedModel
+    from runtime.engine import Engine
     from runtime.faults import run_seed, sample_chip
 
     dm = DeployedModel.load(art)

@@ -25,8 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from runtime.artifact import file_sha256
-from runtime.fileio import atomic_path
+from runtime.fileio import atomic_path, file_sha256
 
 from .data import IMAGENET_NORM, Normalization
 from .errors import UserError

@@ -1,8 +1,8 @@
 """``rram``: the toolchain's command line. Each subcommand lives in ``toolchain/commands/<name>.py``
 with ``add_parser(subparsers)`` and ``run(args) -> int``.
 
-Every user-facing problem (UserError, or a passes/runtime input error) is printed as one line,
-``rram: error: ...``, with exit status 2 and no traceback.
+Every user-facing problem (a ``runtime.errors.RramError``: UserError, PassError, RuntimeInputError)
+is printed as one line, ``rram: error: ...``, with exit status 2 and no traceback.
 """
 from __future__ import annotations
 
@@ -10,21 +10,10 @@ import argparse
 import importlib
 import sys
 
-from .errors import UserError
+from runtime.errors import RramError
 
 COMMANDS = ["eval", "train", "recalibrate", "export", "passes", "quantize", "validate", "merge",
             "plot"]
-
-
-def user_error_types() -> tuple[type[BaseException], ...]:
-    """UserError plus the input-error types of the passes and runtime packages, when present."""
-    types: list[type[BaseException]] = [UserError]
-    for mod, name in (("passes.errors", "PassError"), ("runtime.errors", "RuntimeInputError")):
-        try:
-            types.append(getattr(importlib.import_module(mod), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(types)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -51,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code or 0)
     try:
         return int(args.func(args) or 0)
-    except user_error_types() as e:
+    except RramError as e:
         print(f"rram: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # e.g. permission denied, disk full: still one line, no traceback

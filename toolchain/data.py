@@ -16,8 +16,6 @@ unpickler (``_BatchUnpickler``): a pickle can run code, a CIFAR batch needs only
 """
 from __future__ import annotations
 
-import math
-
 import hashlib
 import os
 import pickle
@@ -29,7 +27,8 @@ import numpy as np
 import torch
 
 from runtime.errors import RuntimeInputError
-from runtime.fileio import atomic_path
+from runtime.fileio import atomic_write_with
+from runtime.metadata import Normalization
 
 from .errors import UserError
 
@@ -83,15 +82,21 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, n: int | None) -> "Split":
+    def subset(self, n: int | None) -> Split:
         """``n`` images spread evenly over the split (folders are sorted by class: the first n
         would cover one class), the same ones ``rram validate --images n`` takes."""
         if n is None or n >= len(self):
             return self
-        from runtime.campaign import subset_indices
-
         idx = subset_indices(len(self), n)
         return Split(self.images[idx], self.labels[idx], self.classes)
+
+
+def subset_indices(total: int, n: int | None) -> np.ndarray:
+    """``n`` images spread evenly over the split (test folders are sorted by class, so the first
+    n would cover only a few classes)."""
+    if n is None or n >= total:
+        return np.arange(total)
+    return (np.arange(n, dtype=np.int64) * total) // n
 
 
 def _source_files(layout: str, folder: Path, split: str) -> list[Path]:
@@ -300,31 +305,10 @@ def check_class_folders(data: str | os.PathLike | None, num_classes: int, what: 
 
 
 def _atomic_savez(path: Path, **arrays) -> None:
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **arrays)
+    atomic_write_with(path, lambda fh: np.savez(fh, **arrays))
 
 
 # --------------------------------------------------------------------------- batching on tensors
-
-@dataclass(frozen=True)
-class Normalization:
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-
-    def __post_init__(self):  # one check for checkpoints, --mean/--std and metadata alike
-        values = tuple(self.mean) + tuple(self.std)
-        if len(self.mean) != 3 or len(self.std) != 3 or not all(math.isfinite(v) for v in values) \
-                or min(self.std) <= 0:
-            raise ValueError("mean and std must be three finite numbers each, std > 0")
-
-    def to_dict(self) -> dict:
-        return {"mean": list(self.mean), "std": list(self.std)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Normalization":
-        return cls(tuple(float(x) for x in d["mean"]), tuple(float(x) for x in d["std"]))
-
 
 IMAGENET_NORM = Normalization((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 CIFAR10_NORM = Normalization((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))

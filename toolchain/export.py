@@ -25,10 +25,13 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from runtime import metadata as md
+from runtime.fileio import atomic_write_bytes
+from runtime.session import make_session
+
 from .checkpoints import Checkpoint
 from .dropconnect import rate_key
 from .errors import UserError
-from runtime.fileio import atomic_write_bytes
 from .recalibrate import apply_bn_stats, bn_stats_of
 
 OPSET = 17
@@ -111,19 +114,19 @@ def export_onnx(ckpt: Checkpoint, out: str | os.PathLike, *, rate: str | None = 
     for r, table in tables.items():
         for m, v in pairs:
             for name in (m, v):
-                t = numpy_helper.from_array(table[name].numpy().astype(np.float32), f"{name}@rate={r}")
+                t = numpy_helper.from_array(table[name].numpy().astype(np.float32), md.rate_initializer_name(name, r))
                 onx.graph.initializer.append(t)
 
     spec = ckpt.spec
     meta = {
-        "rram.model": json.dumps(spec.to_dict()),
-        "rram.normalization": json.dumps(ckpt.normalization.to_dict()),
-        "rram.drop_rate": repr(float(ckpt.meta.get("drop_rate", 0.0))),
-        "rram.bn_rate": rate,
-        "rram.bn_rate_default": rate,
-        "rram.bn_stats_rates": json.dumps(sorted(tables, key=float)),
-        "rram.input_layout": "NCHW float32, normalised with rram.normalization",
-        "rram.source": str(ckpt.source),
+        md.MODEL_KEY: json.dumps(spec.to_dict()),
+        md.NORMALIZATION_KEY: ckpt.normalization.to_metadata(),
+        md.DROP_RATE_KEY: repr(float(ckpt.meta.get("drop_rate", 0.0))),
+        md.BN_RATE_KEY: rate,
+        md.BN_RATE_DEFAULT_KEY: rate,
+        md.BN_STATS_RATES_KEY: json.dumps(sorted(tables, key=float)),
+        md.INPUT_LAYOUT_KEY: f"NCHW float32, normalised with {md.NORMALIZATION_KEY}",
+        md.SOURCE_KEY: str(ckpt.source),
     }
     for k, val in meta.items():
         entry = onx.metadata_props.add()
@@ -141,14 +144,10 @@ def export_onnx(ckpt: Checkpoint, out: str | os.PathLike, *, rate: str | None = 
 
 def compare_with_torch(onx: onnx.ModelProto, model: torch.nn.Module, *, seed: int = 0,
                        batch: int = 4) -> float:
-    import onnxruntime as ort
-
     x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed + 1))
     with torch.no_grad():
         ref = model(x).numpy()
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3  # the per-rate initializers are unused by design: no warnings
-    sess = ort.InferenceSession(onx.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = make_session(onx.SerializeToString())  # warnings off: the per-rate initializers are unused by design
     got = sess.run([OUTPUT], {INPUT: x.numpy()})[0]
     return float(np.abs(got - ref).max())
 

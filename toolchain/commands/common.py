@@ -37,6 +37,30 @@ def positive_int(text: str) -> int:
     return _int_at_least(text, 1, "at least 1")
 
 
+def parse_stats_rate(text: str | float) -> str | float:
+    """--stats-rate: 'auto' or a rate in [0, 1] (the multi-rate artifact's own check, in the flag's words)."""
+    from runtime.artifact import check_stats_rate
+    from runtime.errors import RuntimeInputError
+
+    try:
+        return check_stats_rate(text)
+    except RuntimeInputError as e:
+        raise UserError(f"--{e}") from None
+
+
+def parse_shard(text: str | None) -> tuple[int, int]:
+    """--shard k/n: the k-th of n deterministic parts of a campaign."""
+    if text is None:
+        return (1, 1)
+    try:
+        k, n = (int(x) for x in str(text).split("/"))
+    except ValueError:
+        raise UserError(f"--shard must look like k/n (e.g. 2/4), got {text!r}") from None
+    if n < 1 or not 1 <= k <= n:
+        raise UserError(f"--shard k/n needs 1 <= k <= n, got {text}")
+    return (k, n)
+
+
 SEED_LIMIT = 2**32  # seeds are 0 <= seed < 2**32: every consumer takes these (torch's manual_seed
 #                    overflows at 2**64, `rram export` seeds with seed + 1; legacy numpy stops at 2**32)
 

@@ -1,12 +1,12 @@
 """``rram eval``: top-1 accuracy of a checkpoint on the CIFAR-10 test split."""
 from __future__ import annotations
 
-import statistics
 import time
 
 import torch
 
 from runtime.calibration import calibration_indices
+from runtime.results import summarize
 
 from ..calibrate import calibrate_bn, restored_bn
 from ..checkpoints import load_checkpoint
@@ -23,7 +23,8 @@ def add_parser(sub) -> None:
     add_model_args(p)
     add_data_args(p)
     p.add_argument("--split", choices=["test", "train"], default="test")
-    p.add_argument("--images", type=positive_int, default=None, help="evaluate N images spread evenly over the split (the ones rram validate --images N takes)")
+    p.add_argument("--images", type=positive_int, default=None, help="evaluate N images spread evenly over the split "
+                        "(the ones rram validate --images N takes)")
     p.add_argument("--batch-size", type=positive_int, default=500)
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.add_argument("--sa1", type=rate, default=None, metavar="P",
@@ -80,10 +81,10 @@ def run(args) -> int:
                     calibrate_bn(model, calib)
                 accs.append(accuracy(model, split, ckpt.normalization, batch_size=args.batch_size,
                                      desc=f"chip {run_i + 1}/{args.runs}"))
-        acc = statistics.fmean(accs)
+        s = summarize(accs)  # the statistics rram validate reports
+        acc = s["mean"]
         extra = {"sa1": p, "runs": args.runs, "seed": args.seed, "calibrate": args.calibrate, "mean": acc,
-                 "std": statistics.stdev(accs) if len(accs) > 1 else 0.0, "min": min(accs),
-                 "max": max(accs), "accuracies": accs}
+                 "std": s["std"], "min": s["min"], "max": s["max"], "accuracies": accs}
         calibrated = "" if calib is None else f" calibrated on {args.calibrate} images each"
         text = (f"SA1 {p:g}, {args.runs} chips{calibrated}: mean {100 * acc:.2f}% std {100 * extra['std']:.2f} "
                 f"min {100 * extra['min']:.2f}% max {100 * extra['max']:.2f}%")

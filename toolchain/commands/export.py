@@ -6,7 +6,7 @@ from runtime.fileio import check_output_path
 from ..checkpoints import load_checkpoint
 from ..dropconnect import check_rate, rate_key
 from ..export import export_onnx
-from .common import emit, rate, seed, add_normalization_args, normalization_from_args
+from .common import add_normalization_args, emit, normalization_from_args, rate, seed
 
 
 def add_parser(sub) -> None:

@@ -12,14 +12,13 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from runtime.campaign import merge, read_results, write_results
-    from runtime.errors import RuntimeInputError
-
-    from .validate import print_summary
-
     from pathlib import Path
 
+    from runtime.errors import RuntimeInputError
     from runtime.fileio import check_output_path
+    from runtime.results import merge, read_results, write_results
+
+    from .validate import print_summary
 
     check_output_path(args.out)
     if Path(args.out).resolve() in {Path(r).resolve() for r in args.results}:

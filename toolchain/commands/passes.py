@@ -71,7 +71,12 @@ def _image_feeds(args):
     """A function building feed dicts of real test images, shaped for the model's first input and
     normalised with --mean/--std, else the model's ``rram.normalization`` metadata (written by
     ``rram export``); without either it refuses rather than guess."""
-    from runtime.engine import normalize_images, read_normalization
+    from runtime.metadata import (
+        NORMALIZATION_KEY,
+        Normalization,
+        normalize_images,
+        read_metadata,
+    )
 
     from ..data import load_split
 
@@ -80,10 +85,9 @@ def _image_feeds(args):
                        download=args.download).subset(args.images or 16)
 
     def feeds(model):
-        norm = given.to_dict() if given is not None else read_normalization(
-            {p.key: p.value for p in model.metadata_props}, "the model")
+        norm = given if given is not None else Normalization.from_metadata(read_metadata(model), "the model")
         if norm is None:
-            raise UserError("the model records no input normalisation (metadata rram.normalization): "
+            raise UserError(f"the model records no input normalisation (metadata {NORMALIZATION_KEY}): "
                             "give --mean and --std to verify on real images")
         x = normalize_images(split.images, norm)
         inits = {t.name for t in model.graph.initializer}

@@ -1,17 +1,22 @@
 """``rram quantize``: map a model's weights onto crossbar cells and write the deployable artifact
-(QDQ model.onnx, crossbars.json/.npz conductance map, report.json). The work is in ``passes.quantize``;
+(QDQ model.onnx, crossbars.json/.npz conductance map, report.json). The work is in ``runtime.quantize``;
 the device description and its presets in ``runtime.crossbar``."""
 from __future__ import annotations
-
-from .common import split_list
 
 import json
 import sys
 
-from passes.quantize import MAPPABLE_OPS, LayerSelection, format_report, json_safe, quantize_to_folder
 from runtime.crossbar import ENCODINGS, PRESETS, SCALE_GRANULARITIES, preset
+from runtime.quantize import (
+    MAPPABLE_OPS,
+    LayerSelection,
+    format_report,
+    json_safe,
+    quantize_to_folder,
+)
 
 from ..errors import UserError
+from .common import split_list
 
 
 def add_parser(sub) -> None:

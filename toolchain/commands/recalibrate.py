@@ -4,15 +4,24 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from runtime.fileio import check_output_path
+
 from ..checkpoints import load_checkpoint, save_checkpoint
 from ..data import check_for_model, load_split
 from ..dropconnect import check_rate, rate_key
 from ..errors import UserError
 from ..recalibrate import recalibrate_bn
 from ..training import random_subset, resolve_device
-from .common import (add_data_args, emit, float_list, no_new_folders_on_failure, positive_int, seed,
-                     add_normalization_args, normalization_from_args)
-from runtime.fileio import check_output_path
+from .common import (
+    add_data_args,
+    add_normalization_args,
+    emit,
+    float_list,
+    no_new_folders_on_failure,
+    normalization_from_args,
+    positive_int,
+    seed,
+)
 
 OUT_NAME = "recalibrated.pt"
 

@@ -14,8 +14,16 @@ from ..data import check_class_folders
 from ..errors import UserError
 from ..models import MODEL_NAMES, ModelSpec
 from ..training import TrainConfig, train
-from .common import (add_data_args, no_new_folders_on_failure, positive_float, positive_int, rate, seed,
-                     add_normalization_args, normalization_from_args)
+from .common import (
+    add_data_args,
+    add_normalization_args,
+    no_new_folders_on_failure,
+    normalization_from_args,
+    positive_float,
+    positive_int,
+    rate,
+    seed,
+)
 
 
 def add_parser(sub) -> None:

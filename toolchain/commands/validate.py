@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..data import check_for_model, load_split
 from ..errors import UserError
-from .common import add_data_args, float_list, positive_int, rate, seed
+from .common import add_data_args, float_list, parse_shard, parse_stats_rate, positive_int, rate, seed
 
 
 def add_parser(sub) -> None:
@@ -37,10 +37,13 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from runtime.campaign import (Artifact, parse_shard, parse_stats_rate, subset_indices, validate,
-                                  validate_fault_map, write_results)
+    from runtime.artifact import Artifact
+    from runtime.campaign import validate, validate_fault_map
     from runtime.faults import check_rates
     from runtime.fileio import check_output_path
+    from runtime.results import write_results
+
+    from ..data import subset_indices
 
     if args.runs < 1:
         raise UserError(f"--runs must be at least 1, got {args.runs}")
@@ -110,8 +113,10 @@ def _output_classes(artifact) -> int | None:
     """The number of outputs (classes) of the artifact's model, when its ONNX output says it."""
     import onnx
 
+    from runtime.artifact import MODEL_NAME
+
     name = next(iter(artifact.models))
     folder = artifact.path if name == "." else artifact.path / name
-    graph = onnx.load(str(folder / "model.onnx"), load_external_data=False).graph
+    graph = onnx.load(str(folder / MODEL_NAME), load_external_data=False).graph
     dims = graph.output[0].type.tensor_type.shape.dim if graph.output else []
     return dims[-1].dim_value if len(dims) == 2 and dims[-1].dim_value > 0 else None

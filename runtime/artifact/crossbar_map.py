@@ -1,14 +1,13 @@
 """The conductance map of a deployed model: ``crossbars.json`` (description) + ``crossbars.npz``
 (cell levels and scales). Format spec: ``docs/crossbar-format.md``.
 
-Written by the quantizer (``passes``), read by the fault runtime. Per mapped layer the npz holds
+Written by the quantizer (``runtime.quantize``), read by the fault runtime. Per mapped layer the npz holds
 ``L{i:04d}.levels`` (uint8, planes x slices x rows x cols: the level of every cell, per cell plane)
 and ``L{i:04d}.scales`` (float32, one per column). The weight the deployed model computes with is
 ``matrix_to_weight(decode(levels) * scales)``, bit for bit the DequantizeLinear output in model.onnx.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import zipfile
@@ -17,14 +16,20 @@ from pathlib import Path
 
 import numpy as np
 
-from .crossbar import DeviceConfig, Tile, decode, dequantize_matrix, matrix_to_weight, tile_grid
-from .errors import RuntimeInputError
-from .fileio import atomic_path, read_json_document
+from ..crossbar import (
+    DeviceConfig,
+    Tile,
+    decode,
+    dequantize_matrix,
+    matrix_to_weight,
+    tile_grid,
+)
+from ..errors import RuntimeInputError
+from ..fileio import atomic_write_with, read_json_document
+from .layout import JSON_NAME, NPZ_NAME
 
 FORMAT = "rram-crossbar-map"
 VERSION = 1
-JSON_NAME = "crossbars.json"
-NPZ_NAME = "crossbars.npz"
 
 
 @dataclass
@@ -64,19 +69,6 @@ class CrossbarMap:
         return int(sum(layer.levels.size for layer in self.layers))
 
 
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        write(fh)
-
-
 def save_map(cmap: CrossbarMap, folder: str | os.PathLike) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -96,8 +88,8 @@ def save_map(cmap: CrossbarMap, folder: str | os.PathLike) -> None:
     doc = {"format": FORMAT, "version": VERSION, "device": cmap.device.to_dict(),
            "model_sha256": cmap.model_sha256, "layers": entries}
     # npz first: a json without its npz would be a broken artifact
-    _atomic_write(folder / NPZ_NAME, lambda fh: np.savez(fh, **arrays))
-    _atomic_write(folder / JSON_NAME, lambda fh: fh.write(json.dumps(doc, indent=1).encode()))
+    atomic_write_with(folder / NPZ_NAME, lambda fh: np.savez(fh, **arrays))
+    atomic_write_with(folder / JSON_NAME, lambda fh: fh.write(json.dumps(doc, indent=1).encode()))
 
 
 def load_map(folder: str | os.PathLike) -> CrossbarMap:

@@ -1,0 +1,165 @@
+"""A deployed model: one quantized folder (``model.onnx`` + its conductance map), loaded and
+checked against each other, with the mapped weights folded for the engine.
+
+Preparation (once per model): the QDQ weight path (integer initializer -> DequantizeLinear ->
+Conv/Gemm) of every mapped layer is folded into one float initializer, bit for bit the
+DequantizeLinear output, under the name the consumer reads, and the model *without* those
+initializers is serialised once. Per chip only the faulty weights are serialised, as a second
+ModelProto holding just ``graph.initializer``, and appended to those bytes: protobuf merges
+concatenated messages (repeated fields append), so the session sees one complete model with the
+weights as constant initializers, which onnxruntime pre-packs and lays out (NCHWc) at full
+optimisation. Measured alternatives (docs/runtime.md): weights as graph inputs cannot be
+pre-packed (~60% slower runs); ``SessionOptions.add_initializer`` at ORT_ENABLE_ALL silently
+computes with the *original* weights in some layers (onnxruntime 1.32: wrong accuracy), and at
+ORT_ENABLE_EXTENDED it loses the NCHWc layout (~40% slower runs).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from ..crossbar import decode, dequantize_matrix, matrix_to_weight
+from ..errors import RuntimeInputError
+from ..fileio import file_sha256
+from ..metadata import Normalization, bn_rate_from_metadata, read_metadata
+from .crossbar_map import CrossbarMap, load_map
+from .layout import MODEL_NAME
+
+if TYPE_CHECKING:
+    from ..faults import Chip
+
+
+@dataclass
+class DeployedModel:
+    """One quantized folder: model.onnx + its conductance map, checked against each other."""
+    folder: Path
+    cmap: CrossbarMap
+    base_bytes: bytes             # the prepared float model without the mapped weights
+    weight_names: list[str]       # per mapped layer, the float initializer it becomes
+    input_name: str
+    sha256: str
+    metadata: dict[str, str] = field(default_factory=dict)
+    input_dims: tuple = ()        # the image input's dims, None where symbolic (e.g. batch)
+
+    def __post_init__(self):
+        self._clean = self.clean_weights()
+
+    @property
+    def normalization(self) -> Normalization | None:
+        return Normalization.from_metadata(self.metadata, self.folder / MODEL_NAME)
+
+    @property
+    def bn_rate(self) -> float | None:
+        return bn_rate_from_metadata(self.metadata, self.folder / MODEL_NAME)
+
+    def model_bytes_with(self, weights: list[np.ndarray] | None = None) -> bytes:
+        """The complete prepared model with these float weights (the clean ones when None)."""
+        if weights is None:
+            weights = self._clean
+        if len(weights) != len(self.weight_names):
+            raise RuntimeInputError(f"{len(weights)} weights for {len(self.weight_names)} mapped layers")
+        return append_initializers(self.base_bytes, self.weight_names,
+                                   [np.asarray(w, dtype=np.float32) for w in weights])
+
+    def clean_weights(self) -> list[np.ndarray]:
+        return [layer.float_weight(self.cmap.device) for layer in self.cmap.layers]
+
+    def chip_weights(self, chip: Chip) -> list[np.ndarray]:
+        """The float weights a faulty chip computes with (same decoder as the quantizer)."""
+        from ..faults import faulty_levels  # here: runtime.faults imports this package
+
+        device = self.cmap.device
+        return [matrix_to_weight(dequantize_matrix(decode(lv, device), layer.scales), layer.weight_shape,
+                                 transpose=layer.transpose)
+                for layer, lv in zip(self.cmap.layers, faulty_levels(self.cmap, chip.codes))]
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> DeployedModel:
+        folder = Path(folder)
+        path = folder / MODEL_NAME
+        if not path.is_file():
+            raise RuntimeInputError(f"{folder} is not a quantized artifact: no {MODEL_NAME}")
+        cmap = load_map(folder)
+        sha = file_sha256(path)
+        if cmap.model_sha256 and cmap.model_sha256 != sha:
+            raise RuntimeInputError(f"the conductance map in {folder} belongs to a different model.onnx "
+                                    f"(sha256 {cmap.model_sha256[:12]}, file {sha[:12]})")
+        try:
+            model = onnx.load(str(path))
+        except Exception as e:  # onnx raises DecodeError and friends
+            raise RuntimeInputError(f"corrupt ONNX model {path}: {str(e).splitlines()[0][:200]}") from None
+        inits = {t.name for t in model.graph.initializer}
+        inputs = [i.name for i in model.graph.input if i.name not in inits]
+        base_bytes, names = _fold_weights(model, cmap, path)
+        if len(inputs) != 1:
+            raise RuntimeInputError(f"{path}: expected one image input, found {inputs}")
+        dims = next(i for i in model.graph.input if i.name == inputs[0]).type.tensor_type.shape.dim
+        return cls(folder, cmap, base_bytes, names, inputs[0], sha, read_metadata(model),
+                   tuple(d.dim_value if d.dim_value > 0 else None for d in dims))
+
+    def fixed_batch(self, images_shape: tuple) -> int | None:
+        """Check uint8 NHWC images against the model's input; the batch size the model fixes, if any."""
+        dims = self.input_dims
+        if len(dims) != 4 or len(images_shape) != 4:  # (normalize_images refuses non-NHWC images)
+            return None
+        got = (images_shape[3], images_shape[1], images_shape[2])
+        if any(want is not None and want != g for want, g in zip(dims[1:], got)):
+            show = "x".join("?" if d is None else str(d) for d in dims[1:])
+            raise RuntimeInputError(f"{self.folder}: the model takes images of {show} (C x H x W), "
+                                    f"the data holds {got[0]}x{got[1]}x{got[2]}")
+        return dims[0]
+
+
+def _fold_weights(model: onnx.ModelProto, cmap: CrossbarMap, path: Path) -> tuple[bytes, list[str]]:
+    """Replace each mapped layer's DequantizeLinear by its float output; check that the map decodes
+    to exactly the integer initializer and scales of the model."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    dq_of = {n.input[0]: n for n in graph.node if n.op_type == "DequantizeLinear"}
+    names, drop_nodes, drop_inits = [], set(), set()
+    for layer in cmap.layers:
+        node = dq_of.get(layer.name)
+        if layer.name not in inits or node is None:
+            raise RuntimeInputError(f"the conductance map does not match {path}: no integer initializer "
+                                    f"{layer.name!r} feeding a DequantizeLinear")
+        q = numpy_helper.to_array(inits[layer.name])
+        if tuple(q.shape) != tuple(layer.weight_shape) or not np.array_equal(
+                q.astype(np.int64), layer.integer_weight(device=cmap.device).astype(np.int64)):
+            raise RuntimeInputError(f"the conductance map does not match {path}: layer {layer.name!r} "
+                                    f"decodes to other integers than the model holds")
+        scale_name = node.input[1]
+        scale = numpy_helper.to_array(inits[scale_name]) if scale_name in inits else None
+        if scale is None or not np.array_equal(scale.astype(np.float32).ravel(), layer.scales.ravel()):
+            raise RuntimeInputError(f"the conductance map does not match {path}: layer {layer.name!r} "
+                                    f"scales differ from the model's")
+        if len(node.input) > 2 and node.input[2] and node.input[2] in inits and \
+                np.any(numpy_helper.to_array(inits[node.input[2]])):
+            raise RuntimeInputError(f"{path}: layer {layer.name!r} has a non-zero zero point")
+        names.append(node.output[0])
+        drop_nodes.add(id(node))
+        drop_inits.update({layer.name, scale_name})
+        if len(node.input) > 2 and node.input[2]:
+            drop_inits.add(node.input[2])
+    # initializers still read by other nodes stay
+    still_used = {i for n in graph.node if id(n) not in drop_nodes for i in n.input}
+    kept_nodes = [n for n in graph.node if id(n) not in drop_nodes]
+    kept_inits = [t for t in graph.initializer if t.name not in drop_inits or t.name in still_used]
+    del graph.node[:]
+    graph.node.extend(kept_nodes)
+    del graph.initializer[:]
+    graph.initializer.extend(kept_inits)
+    return model.SerializeToString(), names
+
+
+def append_initializers(base: bytes, names: list[str], arrays: list[np.ndarray]) -> bytes:
+    """``base`` plus these initializers: protobuf merges a concatenated message into the first
+    (repeated fields append), so only the weights are serialised per chip."""
+    tail = onnx.ModelProto(graph=onnx.GraphProto(initializer=[
+        numpy_helper.from_array(np.ascontiguousarray(a), n) for n, a in zip(names, arrays)]))
+    return base + tail.SerializeToString()
