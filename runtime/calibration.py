@@ -54,6 +54,24 @@ class BNTarget:
         return scale, self.beta - scale * np.asarray(mean, np.float64)
 
 
+def targets_from_metadata(metadata: dict[str, str], where) -> dict[str, BNTarget]:
+    """The BN targets an artifact records (``rram.bn_targets``, written by fold-bn), or a one-line
+    error naming the commands that rebuild an artifact quantized before per-chip calibration."""
+    import json
+
+    from .metadata import BN_TARGETS_KEY
+
+    text = metadata.get(BN_TARGETS_KEY)
+    if not text:
+        raise RuntimeInputError(f"{where} records no BN targets ({BN_TARGETS_KEY}), so its periphery cannot be "
+                                f"calibrated per chip: rebuild it with `rram passes IN OUT --passes standard` "
+                                f"(fold-bn records them) and `rram quantize`")
+    try:
+        return {k: BNTarget.from_dict(v) for k, v in json.loads(text).items()}
+    except (ValueError, KeyError, TypeError) as e:
+        raise RuntimeInputError(f"{where}: unreadable {BN_TARGETS_KEY} ({e})") from None
+
+
 def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 

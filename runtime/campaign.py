@@ -37,6 +37,13 @@ def _jobs(n_rates: int, runs: int, shard: tuple[int, int]) -> list[tuple[int, in
 
 # ------------------------------------------------------------------ the campaign
 
+def _calibrate_config(calibrate: np.ndarray | None) -> dict:
+    """How chips were calibrated, for a results file's config (nothing when they were not)."""
+    if calibrate is None:
+        return {}
+    return {"calibrate": int(len(calibrate)), "calibrate_sha256": images_digest(calibrate, np.zeros(0, np.int64))}
+
+
 def _engine_factory(artifact: Artifact, images, labels, engine_kw):
     cache: dict[str, Engine] = {}
     if artifact.first.normalization is None:
@@ -60,8 +67,11 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
              stats_rate: str | float = "auto", shard: tuple[int, int] = (1, 1),
              out: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
              engine_kw: dict | None = None, info: dict | None = None, precision: str = "fp32",
-             calibration: np.ndarray | None = None) -> dict:
-    """Sweep the rates; return (and, with ``out``, keep writing) the results document."""
+             calibration: np.ndarray | None = None, calibrate: np.ndarray | None = None) -> dict:
+    """Sweep the rates; return (and, with ``out``, keep writing) the results document.
+    ``calibration``: training images for int8 activation ranges; ``calibrate``: training images on
+    which each chip's periphery is calibrated before it is evaluated (then ``clean`` is the
+    calibrated fault-free accuracy too)."""
     if not isinstance(artifact, Artifact):
         artifact = Artifact.load(artifact)
     if not sa1:
@@ -88,6 +98,7 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
         if calibration is None:
             raise RuntimeInputError("--precision int8 needs calibration images")
         config["calibration_sha256"] = images_digest(calibration, np.zeros(0, np.int64))
+    config.update(_calibrate_config(calibrate))  # part of every run: it belongs to the identity
     out = Path(out) if out is not None else None
     doc = None
     if out is not None and out.exists():
@@ -101,7 +112,7 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
                "rates": [{"sa1": float(p), "sa0": float(sa0), "model": m, "runs": {}} for p, m in zip(sa1, selected)],
                "timing": {}, "complete": False, "info": {"artifact": str(artifact.path), **(info or {})}}
     engine = _engine_factory(artifact, images, labels, {**(engine_kw or {}), "precision": precision,
-                                                        "calibration": calibration})
+                                                        "calibration": calibration, "calibrate": calibrate})
 
     todo = [(i, r) for i, r in _jobs(len(sa1), runs, shard) if str(r) not in doc["rates"][i]["runs"]]
     for name in sorted(set(selected)):
@@ -150,20 +161,23 @@ def _check_same(doc: dict, config: dict, shard, path) -> None:
 
 def validate_fault_map(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels: np.ndarray,
                        fault_map: str | os.PathLike, *, stats_rate: str | float = "auto",
-                       engine_kw: dict | None = None, info: dict | None = None) -> dict:
-    """Accuracy of the deployed model on one tested chip (a measured fault-map file)."""
+                       engine_kw: dict | None = None, info: dict | None = None,
+                       calibrate: np.ndarray | None = None) -> dict:
+    """Accuracy of the deployed model on one tested chip (a measured fault-map file); with
+    ``calibrate``, after calibrating the chip's periphery on those training images."""
     if not isinstance(artifact, Artifact):
         artifact = Artifact.load(artifact)
     chip = load_fault_map(fault_map, artifact.first.cmap)
     name = artifact.select(chip.stuck_fraction, check_stats_rate(stats_rate))
-    engine = _engine_factory(artifact, images, labels, engine_kw or {})(name)
+    engine = _engine_factory(artifact, images, labels, {**(engine_kw or {}), "calibrate": calibrate})(name)
     return {"format": FORMAT + "-chip", "version": VERSION,
             "config": {"artifact": str(artifact.path), "model": name,
                        "model_sha256": artifact.models[name].sha256,
                        "device": artifact.first.cmap.device.to_dict(), "fault_map": str(fault_map),
                        "fault_map_sha256": file_sha256(fault_map), "images": int(len(labels)),
                        "images_sha256": images_digest(images, labels),
-                       "precision": (engine_kw or {}).get("precision", "fp32")},
+                       "precision": (engine_kw or {}).get("precision", "fp32"),
+                       **_calibrate_config(calibrate)},
             "clean": engine.clean_accuracy(),
             "chip": {"accuracy": engine.chip_accuracy(chip), "stuck_fraction": chip.stuck_fraction,
                      "sa1_fraction": chip.sa1_fraction, "sa0_fraction": chip.sa0_fraction},

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from train_fixtures import make_cifar, one_thread
 
 from runtime.calibration import calibration_indices
 from runtime.errors import RuntimeInputError
@@ -15,6 +14,8 @@ from toolchain.cli import main
 from toolchain.data import CIFAR10_NORM
 from toolchain.models import ModelSpec, build_model
 from toolchain.recalibrate import bn_stats_of
+
+from conftest import make_cifar, one_thread
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 SPEC = ModelSpec("resnet20", 0.25)

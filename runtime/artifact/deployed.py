@@ -67,6 +67,10 @@ class DeployedModel:
         return append_initializers(self.base_bytes, self.weight_names,
                                    [np.asarray(w, dtype=np.float32) for w in weights])
 
+    def base_model(self) -> onnx.ModelProto:
+        """The prepared float model without the mapped weights (they are appended per chip)."""
+        return onnx.ModelProto.FromString(self.base_bytes)
+
     def clean_weights(self) -> list[np.ndarray]:
         return [layer.float_weight(self.cmap.device) for layer in self.cmap.layers]
 

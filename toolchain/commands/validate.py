@@ -24,6 +24,10 @@ def add_parser(sub) -> None:
     p.add_argument("--fault-map", default=None, help="a measured fault map (.npz): validate that one chip")
     p.add_argument("--shard", default=None, help="k/n: run the k-th of n deterministic parts")
     p.add_argument("--resume", action="store_true", help="continue the campaign in --out")
+    p.add_argument("--calibrate", type=positive_int, default=None, metavar="N",
+                   help="per-chip calibration: on each simulated chip re-estimate every BN-folded layer's "
+                        "per-channel statistics from N training images chosen by --seed, and set the digital "
+                        "scale/offset, before evaluating (default: off; docs/runtime.md)")
     p.add_argument("--out", required=True, help="results JSON (written after every run)")
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
                    help="int8: activations quantised as a DAC/ADC would (onnxruntime static "
@@ -51,6 +55,8 @@ def run(args) -> int:
     for p in sa1:
         check_rates(p, args.sa0)
     shard = parse_shard(args.shard)
+    if args.calibrate is not None and args.precision != "fp32":  # before any work
+        raise UserError("per-chip calibration (--calibrate) runs with --precision fp32; int8 is not supported yet")
     if shard[0] > len(sa1) * args.runs:  # a fixed-size array job over a small campaign: fine
         print(f"note: --shard {args.shard}: the campaign has only {len(sa1) * args.runs} runs, so this "
               f"shard holds none (its results file still merges)")
@@ -70,6 +76,12 @@ def run(args) -> int:
     if args.precision == "int8":
         train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache)
         calibration = train.images[subset_indices(len(train), args.calibration_images)]
+    calibrate = None
+    if args.calibrate is not None:
+        from runtime.calibration import calibration_indices
+
+        train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache)
+        calibrate = train.images[calibration_indices(len(train), args.calibrate, args.seed)]
     info = {"data": str(args.data), "split": args.split}
     if args.fault_map:
         from pathlib import Path
@@ -78,14 +90,15 @@ def run(args) -> int:
             raise UserError(f"{args.out} exists; choose another --out")
         doc = validate_fault_map(artifact, images, labels, args.fault_map, stats_rate=stats_rate,
                                  engine_kw={**engine_kw, "precision": args.precision,
-                                            "calibration": calibration}, info=info)
+                                            "calibration": calibration}, info=info, calibrate=calibrate)
         write_results(doc, args.out)
         print(f"chip {args.fault_map}: {100 * doc['chip']['accuracy']:.2f}% "
               f"(fault-free {100 * doc['clean']:.2f}%, {100 * doc['chip']['stuck_fraction']:.3f}% cells stuck)")
         return 0
     doc = validate(artifact, images, labels, sa1=sa1, sa0=args.sa0, runs=args.runs, seed=args.seed,
                    stats_rate=stats_rate, shard=shard, out=args.out, resume=args.resume,
-                   engine_kw=engine_kw, info=info, precision=args.precision, calibration=calibration)
+                   engine_kw=engine_kw, info=info,
+                   precision=args.precision, calibration=calibration, calibrate=calibrate)
     print_summary(doc)
     return 0
 

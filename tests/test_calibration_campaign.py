@@ -1,0 +1,128 @@
+"""Per-chip calibration in the fault campaign (issue 12): `rram validate --calibrate N`."""
+import json
+import math
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import passes
+from runtime.artifact import DeployedModel
+from runtime.campaign import validate, validate_fault_map
+from runtime.crossbar import preset
+from runtime.faults import run_seed, sample_chip, save_fault_map
+from runtime.results import read_results
+from toolchain.cli import main
+
+from _runtime_helpers import NORM, make_artifact, quantize_onnx, tiny_model
+from conftest import make_cifar, one_thread
+
+_one_thread = pytest.fixture(autouse=True)(one_thread)
+
+
+def bn_artifact(folder):
+    """The tiny model through export (BN kept), the standard passes (fold-bn records the BN
+    targets) and quantize: an artifact whose periphery can be calibrated."""
+    path = folder.parent / f"{folder.name}.float.onnx"
+    torch.onnx.export(tiny_model(), torch.zeros(1, 3, 32, 32), str(path), dynamo=False, input_names=["input"],
+                      output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
+                      opset_version=17, do_constant_folding=False)
+    folded = passes.run(onnx.load(str(path)), "standard").model
+    return quantize_onnx(folded, folder, preset("paper"), normalization=NORM)
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory):
+    return bn_artifact(tmp_path_factory.mktemp("art") / "a")
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_cifar(tmp_path_factory.mktemp("cifar"), test=64)
+
+
+def _images(n, seed):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, n)
+
+
+def test_campaign_records_calibration_and_is_reproducible_and_splittable(art):
+    images, labels = _images(48, 0)
+    calib = _images(32, 1)[0]
+    kw = dict(sa1=[0.0, 0.2], runs=3, seed=4, progress=False, calibrate=calib)
+    one = validate(art, images, labels, **kw)
+    assert one["config"]["calibrate"] == 32 and one["config"]["calibrate_sha256"]
+    again = validate(art, images, labels, **kw)
+    assert [e["runs"] for e in one["rates"]] == [e["runs"] for e in again["rates"]]
+    parts = [validate(art, images, labels, shard=(k, 2), **kw) for k in (1, 2)]
+    merged = {r: v for p in parts for r, v in p["rates"][1]["runs"].items()}
+    assert merged == one["rates"][1]["runs"]
+    plain = validate(art, images, labels, sa1=[0.2], runs=3, seed=4, progress=False)
+    assert "calibrate" not in plain["config"]
+    assert [v["accuracy"] for v in plain["rates"][0]["runs"].values()] != \
+        [v["accuracy"] for v in one["rates"][1]["runs"].values()]
+
+
+def test_a_measured_chip_is_calibrated_like_the_simulated_one(art, tmp_path):
+    images, labels = _images(48, 0)
+    calib = _images(32, 1)[0]
+    doc = validate(art, images, labels, sa1=[0.2], runs=2, seed=4, progress=False, calibrate=calib)
+    cmap = DeployedModel.load(art).cmap
+    chip = sample_chip(cmap.cell_count(), 0.2, 0.0, run_seed(4, 0.2, 0.0, 1))
+    save_fault_map(tmp_path / "chip.npz", cmap, chip)
+    measured = validate_fault_map(art, images, labels, tmp_path / "chip.npz", calibrate=calib)
+    assert measured["chip"]["accuracy"] == doc["rates"][0]["runs"]["1"]["accuracy"]
+    assert measured["config"]["calibrate"] == 32
+
+
+def _err(capsys, args):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("rram: error:")
+    return err
+
+
+def test_bad_calibration_input_is_one_line(art, data, tmp_path, capsys):
+    base = ["validate", str(art), "--data", str(data), "--no-cache", "--sa1", "0.1", "--runs", "1"]
+    out = tmp_path / "r.json"
+    assert "--calibrate" in _err(capsys, base + ["--calibrate", "0", "--out", str(out)])
+    assert "choose between 1 and the 320 images" in _err(capsys, base + ["--calibrate", "100000", "--out", str(out)])
+    assert "int8 is not supported yet" in _err(capsys, base + ["--calibrate", "8", "--precision", "int8",
+                                                               "--out", str(out)])
+    old = make_artifact(tmp_path / "old", preset("paper"))  # quantized without fold-bn's targets
+    err = _err(capsys, ["validate", str(old)] + base[2:] + ["--calibrate", "8", "--out", str(out)])
+    assert "records no BN targets" in err and "rram passes" in err
+    assert not out.exists()
+
+
+def test_cli_campaign_with_calibration(art, data, tmp_path, capsys):
+    out = tmp_path / "r.json"
+    assert main(["validate", str(art), "--data", str(data), "--no-cache", "--sa1", "0,0.1", "--runs", "2",
+                 "--calibrate", "16", "--out", str(out)]) == 0
+    doc = read_results(out)
+    assert doc["config"]["calibrate"] == 16 and doc["complete"]
+
+
+@pytest.mark.slow
+def test_campaign_agrees_with_the_pytorch_reference_and_lifts_faulty_chips(tmp_path, shared_data, shared_resnet20,
+                                                                           capsys, monkeypatch, cache_dir):
+    """Pretrained ResNet20, SA1 0.1, 10 chips, 2000 test images, 256 calibration images: the
+    campaign's mean is at least 65% (without calibration about 38%) and within three combined
+    standard errors of `rram eval --sa1 0.1 --calibrate 256` (other chips, same procedure)."""
+    monkeypatch.setenv("RRAM_CACHE", str(cache_dir))
+    onx, folded, art = tmp_path / "r20.onnx", tmp_path / "r20.passes.onnx", tmp_path / "art"
+    assert main(["export", str(shared_resnet20), "--model", "resnet20", "--out", str(onx)]) == 0
+    assert main(["passes", str(onx), str(folded), "--passes", "standard"]) == 0
+    assert main(["quantize", str(folded), str(art), "--preset", "paper"]) == 0
+    common = ["--data", str(shared_data), "--sa1", "0.1", "--images", "2000"]
+    assert main(["validate", str(art), *common, "--runs", "10", "--calibrate", "256",
+                 "--out", str(tmp_path / "c.json")]) == 0
+    campaign = read_results(tmp_path / "c.json")["rates"][0]["summary"]
+    capsys.readouterr()
+    assert main(["eval", "--model", "resnet20", "--checkpoint", str(shared_resnet20), *common, "--runs", "10",
+                 "--calibrate", "256", "--json"]) == 0
+    ref = json.loads(capsys.readouterr().out)
+    assert campaign["mean"] >= 0.65
+    se = math.hypot(campaign["std"] / math.sqrt(10), ref["std"] / math.sqrt(10))
+    assert abs(campaign["mean"] - ref["mean"]) <= 3 * se, (campaign["mean"], ref["mean"], se)
