@@ -10,6 +10,16 @@ from .fileio import atomic_path
 from .results import read_results
 
 
+def series_names(docs: list[dict], paths, labels: list[str] | None = None) -> list[str]:
+    """Legend names: the labels (or file stems), with each file's SA0 rate when they differ and
+    the calibration when chips were calibrated per chip (it changes what the boxes mean)."""
+    names = labels or [Path(p).stem for p in paths]
+    if len({d["config"].get("sa0", 0.0) for d in docs}) > 1:
+        names = [f"{n}, SA0 {100 * d['config'].get('sa0', 0.0):g}%" for n, d in zip(names, docs)]
+    return [f"{n} (per-chip calibration, {d['config']['calibrate']} images)" if d["config"].get("calibrate")
+            else n for n, d in zip(names, docs)]
+
+
 def plot_results(paths: list[str | os.PathLike], out: str | os.PathLike, *, labels: list[str] | None = None,
                  title: str | None = None) -> Path:
     import matplotlib
@@ -28,10 +38,8 @@ def plot_results(paths: list[str | os.PathLike], out: str | os.PathLike, *, labe
     docs = [read_results(p) for p in paths]
     if labels is not None and len(labels) != len(docs):
         raise RuntimeInputError(f"{len(labels)} labels for {len(docs)} results files")
-    names = labels or [Path(p).stem for p in paths]
+    names = series_names(docs, paths, labels)
     sa0 = {d["config"].get("sa0", 0.0) for d in docs}
-    if len(sa0) > 1:  # mixed: say each file's SA0 rate in its legend entry
-        names = [f"{n}, SA0 {100 * d['config'].get('sa0', 0.0):g}%" for n, d in zip(names, docs)]
     rates = sorted({e["sa1"] for d in docs for e in d["rates"]})
     if not rates:
         raise RuntimeInputError("the results files hold no rates")

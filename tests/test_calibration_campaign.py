@@ -102,6 +102,10 @@ def test_cli_campaign_with_calibration(art, data, tmp_path, capsys):
                  "--calibrate", "16", "--out", str(out)]) == 0
     doc = read_results(out)
     assert doc["config"]["calibrate"] == 16 and doc["complete"]
+    from runtime.plot import plot_results, series_names
+
+    assert series_names([doc], [out], ["tiny"]) == ["tiny (per-chip calibration, 16 images)"]
+    assert plot_results([out], tmp_path / "f.png", labels=["tiny"]).is_file()
 
 
 @pytest.mark.slow
