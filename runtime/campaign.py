@@ -16,7 +16,7 @@ import numpy as np
 from .artifact import Artifact, check_stats_rate
 from .engine import Engine
 from .errors import RuntimeInputError
-from .faults import check_rates, load_fault_map, run_seed, sample_chip
+from .faults import check_rates, layer_indices, load_fault_map, run_seed, sample_chip, with_faults_only_in
 from .fileio import file_sha256
 from .metadata import NORMALIZATION_KEY, normalize_images
 from .results import (
@@ -37,14 +37,14 @@ def _jobs(n_rates: int, runs: int, shard: tuple[int, int]) -> list[tuple[int, in
 
 # ------------------------------------------------------------------ the campaign
 
-def _calibrate_config(calibrate: np.ndarray | None) -> dict:
+def calibrate_config(calibrate: np.ndarray | None) -> dict:
     """How chips were calibrated, for a results file's config (nothing when they were not)."""
     if calibrate is None:
         return {}
     return {"calibrate": int(len(calibrate)), "calibrate_sha256": images_digest(calibrate, np.zeros(0, np.int64))}
 
 
-def _engine_factory(artifact: Artifact, images, labels, engine_kw):
+def engine_factory(artifact: Artifact, images, labels, engine_kw):
     cache: dict[str, Engine] = {}
     if artifact.first.normalization is None:
         # Guessing (e.g. CIFAR statistics, or none) silently gives a wrong accuracy.
@@ -67,11 +67,13 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
              stats_rate: str | float = "auto", shard: tuple[int, int] = (1, 1),
              out: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
              engine_kw: dict | None = None, info: dict | None = None, precision: str = "fp32",
-             calibration: np.ndarray | None = None, calibrate: np.ndarray | None = None) -> dict:
+             calibration: np.ndarray | None = None, calibrate: np.ndarray | None = None,
+             protect: list[str] | None = None) -> dict:
     """Sweep the rates; return (and, with ``out``, keep writing) the results document.
     ``calibration``: training images for int8 activation ranges; ``calibrate``: training images on
     which each chip's periphery is calibrated before it is evaluated (then ``clean`` is the
-    calibrated fault-free accuracy too)."""
+    calibrated fault-free accuracy too); ``protect``: mapped layers (node names) kept fault-free
+    (verified crossbars or digital logic), the same cells of the same chips left stuck elsewhere."""
     if not isinstance(artifact, Artifact):
         artifact = Artifact.load(artifact)
     if not sa1:
@@ -98,7 +100,14 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
         if calibration is None:
             raise RuntimeInputError("--precision int8 needs calibration images")
         config["calibration_sha256"] = images_digest(calibration, np.zeros(0, np.int64))
-    config.update(_calibrate_config(calibrate))  # part of every run: it belongs to the identity
+    config.update(calibrate_config(calibrate))  # part of every run: it belongs to the identity
+    cmap = artifact.first.cmap
+    kept_faulty = None
+    if protect:
+        protected = layer_indices(cmap, list(protect))
+        kept_faulty = [i for i in range(len(cmap.layers)) if i not in protected]
+        config["protect"] = [cmap.layers[i].node for i in protected]
+        config["protected_cells"] = sum(cmap.layers[i].levels.size for i in protected) / max(1, cmap.cell_count())
     out = Path(out) if out is not None else None
     doc = None
     if out is not None and out.exists():
@@ -111,7 +120,7 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
                "shard": None if shard == (1, 1) else list(shard), "clean": {},
                "rates": [{"sa1": float(p), "sa0": float(sa0), "model": m, "runs": {}} for p, m in zip(sa1, selected)],
                "timing": {}, "complete": False, "info": {"artifact": str(artifact.path), **(info or {})}}
-    engine = _engine_factory(artifact, images, labels, {**(engine_kw or {}), "precision": precision,
+    engine = engine_factory(artifact, images, labels, {**(engine_kw or {}), "precision": precision,
                                                         "calibration": calibration, "calibrate": calibrate})
 
     todo = [(i, r) for i, r in _jobs(len(sa1), runs, shard) if str(r) not in doc["rates"][i]["runs"]]
@@ -131,6 +140,8 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
         entry = doc["rates"][i]
         p1 = entry["sa1"]
         chip = sample_chip(n_cells, p1, sa0, run_seed(seed, p1, sa0, r))
+        if kept_faulty is not None:
+            chip = with_faults_only_in(cmap, chip, kept_faulty)
         # a chip without stuck cells computes with the clean weights: its accuracy is known
         acc = doc["clean"][entry["model"]] if not chip.codes.any() else engine(entry["model"]).chip_accuracy(chip)
         entry["runs"][str(r)] = {"accuracy": acc, "stuck_fraction": chip.stuck_fraction,
@@ -169,7 +180,7 @@ def validate_fault_map(artifact: Artifact | str | os.PathLike, images: np.ndarra
         artifact = Artifact.load(artifact)
     chip = load_fault_map(fault_map, artifact.first.cmap)
     name = artifact.select(chip.stuck_fraction, check_stats_rate(stats_rate))
-    engine = _engine_factory(artifact, images, labels, {**(engine_kw or {}), "calibrate": calibrate})(name)
+    engine = engine_factory(artifact, images, labels, {**(engine_kw or {}), "calibrate": calibrate})(name)
     return {"format": FORMAT + "-chip", "version": VERSION,
             "config": {"artifact": str(artifact.path), "model": name,
                        "model_sha256": artifact.models[name].sha256,
@@ -177,7 +188,7 @@ def validate_fault_map(artifact: Artifact | str | os.PathLike, images: np.ndarra
                        "fault_map_sha256": file_sha256(fault_map), "images": int(len(labels)),
                        "images_sha256": images_digest(images, labels),
                        "precision": (engine_kw or {}).get("precision", "fp32"),
-                       **_calibrate_config(calibrate)},
+                       **calibrate_config(calibrate)},
             "clean": engine.clean_accuracy(),
             "chip": {"accuracy": engine.chip_accuracy(chip), "stuck_fraction": chip.stuck_fraction,
                      "sa1_fraction": chip.sa1_fraction, "sa0_fraction": chip.sa0_fraction},

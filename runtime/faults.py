@@ -92,6 +92,33 @@ def split_codes(cmap: CrossbarMap, codes: np.ndarray) -> list[np.ndarray]:
     return out
 
 
+def layer_names(cmap: CrossbarMap) -> list[str]:
+    """The names layers go by in --protect and sensitivity reports: the map's node names."""
+    return [layer.node for layer in cmap.layers]
+
+
+def layer_indices(cmap: CrossbarMap, names: list[str]) -> list[int]:
+    """Map layers by node name (or integer-initializer name); a one-line error for an unknown one."""
+    nodes = layer_names(cmap)
+    index = {**{lay.name: i for i, lay in enumerate(cmap.layers)}, **{n: i for i, n in enumerate(nodes)}}
+    unknown = [n for n in names if n not in index]
+    if unknown:
+        raise RuntimeInputError(f"unknown layer {unknown[0]!r}: the mapped layers are {', '.join(nodes)}")
+    return sorted({index[n] for n in names})
+
+
+def with_faults_only_in(cmap: CrossbarMap, chip: Chip, layers: list[int]) -> Chip:
+    """The chip with every layer not in ``layers`` fault-free (verified crossbars or digital logic)."""
+    codes = np.zeros_like(chip.codes)
+    start = 0
+    for i, layer in enumerate(cmap.layers):
+        n = layer.levels.size
+        if i in layers:
+            codes[start:start + n] = chip.codes[start:start + n]
+        start += n
+    return Chip(codes)
+
+
 def faulty_levels(cmap: CrossbarMap, codes: np.ndarray) -> list[np.ndarray]:
     """Per layer: the levels as the faulty chip holds them."""
     flat = np.concatenate([layer.levels.ravel() for layer in cmap.layers]) if cmap.layers else \

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .errors import RuntimeInputError
 from .fileio import atomic_path
-from .results import read_results
+from .results import read_results, read_sensitivity
 
 
 def series_names(docs: list[dict], paths, labels: list[str] | None = None) -> list[str]:
@@ -78,5 +78,43 @@ def plot_results(paths: list[str | os.PathLike], out: str | os.PathLike, *, labe
     out = Path(out)
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=150, format=out.suffix.lstrip(".") or "png")
+    plt.close(fig)
+    return out
+
+
+def plot_sensitivity(path: str | os.PathLike, out: str | os.PathLike, *, title: str | None = None) -> Path:
+    """One bar per mapped layer in network order: the mean accuracy drop when only that layer has
+    stuck cells (95% CI as error bars), and the layer's share of the model's cells (right axis)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    doc = read_sensitivity(path)
+    layers = doc["layers"]
+    if not layers:
+        raise RuntimeInputError(f"{path} holds no layers")
+    x = list(range(len(layers)))
+    drops = [100 * e["drop"] for e in layers]
+    err = [[100 * (e["drop"] - e["drop_ci95"][0]) for e in layers],
+           [100 * (e["drop_ci95"][1] - e["drop"]) for e in layers]]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(layers) + 2), 4.5))
+    ax.bar(x, drops, yerr=err, capsize=2, color="tab:red", alpha=0.7, label="accuracy drop (95% CI)")
+    ax.set_ylabel("accuracy drop (points)")
+    ax.set_xticks(x)
+    ax.set_xticklabels([e["name"] for e in layers], rotation=75, ha="right", fontsize=7)
+    share = ax.twinx()
+    share.plot(x, [100 * e["cell_share"] for e in layers], "o-", color="tab:blue", markersize=3,
+               label="share of cells (%)")
+    share.set_ylabel("share of the model's cells (%)")
+    c = doc["config"]
+    ax.set_title(title or f"per-layer sensitivity: SA1 {100 * c['sa1']:g}% in one layer at a time, "
+                          f"{c['runs']} chips, fault-free {100 * doc['clean']:.2f}%", fontsize=9)
+    ax.grid(axis="y", alpha=0.3)
+    fig.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, format=out.suffix.lstrip(".").lower() or "png", dpi=150)
     plt.close(fig)
     return out

@@ -28,6 +28,7 @@ from .errors import RuntimeInputError
 from .fileio import atomic_write_json, read_json_document
 
 FORMAT = "rram-validate-results"
+SENSITIVITY_FORMAT = "rram-sensitivity"
 VERSION = 1
 
 
@@ -153,3 +154,23 @@ def merge(paths: list[str | os.PathLike]) -> dict:
                      "images_per_second": runs_done * images / seconds if seconds else None}
     out["clean"] = dict(sorted(out["clean"].items()))
     return refresh(out)
+
+
+# ------------------------------------------------------------------ sensitivity report (runtime/sensitivity.py)
+
+def read_sensitivity(path: str | os.PathLike) -> dict:
+    doc = read_json_document(path, SENSITIVITY_FORMAT, "sensitivity report")
+    if not isinstance(doc.get("layers"), list) or not all(
+            isinstance(e, dict) and {"name", "drop", "drop_ci95", "cell_share"} <= set(e) for e in doc["layers"]):
+        raise RuntimeInputError(f"{path}: malformed sensitivity report")
+    return doc
+
+
+def is_sensitivity(path: str | os.PathLike) -> bool:
+    import json
+
+    try:
+        with open(path) as fh:
+            return json.load(fh).get("format") == SENSITIVITY_FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -13,7 +13,7 @@ import sys
 from runtime.errors import RramError
 
 COMMANDS = ["eval", "train", "recalibrate", "export", "passes", "quantize", "validate", "merge",
-            "plot"]
+            "plot", "sensitivity"]
 
 
 class OneLineParser(argparse.ArgumentParser):

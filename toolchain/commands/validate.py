@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from ..data import check_for_model, load_split
 from ..errors import UserError
-from .common import add_data_args, float_list, parse_shard, parse_stats_rate, positive_int, rate, seed
+from .common import add_data_args, float_list, parse_shard, parse_stats_rate, positive_int, rate, seed, split_list
 
 
 def add_parser(sub) -> None:
@@ -24,6 +24,9 @@ def add_parser(sub) -> None:
     p.add_argument("--fault-map", default=None, help="a measured fault map (.npz): validate that one chip")
     p.add_argument("--shard", default=None, help="k/n: run the k-th of n deterministic parts")
     p.add_argument("--resume", action="store_true", help="continue the campaign in --out")
+    p.add_argument("--protect", default=None, metavar="NAME[,NAME...]",
+                   help="keep these mapped layers fault-free (verified crossbars or digital logic); names as "
+                        "`rram sensitivity` and the quantize report print them (default: none)")
     p.add_argument("--calibrate", type=positive_int, default=None, metavar="N",
                    help="per-chip calibration: on each simulated chip re-estimate every BN-folded layer's "
                         "per-channel statistics from N training images chosen by --seed, and set the digital "
@@ -98,6 +101,7 @@ def run(args) -> int:
     doc = validate(artifact, images, labels, sa1=sa1, sa0=args.sa0, runs=args.runs, seed=args.seed,
                    stats_rate=stats_rate, shard=shard, out=args.out, resume=args.resume,
                    engine_kw=engine_kw, info=info,
+                   protect=split_list(args.protect, "--protect") if args.protect else None,
                    precision=args.precision, calibration=calibration, calibrate=calibrate)
     print_summary(doc)
     return 0

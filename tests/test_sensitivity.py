@@ -1,0 +1,107 @@
+"""Per-layer sensitivity (`rram sensitivity`) and protected layers (`rram validate --protect`), issue 12."""
+import json
+
+import numpy as np
+import pytest
+
+from runtime.artifact import Artifact, DeployedModel
+from runtime.campaign import validate
+from runtime.crossbar import preset
+from runtime.engine import Engine
+from runtime.errors import RuntimeInputError
+from runtime.faults import layer_names, run_seed, sample_chip, with_faults_only_in
+from runtime.plot import plot_sensitivity
+from runtime.sensitivity import sensitivity
+from toolchain.cli import main
+
+from _runtime_helpers import make_artifact, make_images
+from conftest import one_thread, write_test_batch
+
+_one_thread = pytest.fixture(autouse=True)(one_thread)
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory):
+    return make_artifact(tmp_path_factory.mktemp("art") / "a", preset("paper"))
+
+
+@pytest.fixture(scope="module")
+def data(art):
+    """Images labelled by the fault-free model itself: clean accuracy 100%, every drop visible."""
+    images, _ = make_images(64, seed=3)
+    engine = Engine(DeployedModel.load(art), images, np.zeros(64, np.int64))
+    logits = engine.session().run(None, {engine.feed_name: engine.feed})[0]
+    return images, logits.argmax(1)
+
+
+def test_each_layer_alone_and_fully_stuck_layers_lead(art, data, tmp_path):
+    images, labels = data
+    low = sensitivity(art, images, labels, sa1=0.05, runs=3, seed=1, progress=False, out=tmp_path / "s.json")
+    full = sensitivity(art, images, labels, sa1=1.0, runs=1, seed=1, progress=False)
+    dm = DeployedModel.load(art)
+    assert low["clean"] == 1.0 and [e["name"] for e in low["layers"]] == layer_names(dm.cmap)
+    assert json.loads((tmp_path / "s.json").read_text()) == json.loads(json.dumps(low))
+    assert sum(e["cell_share"] for e in low["layers"]) == pytest.approx(1.0)
+    # the drop of layer k is measured on the same chips with faults in layer k alone
+    engine = Engine(dm, images, labels)
+    for k, e in enumerate(low["layers"]):
+        accs = [engine.chip_accuracy(with_faults_only_in(dm.cmap, sample_chip(dm.cmap.cell_count(), 0.05, 0.0,
+                                                                                   run_seed(1, 0.05, 0.0, r)), [k]))
+                for r in range(3)]
+        assert e["accuracies"] == accs and e["drop"] == pytest.approx(1.0 - np.mean(accs))
+        assert e["drop_ci95"][0] <= e["drop"] <= e["drop_ci95"][1]
+    # a layer whose cells are all stuck drops more than any layer at 5%
+    worst_low = max(e["drop"] for e in low["layers"])
+    assert all(f["drop"] >= worst_low for f in full["layers"]) and min(f["drop"] for f in full["layers"]) > 0.5
+    assert plot_sensitivity(tmp_path / "s.json", tmp_path / "s.png").is_file()
+
+
+def test_protect_leaves_exactly_those_layers_fault_free(art, data):
+    images, labels = data
+    dm = DeployedModel.load(art)
+    names = layer_names(dm.cmap)
+    doc = validate(art, images, labels, sa1=[0.3], runs=3, seed=2, progress=False, protect=[names[0]])
+    assert doc["config"]["protect"] == [names[0]]
+    share = dm.cmap.layers[0].levels.size / dm.cmap.cell_count()
+    assert doc["config"]["protected_cells"] == pytest.approx(share)
+    engine = Engine(dm, images, labels)
+    for r, run in doc["rates"][0]["runs"].items():
+        chip = sample_chip(dm.cmap.cell_count(), 0.3, 0.0, run_seed(2, 0.3, 0.0, int(r)))
+        kept = with_faults_only_in(dm.cmap, chip, list(range(1, len(names))))
+        n0 = dm.cmap.layers[0].levels.size
+        assert not kept.codes[:n0].any() and np.array_equal(kept.codes[n0:], chip.codes[n0:])
+        assert run["accuracy"] == engine.chip_accuracy(kept) and run["stuck_fraction"] == kept.stuck_fraction
+
+
+def _err(capsys, args):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("rram: error:")
+    return err
+
+
+def test_bad_input(art, data, tmp_path, capsys, monkeypatch):
+    images, labels = data
+    root = write_test_batch(tmp_path / "cifar", images, labels)
+    out = tmp_path / "r.json"
+    base = ["--data", str(root), "--no-cache", "--split", "test"]
+    err = _err(capsys, ["validate", str(art), *base, "--sa1", "0.1", "--runs", "1", "--protect", "nope",
+                        "--out", str(out)])
+    assert "unknown layer 'nope'" in err and layer_names(DeployedModel.load(art).cmap)[0] in err
+    assert not out.exists()
+    empty = Artifact.load(art)
+    monkeypatch.setattr(empty.first.cmap, "layers", [])
+    with pytest.raises(RuntimeInputError, match="no mapped layer"):
+        sensitivity(empty, images, labels, sa1=0.1, runs=1, progress=False)
+
+
+def test_cli_sensitivity_and_plot(art, data, tmp_path, capsys):
+    images, labels = data
+    root = write_test_batch(tmp_path / "cifar", images, labels)
+    out = tmp_path / "s.json"
+    assert main(["sensitivity", str(art), "--data", str(root), "--no-cache", "--sa1", "0.2", "--runs", "2",
+                 "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in layer_names(DeployedModel.load(art).cmap))
+    assert main(["plot", str(out), "--out", str(tmp_path / "s.png")]) == 0
+    assert (tmp_path / "s.png").stat().st_size > 1000

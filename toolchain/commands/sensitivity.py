@@ -1,0 +1,58 @@
+"""``rram sensitivity``: per-layer sensitivity to stuck cells (faults in one mapped layer at a time)."""
+from __future__ import annotations
+
+from ..data import load_split, subset_indices
+from ..errors import UserError
+from .common import add_data_args, parse_stats_rate, positive_int, rate, seed
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("sensitivity", help="per-layer accuracy drop with faults in one mapped layer at a time")
+    p.add_argument("artifact", help="folder written by `rram quantize` (or one subfolder per BN rate)")
+    add_data_args(p)
+    p.add_argument("--sa1", type=rate, required=True, metavar="P", help="SA1 (stuck at G_min) cell rate in the layer")
+    p.add_argument("--sa0", type=rate, default=0.0, help="SA0 (stuck at G_max) cell rate (default: 0)")
+    p.add_argument("--runs", type=positive_int, default=10, help="simulated chips per layer (default: 10)")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the chips, 0 <= seed < 2**32 (default: 0)")
+    p.add_argument("--images", type=positive_int, default=None,
+                   help="use N test images spread evenly over the split (default: all)")
+    p.add_argument("--stats-rate", default="auto",
+                   help="BN statistics: 'auto' = model recalibrated for the nearest rate, or a rate (default: auto)")
+    p.add_argument("--calibrate", type=positive_int, default=None, metavar="N",
+                   help="calibrate each chip's periphery on N training images first (default: off)")
+    p.add_argument("--out", required=True, help="sensitivity report JSON (rewritten after each layer)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from runtime.artifact import Artifact
+    from runtime.faults import check_rates
+    from runtime.fileio import check_output_path
+    from runtime.sensitivity import sensitivity
+
+    check_rates(args.sa1, args.sa0)
+    stats_rate = parse_stats_rate(args.stats_rate)
+    check_output_path(args.out)
+    if Path(args.out).exists():
+        raise UserError(f"{args.out} exists; choose another --out")
+    artifact = Artifact.load(args.artifact)
+    split = load_split(args.data, "test", cache_dir=args.cache_dir, use_cache=not args.no_cache)
+    idx = subset_indices(len(split), args.images)
+    calibrate = None
+    if args.calibrate is not None:
+        from runtime.calibration import calibration_indices
+
+        train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache)
+        calibrate = train.images[calibration_indices(len(train), args.calibrate, args.seed)]
+    doc = sensitivity(artifact, split.images[idx], split.labels[idx], sa1=args.sa1, sa0=args.sa0, runs=args.runs,
+                      seed=args.seed, stats_rate=stats_rate, out=args.out, calibrate=calibrate,
+                      info={"artifact": str(args.artifact), "data": str(args.data)})
+    print(f"fault-free {100 * doc['clean']:.2f}%; SA1 {args.sa1:g} in one layer at a time, {args.runs} chips each:")
+    width = max(len(e["name"]) for e in doc["layers"])
+    for e in doc["layers"]:
+        lo, hi = e["drop_ci95"]
+        print(f"  {e['name']:<{width}}  drop {100 * e['drop']:6.2f} points  ci95 [{100 * lo:6.2f}, {100 * hi:6.2f}]"
+              f"  {100 * e['cell_share']:5.1f}% of cells")
+    return 0
