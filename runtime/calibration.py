@@ -193,12 +193,14 @@ class ChipCalibrator:
     column's output, so the product is the same) and the offset as its bias."""
 
     def __init__(self, base: onnx.ModelProto, weight_names: list[str], weight_shapes: list[tuple],
-                 targets: dict[str, BNTarget], calibration: dict[str, np.ndarray], session):
-        """``calibration``: the feed of the calibration batch ({input name: normalised images});
+                 targets: dict[str, BNTarget], calibration: dict[str, np.ndarray] | None, session):
+        """``calibration``: the feed of the calibration batch ({input name: normalised images}),
+        None when the chip's parameters come from a file (``measure`` then refuses);
         ``session(model_bytes) -> onnxruntime session``."""
         self.weight_names = list(weight_names)
         self.calibration = calibration
         self.session = session
+        self._stats_session = None
         by_weight = {}
         for node in base.graph.node:
             if node.op_type in ("Conv", "Gemm") and len(node.input) > 1 and node.output[0] in targets \
@@ -211,11 +213,13 @@ class ChipCalibrator:
         self.targets = {out: targets[out] for _, out, _ in self.layers}
         ranks = dict(zip(self.weight_names, (len(s) for s in weight_shapes)))
         smodel, self.order = stats_model(base, self.targets, weight_ranks=ranks)
+        # the chip's weights are inputs of the statistics graph: one session serves every chip
+        for name, shape in zip(self.weight_names, weight_shapes):
+            smodel.graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(shape)))
         self.stats_bytes = smodel.SerializeToString()
         # the evaluated model: each calibrated layer reads its bias from a per-chip offset
         emodel = onnx.ModelProto()
         emodel.CopyFrom(base)
-        self.offset_names = []
         for node in emodel.graph.node:
             if node.op_type in ("Conv", "Gemm") and node.output and node.output[0] in self.targets:
                 del node.input[2:]
@@ -228,11 +232,12 @@ class ChipCalibrator:
 
     def measure(self, weights: list[np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """{layer output: (scale, offset)} for a chip computing with these float weights."""
-        from .engine import append_initializers
-
-        sess = self.session(append_initializers(self.stats_bytes, self.weight_names,
-                                                [np.asarray(w, np.float32) for w in weights]))
-        stats = measure(sess, self.calibration, self.order)
+        if self.calibration is None:
+            raise RuntimeInputError("calibration: no calibration images to measure the chip with")
+        if self._stats_session is None:
+            self._stats_session = self.session(self.stats_bytes)
+        feed = {**self.calibration, **{n: np.asarray(w, np.float32) for n, w in zip(self.weight_names, weights)}}
+        stats = measure(self._stats_session, feed, self.order)
         return {out: self.targets[out].affine(*stats[out]) for out in self.order}
 
     def evaluated(self, weights: list[np.ndarray], affines: dict) -> tuple[list[str], list[np.ndarray]]:
@@ -241,10 +246,55 @@ class ChipCalibrator:
         weights = [np.asarray(w, np.float32) for w in weights]
         names, arrays = list(self.weight_names), list(weights)
         for i, out, axis in self.layers:
+            if out not in affines:
+                raise RuntimeInputError(f"the chip's calibration has no entry for layer {out!r}")
             scale, offset = affines[out]
+            if scale.shape != (weights[i].shape[axis],) or offset.shape != scale.shape:
+                raise RuntimeInputError(f"the chip's calibration of layer {out!r} has {scale.size} channels, "
+                                        f"the layer {weights[i].shape[axis]}")
             shape = [1] * weights[i].ndim
             shape[axis] = -1
             arrays[i] = (weights[i] * scale.reshape(shape)).astype(np.float32)
             names.append(f"{out}.rram_offset")
             arrays.append(np.asarray(offset, np.float32))
         return names, arrays
+
+
+# --------------------------------------------------------------------------- a measured chip's file
+
+CHIP_FORMAT = "rram-chip-calibration"
+CHIP_VERSION = 1
+
+
+def chip_calibration_doc(affines: dict[str, tuple[np.ndarray, np.ndarray]], *, model_sha256: str,
+                         fault_map_sha256: str, calibrate: int, calibrate_sha256: str) -> dict:
+    """What a deployment programs into one chip's periphery: per calibrated layer (its output
+    tensor) and output channel, the digital scale and offset applied to the column's output."""
+    return {"format": CHIP_FORMAT, "version": CHIP_VERSION, "model_sha256": model_sha256,
+            "fault_map_sha256": fault_map_sha256, "calibrate": int(calibrate),
+            "calibrate_sha256": calibrate_sha256,
+            "layers": [{"output": out, "scale": np.asarray(a, np.float64).tolist(),
+                        "offset": np.asarray(b, np.float64).tolist()} for out, (a, b) in affines.items()]}
+
+
+def read_chip_calibration(path, *, model_sha256: str,
+                          fault_map_sha256: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The affines of a chip-calibration file, refused (one line) when it belongs to another
+    artifact or another chip."""
+    from .fileio import read_json_document
+
+    doc = read_json_document(path, CHIP_FORMAT, "chip calibration file")
+    if doc.get("version") != CHIP_VERSION:
+        raise RuntimeInputError(f"{path}: chip calibration version {doc.get('version')!r}, "
+                                f"this tool reads {CHIP_VERSION}")
+    if doc.get("model_sha256") != model_sha256:
+        raise RuntimeInputError(f"{path} was calibrated for another artifact (model sha256 "
+                                f"{str(doc.get('model_sha256'))[:12]}, this one {model_sha256[:12]})")
+    if doc.get("fault_map_sha256") != fault_map_sha256:
+        raise RuntimeInputError(f"{path} was calibrated for another chip (fault map sha256 "
+                                f"{str(doc.get('fault_map_sha256'))[:12]}, this one {fault_map_sha256[:12]})")
+    try:
+        return {e["output"]: (np.asarray(e["scale"], np.float64), np.asarray(e["offset"], np.float64))
+                for e in doc["layers"]}
+    except (KeyError, TypeError, ValueError) as e:
+        raise RuntimeInputError(f"{path}: malformed chip calibration file ({e})") from None

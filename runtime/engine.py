@@ -23,10 +23,13 @@ class Engine:
     def __init__(self, model: DeployedModel, images: np.ndarray, labels: np.ndarray, *,
                  batch_size: int = 128, threads: int | None = None, providers: list[str] | None = None,
                  normalized: np.ndarray | None = None, precision: str = "fp32",
-                 calibration: np.ndarray | None = None, calibrate: np.ndarray | None = None):
+                 calibration: np.ndarray | None = None, calibrate: np.ndarray | None = None,
+                 periphery: dict | None = None):
         """``calibration``: uint8 NHWC training images, for ``precision="int8"`` only (activation
         ranges). ``calibrate``: uint8 NHWC training images on which every chip's periphery is
-        calibrated (per-chip BN re-estimation, runtime/calibration.py) before it is evaluated."""
+        calibrated (per-chip BN re-estimation, runtime/calibration.py) before it is evaluated.
+        ``periphery``: instead, one chip's digital (scale, offset) per layer, as `rram calibrate`
+        wrote them; used for every chip evaluated (a measured chip's file)."""
         if len(images) != len(labels) or len(labels) == 0:
             raise RuntimeInputError(f"{len(images)} images but {len(labels)} labels")
         self.model = model
@@ -44,7 +47,7 @@ class Engine:
         if precision not in PRECISIONS:
             raise RuntimeInputError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
         self.precision = precision
-        if calibrate is not None and precision != "fp32":
+        if (calibrate is not None or periphery is not None) and precision != "fp32":
             raise RuntimeInputError("per-chip calibration (--calibrate) runs with --precision fp32; "
                                     "int8 is not supported yet")
         self.feed_name, self.feed = model.input_name, self.x
@@ -52,15 +55,15 @@ class Engine:
             calib = normalize_images(calibration, model.normalization) if calibration is not None else None
             self.int8 = prepare_int8(model, calib, calibration_batch=fixed or 100, fixed_batch=fixed is not None)
             self.feed_name, self.feed = self.int8.input_name, quantize_input(self.x, self.int8)
-        self.calibrator = None
-        if calibrate is not None:
+        self.calibrator, self.periphery = None, periphery
+        if calibrate is not None or periphery is not None:
             if fixed is not None or (model.input_dims and model.input_dims[0] is not None):
                 raise RuntimeInputError(f"{model.folder}: per-chip calibration runs all calibration images as one "
                                         f"batch, and the model fixes its batch size")
             self.calibrator = ChipCalibrator(
                 model.base_model(), model.weight_names, [lay.weight_shape for lay in model.cmap.layers],
                 targets_from_metadata(model.metadata, model.folder / MODEL_NAME),
-                {model.input_name: normalize_images(calibrate, model.normalization)},
+                None if calibrate is None else {model.input_name: normalize_images(calibrate, model.normalization)},
                 lambda data: make_session(data, providers=self.providers, threads=self.threads, shared_arena=True))
 
     def weights(self, chip: Chip | None = None) -> list[np.ndarray]:
@@ -76,7 +79,8 @@ class Engine:
         """A session with these per-layer weights (see ``weights``; fault-free when None)."""
         if self.precision == "fp32" and self.calibrator is not None:
             weights = weights if weights is not None else self.model.clean_weights()
-            names, arrays = self.calibrator.evaluated(weights, self.calibrator.measure(weights))
+            affines = self.periphery if self.periphery is not None else self.calibrator.measure(weights)
+            names, arrays = self.calibrator.evaluated(weights, affines)
             data = append_initializers(self.calibrator.eval_base, names, arrays)
         elif self.precision == "fp32":
             data = self.model.model_bytes_with(weights)

@@ -21,11 +21,11 @@ from conftest import make_cifar, one_thread
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 
 
-def bn_artifact(folder):
+def bn_artifact(folder, seed=0):
     """The tiny model through export (BN kept), the standard passes (fold-bn records the BN
     targets) and quantize: an artifact whose periphery can be calibrated."""
     path = folder.parent / f"{folder.name}.float.onnx"
-    torch.onnx.export(tiny_model(), torch.zeros(1, 3, 32, 32), str(path), dynamo=False, input_names=["input"],
+    torch.onnx.export(tiny_model(seed), torch.zeros(1, 3, 32, 32), str(path), dynamo=False, input_names=["input"],
                       output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
                       opset_version=17, do_constant_folding=False)
     folded = passes.run(onnx.load(str(path)), "standard").model
@@ -130,3 +130,33 @@ def test_campaign_agrees_with_the_pytorch_reference_and_lifts_faulty_chips(tmp_p
     assert campaign["mean"] >= 0.65
     se = math.hypot(campaign["std"] / math.sqrt(10), ref["std"] / math.sqrt(10))
     assert abs(campaign["mean"] - ref["mean"]) <= 3 * se, (campaign["mean"], ref["mean"], se)
+
+
+def test_a_measured_chips_calibration_file_round_trips(art, data, tmp_path, capsys):
+    cmap = DeployedModel.load(art).cmap
+    for r in (0, 1):
+        chip = sample_chip(cmap.cell_count(), 0.2, 0.0, run_seed(7, 0.2, 0.0, r))
+        save_fault_map(tmp_path / f"chip{r}.npz", cmap, chip)
+    common = ["--data", str(data), "--no-cache"]
+    assert main(["calibrate", str(art), "--fault-map", str(tmp_path / "chip0.npz"), *common, "--calibrate", "16",
+                 "--out", str(tmp_path / "cal")]) == 0
+    file = tmp_path / "cal" / "chip-calibration.json"
+    doc = json.loads(file.read_text())
+    assert doc["format"] == "rram-chip-calibration" and doc["calibrate"] == 16 and doc["layers"]
+    base = ["validate", str(art), *common, "--fault-map", str(tmp_path / "chip0.npz")]
+    assert main([*base, "--chip-calibration", str(file), "--out", str(tmp_path / "a.json")]) == 0
+    assert main([*base, "--calibrate", "16", "--out", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
+    assert a["chip"]["accuracy"] == b["chip"]["accuracy"]
+    capsys.readouterr()
+    # a file is refused for another chip and for another artifact
+    other_chip = ["validate", str(art), *common, "--fault-map", str(tmp_path / "chip1.npz"),
+                  "--chip-calibration", str(file), "--out", str(tmp_path / "c.json")]
+    assert "calibrated for another chip" in _err(capsys, other_chip)
+    other = bn_artifact(tmp_path / "other", seed=1)
+    save_fault_map(tmp_path / "o.npz", DeployedModel.load(other).cmap,
+                   sample_chip(cmap.cell_count(), 0.2, 0.0, run_seed(7, 0.2, 0.0, 0)))
+    assert "calibrated for another artifact" in _err(capsys, ["validate", str(other), *common, "--fault-map",
+                                                               str(tmp_path / "chip0.npz"), "--chip-calibration",
+                                                               str(file), "--out", str(tmp_path / "d.json")])
+    assert not (tmp_path / "c.json").exists() and not (tmp_path / "d.json").exists()

@@ -13,7 +13,7 @@ import sys
 from runtime.errors import RramError
 
 COMMANDS = ["eval", "train", "recalibrate", "export", "passes", "quantize", "validate", "merge",
-            "plot", "sensitivity"]
+            "plot", "sensitivity", "calibrate"]
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -27,6 +27,8 @@ def add_parser(sub) -> None:
     p.add_argument("--protect", default=None, metavar="NAME[,NAME...]",
                    help="keep these mapped layers fault-free (verified crossbars or digital logic); names as "
                         "`rram sensitivity` and the quantize report print them (default: none)")
+    p.add_argument("--chip-calibration", default=None, metavar="FILE",
+                   help="with --fault-map: the chip's periphery parameters written by `rram calibrate`")
     p.add_argument("--calibrate", type=positive_int, default=None, metavar="N",
                    help="per-chip calibration: on each simulated chip re-estimate every BN-folded layer's "
                         "per-channel statistics from N training images chosen by --seed, and set the digital "
@@ -58,6 +60,8 @@ def run(args) -> int:
     for p in sa1:
         check_rates(p, args.sa0)
     shard = parse_shard(args.shard)
+    if args.chip_calibration and not args.fault_map:
+        raise UserError("--chip-calibration holds one measured chip's parameters: give its --fault-map too")
     if args.calibrate is not None and args.precision != "fp32":  # before any work
         raise UserError("per-chip calibration (--calibrate) runs with --precision fp32; int8 is not supported yet")
     if shard[0] > len(sa1) * args.runs:  # a fixed-size array job over a small campaign: fine
@@ -93,7 +97,8 @@ def run(args) -> int:
             raise UserError(f"{args.out} exists; choose another --out")
         doc = validate_fault_map(artifact, images, labels, args.fault_map, stats_rate=stats_rate,
                                  engine_kw={**engine_kw, "precision": args.precision,
-                                            "calibration": calibration}, info=info, calibrate=calibrate)
+                                            "calibration": calibration}, info=info, calibrate=calibrate,
+                                 chip_calibration=args.chip_calibration)
         write_results(doc, args.out)
         print(f"chip {args.fault_map}: {100 * doc['chip']['accuracy']:.2f}% "
               f"(fault-free {100 * doc['clean']:.2f}%, {100 * doc['chip']['stuck_fraction']:.3f}% cells stuck)")

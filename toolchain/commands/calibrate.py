@@ -1,0 +1,51 @@
+"""``rram calibrate``: the digital periphery parameters of one measured chip (per-chip calibration).
+
+Writes ``OUT/chip-calibration.json``: per calibrated layer (its output tensor) and channel, the
+scale and offset a deployment programs into that chip's periphery; `rram validate --fault-map
+CHIP --chip-calibration FILE` validates the chip with them (docs/runtime.md)."""
+from __future__ import annotations
+
+from .common import add_data_args, parse_stats_rate, positive_int, seed
+
+FILE_NAME = "chip-calibration.json"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("calibrate", help="per-chip periphery parameters (scale/offset) of a measured chip")
+    p.add_argument("artifact", help="folder written by `rram quantize` (or one subfolder per BN rate)")
+    p.add_argument("--fault-map", required=True, help="the chip's measured fault map (.npz)")
+    add_data_args(p)
+    p.add_argument("--calibrate", type=positive_int, default=256, metavar="N",
+                   help="training images run through the chip (default: 256)")
+    p.add_argument("--seed", type=seed, default=0,
+                   help="seed that chooses the calibration images, 0 <= seed < 2**32 (default: 0)")
+    p.add_argument("--stats-rate", default="auto",
+                   help="BN statistics: 'auto' = model recalibrated for the nearest rate, or a rate (default: auto)")
+    p.add_argument("--out", required=True, help=f"output folder (gets {FILE_NAME})")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from pathlib import Path
+
+    from runtime.artifact import Artifact
+    from runtime.calibration import calibration_indices
+    from runtime.campaign import calibrate_fault_map
+    from runtime.fileio import atomic_write_json, check_output_path
+
+    from ..data import load_split
+    from ..errors import UserError
+
+    out = Path(args.out) / FILE_NAME
+    check_output_path(out)
+    if out.exists():
+        raise UserError(f"{out} exists; choose another --out")
+    stats_rate = parse_stats_rate(args.stats_rate)
+    artifact = Artifact.load(args.artifact)
+    train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache)
+    images = train.images[calibration_indices(len(train), args.calibrate, args.seed)]
+    doc = calibrate_fault_map(artifact, args.fault_map, images, stats_rate=stats_rate)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out, doc)
+    print(f"wrote {out}: {len(doc['layers'])} calibrated layers, {args.calibrate} calibration images")
+    return 0
