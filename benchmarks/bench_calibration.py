@@ -1,0 +1,72 @@
+"""Per-chip calibration cost and effect on the shared ResNet20 (docs/runtime.md, issue 12).
+
+Builds the `paper` artifact through the documented flow (export, passes standard, quantize), then
+times, on the same chips, a chip's evaluation on the test images without and with per-chip
+calibration (`--calibrate N`), and reports the overhead per chip and the accuracies.
+
+    PYTHONPATH=. python benchmarks/bench_calibration.py [--images 10000] [--chips 3] [--rate 0.1] [--calibrate 256]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from runtime.artifact import DeployedModel  # noqa: E402
+from runtime.calibration import calibration_indices  # noqa: E402
+from runtime.engine import Engine  # noqa: E402
+from runtime.faults import run_seed, sample_chip  # noqa: E402
+from toolchain.cli import main as rram  # noqa: E402
+from toolchain.data import load_split, subset_indices  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--images", type=int, default=10000)
+    ap.add_argument("--chips", type=int, default=3)
+    ap.add_argument("--rate", type=float, default=0.1)
+    ap.add_argument("--calibrate", type=int, default=256)
+    ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg"))
+    ap.add_argument("--checkpoint", default=str(ROOT.parent / "shared" / "models" / "resnet20-12fca82f.th"))
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="rram-bench-cal-") as tmp:
+        t = Path(tmp)
+        for cmd in (["export", args.checkpoint, "--model", "resnet20", "--out", str(t / "r20.onnx")],
+                    ["passes", str(t / "r20.onnx"), str(t / "r20.p.onnx"), "--passes", "standard"],
+                    ["quantize", str(t / "r20.p.onnx"), str(t / "art"), "--preset", "paper"]):
+            if rram(cmd):
+                return 1
+        model = DeployedModel.load(t / "art")
+        test = load_split(args.data, "test")
+        idx = subset_indices(len(test), args.images)
+        train = load_split(args.data, "train")
+        calib = train.images[calibration_indices(len(train), args.calibrate, 0)]
+        plain = Engine(model, test.images[idx], test.labels[idx])
+        calibrated = Engine(model, test.images[idx], test.labels[idx], calibrate=calib)
+        chips = [sample_chip(model.cmap.cell_count(), args.rate, 0.0, run_seed(0, args.rate, 0.0, r))
+                 for r in range(args.chips)]
+        rows = {}
+        for name, engine in (("plain", plain), ("calibrated", calibrated)):
+            engine.chip_accuracy(chips[0])  # warm-up (sessions, caches)
+            t0 = time.perf_counter()
+            accs = [engine.chip_accuracy(c) for c in chips]
+            rows[name] = ((time.perf_counter() - t0) / len(chips), float(np.mean(accs)))
+    (tp, ap_), (tc, ac) = rows["plain"], rows["calibrated"]
+    print(f"ResNet20 `paper` artifact, SA1 {args.rate:g}, {args.chips} chips, {len(idx)} test images, "
+          f"--calibrate {args.calibrate}")
+    print(f"| per chip | seconds | mean accuracy |\n|---|---|---|\n| plain | {tp:.2f} | {100 * ap_:.2f}% |\n"
+          f"| calibrated | {tc:.2f} | {100 * ac:.2f}% |")
+    print(f"calibration overhead per chip: {tc - tp:.3f} s = {100 * (tc - tp) / tp:.1f}% of a {len(idx)}-image "
+          f"chip (target < 10% at 10000 images)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
