@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
+
 from .errors import RuntimeInputError
 from .fileio import atomic_path
 from .results import read_results, read_sensitivity
@@ -83,35 +85,40 @@ def plot_results(paths: list[str | os.PathLike], out: str | os.PathLike, *, labe
 
 
 def plot_sensitivity(path: str | os.PathLike, out: str | os.PathLike, *, title: str | None = None) -> Path:
-    """One bar per mapped layer in network order: the mean accuracy drop when only that layer has
-    stuck cells (95% CI as error bars), and the layer's share of the model's cells (right axis)."""
+    """One bar per mapped layer in network order (one colour per SA1 rate): the mean accuracy drop
+    when only that layer has stuck cells (95% CI as error bars), and the layer's share of the
+    model's cells (right axis)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     doc = read_sensitivity(path)
-    layers = doc["layers"]
+    rates = doc["rates"]
+    layers = rates[0]["layers"]
     if not layers:
         raise RuntimeInputError(f"{path} holds no layers")
-    x = list(range(len(layers)))
-    drops = [100 * e["drop"] for e in layers]
-    err = [[100 * (e["drop"] - e["drop_ci95"][0]) for e in layers],
-           [100 * (e["drop_ci95"][1] - e["drop"]) for e in layers]]
+    x = np.arange(len(layers))
+    width = 0.8 / len(rates)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(layers) + 2), 4.5))
-    ax.bar(x, drops, yerr=err, capsize=2, color="tab:red", alpha=0.7, label="accuracy drop (95% CI)")
-    ax.set_ylabel("accuracy drop (points)")
+    for k, entry in enumerate(rates):
+        e = entry["layers"]
+        drops = np.array([100 * v["drop"] for v in e])
+        err = [drops - [100 * v["drop_ci95"][0] for v in e], [100 * v["drop_ci95"][1] for v in e] - drops]
+        ax.bar(x + (k - (len(rates) - 1) / 2) * width, drops, width * 0.9, yerr=err, capsize=2, alpha=0.75,
+               label=f"SA1 {100 * entry['sa1']:g}% (fault-free {100 * entry['clean']:.2f}%)")
+    ax.set_ylabel("accuracy drop (points, 95% CI)")
     ax.set_xticks(x)
-    ax.set_xticklabels([e["name"] for e in layers], rotation=75, ha="right", fontsize=7)
+    ax.set_xticklabels([v["name"] for v in layers], rotation=75, ha="right", fontsize=7)
     share = ax.twinx()
-    share.plot(x, [100 * e["cell_share"] for e in layers], "o-", color="tab:blue", markersize=3,
+    share.plot(x, [100 * v["cell_share"] for v in layers], "k.--", markersize=4, linewidth=0.8,
                label="share of cells (%)")
     share.set_ylabel("share of the model's cells (%)")
     c = doc["config"]
-    ax.set_title(title or f"per-layer sensitivity: SA1 {100 * c['sa1']:g}% in one layer at a time, "
-                          f"{c['runs']} chips, fault-free {100 * doc['clean']:.2f}%", fontsize=9)
+    ax.set_title(title or f"per-layer sensitivity: faults in one layer at a time, {c['runs']} chips per layer",
+                 fontsize=9)
     ax.grid(axis="y", alpha=0.3)
-    fig.legend(fontsize=8, loc="upper right")
+    fig.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     out = Path(out)
     with atomic_path(out) as tmp:

@@ -160,8 +160,11 @@ def merge(paths: list[str | os.PathLike]) -> dict:
 
 def read_sensitivity(path: str | os.PathLike) -> dict:
     doc = read_json_document(path, SENSITIVITY_FORMAT, "sensitivity report")
-    if not isinstance(doc.get("layers"), list) or not all(
-            isinstance(e, dict) and {"name", "drop", "drop_ci95", "cell_share"} <= set(e) for e in doc["layers"]):
+    rates = doc.get("rates")
+    if not isinstance(rates, list) or not rates or not all(
+            isinstance(r, dict) and isinstance(r.get("layers"), list) and all(
+                isinstance(e, dict) and {"name", "drop", "drop_ci95", "cell_share"} <= set(e) for e in r["layers"])
+            for r in rates):
         raise RuntimeInputError(f"{path}: malformed sensitivity report")
     return doc
 

@@ -682,7 +682,7 @@ def test_bad_input_review_round_two(art, data, tmp_path, capsys):
         DeviceConfig(bits_per_cell=1, cells_per_weight=20, encoding="offset", tile_cols=8)
     res = tmp_path / "r.json"
     assert "empty entry" in _err(capsys, base + ["--sa1", "0.1,,0.2", "--out", str(res)])
-    assert "--stats-rate must be 'auto' or a rate in [0, 1]" in _err(
+    assert "--bn-rate must be 'auto' or a rate in [0, 1]" in _err(
         capsys, base + ["--sa1", "0.1", "--stats-rate", "-0.1", "--out", str(res)])
     assert main(base + ["--sa1", "0.1", "--out", str(res)]) == 0
     capsys.readouterr()

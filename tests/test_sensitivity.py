@@ -36,11 +36,11 @@ def data(art):
 
 def test_each_layer_alone_and_fully_stuck_layers_lead(art, data, tmp_path):
     images, labels = data
-    low = sensitivity(art, images, labels, sa1=0.05, runs=3, seed=1, progress=False, out=tmp_path / "s.json")
-    full = sensitivity(art, images, labels, sa1=1.0, runs=1, seed=1, progress=False)
+    doc = sensitivity(art, images, labels, sa1=[0.05, 1.0], runs=3, seed=1, progress=False, out=tmp_path / "s.json")
+    low, full = doc["rates"]
     dm = DeployedModel.load(art)
     assert low["clean"] == 1.0 and [e["name"] for e in low["layers"]] == layer_names(dm.cmap)
-    assert json.loads((tmp_path / "s.json").read_text()) == json.loads(json.dumps(low))
+    assert json.loads((tmp_path / "s.json").read_text()) == json.loads(json.dumps(doc))
     assert sum(e["cell_share"] for e in low["layers"]) == pytest.approx(1.0)
     # the drop of layer k is measured on the same chips with faults in layer k alone
     engine = Engine(dm, images, labels)
@@ -92,14 +92,14 @@ def test_bad_input(art, data, tmp_path, capsys, monkeypatch):
     empty = Artifact.load(art)
     monkeypatch.setattr(empty.first.cmap, "layers", [])
     with pytest.raises(RuntimeInputError, match="no mapped layer"):
-        sensitivity(empty, images, labels, sa1=0.1, runs=1, progress=False)
+        sensitivity(empty, images, labels, sa1=[0.1], runs=1, progress=False)
 
 
 def test_cli_sensitivity_and_plot(art, data, tmp_path, capsys):
     images, labels = data
     root = write_test_batch(tmp_path / "cifar", images, labels)
     out = tmp_path / "s.json"
-    assert main(["sensitivity", str(art), "--data", str(root), "--no-cache", "--sa1", "0.2", "--runs", "2",
+    assert main(["sensitivity", str(art), "--data", str(root), "--no-cache", "--sa1", "0.1,0.2", "--runs", "2",
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     assert all(name in printed for name in layer_names(DeployedModel.load(art).cmap))

@@ -23,13 +23,40 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"rram: error: {message} (see `{self.prog} --help`)\n")
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Each option's help ends with its default, unless the text already says it, or there is
+    none to say (a flag that is off, an option with no default value)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        d = action.default
+        if "default" in text.lower() or d is None or d is False or d is argparse.SUPPRESS or d == []:
+            return text
+        if not action.option_strings and action.nargs not in (argparse.OPTIONAL, argparse.ZERO_OR_MORE):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineParser(
         prog="rram", description="Deploy DNNs to RRAM crossbars with fault-aware (drop-connect) training.")
+    parser.add_argument("--version", action="version", version=f"rram {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    add = sub.add_parser
+    # every subcommand's --help shows each option's default
+    sub.add_parser = lambda *a, **k: add(*a, **{"formatter_class": DefaultsFormatter, **k})
     for name in COMMANDS:
         importlib.import_module(f"toolchain.commands.{name}").add_parser(sub)
     return parser
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as package_version
+
+    try:
+        return package_version("rram-toolchain")
+    except PackageNotFoundError:  # run from a checkout that was not installed
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -72,13 +72,13 @@ class Artifact:
 
 
 def check_stats_rate(stats_rate: str | float) -> str | float:
-    """``"auto"`` or a rate in [0, 1] (``rram validate --stats-rate`` goes through this too)."""
+    """``"auto"`` or a rate in [0, 1] (``rram validate --bn-rate`` goes through this too)."""
     if isinstance(stats_rate, str) and stats_rate.strip().lower() == "auto":
         return "auto"
     try:
         v = float(stats_rate)
     except (TypeError, ValueError):
-        raise RuntimeInputError(f"stats-rate must be 'auto' or a rate, got {stats_rate!r}") from None
+        raise RuntimeInputError(f"bn-rate must be 'auto' or a rate, got {stats_rate!r}") from None
     if not math.isfinite(v) or not 0.0 <= v <= 1.0:
-        raise RuntimeInputError(f"stats-rate must be 'auto' or a rate in [0, 1], got {stats_rate}")
+        raise RuntimeInputError(f"bn-rate must be 'auto' or a rate in [0, 1], got {stats_rate}")
     return v

@@ -5,7 +5,7 @@ scale and offset a deployment programs into that chip's periphery; `rram validat
 CHIP --chip-calibration FILE` validates the chip with them (docs/runtime.md)."""
 from __future__ import annotations
 
-from .common import add_data_args, parse_stats_rate, positive_int, seed
+from .common import add_bn_rate_arg, add_data_args, parse_stats_rate, positive_int, seed
 
 FILE_NAME = "chip-calibration.json"
 
@@ -19,8 +19,7 @@ def add_parser(sub) -> None:
                    help="training images run through the chip (default: 256)")
     p.add_argument("--seed", type=seed, default=0,
                    help="seed that chooses the calibration images, 0 <= seed < 2**32 (default: 0)")
-    p.add_argument("--stats-rate", default="auto",
-                   help="BN statistics: 'auto' = model recalibrated for the nearest rate, or a rate (default: auto)")
+    add_bn_rate_arg(p, old="--stats-rate")
     p.add_argument("--out", required=True, help=f"output folder (gets {FILE_NAME})")
     p.set_defaults(func=run)
 
@@ -40,7 +39,7 @@ def run(args) -> int:
     check_output_path(out)
     if out.exists():
         raise UserError(f"{out} exists; choose another --out")
-    stats_rate = parse_stats_rate(args.stats_rate)
+    stats_rate = parse_stats_rate(args.bn_rate)
     artifact = Artifact.load(args.artifact)
     train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache)
     images = train.images[calibration_indices(len(train), args.calibrate, args.seed)]

@@ -102,6 +102,22 @@ def float_list(text: str, flag: str) -> list[float]:
         raise UserError(f"{flag} must be comma-separated numbers, got {text!r}") from None
 
 
+def hidden_alias(p: argparse.ArgumentParser, old: str, dest: str, **kw) -> None:
+    """An old spelling kept for one release: parsed into ``dest``, never shown in --help
+    (one name per concept across subcommands; tests/test_cli_vocabulary.py)."""
+    p.add_argument(old, dest=dest, help=argparse.SUPPRESS, default=argparse.SUPPRESS, **kw)
+
+
+def add_bn_rate_arg(p: argparse.ArgumentParser, *, default="auto", old: str | None = None) -> None:
+    """--bn-rate: which per-rate BN statistics to use ('auto': the ones recalibrated for the
+    rate nearest to the chip's)."""
+    p.add_argument("--bn-rate", default=default,
+                   help="BN statistics of this fault rate ('auto': those recalibrated for the rate nearest to "
+                        "each chip's)")
+    if old:
+        hidden_alias(p, old, "bn_rate")
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="CIFAR-10 root (ImageFolder train/test or "
                    "cifar-10-batches-py); default: $RRAM_DATA")
@@ -117,8 +133,11 @@ def add_model_args(p: argparse.ArgumentParser, *, checkpoint_required: bool = Tr
                    help=f"architecture: {', '.join(MODEL_NAMES)} (read from our own checkpoints)")
     p.add_argument("--width", type=positive_float, default=None, help="width multiplier")
     p.add_argument("--shortcut", choices=["A", "B"], default=None, help="resnet20 shortcut option")
-    p.add_argument("--checkpoint", required=checkpoint_required, default=None,
+    # SUPPRESS: an absent positional must not overwrite the hidden alias's value (read it with
+    # getattr(args, "checkpoint", None); set_defaults would undo the SUPPRESS)
+    p.add_argument("checkpoint", nargs="?", default=argparse.SUPPRESS, metavar="CKPT",
                    help="checkpoint path or a known name (e.g. resnet20-akamaster)")
+    hidden_alias(p, "--checkpoint", "checkpoint")
     add_normalization_args(p)
 
 

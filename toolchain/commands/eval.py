@@ -15,25 +15,36 @@ from ..dropconnect import check_rate, derive_seed, rate_key, sa1_faults, sample_
 from ..errors import UserError
 from ..evaluate import accuracy
 from ..recalibrate import apply_bn_stats
-from .common import add_data_args, add_model_args, emit, normalization_from_args, positive_int, rate, seed
+from .common import (
+    add_data_args,
+    add_model_args,
+    emit,
+    float_list,
+    hidden_alias,
+    normalization_from_args,
+    positive_int,
+    rate,
+    seed,
+)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="top-1 accuracy of a checkpoint on the test split")
     add_model_args(p)
     add_data_args(p)
-    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--split", choices=["test", "train"], default="test", help="which split to evaluate")
     p.add_argument("--images", type=positive_int, default=None, help="evaluate N images spread evenly over the split "
                         "(the ones rram validate --images N takes)")
-    p.add_argument("--batch-size", type=positive_int, default=500)
+    p.add_argument("--batch-size", type=positive_int, default=500, help="images per forward pass")
     p.add_argument("--json", action="store_true", help="print a JSON object")
-    p.add_argument("--sa1", type=rate, default=None, metavar="P",
+    p.add_argument("--sa1", default=None, metavar="P[,P...]",
                    help="reference fault evaluation: zero each Conv/Linear weight with probability P, "
-                        "a new simulated chip per run")
+                        "a new simulated chip per run; comma-separated rates (default: fault-free)")
     p.add_argument("--runs", type=positive_int, default=None, help="simulated chips (with --sa1; default 1)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the simulated chips, 0 <= seed < 2**32")
-    p.add_argument("--rate-stats", type=rate, default=None, metavar="P",
-                   help="use the BN statistics recalibrated for fault rate P")
+    p.add_argument("--bn-rate", type=rate, default=None, metavar="P",
+                   help="use the BN statistics recalibrated for fault rate P (default: the checkpoint's own)")
+    hidden_alias(p, "--rate-stats", "bn_rate", type=rate)
     p.add_argument("--calibrate", type=positive_int, default=None, metavar="N",
                    help="per-chip calibration (with --sa1): re-estimate every BN's statistics on each faulty "
                         "chip from N training images chosen by --seed, then evaluate (default: off)")
@@ -41,8 +52,12 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    if args.sa1 is not None:
-        check_rate(args.sa1, "SA1 rate", inclusive=True)  # bad input fails before any work
+    args.checkpoint = getattr(args, "checkpoint", None)  # absent: see add_model_args
+    if args.checkpoint is None:
+        raise UserError("give the checkpoint to evaluate: rram eval CKPT (a path or a known name)")
+    rates = None
+    if args.sa1 is not None:  # bad input fails before any work
+        rates = [check_rate(p, "SA1 rate", inclusive=True) for p in float_list(args.sa1, "--sa1")]
     elif args.runs is not None:
         raise UserError("--runs counts simulated chips: give --sa1 too")
     if args.calibrate is not None and args.sa1 is None:
@@ -51,8 +66,8 @@ def run(args) -> int:
     ckpt = load_checkpoint(args.checkpoint, model=args.model, width=args.width, shortcut=args.shortcut,
                            normalization=normalization_from_args(args), download=args.download)
     model = ckpt.build()  # a mismatched checkpoint fails before any image is decoded
-    if args.rate_stats is not None:
-        key = rate_key(check_rate(args.rate_stats, "--rate-stats"))
+    if args.bn_rate is not None:
+        key = rate_key(check_rate(args.bn_rate, "--bn-rate"))
         if key not in ckpt.bn_stats:
             have = ", ".join(sorted(ckpt.bn_stats, key=float)) or "none"
             raise UserError(f"checkpoint has no BN statistics for rate {key} (it has: {have}); "
@@ -72,28 +87,32 @@ def run(args) -> int:
         acc = accuracy(model, split, ckpt.normalization, batch_size=args.batch_size)
         extra, text = {}, f"top-1 {100 * acc:.2f}%"
     else:
-        p = check_rate(args.sa1, "SA1 rate", inclusive=True)
-        accs = []
-        for run_i in range(args.runs):
-            gen = torch.Generator().manual_seed(derive_seed(args.seed, "sa1", run_i))
-            with sa1_faults(model, sample_sa1_masks(model, p, gen)), restored_bn(model):
-                if calib is not None:
-                    calibrate_bn(model, calib)
-                accs.append(accuracy(model, split, ckpt.normalization, batch_size=args.batch_size,
-                                     desc=f"chip {run_i + 1}/{args.runs}"))
-        s = summarize(accs)  # the statistics rram validate reports
-        acc = s["mean"]
-        extra = {"sa1": p, "runs": args.runs, "seed": args.seed, "calibrate": args.calibrate, "mean": acc,
-                 "std": s["std"], "min": s["min"], "max": s["max"], "accuracies": accs}
-        calibrated = "" if calib is None else f" calibrated on {args.calibrate} images each"
-        text = (f"SA1 {p:g}, {args.runs} chips{calibrated}: mean {100 * acc:.2f}% std {100 * extra['std']:.2f} "
-                f"min {100 * extra['min']:.2f}% max {100 * extra['max']:.2f}%")
+        per_rate, lines = [], []
+        for p in rates:
+            accs = []
+            for run_i in range(args.runs):
+                gen = torch.Generator().manual_seed(derive_seed(args.seed, "sa1", run_i))
+                with sa1_faults(model, sample_sa1_masks(model, p, gen)), restored_bn(model):
+                    if calib is not None:
+                        calibrate_bn(model, calib)
+                    accs.append(accuracy(model, split, ckpt.normalization, batch_size=args.batch_size,
+                                         desc=f"SA1 {p:g} chip {run_i + 1}/{args.runs}"))
+            s = summarize(accs)  # the statistics rram validate reports
+            per_rate.append({"sa1": p, "mean": s["mean"], "std": s["std"], "min": s["min"], "max": s["max"],
+                             "ci95": s["ci95"], "accuracies": accs})
+            calibrated = "" if calib is None else f" calibrated on {args.calibrate} images each"
+            lines.append(f"SA1 {p:g}, {args.runs} chips{calibrated}: mean {100 * s['mean']:.2f}% "
+                         f"std {100 * s['std']:.2f} min {100 * s['min']:.2f}% max {100 * s['max']:.2f}%")
+        acc = per_rate[0]["mean"] if len(per_rate) == 1 else None
+        extra = {"runs": args.runs, "seed": args.seed, "calibrate": args.calibrate, "rates": per_rate,
+                 **(per_rate[0] if len(per_rate) == 1 else {})}  # one rate: its figures at the top too
+        text = "\n".join(lines) if len(lines) > 1 else lines[0]
     seconds = time.perf_counter() - t0
     result = {"model": ckpt.spec.to_dict(), "checkpoint": ckpt.source, "split": args.split,
               "images": len(split), "accuracy": acc, "seconds": round(seconds, 3),
               "threads": torch.get_num_threads(),
-              "rate_stats": None if args.rate_stats is None else rate_key(args.rate_stats), **extra}
-    stats = "" if args.rate_stats is None else f", BN stats for p'={args.rate_stats:g}"
+              "bn_rate": None if args.bn_rate is None else rate_key(args.bn_rate), **extra}
+    stats = "" if args.bn_rate is None else f", BN stats for p'={args.bn_rate:g}"
     emit(result, args.json, f"{ckpt.spec.describe()} on {args.split} ({len(split)} images{stats}): "
                             f"{text}")
     return 0

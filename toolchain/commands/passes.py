@@ -37,8 +37,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("passes", help="rewrite an ONNX model (pad 1x1 convs, fold BN, clean up), verified",
                        description="Run graph passes on IN.onnx and write OUT.onnx atomically. "
                                    "IN is never modified; the same input and passes give identical bytes.")
-    p.add_argument("input", nargs="?", metavar="IN.onnx")
-    p.add_argument("output", nargs="?", metavar="OUT.onnx")
+    p.add_argument("input", nargs="?", metavar="IN.onnx", help="the model to rewrite (never modified)")
+    p.add_argument("output", nargs="?", metavar="OUT.onnx", help="the rewritten model (written atomically)")
     p.add_argument("--passes", default="standard",
                    help="comma-separated pass names, in order ('standard' = "
                         "eliminate-identity,fold-constants,fold-bn,pad-1x1-to-3x3,eliminate-dead)")

@@ -7,7 +7,7 @@ def add_parser(sub) -> None:
     p.add_argument("results", nargs="+", help="results JSON files (one per model), or one `rram sensitivity` report")
     p.add_argument("--out", required=True, help="figure file (.png, .pdf, .svg)")
     p.add_argument("--labels", default=None, help="comma-separated legend names, one per file")
-    p.add_argument("--title", default=None)
+    p.add_argument("--title", default=None, help="figure title (default: what the files hold)")
     p.set_defaults(func=run)
 
 

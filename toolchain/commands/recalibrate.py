@@ -17,6 +17,7 @@ from .common import (
     add_normalization_args,
     emit,
     float_list,
+    hidden_alias,
     no_new_folders_on_failure,
     normalization_from_args,
     positive_int,
@@ -27,7 +28,7 @@ OUT_NAME = "recalibrated.pt"
 
 
 def parse_rates(text: str) -> list[float]:
-    rates = float_list(text, "--rates")
+    rates = float_list(text, "--bn-rate")
     for r in rates:
         check_rate(r, "recalibration rate")
     return list(dict.fromkeys(rates))
@@ -37,23 +38,27 @@ def add_parser(sub) -> None:
     p = sub.add_parser("recalibrate", help="re-estimate BN statistics per expected fault rate")
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint path or known name")
     p.add_argument("--model", default=None, help="architecture of a foreign checkpoint")
-    p.add_argument("--rates", required=True, help="comma-separated fault rates, e.g. 0,0.1,0.2,0.3")
+    p.add_argument("--bn-rate", default=None, metavar="P[,P...]",  # required (checked in run: an alias exists)
+                   help="fault rates to re-estimate BN statistics for, comma-separated, e.g. 0,0.1,0.2,0.3")
+    hidden_alias(p, "--rates", "bn_rate")
     p.add_argument("--out", required=True, metavar="DIR",
                    help=f"output folder (writes {OUT_NAME}), or a .pt file path")
     p.add_argument("--batches", type=positive_int, default=None,
                    help="use only N batches of the training set (default: all of it)")
-    p.add_argument("--batch-size", type=positive_int, default=256)
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     p.add_argument("--images", type=positive_int, default=None, help="random subset of N images")
     add_normalization_args(p)
     p.add_argument("--seed", type=seed, default=0, help="seed of the drop-connect masks and order, 0 <= seed < 2**32")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu, cuda, ...")
+    p.add_argument("--json", action="store_true", help="print a JSON object")
     add_data_args(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
-    rates = parse_rates(args.rates)
+    if args.bn_rate is None:
+        raise UserError("give the fault rates to re-estimate BN statistics for: --bn-rate 0,0.1,0.2,0.3")
+    rates = parse_rates(args.bn_rate)
     if args.batch_size < 2:
         raise UserError("--batch-size must be at least 2 (train-mode BatchNorm)")
     out = Path(args.out)

@@ -3,21 +3,21 @@ from __future__ import annotations
 
 from ..data import load_split, subset_indices
 from ..errors import UserError
-from .common import add_data_args, parse_stats_rate, positive_int, rate, seed
+from .common import add_bn_rate_arg, add_data_args, float_list, parse_stats_rate, positive_int, rate, seed
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("sensitivity", help="per-layer accuracy drop with faults in one mapped layer at a time")
     p.add_argument("artifact", help="folder written by `rram quantize` (or one subfolder per BN rate)")
     add_data_args(p)
-    p.add_argument("--sa1", type=rate, required=True, metavar="P", help="SA1 (stuck at G_min) cell rate in the layer")
+    p.add_argument("--sa1", required=True, metavar="P[,P...]",
+                   help="SA1 (stuck at G_min) cell rates in the layer, comma-separated")
     p.add_argument("--sa0", type=rate, default=0.0, help="SA0 (stuck at G_max) cell rate (default: 0)")
     p.add_argument("--runs", type=positive_int, default=10, help="simulated chips per layer (default: 10)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the chips, 0 <= seed < 2**32 (default: 0)")
     p.add_argument("--images", type=positive_int, default=None,
                    help="use N test images spread evenly over the split (default: all)")
-    p.add_argument("--stats-rate", default="auto",
-                   help="BN statistics: 'auto' = model recalibrated for the nearest rate, or a rate (default: auto)")
+    add_bn_rate_arg(p, old="--stats-rate")
     p.add_argument("--calibrate", type=positive_int, default=None, metavar="N",
                    help="calibrate each chip's periphery on N training images first (default: off)")
     p.add_argument("--out", required=True, help="sensitivity report JSON (rewritten after each layer)")
@@ -32,8 +32,10 @@ def run(args) -> int:
     from runtime.fileio import check_output_path
     from runtime.sensitivity import sensitivity
 
-    check_rates(args.sa1, args.sa0)
-    stats_rate = parse_stats_rate(args.stats_rate)
+    sa1 = float_list(args.sa1, "--sa1")
+    for p in sa1:
+        check_rates(p, args.sa0)
+    stats_rate = parse_stats_rate(args.bn_rate)
     check_output_path(args.out)
     if Path(args.out).exists():
         raise UserError(f"{args.out} exists; choose another --out")
@@ -46,13 +48,15 @@ def run(args) -> int:
 
         train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache)
         calibrate = train.images[calibration_indices(len(train), args.calibrate, args.seed)]
-    doc = sensitivity(artifact, split.images[idx], split.labels[idx], sa1=args.sa1, sa0=args.sa0, runs=args.runs,
+    doc = sensitivity(artifact, split.images[idx], split.labels[idx], sa1=sa1, sa0=args.sa0, runs=args.runs,
                       seed=args.seed, stats_rate=stats_rate, out=args.out, calibrate=calibrate,
                       info={"artifact": str(args.artifact), "data": str(args.data)})
-    print(f"fault-free {100 * doc['clean']:.2f}%; SA1 {args.sa1:g} in one layer at a time, {args.runs} chips each:")
-    width = max(len(e["name"]) for e in doc["layers"])
-    for e in doc["layers"]:
-        lo, hi = e["drop_ci95"]
-        print(f"  {e['name']:<{width}}  drop {100 * e['drop']:6.2f} points  ci95 [{100 * lo:6.2f}, {100 * hi:6.2f}]"
-              f"  {100 * e['cell_share']:5.1f}% of cells")
+    for entry in doc["rates"]:
+        print(f"SA1 {entry['sa1']:g} in one layer at a time, {args.runs} chips each "
+              f"(fault-free {100 * entry['clean']:.2f}%):")
+        width = max(len(e["name"]) for e in entry["layers"])
+        for e in entry["layers"]:
+            lo, hi = e["drop_ci95"]
+            print(f"  {e['name']:<{width}}  drop {100 * e['drop']:6.2f} points  ci95 [{100 * lo:6.2f}, "
+                  f"{100 * hi:6.2f}]  {100 * e['cell_share']:5.1f}% of cells")
     return 0

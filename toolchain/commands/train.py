@@ -4,6 +4,7 @@ Run under ``torchrun --nproc_per_node N -m toolchain train ...`` for Distributed
 """
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from ..training import TrainConfig, train
 from .common import (
     add_data_args,
     add_normalization_args,
+    hidden_alias,
     no_new_folders_on_failure,
     normalization_from_args,
     positive_float,
@@ -28,15 +30,17 @@ from .common import (
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="fault-aware training with drop-connect (also fine-tuning)")
-    p.add_argument("--model", required=True, choices=MODEL_NAMES)
+    p.add_argument("--model", required=True, choices=MODEL_NAMES, help="architecture")
     p.add_argument("--width", type=positive_float, default=1.0, help="width multiplier (widening)")
     p.add_argument("--pad-1x1", action="store_true", help="pad 1x1 convolutions to 3x3")
     p.add_argument("--shortcut", choices=["A", "B"], default="A", help="resnet20 shortcut option")
-    p.add_argument("--init", default=None, metavar="CKPT",
-                   help="fine-tune this checkpoint (ours, or e.g. resnet20-akamaster / its .th file)")
+    p.add_argument("init", nargs="?", default=argparse.SUPPRESS, metavar="CKPT",
+                   help="fine-tune this checkpoint (ours, or e.g. resnet20-akamaster / its .th file); "
+                        "none: train from scratch")
+    hidden_alias(p, "--init", "init")
     p.add_argument("--drop-rate", type=rate, required=True, metavar="P",
                    help="drop-connect probability in [0, 1); 0 = plain training")
-    p.add_argument("--epochs", type=int, required=True)
+    p.add_argument("--epochs", type=int, required=True, help="epochs to train (cosine schedule over them)")
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (checkpoints, log.json)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--auto-resume", action="store_true",
@@ -45,8 +49,8 @@ def add_parser(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=128, help="global batch size")
     p.add_argument("--lr", type=positive_float, default=None,
                    help="peak learning rate (default 0.1, or 0.01 with --init)")
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD (Nesterov) momentum")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
     p.add_argument("--seed", type=seed, default=0, help="seed of every random draw, 0 <= seed < 2**32")
     p.add_argument("--images", type=positive_int, default=None,
                    help="train on a random subset of N images (tests)")
@@ -64,7 +68,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     cfg = TrainConfig(
         spec=ModelSpec(args.model, args.width, args.shortcut, args.pad_1x1),
-        drop_rate=args.drop_rate, epochs=args.epochs, out=args.out, data=args.data, init=args.init,
+        drop_rate=args.drop_rate, epochs=args.epochs, out=args.out, data=args.data, init=getattr(args, "init", None),
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, seed=args.seed, images=args.images,
         eval_images=args.eval_images, include_first=not args.no_drop_first,

@@ -3,30 +3,43 @@
 the images (toolchain.data) and parses arguments."""
 from __future__ import annotations
 
+import json
+
 from ..data import check_for_model, load_split
 from ..errors import UserError
-from .common import add_data_args, float_list, parse_shard, parse_stats_rate, positive_int, rate, seed, split_list
+from .common import (
+    add_bn_rate_arg,
+    add_data_args,
+    float_list,
+    parse_shard,
+    parse_stats_rate,
+    positive_int,
+    rate,
+    seed,
+    split_list,
+)
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("validate", help="accuracy of a deployed artifact on simulated faulty chips")
     p.add_argument("artifact", help="folder written by `rram quantize` (or one subfolder per BN rate)")
     add_data_args(p)
-    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--split", choices=["test", "train"], default="test", help="which split's images to evaluate")
     p.add_argument("--sa1", default="0,0.1,0.2,0.3", help="SA1 (stuck at G_min) cell rates, comma-separated")
     p.add_argument("--sa0", type=rate, default=0.0, help="SA0 (stuck at G_max) cell rate, for every run")
     p.add_argument("--runs", type=int, default=100, help="simulated chips per rate")
     p.add_argument("--seed", type=seed, default=0, help="seed of the simulated chips, 0 <= seed < 2**32")
     p.add_argument("--images", type=positive_int, default=None,
                    help="use N images spread evenly over the split (default: all)")
-    p.add_argument("--stats-rate", default="auto",
-                   help="BN statistics: 'auto' = model recalibrated for the nearest rate, or a rate")
+    add_bn_rate_arg(p, old="--stats-rate")
     p.add_argument("--fault-map", default=None, help="a measured fault map (.npz): validate that one chip")
     p.add_argument("--shard", default=None, help="k/n: run the k-th of n deterministic parts")
     p.add_argument("--resume", action="store_true", help="continue the campaign in --out")
     p.add_argument("--protect", default=None, metavar="NAME[,NAME...]",
                    help="keep these mapped layers fault-free (verified crossbars or digital logic); names as "
                         "`rram sensitivity` and the quantize report print them (default: none)")
+    p.add_argument("--json", action="store_true",
+                   help="print the summary as JSON (fault-free accuracy, per-rate statistics, timing) instead of text")
     p.add_argument("--chip-calibration", default=None, metavar="FILE",
                    help="with --fault-map: the chip's periphery parameters written by `rram calibrate`")
     p.add_argument("--calibrate", type=positive_int, default=None, metavar="N",
@@ -67,7 +80,7 @@ def run(args) -> int:
     if shard[0] > len(sa1) * args.runs:  # a fixed-size array job over a small campaign: fine
         print(f"note: --shard {args.shard}: the campaign has only {len(sa1) * args.runs} runs, so this "
               f"shard holds none (its results file still merges)")
-    stats_rate = parse_stats_rate(args.stats_rate)
+    stats_rate = parse_stats_rate(args.bn_rate)
     check_output_path(args.out)
     artifact = Artifact.load(args.artifact)  # before the (slower) image loading: fail fast
     split = load_split(args.data, args.split, cache_dir=args.cache_dir, use_cache=not args.no_cache)
@@ -100,6 +113,9 @@ def run(args) -> int:
                                             "calibration": calibration}, info=info, calibrate=calibrate,
                                  chip_calibration=args.chip_calibration)
         write_results(doc, args.out)
+        if args.json:
+            print(json.dumps({k: doc[k] for k in ("config", "clean", "chip")}, indent=1))
+            return 0
         print(f"chip {args.fault_map}: {100 * doc['chip']['accuracy']:.2f}% "
               f"(fault-free {100 * doc['clean']:.2f}%, {100 * doc['chip']['stuck_fraction']:.3f}% cells stuck)")
         return 0
@@ -108,8 +124,18 @@ def run(args) -> int:
                    engine_kw=engine_kw, info=info,
                    protect=split_list(args.protect, "--protect") if args.protect else None,
                    precision=args.precision, calibration=calibration, calibrate=calibrate)
-    print_summary(doc)
+    if args.json:
+        print(json.dumps(summary_of(doc), indent=1))
+    else:
+        print_summary(doc)
     return 0
+
+
+def summary_of(doc: dict) -> dict:
+    """What `rram validate --json` prints: the results file less the per-run records."""
+    return {"config": doc["config"], "clean": doc["clean"], "complete": doc["complete"],
+            "rates": [{k: e[k] for k in ("sa1", "sa0", "model", "summary")} for e in doc["rates"]],
+            "timing": doc.get("timing", {})}
 
 
 def print_summary(doc: dict) -> None:
