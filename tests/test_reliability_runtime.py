@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,8 @@ import torch
 
 from toolchain.cli import main
 
-from _runtime_helpers import export_torch, tiny_model
+from _runtime_helpers import export_torch, make_artifact, make_images, tiny_model, write_cifar_batches
+from conftest import ROOT
 
 # ------------------------------------------------------------------ helpers
 
@@ -123,3 +128,130 @@ def test_full_disk_in_quantize_force_names_the_folder(float_onnx, tmp_path, caps
     line = one_line_error(err)
     assert code == 2 and f"cannot write {out}: No space left on device" in line
     assert tree(tmp_path) == before
+
+
+# ------------------------------------------------------------------ 2.-3., 5. validate campaigns
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory) -> Path:
+    from runtime.crossbar import preset
+
+    return make_artifact(tmp_path_factory.mktemp("art") / "a", preset("paper"))
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory) -> Path:
+    return write_cifar_batches(tmp_path_factory.mktemp("cifar"), *make_images(16))
+
+
+def _validate(art, cifar, out, *extra) -> list:
+    return ["validate", art, "--data", cifar, "--no-cache", "--sa1", "0.1", "--runs", "2", "--out", out, *extra]
+
+
+def _hold_lock(path: Path) -> subprocess.Popen:
+    """Another process holding the lock of ``path``, as a running ``rram validate`` does."""
+    code = ("import sys, time\nfrom runtime.fileio import output_lock\n"
+            "with output_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, env=env, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_second_writer_of_a_results_file_is_refused(art, cifar, tmp_path, capsys):
+    out = tmp_path / "res.json"
+    holder = _hold_lock(out)
+    try:
+        code, _, err = run(capsys, *_validate(art, cifar, out))
+        line = one_line_error(err)
+        assert code == 2 and f"process {holder.pid}" in line and str(out) in line
+        assert not out.exists()
+        code, _, err = run(capsys, *_validate(art, cifar, out, "--resume"))
+        assert code == 2 and f"process {holder.pid}" in one_line_error(err)
+    finally:
+        holder.kill()  # SIGKILL: its lock file stays behind, naming a dead process
+        holder.wait()
+    assert (tmp_path / "res.json.lock").read_text().split()[0] == str(holder.pid)
+    code, _, err = run(capsys, *_validate(art, cifar, out))
+    assert code == 0, err  # the stale lock is taken over
+    assert json.loads(out.read_text())["complete"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res.json"]  # released on exit
+
+
+def test_stale_lock_naming_a_dead_pid_is_taken_over(art, cifar, tmp_path, capsys):
+    out = tmp_path / "res.json"
+    (tmp_path / "res.json.lock").write_text("999999999 nowhere\n")  # above any pid_max
+    code, _, err = run(capsys, *_validate(art, cifar, out))
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res.json"]
+
+
+def test_lock_is_released_on_error_and_interrupt(art, cifar, tmp_path, capsys, monkeypatch):
+    from runtime.engine import Engine
+
+    out = tmp_path / "new" / "res.json"
+
+    def interrupted(*args, **kwargs):  # Ctrl-C during the first chip, the lock held
+        assert Path(f"{out}.lock").read_text().split()[0] == str(os.getpid())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Engine, "chip_accuracy", interrupted)
+    assert run(capsys, *_validate(art, cifar, out))[0] == 130
+    assert sorted(p.name for p in out.parent.iterdir()) == ["res.json"]  # the clean accuracies so far
+    code, _, err = run(capsys, *_validate(art, cifar, out))  # exists without --resume: an error
+    assert code == 2 and "--resume" in one_line_error(err)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["res.json"]
+    monkeypatch.undo()
+    code, _, err = run(capsys, *_validate(art, cifar, out, "--resume"))
+    assert code == 0, err
+    assert sorted(p.name for p in out.parent.iterdir()) == ["res.json"]
+
+
+def test_a_billion_runs_start_at_once_with_progress_lines(art, cifar, tmp_path):
+    """--runs 1000000000 once built the whole job list first (MemoryError, no ETA). One shard of
+    a billion holds two chips here; the process may use 6 GiB of address space at most."""
+    out = tmp_path / "res.json"
+    code = ("import resource, sys\nresource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))\n"
+            "from toolchain.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               RRAM_PROGRESS_SECONDS="0")
+    args = _validate(art, cifar, out)
+    args[args.index("--runs") + 1] = "1000000000"
+    args[args.index("--sa1") + 1] = "0.1,0.2"
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args), "--shard", "1/1000000000"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"validate: 1/2 chips, 0:00:\d\d elapsed, ETA \d+:\d\d:\d\d", proc.stderr), proc.stderr
+    assert "validate: 2/2 chips" in proc.stderr
+    doc = json.loads(out.read_text())
+    # the chips of the unsharded order: job j = i * runs + r, every billionth from the first
+    assert [sorted(e["runs"]) for e in doc["rates"]] == [["0"], ["0"]]
+
+
+def test_progress_lines_for_batch_jobs_and_the_same_chips(art, cifar, tmp_path, capsys, monkeypatch):
+    import runtime.campaign as campaign
+
+    out = tmp_path / "res.json"
+    monkeypatch.setattr(campaign, "PROGRESS_SECONDS", 0.0)
+    code, _, err = run(capsys, *_validate(art, cifar, out, "--shard", "2/3"))
+    assert code == 0, err
+    lines = [x for x in err.splitlines() if x.startswith("validate: ")]
+    assert [x.split(",")[0] for x in lines] == ["validate: 1/1 chips"]  # jobs 1 (r=1) of 0..1
+    assert list(json.loads(out.read_text())["rates"][0]["runs"]) == ["1"]
+    monkeypatch.setattr(campaign, "PROGRESS_SECONDS", 1e9)  # a short job: no line at all
+    code, _, err = run(capsys, *_validate(art, cifar, tmp_path / "all.json", "--runs", "3"))
+    assert code == 0 and "chips," not in err
+
+
+def test_summary_counts_only_the_chips_that_ran(art, cifar, tmp_path, capsys):
+    out = tmp_path / "res.json"
+    code, stdout, err = run(capsys, *_validate(art, cifar, out, "--sa1", "0,0.1"))
+    assert code == 0, err
+    timing = json.loads(out.read_text())["timing"]
+    assert (timing["runs"], timing["ran"], timing["reused"]) == (4, 2, 2)
+    assert re.search(r"^2 chips run in [\d.]+ s \(2 fault-free, reused without running\): [\d.]+ chips/s, "
+                     r"\d+ images/s$", stdout, re.M), stdout
+    code, stdout, err = run(capsys, "merge", out, "--out", tmp_path / "merged.json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "merged.json").read_text())["timing"]["reused"] == 2
+    assert "2 chips run in" in stdout
