@@ -8,10 +8,12 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -255,3 +257,49 @@ def test_summary_counts_only_the_chips_that_ran(art, cifar, tmp_path, capsys):
     assert code == 0, err
     assert json.loads((tmp_path / "merged.json").read_text())["timing"]["reused"] == 2
     assert "2 chips run in" in stdout
+
+
+# ------------------------------------------------------------------ 4.-5. edited conductance maps
+
+def _edit_map(doc: dict, case: str) -> None:
+    if case == "bits_per_cell":
+        doc["device"]["bits_per_cell"] = 8  # was 7: the SA0 result changed from 42.5% to 9.5%
+    elif case == "layer":
+        del doc["layers"][1]  # that layer then ran fault-free
+    elif case == "version":
+        doc["version"] = 99
+    elif case == "hash":
+        doc["model_sha256"] = ""  # switched the model check off
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("bits_per_cell", "the device differs from the one model.onnx was quantised for (bits_per_cell 8, model 7)"),
+    ("layer", "has no entry for the mapped layer"),
+    ("version", "crossbar map version 99 is not supported"),
+    ("hash", "model_sha256 (the sha256 of the model.onnx it belongs to) is missing"),
+])
+def test_edited_crossbar_map_is_refused(art, cifar, tmp_path, capsys, case, expected):
+    edited = tmp_path / "art"
+    shutil.copytree(art, edited)
+    doc = json.loads((edited / "crossbars.json").read_text())
+    _edit_map(doc, case)
+    (edited / "crossbars.json").write_text(json.dumps(doc))
+    out = tmp_path / "res.json"
+    code, _, err = run(capsys, *_validate(edited, cifar, out, "--sa0", "0.1"))
+    line = one_line_error(err)
+    assert code == 2 and expected in line, line
+    assert str(edited) in line  # names the file (or the model.onnx it disagrees with)
+    assert not out.exists()
+
+
+def test_levels_of_the_wrong_type_say_so(art, cifar, tmp_path, capsys):
+    edited = tmp_path / "art"
+    shutil.copytree(art, edited)
+    with np.load(edited / "crossbars.npz") as z:
+        arrays = dict(z)
+    arrays["L0000.levels"] = arrays["L0000.levels"].astype(np.int16)  # same shape, other type
+    np.savez(edited / "crossbars.npz", **arrays)
+    code, _, err = run(capsys, *_validate(edited, cifar, tmp_path / "res.json"))
+    line = one_line_error(err)
+    assert code == 2 and "levels are int16, not uint8" in line and str(edited / "crossbars.npz") in line
+    assert "the map says" not in line
