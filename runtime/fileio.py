@@ -20,12 +20,16 @@ def _usual_mode() -> int:
     return 0o666 & ~mask
 
 
-def check_output_path(path: str | os.PathLike) -> Path:
-    """Fail before any long work if ``path`` cannot become a file: it is a folder, or a file
+def check_output_path(path: str | os.PathLike, inputs=()) -> Path:
+    """Fail before any long work if ``path`` cannot become a file: it is a folder, one of the
+    command's ``inputs`` (``rram export m.pt --out m.pt`` replaced the checkpoint), or a file
     stands where one of its parent folders should be."""
     path = Path(path)
     if path.is_dir():
         raise RuntimeInputError(f"cannot write {path}: it is a folder")
+    for given in inputs:
+        if path.exists() and Path(given).exists() and os.path.samefile(path, given):
+            raise RuntimeInputError(f"cannot write {path}: it is the input {given}; choose another output")
     return check_parents(path)
 
 

@@ -303,3 +303,148 @@ def test_levels_of_the_wrong_type_say_so(art, cifar, tmp_path, capsys):
     line = one_line_error(err)
     assert code == 2 and "levels are int16, not uint8" in line and str(edited / "crossbars.npz") in line
     assert "the map says" not in line
+
+
+# ------------------------------------------------------------------ 6. every command that writes
+
+# where each command reads its input and writes its output (a folder, or a file of this suffix)
+FOLDER_OUTPUTS = {"train", "recalibrate", "quantize"}
+SUFFIX = {"export": ".onnx", "passes": ".onnx", "validate": ".json", "merge": ".json", "plot": ".png"}
+INPUT = {"train": "data", "recalibrate": "ck/m.pt", "export": "ck/m.pt", "passes": "models/m.onnx",
+         "quantize": "models/m.onnx", "validate": "art", "merge": "results/res.json", "plot": "results/res.json"}
+
+
+def _argv(command: str, ws: Path, out: Path) -> list:
+    data, inp = ws / "data", ws / INPUT[command]
+    return {
+        "train": ["train", "--model", "resnet20", "--width", "0.25", "--drop-rate", "0.1", "--epochs", "1",
+                  "--batch-size", "4", "--data", data, "--no-cache", "--out", out],
+        "recalibrate": ["recalibrate", inp, "--rates", "0.1", "--data", data, "--no-cache", "--batch-size", "4",
+                        "--out", out],
+        "export": ["export", inp, "--out", out],
+        "passes": ["passes", inp, out],
+        "quantize": ["quantize", inp, out, "--force"],  # --force: the dangerous one
+        "validate": ["validate", inp, "--data", data, "--no-cache", "--runs", "1", "--sa1", "0.1", "--images", "4",
+                     "--out", out],
+        "merge": ["merge", inp, "--out", out],
+        "plot": ["plot", inp, "--out", out],
+    }[command]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """data/ (CIFAR-10 batches), ck/m.pt, models/m.onnx, art/ (quantized), results/res.json, each
+    beside a file of the user's (notes.txt) that no command may touch."""
+    from toolchain.checkpoints import checkpoint_from_model, save_checkpoint
+    from toolchain.data import CIFAR10_NORM
+    from toolchain.models import ModelSpec, build_model
+
+    ws = tmp_path_factory.mktemp("ws")
+    write_cifar_batches_py(ws / "data")
+    torch.manual_seed(0)
+    spec = ModelSpec("resnet20", width=0.25)
+    save_checkpoint(checkpoint_from_model(build_model(spec), spec, CIFAR10_NORM), ws / "ck" / "m.pt")
+    assert main(["export", str(ws / "ck" / "m.pt"), "--out", str(ws / "models" / "m.onnx")]) == 0
+    assert main(["quantize", str(ws / "models" / "m.onnx"), str(ws / "art")]) == 0
+    assert main([str(a) for a in _argv("validate", ws, ws / "results" / "res.json")]) == 0
+    for folder in ("data", "ck", "models", "results"):
+        (ws / folder / "notes.txt").write_text(f"the user's notes in {folder}")
+    return ws
+
+
+def write_cifar_batches_py(root: Path) -> None:
+    from conftest import write_cifar_python
+
+    rng = np.random.default_rng(0)
+    write_cifar_python(root / "cifar-10-batches-py", {
+        name: (rng.integers(0, 256, (8, 3072), dtype=np.uint8), np.arange(8) % 10)
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]})
+
+
+def read_only(monkeypatch, folder: Path) -> None:
+    """Make ``folder`` refuse writes as the kernel does for a user without permission there (root,
+    as on this machine, ignores the mode): every way these commands create, open for writing or
+    rename into a path checks it."""
+    import builtins
+    import io
+    import tempfile
+
+    folder = folder.resolve()
+
+    def inside(path) -> bool:
+        try:
+            p = Path(os.fsdecode(path)).absolute()
+        except TypeError:
+            return False  # a file descriptor or file object
+        return p == folder or folder in p.parents
+
+    def refuse(path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    def guard(fn, path_of, writes=lambda *a, **k: True):
+        def guarded(*args, **kwargs):
+            path = path_of(*args, **kwargs)
+            if path is not None and inside(path) and writes(*args, **kwargs):
+                refuse(path)
+            return fn(*args, **kwargs)
+        return guarded
+
+    def open_writes(file, mode="r", *a, **k):
+        return any(c in mode for c in "wax+")
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if inside(p) and mode & os.W_OK
+                        else real_access(p, mode, *a, **k))
+    for mod, name in [(tempfile, "mkstemp"), (tempfile, "mkdtemp"), (tempfile, "NamedTemporaryFile")]:
+        monkeypatch.setattr(mod, name, guard(getattr(mod, name), lambda *a, dir=None, **k: dir))
+    monkeypatch.setattr(os, "mkdir", guard(os.mkdir, lambda p, *a, **k: p))
+    monkeypatch.setattr(os, "replace", guard(os.replace, lambda src, dst, *a, **k: dst))
+    monkeypatch.setattr(os, "rename", guard(os.rename, lambda src, dst, *a, **k: dst))
+    monkeypatch.setattr(os, "open", guard(os.open, lambda p, flags, *a, **k: p,
+                                          lambda p, flags, *a, **k: flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)))
+    monkeypatch.setattr(builtins, "open", guard(builtins.open, lambda f, *a, **k: f, open_writes))
+    monkeypatch.setattr(io, "open", builtins.open)
+    monkeypatch.setattr(torch, "save", guard(torch.save, lambda obj, f, *a, **k: f))
+
+
+CASES = ["existing folder", "existing file", "read-only parent", "inside the input's folder"]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("command", ["train", "recalibrate", "export", "passes", "quantize", "validate", "merge",
+                                     "plot"])
+def test_every_writing_command_keeps_what_is_there(command, case, workspace, tmp_path, capsys, monkeypatch):
+    ws = tmp_path / "ws"
+    shutil.copytree(workspace, ws)
+    suffix = "" if command in FOLDER_OUTPUTS else SUFFIX[command]
+    inp = ws / INPUT[command]
+    if case == "existing folder":  # not an artifact, not a previous output: somebody's folder
+        out = ws / f"mine{suffix}"
+        out.mkdir()
+        (out / "keep.txt").write_text("keep me")
+    elif case == "existing file":  # a file of the user's where a folder goes; else the input itself
+        out = ws / "notes" if command in FOLDER_OUTPUTS else (ws / "results" / "res.json" if command == "validate"
+                                                              else inp)
+        if command in FOLDER_OUTPUTS:
+            out.write_text("keep me")
+    elif case == "read-only parent":
+        (ws / "ro").mkdir()
+        (ws / "ro" / "keep.txt").write_text("keep me")
+        out = ws / "ro" / f"new{suffix}"
+        read_only(monkeypatch, ws / "ro")
+    else:
+        out = (inp if inp.is_dir() else inp.parent) / f"new{suffix}"
+    before = tree(ws)
+    code, _, err = run(capsys, *_argv(command, ws, out))
+    monkeypatch.undo()
+    after = tree(ws)
+    if code == 0:
+        assert case == "inside the input's folder" or (case == "existing folder" and command in FOLDER_OUTPUTS
+                                                         and command != "quantize"), f"{command} wrote into {out}"
+        new = [p for p in after if p not in before]
+        assert new and all((ws / p) == out or out in (ws / p).parents for p in new), new
+        assert {p: h for p, h in after.items() if p in before} == before
+    else:
+        line = one_line_error(err)
+        assert code == 2, line
+        assert after == before, f"{command} ({case}) changed {set(after.items()) ^ set(before.items())}"

@@ -12,8 +12,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from runtime.fileio import check_output_path
     from runtime.plot import plot_results
 
+    check_output_path(args.out, inputs=args.results)
     labels = args.labels.split(",") if args.labels else None
     print(plot_results(args.results, args.out, labels=labels, title=args.title))
     return 0
