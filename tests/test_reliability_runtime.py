@@ -180,6 +180,29 @@ def test_second_writer_of_a_results_file_is_refused(art, cifar, tmp_path, capsys
     assert sorted(p.name for p in tmp_path.iterdir()) == ["res.json"]  # released on exit
 
 
+def test_second_writer_of_a_measured_chip_result_is_refused(art, cifar, tmp_path, capsys):
+    from runtime.artifact import DeployedModel
+    from runtime.faults import split_codes
+
+    cmap = DeployedModel.load(art).cmap
+    fault_map = tmp_path / "chip.npz"
+    np.savez(fault_map, **{f"L{i:04d}": c for i, c in enumerate(split_codes(cmap, np.zeros(cmap.cell_count(),
+                                                                                           np.uint8)))})
+    out = tmp_path / "res.json"
+    args = ["validate", art, "--data", cifar, "--no-cache", "--fault-map", fault_map, "--out", out]
+    holder = _hold_lock(out)
+    try:
+        code, _, err = run(capsys, *args)
+        assert code == 2 and f"process {holder.pid}" in one_line_error(err)
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chip.npz", "res.json"]
+
+
 def test_stale_lock_naming_a_dead_pid_is_taken_over(art, cifar, tmp_path, capsys):
     out = tmp_path / "res.json"
     (tmp_path / "res.json.lock").write_text("999999999 nowhere\n")  # above any pid_max

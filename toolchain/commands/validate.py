@@ -74,12 +74,15 @@ def run(args) -> int:
     if args.fault_map:
         from pathlib import Path
 
-        if Path(args.out).exists():
-            raise UserError(f"{args.out} exists; choose another --out")
-        doc = validate_fault_map(artifact, images, labels, args.fault_map, stats_rate=stats_rate,
-                                 engine_kw={**engine_kw, "precision": args.precision,
-                                            "calibration": calibration}, info=info)
-        write_results(doc, args.out)
+        from runtime.fileio import output_lock
+
+        with output_lock(args.out, "rram validate"):  # checked and written by one process only
+            if Path(args.out).exists():
+                raise UserError(f"{args.out} exists; choose another --out")
+            doc = validate_fault_map(artifact, images, labels, args.fault_map, stats_rate=stats_rate,
+                                     engine_kw={**engine_kw, "precision": args.precision,
+                                                "calibration": calibration}, info=info)
+            write_results(doc, args.out)
         print(f"chip {args.fault_map}: {100 * doc['chip']['accuracy']:.2f}% "
               f"(fault-free {100 * doc['clean']:.2f}%, {100 * doc['chip']['stuck_fraction']:.3f}% cells stuck)")
         return 0
