@@ -41,7 +41,15 @@ def _jobs(n_rates: int, runs: int, shard: tuple[int, int]) -> range:
     return range(k - 1, n_rates * runs, n)
 
 
-PROGRESS_SECONDS = float(os.environ.get("RRAM_PROGRESS_SECONDS", "10"))
+def _progress_seconds(default: float = 10.0) -> float:
+    try:
+        value = float(os.environ.get("RRAM_PROGRESS_SECONDS", default))
+    except ValueError:  # a typo in the environment is no reason to stop a campaign
+        return default
+    return value if value >= 0 else default
+
+
+PROGRESS_SECONDS = _progress_seconds()  # between progress lines when stderr is not a terminal
 
 
 class _Progress:
