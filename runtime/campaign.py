@@ -6,9 +6,13 @@ split.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import os
+import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +21,7 @@ from .artifact import Artifact, check_stats_rate
 from .engine import Engine
 from .errors import RuntimeInputError
 from .faults import check_rates, layer_indices, load_fault_map, run_seed, sample_chip, with_faults_only_in
-from .fileio import file_sha256
+from .fileio import file_sha256, output_lock
 from .metadata import NORMALIZATION_KEY, normalize_images
 from .results import (
     FORMAT,
@@ -29,10 +33,56 @@ from .results import (
 )
 
 
-def _jobs(n_rates: int, runs: int, shard: tuple[int, int]) -> list[tuple[int, int]]:
+def _jobs(n_rates: int, runs: int, shard: tuple[int, int]) -> range:
+    """This shard's jobs j (rate i, run r = divmod(j, runs)), in campaign order: every n-th of
+    the rates x runs, from the k-th. A range, not a list: --runs 1000000000 must not build the
+    job list (it ended in MemoryError before the first chip)."""
     k, n = shard
-    all_jobs = [(i, r) for i in range(n_rates) for r in range(runs)]
-    return [job for j, job in enumerate(all_jobs) if j % n == k - 1]
+    return range(k - 1, n_rates * runs, n)
+
+
+def _progress_seconds(default: float = 10.0) -> float:
+    try:
+        value = float(os.environ.get("RRAM_PROGRESS_SECONDS", default))
+    except ValueError:  # a typo in the environment is no reason to stop a campaign
+        return default
+    return value if value >= 0 else default
+
+
+PROGRESS_SECONDS = _progress_seconds()  # between progress lines when stderr is not a terminal
+
+
+class _Progress:
+    """tqdm's bar (with a total, so an ETA) on a terminal; elsewhere (batch jobs, logs) a line
+    on stderr every ``PROGRESS_SECONDS``: chips done/total, elapsed, ETA."""
+
+    def __init__(self, total: int, enabled: bool):
+        from tqdm import tqdm
+
+        self.total, self.done, self.lines = total, 0, enabled and not sys.stderr.isatty()
+        self.bar = tqdm(total=total, desc="validate", unit="chip", disable=None if enabled else True)
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, note: str) -> None:
+        self.done += 1
+        self.bar.update(1)
+        self.bar.set_postfix_str(note, refresh=False)
+        now = time.monotonic()
+        if self.lines and now - self.last >= PROGRESS_SECONDS:
+            self.last = now
+            elapsed = now - self.t0
+            eta = elapsed / self.done * (self.total - self.done)
+            print(f"validate: {self.done}/{self.total} chips, {_hms(elapsed)} elapsed, ETA {_hms(eta)} "
+                  f"({note})", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _hms(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"
 
 
 # ------------------------------------------------------------------ the campaign
@@ -62,6 +112,21 @@ def engine_factory(artifact: Artifact, images, labels, engine_kw):
     return get
 
 
+def _locking_out(fn):
+    """Run ``fn`` holding the lock of its ``out`` results file (``fileio.output_lock``), from
+    before the resume check to the last write: two campaigns on one --out once both exited 0
+    with only one's results kept."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def locked(*args, **kwargs):
+        out = signature.bind(*args, **kwargs).arguments.get("out")
+        with output_lock(out, "rram validate") if out is not None else nullcontext():
+            return fn(*args, **kwargs)
+    return locked
+
+
+@_locking_out
 def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels: np.ndarray, *,
              sa1: list[float], sa0: float = 0.0, runs: int = 100, seed: int = 0,
              stats_rate: str | float = "auto", shard: tuple[int, int] = (1, 1),
@@ -123,7 +188,9 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
     engine = engine_factory(artifact, images, labels, {**(engine_kw or {}), "precision": precision,
                                                         "calibration": calibration, "calibrate": calibrate})
 
-    todo = [(i, r) for i, r in _jobs(len(sa1), runs, shard) if str(r) not in doc["rates"][i]["runs"]]
+    jobs = _jobs(len(sa1), runs, shard)
+    k, n = shard
+    already = sum(1 for i, e in enumerate(doc["rates"]) for key in e["runs"] if (i * runs + int(key)) % n == k - 1)
     for name in sorted(set(selected)):
         if name not in doc["clean"]:
             doc["clean"][name] = engine(name).clean_accuracy()
@@ -131,30 +198,39 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
     if out is not None:
         write_results(doc, out)
 
-    from tqdm import tqdm
-
     n_cells = artifact.first.cmap.cell_count()
     t0 = time.perf_counter()
-    bar = tqdm(todo, desc="validate", unit="chip", disable=None if progress else True)
-    for done, (i, r) in enumerate(bar, start=1):
+    progress_ = _Progress(len(jobs) - already, progress)
+    done = ran = 0
+    for j in jobs:
+        i, r = divmod(j, runs)
         entry = doc["rates"][i]
+        if str(r) in entry["runs"]:  # resumed
+            continue
         p1 = entry["sa1"]
         chip = sample_chip(n_cells, p1, sa0, run_seed(seed, p1, sa0, r))
         if kept_faulty is not None:
             chip = with_faults_only_in(cmap, chip, kept_faulty)
         # a chip without stuck cells computes with the clean weights: its accuracy is known
-        acc = doc["clean"][entry["model"]] if not chip.codes.any() else engine(entry["model"]).chip_accuracy(chip)
+        if chip.codes.any():
+            acc = engine(entry["model"]).chip_accuracy(chip)
+            ran += 1
+        else:
+            acc = doc["clean"][entry["model"]]
+        done += 1
         entry["runs"][str(r)] = {"accuracy": acc, "stuck_fraction": chip.stuck_fraction,
                                  "sa1_fraction": chip.sa1_fraction, "sa0_fraction": chip.sa0_fraction}
         seconds = time.perf_counter() - t0
-        doc["timing"] = {"runs": done, "seconds": round(seconds, 3), "runs_per_second": done / seconds,
-                         "images_per_second": done * len(labels) / seconds}
+        # only the chips that ran count for the speed: fault-free ones are reused, not run
+        doc["timing"] = {"runs": done, "ran": ran, "reused": done - ran, "seconds": round(seconds, 3),
+                         "runs_per_second": ran / seconds if seconds else None,
+                         "images_per_second": ran * len(labels) / seconds if seconds else None}
         refresh(doc)
         if out is not None:
             write_results(doc, out)
         accs = [v["accuracy"] for v in entry["runs"].values()]
-        bar.set_postfix_str(f"sa1={p1:g} mean={100 * float(np.mean(accs)):.2f}%")
-    bar.close()
+        progress_.update(f"sa1={p1:g} mean={100 * float(np.mean(accs)):.2f}%")
+    progress_.close()
     return doc
 
 

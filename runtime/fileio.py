@@ -8,7 +8,7 @@ import hashlib
 import json
 import os
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from .errors import RuntimeInputError
@@ -20,12 +20,16 @@ def _usual_mode() -> int:
     return 0o666 & ~mask
 
 
-def check_output_path(path: str | os.PathLike) -> Path:
-    """Fail before any long work if ``path`` cannot become a file: it is a folder, or a file
+def check_output_path(path: str | os.PathLike, inputs=()) -> Path:
+    """Fail before any long work if ``path`` cannot become a file: it is a folder, one of the
+    command's ``inputs`` (``rram export m.pt --out m.pt`` replaced the checkpoint), or a file
     stands where one of its parent folders should be."""
     path = Path(path)
     if path.is_dir():
         raise RuntimeInputError(f"cannot write {path}: it is a folder")
+    for given in inputs:
+        if path.exists() and Path(given).exists() and os.path.samefile(path, given):
+            raise RuntimeInputError(f"cannot write {path}: it is the input {given}; choose another output")
     return check_parents(path)
 
 
@@ -100,3 +104,58 @@ def read_json_document(path: str | os.PathLike, fmt: str, what: str) -> dict:
     if not isinstance(doc, dict) or doc.get("format") != fmt:
         raise RuntimeInputError(f"{path} is not a {what}")
     return doc
+
+
+@contextmanager
+def output_lock(path: str | os.PathLike, what: str = "rram"):
+    """Hold ``PATH.lock`` while writing ``path`` over a long time, so that two processes never
+    write one results file (each would rewrite it from its own copy: a campaign lost). The lock is
+    an ``fcntl.flock`` on that file, which the kernel releases when its holder dies, so a lock left
+    by a killed process is free and taken over; the file holds the holder's pid for the message.
+    Released (and the file removed) on return, error or KeyboardInterrupt."""
+    import fcntl
+    import socket
+
+    path = Path(path)
+    lock = path.with_name(path.name + ".lock")
+    created = [p for p in [path.parent, *path.parent.parents] if not p.exists()]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RuntimeInputError(f"cannot write {path}: {e.strerror or e}") from None
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, _usual_mode())
+        except OSError as e:
+            raise RuntimeInputError(f"cannot create the lock {lock}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode(errors="replace").split()
+            os.close(fd)
+            pid = holder[0] if holder else "?"
+            host = f" on {holder[1]}" if len(holder) > 1 and holder[1] != socket.gethostname() else ""
+            raise RuntimeInputError(f"{path} is being written by another {what} (process {pid}{host}, lock "
+                                    f"{lock}); wait for it to finish or choose another output") from None
+        # the holder before us may have removed the file after we opened it: lock the one in place
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)  # a stale lock's pid, if any
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        yield lock
+    finally:
+        with suppress(OSError):  # still holding it: whoever opens the file next finds it gone or new
+            os.unlink(lock)
+        os.close(fd)
+        if not path.exists():
+            for folder in created:  # the folders made for the lock alone
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break

@@ -11,7 +11,9 @@ Results file (``format: rram-validate-results``)::
      "clean": {model name: fault-free accuracy},
      "rates": [{"sa1", "sa0", "model", "runs": {"<r>": {accuracy, stuck_fraction, sa1_fraction,
                 sa0_fraction}}, "summary": {n, mean, std, sem, min, max, ci95}}],
-     "timing": {runs, seconds, runs_per_second, images_per_second},   # this process (or sums)
+     "timing": {runs, ran, reused, seconds, runs_per_second, images_per_second},
+                                 # this process (or sums); fault-free chips are reused, not run:
+                                 # the speeds count only the chips that ran
      "complete": bool,
      "info": {artifact path, data path, split}}                      # informative only
 """
@@ -146,12 +148,14 @@ def merge(paths: list[str | os.PathLike]) -> dict:
                 if mine["runs"].setdefault(r, v) != v:
                     raise RuntimeInputError(f"{path}: run {r} at SA1 {mine['sa1']} differs from another file")
         seconds += doc.get("timing", {}).get("seconds", 0.0)
-    # distinct runs over the summed time of all files (a run found in two files counts once)
+    # distinct runs over the summed time of all files (a run found in two files counts once);
+    # a chip without stuck cells was reused (its accuracy is the fault-free one), not run
     runs_done = sum(len(e["runs"]) for e in out["rates"])
+    ran = sum(1 for e in out["rates"] for v in e["runs"].values() if v["stuck_fraction"] > 0)
     images = base["config"]["images"]
-    out["timing"] = {"runs": int(runs_done), "seconds": round(seconds, 3),
-                     "runs_per_second": runs_done / seconds if seconds else None,
-                     "images_per_second": runs_done * images / seconds if seconds else None}
+    out["timing"] = {"runs": int(runs_done), "ran": ran, "reused": runs_done - ran, "seconds": round(seconds, 3),
+                     "runs_per_second": ran / seconds if seconds else None,
+                     "images_per_second": ran * images / seconds if seconds else None}
     out["clean"] = dict(sorted(out["clean"].items()))
     return refresh(out)
 

@@ -397,7 +397,7 @@ def test_failed_write_leaves_no_folder(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(q, "save_map", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(QuantizeError, match=f"cannot write {tmp_path / 'out'}: No space left"):
         write_artifact(tmp_path / "out", model, cmap, report)
     assert list(tmp_path.iterdir()) == []
     # with --force, a failure keeps the old folder intact
@@ -405,7 +405,7 @@ def test_failed_write_leaves_no_folder(tmp_path, monkeypatch):
     write_artifact(tmp_path / "out", model, cmap, report)
     before = file_sha256(tmp_path / "out" / "crossbars.npz")
     monkeypatch.setattr(q, "save_map", boom)
-    with pytest.raises(OSError):
+    with pytest.raises(QuantizeError, match="No space left"):
         write_artifact(tmp_path / "out", model, cmap, report, force=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert file_sha256(tmp_path / "out" / "crossbars.npz") == before

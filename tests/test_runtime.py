@@ -42,6 +42,7 @@ from runtime.faults import (
     save_fault_map,
     split_codes,
 )
+from runtime.fileio import file_sha256
 from runtime.int8 import prepare_int8, quantize_input, streamline_int8
 from runtime.metadata import normalize_images
 from runtime.results import merge, read_results
@@ -308,8 +309,8 @@ def test_bad_inputs_one_line_error_nothing_overwritten(art, data, tmp_path, caps
     shutil.copytree(art, mixed)
     shutil.copy(other_art / "model.onnx", mixed / "model.onnx")
     assert "different model.onnx" in _err(capsys, base[:1] + [str(mixed)] + base[2:] + ["--sa1", "0.1"])
-    cmap = load_map(mixed)  # same map without its hash: the content check still catches it
-    cmap.model_sha256 = ""
+    cmap = load_map(mixed)  # same map with a forged hash: the content check still catches it
+    cmap.model_sha256 = file_sha256(mixed / "model.onnx")
     save_map(cmap, mixed)
     assert "does not match" in _err(capsys, base[:1] + [str(mixed)] + base[2:] + ["--sa1", "0.1"])
     assert out.read_bytes() == before  # no failed call above touched the --out file

@@ -98,6 +98,14 @@ def load_map(folder: str | os.PathLike) -> CrossbarMap:
     if not jpath.is_file() or not npath.is_file():
         raise RuntimeInputError(f"{folder} has no conductance map ({JSON_NAME} + {NPZ_NAME})")
     doc = read_json_document(jpath, FORMAT, "crossbar map")
+    if doc.get("version") != VERSION:  # another layout read as this one gives wrong weights
+        raise RuntimeInputError(f"{jpath}: crossbar map version {doc.get('version')!r} is not supported "
+                                f"(this rram reads version {VERSION})")
+    sha = doc.get("model_sha256")
+    if not (isinstance(sha, str) and len(sha) == 64 and all(c in "0123456789abcdef" for c in sha)):
+        # without it nothing ties the map to its model.onnx
+        raise RuntimeInputError(f"{jpath}: model_sha256 (the sha256 of the model.onnx it belongs to) "
+                                f"is {'missing' if not sha else 'not a sha256'}")
     layers = []
     try:
         device = DeviceConfig.from_dict(doc["device"])
@@ -105,9 +113,13 @@ def load_map(folder: str | os.PathLike) -> CrossbarMap:
             for e in doc["layers"]:
                 levels, scales = z[f"{e['key']}.levels"], z[f"{e['key']}.scales"]
                 expected = (device.planes, device.cells_per_weight, *e["matrix_shape"])
-                if levels.dtype != np.uint8 or tuple(levels.shape) != expected:
+                if levels.dtype != np.uint8:
+                    raise RuntimeInputError(f"{npath}: layer {e['name']!r} levels are {levels.dtype}, "
+                                            f"not uint8")
+                if tuple(levels.shape) != expected:
                     raise RuntimeInputError(f"{npath}: layer {e['name']!r} levels have shape "
-                                            f"{levels.shape}, the map says {expected}")
+                                            f"{tuple(levels.shape)}, the map says {expected} (planes, "
+                                            f"cells per weight, rows, columns)")
                 if levels.max(initial=0) >= device.levels:
                     raise RuntimeInputError(f"{npath}: layer {e['name']!r} has a level above {device.levels - 1}")
                 layers.append(MappedLayer(e["name"], e["node"], e["op_type"], tuple(e["weight_shape"]),
@@ -115,4 +127,8 @@ def load_map(folder: str | os.PathLike) -> CrossbarMap:
                                           [Tile(*t) for t in e["tiles"]]))
     except (KeyError, OSError, ValueError, TypeError, AttributeError, zipfile.BadZipFile) as e:
         raise RuntimeInputError(f"corrupt conductance map in {folder}: {type(e).__name__}: {e}") from None
-    return CrossbarMap(device, layers, doc.get("model_sha256", ""))
+    names = [layer.name for layer in layers]
+    if len(set(names)) < len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise RuntimeInputError(f"{jpath}: layer {twice!r} is mapped twice")
+    return CrossbarMap(device, layers, sha)

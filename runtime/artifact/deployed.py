@@ -15,6 +15,7 @@ ORT_ENABLE_EXTENDED it loses the NCHWc layout (~40% slower runs).
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,9 +28,9 @@ from onnx import numpy_helper
 from ..crossbar import decode, dequantize_matrix, matrix_to_weight
 from ..errors import RuntimeInputError
 from ..fileio import file_sha256
-from ..metadata import Normalization, bn_rate_from_metadata, read_metadata
+from ..metadata import DEVICE_KEY, Normalization, bn_rate_from_metadata, read_metadata
 from .crossbar_map import CrossbarMap, load_map
-from .layout import MODEL_NAME
+from .layout import JSON_NAME, MODEL_NAME
 
 if TYPE_CHECKING:
     from ..faults import Chip
@@ -91,7 +92,7 @@ class DeployedModel:
             raise RuntimeInputError(f"{folder} is not a quantized artifact: no {MODEL_NAME}")
         cmap = load_map(folder)
         sha = file_sha256(path)
-        if cmap.model_sha256 and cmap.model_sha256 != sha:
+        if cmap.model_sha256 != sha:
             raise RuntimeInputError(f"the conductance map in {folder} belongs to a different model.onnx "
                                     f"(sha256 {cmap.model_sha256[:12]}, file {sha[:12]})")
         try:
@@ -100,6 +101,7 @@ class DeployedModel:
             raise RuntimeInputError(f"corrupt ONNX model {path}: {str(e).splitlines()[0][:200]}") from None
         inits = {t.name for t in model.graph.initializer}
         inputs = [i.name for i in model.graph.input if i.name not in inits]
+        _check_device(model, cmap, path, folder)
         base_bytes, names = _fold_weights(model, cmap, path)
         if len(inputs) != 1:
             raise RuntimeInputError(f"{path}: expected one image input, found {inputs}")
@@ -120,6 +122,37 @@ class DeployedModel:
         return dims[0]
 
 
+def _check_device(model: onnx.ModelProto, cmap: CrossbarMap, path: Path, folder: Path) -> None:
+    """The map's device must be the one the model was quantised for (``rram.device``): the same
+    levels read on another device (e.g. bits_per_cell 7 -> 8) decode to the same integers, but
+    its stuck cells to other values."""
+    text = read_metadata(model).get(DEVICE_KEY)
+    if text is None:
+        raise RuntimeInputError(f"{path} records no {DEVICE_KEY} metadata: not written by rram quantize")
+    try:
+        recorded = json.loads(text)
+    except ValueError:
+        raise RuntimeInputError(f"{path}: corrupt {DEVICE_KEY} metadata") from None
+    mine = json.loads(json.dumps(cmap.device.to_dict()))
+    if recorded != mine:
+        diff = sorted(k for k in set(recorded) | set(mine) if recorded.get(k) != mine.get(k))
+        what = ", ".join(f"{k} {mine.get(k)!r}, model {recorded.get(k)!r}" for k in diff)
+        raise RuntimeInputError(f"{folder / JSON_NAME}: the device differs from the one {MODEL_NAME} was "
+                                f"quantised for ({what})")
+
+
+def _mapped_in_model(graph: onnx.GraphProto) -> list[str]:
+    """The integer initializers that DequantizeLinear turns into the weight of a Conv, Gemm or
+    MatMul (directly or through a Transpose): the layers the quantizer mapped."""
+    inits = {t.name: t for t in graph.initializer}
+    weight_of = {n.input[1] for n in graph.node if n.op_type in ("Conv", "Gemm", "MatMul") and len(n.input) > 1}
+    transposed = {n.input[0] for n in graph.node if n.op_type == "Transpose" and n.output[0] in weight_of}
+    integer = {onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT16,
+               onnx.TensorProto.UINT16, onnx.TensorProto.INT32}
+    return [n.input[0] for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits
+            and inits[n.input[0]].data_type in integer and (n.output[0] in weight_of or n.output[0] in transposed)]
+
+
 def _fold_weights(model: onnx.ModelProto, cmap: CrossbarMap, path: Path) -> tuple[bytes, list[str]]:
     """Replace each mapped layer's DequantizeLinear by its float output; check that the map decodes
     to exactly the integer initializer and scales of the model."""
@@ -127,6 +160,12 @@ def _fold_weights(model: onnx.ModelProto, cmap: CrossbarMap, path: Path) -> tupl
     inits = {t.name: t for t in graph.initializer}
     dq_of = {n.input[0]: n for n in graph.node if n.op_type == "DequantizeLinear"}
     names, drop_nodes, drop_inits = [], set(), set()
+    in_map = {layer.name for layer in cmap.layers}
+    missing = [name for name in _mapped_in_model(graph) if name not in in_map]
+    if missing:  # such a layer would silently run fault-free
+        raise RuntimeInputError(f"the conductance map does not match {path}: it has no entry for the mapped "
+                                f"layer{'s' if len(missing) > 1 else ''} {', '.join(repr(m) for m in missing[:3])}"
+                                f"{', ...' if len(missing) > 3 else ''}")
     for layer in cmap.layers:
         node = dq_of.get(layer.name)
         if layer.name not in inits or node is None:

@@ -236,10 +236,11 @@ def quantize_to_folder(src: str | os.PathLike | onnx.ModelProto, outdir: str | o
                        device: DeviceConfig, *, selection: LayerSelection | None = None,
                        force: bool = False) -> dict:
     """``rram quantize``: quantise ``src`` and write the artifact folder; returns the report."""
-    check_output_folder(outdir, force)  # fail before the work, not after
+    inputs = [] if isinstance(src, onnx.ModelProto) else [src]  # never replaced by --force
+    check_output_folder(outdir, force, inputs)  # fail before the work, not after
     t0 = time.perf_counter()
     model, cmap, report = quantize_model(src, device, selection=selection)
-    write_artifact(outdir, model, cmap, report, force=force)
+    write_artifact(outdir, model, cmap, report, force=force, inputs=inputs)
     report = dict(report, model_sha256=cmap.model_sha256, output=str(outdir),
                   total_seconds=round(time.perf_counter() - t0, 3))
     return report

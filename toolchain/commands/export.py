@@ -28,7 +28,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     rate = None if args.bn_rate is None else rate_key(check_rate(args.bn_rate, "--bn-rate"))
-    check_output_path(args.out)
+    check_output_path(args.out, inputs=[args.checkpoint])
     ckpt = load_checkpoint(args.checkpoint, model=args.model, download=args.download,
                            normalization=normalization_from_args(args))
     result = export_onnx(ckpt, args.out, rate=rate, all_rates=args.all_rates, seed=args.seed)

@@ -12,9 +12,11 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from runtime.fileio import check_output_path
     from runtime.plot import plot_results, plot_sensitivity
     from runtime.results import is_sensitivity
 
+    check_output_path(args.out, inputs=args.results)
     if any(is_sensitivity(p) for p in args.results):
         if len(args.results) != 1:
             from ..errors import UserError

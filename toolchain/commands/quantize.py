@@ -43,7 +43,8 @@ def add_parser(sub) -> None:
                    help="map only nodes/weights whose name matches this shell pattern (repeatable)")
     p.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
                    help="leave nodes/weights matching this shell pattern digital (repeatable)")
-    p.add_argument("--force", action="store_true", help="replace OUTDIR if it exists")
+    p.add_argument("--force", action="store_true",
+                   help="replace OUTDIR if it is a previous artifact (never a folder holding the input or other files)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 

@@ -1,0 +1,473 @@
+"""Bad input on the runtime side (issue 11): each case runs the real command through the CLI entry
+point and checks exit status 2, ONE line on stderr (``rram: error: ...``) and that nothing was
+deleted, overwritten or half-written."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from toolchain.cli import main
+
+from _runtime_helpers import export_torch, make_artifact, make_images, tiny_model, write_cifar_batches
+from conftest import ROOT
+
+# ------------------------------------------------------------------ helpers
+
+def run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rram: error: "), err
+    return lines[0]
+
+
+def tree(root: Path) -> dict:
+    """Every file and folder under root, files with their sha256: "nothing deleted or overwritten"."""
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
+            for p in sorted(root.rglob("*"))}
+
+
+@pytest.fixture(scope="module")
+def float_onnx(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("float") / "m.onnx"
+    export_torch(tiny_model(), torch.zeros(1, 3, 32, 32), path)
+    return path
+
+
+# ------------------------------------------------------------------ 1. quantize --force
+
+def test_force_never_replaces_the_folder_holding_the_input(float_onnx, tmp_path, capsys, monkeypatch):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "m.onnx").write_bytes(float_onnx.read_bytes())
+    (work / "notes.txt").write_text("mine")
+    before = tree(tmp_path)
+    code, _, err = run(capsys, "quantize", work / "m.onnx", work, "--force")
+    line = one_line_error(err)
+    assert code == 2 and str(work) in line and "input" in line
+    # the issue's case: OUT is the current directory ("."), which holds the input
+    monkeypatch.chdir(work)
+    code, _, err = run(capsys, "quantize", "m.onnx", ".", "--force")
+    assert code == 2 and "refusing to replace ." in one_line_error(err)
+    # a parent of the current directory, the input elsewhere
+    sub = work / "sub"
+    sub.mkdir()
+    monkeypatch.chdir(sub)
+    code, _, err = run(capsys, "quantize", float_onnx, "..", "--force")
+    assert code == 2 and "current directory" in one_line_error(err)
+    sub.rmdir()
+    assert tree(tmp_path) == before  # nothing deleted, no "..xxxx.old" folder left
+
+
+def test_force_replaces_only_a_previous_artifact(float_onnx, tmp_path, capsys):
+    out = tmp_path / "art"
+    code, _, err = run(capsys, "quantize", float_onnx, out)
+    assert code == 0, err
+    (out / "results.json").write_text("a campaign")  # no longer only the artifact's own files
+    before = tree(tmp_path)
+    code, _, err = run(capsys, "quantize", float_onnx, out, "--force")
+    line = one_line_error(err)
+    assert code == 2 and "not a previous artifact" in line and "results.json" in line
+    assert tree(tmp_path) == before
+    other = tmp_path / "other"  # a folder without a conductance map
+    other.mkdir()
+    (other / "model.onnx").write_text("not an artifact")
+    code, _, err = run(capsys, "quantize", float_onnx, other, "--force")
+    assert code == 2 and "no crossbars.json" in one_line_error(err)
+    assert (other / "model.onnx").read_text() == "not an artifact"
+    (out / "results.json").unlink()
+    code, _, err = run(capsys, "quantize", float_onnx, out, "--force", "--bits-per-cell", "4")
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "other"]
+
+
+def test_failed_replacement_leaves_the_old_artifact_and_no_temporary_folder(float_onnx, tmp_path, capsys,
+                                                                            monkeypatch):
+    out = tmp_path / "art"
+    assert run(capsys, "quantize", float_onnx, out)[0] == 0
+    before = tree(tmp_path)
+    real = os.replace
+
+    def fail_swap_in(src, dst):  # the new folder cannot be renamed into place
+        if str(src).endswith(".tmp") and Path(dst) == out:
+            raise OSError(errno.EXDEV, "Invalid cross-device link")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", fail_swap_in)
+    code, _, err = run(capsys, "quantize", float_onnx, out, "--force", "--bits-per-cell", "4")
+    line = one_line_error(err)
+    assert code == 2 and f"cannot write {out}" in line
+    assert tree(tmp_path) == before
+
+
+def test_full_disk_in_quantize_force_names_the_folder(float_onnx, tmp_path, capsys, monkeypatch):
+    import runtime.artifact.folder as folder
+
+    out = tmp_path / "art"
+    assert run(capsys, "quantize", float_onnx, out)[0] == 0
+    before = tree(tmp_path)
+
+    def enospc(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(folder, "save_map", enospc)
+    code, _, err = run(capsys, "quantize", float_onnx, out, "--force")
+    line = one_line_error(err)
+    assert code == 2 and f"cannot write {out}: No space left on device" in line
+    assert tree(tmp_path) == before
+
+
+# ------------------------------------------------------------------ 2.-3., 5. validate campaigns
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory) -> Path:
+    from runtime.crossbar import preset
+
+    return make_artifact(tmp_path_factory.mktemp("art") / "a", preset("paper"))
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory) -> Path:
+    return write_cifar_batches(tmp_path_factory.mktemp("cifar"), *make_images(16))
+
+
+def _validate(art, cifar, out, *extra) -> list:
+    return ["validate", art, "--data", cifar, "--no-cache", "--sa1", "0.1", "--runs", "2", "--out", out, *extra]
+
+
+def _hold_lock(path: Path) -> subprocess.Popen:
+    """Another process holding the lock of ``path``, as a running ``rram validate`` does."""
+    code = ("import sys, time\nfrom runtime.fileio import output_lock\n"
+            "with output_lock(sys.argv[1]):\n    print('held', flush=True)\n    time.sleep(600)\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], stdout=subprocess.PIPE, env=env, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_second_writer_of_a_results_file_is_refused(art, cifar, tmp_path, capsys):
+    out = tmp_path / "res.json"
+    holder = _hold_lock(out)
+    try:
+        code, _, err = run(capsys, *_validate(art, cifar, out))
+        line = one_line_error(err)
+        assert code == 2 and f"process {holder.pid}" in line and str(out) in line
+        assert not out.exists()
+        code, _, err = run(capsys, *_validate(art, cifar, out, "--resume"))
+        assert code == 2 and f"process {holder.pid}" in one_line_error(err)
+    finally:
+        holder.kill()  # SIGKILL: its lock file stays behind, naming a dead process
+        holder.wait()
+    assert (tmp_path / "res.json.lock").read_text().split()[0] == str(holder.pid)
+    code, _, err = run(capsys, *_validate(art, cifar, out))
+    assert code == 0, err  # the stale lock is taken over
+    assert json.loads(out.read_text())["complete"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res.json"]  # released on exit
+
+
+def test_second_writer_of_a_measured_chip_result_is_refused(art, cifar, tmp_path, capsys):
+    from runtime.artifact import DeployedModel
+    from runtime.faults import split_codes
+
+    cmap = DeployedModel.load(art).cmap
+    fault_map = tmp_path / "chip.npz"
+    np.savez(fault_map, **{f"L{i:04d}": c for i, c in enumerate(split_codes(cmap, np.zeros(cmap.cell_count(),
+                                                                                           np.uint8)))})
+    out = tmp_path / "res.json"
+    args = ["validate", art, "--data", cifar, "--no-cache", "--fault-map", fault_map, "--out", out]
+    holder = _hold_lock(out)
+    try:
+        code, _, err = run(capsys, *args)
+        assert code == 2 and f"process {holder.pid}" in one_line_error(err)
+        assert not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chip.npz", "res.json"]
+
+
+def test_stale_lock_naming_a_dead_pid_is_taken_over(art, cifar, tmp_path, capsys):
+    out = tmp_path / "res.json"
+    (tmp_path / "res.json.lock").write_text("999999999 nowhere\n")  # above any pid_max
+    code, _, err = run(capsys, *_validate(art, cifar, out))
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["res.json"]
+
+
+def test_lock_is_released_on_error_and_interrupt(art, cifar, tmp_path, capsys, monkeypatch):
+    from runtime.engine import Engine
+
+    out = tmp_path / "new" / "res.json"
+
+    def interrupted(*args, **kwargs):  # Ctrl-C during the first chip, the lock held
+        assert Path(f"{out}.lock").read_text().split()[0] == str(os.getpid())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Engine, "chip_accuracy", interrupted)
+    assert run(capsys, *_validate(art, cifar, out))[0] == 130
+    assert sorted(p.name for p in out.parent.iterdir()) == ["res.json"]  # the clean accuracies so far
+    code, _, err = run(capsys, *_validate(art, cifar, out))  # exists without --resume: an error
+    assert code == 2 and "--resume" in one_line_error(err)
+    assert sorted(p.name for p in out.parent.iterdir()) == ["res.json"]
+    monkeypatch.undo()
+    code, _, err = run(capsys, *_validate(art, cifar, out, "--resume"))
+    assert code == 0, err
+    assert sorted(p.name for p in out.parent.iterdir()) == ["res.json"]
+
+
+def test_a_billion_runs_start_at_once_with_progress_lines(art, cifar, tmp_path):
+    """--runs 1000000000 once built the whole job list first (MemoryError, no ETA). One shard of
+    a billion holds two chips here; the process may use 6 GiB of address space at most."""
+    out = tmp_path / "res.json"
+    code = ("import resource, sys\nresource.setrlimit(resource.RLIMIT_AS, (6 << 30, 6 << 30))\n"
+            "from toolchain.cli import main\nsys.exit(main(sys.argv[1:]))\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               RRAM_PROGRESS_SECONDS="0")
+    args = _validate(art, cifar, out)
+    args[args.index("--runs") + 1] = "1000000000"
+    args[args.index("--sa1") + 1] = "0.1,0.2"
+    proc = subprocess.run([sys.executable, "-c", code, *map(str, args), "--shard", "1/1000000000"],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.search(r"validate: 1/2 chips, 0:00:\d\d elapsed, ETA \d+:\d\d:\d\d", proc.stderr), proc.stderr
+    assert "validate: 2/2 chips" in proc.stderr
+    doc = json.loads(out.read_text())
+    # the chips of the unsharded order: job j = i * runs + r, every billionth from the first
+    assert [sorted(e["runs"]) for e in doc["rates"]] == [["0"], ["0"]]
+
+
+def test_progress_lines_for_batch_jobs_and_the_same_chips(art, cifar, tmp_path, capsys, monkeypatch):
+    import runtime.campaign as campaign
+
+    out = tmp_path / "res.json"
+    monkeypatch.setattr(campaign, "PROGRESS_SECONDS", 0.0)
+    code, _, err = run(capsys, *_validate(art, cifar, out, "--shard", "2/3"))
+    assert code == 0, err
+    lines = [x for x in err.splitlines() if x.startswith("validate: ")]
+    assert [x.split(",")[0] for x in lines] == ["validate: 1/1 chips"]  # jobs 1 (r=1) of 0..1
+    assert list(json.loads(out.read_text())["rates"][0]["runs"]) == ["1"]
+    monkeypatch.setattr(campaign, "PROGRESS_SECONDS", 1e9)  # a short job: no line at all
+    code, _, err = run(capsys, *_validate(art, cifar, tmp_path / "all.json", "--runs", "3"))
+    assert code == 0 and "chips," not in err
+
+
+def test_summary_counts_only_the_chips_that_ran(art, cifar, tmp_path, capsys):
+    out = tmp_path / "res.json"
+    code, stdout, err = run(capsys, *_validate(art, cifar, out, "--sa1", "0,0.1"))
+    assert code == 0, err
+    timing = json.loads(out.read_text())["timing"]
+    assert (timing["runs"], timing["ran"], timing["reused"]) == (4, 2, 2)
+    assert re.search(r"^2 chips run in [\d.]+ s \(2 fault-free, reused without running\): [\d.]+ chips/s, "
+                     r"\d+ images/s$", stdout, re.M), stdout
+    code, stdout, err = run(capsys, "merge", out, "--out", tmp_path / "merged.json")
+    assert code == 0, err
+    assert json.loads((tmp_path / "merged.json").read_text())["timing"]["reused"] == 2
+    assert "2 chips run in" in stdout
+
+
+# ------------------------------------------------------------------ 4.-5. edited conductance maps
+
+def _edit_map(doc: dict, case: str) -> None:
+    if case == "bits_per_cell":
+        doc["device"]["bits_per_cell"] = 8  # was 7: the SA0 result changed from 42.5% to 9.5%
+    elif case == "layer":
+        del doc["layers"][1]  # that layer then ran fault-free
+    elif case == "version":
+        doc["version"] = 99
+    elif case == "hash":
+        doc["model_sha256"] = ""  # switched the model check off
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("bits_per_cell", "the device differs from the one model.onnx was quantised for (bits_per_cell 8, model 7)"),
+    ("layer", "has no entry for the mapped layer"),
+    ("version", "crossbar map version 99 is not supported"),
+    ("hash", "model_sha256 (the sha256 of the model.onnx it belongs to) is missing"),
+])
+def test_edited_crossbar_map_is_refused(art, cifar, tmp_path, capsys, case, expected):
+    edited = tmp_path / "art"
+    shutil.copytree(art, edited)
+    doc = json.loads((edited / "crossbars.json").read_text())
+    _edit_map(doc, case)
+    (edited / "crossbars.json").write_text(json.dumps(doc))
+    out = tmp_path / "res.json"
+    code, _, err = run(capsys, *_validate(edited, cifar, out, "--sa0", "0.1"))
+    line = one_line_error(err)
+    assert code == 2 and expected in line, line
+    assert str(edited) in line  # names the file (or the model.onnx it disagrees with)
+    assert not out.exists()
+
+
+def test_levels_of_the_wrong_type_say_so(art, cifar, tmp_path, capsys):
+    edited = tmp_path / "art"
+    shutil.copytree(art, edited)
+    with np.load(edited / "crossbars.npz") as z:
+        arrays = dict(z)
+    arrays["L0000.levels"] = arrays["L0000.levels"].astype(np.int16)  # same shape, other type
+    np.savez(edited / "crossbars.npz", **arrays)
+    code, _, err = run(capsys, *_validate(edited, cifar, tmp_path / "res.json"))
+    line = one_line_error(err)
+    assert code == 2 and "levels are int16, not uint8" in line and str(edited / "crossbars.npz") in line
+    assert "the map says" not in line
+
+
+# ------------------------------------------------------------------ 6. every command that writes
+
+# where each command reads its input and writes its output (a folder, or a file of this suffix)
+FOLDER_OUTPUTS = {"train", "recalibrate", "quantize"}
+SUFFIX = {"export": ".onnx", "passes": ".onnx", "validate": ".json", "merge": ".json", "plot": ".png"}
+INPUT = {"train": "data", "recalibrate": "ck/m.pt", "export": "ck/m.pt", "passes": "models/m.onnx",
+         "quantize": "models/m.onnx", "validate": "art", "merge": "results/res.json", "plot": "results/res.json"}
+
+
+def _argv(command: str, ws: Path, out: Path) -> list:
+    data, inp = ws / "data", ws / INPUT[command]
+    return {
+        "train": ["train", "--model", "resnet20", "--width", "0.25", "--drop-rate", "0.1", "--epochs", "1",
+                  "--batch-size", "4", "--data", data, "--no-cache", "--out", out],
+        "recalibrate": ["recalibrate", inp, "--rates", "0.1", "--data", data, "--no-cache", "--batch-size", "4",
+                        "--out", out],
+        "export": ["export", inp, "--out", out],
+        "passes": ["passes", inp, out],
+        "quantize": ["quantize", inp, out, "--force"],  # --force: the dangerous one
+        "validate": ["validate", inp, "--data", data, "--no-cache", "--runs", "1", "--sa1", "0.1", "--images", "4",
+                     "--out", out],
+        "merge": ["merge", inp, "--out", out],
+        "plot": ["plot", inp, "--out", out],
+    }[command]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """data/ (CIFAR-10 batches), ck/m.pt, models/m.onnx, art/ (quantized), results/res.json, each
+    beside a file of the user's (notes.txt) that no command may touch."""
+    from toolchain.checkpoints import checkpoint_from_model, save_checkpoint
+    from toolchain.data import CIFAR10_NORM
+    from toolchain.models import ModelSpec, build_model
+
+    ws = tmp_path_factory.mktemp("ws")
+    write_cifar_batches_py(ws / "data")
+    torch.manual_seed(0)
+    spec = ModelSpec("resnet20", width=0.25)
+    save_checkpoint(checkpoint_from_model(build_model(spec), spec, CIFAR10_NORM), ws / "ck" / "m.pt")
+    assert main(["export", str(ws / "ck" / "m.pt"), "--out", str(ws / "models" / "m.onnx")]) == 0
+    assert main(["quantize", str(ws / "models" / "m.onnx"), str(ws / "art")]) == 0
+    assert main([str(a) for a in _argv("validate", ws, ws / "results" / "res.json")]) == 0
+    for folder in ("data", "ck", "models", "results"):
+        (ws / folder / "notes.txt").write_text(f"the user's notes in {folder}")
+    return ws
+
+
+def write_cifar_batches_py(root: Path) -> None:
+    from conftest import write_cifar_python
+
+    rng = np.random.default_rng(0)
+    write_cifar_python(root / "cifar-10-batches-py", {
+        name: (rng.integers(0, 256, (8, 3072), dtype=np.uint8), np.arange(8) % 10)
+        for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]})
+
+
+def read_only(monkeypatch, folder: Path) -> None:
+    """Make ``folder`` refuse writes as the kernel does for a user without permission there (root,
+    as on this machine, ignores the mode): every way these commands create, open for writing or
+    rename into a path checks it."""
+    import builtins
+    import io
+    import tempfile
+
+    folder = folder.resolve()
+
+    def inside(path) -> bool:
+        try:
+            p = Path(os.fsdecode(path)).absolute()
+        except TypeError:
+            return False  # a file descriptor or file object
+        return p == folder or folder in p.parents
+
+    def refuse(path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    def guard(fn, path_of, writes=lambda *a, **k: True):
+        def guarded(*args, **kwargs):
+            path = path_of(*args, **kwargs)
+            if path is not None and inside(path) and writes(*args, **kwargs):
+                refuse(path)
+            return fn(*args, **kwargs)
+        return guarded
+
+    def open_writes(file, mode="r", *a, **k):
+        return any(c in mode for c in "wax+")
+
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if inside(p) and mode & os.W_OK
+                        else real_access(p, mode, *a, **k))
+    for mod, name in [(tempfile, "mkstemp"), (tempfile, "mkdtemp"), (tempfile, "NamedTemporaryFile")]:
+        monkeypatch.setattr(mod, name, guard(getattr(mod, name), lambda *a, dir=None, **k: dir))
+    monkeypatch.setattr(os, "mkdir", guard(os.mkdir, lambda p, *a, **k: p))
+    monkeypatch.setattr(os, "replace", guard(os.replace, lambda src, dst, *a, **k: dst))
+    monkeypatch.setattr(os, "rename", guard(os.rename, lambda src, dst, *a, **k: dst))
+    monkeypatch.setattr(os, "open", guard(os.open, lambda p, flags, *a, **k: p,
+                                          lambda p, flags, *a, **k: flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT)))
+    monkeypatch.setattr(builtins, "open", guard(builtins.open, lambda f, *a, **k: f, open_writes))
+    monkeypatch.setattr(io, "open", builtins.open)
+    monkeypatch.setattr(torch, "save", guard(torch.save, lambda obj, f, *a, **k: f))
+
+
+CASES = ["existing folder", "existing file", "read-only parent", "inside the input's folder"]
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("command", ["train", "recalibrate", "export", "passes", "quantize", "validate", "merge",
+                                     "plot"])
+def test_every_writing_command_keeps_what_is_there(command, case, workspace, tmp_path, capsys, monkeypatch):
+    ws = tmp_path / "ws"
+    shutil.copytree(workspace, ws)
+    suffix = "" if command in FOLDER_OUTPUTS else SUFFIX[command]
+    inp = ws / INPUT[command]
+    if case == "existing folder":  # not an artifact, not a previous output: somebody's folder
+        out = ws / f"mine{suffix}"
+        out.mkdir()
+        (out / "keep.txt").write_text("keep me")
+    elif case == "existing file":  # a file of the user's where a folder goes; else the input itself
+        out = ws / "notes" if command in FOLDER_OUTPUTS else (ws / "results" / "res.json" if command == "validate"
+                                                              else inp)
+        if command in FOLDER_OUTPUTS:
+            out.write_text("keep me")
+    elif case == "read-only parent":
+        (ws / "ro").mkdir()
+        (ws / "ro" / "keep.txt").write_text("keep me")
+        out = ws / "ro" / f"new{suffix}"
+        read_only(monkeypatch, ws / "ro")
+    else:
+        out = (inp if inp.is_dir() else inp.parent) / f"new{suffix}"
+    before = tree(ws)
+    code, _, err = run(capsys, *_argv(command, ws, out))
+    monkeypatch.undo()
+    after = tree(ws)
+    if code == 0:
+        assert case == "inside the input's folder" or (case == "existing folder" and command in FOLDER_OUTPUTS
+                                                         and command != "quantize"), f"{command} wrote into {out}"
+        new = [p for p in after if p not in before]
+        assert new and all((ws / p) == out or out in (ws / p).parents for p in new), new
+        assert {p: h for p, h in after.items() if p in before} == before
+    else:
+        line = one_line_error(err)
+        assert code == 2, line
+        assert after == before, f"{command} ({case}) changed {set(after.items()) ^ set(before.items())}"
