@@ -13,7 +13,7 @@ import sys
 from .errors import UserError
 
 COMMANDS = ["eval", "train", "recalibrate", "export", "passes", "quantize", "validate", "merge",
-            "plot"]
+            "plot", "pipeline"]
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
