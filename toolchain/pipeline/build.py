@@ -70,7 +70,7 @@ class Step:
     settings: dict
     inputs: dict[str, Path]  # label -> file (or folder: the data set)
     outputs: list[Path]
-    action: Callable[["Step", bool], int]  # (step, resume) -> exit status
+    action: Callable[[Step, bool], int]  # (step, resume) -> exit status
     producers: dict[str, str] = field(default_factory=dict)  # input label -> step producing it
 
     @property
@@ -167,7 +167,8 @@ class Pipeline:
         for var in self.variants():
             rep_inputs[f"{var.name}/results.json"] = run / var.name / "results.json"
             for r in rates:
-                rep_inputs[f"{var.name}/art/rate-{r}/report.json"] = run / var.name / "art" / f"rate-{r}" / "report.json"
+                art = run / var.name / "art" / f"rate-{r}"
+                rep_inputs[f"{var.name}/art/rate-{r}/report.json"] = art / "report.json"
         if self.cfg.has_train:
             rep_inputs["train/log.json"] = run / "train" / "log.json"
         steps.append(Step("report", None, {**common, "config": self.cfg.text, **v["report"]}, rep_inputs,
@@ -278,7 +279,12 @@ def _show(v) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-def decide(step: Step, state: State, forced: bool, pending: dict[str, str], from_stage: str | None):
+def _rel(p: Path, run: Path) -> str:
+    """Output paths are recorded relative to the run folder, so a moved folder stays current."""
+    return p.relative_to(run).as_posix()
+
+
+def decide(step: Step, state: State, run: Path, forced: bool, pending: dict[str, str], from_stage: str | None):
     """("run" | "skip", why, input fingerprints or None when an input is still to be rebuilt)."""
     if forced:
         return "run", f"--from {from_stage}", None
@@ -309,12 +315,12 @@ def decide(step: Step, state: State, forced: bool, pending: dict[str, str], from
             what = "missing" if inputs.get(label) is None else "new" if label not in old_in else "changed"
             return "run", f"input {label} {what}", inputs
     for p, h in rec.get("outputs", {}).items():
-        now = fingerprint(Path(p))
+        now = fingerprint(run / p)
         if now is None:
             return "run", f"output {p} missing", inputs
         if now != h:
             return "run", f"output {p} changed since it was built", inputs
-    if set(rec.get("outputs", {})) != {str(p) for p in step.outputs}:
+    if set(rec.get("outputs", {})) != {_rel(p, run) for p in step.outputs}:
         return "run", "its outputs changed", inputs
     if old.get("config") != step.settings.get("config"):
         return "run", "the config file changed (the report quotes it)", inputs
@@ -334,7 +340,7 @@ def execute(pipe: Pipeline, *, dry_run: bool = False, from_stage: str | None = N
     ran = 0
     for step in pipe.steps:
         forced = STAGES.index(step.stage) >= first
-        what, why, inputs = decide(step, state, forced, pending if dry_run else {}, from_stage)
+        what, why, inputs = decide(step, state, pipe.run, forced, pending if dry_run else {}, from_stage)
         print(f"[{what}] {step.name}: {why}", flush=True)
         if what == "skip":
             continue
@@ -361,7 +367,7 @@ def execute(pipe: Pipeline, *, dry_run: bool = False, from_stage: str | None = N
             h = fingerprint(p)
             if h is None:
                 raise UserError(f"{step.name} did not write {p}")
-            outputs[str(p)] = h
+            outputs[_rel(p, pipe.run)] = h
         state.finish(step.name, {"settings": step.settings, "inputs": inputs, "outputs": outputs,
                                  "seconds": round(seconds, 2),
                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})

@@ -10,12 +10,16 @@ from __future__ import annotations
 import difflib
 import math
 import os
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
 from ..models import MODEL_NAMES
+
+try:  # the standard library from Python 3.11 on; the project still runs on 3.10 without the pipeline
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - only on Python 3.10
+    tomllib = None
 
 REQUIRED = object()
 
@@ -110,7 +114,7 @@ def _fail(path: Path, message: str):
 
 def _unknown(path: Path, name: str, valid: list[str]):
     close = difflib.get_close_matches(name, valid, n=1)
-    hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys are listed in docs/pipeline.md"
+    hint = f"; did you mean {close[0]!r}?" if close else "; valid keys are listed in docs/pipeline.md"
     _fail(path, f"unknown key {name!r}{hint}")
 
 
@@ -162,6 +166,8 @@ def _env_path(value: str | None, base: Path, env: str) -> Path | None:
 
 def load_config(path: str | os.PathLike) -> Config:
     path = Path(path)
+    if tomllib is None:
+        raise UserError("rram pipeline needs Python 3.11 or later (tomllib)")
     if not path.is_file():
         raise UserError(f"pipeline config not found: {path}")
     try:

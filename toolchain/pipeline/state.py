@@ -34,12 +34,7 @@ def fingerprint(path: Path) -> str | None:
     h = hashlib.sha256()
     if path.is_dir():
         h.update(b"folder\n")
-        for root, dirs, files in os.walk(path):
-            dirs.sort()
-            for f in sorted(files):
-                p = Path(root) / f
-                s = p.stat()
-                h.update(f"{p.relative_to(path).as_posix()}\t{s.st_size}\t{s.st_mtime_ns}\n".encode())
+        h.update("".join(_listing(path, "")).encode())
     else:
         with open(path, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
@@ -47,6 +42,18 @@ def fingerprint(path: Path) -> str | None:
     digest = h.hexdigest()
     _memo[memo_key] = digest
     return digest
+
+
+def _listing(folder: Path, prefix: str):
+    """"relpath<TAB>size<TAB>mtime_ns" lines of every file under ``folder``, in a fixed order."""
+    with os.scandir(folder) as it:
+        entries = sorted(it, key=lambda e: e.name)
+    for e in entries:
+        if e.is_dir():
+            yield from _listing(Path(e.path), f"{prefix}{e.name}/")
+        else:
+            st = e.stat()
+            yield f"{prefix}{e.name}\t{st.st_size}\t{st.st_mtime_ns}\n"
 
 
 class State:
