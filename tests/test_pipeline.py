@@ -72,10 +72,12 @@ def built(tmp_path_factory):
     cfg = make_project(root)
     before = os.environ.get("RRAM_CACHE")
     os.environ["RRAM_CACHE"] = str(root / "cache")
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         assert main(["pipeline", str(cfg)]) == 0
     finally:
+        torch.set_num_threads(threads)
         if before is None:
             os.environ.pop("RRAM_CACHE")
         else:

@@ -107,8 +107,13 @@ def write_report(pipe: Pipeline, step: Step) -> int:
         rows.append([var.label] + [_pct(clean.get(f"rate-{r}", clean.get(".") if len(rates) == 1 else None))
                                    for r in rates])
     L += _table(["model"] + [f"BN rate {r}" for r in rates], rows)
-    L += ["", "(n/a: no chip of the campaign ran that artifact.)", "",
-          "## Accuracy on faulty chips", "",
+    if len(rates) > 1:
+        L += ["", f"Each column is the artifact whose BN statistics were re-aligned for chips with that "
+              f"fault rate, here run on a perfect chip: the BN rate {rates[0]} column is the fault-free "
+              f"accuracy proper; a chip is given the artifact of the rate nearest its own."]
+    if any("n/a" in r for r in rows):
+        L += ["", "(n/a: no chip of the campaign ran that artifact.)"]
+    L += ["", "## Accuracy on faulty chips", "",
           "Per SA1 rate and model: the mean, standard deviation, minimum and maximum top-1 accuracy "
           "over the simulated chips, and the 95% confidence interval of the mean (Student t; n/a for a "
           "single chip).", ""]
