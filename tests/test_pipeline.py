@@ -192,6 +192,17 @@ def test_changed_setting_reruns_exactly_the_steps_downstream(project, capsys):
     assert d["recalibrate:baseline"] == ("run", "input checkpoint changed")
 
 
+def test_one_chip_campaign_shows_sd_and_ci_as_na(project, capsys):
+    project.write_text(project.read_text().replace("runs = 2", "runs = 1"))
+    assert main(["pipeline", str(project)]) == 0
+    report = (project.parent / "run" / "report.md").read_text()
+    rows = [r for r in report.splitlines() if r.startswith("| 10% |")]
+    assert len(rows) == 2
+    for r in rows:
+        cells = [c.strip() for c in r.strip("|").split("|")]
+        assert cells[3] == "1" and cells[5] == "n/a" and cells[8] == "n/a" and cells[4] == cells[6] == cells[7]
+
+
 def test_from_reruns_that_stage_and_later(project, capsys):
     state = project.parent / "run" / STATE_NAME
     old = json.loads(state.read_text())["steps"]
