@@ -240,6 +240,35 @@ def test_interrupted_step_resumes(project, capsys):
     assert json.loads(results.read_text())["complete"]
 
 
+def test_killed_training_resumes_from_its_last_epoch(project, capsys, monkeypatch):
+    """Ctrl-C in the second epoch of a new 2-epoch training stops the pipeline (exit 130); the
+    next run resumes that training (rram train --auto-resume) instead of starting it afresh."""
+    import toolchain.training as training
+
+    real = training._train_epoch
+
+    def epoch_then_interrupt(*args, **kw):
+        if args[8] == 1:  # the epoch index
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    project.write_text(project.read_text().replace("epochs = 1", "epochs = 2"))
+    monkeypatch.setattr(training, "_train_epoch", epoch_then_interrupt)
+    assert main(["pipeline", str(project)]) == 130
+    log = project.parent / "run" / "train" / "log.json"
+    first = json.loads(log.read_text())["epochs"]
+    assert [e["epoch"] for e in first] == [1]
+    capsys.readouterr()
+    monkeypatch.setattr(training, "_train_epoch", real)
+    assert main(["pipeline", str(project)]) == 0
+    out, err = capsys.readouterr()
+    assert decisions(out)["train"] == ("run", "resuming an interrupted run")
+    assert "epoch 2/2:" in err and "epoch 1/2:" not in err  # only the missing epoch was trained
+    epochs = json.loads(log.read_text())["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2] and epochs[0] == first[0]
+    assert "recalibrate:baseline" not in ran(out)
+
+
 def test_config_without_train_runs_the_checkpoint_as_is(project, capsys):
     text = re.sub(r"\[train\].*?\n\n", "", project.read_text(), flags=re.S)
     project.write_text(text.replace('out = "run"', 'out = "plain"'))

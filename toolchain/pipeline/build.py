@@ -292,13 +292,13 @@ def decide(step: Step, state: State, run: Path, forced: bool, pending: dict[str,
         if producer in pending:
             return "run", f"input {label} is rebuilt by {producer}", None
     inputs = {label: fingerprint(p) for label, p in step.inputs.items()}
+    if state.started_key(step.name) == settings_key(step.settings, inputs):
+        return "run", "resuming an interrupted run", inputs
     rec = state.record(step.name)
     if rec is None:
         missing = next((lb for lb, h in inputs.items() if h is None), None)
         if missing:
             return "run", f"never run here (input {missing} missing)", inputs
-        if state.started_key(step.name) == settings_key(step.settings, inputs):
-            return "run", "resuming an interrupted run", inputs
         return "run", "never run in this folder", inputs
     old = rec.get("settings", {})
     for k in sorted(set(old) | set(step.settings)):
