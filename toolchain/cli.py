@@ -13,7 +13,7 @@ import sys
 from runtime.errors import RramError
 
 COMMANDS = ["eval", "train", "recalibrate", "export", "passes", "quantize", "validate", "merge",
-            "plot", "sensitivity", "calibrate"]
+            "plot", "sensitivity", "calibrate", "pipeline"]
 
 
 class OneLineParser(argparse.ArgumentParser):

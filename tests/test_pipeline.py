@@ -1,0 +1,326 @@
+"""rram pipeline: a mini flow end to end on synthetic data, step skipping by content and settings,
+--dry-run, --from, resuming an interrupted step, and one-line errors for bad configs."""
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from toolchain.checkpoints import checkpoint_from_model, save_checkpoint
+from toolchain.cli import main
+from toolchain.data import CIFAR10_NORM
+from toolchain.models import ModelSpec, build_model
+from toolchain.pipeline.config import all_keys
+from toolchain.pipeline.state import STATE_NAME, settings_key
+
+from conftest import ROOT, make_cifar, one_thread
+
+_one_thread = pytest.fixture(autouse=True)(one_thread)
+
+CONFIG = """\
+out = "run"
+data = "data"
+
+[model]
+checkpoint = "init.pt"
+arch = "resnet20"
+
+[train]
+drop_rate = 0.1
+epochs = 1
+images = 64
+eval_images = 32
+batch_size = 32
+
+[recalibrate]
+rates = [0.0, 0.1]
+batches = 2
+batch_size = 32
+
+[validate]
+sa1 = [0.0, 0.1]
+runs = 2
+images = 32
+"""
+ALL_STEPS = ["train"] + [f"{s}:{v}" for v in ("fault-aware", "baseline")
+                         for s in ("recalibrate", "export", "passes", "quantize", "validate")] + ["report"]
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("RRAM_CACHE", str(tmp_path / "cache"))
+
+
+def make_project(root: Path, config: str = CONFIG) -> Path:
+    make_cifar(root / "data", per_batch=32, test=64)
+    torch.manual_seed(0)
+    spec = ModelSpec("resnet20", 0.25)
+    save_checkpoint(checkpoint_from_model(build_model(spec).eval(), spec, CIFAR10_NORM), root / "init.pt")
+    (root / "p.toml").write_text(config)
+    return root / "p.toml"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """One finished mini pipeline; tests work on copies (every recorded path is relative)."""
+    import os
+
+    root = tmp_path_factory.mktemp("pipeline")
+    cfg = make_project(root)
+    before = os.environ.get("RRAM_CACHE")
+    os.environ["RRAM_CACHE"] = str(root / "cache")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main(["pipeline", str(cfg)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+        if before is None:
+            os.environ.pop("RRAM_CACHE")
+        else:
+            os.environ["RRAM_CACHE"] = before
+    return root
+
+
+@pytest.fixture
+def project(built, tmp_path) -> Path:
+    dst = tmp_path / "proj"
+    shutil.copytree(built, dst, ignore=shutil.ignore_patterns("cache"))
+    return dst / "p.toml"
+
+
+def snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def decisions(out: str) -> dict[str, tuple[str, str]]:
+    """step -> (run|skip, why) from the pipeline's "[run] step: why" lines."""
+    return {m[2]: (m[1], m[3]) for m in re.finditer(r"^\[(run|skip)\] (\S+): (.*)$", out, re.M)}
+
+
+def ran(out: str) -> set[str]:
+    return {s for s, (what, _) in decisions(out).items() if what == "run"}
+
+
+def test_end_to_end_report_and_artifacts(built):
+    run = built / "run"
+    for variant in ("fault-aware", "baseline"):
+        for rate in ("0.0", "0.1"):
+            art = run / variant / "art" / f"rate-{rate}"
+            assert {"model.onnx", "crossbars.json", "crossbars.npz", "report.json"} <= {p.name for p in art.iterdir()}
+        res = json.loads((run / variant / "results.json").read_text())
+        assert res["complete"] and res["config"]["runs"] == 2 and res["config"]["sa1"] == [0.0, 0.1]
+        assert sorted(res["config"]["models"]) == ["rate-0.0", "rate-0.1"]
+    assert not (run / "model").exists()
+    for png in ("accuracy.png", "crossbar-usage.png"):
+        assert (run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (run / "report.md").read_text()
+    for heading in ("## Fault-free accuracy", "## Accuracy on faulty chips", "## Crossbar usage per layer",
+                    "## Configuration", "## Software", "## Time per step"):
+        assert heading in report
+    # the numbers are the results files' own
+    fa = json.loads((run / "fault-aware" / "results.json").read_text())
+    s = fa["rates"][1]["summary"]
+    assert (f"| 10% | drop-connect p=0.1 | 0.1 | 2 | {100 * s['mean']:.2f}% | {100 * s['std']:.2f} | "
+            f"{100 * s['min']:.2f}% | {100 * s['max']:.2f}% | [{100 * s['ci95'][0]:.2f}%, "
+            f"{100 * s['ci95'][1]:.2f}%] |") in report
+    base = json.loads((run / "baseline" / "results.json").read_text())
+    assert f"| baseline (no drop-connect) | {100 * base['clean']['rate-0.0']:.2f}% |" in report
+    usage = json.loads((run / "fault-aware" / "art" / "rate-0.0" / "report.json").read_text())["total"]
+    assert f"| **total** |  |  | {usage['tiles']} | {usage['cells']} | {usage['allocated_cells']} |" in report
+    assert CONFIG.strip() in report and "| torch |" in report and "| rram-toolchain |" in report
+    assert "![accuracy on faulty chips](accuracy.png)" in report and "whiskers" in report
+    state = json.loads((run / STATE_NAME).read_text())
+    assert sorted(state["steps"]) == sorted(ALL_STEPS) and state["started"] == {}
+
+
+def test_rerun_skips_every_step_and_writes_nothing(project, capsys):
+    before = snapshot(project.parent)
+    assert main(["pipeline", str(project)]) == 0
+    d = decisions(capsys.readouterr().out)
+    assert sorted(d) == sorted(ALL_STEPS)
+    assert all(what == "skip" for what, _ in d.values())
+    assert snapshot(project.parent) == before
+
+
+def test_dry_run_says_why_and_changes_nothing(project, capsys):
+    project.write_text(project.read_text().replace("runs = 2", "runs = 3"))
+    before = snapshot(project.parent)
+    assert main(["pipeline", str(project), "--dry-run"]) == 0
+    d = decisions(capsys.readouterr().out)
+    assert d["validate:fault-aware"] == ("run", "setting validate.runs changed: 2 -> 3")
+    assert d["report"][0] == "run" and "rebuilt by validate:" in d["report"][1]
+    assert {s for s, (what, _) in d.items() if what == "run"} == {"validate:fault-aware", "validate:baseline",
+                                                                 "report"}
+    assert snapshot(project.parent) == before
+    # a fresh run folder: everything would run, and the folder is not even created
+    project.write_text(project.read_text().replace('out = "run"', 'out = "fresh"'))
+    assert main(["pipeline", str(project), "--dry-run"]) == 0
+    d = decisions(capsys.readouterr().out)
+    assert d["train"] == ("run", "never run in this folder")
+    assert d["export:baseline"] == ("run", "input recalibrated.pt is rebuilt by recalibrate:baseline")
+    assert not (project.parent / "fresh").exists()
+
+
+def test_changed_setting_reruns_exactly_the_steps_downstream(project, capsys):
+    results = project.parent / "run" / "fault-aware" / "results.json"
+    project.write_text(project.read_text().replace("runs = 2", "runs = 3"))
+    assert main(["pipeline", str(project)]) == 0
+    assert ran(capsys.readouterr().out) == {"validate:fault-aware", "validate:baseline", "report"}
+    assert json.loads(results.read_text())["config"]["runs"] == 3
+    assert "| 3 |" in (project.parent / "run" / "report.md").read_text()
+    # a training setting: the fault-aware branch re-runs, the baseline does not
+    project.write_text(project.read_text().replace("drop_rate = 0.1", "drop_rate = 0.2"))
+    assert main(["pipeline", str(project)]) == 0
+    out = capsys.readouterr().out
+    assert ran(out) == {"train", "recalibrate:fault-aware", "export:fault-aware", "passes:fault-aware",
+                        "quantize:fault-aware", "validate:fault-aware", "report"}
+    assert decisions(out)["train"][1] == "setting train.drop_rate changed: 0.1 -> 0.2"
+    assert "drop-connect p=0.2" in (project.parent / "run" / "report.md").read_text()
+    # a changed input file (the initial checkpoint) re-runs everything that reads it
+    init = project.parent / "init.pt"
+    spec = ModelSpec("resnet20", 0.25)
+    torch.manual_seed(1)
+    save_checkpoint(checkpoint_from_model(build_model(spec).eval(), spec, CIFAR10_NORM), init)
+    assert main(["pipeline", str(project), "--dry-run"]) == 0
+    d = decisions(capsys.readouterr().out)
+    assert d["train"] == ("run", "input checkpoint changed")
+    assert d["recalibrate:baseline"] == ("run", "input checkpoint changed")
+
+
+def test_one_chip_campaign_shows_sd_and_ci_as_na(project, capsys):
+    project.write_text(project.read_text().replace("runs = 2", "runs = 1"))
+    assert main(["pipeline", str(project)]) == 0
+    report = (project.parent / "run" / "report.md").read_text()
+    rows = [r for r in report.splitlines() if r.startswith("| 10% |")]
+    assert len(rows) == 2
+    for r in rows:
+        cells = [c.strip() for c in r.strip("|").split("|")]
+        assert cells[3] == "1" and cells[5] == "n/a" and cells[8] == "n/a" and cells[4] == cells[6] == cells[7]
+
+
+def test_from_reruns_that_stage_and_later(project, capsys):
+    state = project.parent / "run" / STATE_NAME
+    old = json.loads(state.read_text())["steps"]
+    assert main(["pipeline", str(project), "--from", "quantize"]) == 0
+    out = capsys.readouterr().out
+    assert ran(out) == {"quantize:fault-aware", "quantize:baseline", "validate:fault-aware",
+                        "validate:baseline", "report"}
+    assert decisions(out)["quantize:baseline"] == ("run", "--from quantize")
+    new = json.loads(state.read_text())["steps"]
+    assert new["export:baseline"] == old["export:baseline"]
+    assert new["validate:baseline"]["finished"] >= old["validate:baseline"]["finished"]
+    # the same artifacts and campaign again: same numbers
+    assert new["validate:baseline"]["inputs"] == old["validate:baseline"]["inputs"]
+
+
+def test_interrupted_step_resumes(project, capsys):
+    """A step that started and never finished (a kill) continues where it was with the same
+    settings: the campaign is resumed (--resume), not restarted."""
+    run = project.parent / "run"
+    state = json.loads((run / STATE_NAME).read_text())
+    rec = state["steps"].pop("validate:fault-aware")
+    state["steps"].pop("report")
+    state["started"]["validate:fault-aware"] = settings_key(rec["settings"], rec["inputs"])
+    (run / STATE_NAME).write_text(json.dumps(state))
+    results = run / "fault-aware" / "results.json"
+    doc = json.loads(results.read_text())
+    del doc["rates"][1]["runs"]["1"]  # the kill came before the last chip
+    doc["complete"] = False
+    results.write_text(json.dumps(doc))
+    assert main(["pipeline", str(project)]) == 0
+    out = capsys.readouterr().out
+    assert decisions(out)["validate:fault-aware"] == ("run", "resuming an interrupted run")
+    assert re.search(r"^\$ rram validate .* --resume$", out, re.M)
+    assert ran(out) == {"validate:fault-aware", "report"}
+    assert json.loads(results.read_text())["complete"]
+
+
+def test_killed_training_resumes_from_its_last_epoch(project, capsys, monkeypatch):
+    """Ctrl-C in the second epoch of a new 2-epoch training stops the pipeline (exit 130); the
+    next run resumes that training (rram train --auto-resume) instead of starting it afresh."""
+    import toolchain.training as training
+
+    real = training._train_epoch
+
+    def epoch_then_interrupt(*args, **kw):
+        if args[8] == 1:  # the epoch index
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    project.write_text(project.read_text().replace("epochs = 1", "epochs = 2"))
+    monkeypatch.setattr(training, "_train_epoch", epoch_then_interrupt)
+    assert main(["pipeline", str(project)]) == 130
+    log = project.parent / "run" / "train" / "log.json"
+    first = json.loads(log.read_text())["epochs"]
+    assert [e["epoch"] for e in first] == [1]
+    capsys.readouterr()
+    monkeypatch.setattr(training, "_train_epoch", real)
+    assert main(["pipeline", str(project)]) == 0
+    out, err = capsys.readouterr()
+    assert decisions(out)["train"] == ("run", "resuming an interrupted run")
+    assert "epoch 2/2:" in err and "epoch 1/2:" not in err  # only the missing epoch was trained
+    epochs = json.loads(log.read_text())["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2] and epochs[0] == first[0]
+    assert "recalibrate:baseline" not in ran(out)
+
+
+def test_config_without_train_runs_the_checkpoint_as_is(project, capsys):
+    text = re.sub(r"\[train\].*?\n\n", "", project.read_text(), flags=re.S)
+    project.write_text(text.replace('out = "run"', 'out = "plain"'))
+    assert main(["pipeline", str(project), "--dry-run"]) == 0
+    d = decisions(capsys.readouterr().out)
+    assert sorted(d) == sorted([f"{s}:model" for s in ("recalibrate", "export", "passes", "quantize",
+                                                       "validate")] + ["report"])
+
+
+BAD = [
+    ("runs = 2\n", "runs = 2\nrun = 3\n", "unknown key 'validate.run'; did you mean 'validate.runs'?"),
+    ("[validate]\n", "[valdate]\n", "unknown key 'valdate'; did you mean 'validate'?"),
+    ('arch = "resnet20"\n', "", "missing required key 'model.arch' in [model]"),
+    ('checkpoint = "init.pt"', 'checkpoint = "nope.pt"', "model.checkpoint: no such file:"),
+    ('checkpoint = "init.pt"', 'checkpoint = "resnet99-nobody"', "model.checkpoint: checkpoint not found: resnet99"),
+    ('data = "data"', 'data = "nodata"', "data folder not found:"),
+    ("runs = 2", 'runs = "two"', "validate.runs must be an integer, got 'two'"),
+    ("drop_rate = 0.1", "drop_rate = 1.5", "train.drop_rate must be below 1"),
+    ("rates = [0.0, 0.1]", "rates = [0.1, 0.1]", "recalibrate.rates repeats a value"),
+    ("runs = 2", "runs = [", "not valid TOML"),
+]
+
+
+@pytest.mark.parametrize("old,new,message", BAD)
+def test_bad_config_one_line_error(built, tmp_path, capsys, old, new, message):
+    shutil.copytree(built, tmp_path / "proj", ignore=shutil.ignore_patterns("cache", "run"))
+    cfg = tmp_path / "proj" / "p.toml"
+    assert old in cfg.read_text()
+    cfg.write_text(cfg.read_text().replace(old, new, 1))
+    assert main(["pipeline", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rram: error: ") and message in err, err
+    assert not (tmp_path / "proj" / "run").exists()
+
+
+def test_missing_config_and_bad_from(tmp_path, capsys):
+    assert main(["pipeline", str(tmp_path / "none.toml")]) == 2
+    assert capsys.readouterr().err == f"rram: error: pipeline config not found: {tmp_path / 'none.toml'}\n"
+    assert main(["pipeline", str(tmp_path / "none.toml"), "--from", "training"]) == 2
+    assert "invalid choice: 'training'" in capsys.readouterr().err
+
+
+def test_every_key_documented_once():
+    doc = (ROOT / "docs" / "pipeline.md").read_text()
+    documented = re.findall(r"^\| `([a-z_.0-9]+)` \|", doc, re.M)
+    assert sorted(documented) == sorted(all_keys())
+
+
+def test_shipped_configs_parse(monkeypatch, tmp_path):
+    from toolchain.pipeline.config import load_config
+
+    monkeypatch.setenv("RRAM_DATA", str(tmp_path))
+    for cfg in sorted((ROOT / "configs").glob("*.toml")):
+        c = load_config(cfg)
+        assert c.out.is_relative_to(ROOT) and c.has_train

@@ -1,0 +1,215 @@
+"""The pipeline configuration: a TOML file read with ``tomllib`` and checked against ``SCHEMA``
+before any work starts. Every key is documented (type, default, meaning) in docs/pipeline.md;
+tests/test_pipeline.py checks that the two agree.
+
+Paths in the file are relative to the file's folder; ``data`` and ``weights`` fall back to
+$RRAM_DATA / $RRAM_WEIGHTS (relative to the current folder, as for every other command).
+"""
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import UserError
+from ..models import MODEL_NAMES
+
+try:  # the standard library from Python 3.11 on; the project still runs on 3.10 without the pipeline
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - only on Python 3.10
+    tomllib = None
+
+REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Key:
+    kind: str  # "str", "bool", "int", "float", "floats" (list of numbers)
+    default: object = REQUIRED
+    low: float | None = None  # inclusive lower bound of a number (each number of a list)
+    high: float | None = None  # upper bound
+    high_open: bool = False  # the upper bound itself is not allowed
+    choices: tuple[str, ...] | None = None
+
+
+RATE = {"low": 0.0, "high": 1.0, "high_open": True}
+# section -> key -> Key; "" is the top level. [train] is optional as a whole: without it the
+# initial checkpoint goes through the flow as it is (and there is no separate baseline).
+SCHEMA: dict[str, dict[str, Key]] = {
+    "": {
+        "out": Key("str"),
+        "data": Key("str", None),
+        "weights": Key("str", None),
+        "baseline": Key("bool", True),
+    },
+    "model": {
+        "checkpoint": Key("str"),
+        "arch": Key("str", choices=MODEL_NAMES),
+    },
+    "train": {
+        "drop_rate": Key("float", **RATE),
+        "epochs": Key("int", low=1),
+        "images": Key("int", None, low=1),
+        "eval_images": Key("int", None, low=1),
+        "lr": Key("float", 0.01, low=1e-12),
+        "batch_size": Key("int", 128, low=2),
+        "seed": Key("int", 0, low=0),
+    },
+    "recalibrate": {
+        "rates": Key("floats", **RATE),
+        "batches": Key("int", None, low=1),
+        "batch_size": Key("int", 256, low=2),
+        "images": Key("int", None, low=1),
+        "seed": Key("int", 0, low=0),
+    },
+    "export": {
+        "seed": Key("int", 0, low=0),
+    },
+    "passes": {
+        "passes": Key("str", "standard"),
+        "tolerance": Key("float", None, low=0.0),
+    },
+    "quantize": {
+        "preset": Key("str", "paper"),
+    },
+    "validate": {
+        "sa1": Key("floats", low=0.0, high=1.0),
+        "sa0": Key("float", 0.0, low=0.0, high=1.0),
+        "runs": Key("int", 100, low=1),
+        "images": Key("int", None, low=1),
+        "seed": Key("int", 0, low=0),
+        "precision": Key("str", "fp32", choices=("fp32", "int8")),
+    },
+    "report": {
+        "title": Key("str", None),
+    },
+}
+OPTIONAL_SECTIONS = {"train", "export", "passes", "quantize", "report"}
+
+
+def all_keys() -> list[str]:
+    """Every valid dotted key name ("out", "train.epochs", ...)."""
+    return [f"{s}.{k}" if s else k for s, keys in SCHEMA.items() for k in keys]
+
+
+@dataclass
+class Config:
+    path: Path  # the TOML file
+    text: str  # its exact contents (the report quotes them)
+    values: dict  # section -> key -> value, defaults filled in ("" = top level)
+    has_train: bool
+    out: Path
+    data: Path
+    weights: Path | None
+
+    def section(self, name: str) -> dict:
+        return self.values[name]
+
+
+def _fail(path: Path, message: str):
+    raise UserError(f"{path}: {message}")
+
+
+def _unknown(path: Path, name: str, valid: list[str]):
+    close = difflib.get_close_matches(name, valid, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else "; valid keys are listed in docs/pipeline.md"
+    _fail(path, f"unknown key {name!r}{hint}")
+
+
+def _check_value(path: Path, name: str, key: Key, value):
+    def number(v, what):
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            _fail(path, f"{name} must be {what}, got {v!r}")
+        if not math.isfinite(v):
+            _fail(path, f"{name} must be finite, got {v!r}")
+        if key.low is not None and v < key.low:
+            _fail(path, f"{name} must be at least {key.low:g}, got {v!r}")
+        if key.high is not None and (v >= key.high if key.high_open else v > key.high):
+            _fail(path, f"{name} must be {'below' if key.high_open else 'at most'} {key.high:g}, got {v!r}")
+        return v
+
+    if key.kind == "str":
+        if not isinstance(value, str) or not value:
+            _fail(path, f"{name} must be a non-empty string, got {value!r}")
+        if key.choices and value not in key.choices:
+            _fail(path, f"{name} must be one of {', '.join(key.choices)}, got {value!r}")
+        return value
+    if key.kind == "bool":
+        if not isinstance(value, bool):
+            _fail(path, f"{name} must be true or false, got {value!r}")
+        return value
+    if key.kind == "int":
+        if not isinstance(value, int) or isinstance(value, bool):
+            _fail(path, f"{name} must be an integer, got {value!r}")
+        return number(value, "an integer")
+    if key.kind == "float":
+        return float(number(value, "a number"))
+    # "floats": a non-empty list of distinct numbers
+    if not isinstance(value, list) or not value:
+        _fail(path, f"{name} must be a non-empty list of numbers, e.g. [0.0, 0.1], got {value!r}")
+    out = [float(number(v, "a list of numbers")) for v in value]
+    if len(set(out)) != len(out):
+        _fail(path, f"{name} repeats a value: {value!r}")
+    return out
+
+
+def _env_path(value: str | None, base: Path, env: str) -> Path | None:
+    """A config path (relative to the config's folder), else the environment's (relative to cwd)."""
+    if value is not None:
+        return (base / Path(value).expanduser()).resolve()
+    if os.environ.get(env):
+        return Path(os.environ[env]).expanduser().resolve()
+    return None
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    path = Path(path)
+    if tomllib is None:
+        raise UserError("rram pipeline needs Python 3.11 or later (tomllib)")
+    if not path.is_file():
+        raise UserError(f"pipeline config not found: {path}")
+    try:
+        text = path.read_text()
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        _fail(path, f"not valid TOML: {e}")
+    except (OSError, UnicodeDecodeError) as e:
+        _fail(path, f"cannot read it: {e}")
+    sections = [s for s in SCHEMA if s]
+    valid = all_keys() + sections
+    values: dict[str, dict] = {s: {} for s in SCHEMA}
+    for name, value in raw.items():  # unknown names first: a typo explains a missing key
+        if name in SCHEMA[""]:
+            continue
+        if name not in sections:
+            _unknown(path, name, valid)
+        if not isinstance(value, dict):
+            _fail(path, f"{name} must be a [{name}] table")
+        for k in value:
+            if k not in SCHEMA[name]:
+                _unknown(path, f"{name}.{k}", [f"{name}.{x}" for x in SCHEMA[name]] + valid)
+    for section, keys in SCHEMA.items():
+        given = raw if section == "" else raw.get(section)
+        if section and given is None and section in OPTIONAL_SECTIONS:
+            given = {} if section != "train" else None
+        if given is None:
+            if section == "train":
+                continue
+            _fail(path, f"missing required section [{section}]")
+        for k, key in keys.items():
+            name = f"{section}.{k}" if section else k
+            if k in given:
+                values[section][k] = _check_value(path, name, key, given[k])
+            elif key.default is REQUIRED:
+                _fail(path, f"missing required key {name!r}" + (f" in [{section}]" if section else ""))
+            else:
+                values[section][k] = key.default
+    base = path.resolve().parent
+    data = _env_path(values[""]["data"], base, "RRAM_DATA")
+    if data is None:
+        _fail(path, "no data: set 'data' in the config or the RRAM_DATA environment variable")
+    return Config(path=path, text=text, values=values, has_train="train" in raw,
+                  out=(base / values[""]["out"]).resolve(), data=data,
+                  weights=_env_path(values[""]["weights"], base, "RRAM_WEIGHTS"))

@@ -1,0 +1,169 @@
+"""The pipeline's report: ``report.md`` with ``accuracy.png`` (``rram plot``, baseline and
+fault-aware side by side) and ``crossbar-usage.png``, written for a reader who never ran the tool."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from runtime.fileio import atomic_path, atomic_write_bytes
+
+from .build import STAGES, Pipeline, Step, cli, rate_name
+
+
+def read_results(path: str | os.PathLike) -> dict:
+    """The one place the pipeline reads a validate results file."""
+    from runtime.results import read_results as _read
+
+    return _read(path)
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}%"
+
+
+def _table(head: list[str], rows: list[list]) -> list[str]:
+    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + \
+           ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+
+
+def _usage_figure(report: dict, out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = report["layers"]
+    names = [r["layer"].removesuffix("_quantized").removesuffix(".weight") for r in layers]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.35 * len(layers) + 2), 4))
+    ax.bar(range(len(layers)), [100 * r["utilisation"] for r in layers], color="tab:blue", alpha=0.7)
+    for i, r in enumerate(layers):
+        ax.text(i, 100 * r["utilisation"] + 1, str(r["tiles"]), ha="center", fontsize=6)
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels(names, rotation=90, fontsize=6)
+    ax.set_ylim(0, 110)
+    ax.set_ylabel("cells used / cells in its tiles (%)")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp, dpi=130, format="png")
+    plt.close(fig)
+
+
+def write_report(pipe: Pipeline, step: Step) -> int:
+    from .state import State
+
+    cfg, v, run = pipe.cfg, pipe.v, pipe.run
+    variants = pipe.variants()
+    rates = [rate_name(r) for r in v["recalibrate"]["rates"]]
+    docs = {var.name: read_results(run / var.name / "results.json") for var in variants}
+    # the paper-style figure: baseline left of the fault-aware model at each SA1 rate
+    order = sorted(variants, key=lambda x: x.name != "baseline")
+    code = cli(["plot", *[str(run / x.name / "results.json") for x in order],
+                "--labels", ",".join(x.label for x in order), "--out", str(run / "accuracy.png")]
+               + (["--title", v["report"]["title"]] if v["report"]["title"] else []))
+    if code:
+        return code
+    first = variants[0]
+    usage = json.loads((run / first.name / "art" / f"rate-{rates[0]}" / "report.json").read_text())
+    _usage_figure(usage, run / "crossbar-usage.png",
+                  f"crossbar utilisation per layer ({usage['device']['name']} preset; number = tiles)")
+
+    val = v["validate"]
+    any_doc = next(iter(docs.values()))
+    n_images = any_doc["config"]["images"]
+    title = v["report"]["title"] or f"{v['model']['arch']} on RRAM crossbars"
+    L = [f"# {title}", "",
+         f"Built by `rram pipeline {cfg.path.name}` in `{run}`. Everything below comes from the files of "
+         f"that folder; re-running the command re-builds only what its configuration or inputs changed.", "",
+         "## What was built", ""]
+    L.append(f"- **Initial model**: `{v['model']['checkpoint']}` ({v['model']['arch']}), "
+             f"file `{pipe.init}`.")
+    if cfg.has_train:
+        t = v["train"]
+        L.append(f"- **Fault-aware model**: the initial model fine-tuned with drop-connect p={t['drop_rate']:g} "
+                 f"(each weight dropped with that probability at every training step) for {t['epochs']} "
+                 f"epoch(s) on {t['images'] or 'all'} training images, learning rate {t['lr']:g}, seed {t['seed']}.")
+        if v[""]["baseline"]:
+            L.append("- **Baseline**: the initial model without drop-connect training, taken through exactly "
+                     "the same steps (BN re-alignment, export, passes, quantization, validation).")
+    else:
+        L.append("- No training: the initial model goes through the flow as it is.")
+    L.append(f"- **BN re-alignment** for the expected chip fault rates {', '.join(rates)}: one deployable "
+             f"artifact per rate, in `<model>/art/rate-<rate>/` (QDQ ONNX model, conductance map, report).")
+    L.append(f"- **Crossbars**: the `{v['quantize']['preset']}` device preset "
+             f"({usage['device']['tile_rows']}x{usage['device']['tile_cols']} tiles, "
+             f"{usage['device']['bits_per_cell']} bits per cell, {usage['device']['encoding']} encoding).")
+    L.append(f"- **Validation**: {val['runs']} simulated chips per SA1 (stuck at G_min, the cell reads 0) "
+             f"rate{', SA0 rate ' + format(val['sa0'], 'g') if val['sa0'] else ''}, {n_images} test images, "
+             f"seed {val['seed']}, {val['precision']} activations; each chip runs the artifact whose BN "
+             f"statistics were re-aligned for the rate nearest its own.")
+    L += ["", "## Fault-free accuracy", "",
+          f"Top-1 accuracy of each deployed (quantized) model on the {n_images} test images with no "
+          f"stuck cell.", ""]
+    rows = []
+    for var in variants:
+        clean = docs[var.name]["clean"]
+        rows.append([var.label] + [_pct(clean.get(f"rate-{r}", clean.get(".") if len(rates) == 1 else None))
+                                   for r in rates])
+    L += _table(["model"] + [f"BN rate {r}" for r in rates], rows)
+    if len(rates) > 1:
+        L += ["", f"Each column is the artifact whose BN statistics were re-aligned for chips with that "
+              f"fault rate, here run on a perfect chip: the BN rate {rates[0]} column is the fault-free "
+              f"accuracy proper; a chip is given the artifact of the rate nearest its own."]
+    if any("n/a" in r for r in rows):
+        L += ["", "(n/a: no chip of the campaign ran that artifact.)"]
+    L += ["", "## Accuracy on faulty chips", "",
+          "Per SA1 rate and model: the mean, standard deviation, minimum and maximum top-1 accuracy "
+          "over the simulated chips, and the 95% confidence interval of the mean (Student t; n/a for a "
+          "single chip).", ""]
+    rows = []
+    sa1_rates = sorted({e["sa1"] for d in docs.values() for e in d["rates"]})
+    for p in sa1_rates:
+        for var in order:
+            e = next((e for e in docs[var.name]["rates"] if e["sa1"] == p), None)
+            if e is None:
+                continue
+            s = e["summary"]
+            n = s.get("n", 0)
+            one = n < 2
+            rows.append([f"{100 * p:g}%", var.label, e["model"].removeprefix("rate-"), n,
+                         _pct(s.get("mean")), "n/a" if one else f"{100 * s['std']:.2f}",
+                         _pct(s.get("min")), _pct(s.get("max")),
+                         "n/a" if one else f"[{_pct(s['ci95'][0])}, {_pct(s['ci95'][1])}]"])
+    L += _table(["SA1 rate", "model", "BN rate", "chips", "mean", "sd", "min", "max", "95% CI"], rows)
+    L += ["", "![accuracy on faulty chips](accuracy.png)", "",
+          "The figure shows one box per model at each SA1 rate, built from the accuracies of the "
+          "simulated chips: the box spans the middle half of the chips (25th to 75th percentile), the "
+          "line inside it is the median chip, the whiskers reach the lowest and highest chip within 1.5 "
+          "box heights of the box, and dots beyond them are single outlying chips. The dashed lines are "
+          "each model's fault-free accuracy.", "",
+          "## Crossbar usage per layer", "",
+          f"From `{first.name}/art/rate-{rates[0]}/report.json` (every rate and model maps the same "
+          f"layers onto the same tiles). Utilisation = cells holding a weight / cells of the tiles the "
+          f"layer occupies.", ""]
+    rows = [[f"`{r['node']}`", r["op_type"], "x".join(map(str, r["matrix_shape"])), r["tiles"], r["cells"],
+             r["allocated_cells"], f"{100 * r['utilisation']:.1f}%"] for r in usage["layers"]]
+    tot = usage["total"]
+    rows.append(["**total**", "", "", tot["tiles"], tot["cells"], tot["allocated_cells"],
+                 f"{100 * tot['utilisation']:.1f}%"])
+    L += _table(["layer", "op", "matrix", "tiles", "cells", "allocated", "utilisation"], rows)
+    L += ["", "![crossbar utilisation per layer](crossbar-usage.png)", "",
+          "## Configuration", "", f"`{cfg.path}` (paths relative to its folder), exactly:", "",
+          "```toml", cfg.text.rstrip("\n"), "```", "",
+          f"Resolved: data `{cfg.data}`, initial checkpoint `{pipe.init}`, run folder `{run}`.", "",
+          "## Software", ""]
+    L += _table(["package", "version"], [[k, x] for k, x in step.settings["versions"].items()])
+    L += ["", "## Time per step", "",
+          "Seconds each step took when it last ran (a skipped step keeps the time of its last run).", ""]
+    state = State(run)
+    rows = []
+    for s in pipe.steps:
+        rec = state.record(s.name)
+        if s.stage != "report" and rec:
+            rows.append([s.name, f"{rec['seconds']:.1f}", rec.get("finished", "")])
+    L += _table(["step", "seconds", "finished (UTC)"], rows)
+    L += ["", f"Stages: {', '.join(STAGES)}; sensitivity analysis is not part of the pipeline yet."]
+    atomic_write_bytes(run / "report.md", ("\n".join(L) + "\n").encode())
+    print(f"wrote {run / 'report.md'}")
+    return 0
