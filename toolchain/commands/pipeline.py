@@ -10,7 +10,7 @@ def add_parser(sub) -> None:
     p = sub.add_parser("pipeline", help="the whole flow from a TOML config, cached step by step, with a report",
                        description="Run the flow described by CONFIG.toml (keys: docs/pipeline.md) into its "
                                    "run folder; a step whose inputs and settings are unchanged is skipped.")
-    p.add_argument("config", metavar="CONFIG.toml")
+    p.add_argument("config", metavar="CONFIG.toml", help="the pipeline configuration (every key: docs/pipeline.md)")
     p.add_argument("--dry-run", action="store_true",
                    help="print each step with run/skip and why; change no file")
     p.add_argument("--from", dest="from_stage", choices=STAGES, default=None, metavar="STAGE",
