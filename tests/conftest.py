@@ -35,6 +35,13 @@ def cache_dir(tmp_path) -> Path:
     return tmp_path / "cache"
 
 
+@pytest.fixture
+def real_data_cache(tmp_path) -> Path:
+    """Where the slow end-to-end tests keep the decoded real CIFAR-10: $RRAM_CACHE when set (CI
+    sets one per checkout: decoding 60k JPEGs once, not once per test), else a fresh folder."""
+    return Path(os.environ["RRAM_CACHE"]) if os.environ.get("RRAM_CACHE") else tmp_path / "cache"
+
+
 def one_thread():
     """Generator fixture body (``pytest.fixture(autouse=True)(one_thread)``): tiny models run
     fastest (and never oversubscribe a busy machine) on one thread."""

@@ -12,8 +12,8 @@ from golden_flow import cpu_int8_kind, golden_paths, run_flow  # noqa: E402
 
 
 @pytest.mark.slow
-def test_outputs_match_the_frozen_golden_files(tmp_path, shared_resnet20, shared_data, monkeypatch, cache_dir):
-    monkeypatch.setenv("RRAM_CACHE", str(cache_dir))
+def test_outputs_match_the_frozen_golden_files(tmp_path, shared_resnet20, shared_data, monkeypatch, real_data_cache):
+    monkeypatch.setenv("RRAM_CACHE", str(real_data_cache))
     got = run_flow(tmp_path, shared_resnet20, shared_data)
     paths = golden_paths()
     assert got["hashes"] == json.loads(paths["hashes"].read_text())

@@ -1,0 +1,54 @@
+"""The README is a contract: its flow block runs as written in a fresh shell (issue 13).
+
+The block is taken from README.md itself, so the README cannot drift from the code; only the
+sizes are made smaller (and the relative paths absolute, since the test runs in a temporary
+folder instead of the checkout)."""
+import json
+import os
+import re
+import subprocess
+
+import pytest
+
+from conftest import ROOT, SHARED
+
+# (README text, test text): smaller sizes, same commands
+SMALLER = [
+    ("--epochs 3", "--epochs 1 --images 512 --eval-images 200"),
+    ("--out ft/recalibrated.pt", "--batches 2 --out ft/recalibrated.pt"),
+    ("--runs 10 --calibrate 256", "--runs 2 --calibrate 64 --images 200"),
+    ("--runs 100 --seed 0", "--runs 2 --images 200 --seed 0"),
+    ("--calibrate 256 --out per-chip.json", "--calibrate 64 --out per-chip.json"),
+]
+
+
+def flow_block() -> str:
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## The flow"):]
+    return re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+
+
+def test_the_block_holds_what_the_test_shrinks():
+    block = flow_block()
+    for old, _ in SMALLER:
+        assert old in block, f"README flow no longer has {old!r}: update SMALLER"
+
+
+@pytest.mark.slow
+def test_readme_flow_runs_as_written(tmp_path, shared_data, shared_resnet20, real_data_cache):
+    script = flow_block()
+    for old, new in SMALLER:
+        script = script.replace(old, new)
+    script = script.replace("source .venv/bin/activate", f"source {ROOT / '.venv' / 'bin' / 'activate'}")
+    script = script.replace("../shared", str(SHARED))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RRAM_")}  # a fresh shell
+    env["RRAM_CACHE"] = str(real_data_cache)
+    run = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=1500)
+    assert run.returncode == 0, run.stderr[-3000:]
+    per_rate = json.loads((tmp_path / "per-rate.json").read_text())
+    per_chip = json.loads((tmp_path / "per-chip.json").read_text())
+    assert sorted(per_rate["config"]["models"]) == ["rate-0.0", "rate-0.1", "rate-0.2", "rate-0.3"]
+    assert [e["model"] for e in per_rate["rates"]] == ["rate-0.0", "rate-0.1", "rate-0.2", "rate-0.3"]
+    assert per_chip["config"]["calibrate"] == 64 and per_chip["complete"]
+    assert (tmp_path / "fig.png").stat().st_size > 1000
