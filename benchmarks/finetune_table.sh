@@ -15,27 +15,27 @@ RRAM="${PYTHON:-python} -m toolchain"
 RATES=0,0.1,0.2,0.3
 mkdir -p "$OUT/results"
 
-evaluate() {  # evaluate CONFIG ROW [--rate-stats]: one JSON per SA1 rate
+evaluate() {  # evaluate CONFIG ROW [--bn-rate]: one JSON per SA1 rate
   local cfg=$1 row=$2 realign=$3 rate runs
   for rate in 0 0.1 0.2 0.3; do
     runs=10; [ "$rate" = 0 ] && runs=1   # no faults: every chip is the same
-    $RRAM eval --checkpoint "$OUT/$cfg/recalibrated.pt" --data "$DATA" --sa1 $rate --runs $runs \
-        --seed 0 --json $( [ "$realign" = yes ] && echo --rate-stats $rate ) \
+    $RRAM eval "$OUT/$cfg/recalibrated.pt" --data "$DATA" --sa1 $rate --runs $runs \
+        --seed 0 --json $( [ "$realign" = yes ] && echo --bn-rate $rate ) \
         > "$OUT/results/$row-sa1-$rate.json.part"
     mv "$OUT/results/$row-sa1-$rate.json.part" "$OUT/results/$row-sa1-$rate.json"
   done
 }
 
 (  # pretrained model: its own BN statistics, and BN re-aligned at p' = SA1 rate
-  $RRAM recalibrate resnet20-akamaster --rates $RATES --batches 100 --data "$DATA" --out "$OUT/base"
+  $RRAM recalibrate resnet20-akamaster --bn-rate $RATES --batches 100 --data "$DATA" --out "$OUT/base"
   evaluate base base-train-stats no
   evaluate base base-realigned yes
 ) &
 base=$!
 (  # fine-tuned with drop-connect p=0.2, BN re-aligned at p' = SA1 rate
-  $RRAM train --model resnet20 --init resnet20-akamaster --drop-rate 0.2 --epochs "$EPOCHS" \
+  $RRAM train resnet20-akamaster --model resnet20 --drop-rate 0.2 --epochs "$EPOCHS" \
       --lr 0.01 --data "$DATA" --out "$OUT/dc0.2" $( [ -f "$OUT/dc0.2/last.pt" ] && echo --resume )
-  $RRAM recalibrate "$OUT/dc0.2/model.pt" --rates $RATES --batches 100 --data "$DATA" --out "$OUT/dc0.2"
+  $RRAM recalibrate "$OUT/dc0.2/model.pt" --bn-rate $RATES --batches 100 --data "$DATA" --out "$OUT/dc0.2"
   evaluate dc0.2 dc0.2-realigned yes
 ) &
 dc=$!
