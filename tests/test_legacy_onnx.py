@@ -172,3 +172,17 @@ def test_a_rewrite_that_fails_the_full_checker_is_never_written(tmp_path, capsys
     finally:
         unregister("break-types")
     assert "break-types" not in passes.list_passes()
+
+
+def test_quantize_takes_an_ir3_model_directly(tmp_path, capsys):
+    """Without the passes: the mapped weights become DequantizeLinear outputs, which IR 3 would
+    also list as graph inputs; the artifact is written under IR 4 rules and passes the full check."""
+    src, art = tmp_path / "ir3.onnx", tmp_path / "art"
+    original = _cnn(9, {}, {})
+    onnx.save(original, src)
+    assert main(["quantize", str(src), str(art), "--preset", "paper"]) == 0, capsys.readouterr().err
+    m = onnx.load(art / "model.onnx")
+    onnx.checker.check_model(m, full_check=True)
+    assert m.ir_version >= 4
+    x = np.random.default_rng(2).standard_normal((1, 3, 16, 16)).astype(np.float32)
+    assert difference(_reference(original, x), _ort(art / "model.onnx", x)) <= 0.03

@@ -132,7 +132,7 @@ def quantize_model(model_or_path: str | os.PathLike | onnx.ModelProto, device: D
         candidates, skipped = find_layers(model, selection)  # the converter returns new protos
 
     graph = model.graph
-    inits, const_nodes = constants(graph)
+    inits, const_nodes = constants(graph, model.ir_version)
     taken = {t.name for t in graph.initializer} | {o for n in graph.node for o in n.output} | \
         {i.name for i in graph.input}
     layers, rows, dq_nodes, new_inits, drop_inits, drop_nodes = [], [], [], [], set(), set()
@@ -207,8 +207,16 @@ def quantize_model(model_or_path: str | os.PathLike | onnx.ModelProto, device: D
     del model.metadata_props[:]
     for k, v in meta.items():
         model.metadata_props.add(key=k, value=v)
-    try:
-        onnx.checker.check_model(model)
+    if model.ir_version < 4:
+        # IR 3 lists every initializer as a graph input; a mapped weight is now a DequantizeLinear
+        # output, so it cannot stay an input: write IR 4 rules (initializers need not be inputs)
+        inits = {t.name for t in model.graph.initializer} | {n.output[0] for n in dq_nodes}
+        kept = [i for i in model.graph.input if i.name not in inits]
+        del model.graph.input[:]
+        model.graph.input.extend(kept)
+        model.ir_version = max(4, onnx.helper.find_min_ir_version_for(list(model.opset_import), True))
+    try:  # the full check (strict shape inference too) before anything is written
+        onnx.checker.check_model(model, full_check=True)
     except Exception as e:
         raise QuantizeError(f"the quantised model does not pass onnx.checker: {one_line(e)}") from None
 

@@ -76,9 +76,11 @@ def opset_of(model: onnx.ModelProto) -> int:
     return 0
 
 
-def constants(graph: onnx.GraphProto) -> tuple[dict[str, onnx.TensorProto], dict[str, onnx.NodeProto]]:
-    """Constant tensors by name: initializers (not overridable graph inputs) and Constant nodes."""
-    inputs = {i.name for i in graph.input}
+def constants(graph: onnx.GraphProto, ir_version: int = 8) -> tuple[dict[str, onnx.TensorProto],
+                                                                   dict[str, onnx.NodeProto]]:
+    """Constant tensors by name: initializers (not overridable graph inputs) and Constant nodes.
+    Below IR 4 every initializer had to be listed as a graph input too: there they are constants."""
+    inputs = {i.name for i in graph.input} if ir_version >= 4 else set()
     inits = {t.name: t for t in graph.initializer if t.name not in inputs}
     const_nodes = {n.output[0]: n for n in graph.node if n.op_type == "Constant" and n.domain in ("", "ai.onnx")
                    and len(n.attribute) == 1 and n.attribute[0].name == "value"}
@@ -95,7 +97,7 @@ def attr(node: onnx.NodeProto, name: str, default):
 def find_layers(model: onnx.ModelProto, selection: LayerSelection) -> tuple[list[_Candidate], list[dict]]:
     """Mappable nodes (first use of each weight wins) and the reasons others were skipped."""
     graph = model.graph
-    inits, const_nodes = constants(graph)
+    inits, const_nodes = constants(graph, model.ir_version)
     found, skipped, seen = [], [], set()
     for index, node in enumerate(graph.node):
         if node.domain not in ("", "ai.onnx") or node.op_type not in MAPPABLE_OPS:
