@@ -50,6 +50,9 @@ def package_versions() -> dict[str, str]:
     return out
 
 
+CALIBRATED = "results-calibrated.json"  # the campaign with per-chip calibration (validate.calibrate)
+
+
 def rate_name(r: float) -> str:
     """How a rate is written in file names and --bn-rate (rram's rate_key: 0 -> "0.0")."""
     return repr(float(r))
@@ -160,12 +163,15 @@ class Pipeline:
             # report.json (it holds timings) is not an input: only what the campaign reads
             art_files = {f"art/rate-{r}/{f}": d / "art" / f"rate-{r}" / f for r in rates
                          for f in ("model.onnx", "crossbars.json", "crossbars.npz")}
+            results = [d / "results.json"] + ([d / CALIBRATED] if v["validate"]["calibrate"] else [])
             steps.append(Step("validate", var.name, {**common, **v["validate"]},
-                              {**art_files, "data": data}, [d / "results.json"], self._validate))
+                              {**art_files, "data": data}, results, self._validate))
         # HOOK (stage 7, sensitivity): a per-variant step reading art/ would be appended here.
         rep_inputs = {}
         for var in self.variants():
             rep_inputs[f"{var.name}/results.json"] = run / var.name / "results.json"
+            if v["validate"]["calibrate"]:
+                rep_inputs[f"{var.name}/{CALIBRATED}"] = run / var.name / CALIBRATED
             for r in rates:
                 art = run / var.name / "art" / f"rate-{r}"
                 rep_inputs[f"{var.name}/art/rate-{r}/report.json"] = art / "report.json"
@@ -237,20 +243,27 @@ class Pipeline:
         return 0
 
     def _validate(self, step: Step, resume: bool) -> int:
+        """The campaign with the per-rate BN statistics, and with per-chip calibration when
+        ``validate.calibrate`` is set (a second results file)."""
         v = self.v["validate"]
-        out = step.outputs[0]
-        resume = resume and out.is_file()
-        if out.exists() and not resume:
-            out.unlink()
-        argv = ["validate", str(self.run / step.variant / "art"), "--bn-rate", "auto",
-                "--data", str(self.cfg.data), "--sa1", ",".join(repr(x) for x in v["sa1"]),
-                "--sa0", repr(v["sa0"]), "--runs", str(v["runs"]), "--seed", str(v["seed"]),
-                "--precision", v["precision"], "--out", str(out)]
-        if v["images"] is not None:
-            argv += ["--images", str(v["images"])]
-        if resume:
-            argv.append("--resume")
-        return cli(argv)
+        for out in step.outputs:
+            again = resume and out.is_file()
+            if out.exists() and not again:
+                out.unlink()
+            argv = ["validate", str(self.run / step.variant / "art"), "--bn-rate", "auto",
+                    "--data", str(self.cfg.data), "--sa1", ",".join(repr(x) for x in v["sa1"]),
+                    "--sa0", repr(v["sa0"]), "--runs", str(v["runs"]), "--seed", str(v["seed"]),
+                    "--precision", v["precision"], "--out", str(out)]
+            if v["images"] is not None:
+                argv += ["--images", str(v["images"])]
+            if out.name == CALIBRATED:
+                argv += ["--calibrate", str(v["calibrate"])]
+            if again:
+                argv.append("--resume")
+            code = cli(argv)
+            if code:
+                return code
+        return 0
 
     def _report(self, step: Step, resume: bool) -> int:
         from .report import write_report

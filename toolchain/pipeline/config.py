@@ -81,6 +81,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "images": Key("int", None, low=1),
         "seed": Key("int", 0, low=0),
         "precision": Key("str", "fp32", choices=("fp32", "int8")),
+        "calibrate": Key("int", None, low=1),
     },
     "report": {
         "title": Key("str", None),

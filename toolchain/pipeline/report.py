@@ -8,7 +8,7 @@ from pathlib import Path
 
 from runtime.fileio import atomic_path, atomic_write_bytes
 
-from .build import STAGES, Pipeline, Step, cli, rate_name
+from .build import CALIBRATED, STAGES, Pipeline, Step, cli, rate_name
 
 
 def read_results(path: str | os.PathLike) -> dict:
@@ -57,10 +57,18 @@ def write_report(pipe: Pipeline, step: Step) -> int:
     variants = pipe.variants()
     rates = [rate_name(r) for r in v["recalibrate"]["rates"]]
     docs = {var.name: read_results(run / var.name / "results.json") for var in variants}
-    # the paper-style figure: baseline left of the fault-aware model at each SA1 rate
+    # the paper-style figure: baseline left of the fault-aware model at each SA1 rate; with
+    # validate.calibrate, each model's per-chip calibrated campaign beside it
     order = sorted(variants, key=lambda x: x.name != "baseline")
-    code = cli(["plot", *[str(run / x.name / "results.json") for x in order],
-                "--labels", ",".join(x.label for x in order), "--out", str(run / "accuracy.png")]
+    calibrate = v["validate"]["calibrate"]
+    series = []  # (label, results path, document)
+    for x in order:
+        series.append((x.label, run / x.name / "results.json", docs[x.name]))
+        if calibrate:
+            path = run / x.name / CALIBRATED
+            series.append((f"{x.label} + per-chip calibration", path, read_results(path)))
+    code = cli(["plot", *[str(path) for _, path, _ in series],
+                "--labels", ",".join(label for label, _, _ in series), "--out", str(run / "accuracy.png")]
                + (["--title", v["report"]["title"]] if v["report"]["title"] else []))
     if code:
         return code
@@ -98,6 +106,11 @@ def write_report(pipe: Pipeline, step: Step) -> int:
              f"rate{', SA0 rate ' + format(val['sa0'], 'g') if val['sa0'] else ''}, {n_images} test images, "
              f"seed {val['seed']}, {val['precision']} activations; each chip runs the artifact whose BN "
              f"statistics were re-aligned for the rate nearest its own.")
+    if calibrate:
+        L.append(f"- **Per-chip calibration** (the rows marked so): on each simulated chip, {calibrate} "
+                 f"training images are run through the faulty crossbars first and every BN-folded layer's "
+                 f"digital per-channel scale and offset are re-set from what that chip computes (no "
+                 f"retraining, weights untouched; docs/runtime.md).")
     L += ["", "## Fault-free accuracy", "",
           f"Top-1 accuracy of each deployed (quantized) model on the {n_images} test images with no "
           f"stuck cell.", ""]
@@ -120,14 +133,14 @@ def write_report(pipe: Pipeline, step: Step) -> int:
     rows = []
     sa1_rates = sorted({e["sa1"] for d in docs.values() for e in d["rates"]})
     for p in sa1_rates:
-        for var in order:
-            e = next((e for e in docs[var.name]["rates"] if e["sa1"] == p), None)
+        for label, _, doc in series:
+            e = next((e for e in doc["rates"] if e["sa1"] == p), None)
             if e is None:
                 continue
             s = e["summary"]
             n = s.get("n", 0)
             one = n < 2
-            rows.append([f"{100 * p:g}%", var.label, e["model"].removeprefix("rate-"), n,
+            rows.append([f"{100 * p:g}%", label, e["model"].removeprefix("rate-"), n,
                          _pct(s.get("mean")), "n/a" if one else f"{100 * s['std']:.2f}",
                          _pct(s.get("min")), _pct(s.get("max")),
                          "n/a" if one else f"[{_pct(s['ci95'][0])}, {_pct(s['ci95'][1])}]"])
