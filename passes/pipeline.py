@@ -151,9 +151,9 @@ def _check_finite_parameters(model: onnx.ModelProto) -> None:
     params = {i for n in model.graph.node if n.op_type in PARAMETER_OPS for i in n.input[1:]}
     for t in model.graph.initializer:
         if t.name in params and t.data_type in (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE,
-                                                 onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16):
-            if not np.all(np.isfinite(numpy_helper.to_array(t).astype(np.float32, copy=False))):
-                raise PassError(f"initializer {t.name!r} holds NaN or Inf values")
+                                                 onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16) \
+                and not np.all(np.isfinite(numpy_helper.to_array(t).astype(np.float32, copy=False))):
+            raise PassError(f"initializer {t.name!r} holds NaN or Inf values")
 
 
 def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERANCE, seed: int = 0,
@@ -183,7 +183,7 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
     meta = {p.key: p.value for p in work.metadata_props}
     available = bn_rates.rates(meta)
     extra = bn_rates.split_rate_initializers(work)
-    ctx = PassContext(options={"bn_rate": bn_rate})
+    ctx = PassContext(options={"bn_rate": bn_rate}, metadata=meta)
     chosen = None
     if bn_rate is not None:
         chosen = bn_rates.match(str(bn_rate), available)
@@ -206,6 +206,7 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
     meta["rram.passes"] = ",".join(filter(None, [meta.get("rram.passes", ""), *names_run]))
     # The reference for verification: the input with the chosen rate's statistics, not rewritten.
     reference = work
+    meta_before = dict(meta)  # a replay of the passes starts from the metadata they saw
 
     verifier = None
     verify_seconds = 0.0
@@ -224,17 +225,19 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
     timings: dict[str, float] = {}
     checks: list[dict] = []
 
-    def check_now(label, g):
+    def check_now(label, g, c=ctx):
         nonlocal verify_seconds
         t0 = time.perf_counter()
-        res = verifier.check(_export(g, work, meta, extra), label)
+        res = verifier.check(_export(g, work, c.metadata, extra), label, c.map_feeds)
         verify_seconds += time.perf_counter() - t0
         checks.append(res)
         if res["max_rel_diff"] > tolerance:
+            where = (f"random inputs (seed {seed})" if res["input_set"] == 0
+                     else f"given input set {res['input_set']}")
             raise PassError(
                 f"verification failed after {label}: output {res['output']!r} differs from the "
                 f"original by {res['max_rel_diff']:.3g} (max |diff| / max |output|), tolerance "
-                f"{tolerance:g}, on {'random inputs (seed %d)' % seed if res['input_set'] == 0 else 'given input set %d' % res['input_set']}")
+                f"{tolerance:g}, on {where}")
         return res
 
     each = (lambda name: check_now(f"pass {name!r}", graph)) if verify == "each" else None
@@ -248,22 +251,22 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
     verification = checks[-1] if checks else None
     if verify == "end":
         t0 = time.perf_counter()
-        res = verifier.check(out, "passes")
+        res = verifier.check(out, "passes", ctx.map_feeds)
         verify_seconds += time.perf_counter() - t0
         if res["max_rel_diff"] > tolerance:
             # Name the culprit: replay the passes, verifying after each one.
             g2 = _graph_of(work)
             infer_shapes(g2)
-            _apply(g2, passes, PassContext(options=dict(ctx.options)),
-                   on_each=lambda name: check_now(f"pass {name!r}", g2))
+            c2 = PassContext(options=dict(ctx.options), metadata=dict(meta_before))
+            _apply(g2, passes, c2, on_each=lambda name: check_now(f"pass {name!r}", g2, c2))
             raise PassError(f"verification failed after passes {','.join(names_run)}: output "
                             f"{res['output']!r} differs by {res['max_rel_diff']:.3g}, tolerance "
                             f"{tolerance:g} (no single pass exceeds it)")
         verification = res
     return Result(model=out, passes=names_run, before=before, after=summarize_graph(graph),
                   warnings=ctx.warnings, stats=ctx.stats, summaries=ctx.summaries,
-                  pass_seconds=timings, verify_seconds=verify_seconds, export_seconds=export_seconds, verification=verification,
-                  bn_rate=chosen)
+                  pass_seconds=timings, verify_seconds=verify_seconds, export_seconds=export_seconds,
+                  verification=verification, bn_rate=chosen)
 
 
 def _asks_standard(names) -> bool:
