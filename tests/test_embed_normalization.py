@@ -132,6 +132,9 @@ def test_real_resnet20_on_real_images(tmp_path, shared_resnet20, shared_data, mo
     assert rram(["passes", str(r20), str(emb), "--passes", "standard,embed-normalization",
                  "--data", str(shared_data), "--images", "32"]) == 0
     assert rram(["quantize", str(emb), str(art), "--preset", "paper"]) == 0
+    # --data on an embedded model: its images go in as [0, 1], instead of a refusal for want of metadata.
+    assert rram(["passes", str(emb), str(tmp_path / "again.onnx"), "--passes", "standard",
+                 "--data", str(shared_data), "--images", "16"]) == 0
     images = load_split(shared_data, "test").subset(32).images
     norm = json.loads(_meta(onnx.load(r20))[NORMALIZATION_KEY])
     ref = passes.run(onnx.load(r20), ["standard"]).model

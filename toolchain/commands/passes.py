@@ -70,7 +70,9 @@ def add_parser(sub) -> None:
 def _image_feeds(args):
     """A function building feed dicts of real test images, shaped for the model's first input and
     normalised with --mean/--std, else the model's ``rram.normalization`` metadata (written by
-    ``rram export``); without either it refuses rather than guess."""
+    ``rram export``), or only scaled to [0, 1] when the model's normalisation is embedded
+    (``rram.normalization_embedded``, the embed-normalization pass); else it refuses rather than guess."""
+    from passes.embed_normalization import EMBEDDED_KEY
     from runtime.engine import normalize_images, read_normalization
 
     from ..data import load_split
@@ -80,9 +82,10 @@ def _image_feeds(args):
                        download=args.download).subset(args.images or 16)
 
     def feeds(model):
-        norm = given.to_dict() if given is not None else read_normalization(
-            {p.key: p.value for p in model.metadata_props}, "the model")
-        if norm is None:
+        meta = {p.key: p.value for p in model.metadata_props}
+        norm = given.to_dict() if given is not None else read_normalization(meta, "the model")
+        # a model whose normalisation is embedded (embed-normalization) takes images in [0, 1]
+        if norm is None and EMBEDDED_KEY not in meta:
             raise UserError("the model records no input normalisation (metadata rram.normalization): "
                             "give --mean and --std to verify on real images")
         x = normalize_images(split.images, norm)
