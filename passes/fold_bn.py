@@ -12,6 +12,8 @@ output on a faulty chip and sets the digital scale and offset so that the channe
 target again (runtime/calibration.py)."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -177,6 +179,7 @@ def _fold_matmul_add(x, add, s, t, namer):
 
 @register("fold-bn", "fold inference-mode BatchNormalization into the preceding Conv/Gemm/MatMul(+Add)")
 def fold_bn(graph: gs.Graph, ctx: PassContext) -> None:
+    targets = {}  # BN targets of this run, merged into what an earlier run of the passes recorded
     namer = Namer(graph)
     out_names = {t.name for t in graph.outputs}
     for bn in list(graph.nodes):
@@ -208,7 +211,7 @@ def fold_bn(graph: gs.Graph, ctx: PassContext) -> None:
                 why = f"its input comes from {describe(prod)}"
             if why is None:
                 if prod.op in ("Conv", "Gemm"):  # the layers a crossbar maps (MatMul forms: not yet)
-                    ctx.metadata.setdefault(BN_TARGETS_KEY, {})[bn.outputs[0].name] = bn_target(bn, s)
+                    targets[bn.outputs[0].name] = bn_target(bn, s)
                 # The producer takes over BN's output tensor (name kept, maybe a graph output).
                 prod.outputs = [bn.outputs[0]]
                 bn.outputs.clear()
@@ -217,3 +220,6 @@ def fold_bn(graph: gs.Graph, ctx: PassContext) -> None:
                 continue
         ctx.warn(f"{describe(bn)} not folded: {why}")
         ctx.count("kept")
+    if targets:
+        merged = {**json.loads(ctx.metadata.get(BN_TARGETS_KEY, "{}")), **targets}
+        ctx.metadata[BN_TARGETS_KEY] = json.dumps(merged, sort_keys=True, separators=(",", ":"))

@@ -27,8 +27,26 @@ class PassContext:
     warnings: list = field(default_factory=list)
     stats: dict = field(default_factory=dict)
     summaries: list = field(default_factory=list)  # from the ``summary`` pass
-    metadata: dict = field(default_factory=dict)  # rram.* entries a pass adds to the model's metadata
     current: str = ""  # name of the running pass
+    # The model's metadata (``rram.*`` keys), the very dict the pipeline writes into the output:
+    # a pass that changes what the model expects (embed-normalization) or records what a later
+    # stage needs (fold-bn: the BN targets) updates it here.
+    metadata: dict = field(default_factory=dict)
+    # {graph input name: f(original feed) -> the rewritten model's feed}, for a pass that changes
+    # what an input means (embed-normalization: normalised images -> images in [0, 1]). The
+    # verifier applies them (composed in order) to the feeds of the rewritten model only.
+    input_transforms: dict = field(default_factory=dict)
+
+    def transform_input(self, name: str, fn) -> None:
+        """Declare that input ``name`` of the rewritten model takes ``fn(x)`` where the original
+        took ``x`` (composed after any transform an earlier pass declared)."""
+        before = self.input_transforms.get(name)
+        self.input_transforms[name] = fn if before is None else (lambda x, f=before: fn(f(x)))
+
+    def map_feeds(self, feeds: dict) -> dict:
+        """The original model's feeds as the rewritten model takes them."""
+        return {k: (self.input_transforms[k](v) if k in self.input_transforms else v)
+                for k, v in feeds.items()}
 
     def warn(self, msg: str) -> None:
         text = f"{self.current}: {msg}" if self.current else msg

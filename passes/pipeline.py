@@ -2,7 +2,6 @@
 (cleanup, toposort and shape inference after each), verify numerically, export deterministically."""
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -187,7 +186,7 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
     meta = {p.key: p.value for p in work.metadata_props}
     available = bn_rates.rates(meta)
     extra = bn_rates.split_rate_initializers(work)
-    ctx = PassContext(options={"bn_rate": bn_rate})
+    ctx = PassContext(options={"bn_rate": bn_rate}, metadata=meta)
     chosen = None
     if bn_rate is not None:
         chosen = bn_rates.match(str(bn_rate), available)
@@ -210,6 +209,7 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
     meta[md.PASSES_KEY] = ",".join(filter(None, [meta.get(md.PASSES_KEY, ""), *names_run]))
     # The reference for verification: the input with the chosen rate's statistics, not rewritten.
     reference = work
+    meta_before = dict(meta)  # a replay of the passes starts from the metadata they saw
 
     verifier = None
     verify_seconds = 0.0
@@ -228,23 +228,23 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
     timings: dict[str, float] = {}
     checks: list[dict] = []
 
-    def check_now(label, g):
+    def check_now(label, g, c=ctx):
         nonlocal verify_seconds
         t0 = time.perf_counter()
-        res = verifier.check(_export(g, work, meta, extra), label)
+        res = verifier.check(_export(g, work, c.metadata, extra), label, c.map_feeds)
         verify_seconds += time.perf_counter() - t0
         checks.append(res)
         if res["max_rel_diff"] > tolerance:
-            inputs = f"random inputs (seed {seed})" if res["input_set"] == 0 else f"given input set {res['input_set']}"
+            where = (f"random inputs (seed {seed})" if res["input_set"] == 0
+                     else f"given input set {res['input_set']}")
             raise PassError(
                 f"verification failed after {label}: output {res['output']!r} differs from the "
                 f"original by {res['max_rel_diff']:.3g} (max |diff| / max |output|), tolerance "
-                f"{tolerance:g}, on {inputs}")
+                f"{tolerance:g}, on {where}")
         return res
 
     each = (lambda name: check_now(f"pass {name!r}", graph)) if verify == "each" else None
     _apply(graph, passes, ctx, on_each=each, timings=timings)
-    _merge_metadata(meta, ctx.metadata)
     # Export, then the full onnx.checker on what will be written (IR rules included): a model
     # that fails it is an error, never written.
     t0 = time.perf_counter()
@@ -254,14 +254,14 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
     verification = checks[-1] if checks else None
     if verify == "end":
         t0 = time.perf_counter()
-        res = verifier.check(out, "passes")
+        res = verifier.check(out, "passes", ctx.map_feeds)
         verify_seconds += time.perf_counter() - t0
         if res["max_rel_diff"] > tolerance:
             # Name the culprit: replay the passes, verifying after each one.
             g2 = _graph_of(work)
             infer_shapes(g2)
-            _apply(g2, passes, PassContext(options=dict(ctx.options)),
-                   on_each=lambda name: check_now(f"pass {name!r}", g2))
+            c2 = PassContext(options=dict(ctx.options), metadata=dict(meta_before))
+            _apply(g2, passes, c2, on_each=lambda name: check_now(f"pass {name!r}", g2, c2))
             raise PassError(f"verification failed after passes {','.join(names_run)}: output "
                             f"{res['output']!r} differs by {res['max_rel_diff']:.3g}, tolerance "
                             f"{tolerance:g} (no single pass exceeds it)")
@@ -270,13 +270,6 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
                   warnings=ctx.warnings, stats=ctx.stats, summaries=ctx.summaries,
                   pass_seconds=timings, verify_seconds=verify_seconds, export_seconds=export_seconds,
                   verification=verification, bn_rate=chosen)
-
-
-def _merge_metadata(meta: dict, added: dict) -> None:
-    """Entries passes added (JSON objects, merged with what an earlier run of the passes wrote)."""
-    for key, value in sorted(added.items()):
-        merged = {**json.loads(meta.get(key, "{}")), **value}
-        meta[key] = json.dumps(merged, sort_keys=True, separators=(",", ":"))
 
 
 def _asks_standard(names) -> bool:

@@ -37,7 +37,7 @@ def unregister(name: str) -> None:
 
 def _load_builtin() -> None:
     # Importing the modules registers their passes.
-    from . import cleanup, fold_bn, pad_1x1, summary, upgrade_opset  # noqa: F401
+    from . import cleanup, embed_normalization, fold_bn, pad_1x1, summary, upgrade_opset  # noqa: F401
 
 
 def available() -> dict[str, Pass]:

@@ -12,6 +12,8 @@ takes the key names from here (docs/architecture.md).
   export; ``rram.bn_rate`` the rate whose statistics the BN nodes (or the folded weights) hold.
 - ``rram.passes`` comma-separated passes run so far; ``rram.device`` JSON DeviceConfig of the
   crossbar the model is quantised for.
+- ``rram.normalization_embedded`` the same JSON as ``rram.normalization``, after the
+  embed-normalization pass put it into the graph (the model then takes images in [0, 1]).
 - ``rram.bn_targets`` JSON {layer output tensor: {"gamma": [C], "beta": [C], "epsilon": e,
   "fold_scale": [C]}}: what each BN that fold-bn folded asked of its layer, for per-chip
   calibration of the digital periphery (runtime/calibration.py).
@@ -37,6 +39,7 @@ SOURCE_KEY = "rram.source"
 PASSES_KEY = "rram.passes"
 DEVICE_KEY = "rram.device"
 BN_TARGETS_KEY = "rram.bn_targets"
+NORMALIZATION_EMBEDDED_KEY = "rram.normalization_embedded"
 
 RATE_MARKER = "@rate="  # per-rate BN statistics initializer: f"{name}{RATE_MARKER}{rate}"
 

@@ -445,7 +445,7 @@ def test_list(capsys):
     assert rram(["passes", "--list"]) == 0
     out = capsys.readouterr().out
     for name in ("pad-1x1-to-3x3", "fold-bn", "fold-constants", "eliminate-identity", "eliminate-dead",
-                 "summary", "standard"):
+                 "summary", "embed-normalization", "standard"):
         assert name in out
 
 

@@ -70,8 +70,10 @@ def add_parser(sub) -> None:
 def _image_feeds(args):
     """A function building feed dicts of real test images, shaped for the model's first input and
     normalised with --mean/--std, else the model's ``rram.normalization`` metadata (written by
-    ``rram export``); without either it refuses rather than guess."""
+    ``rram export``), or only scaled to [0, 1] when the model's normalisation is embedded
+    (``rram.normalization_embedded``, the embed-normalization pass); else it refuses rather than guess."""
     from runtime.metadata import (
+        NORMALIZATION_EMBEDDED_KEY,
         NORMALIZATION_KEY,
         Normalization,
         normalize_images,
@@ -85,8 +87,10 @@ def _image_feeds(args):
                        download=args.download).subset(args.images or 16)
 
     def feeds(model):
-        norm = given if given is not None else Normalization.from_metadata(read_metadata(model), "the model")
-        if norm is None:
+        meta = read_metadata(model)
+        norm = given if given is not None else Normalization.from_metadata(meta, "the model")
+        # a model whose normalisation is embedded (embed-normalization) takes images in [0, 1]
+        if norm is None and NORMALIZATION_EMBEDDED_KEY not in meta:
             raise UserError(f"the model records no input normalisation (metadata {NORMALIZATION_KEY}): "
                             "give --mean and --std to verify on real images")
         x = normalize_images(split.images, norm)
