@@ -22,7 +22,7 @@ from .engine import Engine
 from .errors import RuntimeInputError
 from .faults import check_rates, layer_indices, load_fault_map, run_seed, sample_chip, with_faults_only_in
 from .fileio import file_sha256, output_lock
-from .metadata import NORMALIZATION_KEY, normalize_images
+from .metadata import NORMALIZATION_EMBEDDED_KEY, NORMALIZATION_KEY, normalize_images
 from .results import (
     FORMAT,
     VERSION,
@@ -96,8 +96,9 @@ def calibrate_config(calibrate: np.ndarray | None) -> dict:
 
 def engine_factory(artifact: Artifact, images, labels, engine_kw):
     cache: dict[str, Engine] = {}
-    if artifact.first.normalization is None:
-        # Guessing (e.g. CIFAR statistics, or none) silently gives a wrong accuracy.
+    if artifact.first.normalization is None and NORMALIZATION_EMBEDDED_KEY not in artifact.first.metadata:
+        # Guessing (e.g. CIFAR statistics, or none) silently gives a wrong accuracy. A model whose
+        # normalisation is in the graph (embed-normalization) takes the images in [0, 1].
         raise RuntimeInputError(f"{artifact.path}: model.onnx records no input normalisation "
                                 f"(metadata {NORMALIZATION_KEY}); export it with rram export")
     x = normalize_images(images, artifact.first.normalization)

@@ -143,3 +143,31 @@ def test_real_resnet20_on_real_images(tmp_path, shared_resnet20, shared_data, mo
     assert np.max(np.abs(got - want)) / np.max(np.abs(want)) <= 1e-5
     meta = _meta(onnx.load(art / "model.onnx"))
     assert NORMALIZATION_KEY not in meta and json.loads(meta[EMBEDDED_KEY]) == norm.to_dict()
+
+
+def test_quantize_embeds_and_validate_gives_the_same_accuracy_on_both_forms(tmp_path, capsys):
+    """`rram quantize --embed-normalization`, then `rram validate` on both artifacts: identical
+    numbers (issue 14), chip for chip."""
+    import torch
+
+    from _runtime_helpers import NORM, export_torch, make_images, tiny_model
+    from conftest import write_test_batch
+
+    onx = export_torch(tiny_model(), torch.zeros(1, 3, 32, 32), tmp_path / "f.onnx")
+    onx.metadata_props.add(key=NORMALIZATION_KEY, value=NORM.to_metadata())
+    onnx.save(onx, tmp_path / "m.onnx")
+    assert rram(["quantize", str(tmp_path / "m.onnx"), str(tmp_path / "plain"), "--preset", "paper"]) == 0
+    assert rram(["quantize", str(tmp_path / "m.onnx"), str(tmp_path / "emb"), "--preset", "paper",
+                 "--embed-normalization"]) == 0
+    meta = _meta(onnx.load(tmp_path / "emb" / "model.onnx"))
+    assert EMBEDDED_KEY in meta and NORMALIZATION_KEY not in meta
+    images, labels = make_images(48, seed=5)
+    data = write_test_batch(tmp_path / "cifar", images, labels)
+    docs = []
+    for name in ("plain", "emb"):
+        out = tmp_path / f"{name}.json"
+        assert rram(["validate", str(tmp_path / name), "--data", str(data), "--no-cache", "--split", "test",
+                     "--sa1", "0,0.2", "--runs", "3", "--out", str(out)]) == 0
+        docs.append(json.loads(out.read_text()))
+    assert [e["runs"] for e in docs[0]["rates"]] == [e["runs"] for e in docs[1]["rates"]]
+    assert list(docs[0]["clean"].values()) == list(docs[1]["clean"].values())

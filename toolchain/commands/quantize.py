@@ -45,6 +45,9 @@ def add_parser(sub) -> None:
                    help="leave nodes/weights matching this shell pattern digital (repeatable)")
     p.add_argument("--force", action="store_true",
                    help="replace OUTDIR if it is a previous artifact (never a folder holding the input or other files)")
+    p.add_argument("--embed-normalization", action="store_true",
+                   help="put the input normalisation into the graph first (the embed-normalization pass): the "
+                        "artifact then takes images in [0, 1] and compilers need no metadata")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=run)
 
@@ -74,7 +77,14 @@ def run(args) -> int:
     device = device_from_args(args)
     ops = tuple(split_list(args.ops, "--ops")) if args.ops else MAPPABLE_OPS
     selection = LayerSelection(ops, tuple(args.include), tuple(args.exclude))
-    report = quantize_to_folder(args.input, args.outdir, device, selection=selection, force=args.force)
+    source = args.input
+    if args.embed_normalization:  # the embed-normalization pass first, verified like every pass
+        import passes
+        from runtime.artifact.folder import check_output_folder
+
+        check_output_folder(args.outdir, args.force, [args.input])  # the input is never replaced
+        source = passes.run(args.input, ["embed-normalization"]).model
+    report = quantize_to_folder(source, args.outdir, device, selection=selection, force=args.force)
     if args.json:
         json.dump(json_safe(report), sys.stdout, indent=1)
         sys.stdout.write("\n")
