@@ -1,5 +1,6 @@
 """The results format of validation campaigns: read, write, merge, summarise (statistics).
-Imports neither onnx nor onnxruntime, so ``rram plot`` and ``rram merge`` stay light.
+Imports neither onnx nor onnxruntime, so ``rram plot`` and ``rram merge`` stay light. Every field
+is documented in docs/results-format.md.
 
 Results file (``format: rram-validate-results``)::
 
