@@ -2,6 +2,7 @@
 the fault-free accuracy as a dashed reference line per model."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -12,10 +13,21 @@ from .fileio import atomic_path
 from .results import read_results, read_sensitivity
 
 
-def series_names(docs: list[dict], paths, labels: list[str] | None = None) -> list[str]:
+def series_names(docs: list[dict], paths, labels: list[str] | None = None, *, mixed: bool = False) -> list[str]:
     """Legend names: the labels (or file stems), with each file's SA0 rate when they differ and
-    the calibration when chips were calibrated per chip (it changes what the boxes mean)."""
+    the calibration when chips were calibrated per chip (it changes what the boxes mean).
+    Campaigns on different image counts or devices are not comparable box for box: refused
+    unless ``mixed``, and then each name says its images and device."""
     names = labels or [Path(p).stem for p in paths]
+    images = {d["config"].get("images") for d in docs}
+    devices = {json.dumps(d["config"].get("device"), sort_keys=True) for d in docs}
+    if len(images) > 1 or len(devices) > 1:
+        what = "image counts" if len(images) > 1 else "devices"
+        if not mixed:
+            raise RuntimeInputError(f"the results files are campaigns on different {what}: their boxes are not "
+                                    f"comparable; give --mixed to overlay them anyway (each is labelled)")
+        names = [f"{n}, {d['config'].get('images')} images, {d['config'].get('device', {}).get('name')}"
+                 for n, d in zip(names, docs)]
     if len({d["config"].get("sa0", 0.0) for d in docs}) > 1:
         names = [f"{n}, SA0 {100 * d['config'].get('sa0', 0.0):g}%" for n, d in zip(names, docs)]
     return [f"{n} (per-chip calibration, {d['config']['calibrate']} images)" if d["config"].get("calibrate")
@@ -23,7 +35,7 @@ def series_names(docs: list[dict], paths, labels: list[str] | None = None) -> li
 
 
 def plot_results(paths: list[str | os.PathLike], out: str | os.PathLike, *, labels: list[str] | None = None,
-                 title: str | None = None) -> Path:
+                 title: str | None = None, mixed: bool = False) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -40,7 +52,7 @@ def plot_results(paths: list[str | os.PathLike], out: str | os.PathLike, *, labe
     docs = [read_results(p) for p in paths]
     if labels is not None and len(labels) != len(docs):
         raise RuntimeInputError(f"{len(labels)} labels for {len(docs)} results files")
-    names = series_names(docs, paths, labels)
+    names = series_names(docs, paths, labels, mixed=mixed)
     sa0 = {d["config"].get("sa0", 0.0) for d in docs}
     rates = sorted({e["sa1"] for d in docs for e in d["rates"]})
     if not rates:

@@ -160,3 +160,20 @@ def test_a_measured_chips_calibration_file_round_trips(art, data, tmp_path, caps
                                                                str(tmp_path / "chip0.npz"), "--chip-calibration",
                                                                str(file), "--out", str(tmp_path / "d.json")])
     assert not (tmp_path / "c.json").exists() and not (tmp_path / "d.json").exists()
+
+
+def test_plot_refuses_to_overlay_different_image_counts_unless_mixed(art, tmp_path, capsys):
+    """Issue 13: boxes of campaigns on different image counts are not comparable."""
+    from runtime.results import write_results
+
+    a = validate(art, *_images(48, 0), sa1=[0.1], runs=2, seed=0, progress=False)
+    b = validate(art, *_images(32, 0), sa1=[0.1], runs=2, seed=0, progress=False)
+    write_results(a, tmp_path / "a.json")
+    write_results(b, tmp_path / "b.json")
+    files = [str(tmp_path / "a.json"), str(tmp_path / "b.json")]
+    err = _err(capsys, ["plot", *files, "--out", str(tmp_path / "f.png")])
+    assert "different image counts" in err and "--mixed" in err and not (tmp_path / "f.png").exists()
+    assert main(["plot", *files, "--mixed", "--labels", "A,B", "--out", str(tmp_path / "f.png")]) == 0
+    from runtime.plot import series_names
+
+    assert series_names([a, b], files, ["A", "B"], mixed=True) == ["A, 48 images, paper", "B, 32 images, paper"]

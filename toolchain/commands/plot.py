@@ -7,6 +7,8 @@ def add_parser(sub) -> None:
     p.add_argument("results", nargs="+", help="results JSON files (one per model), or one `rram sensitivity` report")
     p.add_argument("--out", required=True, help="figure file (.png, .pdf, .svg)")
     p.add_argument("--labels", default=None, help="comma-separated legend names, one per file")
+    p.add_argument("--mixed", action="store_true",
+                   help="overlay campaigns of different image counts or devices (each is then labelled with them)")
     p.add_argument("--title", default=None, help="figure title (default: what the files hold)")
     p.set_defaults(func=run)
 
@@ -25,5 +27,5 @@ def run(args) -> int:
         print(plot_sensitivity(args.results[0], args.out, title=args.title))
         return 0
     labels = args.labels.split(",") if args.labels else None
-    print(plot_results(args.results, args.out, labels=labels, title=args.title))
+    print(plot_results(args.results, args.out, labels=labels, title=args.title, mixed=args.mixed))
     return 0
