@@ -67,8 +67,10 @@ def write_report(pipe: Pipeline, step: Step) -> int:
         if calibrate:
             path = run / x.name / CALIBRATED
             series.append((f"{x.label} + per-chip calibration", path, read_results(path)))
+    # rram plot itself says "(per-chip calibration, N images)" of a calibrated campaign
     code = cli(["plot", *[str(path) for _, path, _ in series],
-                "--labels", ",".join(label for label, _, _ in series), "--out", str(run / "accuracy.png")]
+                "--labels", ",".join(label.removesuffix(" + per-chip calibration") for label, _, _ in series),
+                "--out", str(run / "accuracy.png")]
                + (["--title", v["report"]["title"]] if v["report"]["title"] else []))
     if code:
         return code
