@@ -115,3 +115,19 @@ def write_imagefolder(root: Path, per_class: int = 2, classes=("cat", "dog", "sh
             for i in range(per_class):
                 Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / f"{i:04d}.png")
     return root
+
+
+def run_cli(capsys, *argv) -> tuple[int, str, str]:
+    """``rram ARGV`` in-process: (exit code, stdout, stderr)."""
+    from toolchain.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_error(err: str) -> str:
+    """The one ``rram: error:`` line a bad input must give (and nothing else on stderr)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("rram: error: "), err
+    return lines[0]

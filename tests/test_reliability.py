@@ -21,22 +21,12 @@ from toolchain.cli import main
 from toolchain.data import CIFAR10_NORM, load_split
 from toolchain.models import ModelSpec, build_model
 
+from conftest import one_line_error, run_cli
+
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
 # ------------------------------------------------------------------ helpers (self-contained)
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("rram: error: "), err
-    return lines[0]
-
 
 def tree(root: Path) -> dict:
     """Every file under root with its bytes: "nothing deleted, overwritten or half-written"."""
@@ -94,7 +84,7 @@ def test_crafted_cifar_batch_runs_no_code(ckpt, tmp_path, capsys):
     batch = root / "cifar-10-batches-py" / "test_batch"
     with open(batch, "wb") as fh:
         pickle.dump({"data": MakesMarker(marker), "labels": [0]}, fh)
-    code, _, err = run(capsys, "eval", "--checkpoint", ckpt, "--data", root, "--no-cache")
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", ckpt, "--data", root, "--no-cache")
     line = one_line_error(err)
     assert code == 2 and str(batch) in line and "refused" in line and "open" in line
     assert not marker.exists()
@@ -106,7 +96,7 @@ def test_cifar_batch_of_the_wrong_type_is_one_line(ckpt, tmp_path, capsys):
     for obj in ([1, 2, 3], {"data": np.zeros((3, 100), np.uint8), "labels": [0, 1, 2]},
                 {"data": np.zeros((2, 3072), np.uint8), "labels": [0, 11]}):
         batch.write_bytes(pickle.dumps(obj))
-        code, _, err = run(capsys, "eval", "--checkpoint", ckpt, "--data", root, "--no-cache")
+        code, _, err = run_cli(capsys, "eval", "--checkpoint", ckpt, "--data", root, "--no-cache")
         line = one_line_error(err)
         assert code == 2 and f"corrupt CIFAR-10 batch file {batch}" in line
 
@@ -121,7 +111,7 @@ def test_hidden_folders_are_not_classes(ckpt, tmp_path, capsys):
     for cache in ("--no-cache", None):
         args = ["eval", "--checkpoint", ckpt, "--data", root, "--json"]
         args += [cache] if cache else ["--cache-dir", tmp_path / "cache"]
-        code, out, err = run(capsys, *args)
+        code, out, err = run_cli(capsys, *args)
         assert code == 0, err
         assert json.loads(out)["images"] == 20  # 10 classes x 2, nothing from the hidden folder
 
@@ -129,14 +119,14 @@ def test_hidden_folders_are_not_classes(ckpt, tmp_path, capsys):
 def test_extra_class_folder_is_refused_naming_the_folders(ckpt, tmp_path, capsys):
     root = image_folder(tmp_path / "d")
     cache = tmp_path / "cache"
-    code, _, err = run(capsys, "eval", "--checkpoint", ckpt, "--data", root, "--cache-dir", cache)
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", ckpt, "--data", root, "--cache-dir", cache)
     assert code == 0, err  # cached with 10 classes: an empty folder must not reuse that entry
     (root / "test" / "zebra").mkdir()
-    code, _, err = run(capsys, "eval", "--checkpoint", ckpt, "--data", root, "--cache-dir", cache)
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", ckpt, "--data", root, "--cache-dir", cache)
     line = one_line_error(err)
     assert code == 2 and "only in test: zebra" in line
     (root / "train" / "zebra").mkdir()
-    code, _, err = run(capsys, "eval", "--checkpoint", ckpt, "--data", root, "--cache-dir", cache)
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", ckpt, "--data", root, "--cache-dir", cache)
     line = one_line_error(err)
     assert code == 2 and "11 classes" in line and "zebra" in line and "10 outputs" in line
 
@@ -144,7 +134,7 @@ def test_extra_class_folder_is_refused_naming_the_folders(ckpt, tmp_path, capsys
 def test_train_with_wrong_class_folders_creates_nothing(tmp_path, capsys):
     root = image_folder(tmp_path / "d", classes=[*CLASSES, "zebra"], per_class=1)
     out = tmp_path / "run"
-    code, _, err = run(capsys, "train", "--model", "resnet20", "--width", "0.25", "--drop-rate", "0.1",
+    code, _, err = run_cli(capsys, "train", "--model", "resnet20", "--width", "0.25", "--drop-rate", "0.1",
                        "--epochs", "1", "--batch-size", "4", "--data", root, "--no-cache", "--out", out)
     line = one_line_error(err)
     assert code == 2 and "11 class folders" in line and "zebra" in line
@@ -159,7 +149,7 @@ def test_validate_with_wrong_class_folders_writes_nothing(tmp_path, capsys):
     art = make_artifact(tmp_path / "art", preset("paper"))  # a 10-class model
     root = image_folder(tmp_path / "d", classes=CLASSES[:3])
     out = tmp_path / "res.json"
-    code, _, err = run(capsys, "validate", art, "--data", root, "--no-cache", "--runs", "1", "--out", out)
+    code, _, err = run_cli(capsys, "validate", art, "--data", root, "--no-cache", "--runs", "1", "--out", out)
     line = one_line_error(err)
     assert code == 2 and "3 classes (airplane, automobile, bird)" in line and "10 outputs" in line
     assert not out.exists()
@@ -168,7 +158,7 @@ def test_validate_with_wrong_class_folders_writes_nothing(tmp_path, capsys):
 def test_recalibrate_with_wrong_class_folders_is_refused(ckpt, tmp_path, capsys):
     root = image_folder(tmp_path / "d", classes=CLASSES[:3])
     out = tmp_path / "rec"
-    code, _, err = run(capsys, "recalibrate", ckpt, "--rates", "0.1", "--data", root, "--no-cache",
+    code, _, err = run_cli(capsys, "recalibrate", ckpt, "--rates", "0.1", "--data", root, "--no-cache",
                        "--out", out, "--batch-size", "2")
     line = one_line_error(err)
     assert code == 2 and "3 classes (airplane, automobile, bird)" in line
@@ -190,7 +180,7 @@ def test_full_disk_in_train_leaves_no_folder(tmp_path, capsys, monkeypatch, fail
     root = cifar_batches(tmp_path / "d", n=4)
     out = tmp_path / "new" / "run"
     monkeypatch.setattr(torch, "save", fail)
-    code, _, err = run(capsys, "train", "--model", "resnet20", "--width", "0.25", "--drop-rate", "0.1",
+    code, _, err = run_cli(capsys, "train", "--model", "resnet20", "--width", "0.25", "--drop-rate", "0.1",
                        "--epochs", "1", "--batch-size", "4", "--data", root, "--no-cache", "--out", out)
     line = one_line_error(err)
     assert code == 2 and str(out / "last.pt") in line
@@ -202,7 +192,7 @@ def test_full_disk_in_recalibrate_keeps_what_was_there(ckpt, tmp_path, capsys, m
     root = cifar_batches(tmp_path / "d", n=4)
     monkeypatch.setattr(torch, "save", fail)
     args = ["recalibrate", ckpt, "--rates", "0.1", "--data", root, "--no-cache", "--batch-size", "4"]
-    code, _, err = run(capsys, *args, "--out", tmp_path / "new" / "rec")
+    code, _, err = run_cli(capsys, *args, "--out", tmp_path / "new" / "rec")
     line = one_line_error(err)
     assert code == 2 and str(tmp_path / "new" / "rec" / "recalibrated.pt") in line
     assert not (tmp_path / "new").exists()
@@ -210,7 +200,7 @@ def test_full_disk_in_recalibrate_keeps_what_was_there(ckpt, tmp_path, capsys, m
     old = tmp_path / "old"
     old.mkdir()
     (old / "recalibrated.pt").write_bytes(b"previous result")
-    code, _, err = run(capsys, *args, "--out", old)
+    code, _, err = run_cli(capsys, *args, "--out", old)
     assert code == 2 and str(old / "recalibrated.pt") in one_line_error(err)
     assert tree(old) == {"recalibrated.pt": b"previous result"}
 
@@ -219,24 +209,24 @@ def test_full_disk_in_recalibrate_keeps_what_was_there(ckpt, tmp_path, capsys, m
 
 @pytest.mark.parametrize("command", ["eval", "export", "passes", "recalibrate", "train", "validate"])
 def test_seed_is_bounded_and_its_range_documented(command, capsys):
-    code, _, err = run(capsys, command, "--seed", str(2**70))
+    code, _, err = run_cli(capsys, command, "--seed", str(2**70))
     line = one_line_error(err)
     assert code == 2 and "--seed" in line and "2**32" in line
-    code, _, err = run(capsys, command, "--seed", str(2**32))
+    code, _, err = run_cli(capsys, command, "--seed", str(2**32))
     assert code == 2 and "2**32" in one_line_error(err)
     assert main([command, "--help"]) == 0
     assert "0 <= seed < 2**32" in " ".join(capsys.readouterr().out.split())
 
 
 def test_export_with_a_huge_seed_writes_nothing(ckpt, tmp_path, capsys):
-    code, _, err = run(capsys, "export", ckpt, "--out", tmp_path / "m.onnx", "--seed", str(2**70))
+    code, _, err = run_cli(capsys, "export", ckpt, "--out", tmp_path / "m.onnx", "--seed", str(2**70))
     assert code == 2 and "--seed" in one_line_error(err)
     assert not (tmp_path / "m.onnx").exists()
 
 
 def test_largest_seed_runs(ckpt, tmp_path, capsys):
     root = cifar_batches(tmp_path / "d", n=4)
-    code, out, err = run(capsys, "eval", "--checkpoint", ckpt, "--data", root, "--no-cache", "--json",
+    code, out, err = run_cli(capsys, "eval", "--checkpoint", ckpt, "--data", root, "--no-cache", "--json",
                          "--sa1", "0.1", "--seed", str(2**32 - 1))
     assert code == 0, err
     assert json.loads(out)["seed"] == 2**32 - 1
@@ -246,18 +236,18 @@ def test_largest_seed_runs(ckpt, tmp_path, capsys):
 
 def test_eval_refuses_images_of_the_wrong_size(ckpt, tmp_path, capsys):
     root = image_folder(tmp_path / "d", size=64, per_class=1)
-    code, out, err = run(capsys, "eval", "--checkpoint", ckpt, "--data", root, "--no-cache")
+    code, out, err = run_cli(capsys, "eval", "--checkpoint", ckpt, "--data", root, "--no-cache")
     line = one_line_error(err)
     assert code == 2 and "3x32x32" in line and "3x64x64" in line and out == ""
 
 
 def test_negative_zero_rate_is_recorded_as_zero(ckpt, tmp_path, capsys):
     root = cifar_batches(tmp_path / "d", n=4)
-    code, out, err = run(capsys, "eval", "--checkpoint", ckpt, "--data", root, "--no-cache", "--json",
+    code, out, err = run_cli(capsys, "eval", "--checkpoint", ckpt, "--data", root, "--no-cache", "--json",
                          "--sa1", "-0")
     assert code == 0, err
     assert "-0.0" not in out and math.copysign(1.0, json.loads(out)["sa1"]) == 1.0
-    code, out, err = run(capsys, "recalibrate", ckpt, "--rates=-0,0.1", "--data", root, "--no-cache",
+    code, out, err = run_cli(capsys, "recalibrate", ckpt, "--rates=-0,0.1", "--data", root, "--no-cache",
                          "--batch-size", "4", "--out", tmp_path / "rec", "--json")
     assert code == 0, err
     assert json.loads(out)["rates"] == ["0.0", "0.1"]
@@ -275,7 +265,7 @@ def test_malicious_checkpoint_is_named_as_such(tmp_path, capsys, payload):
     marker = tmp_path / "marker"
     path = tmp_path / "evil.pt"
     torch.save({"state_dict": payload(marker)}, path)
-    code, _, err = run(capsys, "eval", "--checkpoint", path, "--model", "resnet20")
+    code, _, err = run_cli(capsys, "eval", "--checkpoint", path, "--model", "resnet20")
     line = one_line_error(err)
     assert code == 2 and "weights_only" in line and "holds code or objects" in line
     assert "not a valid pickle" not in line and not marker.exists()
@@ -295,7 +285,7 @@ def test_unwritable_cache_runs_uncached_with_a_note(ckpt, tmp_path, capsys, monk
 
     monkeypatch.setattr(tempfile, "mkstemp", read_only)
     try:
-        code, out, err = run(capsys, "eval", "--checkpoint", ckpt, "--data", root, "--cache-dir", cache)
+        code, out, err = run_cli(capsys, "eval", "--checkpoint", ckpt, "--data", root, "--cache-dir", cache)
     finally:
         cache.chmod(0o755)
     assert code == 0 and "top-1" in out
@@ -319,17 +309,17 @@ def test_merge_does_not_overwrite_another_campaign(tmp_path, capsys):
     other = tmp_path / "other.json"
     other.write_text(json.dumps(_results(1)))
     before = other.read_bytes()
-    code, _, err = run(capsys, "merge", shard, "--out", other)
+    code, _, err = run_cli(capsys, "merge", shard, "--out", other)
     line = one_line_error(err)
     assert code == 2 and str(other) in line and "choose another --out" in line
     assert other.read_bytes() == before
     (tmp_path / "notes.txt").write_text("mine")
-    code, _, err = run(capsys, "merge", shard, "--out", tmp_path / "notes.txt")
+    code, _, err = run_cli(capsys, "merge", shard, "--out", tmp_path / "notes.txt")
     assert code == 2 and (tmp_path / "notes.txt").read_text() == "mine"
     # a merge of the same campaign may be replaced (re-merging as more shards finish)
-    code, _, err = run(capsys, "merge", shard, "--out", tmp_path / "merged.json")
+    code, _, err = run_cli(capsys, "merge", shard, "--out", tmp_path / "merged.json")
     assert code == 0, err
-    code, _, err = run(capsys, "merge", shard, "--out", tmp_path / "merged.json")
+    code, _, err = run_cli(capsys, "merge", shard, "--out", tmp_path / "merged.json")
     assert code == 0, err
 
 
@@ -358,7 +348,7 @@ def test_python2_numpy1_batch_files_still_load(tmp_path, capsys, ckpt):
         raw = buf.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
         assert b"numpy.core.multiarray\n_reconstruct" in raw and b"_codecs" not in raw
         (folder / name).write_bytes(raw)
-    code, out, err = run(capsys, "eval", "--checkpoint", ckpt, "--data", tmp_path / "d", "--no-cache", "--json")
+    code, out, err = run_cli(capsys, "eval", "--checkpoint", ckpt, "--data", tmp_path / "d", "--no-cache", "--json")
     assert code == 0, err
     assert json.loads(out)["images"] == 20
     split = load_split(tmp_path / "d", "test", use_cache=False)

@@ -20,21 +20,9 @@ import torch
 from toolchain.cli import main
 
 from _runtime_helpers import export_torch, make_artifact, make_images, tiny_model, write_cifar_batches
-from conftest import ROOT
+from conftest import ROOT, one_line_error, run_cli
 
 # ------------------------------------------------------------------ helpers
-
-def run(capsys, *argv) -> tuple[int, str, str]:
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def one_line_error(err: str) -> str:
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("rram: error: "), err
-    return lines[0]
-
 
 def tree(root: Path) -> dict:
     """Every file and folder under root, files with their sha256: "nothing deleted or overwritten"."""
@@ -57,18 +45,18 @@ def test_force_never_replaces_the_folder_holding_the_input(float_onnx, tmp_path,
     (work / "m.onnx").write_bytes(float_onnx.read_bytes())
     (work / "notes.txt").write_text("mine")
     before = tree(tmp_path)
-    code, _, err = run(capsys, "quantize", work / "m.onnx", work, "--force")
+    code, _, err = run_cli(capsys, "quantize", work / "m.onnx", work, "--force")
     line = one_line_error(err)
     assert code == 2 and str(work) in line and "input" in line
     # the issue's case: OUT is the current directory ("."), which holds the input
     monkeypatch.chdir(work)
-    code, _, err = run(capsys, "quantize", "m.onnx", ".", "--force")
+    code, _, err = run_cli(capsys, "quantize", "m.onnx", ".", "--force")
     assert code == 2 and "refusing to replace ." in one_line_error(err)
     # a parent of the current directory, the input elsewhere
     sub = work / "sub"
     sub.mkdir()
     monkeypatch.chdir(sub)
-    code, _, err = run(capsys, "quantize", float_onnx, "..", "--force")
+    code, _, err = run_cli(capsys, "quantize", float_onnx, "..", "--force")
     assert code == 2 and "current directory" in one_line_error(err)
     sub.rmdir()
     assert tree(tmp_path) == before  # nothing deleted, no "..xxxx.old" folder left
@@ -76,22 +64,22 @@ def test_force_never_replaces_the_folder_holding_the_input(float_onnx, tmp_path,
 
 def test_force_replaces_only_a_previous_artifact(float_onnx, tmp_path, capsys):
     out = tmp_path / "art"
-    code, _, err = run(capsys, "quantize", float_onnx, out)
+    code, _, err = run_cli(capsys, "quantize", float_onnx, out)
     assert code == 0, err
     (out / "results.json").write_text("a campaign")  # no longer only the artifact's own files
     before = tree(tmp_path)
-    code, _, err = run(capsys, "quantize", float_onnx, out, "--force")
+    code, _, err = run_cli(capsys, "quantize", float_onnx, out, "--force")
     line = one_line_error(err)
     assert code == 2 and "not a previous artifact" in line and "results.json" in line
     assert tree(tmp_path) == before
     other = tmp_path / "other"  # a folder without a conductance map
     other.mkdir()
     (other / "model.onnx").write_text("not an artifact")
-    code, _, err = run(capsys, "quantize", float_onnx, other, "--force")
+    code, _, err = run_cli(capsys, "quantize", float_onnx, other, "--force")
     assert code == 2 and "no crossbars.json" in one_line_error(err)
     assert (other / "model.onnx").read_text() == "not an artifact"
     (out / "results.json").unlink()
-    code, _, err = run(capsys, "quantize", float_onnx, out, "--force", "--bits-per-cell", "4")
+    code, _, err = run_cli(capsys, "quantize", float_onnx, out, "--force", "--bits-per-cell", "4")
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["art", "other"]
 
@@ -99,7 +87,7 @@ def test_force_replaces_only_a_previous_artifact(float_onnx, tmp_path, capsys):
 def test_failed_replacement_leaves_the_old_artifact_and_no_temporary_folder(float_onnx, tmp_path, capsys,
                                                                             monkeypatch):
     out = tmp_path / "art"
-    assert run(capsys, "quantize", float_onnx, out)[0] == 0
+    assert run_cli(capsys, "quantize", float_onnx, out)[0] == 0
     before = tree(tmp_path)
     real = os.replace
 
@@ -109,7 +97,7 @@ def test_failed_replacement_leaves_the_old_artifact_and_no_temporary_folder(floa
         return real(src, dst)
 
     monkeypatch.setattr(os, "replace", fail_swap_in)
-    code, _, err = run(capsys, "quantize", float_onnx, out, "--force", "--bits-per-cell", "4")
+    code, _, err = run_cli(capsys, "quantize", float_onnx, out, "--force", "--bits-per-cell", "4")
     line = one_line_error(err)
     assert code == 2 and f"cannot write {out}" in line
     assert tree(tmp_path) == before
@@ -119,14 +107,14 @@ def test_full_disk_in_quantize_force_names_the_folder(float_onnx, tmp_path, caps
     import runtime.artifact.folder as folder
 
     out = tmp_path / "art"
-    assert run(capsys, "quantize", float_onnx, out)[0] == 0
+    assert run_cli(capsys, "quantize", float_onnx, out)[0] == 0
     before = tree(tmp_path)
 
     def enospc(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(folder, "save_map", enospc)
-    code, _, err = run(capsys, "quantize", float_onnx, out, "--force")
+    code, _, err = run_cli(capsys, "quantize", float_onnx, out, "--force")
     line = one_line_error(err)
     assert code == 2 and f"cannot write {out}: No space left on device" in line
     assert tree(tmp_path) == before
@@ -164,17 +152,17 @@ def test_second_writer_of_a_results_file_is_refused(art, cifar, tmp_path, capsys
     out = tmp_path / "res.json"
     holder = _hold_lock(out)
     try:
-        code, _, err = run(capsys, *_validate(art, cifar, out))
+        code, _, err = run_cli(capsys, *_validate(art, cifar, out))
         line = one_line_error(err)
         assert code == 2 and f"process {holder.pid}" in line and str(out) in line
         assert not out.exists()
-        code, _, err = run(capsys, *_validate(art, cifar, out, "--resume"))
+        code, _, err = run_cli(capsys, *_validate(art, cifar, out, "--resume"))
         assert code == 2 and f"process {holder.pid}" in one_line_error(err)
     finally:
         holder.kill()  # SIGKILL: its lock file stays behind, naming a dead process
         holder.wait()
     assert (tmp_path / "res.json.lock").read_text().split()[0] == str(holder.pid)
-    code, _, err = run(capsys, *_validate(art, cifar, out))
+    code, _, err = run_cli(capsys, *_validate(art, cifar, out))
     assert code == 0, err  # the stale lock is taken over
     assert json.loads(out.read_text())["complete"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["res.json"]  # released on exit
@@ -192,13 +180,13 @@ def test_second_writer_of_a_measured_chip_result_is_refused(art, cifar, tmp_path
     args = ["validate", art, "--data", cifar, "--no-cache", "--fault-map", fault_map, "--out", out]
     holder = _hold_lock(out)
     try:
-        code, _, err = run(capsys, *args)
+        code, _, err = run_cli(capsys, *args)
         assert code == 2 and f"process {holder.pid}" in one_line_error(err)
         assert not out.exists()
     finally:
         holder.kill()
         holder.wait()
-    code, _, err = run(capsys, *args)
+    code, _, err = run_cli(capsys, *args)
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chip.npz", "res.json"]
 
@@ -206,7 +194,7 @@ def test_second_writer_of_a_measured_chip_result_is_refused(art, cifar, tmp_path
 def test_stale_lock_naming_a_dead_pid_is_taken_over(art, cifar, tmp_path, capsys):
     out = tmp_path / "res.json"
     (tmp_path / "res.json.lock").write_text("999999999 nowhere\n")  # above any pid_max
-    code, _, err = run(capsys, *_validate(art, cifar, out))
+    code, _, err = run_cli(capsys, *_validate(art, cifar, out))
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["res.json"]
 
@@ -221,13 +209,13 @@ def test_lock_is_released_on_error_and_interrupt(art, cifar, tmp_path, capsys, m
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Engine, "chip_accuracy", interrupted)
-    assert run(capsys, *_validate(art, cifar, out))[0] == 130
+    assert run_cli(capsys, *_validate(art, cifar, out))[0] == 130
     assert sorted(p.name for p in out.parent.iterdir()) == ["res.json"]  # the clean accuracies so far
-    code, _, err = run(capsys, *_validate(art, cifar, out))  # exists without --resume: an error
+    code, _, err = run_cli(capsys, *_validate(art, cifar, out))  # exists without --resume: an error
     assert code == 2 and "--resume" in one_line_error(err)
     assert sorted(p.name for p in out.parent.iterdir()) == ["res.json"]
     monkeypatch.undo()
-    code, _, err = run(capsys, *_validate(art, cifar, out, "--resume"))
+    code, _, err = run_cli(capsys, *_validate(art, cifar, out, "--resume"))
     assert code == 0, err
     assert sorted(p.name for p in out.parent.iterdir()) == ["res.json"]
 
@@ -258,25 +246,25 @@ def test_progress_lines_for_batch_jobs_and_the_same_chips(art, cifar, tmp_path, 
 
     out = tmp_path / "res.json"
     monkeypatch.setattr(campaign, "PROGRESS_SECONDS", 0.0)
-    code, _, err = run(capsys, *_validate(art, cifar, out, "--shard", "2/3"))
+    code, _, err = run_cli(capsys, *_validate(art, cifar, out, "--shard", "2/3"))
     assert code == 0, err
     lines = [x for x in err.splitlines() if x.startswith("validate: ")]
     assert [x.split(",")[0] for x in lines] == ["validate: 1/1 chips"]  # jobs 1 (r=1) of 0..1
     assert list(json.loads(out.read_text())["rates"][0]["runs"]) == ["1"]
     monkeypatch.setattr(campaign, "PROGRESS_SECONDS", 1e9)  # a short job: no line at all
-    code, _, err = run(capsys, *_validate(art, cifar, tmp_path / "all.json", "--runs", "3"))
+    code, _, err = run_cli(capsys, *_validate(art, cifar, tmp_path / "all.json", "--runs", "3"))
     assert code == 0 and "chips," not in err
 
 
 def test_summary_counts_only_the_chips_that_ran(art, cifar, tmp_path, capsys):
     out = tmp_path / "res.json"
-    code, stdout, err = run(capsys, *_validate(art, cifar, out, "--sa1", "0,0.1"))
+    code, stdout, err = run_cli(capsys, *_validate(art, cifar, out, "--sa1", "0,0.1"))
     assert code == 0, err
     timing = json.loads(out.read_text())["timing"]
     assert (timing["runs"], timing["ran"], timing["reused"]) == (4, 2, 2)
     assert re.search(r"^2 chips run in [\d.]+ s \(2 fault-free, reused without running\): [\d.]+ chips/s, "
                      r"\d+ images/s$", stdout, re.M), stdout
-    code, stdout, err = run(capsys, "merge", out, "--out", tmp_path / "merged.json")
+    code, stdout, err = run_cli(capsys, "merge", out, "--out", tmp_path / "merged.json")
     assert code == 0, err
     assert json.loads((tmp_path / "merged.json").read_text())["timing"]["reused"] == 2
     assert "2 chips run in" in stdout
@@ -308,7 +296,7 @@ def test_edited_crossbar_map_is_refused(art, cifar, tmp_path, capsys, case, expe
     _edit_map(doc, case)
     (edited / "crossbars.json").write_text(json.dumps(doc))
     out = tmp_path / "res.json"
-    code, _, err = run(capsys, *_validate(edited, cifar, out, "--sa0", "0.1"))
+    code, _, err = run_cli(capsys, *_validate(edited, cifar, out, "--sa0", "0.1"))
     line = one_line_error(err)
     assert code == 2 and expected in line, line
     assert str(edited) in line  # names the file (or the model.onnx it disagrees with)
@@ -322,7 +310,7 @@ def test_levels_of_the_wrong_type_say_so(art, cifar, tmp_path, capsys):
         arrays = dict(z)
     arrays["L0000.levels"] = arrays["L0000.levels"].astype(np.int16)  # same shape, other type
     np.savez(edited / "crossbars.npz", **arrays)
-    code, _, err = run(capsys, *_validate(edited, cifar, tmp_path / "res.json"))
+    code, _, err = run_cli(capsys, *_validate(edited, cifar, tmp_path / "res.json"))
     line = one_line_error(err)
     assert code == 2 and "levels are int16, not uint8" in line and str(edited / "crossbars.npz") in line
     assert "the map says" not in line
@@ -458,7 +446,7 @@ def test_every_writing_command_keeps_what_is_there(command, case, workspace, tmp
     else:
         out = (inp if inp.is_dir() else inp.parent) / f"new{suffix}"
     before = tree(ws)
-    code, _, err = run(capsys, *_argv(command, ws, out))
+    code, _, err = run_cli(capsys, *_argv(command, ws, out))
     monkeypatch.undo()
     after = tree(ws)
     if code == 0:
