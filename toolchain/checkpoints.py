@@ -9,8 +9,10 @@ Own format (a plain dict, loadable with ``torch.load(..., weights_only=True)``):
      "meta": {...}}                                                 # training info (optional)
 
 Foreign files: a bare state dict or ``{"state_dict": ...}`` (akamaster's), with an optional
-``module.`` prefix from DataParallel. The architecture comes from ``--model`` or from the named
-registry entry whose SHA-256 prefix matches the file.
+``module.`` prefix from DataParallel. The architecture comes from ``--model`` (a built-in name or
+``package.module:factory``) or from the named registry entry whose SHA-256 prefix matches the file.
+A foreign file records no image size: it is taken as 32x32 until a command with data
+(``eval``, ``recalibrate``, ``train``) adopts the data's (``Checkpoint.imported``).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import pickle
 import re
 import shutil
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,9 +29,9 @@ import torch.nn as nn
 
 from runtime.fileio import atomic_path, file_sha256
 
-from .data import IMAGENET_NORM, Normalization
+from .data import IMAGE_SIZE, IMAGENET_NORM, Normalization
 from .errors import UserError
-from .models import ModelSpec, build_model
+from .models import ModelSpec, build_model, call_factory, is_factory, probe_outputs, resolve_factory
 
 FORMAT = "rram-toolchain-checkpoint"
 VERSION = 1
@@ -67,6 +69,7 @@ class Checkpoint:
     bn_stats: dict  # rate string -> {buffer name: tensor}
     meta: dict
     source: str = ""
+    imported: bool = False  # read from a foreign file just now: its image size is not recorded
 
     def build(self) -> nn.Module:
         """The model with the checkpoint's weights (and its own BN statistics)."""
@@ -151,6 +154,8 @@ def load_checkpoint(ref: str | os.PathLike, *, model: str | None = None, width: 
     """Load our own checkpoint or import a foreign one; explicit options override/complete it."""
     if model is not None:
         ModelSpec(model)  # an unknown name fails here, before any file is read
+        if is_factory(model):
+            resolve_factory(model)  # so does a factory that does not import
     path, known = resolve_checkpoint(ref, download=download)
     obj = _torch_load(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
@@ -172,15 +177,30 @@ def load_checkpoint(ref: str | os.PathLike, *, model: str | None = None, width: 
         known = next((k for k in KNOWN_CHECKPOINTS.values() if digest.startswith(k.sha256_prefix)), None)
     if model is None and known is None:
         raise UserError(f"{path} is a foreign checkpoint: pass --model to say its architecture")
-    base = known.spec if known is not None else ModelSpec(model)
-    spec = ModelSpec(model or base.name,
-                     width if width is not None else base.width,
-                     shortcut or base.shortcut,
-                     bool(padded) if padded is not None else base.padded)
+    if is_factory(model or ""):
+        if width is not None or shortcut is not None:
+            raise UserError(f"--width and --shortcut are for the built-in models; {model} builds its own "
+                            f"architecture")
+        # its output count is the model's own: measured on a CIFAR-sized batch (no data here)
+        classes = probe_outputs(call_factory(model), IMAGE_SIZE, f"--model {model}")
+        spec = ModelSpec(model, padded=bool(padded), num_classes=classes)
+    else:
+        base = known.spec if known is not None else ModelSpec(model)
+        spec = ModelSpec(model or base.name,
+                         width if width is not None else base.width,
+                         shortcut or base.shortcut,
+                         bool(padded) if padded is not None else base.padded)
     norm = normalization or (known.normalization if known else None)
     if norm is None:
         raise UserError(f"{path} records no input normalisation: pass --mean and --std")
-    return Checkpoint(spec, norm, state, {}, {"imported_from": str(path)}, str(path))
+    return Checkpoint(spec, norm, state, {}, {"imported_from": str(path)}, str(path), imported=True)
+
+
+def adopt_image_size(ckpt: Checkpoint, size: tuple[int, int]) -> None:
+    """A checkpoint imported from a foreign file records no image size: it takes its data's
+    (``size``, H x W), so that the checkpoints and ONNX models written from it record that one."""
+    if ckpt.imported and tuple(size) != ckpt.spec.image_size:
+        ckpt.spec = replace(ckpt.spec, image_size=tuple(size))
 
 
 def _check_finite(tensors: dict, where: str) -> None:

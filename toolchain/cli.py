@@ -2,7 +2,8 @@
 with ``add_parser(subparsers)`` and ``run(args) -> int``.
 
 Every user-facing problem (a ``runtime.errors.RramError``: UserError, PassError, RuntimeInputError)
-is printed as one line, ``rram: error: ...``, with exit status 2 and no traceback.
+is printed as one line, ``rram: error: ...``, with exit status 2 and no traceback. ``run(argv)``
+does the same work and raises instead (``toolchain.api`` builds on it).
 """
 from __future__ import annotations
 
@@ -23,6 +24,15 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"rram: error: {message} (see `{self.prog} --help`)\n")
 
 
+class RaisingParser(OneLineParser):
+    """For ``run``: a bad argument is a UserError (``--help`` and ``--version`` still exit)."""
+
+    def error(self, message: str):
+        from .errors import UserError
+
+        raise UserError(f"{message} (see `{self.prog} --help`)")
+
+
 class DefaultsFormatter(argparse.HelpFormatter):
     """Each option's help ends with its default, unless the text already says it, or there is
     none to say (a flag that is off, an option with no default value)."""
@@ -37,8 +47,8 @@ class DefaultsFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = OneLineParser(
+def build_parser(parser_class: type[argparse.ArgumentParser] = OneLineParser) -> argparse.ArgumentParser:
+    parser = parser_class(
         prog="rram", description="Deploy DNNs to RRAM crossbars with fault-aware (drop-connect) training.")
     parser.add_argument("--version", action="version", version=f"rram {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -57,6 +67,14 @@ def version() -> str:
         return package_version("rram-toolchain")
     except PackageNotFoundError:  # run from a checkout that was not installed
         return "unknown (not installed)"
+
+
+def run(argv: list[str]) -> int:
+    """``rram ARGV`` in this process, raising instead of printing: a bad argument or bad input is
+    a ``RramError`` (``UserError`` for arguments), a failed read or write an ``OSError``. Returns
+    the command's exit status (0 on success; ``rram pipeline`` may return another)."""
+    args = build_parser(RaisingParser).parse_args([str(a) for a in argv])
+    return int(args.func(args) or 0)
 
 
 def main(argv: list[str] | None = None) -> int:

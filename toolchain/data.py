@@ -36,7 +36,8 @@ SPLITS = ("train", "test")
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 CIFAR_BATCH_DIR = "cifar-10-batches-py"
 CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}
-IMAGE_SIZE = (32, 32)  # (H, W) the models are trained and exported for (toolchain/export.py)
+IMAGE_SIZE = (32, 32)  # (H, W) of CIFAR-10: the built-in models' size, and that of a checkpoint that
+#                       records none (a model trained here records its data's: ModelSpec.image_size)
 
 
 def default_cache_dir() -> Path:
@@ -283,6 +284,31 @@ def check_for_model(split: Split, num_classes: int, what: str = "the model", *,
     if image_size is not None and (h, w) != tuple(image_size):
         raise UserError(f"{what} takes images of 3x{image_size[0]}x{image_size[1]} (C x H x W), the "
                         f"data holds 3x{h}x{w}")
+
+
+def image_size_of(data: str | os.PathLike | None) -> tuple[int, int] | None:
+    """(H, W) of the data's images without decoding the split (one image's header for an
+    ImageFolder; 32x32 for CIFAR-10 batch files), or None when the data cannot be found (the
+    loading reports that). ``load_split`` checks that every image has this one size."""
+    try:
+        layout, folder = detect_layout(resolve_data_root(data))
+    except UserError:
+        return None
+    if layout != "imagefolder":
+        return (32, 32)
+    from PIL import Image
+
+    for split in SPLITS:
+        try:
+            first = _source_files(layout, folder, split)[0]
+        except UserError:
+            continue
+        try:
+            with Image.open(first) as im:
+                return (im.height, im.width)
+        except OSError as e:
+            raise UserError(f"cannot decode image {first}: {e}") from None
+    return None
 
 
 def check_class_folders(data: str | os.PathLike | None, num_classes: int, what: str = "the model") -> None:

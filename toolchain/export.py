@@ -10,7 +10,8 @@
 - For every rate r in ``rram.bn_stats_rates`` and every BN node with mean/var initializers M, V:
   extra graph initializers ``M@rate=r`` and ``V@rate=r`` (consumed by no node).
 
-Input ``input`` (N, 3, H, W) float32, normalised; output ``logits`` (N, classes); batch dynamic.
+Input ``input`` (N, 3, H, W) float32, normalised, H x W the checkpoint's ``ModelSpec.image_size``
+(its training data's; 32x32 for CIFAR-10); output ``logits`` (N, classes); batch dynamic.
 """
 from __future__ import annotations
 
@@ -93,7 +94,8 @@ def export_onnx(ckpt: Checkpoint, out: str | os.PathLike, *, rate: str | None = 
     tables = {r: (stats[r] if stats[r] is not None else bn_stats_of(model)) for r in
               (rates if all_rates else [rate])}
 
-    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed))
+    size = ckpt.spec.image_size  # the data's (H, W) the model was trained on; 32x32 by default
+    x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(seed))
     buf = io.BytesIO()
     with torch.no_grad(), warnings.catch_warnings():
         # the TorchScript path is deprecated in favour of dynamo, which folds BN into Conv
@@ -134,7 +136,7 @@ def export_onnx(ckpt: Checkpoint, out: str | os.PathLike, *, rate: str | None = 
     onx.producer_name = "rram-toolchain"
     onnx.checker.check_model(onx, full_check=True)
 
-    diff = compare_with_torch(onx, model, seed=seed, batch=check_batch)
+    diff = compare_with_torch(onx, model, seed=seed, batch=check_batch, image_size=size)
     if not diff <= TOLERANCE:
         raise RuntimeError(f"exported model differs from PyTorch: max abs difference {diff:.3g}")
     atomic_write_bytes(Path(out), onx.SerializeToString())
@@ -143,8 +145,8 @@ def export_onnx(ckpt: Checkpoint, out: str | os.PathLike, *, rate: str | None = 
 
 
 def compare_with_torch(onx: onnx.ModelProto, model: torch.nn.Module, *, seed: int = 0,
-                       batch: int = 4) -> float:
-    x = torch.randn(batch, 3, 32, 32, generator=torch.Generator().manual_seed(seed + 1))
+                       batch: int = 4, image_size: tuple[int, int] = (32, 32)) -> float:
+    x = torch.randn(batch, 3, *image_size, generator=torch.Generator().manual_seed(seed + 1))
     with torch.no_grad():
         ref = model(x).numpy()
     sess = make_session(onx.SerializeToString())  # warnings off: the per-rate initializers are unused by design

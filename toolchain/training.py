@@ -175,10 +175,12 @@ def random_subset(split: Split, n: int | None, seed: int) -> Split:
 def _initial_model(cfg: TrainConfig):
     """(model, spec, normalization, init meta) from scratch or from --init."""
     if cfg.init:
-        ckpt = load_checkpoint(cfg.init, model=cfg.spec.name, width=cfg.spec.width,
-                               shortcut=cfg.spec.shortcut, normalization=cfg.init_normalization)
+        own = cfg.spec.is_factory  # a factory model takes no width/shortcut
+        ckpt = load_checkpoint(cfg.init, model=cfg.spec.name, width=None if own else cfg.spec.width,
+                               shortcut=None if own else cfg.spec.shortcut,
+                               normalization=cfg.init_normalization)
         model = ckpt.build()
-        spec = ckpt.spec
+        spec = replace(ckpt.spec, image_size=cfg.spec.image_size)  # the size of the data it is tuned on
         if cfg.spec.padded and not spec.padded:
             pad_1x1_to_3x3(model)  # function-preserving, so fine-tuning starts from the same outputs
             spec = replace(spec, padded=True)

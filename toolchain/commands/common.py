@@ -128,10 +128,14 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="allow downloads (torchvision CIFAR-10, named checkpoints); needs internet")
 
 
+MODEL_HELP = (f"architecture: {', '.join(MODEL_NAMES)}, or package.module:factory (any importable "
+              f"callable returning a torch.nn.Module)")
+
+
 def add_model_args(p: argparse.ArgumentParser, *, checkpoint_required: bool = True) -> None:
     p.add_argument("--model", choices=None, default=None, metavar="NAME",
-                   help=f"architecture: {', '.join(MODEL_NAMES)} (read from our own checkpoints)")
-    p.add_argument("--width", type=positive_float, default=None, help="width multiplier")
+                   help=MODEL_HELP + " (read from our own checkpoints)")
+    p.add_argument("--width", type=positive_float, default=None, help="width multiplier (built-in models)")
     p.add_argument("--shortcut", choices=["A", "B"], default=None, help="resnet20 shortcut option")
     # SUPPRESS: an absent positional must not overwrite the hidden alias's value (read it with
     # getattr(args, "checkpoint", None); set_defaults would undo the SUPPRESS)

@@ -9,7 +9,7 @@ from runtime.calibration import calibration_indices
 from runtime.results import summarize
 
 from ..calibrate import calibrate_bn, restored_bn
-from ..checkpoints import load_checkpoint
+from ..checkpoints import adopt_image_size, load_checkpoint
 from ..data import check_for_model, load_split, normalize, to_float_nchw
 from ..dropconnect import check_rate, derive_seed, rate_key, sa1_faults, sample_sa1_masks
 from ..errors import UserError
@@ -75,7 +75,9 @@ def run(args) -> int:
         apply_bn_stats(model, ckpt.bn_stats[key])
     split = load_split(args.data, args.split, cache_dir=args.cache_dir, use_cache=not args.no_cache,
                        download=args.download).subset(args.images)
-    check_for_model(split, ckpt.spec.num_classes, f"the model ({ckpt.spec.describe()})")
+    adopt_image_size(ckpt, split.images.shape[1:3])
+    check_for_model(split, ckpt.spec.num_classes, f"the model ({ckpt.spec.describe()})",
+                    image_size=ckpt.spec.image_size)
     calib = None
     if args.calibrate is not None:
         train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache,

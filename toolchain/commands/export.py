@@ -6,13 +6,13 @@ from runtime.fileio import check_output_path
 from ..checkpoints import load_checkpoint
 from ..dropconnect import check_rate, rate_key
 from ..export import export_onnx
-from .common import add_normalization_args, emit, hidden_alias, normalization_from_args, rate, seed
+from .common import MODEL_HELP, add_normalization_args, emit, hidden_alias, normalization_from_args, rate, seed
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("export", help="export to ONNX with per-rate BN statistics")
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint path or known name")
-    p.add_argument("--model", default=None, help="architecture of a foreign checkpoint")
+    p.add_argument("--model", default=None, metavar="NAME", help=MODEL_HELP + " of a foreign checkpoint")
     p.add_argument("--bn-rate", type=rate, default=None, metavar="P",
                    help="BN statistics of this fault rate go into the BN nodes (default: the checkpoint's own)")
     hidden_alias(p, "--rate", "bn_rate", type=rate)

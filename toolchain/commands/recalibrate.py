@@ -6,13 +6,14 @@ from pathlib import Path
 
 from runtime.fileio import check_output_path
 
-from ..checkpoints import load_checkpoint, save_checkpoint
+from ..checkpoints import adopt_image_size, load_checkpoint, save_checkpoint
 from ..data import check_for_model, load_split
 from ..dropconnect import check_rate, rate_key
 from ..errors import UserError
 from ..recalibrate import recalibrate_bn
 from ..training import random_subset, resolve_device
 from .common import (
+    MODEL_HELP,
     add_data_args,
     add_normalization_args,
     emit,
@@ -37,7 +38,7 @@ def parse_rates(text: str) -> list[float]:
 def add_parser(sub) -> None:
     p = sub.add_parser("recalibrate", help="re-estimate BN statistics per expected fault rate")
     p.add_argument("checkpoint", metavar="CKPT", help="checkpoint path or known name")
-    p.add_argument("--model", default=None, help="architecture of a foreign checkpoint")
+    p.add_argument("--model", default=None, metavar="NAME", help=MODEL_HELP + " of a foreign checkpoint")
     p.add_argument("--bn-rate", default=None, metavar="P[,P...]",  # required (checked in run: an alias exists)
                    help="fault rates to re-estimate BN statistics for, comma-separated, e.g. 0,0.1,0.2,0.3")
     hidden_alias(p, "--rates", "bn_rate")
@@ -67,11 +68,13 @@ def run(args) -> int:
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, model=args.model, download=args.download,
                            normalization=normalization_from_args(args))
+    model = ckpt.build().to(device)  # a mismatched checkpoint (or a failing factory) before the data
     split = random_subset(load_split(args.data, "train", cache_dir=args.cache_dir,
                                      use_cache=not args.no_cache, download=args.download),
                           args.images, args.seed)
-    check_for_model(split, ckpt.spec.num_classes, f"the model ({ckpt.spec.describe()})")
-    model = ckpt.build().to(device)
+    adopt_image_size(ckpt, split.images.shape[1:3])
+    check_for_model(split, ckpt.spec.num_classes, f"the model ({ckpt.spec.describe()})",
+                    image_size=ckpt.spec.image_size)
     t0 = time.perf_counter()
     for r in rates:
         ckpt.bn_stats[rate_key(r)] = recalibrate_bn(model, split, ckpt.normalization, r,

@@ -11,11 +11,12 @@ from pathlib import Path
 
 from runtime.fileio import check_output_path
 
-from ..data import check_class_folders
+from ..data import check_class_folders, image_size_of
 from ..errors import UserError
-from ..models import MODEL_NAMES, ModelSpec
+from ..models import ModelSpec, model_for_data
 from ..training import TrainConfig, train
 from .common import (
+    MODEL_HELP,
     add_data_args,
     add_normalization_args,
     hidden_alias,
@@ -30,10 +31,11 @@ from .common import (
 
 def add_parser(sub) -> None:
     p = sub.add_parser("train", help="fault-aware training with drop-connect (also fine-tuning)")
-    p.add_argument("--model", required=True, choices=MODEL_NAMES, help="architecture")
-    p.add_argument("--width", type=positive_float, default=1.0, help="width multiplier (widening)")
+    p.add_argument("--model", required=True, metavar="NAME", help=MODEL_HELP)
+    p.add_argument("--width", type=positive_float, default=None,
+                   help="width multiplier (widening; built-in models, default 1)")
     p.add_argument("--pad-1x1", action="store_true", help="pad 1x1 convolutions to 3x3")
-    p.add_argument("--shortcut", choices=["A", "B"], default="A", help="resnet20 shortcut option")
+    p.add_argument("--shortcut", choices=["A", "B"], default=None, help="resnet20 shortcut option (default A)")
     p.add_argument("init", nargs="?", default=argparse.SUPPRESS, metavar="CKPT",
                    help="fine-tune this checkpoint (ours, or e.g. resnet20-akamaster / its .th file); "
                         "none: train from scratch")
@@ -66,8 +68,14 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    spec = ModelSpec(args.model, args.width or 1.0, args.shortcut or "A", args.pad_1x1)
+    if spec.is_factory and (args.width is not None or args.shortcut is not None):
+        raise UserError(f"--width and --shortcut are for the built-in models; {args.model} builds its own "
+                        f"architecture")
+    # the model's input size is what the data holds; a factory model's classes are its outputs
+    spec = model_for_data(spec, image_size_of(args.data))
     cfg = TrainConfig(
-        spec=ModelSpec(args.model, args.width, args.shortcut, args.pad_1x1),
+        spec=spec,
         drop_rate=args.drop_rate, epochs=args.epochs, out=args.out, data=args.data, init=getattr(args, "init", None),
         batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
         weight_decay=args.weight_decay, seed=args.seed, images=args.images,
