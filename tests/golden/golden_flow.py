@@ -8,9 +8,11 @@ only for an intended change of output, and say so in the commit."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import platform
+import shutil
 import sys
 from pathlib import Path
 
@@ -18,6 +20,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 FILES = ("r20.onnx", "r20.passes.onnx", "art/model.onnx", "art/crossbars.json", "art/crossbars.npz")
 VALIDATE = ["--sa1", "0,0.1,0.2", "--runs", "2", "--images", "200", "--seed", "0"]
+CHECKPOINT_NAME = "resnet20-12fca82f.th"
 VOLATILE = ("timing", "info")  # wall-clock figures and the paths given on the command line
 
 
@@ -55,7 +58,11 @@ def run_flow(work: Path, checkpoint: Path, data: Path) -> dict:
             raise RuntimeError(f"rram {' '.join(map(str, args))} exited {code}")
 
     w = work
-    rram("export", checkpoint, "--model", "resnet20", "--out", w / "r20.onnx")
+    # export records the checkpoint path it was given (rram.source): the same relative name in
+    # every checkout, wherever ../shared lies and however RRAM_WEIGHTS spells it
+    shutil.copyfile(checkpoint, w / CHECKPOINT_NAME)
+    with contextlib.chdir(w):
+        rram("export", CHECKPOINT_NAME, "--model", "resnet20", "--out", w / "r20.onnx")
     rram("passes", w / "r20.onnx", w / "r20.passes.onnx", "--passes", "standard")
     rram("quantize", w / "r20.passes.onnx", w / "art", "--preset", "paper")
     rram("validate", w / "art", *VALIDATE, "--data", data, "--out", w / "fp32.json")
