@@ -27,6 +27,7 @@ from .results import (
     FORMAT,
     VERSION,
     images_digest,
+    precise_enough,
     read_results,
     refresh,
     write_results,
@@ -134,12 +135,16 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
              out: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
              engine_kw: dict | None = None, info: dict | None = None, precision: str = "fp32",
              calibration: np.ndarray | None = None, calibrate: np.ndarray | None = None,
-             protect: list[str] | None = None) -> dict:
+             protect: list[str] | None = None, ci: float | None = None, min_runs: int = 10) -> dict:
     """Sweep the rates; return (and, with ``out``, keep writing) the results document.
     ``calibration``: training images for int8 activation ranges; ``calibrate``: training images on
     which each chip's periphery is calibrated before it is evaluated (then ``clean`` is the
     calibrated fault-free accuracy too); ``protect``: mapped layers (node names) kept fault-free
-    (verified crossbars or digital logic), the same cells of the same chips left stuck elsewhere."""
+    (verified crossbars or digital logic), the same cells of the same chips left stuck elsewhere;
+    ``ci``: a precision target in percentage points: each rate stops adding chips (in run order)
+    once at least ``min_runs`` chips give a 95% CI half-width of the mean of at most ``ci``, with
+    ``runs`` as the maximum. The stop depends on every earlier chip of the rate, so it cannot be
+    split into shards; resuming continues exactly."""
     if not isinstance(artifact, Artifact):
         artifact = Artifact.load(artifact)
     if not sa1:
@@ -167,6 +172,15 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
             raise RuntimeInputError("--precision int8 needs calibration images")
         config["calibration_sha256"] = images_digest(calibration, np.zeros(0, np.int64))
     config.update(calibrate_config(calibrate))  # part of every run: it belongs to the identity
+    if ci is not None:
+        if not (isinstance(ci, (int, float)) and ci > 0):
+            raise RuntimeInputError(f"ci must be a positive number of percentage points, got {ci}")
+        if not isinstance(min_runs, int) or not min_runs >= 2:
+            raise RuntimeInputError(f"min runs must be at least 2, got {min_runs}")
+        if shard != (1, 1):
+            raise RuntimeInputError("a precision target (--ci) stops each rate on all its earlier chips, so it "
+                                    "cannot be sharded: run it whole (it resumes after a kill)")
+        config["ci"], config["min_runs"] = float(ci), int(min_runs)
     cmap = artifact.first.cmap
     kept_faulty = None
     if protect:
@@ -203,7 +217,16 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
     t0 = time.perf_counter()
     progress_ = _Progress(len(jobs) - already, progress)
     done = ran = 0
-    for j in jobs:
+    def until_precise():
+        """Jobs in order, each rate left as soon as it reaches the precision target (its summary
+        is refreshed after every chip)."""
+        for i in range(len(sa1)):
+            for r in range(runs):
+                if precise_enough(doc["rates"][i]["summary"], config):
+                    break
+                yield i * runs + r
+
+    for j in (jobs if ci is None else until_precise()):
         i, r = divmod(j, runs)
         entry = doc["rates"][i]
         if str(r) in entry["runs"]:  # resumed

@@ -104,8 +104,18 @@ def read_results(path: str | os.PathLike) -> dict:
     return doc
 
 
+def precise_enough(summary: dict, config: dict) -> bool:
+    """With a precision target (``rram validate --ci POINTS``): at least ``min_runs`` chips and a
+    95% CI half-width of the mean of at most POINTS percentage points."""
+    target = config.get("ci")
+    if target is None or summary.get("n", 0) < config.get("min_runs", 2) or summary["n"] < 2:
+        return False
+    return 100 * (summary["ci95"][1] - summary["ci95"][0]) / 2 <= target
+
+
 def refresh(doc: dict) -> dict:
-    """Summaries and completeness recomputed from the runs (so a merge equals an unsharded run)."""
+    """Summaries and completeness recomputed from the runs (so a merge equals an unsharded run).
+    A rate is complete with all ``runs`` chips, or, with a precision target, once it is reached."""
     runs = doc["config"]["runs"]
     complete = True
     for entry in doc["rates"]:
@@ -113,7 +123,7 @@ def refresh(doc: dict) -> dict:
         entry["summary"] = summarize([v["accuracy"] for v in entry["runs"].values()])
         entry["summary"]["stuck_fraction"] = float(np.mean([v["stuck_fraction"] for v in entry["runs"].values()])) \
             if entry["runs"] else None
-        complete &= len(entry["runs"]) == runs
+        complete &= len(entry["runs"]) == runs or precise_enough(entry["summary"], doc["config"])
     doc["complete"] = complete
     return doc
 

@@ -13,6 +13,7 @@ from .common import (
     float_list,
     parse_shard,
     parse_stats_rate,
+    positive_float,
     positive_int,
     rate,
     seed,
@@ -35,6 +36,11 @@ def add_parser(sub) -> None:
     p.add_argument("--fault-map", default=None, help="a measured fault map (.npz): validate that one chip")
     p.add_argument("--shard", default=None, help="k/n: run the k-th of n deterministic parts")
     p.add_argument("--resume", action="store_true", help="continue the campaign in --out")
+    p.add_argument("--ci", type=positive_float, default=None, metavar="POINTS",
+                   help="precision target: add chips at each rate (in run order, --runs at most) until the 95%% CI "
+                        "half-width of the mean is at most POINTS percentage points (default: off, all --runs)")
+    p.add_argument("--min-runs", type=positive_int, default=10,
+                   help="with --ci: never stop a rate before this many chips")
     p.add_argument("--protect", default=None, metavar="NAME[,NAME...]",
                    help="keep these mapped layers fault-free (verified crossbars or digital logic); names as "
                         "`rram sensitivity` and the quantize report print them (default: none)")
@@ -73,6 +79,9 @@ def run(args) -> int:
     for p in sa1:
         check_rates(p, args.sa0)
     shard = parse_shard(args.shard)
+    if args.ci is not None and shard != (1, 1):
+        raise UserError("--ci stops each rate on all its earlier chips, so it cannot be sharded: run it whole "
+                        "(it resumes after a kill)")
     if args.chip_calibration and not args.fault_map:
         raise UserError("--chip-calibration holds one measured chip's parameters: give its --fault-map too")
     if args.calibrate is not None and args.precision != "fp32":  # before any work
@@ -126,6 +135,7 @@ def run(args) -> int:
                    stats_rate=stats_rate, shard=shard, out=args.out, resume=args.resume,
                    engine_kw=engine_kw, info=info,
                    protect=split_list(args.protect, "--protect") if args.protect else None,
+                   ci=args.ci, min_runs=args.min_runs,
                    precision=args.precision, calibration=calibration, calibrate=calibrate)
     if args.json:
         print(json.dumps(summary_of(doc), indent=1))
