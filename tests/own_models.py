@@ -16,6 +16,12 @@ def tiny_cnn() -> nn.Module:
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
 
 
+def tiny_cnn10() -> nn.Module:
+    """The small model with CIFAR-10's 10 outputs (the pipeline test)."""
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+
+
 def not_a_module():
     return "a string"
 

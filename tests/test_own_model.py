@@ -168,3 +168,15 @@ def test_foreign_state_dict_of_a_factory_model(tmp_path, small_data, capsys):
                 "--data", small_data) == 2
     assert "--width and --shortcut are for the built-in models" in capsys.readouterr().err
     assert not (tmp_path / "n.onnx").exists()
+
+
+def test_labels_beyond_the_models_outputs_are_one_line_before_any_output(tmp_path, capsys):
+    """CIFAR batch files (no class folders to count): a 4-output model on 10-class labels failed
+    with an IndexError mid-epoch; now one line, and no --out folder."""
+    from conftest import make_cifar, one_line_error, run_cli
+
+    make_cifar(tmp_path / "data", per_batch=8, test=16)
+    code, _, err = run_cli(capsys, "train", "--model", "own_models:tiny_cnn", "--drop-rate", "0.1", "--epochs",
+                           "1", "--data", tmp_path / "data", "--no-cache", "--out", tmp_path / "out")
+    assert code == 2 and "outputs" in one_line_error(err)
+    assert not (tmp_path / "out").exists()

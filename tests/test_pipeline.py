@@ -324,3 +324,19 @@ def test_shipped_configs_parse(monkeypatch, tmp_path):
     for cfg in sorted((ROOT / "configs").glob("*.toml")):
         c = load_config(cfg)
         assert c.out.is_relative_to(ROOT) and c.has_train
+
+
+def test_your_own_model_through_the_pipeline(tmp_path, capsys):
+    """`model.arch = "package.module:factory"` (issue 13): a factory model's checkpoint goes
+    through every stage."""
+    from toolchain.models import ModelSpec as Spec
+
+    make_cifar(tmp_path / "data", per_batch=32, test=64)
+    spec = Spec("own_models:tiny_cnn10")
+    torch.manual_seed(0)
+    save_checkpoint(checkpoint_from_model(build_model(spec).eval(), spec, CIFAR10_NORM), tmp_path / "init.pt")
+    config = CONFIG.replace('arch = "resnet20"', 'arch = "own_models:tiny_cnn10"').replace('out = "run"', 'out = "own"')
+    (tmp_path / "p.toml").write_text(config)
+    assert main(["pipeline", str(tmp_path / "p.toml")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "own" / "report.md").is_file()
+    assert (tmp_path / "own" / "fault-aware" / "results.json").is_file()

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from runtime.fileio import atomic_write_json
 
 from .checkpoints import Checkpoint, load_checkpoint, save_checkpoint
-from .data import CIFAR10_NORM, Normalization, Split, iterate_batches, load_split
+from .data import CIFAR10_NORM, Normalization, Split, check_for_model, iterate_batches, load_split
 from .dropconnect import add_dropconnect, check_rate, derive_seed, plain_state_dict, sa1_faults, sample_sa1_masks
 from .errors import UserError
 from .evaluate import accuracy
@@ -284,6 +284,8 @@ def _load_splits(cfg: TrainConfig) -> tuple[Split, Split]:
         raise UserError("the training split is empty")
     if len(test_split) == 0:
         raise UserError("the test split is empty")
+    for s in (train_split, test_split):  # labels beyond the model's outputs: IndexError mid-epoch
+        check_for_model(s, cfg.spec.num_classes, f"the model ({cfg.spec.describe()})", image_size=None)
     return train_split, test_split
 
 

@@ -46,7 +46,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "model": {
         "checkpoint": Key("str"),
-        "arch": Key("str", choices=MODEL_NAMES),
+        "arch": Key("str", choices=MODEL_NAMES + ("package.module:factory",)),
     },
     "train": {
         "drop_rate": Key("float", **RATE),
@@ -134,7 +134,8 @@ def _check_value(path: Path, name: str, key: Key, value):
     if key.kind == "str":
         if not isinstance(value, str) or not value:
             _fail(path, f"{name} must be a non-empty string, got {value!r}")
-        if key.choices and value not in key.choices:
+        factory = name == "model.arch" and isinstance(value, str) and ":" in value  # your own model
+        if key.choices and value not in key.choices and not factory:
             _fail(path, f"{name} must be one of {', '.join(key.choices)}, got {value!r}")
         return value
     if key.kind == "bool":
