@@ -106,3 +106,14 @@ def int8_kernels_exact() -> bool:
     except OSError:
         return True
     return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def self_labelled_images(art, n: int = 64, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Images labelled by the artifact's fault-free model itself: its clean accuracy is 100%, so
+    every drop a faulty chip causes shows (and faulty chips differ from each other)."""
+    from runtime.artifact import DeployedModel
+    from runtime.engine import Engine
+
+    images, _ = make_images(n, seed=seed)
+    engine = Engine(DeployedModel.load(art), images, np.zeros(n, np.int64))
+    return images, engine.session().run(None, {engine.feed_name: engine.feed})[0].argmax(1)

@@ -9,7 +9,7 @@ from runtime.crossbar import preset
 from runtime.errors import RuntimeInputError
 from runtime.results import read_results, summarize
 
-from _runtime_helpers import make_artifact, make_images
+from _runtime_helpers import make_artifact, self_labelled_images
 from conftest import one_line_error, one_thread, run_cli, write_test_batch
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
@@ -22,13 +22,7 @@ def art(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(art):
-    """Images labelled by the fault-free model itself: faulty chips then differ from each other."""
-    from runtime.artifact import DeployedModel
-    from runtime.engine import Engine
-
-    images, _ = make_images(64, seed=3)
-    engine = Engine(DeployedModel.load(art), images, np.zeros(64, np.int64))
-    return images, engine.session().run(None, {engine.feed_name: engine.feed})[0].argmax(1)
+    return self_labelled_images(art)
 
 
 def half_width(accs) -> float:

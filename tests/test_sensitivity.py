@@ -14,7 +14,7 @@ from runtime.plot import plot_sensitivity
 from runtime.sensitivity import sensitivity
 from toolchain.cli import main
 
-from _runtime_helpers import make_artifact, make_images
+from _runtime_helpers import make_artifact, self_labelled_images
 from conftest import one_thread, write_test_batch
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
@@ -27,11 +27,7 @@ def art(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def data(art):
-    """Images labelled by the fault-free model itself: clean accuracy 100%, every drop visible."""
-    images, _ = make_images(64, seed=3)
-    engine = Engine(DeployedModel.load(art), images, np.zeros(64, np.int64))
-    logits = engine.session().run(None, {engine.feed_name: engine.feed})[0]
-    return images, logits.argmax(1)
+    return self_labelled_images(art)
 
 
 def test_each_layer_alone_and_fully_stuck_layers_lead(art, data, tmp_path):

@@ -5,7 +5,7 @@ scale and offset a deployment programs into that chip's periphery; `rram validat
 CHIP --chip-calibration FILE` validates the chip with them (docs/runtime.md)."""
 from __future__ import annotations
 
-from .common import add_bn_rate_arg, add_data_args, parse_stats_rate, positive_int, seed
+from .common import add_bn_rate_arg, add_data_args, calibration_images, parse_stats_rate, positive_int, seed
 
 FILE_NAME = "chip-calibration.json"
 
@@ -28,11 +28,9 @@ def run(args) -> int:
     from pathlib import Path
 
     from runtime.artifact import Artifact
-    from runtime.calibration import calibration_indices
     from runtime.campaign import calibrate_fault_map
     from runtime.fileio import atomic_write_json, check_output_path
 
-    from ..data import load_split
     from ..errors import UserError
 
     out = Path(args.out) / FILE_NAME
@@ -41,9 +39,7 @@ def run(args) -> int:
         raise UserError(f"{out} exists; choose another --out")
     stats_rate = parse_stats_rate(args.bn_rate)
     artifact = Artifact.load(args.artifact)
-    train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache)
-    images = train.images[calibration_indices(len(train), args.calibrate, args.seed)]
-    doc = calibrate_fault_map(artifact, args.fault_map, images, stats_rate=stats_rate)
+    doc = calibrate_fault_map(artifact, args.fault_map, calibration_images(args), stats_rate=stats_rate)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, doc)
     print(f"wrote {out}: {len(doc['layers'])} calibrated layers, {args.calibrate} calibration images")

@@ -118,6 +118,20 @@ def add_bn_rate_arg(p: argparse.ArgumentParser, *, default="auto", old: str | No
         hidden_alias(p, old, "bn_rate")
 
 
+def calibration_images(args):
+    """The ``--calibrate N`` training images (uint8 NHWC) every chip is calibrated on, chosen by
+    ``--seed`` alone (the same for eval, validate, sensitivity and calibrate), or None."""
+    if getattr(args, "calibrate", None) is None:
+        return None
+    from runtime.calibration import calibration_indices
+
+    from ..data import load_split
+
+    train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                       download=getattr(args, "download", False))
+    return train.images[calibration_indices(len(train), args.calibrate, args.seed)]
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="CIFAR-10 root (ImageFolder train/test or "
                    "cifar-10-batches-py); default: $RRAM_DATA")

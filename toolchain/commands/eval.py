@@ -5,7 +5,6 @@ import time
 
 import torch
 
-from runtime.calibration import calibration_indices
 from runtime.results import summarize
 
 from ..calibrate import calibrate_bn, restored_bn
@@ -18,6 +17,7 @@ from ..recalibrate import apply_bn_stats
 from .common import (
     add_data_args,
     add_model_args,
+    calibration_images,
     emit,
     float_list,
     hidden_alias,
@@ -78,12 +78,9 @@ def run(args) -> int:
     adopt_image_size(ckpt, split.images.shape[1:3])
     check_for_model(split, ckpt.spec.num_classes, f"the model ({ckpt.spec.describe()})",
                     image_size=ckpt.spec.image_size)
-    calib = None
-    if args.calibrate is not None:
-        train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache,
-                           download=args.download)
-        idx = calibration_indices(len(train), args.calibrate, args.seed)
-        calib = normalize(to_float_nchw(torch.from_numpy(train.images[idx])), ckpt.normalization)
+    calib = calibration_images(args)
+    if calib is not None:
+        calib = normalize(to_float_nchw(torch.from_numpy(calib)), ckpt.normalization)
     t0 = time.perf_counter()
     if args.sa1 is None:
         acc = accuracy(model, split, ckpt.normalization, batch_size=args.batch_size)

@@ -3,7 +3,16 @@ from __future__ import annotations
 
 from ..data import load_split, subset_indices
 from ..errors import UserError
-from .common import add_bn_rate_arg, add_data_args, float_list, parse_stats_rate, positive_int, rate, seed
+from .common import (
+    add_bn_rate_arg,
+    add_data_args,
+    calibration_images,
+    float_list,
+    parse_stats_rate,
+    positive_int,
+    rate,
+    seed,
+)
 
 
 def add_parser(sub) -> None:
@@ -42,12 +51,7 @@ def run(args) -> int:
     artifact = Artifact.load(args.artifact)
     split = load_split(args.data, "test", cache_dir=args.cache_dir, use_cache=not args.no_cache)
     idx = subset_indices(len(split), args.images)
-    calibrate = None
-    if args.calibrate is not None:
-        from runtime.calibration import calibration_indices
-
-        train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache)
-        calibrate = train.images[calibration_indices(len(train), args.calibrate, args.seed)]
+    calibrate = calibration_images(args)
     doc = sensitivity(artifact, split.images[idx], split.labels[idx], sa1=sa1, sa0=args.sa0, runs=args.runs,
                       seed=args.seed, stats_rate=stats_rate, out=args.out, calibrate=calibrate,
                       info={"artifact": str(args.artifact), "data": str(args.data)})

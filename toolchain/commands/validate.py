@@ -10,6 +10,7 @@ from ..errors import UserError
 from .common import (
     add_bn_rate_arg,
     add_data_args,
+    calibration_images,
     float_list,
     parse_shard,
     parse_stats_rate,
@@ -105,12 +106,7 @@ def run(args) -> int:
     if args.precision == "int8":
         train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache)
         calibration = train.images[subset_indices(len(train), args.calibration_images)]
-    calibrate = None
-    if args.calibrate is not None:
-        from runtime.calibration import calibration_indices
-
-        train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache)
-        calibrate = train.images[calibration_indices(len(train), args.calibrate, args.seed)]
+    calibrate = calibration_images(args)
     info = {"data": str(args.data), "split": args.split}
     if args.fault_map:
         from pathlib import Path
