@@ -149,34 +149,6 @@ def measure(session, feed: dict, layers: list[str]) -> dict[str, tuple[np.ndarra
                     outs[f"{layer}.rram_var"].reshape(-1).astype(np.float64)) for layer in layers}
 
 
-def calibrated_model(model: onnx.ModelProto, affines: dict[str, tuple[np.ndarray, np.ndarray]]) -> onnx.ModelProto:
-    """A copy of ``model`` (float weights, as on the chip) in which each calibrated layer's output
-    is scale * z + offset per channel: the digital scale folded into the layer's weight (the same
-    product, since it multiplies the column's output), the offset as its bias."""
-    from onnx import numpy_helper
-
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    g = m.graph
-    inits = {t.name: t for t in g.initializer}
-    for node in g.node:
-        out = node.output[0] if node.output else ""
-        if out not in affines:
-            continue
-        scale, offset = affines[out]
-        w = numpy_helper.to_array(inits[node.input[1]])
-        axis = 1 if node.op_type == "Gemm" and not any(a.name == "transB" and a.i for a in node.attribute) else 0
-        shape = [1] * w.ndim
-        shape[axis] = -1
-        inits[node.input[1]].CopyFrom(numpy_helper.from_array((w * scale.reshape(shape)).astype(w.dtype),
-                                                              node.input[1]))
-        bias = f"{out}.rram_offset"
-        g.initializer.append(numpy_helper.from_array(np.asarray(offset, w.dtype), bias))
-        del node.input[2:]
-        node.input.append(bias)
-    return m
-
-
 def _channel_axis(node: onnx.NodeProto) -> int:
     """The weight axis of the output channels: 0 for Conv and Gemm(transB=1), 1 for Gemm(transB=0)."""
     trans_b = any(a.name == "transB" and a.i for a in node.attribute)

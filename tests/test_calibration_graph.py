@@ -7,7 +7,8 @@ import torch
 import torch.nn as nn
 
 import passes
-from runtime.calibration import BNTarget, calibrated_model, measure, stats_model
+from runtime.artifact.deployed import append_initializers
+from runtime.calibration import BNTarget, ChipCalibrator
 from runtime.metadata import BN_TARGETS_KEY
 from toolchain.calibrate import calibrate_bn
 from toolchain.recalibrate import bn_modules
@@ -44,11 +45,21 @@ def _run(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
 
 
 def _calibrate(folded: onnx.ModelProto, x: np.ndarray) -> onnx.ModelProto:
-    targets = _targets(folded)
-    smodel, layers = stats_model(folded, targets)
-    sess = ort.InferenceSession(smodel.SerializeToString(), providers=["CPUExecutionProvider"])
-    stats = measure(sess, {"x": x}, layers)
-    return calibrated_model(folded, {k: targets[k].affine(*stats[k]) for k in layers})
+    """What the runtime does per chip (ChipCalibrator): the Conv/Gemm weights are the chip's,
+    appended per chip to a base model without them."""
+    layers = [n for n in folded.graph.node if n.op_type in ("Conv", "Gemm")]
+    names = [n.input[1] for n in layers]
+    inits = {t.name: t for t in folded.graph.initializer}
+    weights = [onnx.numpy_helper.to_array(inits[w]) for w in names]
+    base = onnx.ModelProto()
+    base.CopyFrom(folded)
+    kept = [t for t in base.graph.initializer if t.name not in names]
+    del base.graph.initializer[:]
+    base.graph.initializer.extend(kept)
+    session = lambda data: ort.InferenceSession(data, providers=["CPUExecutionProvider"])  # noqa: E731
+    cal = ChipCalibrator(base, names, [w.shape for w in weights], _targets(folded), {"x": x}, session)
+    out_names, arrays = cal.evaluated(weights, cal.measure(weights))
+    return onnx.ModelProto.FromString(append_initializers(cal.eval_base, out_names, arrays))
 
 
 def _biased(model: nn.Module, n: int) -> None:
