@@ -289,6 +289,9 @@ BAD = [
     ("drop_rate = 0.1", "drop_rate = 1.5", "train.drop_rate must be below 1"),
     ("rates = [0.0, 0.1]", "rates = [0.1, 0.1]", "recalibrate.rates repeats a value"),
     ("runs = 2", "runs = [", "not valid TOML"),
+    ('data = "data"\n\n[model]\ncheckpoint = "init.pt"\n', 'data = "data"\nbaseline = true\n\n[model]\n',
+     "baseline = true needs model.checkpoint"),
+    ('arch = "resnet20"\n', 'arch = "resnet20"\nshortcut = "C"\n', "model.shortcut must be one of A, B"),
 ]
 
 
@@ -321,9 +324,12 @@ def test_shipped_configs_parse(monkeypatch, tmp_path):
     from toolchain.pipeline.config import load_config
 
     monkeypatch.setenv("RRAM_DATA", str(tmp_path))
-    for cfg in sorted((ROOT / "configs").glob("*.toml")):
+    configs = sorted((ROOT / "configs").rglob("*.toml"))
+    assert len(configs) > 1
+    for cfg in configs:
         c = load_config(cfg)
-        assert c.out.is_relative_to(ROOT) and c.has_train
+        assert c.out.is_relative_to(ROOT / "out"), cfg  # run folders stay in the ignored out/
+        assert c.has_train or c.values["model"]["checkpoint"], cfg
 
 
 def test_your_own_model_through_the_pipeline(tmp_path, capsys):
@@ -340,3 +346,40 @@ def test_your_own_model_through_the_pipeline(tmp_path, capsys):
     assert main(["pipeline", str(tmp_path / "p.toml")]) == 0, capsys.readouterr().err
     assert (tmp_path / "own" / "report.md").is_file()
     assert (tmp_path / "own" / "fault-aware" / "results.json").is_file()
+
+
+def test_from_scratch_until_train_then_elsewhere(tmp_path, capsys):
+    """A config without model.checkpoint trains from scratch with the [model] shape keys;
+    `--until train` stops after training; the run folder's training, carried to a machine
+    without its state file and with other package versions (a GPU machine's), is taken as it is
+    by `rram train --auto-resume` (same options), not trained again."""
+    make_cifar(tmp_path / "data", per_batch=32, test=64)
+    config = re.sub(r'checkpoint = "init.pt"\n', "", CONFIG).replace(
+        'arch = "resnet20"', 'arch = "resnet20"\nwidth = 0.25\npad_1x1 = true\nshortcut = "B"')
+    (tmp_path / "p.toml").write_text(config)
+    assert main(["pipeline", str(tmp_path / "p.toml"), "--until", "train"]) == 0
+    out = capsys.readouterr().out
+    assert ran(out) == {"train"} and "steps up to train ran" in out
+    assert "--width 0.25 --pad-1x1 --shortcut B" in out and "--lr 0.1 " in out  # scratch default lr
+    run = tmp_path / "run"
+    model = run / "train" / "model.pt"
+    from toolchain.checkpoints import load_checkpoint
+
+    spec = load_checkpoint(model).spec
+    assert (spec.width, spec.padded, spec.shortcut) == (0.25, True, "B")
+    before = hashlib.sha256(model.read_bytes()).hexdigest()
+    (run / STATE_NAME).unlink()  # what another machine's run folder looks like here
+    assert main(["pipeline", str(tmp_path / "p.toml"), "--until", "recalibrate"]) == 0
+    out, err = capsys.readouterr()
+    assert ran(out) == {"train", "recalibrate:fault-aware"}  # no baseline without a checkpoint
+    assert "nothing to do" in err and "epoch 1/1" not in err
+    assert hashlib.sha256(model.read_bytes()).hexdigest() == before
+
+
+def test_no_checkpoint_and_no_train_is_one_line_error(tmp_path, capsys):
+    make_cifar(tmp_path / "data", per_batch=32, test=64)
+    text = re.sub(r"\[train\].*?\n\n", "", CONFIG, flags=re.S).replace('checkpoint = "init.pt"\n', "")
+    (tmp_path / "p.toml").write_text(text)
+    assert main(["pipeline", str(tmp_path / "p.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing required key 'model.checkpoint'" in err

@@ -208,6 +208,13 @@ def train(cfg: TrainConfig, *, step_callback: Callable[[int, int], None] | None 
         train_state = prev.meta.get("train_state")
         history = list(prev.meta.get("history", []))
         start_epoch = int(train_state["epoch"])
+    if start_epoch >= cfg.epochs:  # finished: no data, no optimizer state needed (a copied-in run
+        #                            may carry its last epoch without the optimizer's buffers)
+        if cfg.progress and dd.rank == 0:
+            print(f"nothing to do: the run in {out} finished all {cfg.epochs} epochs", file=sys.stderr)
+        if dd.world > 1:
+            dist.destroy_process_group()
+        return {"config": record, "world_size": dd.world, "epochs": history, "main": dd.main}
 
     train_split, test_split = _load_splits(cfg)
     local_bs, steps_per_epoch = _batches_per_rank(cfg, len(train_split), dd.world)
@@ -221,8 +228,6 @@ def train(cfg: TrainConfig, *, step_callback: Callable[[int, int], None] | None 
         range(len(train_split)), num_replicas=dd.world, rank=dd.rank, shuffle=True,
         seed=derive_seed(cfg.seed, "order") % (2**31), drop_last=True)
 
-    if start_epoch >= cfg.epochs and cfg.progress and dd.rank == 0:
-        print(f"nothing to do: the run in {out} finished all {cfg.epochs} epochs", file=sys.stderr)
     for epoch in range(start_epoch, cfg.epochs):
         t0 = time.perf_counter()
         sampler.set_epoch(epoch)
@@ -261,8 +266,8 @@ def _previous_run(cfg: TrainConfig, out: Path, record: dict) -> Checkpoint | Non
         differs = f"{out} belongs to another model: {prev.spec.describe()}, not {cfg.spec.describe()}"
     else:
         differs = next((f"{out} was trained with {key}={prev_record.get(key)!r}, not {record.get(key)!r}"
-                        for key in ("drop_rate", "epochs", "batch_size", "seed", "images", "init")
-                        if prev_record.get(key) != record.get(key)), None)
+                        for key in record  # every option that shapes the run (the model: above)
+                        if key != "model" and prev_record.get(key) != record.get(key)), None)
     if differs is None:
         return prev
     if not cfg.auto_resume:

@@ -15,10 +15,14 @@ def add_parser(sub) -> None:
                    help="print each step with run/skip and why; change no file")
     p.add_argument("--from", dest="from_stage", choices=STAGES, default=None, metavar="STAGE",
                    help=f"re-run this stage and every later one ({', '.join(STAGES)})")
+    p.add_argument("--until", dest="until_stage", choices=STAGES, default=None, metavar="STAGE",
+                   help="stop after this stage (e.g. --until train on a GPU machine; the rest runs later "
+                        "where the data and CPUs are)")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..pipeline import Pipeline, execute, load_config
 
-    return execute(Pipeline(load_config(args.config)), dry_run=args.dry_run, from_stage=args.from_stage)
+    return execute(Pipeline(load_config(args.config)), dry_run=args.dry_run, from_stage=args.from_stage,
+                   until_stage=args.until_stage)

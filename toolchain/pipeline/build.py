@@ -99,8 +99,11 @@ class Pipeline:
         self.steps = self.plan()
 
     # -------------------------------------------------------------------- inputs that must exist
-    def _resolve_checkpoint(self) -> Path:
+    def _resolve_checkpoint(self) -> Path | None:
+        """The initial checkpoint's path; None when [train] trains from scratch."""
         ref = self.v["model"]["checkpoint"]
+        if ref is None:
+            return None
         local = (self.cfg.path.resolve().parent / Path(ref).expanduser())
         if local.is_file():
             return local
@@ -127,8 +130,8 @@ class Pipeline:
         if not self.cfg.has_train:
             return [Variant("model", self.init, None, "model")]
         t = self.v["train"]
-        out = [Variant("fault-aware", self.run / "train" / "model.pt", "train",
-                       f"drop-connect p={t['drop_rate']:g}")]
+        label = f"drop-connect p={t['drop_rate']:g}" if t["drop_rate"] > 0 else "plain training"
+        out = [Variant("fault-aware", self.run / "train" / "model.pt", "train", label)]
         if self.v[""]["baseline"]:
             out.append(Variant("baseline", self.init, None, "baseline (no drop-connect)"))
         return out
@@ -141,8 +144,11 @@ class Pipeline:
         common = {"versions": self.versions}
         if self.cfg.has_train:
             t = v["train"]
-            steps.append(Step("train", None, {**common, "arch": arch, **t},
-                              {"checkpoint": self.init, "data": data},
+            m = v["model"]  # width / pad_1x1 / shortcut only when set: older run folders stay current
+            shape = {k: m[k] for k in ("width", "pad_1x1", "shortcut") if m[k] not in (None, False)}
+            start = {"checkpoint": self.init} if self.init is not None else {}
+            steps.append(Step("train", None, {**common, "arch": arch, **shape, **t},
+                              {**start, "data": data},
                               [run / "train" / "model.pt", run / "train" / "log.json"], self._train))
         for var in self.variants():
             d = run / var.name
@@ -189,14 +195,21 @@ class Pipeline:
 
     # -------------------------------------------------------------------- actions
     def _train(self, step: Step, resume: bool) -> int:
-        t = self.v["train"]
+        t, m = self.v["train"], self.v["model"]
         out = self.run / "train"
-        if not resume and out.exists():  # other settings than the interrupted run: start afresh
-            shutil.rmtree(out)
-        argv = ["train", "--model", self.v["model"]["arch"], str(self.init),
-                "--drop-rate", str(t["drop_rate"]), "--epochs", str(t["epochs"]), "--lr", str(t["lr"]),
-                "--batch-size", str(t["batch_size"]), "--seed", str(t["seed"]), "--data", str(self.cfg.data),
-                "--out", str(out), "--auto-resume"]
+        # No clean-up here: --auto-resume continues a run of the same options (also one trained
+        # elsewhere, e.g. on a GPU machine, and copied in) and replaces a run of other options.
+        lr = t["lr"] if t["lr"] is not None else (0.01 if self.init is not None else 0.1)
+        argv = ["train", "--model", m["arch"]] + ([str(self.init)] if self.init is not None else []) + [
+            "--drop-rate", str(t["drop_rate"]), "--epochs", str(t["epochs"]), "--lr", str(lr),
+            "--batch-size", str(t["batch_size"]), "--seed", str(t["seed"]), "--data", str(self.cfg.data),
+            "--out", str(out), "--auto-resume"]
+        if m["width"] is not None:
+            argv += ["--width", repr(m["width"])]
+        if m["pad_1x1"]:
+            argv.append("--pad-1x1")
+        if m["shortcut"] is not None:
+            argv += ["--shortcut", m["shortcut"]]
         for k in ("images", "eval_images"):
             if t[k] is not None:
                 argv += [f"--{k.replace('_', '-')}", str(t[k])]
@@ -340,18 +353,24 @@ def decide(step: Step, state: State, run: Path, forced: bool, pending: dict[str,
     return "skip", "inputs and settings unchanged", inputs
 
 
-def execute(pipe: Pipeline, *, dry_run: bool = False, from_stage: str | None = None) -> int:
-    if from_stage is not None and from_stage not in STAGES:
-        raise UserError(f"--from {from_stage}: not a stage; stages: {', '.join(STAGES)}")
-    if from_stage == "train" and not pipe.cfg.has_train:
-        raise UserError("--from train: the config has no [train] table")
+def execute(pipe: Pipeline, *, dry_run: bool = False, from_stage: str | None = None,
+            until_stage: str | None = None) -> int:
+    for flag, stage in (("--from", from_stage), ("--until", until_stage)):
+        if stage is not None and stage not in STAGES:
+            raise UserError(f"{flag} {stage}: not a stage; stages: {', '.join(STAGES)}")
+        if stage == "train" and not pipe.cfg.has_train:
+            raise UserError(f"{flag} train: the config has no [train] table")
+    if from_stage and until_stage and STAGES.index(until_stage) < STAGES.index(from_stage):
+        raise UserError(f"--until {until_stage} comes before --from {from_stage}")
     pipe.check_inputs()
     state = State(pipe.run)
     first = STAGES.index(from_stage) if from_stage else len(STAGES)
     pending: dict[str, str] = {}
     total = time.perf_counter()
     ran = 0
-    for step in pipe.steps:
+    last = STAGES.index(until_stage) if until_stage else len(STAGES)
+    steps = [s for s in pipe.steps if STAGES.index(s.stage) <= last]
+    for step in steps:
         forced = STAGES.index(step.stage) >= first
         what, why, inputs = decide(step, state, pipe.run, forced, pending if dry_run else {}, from_stage)
         print(f"[{what}] {step.name}: {why}", flush=True)
@@ -386,8 +405,11 @@ def execute(pipe: Pipeline, *, dry_run: bool = False, from_stage: str | None = N
                                  "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         ran += 1
     if dry_run:
-        print(f"dry run: {len(pending)} of {len(pipe.steps)} steps would run; nothing was changed")
+        print(f"dry run: {len(pending)} of {len(steps)} steps would run; nothing was changed")
+    elif until_stage:
+        print(f"pipeline: {ran} of {len(steps)} steps up to {until_stage} ran "
+              f"({time.perf_counter() - total:.1f} s); run it again without --until to go on")
     else:
-        print(f"pipeline: {ran} of {len(pipe.steps)} steps ran ({time.perf_counter() - total:.1f} s); "
+        print(f"pipeline: {ran} of {len(steps)} steps ran ({time.perf_counter() - total:.1f} s); "
               f"report: {pipe.run / 'report.md'}")
     return 0

@@ -42,18 +42,21 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "out": Key("str"),
         "data": Key("str", None),
         "weights": Key("str", None),
-        "baseline": Key("bool", True),
+        "baseline": Key("bool", None),  # default: true when there is an initial checkpoint
     },
     "model": {
-        "checkpoint": Key("str"),
+        "checkpoint": Key("str", None),  # none: [train] trains from scratch
         "arch": Key("str", choices=MODEL_NAMES + ("package.module:factory",)),
+        "width": Key("float", None, low=1e-6),
+        "pad_1x1": Key("bool", False),
+        "shortcut": Key("str", None, choices=("A", "B")),
     },
     "train": {
         "drop_rate": Key("float", **RATE),
         "epochs": Key("int", low=1),
         "images": Key("int", None, low=1),
         "eval_images": Key("int", None, low=1),
-        "lr": Key("float", 0.01, low=1e-12),
+        "lr": Key("float", None, low=1e-12),  # default: 0.01 fine-tuning, 0.1 from scratch
         "batch_size": Key("int", 128, low=2),
         "seed": Key("int", 0, low=0),
     },
@@ -208,10 +211,23 @@ def load_config(path: str | os.PathLike) -> Config:
                 _fail(path, f"missing required key {name!r}" + (f" in [{section}]" if section else ""))
             else:
                 values[section][k] = key.default
+    has_train = "train" in raw
+    model = values["model"]
+    if model["checkpoint"] is None and not has_train:
+        _fail(path, "missing required key 'model.checkpoint' (without [train] there is no model to take "
+                    "through the flow)")
+    if values[""]["baseline"] is None:
+        values[""]["baseline"] = model["checkpoint"] is not None
+    elif values[""]["baseline"] and model["checkpoint"] is None:
+        _fail(path, "baseline = true needs model.checkpoint (the baseline is the initial checkpoint "
+                    "without drop-connect training); set baseline = false to train from scratch")
+    if ":" in model["arch"] and any(model[k] not in (None, False) for k in ("width", "pad_1x1", "shortcut")):
+        _fail(path, "model.width, model.pad_1x1 and model.shortcut are for the built-in models; "
+                    f"{model['arch']} builds its own architecture")
     base = path.resolve().parent
     data = _env_path(values[""]["data"], base, "RRAM_DATA")
     if data is None:
         _fail(path, "no data: set 'data' in the config or the RRAM_DATA environment variable")
-    return Config(path=path, text=text, values=values, has_train="train" in raw,
+    return Config(path=path, text=text, values=values, has_train=has_train,
                   out=(base / values[""]["out"]).resolve(), data=data,
                   weights=_env_path(values[""]["weights"], base, "RRAM_WEIGHTS"))

@@ -87,13 +87,23 @@ def write_report(pipe: Pipeline, step: Step) -> int:
          f"Built by `rram pipeline {cfg.path.name}` in `{run}`. Everything below comes from the files of "
          f"that folder; re-running the command re-builds only what its configuration or inputs changed.", "",
          "## What was built", ""]
-    L.append(f"- **Initial model**: `{v['model']['checkpoint']}` ({v['model']['arch']}), "
-             f"file `{pipe.init}`.")
+    m = v["model"]
+    shape = [f"width {m['width']:g}"] if m["width"] is not None else []
+    shape += ["1x1 convolutions padded to 3x3"] if m["pad_1x1"] else []
+    shape += [f"shortcut option {m['shortcut']}"] if m["shortcut"] is not None else []
+    arch = m["arch"] + (f" ({', '.join(shape)})" if shape else "")
+    if pipe.init is not None:
+        L.append(f"- **Initial model**: `{m['checkpoint']}` ({arch}), file `{pipe.init}`.")
+    else:
+        L.append(f"- **Initial model**: none: {arch} is trained from scratch.")
     if cfg.has_train:
         t = v["train"]
-        L.append(f"- **Fault-aware model**: the initial model fine-tuned with drop-connect p={t['drop_rate']:g} "
-                 f"(each weight dropped with that probability at every training step) for {t['epochs']} "
-                 f"epoch(s) on {t['images'] or 'all'} training images, learning rate {t['lr']:g}, seed {t['seed']}.")
+        how = "fine-tuned" if pipe.init is not None else "trained"
+        lr = t["lr"] if t["lr"] is not None else (0.01 if pipe.init is not None else 0.1)
+        dc = (f"with drop-connect p={t['drop_rate']:g} (each weight dropped with that probability at every "
+              f"training step)" if t["drop_rate"] > 0 else "without drop-connect (plain training)")
+        L.append(f"- **Trained model**: the model {how} {dc} for {t['epochs']} "
+                 f"epoch(s) on {t['images'] or 'all'} training images, learning rate {lr:g}, seed {t['seed']}.")
         if v[""]["baseline"]:
             L.append("- **Baseline**: the initial model without drop-connect training, taken through exactly "
                      "the same steps (BN re-alignment, export, passes, quantization, validation).")
@@ -166,7 +176,8 @@ def write_report(pipe: Pipeline, step: Step) -> int:
     L += ["", "![crossbar utilisation per layer](crossbar-usage.png)", "",
           "## Configuration", "", f"`{cfg.path}` (paths relative to its folder), exactly:", "",
           "```toml", cfg.text.rstrip("\n"), "```", "",
-          f"Resolved: data `{cfg.data}`, initial checkpoint `{pipe.init}`, run folder `{run}`.", "",
+          f"Resolved: data `{cfg.data}`, initial checkpoint `{pipe.init or 'none (from scratch)'}`, "
+          f"run folder `{run}`.", "",
           "## Software", ""]
     L += _table(["package", "version"], [[k, x] for k, x in step.settings["versions"].items()])
     L += ["", "## Time per step", "",
