@@ -25,8 +25,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from .. import calibration as fp32_calibration
 from ..calibration import BNTarget, stats_model
-from ..calibration import measure as measure_stats
 from ..errors import RuntimeInputError
 from .graph import Int8Graph, initializer_array
 
@@ -56,7 +56,7 @@ class Int8ChipCalibrator:
         q = onnx.ModelProto.FromString(graph.model)
         producer = {o: n for n in q.graph.node for o in n.output}
         by_name = {n.name: n for n in q.graph.node}
-        # (layer index, target key, node output in the int8 graph, weight DQ, input scale, axis)
+        # (layer index, its BN target's key, the node's output in the int8 graph, its input scale)
         self.layers = []
         for i, fname in enumerate(float_weight_names):
             if fname not in target_of:
@@ -70,17 +70,16 @@ class Int8ChipCalibrator:
             xs = initializer_array(q.graph, xdq.input[1])
             if xs is None or xs.size != 1:
                 raise RuntimeInputError(f"int8 calibration: the input of {fname!r} has no single scale")
-            axis = next((a.i for a in wdq.attribute if a.name == "axis"), 1)
-            self.layers.append((i, target_of[fname], node.output[0], float(xs.reshape(())), axis))
+            self.layers.append((i, target_of[fname], node.output[0], float(xs.reshape(()))))
         if not self.layers:
             raise RuntimeInputError("calibration: no mapped layer has a BN target")
-        self.targets = {key: targets[key] for _, key, _, _, _ in self.layers}
-        self.scales = {i: np.asarray(layer_scales[i], np.float64) for i, _, _, _, _ in self.layers}
-        self._key_of = {out: key for _, key, out, _, _ in self.layers}
+        self.targets = {key: targets[key] for _, key, _, _ in self.layers}
+        self.scales = {i: np.asarray(layer_scales[i], np.float64) for i, _, _, _ in self.layers}
+        self._key_of = {out: key for _, key, out, _ in self.layers}
 
         # the statistics graph: the int8 graph as deployed, the chip's integers as inputs
-        ranks = {by_name[f"rram.crossbar.{i}"].input[1]: len(weight_shapes[i]) for i, _, _, _, _ in self.layers}
-        smodel, self.order = stats_model(q, {out: targets[key] for _, key, out, _, _ in self.layers},
+        ranks = {by_name[f"rram.crossbar.{i}"].input[1]: len(weight_shapes[i]) for i, _, _, _ in self.layers}
+        smodel, self.order = stats_model(q, {out: targets[key] for _, key, out, _ in self.layers},
                                          weight_ranks=ranks)
         for name, shape in zip(self.weight_names, weight_shapes):
             smodel.graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT8, list(shape)))
@@ -92,7 +91,7 @@ class Int8ChipCalibrator:
         g = e.graph
         producer = {o: n for n in g.node for o in n.output}
         nodes = {n.name: n for n in g.node}
-        for i, _, _, _, axis in self.layers:
+        for i, _, _, _ in self.layers:
             node, wname = nodes[f"rram.crossbar.{i}"], self.weight_names[i]
             producer[node.input[1]].input[1] = f"{wname}.rram_scale"
             zname = f"{wname}.rram_offset_zp"
@@ -122,7 +121,7 @@ class Int8ChipCalibrator:
         if self._stats_session is None:
             self._stats_session = self.session(self.stats_bytes)
         feed = {**self.calibration, **{n: np.asarray(w, np.int8) for n, w in zip(self.weight_names, weights)}}
-        stats = measure_stats(self._stats_session, feed, self.order)
+        stats = fp32_calibration.measure(self._stats_session, feed, self.order)
         return {self._key_of[out]: self.targets[self._key_of[out]].affine(*stats[out]) for out in self.order}
 
     def evaluated(self, weights: list[np.ndarray], affines: dict) -> tuple[list[str], list[np.ndarray]]:
@@ -130,7 +129,7 @@ class Int8ChipCalibrator:
         calibrated layer the weight scale s_w * g and the offset as int32 in units x_s * s_w * g."""
         names = list(self.weight_names)
         arrays = [np.asarray(w, np.int8) for w in weights]
-        for i, key, _, xs, _ in self.layers:
+        for i, key, _, xs in self.layers:
             if key not in affines:
                 raise RuntimeInputError(f"the chip's calibration has no entry for layer {key!r}")
             gain, offset = (np.asarray(a, np.float64) for a in affines[key])
