@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from .. import calibration as fp32_calibration
+from .. import calibration as shared  # its in-graph batch statistics, shared with fp32
 from ..calibration import BNTarget, stats_model
 from ..errors import RuntimeInputError
 from .graph import Int8Graph, initializer_array
@@ -121,7 +121,7 @@ class Int8ChipCalibrator:
         if self._stats_session is None:
             self._stats_session = self.session(self.stats_bytes)
         feed = {**self.calibration, **{n: np.asarray(w, np.int8) for n, w in zip(self.weight_names, weights)}}
-        stats = fp32_calibration.measure(self._stats_session, feed, self.order)
+        stats = shared.measure(self._stats_session, feed, self.order)
         return {self._key_of[out]: self.targets[self._key_of[out]].affine(*stats[out]) for out in self.order}
 
     def evaluated(self, weights: list[np.ndarray], affines: dict) -> tuple[list[str], list[np.ndarray]]:
