@@ -74,8 +74,6 @@ def test_bad_calibration_input_is_one_line(art, data, tmp_path, capsys):
     out = tmp_path / "r.json"
     assert "--calibrate" in _err(capsys, base + ["--calibrate", "0", "--out", str(out)])
     assert "choose between 1 and the 320 images" in _err(capsys, base + ["--calibrate", "100000", "--out", str(out)])
-    assert "int8 is not supported yet" in _err(capsys, base + ["--calibrate", "8", "--precision", "int8",
-                                                               "--out", str(out)])
     old = make_artifact(tmp_path / "old", preset("paper"))  # quantized without fold-bn's targets
     err = _err(capsys, ["validate", str(old)] + base[2:] + ["--calibrate", "8", "--out", str(out)])
     assert "records no BN targets" in err and "rram passes" in err
