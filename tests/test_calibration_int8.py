@@ -43,6 +43,12 @@ def _logits(engine, weights=None):
     return engine.session(weights).run(None, {engine.feed_name: engine.feed})[0]
 
 
+def _own_bias(graph, weight_name):
+    """A calibrated layer's own bias, as the uncalibrated int8 graph holds it (int32 x scale)."""
+    q = initializer_array(graph, f"{weight_name}.crossbar_bias_q").astype(np.float64)
+    return q * initializer_array(graph, f"{weight_name}.crossbar_bias_scale")
+
+
 def test_identity_periphery_reproduces_the_int8_graph_bit_for_bit(art):
     """Digital scale 1 and each layer's own bias as offset: the rewired int8 graph (weight scale
     and int32 bias per chip) computes exactly what the uncalibrated one does, on a faulty chip too."""
@@ -51,12 +57,8 @@ def test_identity_periphery_reproduces_the_int8_graph_bit_for_bit(art):
     plain = Engine(model, images, labels, precision="int8", calibration=CALIB)
     cal = Engine(model, images, labels, precision="int8", calibration=CALIB, calibrate=CALIBRATE)
     graph = onnx.ModelProto.FromString(plain.int8.model).graph
-    identity = {}
-    for i, key, _, _ in cal.calibrator.layers:
-        wname = model.weight_names[i]  # the float weight names the int8 preparation derives its own from
-        q = initializer_array(graph, f"{wname}.crossbar_bias_q").astype(np.float64)
-        identity[key] = (np.ones(q.size), q * initializer_array(graph, f"{wname}.crossbar_bias_scale"))
-    cal.periphery = identity
+    cal.periphery = {key: (np.ones(len(model.cmap.layers[i].scales)), _own_bias(graph, model.weight_names[i]))
+                     for i, key, _, _ in cal.calibrator.layers}
     chip = sample_chip(model.cmap.cell_count(), 0.2, 0.0, run_seed(0, 0.2, 0.0, 0))
     for weights in (None, plain.weights(chip)):
         assert np.array_equal(_logits(plain, weights), _logits(cal, weights))
@@ -144,3 +146,35 @@ def test_int8_calibration_lifts_faulty_chips_and_agrees_with_fp32(tmp_path, shar
     assert np.max(np.abs(chips("int8cal") - chips("fp32cal"))) <= 0.07
     clean = {n: next(iter(d["clean"].values())) for n, d in docs.items()}
     assert abs(clean["int8cal"] - clean["fp32cal"]) <= 0.03 and clean["int8cal"] >= clean["int8"] - 0.10
+
+
+def test_the_streamlined_int8_graph_is_calibrated_like_the_qdq_graph(art, monkeypatch):
+    """Where the streamlined graph runs (CPUs with VNNI; elsewhere the QDQ graph, so it is forced
+    here): uint8 NHWC input, RGB padded to 4 channels. It must measure the same periphery as the
+    QDQ graph (the calibrated layers' products are exact in both; 1e-5 relative: float sums in
+    another order), and its identity periphery must reproduce it bit for bit."""
+    import runtime.engine
+    from runtime.int8 import prepare_int8, streamline_int8
+
+    def streamlined(model, calibration, **kw):
+        plain = prepare_int8(model, calibration, **{**kw, "streamline": False})
+        return streamline_int8(onnx.ModelProto.FromString(plain.model), plain.weight_names, model.input_name)
+
+    model = DeployedModel.load(art)
+    images, labels = _images(48, 0)
+    plain = Engine(model, images, labels, precision="int8", calibration=CALIB, calibrate=CALIBRATE)
+    monkeypatch.setattr(runtime.engine, "prepare_int8", streamlined)
+    fast = Engine(model, images, labels, precision="int8", calibration=CALIB, calibrate=CALIBRATE)
+    assert fast.int8.input_quant is not None and fast.int8.padded_layers  # the streamlined graph runs
+    chip = sample_chip(model.cmap.cell_count(), 0.2, 0.0, run_seed(0, 0.2, 0.0, 0))
+    a, b = plain.calibrator.measure(plain.weights(chip)), fast.calibrator.measure(fast.weights(chip))
+    assert a.keys() == b.keys()
+    for key in a:
+        for x, y in zip(a[key], b[key]):
+            assert np.allclose(x, y, rtol=1e-5, atol=1e-6 * np.max(np.abs(x)))
+    uncalibrated = Engine(model, images, labels, precision="int8", calibration=CALIB)
+    graph = onnx.ModelProto.FromString(uncalibrated.int8.model).graph
+    fast.periphery = {key: (np.ones(len(a[key][0])), _own_bias(graph, model.weight_names[i]))
+                      for i, key, _, _ in fast.calibrator.layers}
+    w = uncalibrated.weights(chip)
+    assert np.array_equal(_logits(uncalibrated, w), _logits(fast, w))
