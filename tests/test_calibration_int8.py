@@ -20,7 +20,7 @@ from toolchain.cli import main
 from toolchain.recalibrate import bn_modules
 
 from _runtime_helpers import NORM, bn_artifact, tiny_model
-from conftest import one_thread
+from conftest import make_cifar, one_thread
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 
@@ -178,3 +178,28 @@ def test_the_streamlined_int8_graph_is_calibrated_like_the_qdq_graph(art, monkey
                       for i, key, _, _ in fast.calibrator.layers}
     w = uncalibrated.weights(chip)
     assert np.array_equal(_logits(uncalibrated, w), _logits(fast, w))
+
+
+def test_rram_calibrate_measures_a_chip_in_int8_for_validate(art, tmp_path, capsys):
+    """`rram calibrate --precision int8` writes the periphery `validate --precision int8
+    --calibrate` gives the measured chip; the fp32-measured file is the same quantity (scales
+    within 5%: the activations are quantised in one and not the other), not the same numbers."""
+    data = make_cifar(tmp_path / "cifar", test=64)
+    cmap = DeployedModel.load(art).cmap
+    save_fault_map(tmp_path / "chip.npz", cmap, sample_chip(cmap.cell_count(), 0.2, 0.0, run_seed(7, 0.2, 0.0, 0)))
+    common = ["--data", str(data), "--no-cache", "--fault-map", str(tmp_path / "chip.npz"), "--calibrate", "16"]
+    files = {}
+    for precision in ("int8", "fp32"):
+        assert main(["calibrate", str(art), *common, "--precision", precision, "--out", str(tmp_path / precision)]) == 0
+        files[precision] = tmp_path / precision / "chip-calibration.json"
+    docs = {p: json.loads(f.read_text()) for p, f in files.items()}
+    assert docs["int8"]["precision"] == "int8" and docs["fp32"]["precision"] == "fp32"
+    for a, b in zip(docs["int8"]["layers"], docs["fp32"]["layers"]):
+        assert a["output"] == b["output"] and a["scale"] != b["scale"]
+        assert np.allclose(a["scale"], b["scale"], rtol=0.05)
+    base = ["validate", str(art), *common[:-2], "--precision", "int8"]
+    assert main([*base, "--chip-calibration", str(files["int8"]), "--out", str(tmp_path / "a.json")]) == 0
+    assert main([*base, "--calibrate", "16", "--out", str(tmp_path / "b.json")]) == 0
+    a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
+    assert a["config"]["precision"] == "int8" and a["chip"]["accuracy"] == b["chip"]["accuracy"]
+    capsys.readouterr()
