@@ -8,9 +8,9 @@ offset applied where a periphery applies them, to the integer column output (doc
   weights are the chip's crossbar integers times the crossbar scales, and the calibrated layers
   feed the next ones through the same output quantisation. Only the calibrated layers' own
   products run in float there (their output goes to the statistics, not to a QuantizeLinear, so
-  onnxruntime does not fuse them): exact integer products times scales, in the units of the BN
-  targets (those of the float weights), so the affine is the fp32 calibrator's, measured on int8
-  inputs.
+  onnxruntime does not fuse them): the dequantised integers multiplied in float32, in the units
+  of the BN targets (those of the float weights), so the affine is the fp32 calibrator's quantity,
+  measured on the int8 chip's inputs.
 * **Applied to the integer output.** The digital scale g multiplies the column output: the
   layer's weight DequantizeLinear scale becomes s_w * g (the integers stay the chip's), and the
   offset becomes the layer's int32 bias in units of x_scale * s_w * g. onnxruntime fuses this into
