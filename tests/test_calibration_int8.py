@@ -151,7 +151,7 @@ def test_int8_calibration_lifts_faulty_chips_and_agrees_with_fp32(tmp_path, shar
 def test_the_streamlined_int8_graph_is_calibrated_like_the_qdq_graph(art, monkeypatch):
     """Where the streamlined graph runs (CPUs with VNNI; elsewhere the QDQ graph, so it is forced
     here): uint8 NHWC input, RGB padded to 4 channels. It must measure the same periphery as the
-    QDQ graph (the calibrated layers' products are exact in both; 1e-5 relative: float sums in
+    QDQ graph (the same quantised inputs and float32 products in both; 1e-5 relative: float sums in
     another order), and its identity periphery must reproduce it bit for bit."""
     import runtime.engine
     from runtime.int8 import prepare_int8, streamline_int8
