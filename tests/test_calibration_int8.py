@@ -203,3 +203,19 @@ def test_rram_calibrate_measures_a_chip_in_int8_for_validate(art, tmp_path, caps
     a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
     assert a["config"]["precision"] == "int8" and a["chip"]["accuracy"] == b["chip"]["accuracy"]
     capsys.readouterr()
+
+
+def test_int8_calibration_runs_each_rate_on_its_bn_rate_model(tmp_path):
+    """--bn-rate auto: a chip is calibrated on the model of the nearest BN rate, each model with
+    its own int8 graph: the multi-rate campaign gives, rate for rate, the numbers of that model
+    alone."""
+    root = tmp_path / "multi"
+    for seed, rate in ((0, 0.0), (1, 0.2)):
+        bn_artifact(root / f"rate-{rate}", seed=seed, bn_rate=rate)
+    images, labels = _images(48, 0)
+    kw = dict(runs=2, seed=4, progress=False, precision="int8", calibration=CALIB, calibrate=CALIBRATE)
+    multi = validate(root, images, labels, sa1=[0.02, 0.2], stats_rate="auto", **kw)
+    assert [e["model"] for e in multi["rates"]] == ["rate-0.0", "rate-0.2"]
+    for entry, folder in zip(multi["rates"], ("rate-0.0", "rate-0.2")):
+        alone = validate(root / folder, images, labels, sa1=[entry["sa1"]], **kw)
+        assert alone["rates"][0]["runs"] == entry["runs"]
