@@ -5,6 +5,7 @@ times, on the same chips, a chip's evaluation on the test images without and wit
 calibration (`--calibrate N`), and reports the overhead per chip and the accuracies.
 
     PYTHONPATH=. python benchmarks/bench_calibration.py [--images 10000] [--chips 3] [--rate 0.1] [--calibrate 256]
+        [--precision int8]   # int8: 500 training images set the activation ranges, as rram validate
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ def main() -> int:
     ap.add_argument("--chips", type=int, default=3)
     ap.add_argument("--rate", type=float, default=0.1)
     ap.add_argument("--calibrate", type=int, default=256)
+    ap.add_argument("--precision", choices=["fp32", "int8"], default="fp32")
     ap.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10-jpeg"))
     ap.add_argument("--checkpoint", default=str(ROOT.parent / "shared" / "models" / "resnet20-12fca82f.th"))
     args = ap.parse_args()
@@ -48,8 +50,11 @@ def main() -> int:
         idx = subset_indices(len(test), args.images)
         train = load_split(args.data, "train")
         calib = train.images[calibration_indices(len(train), args.calibrate, 0)]
-        plain = Engine(model, test.images[idx], test.labels[idx])
-        calibrated = Engine(model, test.images[idx], test.labels[idx], calibrate=calib)
+        kw = {"precision": args.precision}
+        if args.precision == "int8":
+            kw["calibration"] = train.images[subset_indices(len(train), 500)]
+        plain = Engine(model, test.images[idx], test.labels[idx], **kw)
+        calibrated = Engine(model, test.images[idx], test.labels[idx], calibrate=calib, **kw)
         chips = [sample_chip(model.cmap.cell_count(), args.rate, 0.0, run_seed(0, args.rate, 0.0, r))
                  for r in range(args.chips)]
         # plain and calibrated evaluations of each chip back to back (machine load moves both
@@ -63,13 +68,13 @@ def main() -> int:
                 t0 = time.perf_counter()
                 accs.append(engine.chip_accuracy(chip))
                 times.append(time.perf_counter() - t0)
-            w = model.chip_weights(chip)
+            w = calibrated.weights(chip)
             t0 = time.perf_counter()
             calibrated.calibrator.evaluated(w, calibrated.calibrator.measure(w))
             t_step.append(time.perf_counter() - t0)
     tp, tc, ts = float(np.median(t_plain)), float(np.median(t_cal)), float(np.median(t_step))
-    print(f"ResNet20 `paper` artifact, SA1 {args.rate:g}, {args.chips} chips, {len(idx)} test images, "
-          f"--calibrate {args.calibrate} (medians over the chips)")
+    print(f"ResNet20 `paper` artifact, {args.precision}, SA1 {args.rate:g}, {args.chips} chips, "
+          f"{len(idx)} test images, --calibrate {args.calibrate} (medians over the chips)")
     print("| per chip | seconds | mean accuracy |\n|---|---|---|")
     print(f"| plain | {tp:.2f} | {100 * np.mean(a_plain):.2f}% |")
     print(f"| calibrated | {tc:.2f} | {100 * np.mean(a_cal):.2f}% |")

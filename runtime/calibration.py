@@ -239,12 +239,14 @@ CHIP_VERSION = 1
 
 
 def chip_calibration_doc(affines: dict[str, tuple[np.ndarray, np.ndarray]], *, model_sha256: str,
-                         fault_map_sha256: str, calibrate: int, calibrate_sha256: str) -> dict:
+                         fault_map_sha256: str, calibrate: int, calibrate_sha256: str,
+                         precision: str = "fp32") -> dict:
     """What a deployment programs into one chip's periphery: per calibrated layer (its output
-    tensor) and output channel, the digital scale and offset applied to the column's output."""
+    tensor) and output channel, the digital scale and offset applied to the column's output;
+    ``precision``: the numerics the chip was measured in (int8: the deployed int8 graph)."""
     return {"format": CHIP_FORMAT, "version": CHIP_VERSION, "model_sha256": model_sha256,
             "fault_map_sha256": fault_map_sha256, "calibrate": int(calibrate),
-            "calibrate_sha256": calibrate_sha256,
+            "calibrate_sha256": calibrate_sha256, "precision": precision,
             "layers": [{"output": out, "scale": np.asarray(a, np.float64).tolist(),
                         "offset": np.asarray(b, np.float64).tolist()} for out, (a, b) in affines.items()]}
 

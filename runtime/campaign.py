@@ -319,7 +319,7 @@ def calibrate_fault_map(artifact: Artifact | str | os.PathLike, fault_map: str |
     model = artifact.models[name]
     labels = np.zeros(1, np.int64)  # the engine evaluates nothing here; it only measures the chip
     engine = Engine(model, calibrate[:1], labels, **{**(engine_kw or {}), "calibrate": calibrate})
-    affines = engine.calibrator.measure(model.chip_weights(chip))
+    affines = engine.calibrator.measure(engine.weights(chip))  # fp32: float weights; int8: crossbar integers
     return chip_calibration_doc(affines, model_sha256=model.sha256, fault_map_sha256=file_sha256(fault_map),
-                                calibrate=len(calibrate),
+                                calibrate=len(calibrate), precision=engine.precision,
                                 calibrate_sha256=images_digest(calibrate, np.zeros(0, np.int64)))

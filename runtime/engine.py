@@ -11,6 +11,7 @@ from .calibration import ChipCalibrator, targets_from_metadata
 from .errors import RuntimeInputError
 from .faults import Chip, faulty_levels
 from .int8 import prepare_int8, quantize_input
+from .int8.calibrate import Int8ChipCalibrator
 from .metadata import normalize_images
 from .session import default_providers, default_threads, make_session
 
@@ -27,7 +28,8 @@ class Engine:
                  periphery: dict | None = None):
         """``calibration``: uint8 NHWC training images, for ``precision="int8"`` only (activation
         ranges). ``calibrate``: uint8 NHWC training images on which every chip's periphery is
-        calibrated (per-chip BN re-estimation, runtime/calibration.py) before it is evaluated.
+        calibrated (per-chip BN re-estimation, runtime/calibration.py; with int8 measured and applied
+        in the int8 graph, runtime/int8/calibrate.py) before it is evaluated.
         ``periphery``: instead, one chip's digital (scale, offset) per layer, as `rram calibrate`
         wrote them; used for every chip evaluated (a measured chip's file)."""
         if len(images) != len(labels) or len(labels) == 0:
@@ -47,9 +49,6 @@ class Engine:
         if precision not in PRECISIONS:
             raise RuntimeInputError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
         self.precision = precision
-        if (calibrate is not None or periphery is not None) and precision != "fp32":
-            raise RuntimeInputError("per-chip calibration (--calibrate) runs with --precision fp32; "
-                                    "int8 is not supported yet")
         self.feed_name, self.feed = model.input_name, self.x
         if precision == "int8":
             calib = normalize_images(calibration, model.normalization) if calibration is not None else None
@@ -60,11 +59,23 @@ class Engine:
             if fixed is not None or (model.input_dims and model.input_dims[0] is not None):
                 raise RuntimeInputError(f"{model.folder}: per-chip calibration runs all calibration images as one "
                                         f"batch, and the model fixes its batch size")
-            self.calibrator = ChipCalibrator(
-                model.base_model(), model.weight_names, [lay.weight_shape for lay in model.cmap.layers],
-                targets_from_metadata(model.metadata, model.folder / MODEL_NAME),
-                None if calibrate is None else {model.input_name: normalize_images(calibrate, model.normalization)},
-                lambda data: make_session(data, providers=self.providers, threads=self.threads, shared_arena=True))
+            targets = targets_from_metadata(model.metadata, model.folder / MODEL_NAME)
+            calib = None if calibrate is None else normalize_images(calibrate, model.normalization)
+
+            def session(data):
+                return make_session(data, providers=self.providers, threads=self.threads, shared_arena=True)
+
+            if precision == "fp32":
+                self.calibrator = ChipCalibrator(
+                    model.base_model(), model.weight_names, [lay.weight_shape for lay in model.cmap.layers],
+                    targets, None if calib is None else {model.input_name: calib}, session)
+            else:  # measured and applied in the int8 graph as deployed (runtime/int8/calibrate.py)
+                shapes = [tuple(lay.weight_shape[:1]) + (lay.weight_shape[1] + self.int8.padded_layers.get(i, 0),)
+                          + tuple(lay.weight_shape[2:]) for i, lay in enumerate(model.cmap.layers)]
+                self.calibrator = Int8ChipCalibrator(
+                    self.int8, model.base_model(), model.weight_names, shapes,
+                    [lay.scales for lay in model.cmap.layers], targets,
+                    None if calib is None else {self.int8.input_name: quantize_input(calib, self.int8)}, session)
 
     def weights(self, chip: Chip | None = None) -> list[np.ndarray]:
         """What the session needs per chip: float weights (fp32) or crossbar integers (int8)."""
@@ -77,8 +88,8 @@ class Engine:
 
     def session(self, weights: list[np.ndarray] | None = None):
         """A session with these per-layer weights (see ``weights``; fault-free when None)."""
-        if self.precision == "fp32" and self.calibrator is not None:
-            weights = weights if weights is not None else self.model.clean_weights()
+        if self.calibrator is not None:  # the chip's periphery, calibrated or from a file, then the chip
+            weights = weights if weights is not None else self.weights()
             affines = self.periphery if self.periphery is not None else self.calibrator.measure(weights)
             names, arrays = self.calibrator.evaluated(weights, affines)
             data = append_initializers(self.calibrator.eval_base, names, arrays)

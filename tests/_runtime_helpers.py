@@ -77,6 +77,25 @@ def make_artifact(folder: Path, device: DeviceConfig, *, seed: int = 0, bn_rate:
     return quantize_onnx(onx, folder, device, normalization=NORM, bn_rate=bn_rate)
 
 
+def bn_artifact(folder: Path, seed: int = 0, model: nn.Module | None = None, bn_rate: float | None = None) -> Path:
+    """A model (default the tiny one) through export (BN kept), the standard passes (fold-bn
+    records the BN targets) and quantize (`paper`): an artifact whose periphery can be calibrated."""
+    import tempfile
+
+    import passes
+    from runtime.crossbar import preset
+
+    with tempfile.TemporaryDirectory(prefix="rram-bn-artifact-") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the legacy exporter's deprecation notice
+        path = Path(tmp) / "float.onnx"  # not beside the artifact: a multi-rate root holds folders only
+        torch.onnx.export(model if model is not None else tiny_model(seed), torch.zeros(1, 3, 32, 32), str(path),
+                          dynamo=False, input_names=["input"], output_names=["logits"],
+                          dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}}, opset_version=17,
+                          do_constant_folding=False)
+        folded = passes.run(onnx.load(str(path)), "standard").model
+    return quantize_onnx(folded, folder, preset("paper"), normalization=NORM, bn_rate=bn_rate)
+
+
 def make_images(n: int = 64, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Random images labelled by the fault-free deployed model itself would make 100% clean; we
     label them by the float tiny model so the clean accuracy is high but not trivially exact."""

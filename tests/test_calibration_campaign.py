@@ -3,11 +3,8 @@ import json
 import math
 
 import numpy as np
-import onnx
 import pytest
-import torch
 
-import passes
 from runtime.artifact import DeployedModel
 from runtime.campaign import validate, validate_fault_map
 from runtime.crossbar import preset
@@ -15,21 +12,10 @@ from runtime.faults import run_seed, sample_chip, save_fault_map
 from runtime.results import read_results
 from toolchain.cli import main
 
-from _runtime_helpers import NORM, make_artifact, quantize_onnx, tiny_model
+from _runtime_helpers import bn_artifact, make_artifact
 from conftest import make_cifar, one_thread
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
-
-
-def bn_artifact(folder, seed=0):
-    """The tiny model through export (BN kept), the standard passes (fold-bn records the BN
-    targets) and quantize: an artifact whose periphery can be calibrated."""
-    path = folder.parent / f"{folder.name}.float.onnx"
-    torch.onnx.export(tiny_model(seed), torch.zeros(1, 3, 32, 32), str(path), dynamo=False, input_names=["input"],
-                      output_names=["logits"], dynamic_axes={"input": {0: "n"}, "logits": {0: "n"}},
-                      opset_version=17, do_constant_folding=False)
-    folded = passes.run(onnx.load(str(path)), "standard").model
-    return quantize_onnx(folded, folder, preset("paper"), normalization=NORM)
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +74,6 @@ def test_bad_calibration_input_is_one_line(art, data, tmp_path, capsys):
     out = tmp_path / "r.json"
     assert "--calibrate" in _err(capsys, base + ["--calibrate", "0", "--out", str(out)])
     assert "choose between 1 and the 320 images" in _err(capsys, base + ["--calibrate", "100000", "--out", str(out)])
-    assert "int8 is not supported yet" in _err(capsys, base + ["--calibrate", "8", "--precision", "int8",
-                                                               "--out", str(out)])
     old = make_artifact(tmp_path / "old", preset("paper"))  # quantized without fold-bn's targets
     err = _err(capsys, ["validate", str(old)] + base[2:] + ["--calibrate", "8", "--out", str(out)])
     assert "records no BN targets" in err and "rram passes" in err

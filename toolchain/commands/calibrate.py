@@ -20,6 +20,11 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=seed, default=0,
                    help="seed that chooses the calibration images, 0 <= seed < 2**32 (default: 0)")
     add_bn_rate_arg(p, old="--stats-rate")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                   help="the numerics the chip is measured in: int8 as `rram validate --precision int8` "
+                        "deploys it (activation ranges from --calibration-images training images)")
+    p.add_argument("--calibration-images", type=positive_int, default=500,
+                   help="training images for the --precision int8 activation ranges (as rram validate)")
     p.add_argument("--out", required=True, help=f"output folder (gets {FILE_NAME})")
     p.set_defaults(func=run)
 
@@ -39,7 +44,14 @@ def run(args) -> int:
         raise UserError(f"{out} exists; choose another --out")
     stats_rate = parse_stats_rate(args.bn_rate)
     artifact = Artifact.load(args.artifact)
-    doc = calibrate_fault_map(artifact, args.fault_map, calibration_images(args), stats_rate=stats_rate)
+    engine_kw = {"precision": args.precision}
+    if args.precision == "int8":  # the activation ranges `rram validate --precision int8` sets
+        from ..data import load_split, subset_indices
+
+        train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache)
+        engine_kw["calibration"] = train.images[subset_indices(len(train), args.calibration_images)]
+    doc = calibrate_fault_map(artifact, args.fault_map, calibration_images(args), stats_rate=stats_rate,
+                              engine_kw=engine_kw)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, doc)
     print(f"wrote {out}: {len(doc['layers'])} calibrated layers, {args.calibrate} calibration images")

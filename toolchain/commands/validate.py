@@ -85,8 +85,6 @@ def run(args) -> int:
                         "(it resumes after a kill)")
     if args.chip_calibration and not args.fault_map:
         raise UserError("--chip-calibration holds one measured chip's parameters: give its --fault-map too")
-    if args.calibrate is not None and args.precision != "fp32":  # before any work
-        raise UserError("per-chip calibration (--calibrate) runs with --precision fp32; int8 is not supported yet")
     if shard[0] > len(sa1) * args.runs:  # a fixed-size array job over a small campaign: fine
         print(f"note: --shard {args.shard}: the campaign has only {len(sa1) * args.runs} runs, so this "
               f"shard holds none (its results file still merges)")
