@@ -51,9 +51,10 @@ def _user_error(error: BaseException) -> RuntimeInputError | None:
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
-        if isinstance(error, RuntimeInputError):
-            return RuntimeInputError(str(error).splitlines()[0] if str(error) else type(error).__name__)
-        error = getattr(error, "cause", None) or getattr(error, "__cause__", None)
+        inner = getattr(error, "cause", None)  # Ray's wrapper (itself an instance of the cause's class)
+        if inner is None and isinstance(error, RuntimeInputError):
+            return RuntimeInputError(str(error))
+        error = inner or error.__cause__
     return None
 
 
