@@ -2,7 +2,7 @@
 docs/scaling.md).
 
 The driver (the process that writes the results file) puts the loaded artifact, the images and
-the engine settings into Ray's object store once; one actor per ``threads`` CPUs of the cluster
+the engine settings into Ray's object store once; one actor per ``threads`` free CPUs of the cluster
 builds its engine from them once, then takes tasks ``fn(engine, cmap, *args)``: the same
 functions the local executor runs (``campaign.measure_chip``, ``sensitivity.layer_chip_accuracy``),
 so a chip's numbers do not depend on where it ran. The driver keeps a few tasks per actor in
@@ -82,9 +82,11 @@ class RayExecutor:
             if threads > cpus:
                 raise RuntimeInputError(f"--threads {threads}: each Ray worker takes that many CPUs, and the "
                                         f"cluster has {cpus}")
+            # the CPUs free now: a worker waiting for CPUs another job holds would hold its chips back
+            free = int(ray.available_resources().get("CPU", 0))
             refs = [ray.put(x) for x in (artifact, images, labels, {**engine_kw, "threads": threads})]
             worker = ray.remote(num_cpus=threads)(_Worker)
-            self.actors = [worker.remote(*refs) for _ in range(cpus // threads)]
+            self.actors = [worker.remote(*refs) for _ in range(max(1, free // threads))]
         except BaseException:
             self.close()
             raise

@@ -237,3 +237,42 @@ def test_every_campaign_runs_through_the_one_chip_function(art, data, monkeypatc
     doc = validate(art, images, labels, sa1=[0.1, 0.2], runs=3, seed=1, progress=False)
     assert seen == [(0.1, 0), (0.1, 1), (0.1, 2), (0.2, 0), (0.2, 1), (0.2, 2)]
     assert np.isfinite(doc["rates"][0]["summary"]["mean"])
+
+
+PIPELINE = """\
+out = "run"
+data = "data"
+
+[model]
+checkpoint = "init.pt"
+arch = "resnet20"
+
+[recalibrate]
+rates = [0.0, 0.1]
+
+[validate]
+sa1 = [0.0, 0.1]
+runs = 2
+"""
+
+
+def test_pipeline_key_validate_ray(tmp_path, monkeypatch):
+    """validate.ray passes --ray to the campaigns and is no setting of the step: changing it re-runs
+    nothing (it changes no number)."""
+    from toolchain.pipeline import build
+    from toolchain.pipeline.config import load_config
+
+    (tmp_path / "init.pt").write_bytes(b"")
+    settings = []
+    for value, flag in [(None, []), ("default", ["--ray"]), ("local", ["--ray=local"]),
+                        ("10.0.0.1:6379", ["--ray=10.0.0.1:6379"])]:
+        config = tmp_path / "p.toml"
+        config.write_text(PIPELINE + ("" if value is None else f'ray = "{value}"\n'))
+        pipeline = build.Pipeline(load_config(config))
+        step = next(s for s in pipeline.steps if s.stage == "validate")
+        settings.append(step.settings)
+        calls = []
+        monkeypatch.setattr(build, "cli", lambda argv, calls=calls: calls.append(argv) or 0)
+        assert pipeline._validate(step, False) == 0
+        assert [a for a in calls[0] if a.startswith("--ray")] == flag
+    assert all(s == settings[0] for s in settings) and "ray" not in settings[0]
