@@ -14,6 +14,7 @@ and only when an executor is made.
 """
 from __future__ import annotations
 
+import os
 from collections import defaultdict, deque
 from contextlib import suppress
 
@@ -68,6 +69,10 @@ class RayExecutor:
         ray = self.ray = import_ray()
         self.started = False
         if not ray.is_initialized():
+            # A local instance started here runs its workers at this process's priority, as a local
+            # campaign runs: Ray's default (niceness 15) yields them to every other job of a shared
+            # machine. (A cluster `ray start` began keeps its own setting.)
+            os.environ.setdefault("RAY_worker_niceness", "0")
             try:
                 ray.init(address=address, include_dashboard=False, logging_level="ERROR")
             except (ConnectionError, ValueError, RuntimeError) as e:
