@@ -10,6 +10,7 @@ Checks the two results agree run for run. Target: Ray within 10% of the local ru
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -50,6 +51,7 @@ def main() -> int:
         images, labels = test.images[idx], test.labels[idx]
         kw = dict(sa1=[args.rate], runs=args.chips, seed=0, progress=False)
         t0 = time.perf_counter()
+        os.environ.setdefault("RAY_worker_niceness", "0")  # as `--ray` starts its local instance
         ray.init(include_dashboard=False, logging_level="ERROR")
         t_init = time.perf_counter() - t0
         workers = int(ray.cluster_resources()["CPU"])

@@ -2,7 +2,7 @@
 docs/scaling.md).
 
 The driver (the process that writes the results file) puts the loaded artifact, the images and
-the engine settings into Ray's object store once; one actor per ``threads`` free CPUs of the cluster
+the engine settings into Ray's object store once; one actor per ``threads`` CPUs of the cluster
 builds its engine from them once, then takes tasks ``fn(engine, cmap, *args)``: the same
 functions the local executor runs (``campaign.measure_chip``, ``sensitivity.layer_chip_accuracy``),
 so a chip's numbers do not depend on where it ran. The driver keeps a few tasks per actor in
@@ -45,6 +45,9 @@ class _Worker:
     def call(self, fn, *args):
         return fn(self.engine, self.cmap, *args)
 
+    def ready(self) -> bool:
+        return True
+
 
 def _user_error(error: BaseException) -> RuntimeInputError | None:
     """The RuntimeInputError a worker raised (bad input found where the engine is built), out of
@@ -80,21 +83,34 @@ class RayExecutor:
                 raise RuntimeInputError(f"--ray {address or ''}: cannot start or reach Ray: {text}".replace(
                     "--ray :", "--ray:")) from None
             self.started = True
-        self.actors = []
+        self.actors, self.workers, self.starting = [], [], {}
         try:
             threads = int(engine_kw.get("threads") or 1)  # per worker; the cluster's CPUs make the workers
             cpus = int(ray.cluster_resources().get("CPU", 0))
             if threads > cpus:
                 raise RuntimeInputError(f"--threads {threads}: each Ray worker takes that many CPUs, and the "
                                         f"cluster has {cpus}")
-            # the CPUs free now: a worker waiting for CPUs another job holds would hold its chips back
-            free = int(ray.available_resources().get("CPU", 0))
             refs = [ray.put(x) for x in (artifact, images, labels, {**engine_kw, "threads": threads})]
             worker = ray.remote(num_cpus=threads)(_Worker)
-            self.actors = [worker.remote(*refs) for _ in range(max(1, free // threads))]
+            self.actors = [worker.remote(*refs) for _ in range(cpus // threads)]
+            # a worker takes chips once it is up: one waiting for CPUs (another job's, or a previous
+            # campaign's not yet released) must not hold chips back
+            self.starting = {actor.ready.remote(): actor for actor in self.actors}
         except BaseException:
             self.close()
             raise
+
+    def _admit(self, block: bool = False) -> None:
+        """Workers that are up join ``workers`` (``block``: wait for one when none is)."""
+        if not self.starting:
+            return
+        if block and not self.workers:
+            self.ray.wait(list(self.starting), num_returns=1)
+        up, _ = self.ray.wait(list(self.starting), num_returns=len(self.starting), timeout=0)
+        for ref in up:
+            actor = self.starting.pop(ref)
+            self._get(ref)  # a worker that failed to start: its error
+            self.workers.append(actor)
 
     def _get(self, ref):
         try:
@@ -106,16 +122,16 @@ class RayExecutor:
             raise error from None
 
     def call(self, fn, *args):
-        """One task on the first worker; its result."""
-        return self._get(self.actors[0].call.remote(fn, *args))
+        """One task on the first worker up; its result."""
+        self._admit(block=True)
+        return self._get(self.workers[0].call.remote(fn, *args))
 
     def run(self, tasks, finished, *, in_order: bool = False, dropped=None) -> None:
         """Each task ``(key, group, fn, args)`` on the least busy worker; ``finished(key, result)``
         as results arrive, in completion order, or with ``in_order`` in each group's task order,
         skipping those ``dropped(key)`` refuses by then (a rate past its precision target)."""
         ray = self.ray
-        window = IN_FLIGHT_PER_WORKER * len(self.actors)
-        load = [0] * len(self.actors)
+        load: list[int] = []  # chips in flight per worker
         in_flight: dict = {}  # object ref -> (key, group, worker)
         order: dict = defaultdict(deque)  # group -> its keys in task order (in_order)
         waiting: dict = {}  # key -> result that waits for an earlier one of its group (in_order)
@@ -123,21 +139,26 @@ class RayExecutor:
         more = True
         try:
             while True:
-                while more and len(in_flight) < window:
+                self._admit(block=not in_flight)
+                load += [0] * (len(self.workers) - len(load))
+                while more and len(in_flight) < IN_FLIGHT_PER_WORKER * len(self.workers):
                     task = next(tasks, None)
                     if task is None:
                         more = False
                         break
                     key, group, fn, args = task
                     w = load.index(min(load))
-                    in_flight[self.actors[w].call.remote(fn, *args)] = (key, group, w)
+                    in_flight[self.workers[w].call.remote(fn, *args)] = (key, group, w)
                     load[w] += 1
                     if in_order:
                         order[group].append(key)
                 if not in_flight:
                     return
-                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                # a result, or a worker coming up (it gets chips at the next turn)
+                ready, _ = ray.wait(list(in_flight) + list(self.starting), num_returns=1)
                 for ref in ready:
+                    if ref not in in_flight:
+                        continue
                     key, group, w = in_flight.pop(ref)
                     load[w] -= 1
                     result = self._get(ref)
@@ -159,7 +180,7 @@ class RayExecutor:
     def close(self) -> None:
         for actor in self.actors:
             self.ray.kill(actor)
-        self.actors = []
+        self.actors, self.workers, self.starting = [], [], {}
         if self.started and self.ray.is_initialized():
             self.ray.shutdown()
 

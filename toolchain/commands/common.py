@@ -135,7 +135,7 @@ def calibration_images(args):
 def add_ray_arg(p: argparse.ArgumentParser) -> None:
     """--ray [ADDRESS]: the chips on Ray workers instead of this process (docs/scaling.md)."""
     p.add_argument("--ray", nargs="?", const=True, default=None, metavar="ADDRESS",
-                   help="run the chips on Ray workers, one per free CPU, with the same results (default: off; needs "
+                   help="run the chips on Ray workers, one per CPU, with the same results (default: off; needs "
                         "pip install 'rram-toolchain[ray]'; docs/scaling.md). Alone it connects as ray.init() does "
                         "($RAY_ADDRESS, else the cluster `ray start` began on this machine, else a new local "
                         "instance); ADDRESS: 'auto', 'local', HOST:PORT or ray://HOST:PORT. Give it after the "
