@@ -66,7 +66,8 @@ class RayExecutor:
     """``call``/``run`` as ``campaign.LocalExecutor``, on Ray actors. ``address``: None connects as
     ``ray.init()`` does (RAY_ADDRESS, else the cluster `ray start` began on this machine, else a
     new local instance); an instance this process already started (``ray.init`` in a script or a
-    test) is used as it is. A local instance started here is shut down at the end."""
+    test) is used as it is; a connection made here is closed at the end (and a local instance it
+    started stops)."""
 
     def __init__(self, address: str | None, artifact, images, labels, engine_kw: dict):
         ray = self.ray = import_ray()
@@ -80,8 +81,8 @@ class RayExecutor:
                 ray.init(address=address, include_dashboard=False, logging_level="ERROR")
             except (ConnectionError, ValueError, RuntimeError) as e:
                 text = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise RuntimeInputError(f"--ray {address or ''}: cannot start or reach Ray: {text}".replace(
-                    "--ray :", "--ray:")) from None
+                flag = "--ray" if address is None else f"--ray {address}"
+                raise RuntimeInputError(f"{flag}: cannot start or reach Ray: {text}") from None
             self.started = True
         self.actors, self.workers, self.starting = [], [], {}
         try:
