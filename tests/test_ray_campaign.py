@@ -156,7 +156,7 @@ def test_killed_cli_ray_campaign_resumes(art, data, cluster, tmp_path, capsys):
     env.pop("RAY_ADDRESS", None)
     log = tmp_path / "driver.log"
     with open(log, "wb") as stderr:
-        proc = subprocess.Popen([sys.executable, "-c", _SLOW_DRIVER, *argv, "--ray"], env=env, cwd=tmp_path,
+        proc = subprocess.Popen([sys.executable, "-c", _SLOW_DRIVER, *argv, "--ray=local"], env=env, cwd=tmp_path,
                                 stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
     try:
         deadline = time.monotonic() + 240
