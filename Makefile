@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,compilers]'
+	$(PY) -m pip install --quiet -e '.[dev,compilers,ray]'
 	@touch $@
 
 # Lint first, so CI (.ci/run -> make test) fails on a lint finding; rules in pyproject.toml.

@@ -2,7 +2,8 @@
 images on each; results appended run by run to a JSON file (write-then-rename; format in
 ``results.py``), resumable, shardable and mergeable. Run r at rates (p1, p0) always uses the chip
 drawn from ``faults.run_seed(seed, p1, p0, r)``, so the numbers do not depend on how the work is
-split.
+split, nor on who runs it: this process (``LocalExecutor``) or Ray workers (``ray_executor``), both
+running ``measure_chip``.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 import sys
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -95,17 +97,22 @@ def calibrate_config(calibrate: np.ndarray | None) -> dict:
     return {"calibrate": int(len(calibrate)), "calibrate_sha256": images_digest(calibrate, np.zeros(0, np.int64))}
 
 
-def engine_factory(artifact: Artifact, images, labels, engine_kw):
-    cache: dict[str, Engine] = {}
+def check_normalization(artifact: Artifact) -> None:
+    """The models' recorded input normalisation, one for all (what every engine needs)."""
     if artifact.first.normalization is None and NORMALIZATION_EMBEDDED_KEY not in artifact.first.metadata:
         # Guessing (e.g. CIFAR statistics, or none) silently gives a wrong accuracy. A model whose
         # normalisation is in the graph (embed-normalization) takes the images in [0, 1].
         raise RuntimeInputError(f"{artifact.path}: model.onnx records no input normalisation "
                                 f"(metadata {NORMALIZATION_KEY}); export it with rram export")
-    x = normalize_images(images, artifact.first.normalization)
     norms = {m.normalization for m in artifact.models.values()}
     if len(norms) > 1:
         raise RuntimeInputError(f"{artifact.path}: the models use different input normalisations")
+
+
+def engine_factory(artifact: Artifact, images, labels, engine_kw):
+    cache: dict[str, Engine] = {}
+    check_normalization(artifact)
+    x = normalize_images(images, artifact.first.normalization)
 
     def get(name: str) -> Engine:
         if name not in cache:
@@ -135,7 +142,8 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
              out: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
              engine_kw: dict | None = None, info: dict | None = None, precision: str = "fp32",
              calibration: np.ndarray | None = None, calibrate: np.ndarray | None = None,
-             protect: list[str] | None = None, ci: float | None = None, min_runs: int = 10) -> dict:
+             protect: list[str] | None = None, ci: float | None = None, min_runs: int = 10,
+             ray: bool | str | None = None) -> dict:
     """Sweep the rates; return (and, with ``out``, keep writing) the results document.
     ``calibration``: training images for int8 activation ranges; ``calibrate``: training images on
     which each chip's periphery is calibrated before it is evaluated (then ``clean`` is the
@@ -144,7 +152,12 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
     ``ci``: a precision target in percentage points: each rate stops adding chips (in run order)
     once at least ``min_runs`` chips give a 95% CI half-width of the mean of at most ``ci``, with
     ``runs`` as the maximum. The stop depends on every earlier chip of the rate, so it cannot be
-    split into shards; resuming continues exactly."""
+    split into shards; resuming continues exactly. ``ray``: run the chips on Ray workers
+    (``executor``; True: as ``ray.init()`` connects, or an address); the results are the same run
+    for run, written as chips finish; it replaces ``shard``."""
+    if ray and shard != (1, 1):
+        raise RuntimeInputError("Ray replaces shards: run the whole campaign on the cluster (it resumes after "
+                                "a kill), or shard without Ray")
     if not isinstance(artifact, Artifact):
         artifact = Artifact.load(artifact)
     if not sa1:
@@ -200,62 +213,135 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
                "shard": None if shard == (1, 1) else list(shard), "clean": {},
                "rates": [{"sa1": float(p), "sa0": float(sa0), "model": m, "runs": {}} for p, m in zip(sa1, selected)],
                "timing": {}, "complete": False, "info": {"artifact": str(artifact.path), **(info or {})}}
-    engine = engine_factory(artifact, images, labels, {**(engine_kw or {}), "precision": precision,
-                                                        "calibration": calibration, "calibrate": calibrate})
-
+    engine_kw = {**(engine_kw or {}), "precision": precision, "calibration": calibration, "calibrate": calibrate}
+    plan = ChipPlan(artifact.first.cmap.cell_count(), float(sa0), int(seed),
+                    None if kept_faulty is None else tuple(kept_faulty))
     jobs = _jobs(len(sa1), runs, shard)
     k, n = shard
     already = sum(1 for i, e in enumerate(doc["rates"]) for key in e["runs"] if (i * runs + int(key)) % n == k - 1)
-    for name in sorted(set(selected)):
-        if name not in doc["clean"]:
-            doc["clean"][name] = engine(name).clean_accuracy()
-    refresh(doc)
-    if out is not None:
-        write_results(doc, out)
-
-    n_cells = artifact.first.cmap.cell_count()
-    t0 = time.perf_counter()
-    progress_ = _Progress(len(jobs) - already, progress)
-    done = ran = 0
-    def until_precise():
-        """Jobs in order, each rate left as soon as it reaches the precision target (its summary
-        is refreshed after every chip)."""
-        for i in range(len(sa1)):
-            for r in range(runs):
-                if precise_enough(doc["rates"][i]["summary"], config):
-                    break
-                yield i * runs + r
-
-    for j in (jobs if ci is None else until_precise()):
-        i, r = divmod(j, runs)
-        entry = doc["rates"][i]
-        if str(r) in entry["runs"]:  # resumed
-            continue
-        p1 = entry["sa1"]
-        chip = sample_chip(n_cells, p1, sa0, run_seed(seed, p1, sa0, r))
-        if kept_faulty is not None:
-            chip = with_faults_only_in(cmap, chip, kept_faulty)
-        # a chip without stuck cells computes with the clean weights: its accuracy is known
-        if chip.codes.any():
-            acc = engine(entry["model"]).chip_accuracy(chip)
-            ran += 1
-        else:
-            acc = doc["clean"][entry["model"]]
-        done += 1
-        entry["runs"][str(r)] = {"accuracy": acc, "stuck_fraction": chip.stuck_fraction,
-                                 "sa1_fraction": chip.sa1_fraction, "sa0_fraction": chip.sa0_fraction}
-        seconds = time.perf_counter() - t0
-        # only the chips that ran count for the speed: fault-free ones are reused, not run
-        doc["timing"] = {"runs": done, "ran": ran, "reused": done - ran, "seconds": round(seconds, 3),
-                         "runs_per_second": ran / seconds if seconds else None,
-                         "images_per_second": ran * len(labels) / seconds if seconds else None}
+    with executor(ray, artifact, images, labels, engine_kw) as chips:
+        for name in sorted(set(selected)):
+            if name not in doc["clean"]:
+                doc["clean"][name] = chips.call(clean_accuracy, name)
         refresh(doc)
         if out is not None:
             write_results(doc, out)
-        accs = [v["accuracy"] for v in entry["runs"].values()]
-        progress_.update(f"sa1={p1:g} mean={100 * float(np.mean(accs)):.2f}%")
-    progress_.close()
+
+        t0 = time.perf_counter()
+        progress_ = _Progress(len(jobs) - already, progress)
+        done = ran = 0
+
+        def until_precise():
+            """Jobs in order, each rate left as soon as it reaches the precision target (its summary
+            is refreshed after every chip)."""
+            for i in range(len(sa1)):
+                for r in range(runs):
+                    if precise_enough(doc["rates"][i]["summary"], config):
+                        break
+                    yield i * runs + r
+
+        def tasks():
+            """The chips still to run, generated lazily (--runs 1000000000; --ci's stop)."""
+            for j in (jobs if ci is None else until_precise()):
+                i, r = divmod(j, runs)
+                entry = doc["rates"][i]
+                if str(r) in entry["runs"]:  # resumed
+                    continue
+                yield (i, r), i, measure_chip, (plan, entry["sa1"], r, entry["model"], doc["clean"][entry["model"]])
+
+        def finished(key, result):
+            nonlocal done, ran
+            (i, r), (record, was_run) = key, result
+            entry = doc["rates"][i]
+            ran += was_run
+            done += 1
+            entry["runs"][str(r)] = record
+            seconds = time.perf_counter() - t0
+            # only the chips that ran count for the speed: fault-free ones are reused, not run
+            doc["timing"] = {"runs": done, "ran": ran, "reused": done - ran, "seconds": round(seconds, 3),
+                             "runs_per_second": ran / seconds if seconds else None,
+                             "images_per_second": ran * len(labels) / seconds if seconds else None}
+            refresh(doc)
+            if out is not None:
+                write_results(doc, out)
+            accs = [v["accuracy"] for v in entry["runs"].values()]
+            progress_.update(f"sa1={entry['sa1']:g} mean={100 * float(np.mean(accs)):.2f}%")
+
+        # With --ci a rate's chips count in run order only (the stop depends on every earlier one):
+        # a parallel executor delivers each rate's results in order and drops those past the stop.
+        chips.run(tasks(), finished, in_order=ci is not None,
+                  dropped=lambda key: ci is not None and precise_enough(doc["rates"][key[0]]["summary"], config))
+        progress_.close()
     return doc
+
+
+# ------------------------------------------------------------------ one simulated chip
+
+@dataclass(frozen=True)
+class ChipPlan:
+    """How run r at an SA1 rate becomes a chip: everything the per-chip work needs but the
+    engine. Small and picklable: Ray workers (runtime/ray_executor.py) get it with each chip."""
+    cells: int
+    sa0: float
+    seed: int
+    kept_faulty: tuple[int, ...] | None = None  # --protect: the layers whose faults stay
+
+
+def measure_chip(engine, cmap, plan: ChipPlan, p1: float, r: int, model: str, clean: float) -> tuple[dict, bool]:
+    """Run r at SA1 rate p1 (the chip ``faults.run_seed(seed, p1, sa0, r)`` draws) evaluated with
+    ``model``: its results record, and whether it ran (False: no stuck cell, ``clean`` reused).
+    The one per-chip function of every executor (this process, or Ray workers)."""
+    chip = sample_chip(plan.cells, p1, plan.sa0, run_seed(plan.seed, p1, plan.sa0, r))
+    if plan.kept_faulty is not None:
+        chip = with_faults_only_in(cmap, chip, list(plan.kept_faulty))
+    # a chip without stuck cells computes with the clean weights: its accuracy is known
+    ran = bool(chip.codes.any())
+    acc = engine(model).chip_accuracy(chip) if ran else clean
+    return {"accuracy": acc, "stuck_fraction": chip.stuck_fraction, "sa1_fraction": chip.sa1_fraction,
+            "sa0_fraction": chip.sa0_fraction}, ran
+
+
+def clean_accuracy(engine, cmap, model: str) -> float:
+    return engine(model).clean_accuracy()
+
+
+# ------------------------------------------------------------------ executors
+
+class LocalExecutor:
+    """Runs tasks ``fn(engine, cmap, *args)`` one after the other in this process, pulling each
+    from the (lazy) task iterator only when the previous one is recorded. The interface
+    ``ray_executor.RayExecutor`` shares: ``call`` (one task, its result), ``run`` (tasks
+    ``(key, group, fn, args)``, each result handed to ``finished(key, result)``)."""
+
+    def __init__(self, artifact: Artifact, images, labels, engine_kw: dict):
+        self.engine = engine_factory(artifact, images, labels, engine_kw)
+        self.cmap = artifact.first.cmap
+
+    def call(self, fn, *args):
+        return fn(self.engine, self.cmap, *args)
+
+    def run(self, tasks, finished, *, in_order: bool = False, dropped=None) -> None:
+        # one at a time, in order: nothing runs past a stop (in_order, dropped: parallel executors)
+        for key, _group, fn, args in tasks:
+            finished(key, fn(self.engine, self.cmap, *args))
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def executor(ray: bool | str | None, artifact: Artifact, images, labels, engine_kw: dict):
+    """This process (``ray`` false), or Ray workers: ``True`` connects as ``ray.init()`` does
+    (RAY_ADDRESS, else the cluster `ray start` began on this machine, else a new local instance),
+    a string is the cluster's address (``"auto"``, ``"local"``, ``"host:port"``, ``"ray://..."``)."""
+    if not ray:
+        return LocalExecutor(artifact, images, labels, engine_kw)
+    from .ray_executor import RayExecutor
+
+    check_normalization(artifact)  # before starting Ray: the workers would only fail later
+    return RayExecutor(None if ray is True else str(ray), artifact, images, labels, engine_kw)
 
 
 def _check_same(doc: dict, config: dict, shard, path) -> None:

@@ -192,7 +192,7 @@ def validate(artifact: PathLike, out: PathLike, *, sa1: float | list[float] | No
         data: as in :func:`train`.
         resume: continue the campaign in ``out``.
         **options: any other ``rram validate`` option (``sa0``, ``protect``, ``shard``, ``precision``,
-            ``fault_map``, ``chip_calibration``, ...).
+            ``fault_map``, ``chip_calibration``, ``ray``: True or a cluster address, docs/scaling.md, ...).
     """
     from runtime.results import read_results
 
@@ -236,7 +236,7 @@ def sensitivity(artifact: PathLike, out: PathLike, *, sa1: float | list[float], 
         sa1: SA1 cell rate(s) for the faulty layer.
         runs: simulated chips per layer (None: 10).
         seed, images, calibrate, data: as in :func:`validate`.
-        **options: any other ``rram sensitivity`` option (``sa0``, ``bn_rate``, ...).
+        **options: any other ``rram sensitivity`` option (``sa0``, ``bn_rate``, ``ray``, ...).
     """
     from runtime.results import read_sensitivity
 

@@ -132,6 +132,24 @@ def calibration_images(args):
     return train.images[calibration_indices(len(train), args.calibrate, args.seed)]
 
 
+def add_ray_arg(p: argparse.ArgumentParser) -> None:
+    """--ray [ADDRESS]: the chips on Ray workers instead of this process (docs/scaling.md)."""
+    p.add_argument("--ray", nargs="?", const=True, default=None, metavar="ADDRESS",
+                   help="run the chips on Ray workers, one per CPU, with the same results (default: off; needs "
+                        "pip install 'rram-toolchain[ray]'; docs/scaling.md). Alone it connects as ray.init() does "
+                        "($RAY_ADDRESS, else the cluster `ray start` began on this machine, else a new local "
+                        "instance); ADDRESS: 'auto', 'local', HOST:PORT or ray://HOST:PORT. Give it after the "
+                        "artifact, or as --ray=ADDRESS")
+
+
+def check_ray(args) -> None:
+    """With --ray: Ray importable (a one-line error naming the extra), before any work."""
+    if getattr(args, "ray", None):
+        from runtime.ray_executor import import_ray
+
+        import_ray()
+
+
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default=None, help="CIFAR-10 root (ImageFolder train/test or "
                    "cifar-10-batches-py); default: $RRAM_DATA")

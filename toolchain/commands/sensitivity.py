@@ -6,7 +6,9 @@ from ..errors import UserError
 from .common import (
     add_bn_rate_arg,
     add_data_args,
+    add_ray_arg,
     calibration_images,
+    check_ray,
     float_list,
     parse_stats_rate,
     positive_int,
@@ -30,6 +32,7 @@ def add_parser(sub) -> None:
     p.add_argument("--calibrate", type=positive_int, default=None, metavar="N",
                    help="calibrate each chip's periphery on N training images first (default: off)")
     p.add_argument("--out", required=True, help="sensitivity report JSON (rewritten after each layer)")
+    add_ray_arg(p)
     p.set_defaults(func=run)
 
 
@@ -45,6 +48,7 @@ def run(args) -> int:
     for p in sa1:
         check_rates(p, args.sa0)
     stats_rate = parse_stats_rate(args.bn_rate)
+    check_ray(args)
     check_output_path(args.out)
     if Path(args.out).exists():
         raise UserError(f"{args.out} exists; choose another --out")
@@ -54,7 +58,7 @@ def run(args) -> int:
     calibrate = calibration_images(args)
     doc = sensitivity(artifact, split.images[idx], split.labels[idx], sa1=sa1, sa0=args.sa0, runs=args.runs,
                       seed=args.seed, stats_rate=stats_rate, out=args.out, calibrate=calibrate,
-                      info={"artifact": str(args.artifact), "data": str(args.data)})
+                      info={"artifact": str(args.artifact), "data": str(args.data)}, ray=args.ray)
     for entry in doc["rates"]:
         print(f"SA1 {entry['sa1']:g} in one layer at a time, {args.runs} chips each "
               f"(fault-free {100 * entry['clean']:.2f}%):")

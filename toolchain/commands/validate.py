@@ -10,7 +10,9 @@ from ..errors import UserError
 from .common import (
     add_bn_rate_arg,
     add_data_args,
+    add_ray_arg,
     calibration_images,
+    check_ray,
     float_list,
     parse_shard,
     parse_stats_rate,
@@ -61,7 +63,9 @@ def add_parser(sub) -> None:
                    help="training images for --precision int8 calibration")
     p.add_argument("--batch-size", type=positive_int, default=128,
                    help="images per onnxruntime call (128 measured fastest for ResNet20 on 2 cores)")
-    p.add_argument("--threads", type=positive_int, default=None, help="onnxruntime threads (default: all cores)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="onnxruntime threads (default: all cores; with --ray 1 per worker)")
+    add_ray_arg(p)
     p.set_defaults(func=run)
 
 
@@ -83,6 +87,12 @@ def run(args) -> int:
     if args.ci is not None and shard != (1, 1):
         raise UserError("--ci stops each rate on all its earlier chips, so it cannot be sharded: run it whole "
                         "(it resumes after a kill)")
+    if args.ray and shard != (1, 1):
+        raise UserError("--ray replaces --shard: run the whole campaign on the Ray cluster (it resumes after a "
+                        "kill), or shard without --ray")
+    if args.ray and args.fault_map:
+        raise UserError("--ray runs campaigns of simulated chips; --fault-map validates one measured chip here")
+    check_ray(args)
     if args.chip_calibration and not args.fault_map:
         raise UserError("--chip-calibration holds one measured chip's parameters: give its --fault-map too")
     if shard[0] > len(sa1) * args.runs:  # a fixed-size array job over a small campaign: fine
@@ -130,7 +140,7 @@ def run(args) -> int:
                    engine_kw=engine_kw, info=info,
                    protect=split_list(args.protect, "--protect") if args.protect else None,
                    ci=args.ci, min_runs=args.min_runs,
-                   precision=args.precision, calibration=calibration, calibrate=calibrate)
+                   precision=args.precision, calibration=calibration, calibrate=calibrate, ray=args.ray)
     if args.json:
         print(json.dumps(summary_of(doc), indent=1))
     else:

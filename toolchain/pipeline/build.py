@@ -170,7 +170,9 @@ class Pipeline:
             art_files = {f"art/rate-{r}/{f}": d / "art" / f"rate-{r}" / f for r in rates
                          for f in ("model.onnx", "crossbars.json", "crossbars.npz")}
             results = [d / "results.json"] + ([d / CALIBRATED] if v["validate"]["calibrate"] else [])
-            steps.append(Step("validate", var.name, {**common, **v["validate"]},
+            # where the chips run (validate.ray) does not change a number: not a setting of the step
+            settings = {k: x for k, x in v["validate"].items() if k != "ray"}
+            steps.append(Step("validate", var.name, {**common, **settings},
                               {**art_files, "data": data}, results, self._validate))
         # HOOK (stage 7, sensitivity): a per-variant step reading art/ would be appended here.
         rep_inputs = {}
@@ -271,6 +273,8 @@ class Pipeline:
                 argv += ["--images", str(v["images"])]
             if out.name == CALIBRATED:
                 argv += ["--calibrate", str(v["calibrate"])]
+            if v["ray"] is not None:
+                argv.append("--ray" if v["ray"] == "default" else f"--ray={v['ray']}")
             if again:
                 argv.append("--resume")
             code = cli(argv)

@@ -85,6 +85,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "seed": Key("int", 0, low=0),
         "precision": Key("str", "fp32", choices=("fp32", "int8")),
         "calibrate": Key("int", None, low=1),
+        "ray": Key("str", None),
     },
     "report": {
         "title": Key("str", None),

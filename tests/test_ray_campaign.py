@@ -1,0 +1,278 @@
+"""Campaigns on Ray (`rram validate --ray`, `rram sensitivity --ray`; runtime/ray_executor.py):
+the same numbers run for run as in this process, written as chips finish and resumable after a
+kill, and bad input refused in one line. Against a local instance of 2 CPUs (2 workers)."""
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import runtime.campaign as campaign
+from runtime.campaign import validate
+from runtime.crossbar import preset
+from runtime.errors import RuntimeInputError
+from runtime.results import read_results
+from runtime.sensitivity import sensitivity
+
+from _runtime_helpers import make_artifact, self_labelled_images
+from conftest import ROOT, one_line_error, one_thread, run_cli, write_test_batch
+
+_one_thread = pytest.fixture(autouse=True)(one_thread)
+
+try:
+    import ray
+except ImportError:  # an optional extra; `make install` installs it, so CI runs these tests
+    ray = None
+needs_ray = pytest.mark.skipif(ray is None, reason="ray is not installed (pip install 'rram-toolchain[ray]')")
+
+
+@pytest.fixture(scope="module")
+def art(tmp_path_factory):
+    return make_artifact(tmp_path_factory.mktemp("art") / "a", preset("paper"))
+
+
+@pytest.fixture(scope="module")
+def data(art):
+    return self_labelled_images(art)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    if ray is None:
+        pytest.skip("ray is not installed (pip install 'rram-toolchain[ray]')")
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    yield
+    ray.shutdown()
+
+
+def runs_of(doc) -> list[dict]:
+    return [e["runs"] for e in doc["rates"]]
+
+
+@needs_ray
+@pytest.mark.parametrize("kw", [
+    # SA1 0 reuses the fault-free accuracy without running a chip; 0.05 and 0.3 run every chip
+    dict(sa1=[0.0, 0.05, 0.3], runs=6, seed=4),
+    # --protect restricts each chip's faults; --ci counts chips in run order and stops each rate
+    dict(sa1=[0.1, 0.4], runs=12, seed=2, protect=["/conv2/Conv"], ci=25.0, min_runs=3),
+], ids=["plain", "protect-ci"])
+def test_ray_campaign_equals_the_local_one_run_for_run(art, data, cluster, kw):
+    images, labels = data
+    local = validate(art, images, labels, progress=False, **kw)
+    on_ray = validate(art, images, labels, progress=False, ray=True, **kw)
+    assert runs_of(on_ray) == runs_of(local) and on_ray["clean"] == local["clean"]
+    assert [e["summary"] for e in on_ray["rates"]] == [e["summary"] for e in local["rates"]]
+    assert on_ray["config"] == local["config"] and on_ray["complete"]
+    assert on_ray["timing"]["ran"] == local["timing"]["ran"]
+    if "ci" in kw:  # the stop is where the local campaign stops: not one chip more
+        assert all(len(e["runs"]) < kw["runs"] for e in local["rates"][:1])
+    else:  # the chips differ from each other (the comparison above can fail)
+        assert len({v["accuracy"] for v in local["rates"][2]["runs"].values()}) > 1
+
+
+@needs_ray
+def test_ray_sensitivity_equals_the_local_one(art, data, cluster):
+    images, labels = data
+    local = sensitivity(art, images, labels, sa1=[0.1, 0.3], runs=3, seed=5, progress=False)
+    on_ray = sensitivity(art, images, labels, sa1=[0.1, 0.3], runs=3, seed=5, progress=False, ray=True)
+    local.pop("seconds"), on_ray.pop("seconds")
+    assert on_ray == local
+    assert len({lay["drop"] for e in local["rates"] for lay in e["layers"]}) > 1
+
+
+@needs_ray
+def test_interrupted_ray_campaign_resumes_to_the_local_result(art, data, cluster, tmp_path, monkeypatch):
+    """Ctrl-C in the driver after four chips are written: the file holds them (whatever order they
+    finished in); resuming on Ray runs only the others and ends as one local run."""
+    images, labels = data
+    kw = dict(sa1=[0.1, 0.3], runs=8, seed=7, progress=False)
+    whole = validate(art, images, labels, **kw)
+    out = tmp_path / "r.json"
+    writes = []
+    write_results = campaign.write_results
+
+    def interrupted(doc, path):
+        write_results(doc, path)
+        writes.append(sum(len(e["runs"]) for e in doc["rates"]))
+        if writes[-1] == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(campaign, "write_results", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        validate(art, images, labels, out=out, ray=True, **kw)
+    assert writes == [0, 1, 2, 3, 4]  # the fault-free accuracies, then each chip as it finished
+    assert sum(len(e["runs"]) for e in read_results(out)["rates"]) == 4
+    monkeypatch.setattr(campaign, "write_results", write_results)
+    resumed = validate(art, images, labels, out=out, resume=True, ray=True, **kw)
+    assert resumed["timing"]["runs"] == 16 - 4  # this process ran only the chips the file lacked
+    assert runs_of(resumed) == runs_of(whole) and read_results(out)["complete"]
+
+
+@needs_ray
+def test_resume_on_ray_fills_the_gaps_any_kill_leaves(art, data, cluster, tmp_path):
+    """Chips finish out of order on a cluster: a killed campaign's file can miss run 1 and hold run
+    3. Resuming on Ray runs exactly the missing ones."""
+    images, labels = data
+    kw = dict(sa1=[0.2, 0.4], runs=6, seed=3, progress=False)
+    out = tmp_path / "r.json"
+    whole = validate(art, images, labels, out=out, **kw)
+    doc = json.loads(out.read_text())
+    doc["rates"][0]["runs"] = {k: v for k, v in doc["rates"][0]["runs"].items() if k in ("0", "3", "4")}
+    doc["rates"][1]["runs"] = {k: v for k, v in doc["rates"][1]["runs"].items() if k == "5"}
+    out.write_text(json.dumps(doc))
+    resumed = validate(art, images, labels, out=out, resume=True, ray=True, **kw)
+    assert runs_of(resumed) == runs_of(whole)
+    assert resumed["timing"]["runs"] == 12 - 4 and read_results(out)["complete"]
+
+
+_SLOW_DRIVER = """
+import sys, time
+import runtime.campaign as campaign
+write = campaign.write_results
+def slow(doc, path):  # a slow driver (a loaded head node): time for the test to kill it mid-campaign
+    write(doc, path)
+    time.sleep(0.3)
+campaign.write_results = slow
+from toolchain.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@needs_ray
+def test_killed_cli_ray_campaign_resumes(art, data, cluster, tmp_path, capsys):
+    """`rram validate --ray` killed (SIGKILL, its own local Ray instance with it) once its file
+    holds three chips; `--resume --ray` completes it to the local campaign's numbers."""
+    images, labels = data
+    root = write_test_batch(tmp_path / "cifar", images, labels)
+    out = tmp_path / "r.json"
+    argv = ["validate", str(art), "--data", str(root), "--no-cache", "--split", "test", "--sa1", "0.1,0.3",
+            "--runs", "10", "--seed", "9", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    env.pop("RAY_ADDRESS", None)
+    log = tmp_path / "driver.log"
+    with open(log, "wb") as stderr:
+        proc = subprocess.Popen([sys.executable, "-c", _SLOW_DRIVER, *argv, "--ray=local"], env=env, cwd=tmp_path,
+                                stdout=subprocess.DEVNULL, stderr=stderr, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        held = 0
+        while held < 3:
+            assert proc.poll() is None, log.read_text()[-2000:]
+            assert time.monotonic() < deadline, "the campaign wrote no chip in 240 s"
+            time.sleep(0.05)
+            try:
+                held = sum(len(e["runs"]) for e in read_results(out)["rates"])
+            except RuntimeInputError:  # not written yet (a rename is atomic: never half a file)
+                held = 0
+    finally:
+        # SIGKILL to the driver and to the session started for it: its local Ray instance goes too
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(60)
+    partial = read_results(out)
+    assert not partial["complete"] and 3 <= sum(len(e["runs"]) for e in partial["rates"]) < 20
+    code, _, err = run_cli(capsys, *argv, "--resume", "--ray", "--json")
+    assert code == 0, err
+    whole = validate(art, images, labels, sa1=[0.1, 0.3], runs=10, seed=9, progress=False)
+    assert runs_of(read_results(out)) == runs_of(whole)
+
+
+def test_ray_bad_input(art, data, tmp_path, capsys, monkeypatch):
+    images, labels = data
+    with pytest.raises(RuntimeInputError, match="Ray replaces shards"):
+        validate(art, images, labels, sa1=[0.1], runs=4, shard=(1, 2), ray=True, progress=False)
+    root = write_test_batch(tmp_path / "cifar", images, labels)
+    out = tmp_path / "r.json"
+    base = ["validate", art, "--data", root, "--no-cache", "--split", "test", "--sa1", "0.1", "--runs", "4",
+            "--out", out]
+    code, _, err = run_cli(capsys, *base, "--shard", "1/2", "--ray")
+    assert code == 2 and "--ray replaces --shard" in one_line_error(err)
+    code, _, err = run_cli(capsys, *base, "--fault-map", tmp_path / "chip.npz", "--ray")
+    assert code == 2 and "--fault-map" in one_line_error(err)
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: `import ray` raises ImportError
+    code, _, err = run_cli(capsys, *base, "--ray")
+    assert code == 2 and "pip install 'rram-toolchain[ray]'" in one_line_error(err)
+    code, _, err = run_cli(capsys, "sensitivity", art, "--data", root, "--no-cache", "--sa1", "0.1",
+                           "--out", tmp_path / "s.json", "--ray")
+    assert code == 2 and "pip install 'rram-toolchain[ray]'" in one_line_error(err)
+    assert not out.exists() and not (tmp_path / "s.json").exists()
+
+
+@needs_ray
+def test_ray_bad_input_found_on_a_worker(art, data, cluster, tmp_path, capsys):
+    """An error the engine raises on a worker reaches the one-line handler as it would locally."""
+    images, labels = data
+    with pytest.raises(RuntimeInputError, match="^64 images but 10 labels$"):
+        validate(art, images, labels[:10], sa1=[0.1], runs=2, progress=False, ray=True)
+    root = write_test_batch(tmp_path / "cifar", images, labels)
+    code, _, err = run_cli(capsys, "validate", art, "--data", root, "--no-cache", "--split", "test", "--sa1", "0.1",
+                           "--runs", "2", "--threads", "3", "--out", tmp_path / "r.json", "--ray")
+    assert code == 2 and "--threads 3" in one_line_error(err) and "has 2" in one_line_error(err)
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_ray_is_imported_only_with_ray():
+    code = "import sys, runtime.campaign, runtime.sensitivity, toolchain.cli; print('ray' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert out.stdout.split() == ["False"], out.stdout + out.stderr
+
+
+def test_every_campaign_runs_through_the_one_chip_function(art, data, monkeypatch):
+    """The local executor runs measure_chip too: the function Ray workers run is the campaign's."""
+    images, labels = data
+    seen = []
+    measure_chip = campaign.measure_chip
+
+    def spy(engine, cmap, plan, p1, r, *args):
+        seen.append((p1, r))
+        return measure_chip(engine, cmap, plan, p1, r, *args)
+
+    monkeypatch.setattr(campaign, "measure_chip", spy)
+    doc = validate(art, images, labels, sa1=[0.1, 0.2], runs=3, seed=1, progress=False)
+    assert seen == [(0.1, 0), (0.1, 1), (0.1, 2), (0.2, 0), (0.2, 1), (0.2, 2)]
+    assert np.isfinite(doc["rates"][0]["summary"]["mean"])
+
+
+PIPELINE = """\
+out = "run"
+data = "data"
+
+[model]
+checkpoint = "init.pt"
+arch = "resnet20"
+
+[recalibrate]
+rates = [0.0, 0.1]
+
+[validate]
+sa1 = [0.0, 0.1]
+runs = 2
+"""
+
+
+def test_pipeline_key_validate_ray(tmp_path, monkeypatch):
+    """validate.ray passes --ray to the campaigns and is no setting of the step: changing it re-runs
+    nothing (it changes no number)."""
+    from toolchain.pipeline import build
+    from toolchain.pipeline.config import load_config
+
+    (tmp_path / "init.pt").write_bytes(b"")
+    settings = []
+    for value, flag in [(None, []), ("default", ["--ray"]), ("local", ["--ray=local"]),
+                        ("10.0.0.1:6379", ["--ray=10.0.0.1:6379"])]:
+        config = tmp_path / "p.toml"
+        config.write_text(PIPELINE + ("" if value is None else f'ray = "{value}"\n'))
+        pipeline = build.Pipeline(load_config(config))
+        step = next(s for s in pipeline.steps if s.stage == "validate")
+        settings.append(step.settings)
+        calls = []
+        monkeypatch.setattr(build, "cli", lambda argv, calls=calls: calls.append(argv) or 0)
+        assert pipeline._validate(step, False) == 0
+        assert [a for a in calls[0] if a.startswith("--ray")] == flag
+    assert all(s == settings[0] for s in settings) and "ray" not in settings[0]
