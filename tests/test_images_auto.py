@@ -73,7 +73,7 @@ def test_subsets_do_not_depend_on_the_split_of_the_work(art, data, tmp_path):
     whole = validate(art, images, labels, **kw)
     engine = Engine(DeployedModel.load(art), images, labels)
     n_cells = DeployedModel.load(art).cmap.cell_count()
-    for i, e in enumerate(whole["rates"]):
+    for e in whole["rates"]:
         assert sizes(e)[:3] == [100] * 3 and set(sizes(e)[3:]) == {e["images_auto"]["size"]}
         for r in (0, 7):  # a pilot run and a later one
             chip = sample_chip(n_cells, e["sa1"], 0.0, run_seed(4, e["sa1"], 0.0, r))

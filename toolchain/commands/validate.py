@@ -162,9 +162,11 @@ def run(args) -> int:
 
 
 def summary_of(doc: dict) -> dict:
-    """What `rram validate --json` prints: the results file less the per-run records."""
+    """What `rram validate --json` prints: the results file less the per-run records (with
+    --images auto, each rate's chosen size and what it was chosen from, when chosen)."""
     return {"config": doc["config"], "clean": doc["clean"], "complete": doc["complete"],
-            "rates": [{k: e[k] for k in ("sa1", "sa0", "model", "summary")} for e in doc["rates"]],
+            "rates": [{k: e[k] for k in ("sa1", "sa0", "model", "summary", "images_auto") if k in e}
+                      for e in doc["rates"]],
             "timing": doc.get("timing", {})}
 
 
