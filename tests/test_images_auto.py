@@ -234,3 +234,14 @@ def test_images_auto_bad_input(art, data, tmp_path, capsys):
     summary = json.loads(out)
     assert code == 0 and summary["config"]["images_auto"] == {"pilot": 400, "min": 100}
     assert summary["rates"][0]["summary"]["n"] >= 2 and "sd_between" in summary["rates"][0]["summary"]
+    # a split larger than the pilot: subsets of 1000 of its 1200 images
+    many = self_labelled_images(art, n=1200)
+    root = write_test_batch(tmp_path / "cifar1200", *many)
+    text_out = tmp_path / "t.json"
+    code, out, _ = run_cli(capsys, "validate", art, "--data", root, "--no-cache", "--split", "test", "--sa1", "0.1",
+                           "--runs", "4", "--out", text_out, "--images", "auto", "--ci", "50", "--min-runs", "2")
+    timing = read_results(text_out)["timing"]
+    assert code == 0 and "images auto: " in out and "between-chip sd" in out and "image-sampling noise" in out
+    assert timing["images"] == 1000 * timing["ran"]
+    # the speed counts the images the chips really evaluated
+    assert f"{timing['images'] / timing['seconds']:.0f} images/s" in out

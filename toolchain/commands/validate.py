@@ -196,8 +196,9 @@ def print_summary(doc: dict) -> None:
         # the speed of the chips that ran: fault-free chips are reused (their accuracy is known)
         ran = t.get("ran", t["runs"])
         reused = f" ({t['runs'] - ran} fault-free, reused without running)" if t["runs"] != ran else ""
+        images = t.get("images", ran * doc["config"]["images"])  # --images auto: the subsets' images
         print(f"{ran} chips run in {t['seconds']:.1f} s{reused}: {ran / t['seconds']:.2f} chips/s, "
-              f"{ran * doc['config']['images'] / t['seconds']:.0f} images/s")
+              f"{images / t['seconds']:.0f} images/s")
 
 
 def _output_classes(artifact) -> int | None:
