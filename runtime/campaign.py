@@ -34,6 +34,7 @@ from .results import (
     refresh,
     write_results,
 )
+from .subsets import MIN_IMAGES, PILOT_IMAGES, between_chip_sd, chip_subset, choose_size, optimal_size
 
 
 def _jobs(n_rates: int, runs: int, shard: tuple[int, int]) -> range:
@@ -143,7 +144,8 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
              engine_kw: dict | None = None, info: dict | None = None, precision: str = "fp32",
              calibration: np.ndarray | None = None, calibrate: np.ndarray | None = None,
              protect: list[str] | None = None, ci: float | None = None, min_runs: int = 10,
-             ray: bool | str | None = None) -> dict:
+             ray: bool | str | None = None, images_auto: bool = False, pilot_images: int = PILOT_IMAGES,
+             min_images: int = MIN_IMAGES) -> dict:
     """Sweep the rates; return (and, with ``out``, keep writing) the results document.
     ``calibration``: training images for int8 activation ranges; ``calibrate``: training images on
     which each chip's periphery is calibrated before it is evaluated (then ``clean`` is the
@@ -154,10 +156,17 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
     ``runs`` as the maximum. The stop depends on every earlier chip of the rate, so it cannot be
     split into shards; resuming continues exactly. ``ray``: run the chips on Ray workers
     (``executor``; True: as ``ray.init()`` connects, or an address); the results are the same run
-    for run, written as chips finish; it replaces ``shard``."""
+    for run, written as chips finish; it replaces ``shard``. ``images_auto`` (with ``ci``, without
+    ``ray``): each chip is evaluated on its own random subset of ``images``
+    (``subsets.chip_subset``): the first ``min_runs`` chips of a rate on ``pilot_images``, the rest
+    on a size chosen once from them and the measured costs (``_subset_size``), at least
+    ``min_images``, recorded per run."""
     if ray and shard != (1, 1):
         raise RuntimeInputError("Ray replaces shards: run the whole campaign on the cluster (it resumes after "
                                 "a kill), or shard without Ray")
+    if ray and images_auto:
+        raise RuntimeInputError("--images auto sizes the subsets from chips timed one after another in this "
+                                "process: run it without --ray (or give --images N)")
     if not isinstance(artifact, Artifact):
         artifact = Artifact.load(artifact)
     if not sa1:
@@ -194,6 +203,8 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
             raise RuntimeInputError("a precision target (--ci) stops each rate on all its earlier chips, so it "
                                     "cannot be sharded: run it whole (it resumes after a kill)")
         config["ci"], config["min_runs"] = float(ci), int(min_runs)
+    if images_auto:
+        config["images_auto"] = _check_images_auto(artifact, images, ci, pilot_images, min_images)
     cmap = artifact.first.cmap
     kept_faulty = None
     if protect:
@@ -215,7 +226,7 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
                "timing": {}, "complete": False, "info": {"artifact": str(artifact.path), **(info or {})}}
     engine_kw = {**(engine_kw or {}), "precision": precision, "calibration": calibration, "calibrate": calibrate}
     plan = ChipPlan(artifact.first.cmap.cell_count(), float(sa0), int(seed),
-                    None if kept_faulty is None else tuple(kept_faulty))
+                    None if kept_faulty is None else tuple(kept_faulty), len(labels))
     jobs = _jobs(len(sa1), runs, shard)
     k, n = shard
     already = sum(1 for i, e in enumerate(doc["rates"]) for key in e["runs"] if (i * runs + int(key)) % n == k - 1)
@@ -230,6 +241,7 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
         t0 = time.perf_counter()
         progress_ = _Progress(len(jobs) - already, progress)
         done = ran = 0
+        costs = _Costs()  # --images auto: what this process measured per chip and per image
 
         def until_precise():
             """Jobs in order, each rate left as soon as it reaches the precision target (its summary
@@ -247,7 +259,9 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
                 entry = doc["rates"][i]
                 if str(r) in entry["runs"]:  # resumed
                     continue
-                yield (i, r), i, measure_chip, (plan, entry["sa1"], r, entry["model"], doc["clean"][entry["model"]])
+                size = _subset_size(entry, r, config, costs) if images_auto else None
+                yield (i, r), i, measure_chip, (plan, entry["sa1"], r, entry["model"], doc["clean"][entry["model"]],
+                                                size)
 
         def finished(key, result):
             nonlocal done, ran
@@ -255,12 +269,17 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
             entry = doc["rates"][i]
             ran += was_run
             done += 1
+            chip_costs = record.pop("_costs", None)
+            if chip_costs is not None:
+                costs.add(*chip_costs)
             entry["runs"][str(r)] = record
             seconds = time.perf_counter() - t0
             # only the chips that ran count for the speed: fault-free ones are reused, not run
             doc["timing"] = {"runs": done, "ran": ran, "reused": done - ran, "seconds": round(seconds, 3),
                              "runs_per_second": ran / seconds if seconds else None,
                              "images_per_second": ran * len(labels) / seconds if seconds else None}
+            if images_auto:  # chips ran on subsets: count the images they really evaluated
+                doc["timing"].update(images=costs.images, images_per_second=costs.images / seconds if seconds else None)
             refresh(doc)
             if out is not None:
                 write_results(doc, out)
@@ -285,20 +304,33 @@ class ChipPlan:
     sa0: float
     seed: int
     kept_faulty: tuple[int, ...] | None = None  # --protect: the layers whose faults stay
+    images: int = 0  # the split's size (--images auto draws each chip's subset from it)
 
 
-def measure_chip(engine, cmap, plan: ChipPlan, p1: float, r: int, model: str, clean: float) -> tuple[dict, bool]:
+def measure_chip(engine, cmap, plan: ChipPlan, p1: float, r: int, model: str, clean: float,
+                 subset_size: int | None = None) -> tuple[dict, bool]:
     """Run r at SA1 rate p1 (the chip ``faults.run_seed(seed, p1, sa0, r)`` draws) evaluated with
     ``model``: its results record, and whether it ran (False: no stuck cell, ``clean`` reused).
     The one per-chip function of every executor (this process, or Ray workers)."""
+    t_chip = time.perf_counter()
     chip = sample_chip(plan.cells, p1, plan.sa0, run_seed(plan.seed, p1, plan.sa0, r))
     if plan.kept_faulty is not None:
         chip = with_faults_only_in(cmap, chip, list(plan.kept_faulty))
     # a chip without stuck cells computes with the clean weights: its accuracy is known
     ran = bool(chip.codes.any())
-    acc = engine(model).chip_accuracy(chip) if ran else clean
+    record = {}
+    if subset_size is not None:  # --images auto: this chip's own images, and what it cost
+        subset = chip_subset(plan.seed, p1, plan.sa0, r, subset_size, plan.images)
+        if ran:
+            acc, _, eval_seconds = engine(model).timed_chip_accuracy(chip, subset)
+            record["_costs"] = (time.perf_counter() - t_chip - eval_seconds, eval_seconds, len(subset))
+        else:
+            acc = clean
+        record["images"] = len(subset) if ran else plan.images  # a reused fault-free chip: all
+    else:
+        acc = engine(model).chip_accuracy(chip) if ran else clean
     return {"accuracy": acc, "stuck_fraction": chip.stuck_fraction, "sa1_fraction": chip.sa1_fraction,
-            "sa0_fraction": chip.sa0_fraction}, ran
+            "sa0_fraction": chip.sa0_fraction, **record}, ran
 
 
 def clean_accuracy(engine, cmap, model: str) -> float:
@@ -342,6 +374,68 @@ def executor(ray: bool | str | None, artifact: Artifact, images, labels, engine_
 
     check_normalization(artifact)  # before starting Ray: the workers would only fail later
     return RayExecutor(None if ray is True else str(ray), artifact, images, labels, engine_kw)
+
+
+# ------------------------------------------------------------------ --images auto
+
+class _Costs:
+    """Seconds this process spent per chip (sampling, weights, calibration, session) and per image
+    (evaluation), over the chips it ran: what ``_subset_size`` weighs."""
+
+    def __init__(self):
+        self.chips = self.images = 0
+        self.chip_seconds = self.image_seconds = 0.0
+
+    def add(self, chip_seconds: float, image_seconds: float, images: int) -> None:
+        self.chips += 1
+        self.images += images
+        self.chip_seconds += chip_seconds
+        self.image_seconds += image_seconds
+
+
+def _check_images_auto(artifact: Artifact, images: np.ndarray, ci, pilot_images, min_images) -> dict:
+    """The --images auto part of the config (pilot and smallest size, clamped to the split)."""
+    if ci is None:
+        raise RuntimeInputError("--images auto sizes each chip's image subset for a precision target: give --ci "
+                                "POINTS too")
+    for what, v in (("pilot images", pilot_images), ("min images", min_images)):
+        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 2:
+            raise RuntimeInputError(f"--images auto: {what} must be an integer of at least 2, got {v}")
+    for name, m in artifact.models.items():
+        if m.fixed_batch(images.shape) is not None:
+            raise RuntimeInputError(f"--images auto evaluates each chip on a different number of images, and the "
+                                    f"model {name} fixes its batch size: give --images N instead")
+    total = len(images)
+    return {"pilot": int(min(pilot_images, total)), "min": int(min(min_images, total))}
+
+
+def _subset_size(entry: dict, r: int, config: dict, costs: _Costs) -> int:
+    """How many images run ``r`` of this rate is evaluated on (--images auto). The first
+    ``min_runs`` runs (the pilot): ``pilot``. Every later run: one size per rate, chosen once from
+    the pilot runs (mean accuracy p, between-chip sd corrected for image sampling) and the costs
+    this process measured (``subsets.choose_size``), and recorded in ``entry["images_auto"]``, so
+    a resume reuses it instead of re-timing (timings differ between machines; the size must not)."""
+    auto, pilot_runs = config["images_auto"], config["min_runs"]
+    if r < pilot_runs:
+        return auto["pilot"]
+    if "images_auto" not in entry:
+        later = [v["images"] for k, v in entry["runs"].items() if int(k) >= pilot_runs and v["stuck_fraction"] > 0]
+        pilot = [entry["runs"][str(k)] for k in range(pilot_runs)]
+        accs, sizes = [v["accuracy"] for v in pilot], [v["images"] for v in pilot]
+        p, sd = float(np.mean(accs)), between_chip_sd(accs, sizes, config["images"])
+        record = {"pilot_chips": pilot_runs, "p": p, "sd_between": sd}
+        if later:  # a file whose record was lost (e.g. merged): the size its runs used
+            record["size"] = later[0]
+        elif costs.chips:
+            chip_s, image_s = costs.chip_seconds / costs.chips, costs.image_seconds / costs.images
+            n_opt = optimal_size(p, sd, chip_s, image_s)
+            record.update(chip_seconds=chip_s, image_seconds=image_s,
+                          optimal=None if not np.isfinite(n_opt) else n_opt,
+                          size=choose_size(p, sd, chip_s, image_s, config["images"], auto["min"]))
+        else:  # no chip ran here (all fault-free: their accuracy is known, no image is evaluated)
+            record["size"] = auto["pilot"]
+        entry["images_auto"] = record
+    return entry["images_auto"]["size"]
 
 
 def _check_same(doc: dict, config: dict, shard, path) -> None:

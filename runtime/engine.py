@@ -3,6 +3,8 @@ simulated chips, one onnxruntime session per chip with that chip's weights (fp32
 folded by ``artifact.deployed``; int8: crossbar integers in the graph ``int8`` prepares)."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from .artifact.deployed import DeployedModel, append_initializers
@@ -100,15 +102,32 @@ class Engine:
                                        weights if weights is not None else self.weights())
         return make_session(data, providers=self.providers, threads=self.threads, shared_arena=True)
 
-    def accuracy_of(self, sess) -> float:
+    def accuracy_of(self, sess, subset: np.ndarray | None = None) -> float:
+        """Top-1 accuracy on all images, or on the images at the (sorted) indices ``subset``."""
+        if subset is None:
+            correct = 0
+            for start in range(0, len(self.labels), self.batch_size):
+                logits = sess.run(None, {self.feed_name: self.feed[start:start + self.batch_size]})[0]
+                correct += int(np.count_nonzero(logits.argmax(1) == self.labels[start:start + self.batch_size]))
+            return correct / len(self.labels)
         correct = 0
-        for start in range(0, len(self.labels), self.batch_size):
-            logits = sess.run(None, {self.feed_name: self.feed[start:start + self.batch_size]})[0]
-            correct += int(np.count_nonzero(logits.argmax(1) == self.labels[start:start + self.batch_size]))
-        return correct / len(self.labels)
+        for start in range(0, len(subset), self.batch_size):
+            idx = subset[start:start + self.batch_size]  # gathered per batch: no copy of the whole subset
+            logits = sess.run(None, {self.feed_name: self.feed[idx]})[0]
+            correct += int(np.count_nonzero(logits.argmax(1) == self.labels[idx]))
+        return correct / len(subset)
 
     def clean_accuracy(self) -> float:
         return self.accuracy_of(self.session())
 
     def chip_accuracy(self, chip: Chip) -> float:
         return self.accuracy_of(self.session(self.weights(chip)))
+
+    def timed_chip_accuracy(self, chip: Chip, subset: np.ndarray) -> tuple[float, float, float]:
+        """The chip's accuracy on the images ``subset``, the seconds spent preparing the chip
+        (weights, calibration, session) and those spent evaluating the images (--images auto)."""
+        t0 = time.perf_counter()
+        sess = self.session(self.weights(chip))
+        t1 = time.perf_counter()
+        acc = self.accuracy_of(sess, subset)
+        return acc, t1 - t0, time.perf_counter() - t1

@@ -15,7 +15,8 @@ from .results import read_results, read_sensitivity
 
 def series_names(docs: list[dict], paths, labels: list[str] | None = None, *, mixed: bool = False) -> list[str]:
     """Legend names: the labels (or file stems), with each file's SA0 rate when they differ and
-    the calibration when chips were calibrated per chip (it changes what the boxes mean).
+    the calibration when chips were calibrated per chip, and --images auto (both change what the
+    boxes mean).
     Campaigns on different image counts or devices are not comparable box for box: refused
     unless ``mixed``, and then each name says its images and device."""
     names = labels or [Path(p).stem for p in paths]
@@ -30,8 +31,12 @@ def series_names(docs: list[dict], paths, labels: list[str] | None = None, *, mi
                  for n, d in zip(names, docs)]
     if len({d["config"].get("sa0", 0.0) for d in docs}) > 1:
         names = [f"{n}, SA0 {100 * d['config'].get('sa0', 0.0):g}%" for n, d in zip(names, docs)]
-    return [f"{n} (per-chip calibration, {d['config']['calibrate']} images)" if d["config"].get("calibrate")
-            else n for n, d in zip(names, docs)]
+    names = [f"{n} (per-chip calibration, {d['config']['calibrate']} images)" if d["config"].get("calibrate")
+             else n for n, d in zip(names, docs)]
+    # --images auto: each chip's accuracy is on its own random image subset, so its box is wider
+    # than the chips' spread by the image-sampling noise (the summary's sd_between removes it)
+    return [f"{n} (random image subset per chip)" if "images_auto" in d["config"] else n
+            for n, d in zip(names, docs)]
 
 
 def plot_results(paths: list[str | os.PathLike], out: str | os.PathLike, *, labels: list[str] | None = None,

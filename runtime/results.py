@@ -6,12 +6,14 @@ Results file (``format: rram-validate-results``)::
 
     {"format", "version",
      "config": {models {name: {sha256, bn_rate}}, device, cells, sa1 [...], sa0, runs, seed,
-                images, images_sha256, stats_rate, precision[, calibration_sha256]},
+                images, images_sha256, stats_rate, precision[, calibration_sha256][, ci, min_runs]
+                [, images_auto {pilot, min}]},
                                  # identity (content hashes, not paths): resume/merge compare it
      "shard": [k, n] | null,
      "clean": {model name: fault-free accuracy},
      "rates": [{"sa1", "sa0", "model", "runs": {"<r>": {accuracy, stuck_fraction, sa1_fraction,
-                sa0_fraction}}, "summary": {n, mean, std, sem, min, max, ci95}}],
+                sa0_fraction[, images]}}, "summary": {n, mean, std, sem, min, max, ci95[, sd_between,
+                images_evaluated, images_min, note]}[, "images_auto": {size, ...}]}],
      "timing": {runs, ran, reused, seconds, runs_per_second, images_per_second},
                                  # this process (or sums); fault-free chips are reused, not run:
                                  # the speeds count only the chips that ran
@@ -29,6 +31,7 @@ import numpy as np
 
 from .errors import RuntimeInputError
 from .fileio import atomic_write_json, read_json_document
+from .subsets import summary_fields
 
 FORMAT = "rram-validate-results"
 SENSITIVITY_FORMAT = "rram-sensitivity"
@@ -96,6 +99,8 @@ def read_results(path: str | os.PathLike) -> dict:
             for key, run in entry["runs"].items():
                 assert key.isdigit() and int(key) < config["runs"]
                 assert _is_fraction(run["accuracy"]) and _is_fraction(run["stuck_fraction"])
+                if "images_auto" in config:  # the subset its accuracy is over
+                    assert isinstance(run["images"], int) and 2 <= run["images"] <= config["images"]
         clean = doc.get("clean", {})
         assert isinstance(clean, dict) and all(_is_fraction(v) for v in clean.values())
         assert isinstance(doc.get("timing", {}), dict)
@@ -123,6 +128,8 @@ def refresh(doc: dict) -> dict:
         entry["summary"] = summarize([v["accuracy"] for v in entry["runs"].values()])
         entry["summary"]["stuck_fraction"] = float(np.mean([v["stuck_fraction"] for v in entry["runs"].values()])) \
             if entry["runs"] else None
+        if "images_auto" in doc["config"]:  # per-chip subsets: the corrected spread, images used, noise note
+            entry["summary"].update(summary_fields(list(entry["runs"].values()), doc["config"]["images"]))
         complete &= len(entry["runs"]) == runs or precise_enough(entry["summary"], doc["config"])
     doc["complete"] = complete
     return doc
@@ -158,6 +165,8 @@ def merge(paths: list[str | os.PathLike]) -> dict:
             for r, v in theirs["runs"].items():
                 if mine["runs"].setdefault(r, v) != v:
                     raise RuntimeInputError(f"{path}: run {r} at SA1 {mine['sa1']} differs from another file")
+            if "images_auto" in theirs:  # --images auto: the size chosen after the pilot chips, kept
+                mine.setdefault("images_auto", theirs["images_auto"])
         seconds += doc.get("timing", {}).get("seconds", 0.0)
     # distinct runs over the summed time of all files (a run found in two files counts once);
     # a chip without stuck cells was reused (its accuracy is the fault-free one), not run
@@ -167,6 +176,9 @@ def merge(paths: list[str | os.PathLike]) -> dict:
     out["timing"] = {"runs": int(runs_done), "ran": ran, "reused": runs_done - ran, "seconds": round(seconds, 3),
                      "runs_per_second": ran / seconds if seconds else None,
                      "images_per_second": ran * images / seconds if seconds else None}
+    if "images_auto" in base["config"]:  # chips ran on subsets of their own sizes
+        evaluated = sum(v["images"] for e in out["rates"] for v in e["runs"].values() if v["stuck_fraction"] > 0)
+        out["timing"].update(images=evaluated, images_per_second=evaluated / seconds if seconds else None)
     out["clean"] = dict(sorted(out["clean"].items()))
     return refresh(out)
 

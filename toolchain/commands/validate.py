@@ -3,6 +3,7 @@
 the images (toolchain.data) and parses arguments."""
 from __future__ import annotations
 
+import argparse
 import json
 
 from ..data import check_for_model, load_split
@@ -33,17 +34,21 @@ def add_parser(sub) -> None:
     p.add_argument("--sa0", type=rate, default=0.0, help="SA0 (stuck at G_max) cell rate, for every run")
     p.add_argument("--runs", type=int, default=100, help="simulated chips per rate")
     p.add_argument("--seed", type=seed, default=0, help="seed of the simulated chips, 0 <= seed < 2**32")
-    p.add_argument("--images", type=positive_int, default=None,
-                   help="use N images spread evenly over the split (default: all)")
+    p.add_argument("--images", type=images_arg, default=None, metavar="N|auto",
+                   help="use N images spread evenly over the split (default: all); auto (with --ci): each chip "
+                        "on its own random subset of the split, the size chosen from the measured per-chip and "
+                        "per-image costs after --min-runs pilot chips and recorded (docs/runtime.md)")
     add_bn_rate_arg(p, old="--stats-rate")
     p.add_argument("--fault-map", default=None, help="a measured fault map (.npz): validate that one chip")
     p.add_argument("--shard", default=None, help="k/n: run the k-th of n deterministic parts")
     p.add_argument("--resume", action="store_true", help="continue the campaign in --out")
     p.add_argument("--ci", type=positive_float, default=None, metavar="POINTS",
                    help="precision target: add chips at each rate (in run order, --runs at most) until the 95%% CI "
-                        "half-width of the mean is at most POINTS percentage points (default: off, all --runs)")
+                        "half-width of the mean is at most POINTS percentage points; not with --shard "
+                        "(default: off, all --runs)")
     p.add_argument("--min-runs", type=positive_int, default=10,
-                   help="with --ci: never stop a rate before this many chips")
+                   help="with --ci: never stop a rate before this many chips (with --images auto: the pilot "
+                        "chips, on 1000 images each)")
     p.add_argument("--protect", default=None, metavar="NAME[,NAME...]",
                    help="keep these mapped layers fault-free (verified crossbars or digital logic); names as "
                         "`rram sensitivity` and the quantize report print them (default: none)")
@@ -67,6 +72,16 @@ def add_parser(sub) -> None:
                    help="onnxruntime threads (default: all cores; with --ray 1 per worker)")
     add_ray_arg(p)
     p.set_defaults(func=run)
+
+
+def images_arg(text: str) -> int | str:
+    """--images: a positive count, or ``auto`` (a random subset per chip, sized for --ci)."""
+    if text == "auto":
+        return text
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"must be a positive number of images or auto, got {text!r}") from None
 
 
 def run(args) -> int:
@@ -93,6 +108,15 @@ def run(args) -> int:
     if args.ray and args.fault_map:
         raise UserError("--ray runs campaigns of simulated chips; --fault-map validates one measured chip here")
     check_ray(args)
+    auto = args.images == "auto"
+    if auto and args.ci is None:
+        raise UserError("--images auto sizes each chip's random image subset for a precision target: give "
+                        "--ci POINTS too (or --images N)")
+    if auto and args.fault_map:
+        raise UserError("--images auto is for campaigns of simulated chips, not --fault-map (give --images N)")
+    if auto and args.ray:
+        raise UserError("--images auto sizes the subsets from chips timed one after another in this process: "
+                        "run it without --ray (or give --images N)")
     if args.chip_calibration and not args.fault_map:
         raise UserError("--chip-calibration holds one measured chip's parameters: give its --fault-map too")
     if shard[0] > len(sa1) * args.runs:  # a fixed-size array job over a small campaign: fine
@@ -105,9 +129,9 @@ def run(args) -> int:
     classes = _output_classes(artifact)
     if classes is not None:  # (the image size the runtime checks against the model's input)
         check_for_model(split, classes, f"the model in {args.artifact}", image_size=None)
-    if args.images is not None and args.images > len(split):
+    if not auto and args.images is not None and args.images > len(split):
         print(f"note: --images {args.images}, but the {args.split} split holds {len(split)}: using all of them")
-    idx = subset_indices(len(split), args.images)
+    idx = subset_indices(len(split), None if auto else args.images)  # auto: each chip draws from all
     images, labels = split.images[idx], split.labels[idx]
     engine_kw = {"batch_size": args.batch_size, "threads": args.threads}
     calibration = None
@@ -139,7 +163,7 @@ def run(args) -> int:
                    stats_rate=stats_rate, shard=shard, out=args.out, resume=args.resume,
                    engine_kw=engine_kw, info=info,
                    protect=split_list(args.protect, "--protect") if args.protect else None,
-                   ci=args.ci, min_runs=args.min_runs,
+                   ci=args.ci, min_runs=args.min_runs, images_auto=auto,
                    precision=args.precision, calibration=calibration, calibrate=calibrate, ray=args.ray)
     if args.json:
         print(json.dumps(summary_of(doc), indent=1))
@@ -149,9 +173,11 @@ def run(args) -> int:
 
 
 def summary_of(doc: dict) -> dict:
-    """What `rram validate --json` prints: the results file less the per-run records."""
+    """What `rram validate --json` prints: the results file less the per-run records (with
+    --images auto, each rate's chosen size and what it was chosen from, when chosen)."""
     return {"config": doc["config"], "clean": doc["clean"], "complete": doc["complete"],
-            "rates": [{k: e[k] for k in ("sa1", "sa0", "model", "summary")} for e in doc["rates"]],
+            "rates": [{k: e[k] for k in ("sa1", "sa0", "model", "summary", "images_auto") if k in e}
+                      for e in doc["rates"]],
             "timing": doc.get("timing", {})}
 
 
@@ -168,13 +194,22 @@ def print_summary(doc: dict) -> None:
             print(f"SA1 {e['sa1']:g} SA0 {e['sa0']:g} ({s['n']} chips{which}): "
                   f"mean {100 * s['mean']:.2f}% sd {100 * s['std']:.2f} min {100 * s['min']:.2f}% "
                   f"max {100 * s['max']:.2f}% ci95 [{100 * s['ci95'][0]:.2f}, {100 * s['ci95'][1]:.2f}]")
+            if "sd_between" in s:  # --images auto
+                size = e.get("images_auto", {}).get("size")
+                chosen = f", then {size} per chip" if size else ""
+                print(f"  images auto: {s['images_evaluated']} images evaluated (pilot "
+                      f"{doc['config']['images_auto']['pilot']} per chip{chosen}); between-chip sd "
+                      f"{100 * s['sd_between']:.2f} (image-sampling noise removed)")
+                if "note" in s:
+                    print(f"  note: {s['note']}")
     t = doc.get("timing") or {}
     if t.get("runs") and t.get("seconds"):
         # the speed of the chips that ran: fault-free chips are reused (their accuracy is known)
         ran = t.get("ran", t["runs"])
         reused = f" ({t['runs'] - ran} fault-free, reused without running)" if t["runs"] != ran else ""
+        images = t.get("images", ran * doc["config"]["images"])  # --images auto: the subsets' images
         print(f"{ran} chips run in {t['seconds']:.1f} s{reused}: {ran / t['seconds']:.2f} chips/s, "
-              f"{ran * doc['config']['images'] / t['seconds']:.0f} images/s")
+              f"{images / t['seconds']:.0f} images/s")
 
 
 def _output_classes(artifact) -> int | None:
