@@ -20,11 +20,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _artifact import build_resnet20_paper  # noqa: E402  (benchmarks/_artifact.py)
+
 from runtime.artifact import DeployedModel  # noqa: E402
 from runtime.calibration import calibration_indices  # noqa: E402
 from runtime.engine import Engine  # noqa: E402
 from runtime.faults import run_seed, sample_chip  # noqa: E402
-from toolchain.cli import main as rram  # noqa: E402
 from toolchain.data import load_split, subset_indices  # noqa: E402
 
 
@@ -40,11 +41,8 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="rram-bench-cal-") as tmp:
         t = Path(tmp)
-        for cmd in (["export", args.checkpoint, "--model", "resnet20", "--out", str(t / "r20.onnx")],
-                    ["passes", str(t / "r20.onnx"), str(t / "r20.p.onnx"), "--passes", "standard"],
-                    ["quantize", str(t / "r20.p.onnx"), str(t / "art"), "--preset", "paper"]):
-            if rram(cmd):
-                return 1
+        if build_resnet20_paper(args.checkpoint, t) is None:
+            return 1
         model = DeployedModel.load(t / "art")
         test = load_split(args.data, "test")
         idx = subset_indices(len(test), args.images)

@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from toolchain.cli import main as rram  # noqa: E402
+from _artifact import build_resnet20_paper  # noqa: E402  (benchmarks/_artifact.py)
 
 
 def campaign(art: Path, data: str, out: Path, rate: float, extra: list[str]) -> tuple[dict, float, list[str]]:
@@ -62,11 +62,8 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory(prefix="rram-bench-auto-") as tmp:
         t = Path(tmp)
-        for cmd in (["export", args.checkpoint, "--model", "resnet20", "--out", str(t / "r20.onnx")],
-                    ["passes", str(t / "r20.onnx"), str(t / "r20.p.onnx"), "--passes", "standard"],
-                    ["quantize", str(t / "r20.p.onnx"), str(t / "art"), "--preset", "paper"]):
-            if rram(cmd):
-                return 1
+        if build_resnet20_paper(args.checkpoint, t) is None:
+            return 1
         for name in wanted:
             doc, seconds, cmd = campaign(t / "art", args.data, t / f"{name}.json", args.rate, protocols[name])
             rows.append((name, doc, seconds, cmd))

@@ -19,9 +19,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _artifact import build_resnet20_paper  # noqa: E402  (benchmarks/_artifact.py)
+
 from runtime.campaign import validate  # noqa: E402
 from runtime.session import default_threads  # noqa: E402
-from toolchain.cli import main as rram  # noqa: E402
 from toolchain.data import load_split, subset_indices  # noqa: E402
 
 
@@ -41,11 +42,8 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="rram-bench-ray-") as tmp:
         t = Path(tmp)
-        for cmd in (["export", args.checkpoint, "--model", "resnet20", "--out", str(t / "r20.onnx")],
-                    ["passes", str(t / "r20.onnx"), str(t / "r20.p.onnx"), "--passes", "standard"],
-                    ["quantize", str(t / "r20.p.onnx"), str(t / "art"), "--preset", "paper"]):
-            if rram(cmd):
-                return 1
+        if build_resnet20_paper(args.checkpoint, t) is None:
+            return 1
         test = load_split(args.data, "test")
         idx = subset_indices(len(test), args.images)
         images, labels = test.images[idx], test.labels[idx]
