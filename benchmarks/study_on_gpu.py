@@ -131,10 +131,11 @@ def run(args) -> int:
                     f"for s in ('train', 'test'): load_split({str(DATA)!r}, s, progress=False)"],
                    env=env, check=True, cwd=ROOT)
     print(f"decoded into {env['RRAM_CACHE']} at {time.monotonic() - start:.0f} s", flush=True)
-    try:  # before the trainings, so that they do not share the GPU with it
-        gpu_inference_figures(logs)
-    except Exception as e:  # figures are a bonus: never lose the trainings for them
-        print(f"gpu inference figures failed: {e!r}", flush=True)
+    if args.figures:
+        try:  # before the trainings, so that they do not share the GPU with it
+            gpu_inference_figures(logs)
+        except Exception as e:  # figures are a bonus: never lose the trainings for them
+            print(f"gpu inference figures failed: {e!r}", flush=True)
     procs = {}
     for cfg in args.configs:
         name = Path(cfg).stem
@@ -234,6 +235,8 @@ def main(argv=None) -> int:
     r.add_argument("--pack", default=str(ROOT / ".gpu"))
     r.add_argument("--results", required=True)
     r.add_argument("--deadline", type=float, required=True, help="seconds from the start")
+    r.add_argument("--no-figures", dest="figures", action="store_false",
+                   help="skip the GPU inference figures (already measured)")
     r.add_argument("configs", nargs="+")
     args = ap.parse_args(argv)
     if args.cmd == "pack":
