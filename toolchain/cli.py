@@ -47,7 +47,11 @@ class DefaultsFormatter(argparse.HelpFormatter):
         return f"{text} (default: %(default)s)"
 
 
-def build_parser(parser_class: type[argparse.ArgumentParser] = OneLineParser) -> argparse.ArgumentParser:
+def build_parser(parser_class: type[argparse.ArgumentParser] = OneLineParser,
+                 only: str | None = None) -> argparse.ArgumentParser:
+    """The ``rram`` parser; with ``only`` (a command name), just that subcommand: importing every
+    command module pulls in torch (about 3 s), which ``validate``, ``merge`` or ``plot`` do not
+    need, and a campaign's whole-process time is a measured figure (docs/runtime.md)."""
     parser = parser_class(
         prog="rram", description="Deploy DNNs to RRAM crossbars with fault-aware (drop-connect) training.")
     parser.add_argument("--version", action="version", version=f"rram {version()}")
@@ -55,7 +59,7 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = OneLineParser) ->
     add = sub.add_parser
     # every subcommand's --help shows each option's default
     sub.add_parser = lambda *a, **k: add(*a, **{"formatter_class": DefaultsFormatter, **k})
-    for name in COMMANDS:
+    for name in ([only] if only in COMMANDS else COMMANDS):
         importlib.import_module(f"toolchain.commands.{name}").add_parser(sub)
     return parser
 
@@ -73,12 +77,18 @@ def run(argv: list[str]) -> int:
     """``rram ARGV`` in this process, raising instead of printing: a bad argument or bad input is
     a ``RramError`` (``UserError`` for arguments), a failed read or write an ``OSError``. Returns
     the command's exit status (0 on success; ``rram pipeline`` may return another)."""
-    args = build_parser(RaisingParser).parse_args([str(a) for a in argv])
+    argv = [str(a) for a in argv]
+    args = build_parser(RaisingParser, only=_command_of(argv)).parse_args(argv)
     return int(args.func(args) or 0)
 
 
+def _command_of(argv: list[str]) -> str | None:
+    """The subcommand ARGV names first (``rram`` has no global option that takes a value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(only=_command_of(sys.argv[1:] if argv is None else argv))
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, or a bad argument already reported in one line

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from ..data import Normalization
 from ..errors import UserError
-from ..models import MODEL_NAMES
+from ..model_names import MODEL_NAMES
 
 
 def positive_float(text: str) -> float:

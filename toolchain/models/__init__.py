@@ -19,12 +19,12 @@ import torch.nn as nn
 
 from ..data import IMAGE_SIZE
 from ..errors import UserError
+from ..model_names import MODEL_NAMES
 from .mobilenetv2 import mobilenetv2
 from .pad import is_1x1, pad_1x1_to_3x3
 from .resnet import resnet20
 from .vgg import vgg13
 
-MODEL_NAMES = ("resnet20", "mobilenetv2", "vgg13")
 _FACTORY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
