@@ -18,7 +18,9 @@ mostly idle, so several share it); at the deadline interrupts the unfinished one
 last finished epoch, resumable); and packs the logs and every run folder into at most 4 tar files
 of at most 15 MiB, in config order (the device tool returns 8 files, 64 MiB in all). A finished
 run's ``last.pt`` loses its optimizer buffers on the way (a finished run needs none, and they
-double the size); an unfinished run keeps them, so that it can be resumed anywhere.
+double the size); an unfinished run keeps them, so that it can be resumed anywhere. ``model.pt``
+is not shipped: it holds last.pt's weights again, and `rram pipeline` (its `rram train
+--auto-resume`) rebuilds it here (a run of 2026-12-01 lost a trained model to that duplicate).
 """
 from __future__ import annotations
 
@@ -195,6 +197,8 @@ def pack_runs(configs: list[str], status: dict, logs: Path, results: Path) -> No
         for p in sorted(run.rglob("*"), key=lambda q: q.stat().st_size if q.is_file() else 0):
             if not p.is_file():
                 continue
+            if p == run / "train" / "model.pt" and last.is_file():
+                continue  # the same weights as last.pt: `rram train --auto-resume` rebuilds it here
             data = p.read_bytes()
             if p == last and status.get(cfg) == 0:  # finished: the optimizer buffers are not needed
                 ck = load_checkpoint(p)

@@ -206,3 +206,21 @@ def test_auto_resume_continues_same_options_and_replaces_others(data, tmp_path, 
     other = train(cfg(data, out, epochs=2, drop_rate=0.1, auto_resume=True, progress=True))
     assert "starting afresh" in capsys.readouterr().err
     assert load_checkpoint(out / LAST).meta["config"]["drop_rate"] == 0.1 and len(other["epochs"]) == 2
+
+
+def test_a_finished_run_copied_in_with_last_pt_alone_gets_model_pt_and_log_back(data, tmp_path):
+    """benchmarks/study_on_gpu.py ships a finished run's last.pt only (one copy of the weights):
+    auto-resume rebuilds model.pt (same weights and meta) and log.json without training."""
+    out = tmp_path / "run"
+    train(cfg(data, out, epochs=1))
+    model_before = load_checkpoint(out / "model.pt")
+    log_before = json.loads((out / "log.json").read_text())
+    (out / "model.pt").unlink()
+    (out / "log.json").unlink()
+    log = train(cfg(data, out, epochs=1, auto_resume=True))
+    assert log["epochs"] == log_before["epochs"]
+    rebuilt = load_checkpoint(out / "model.pt")
+    assert rebuilt.meta == model_before.meta and rebuilt.spec == model_before.spec
+    assert rebuilt.state_dict.keys() == model_before.state_dict.keys()
+    assert all(torch.equal(rebuilt.state_dict[k], model_before.state_dict[k]) for k in rebuilt.state_dict)
+    assert json.loads((out / "log.json").read_text()) == log_before

@@ -212,6 +212,8 @@ def train(cfg: TrainConfig, *, step_callback: Callable[[int, int], None] | None 
         #                            may carry its last epoch without the optimizer's buffers)
         if cfg.progress and dd.rank == 0:
             print(f"nothing to do: the run in {out} finished all {cfg.epochs} epochs", file=sys.stderr)
+        if dd.main:
+            _complete_finished_run(out, prev, record, dd.world)
         if dd.world > 1:
             dist.destroy_process_group()
         return {"config": record, "world_size": dd.world, "epochs": history, "main": dd.main}
@@ -372,6 +374,18 @@ def _print_epoch(entry: dict, epochs: int) -> None:
     print(f"epoch {entry['epoch']}/{epochs}: loss {entry['train_loss']:.4f} "
           f"train {100 * entry['train_acc']:.2f}% test {100 * entry['test_acc']:.2f}% "
           f"({entry['seconds']:.1f}s)", file=sys.stderr, flush=True)
+
+
+def _complete_finished_run(out: Path, prev: Checkpoint, record: dict, world: int) -> None:
+    """A finished run copied in with its last.pt alone (benchmarks/study_on_gpu.py ships one copy
+    of the weights, not two) gets model.pt and log.json back: model.pt is last.pt's model without
+    the resume state, exactly as ``_save_epoch`` writes it."""
+    meta = {k: v for k, v in prev.meta.items() if k != "train_state"}
+    if not (out / MODEL).is_file():
+        save_checkpoint(Checkpoint(prev.spec, prev.normalization, prev.state_dict, {}, meta), out / MODEL)
+    if not (out / LOG).is_file():
+        atomic_write_json(out / LOG, {"config": record, "world_size": world, "epochs": meta.get("history", [])},
+                          indent=2)
 
 
 def _save_epoch(out: Path, model: nn.Module, spec: ModelSpec, norm, record: dict, history: list,

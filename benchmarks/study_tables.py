@@ -1,0 +1,183 @@
+"""docs/RESULTS.md's tables, made from the committed campaign files under docs/results/ (issue 16).
+
+    PYTHONPATH=. python benchmarks/study_tables.py collect   # copy finished study campaigns
+    PYTHONPATH=. python benchmarks/study_tables.py tables    # print the tables from docs/results/
+    PYTHONPATH=. python benchmarks/study_tables.py check     # RESULTS.md's tables == the files'
+
+`collect` takes each `rram pipeline configs/study/<scale>/<model>-<variant>.toml` run folder under
+out/study/ whose campaign is complete and copies its `rram validate` results files to
+docs/results/<model>/<variant>.json (the paper's per-rate BN re-alignment) and
+<variant>.calibrated.json (per-chip calibration); a `full`-scale config's variant is prefixed
+`full-`. `tables` prints, per model, one row per (variant, method): the mean accuracy with the
+between-chip sample sd and the worst chip at each SA1 rate, and the loss against the same file's
+fault-free (SA1 0) chips. Every figure is `rates[i].summary` of the file, as `rram validate
+--json` and `rram plot` report it. `check` (run by tests/test_results_doc.py) fails when
+docs/RESULTS.md's generated block differs from what the files give.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
+DOC = ROOT / "docs" / "RESULTS.md"
+BEGIN, END = "<!-- study-tables:begin (benchmarks/study_tables.py) -->", "<!-- study-tables:end -->"
+
+MODELS = {  # folder -> heading, in the document's order
+    "resnet20a": "ResNet20, option A (parameter-free shortcuts; the shared pretrained model)",
+    "resnet20b": "ResNet20, option B (1x1 shortcuts padded to 3x3)",
+    "mobilenetv2": "MobileNetV2 (CIFAR variant, every 1x1 padded to 3x3)",
+    "vgg13": "VGG13-BN",
+}
+VARIANTS = {  # variant -> what it is, in row order
+    "plain": "plain training",
+    "dc10": "drop-connect p=0.1",
+    "dc20": "drop-connect p=0.2",
+    "dc30": "drop-connect p=0.3",
+    "dc20-wide": "drop-connect p=0.2, widened 2x",
+    "wide-dc20": "widened 2x, drop-connect p=0.2",
+    "wide-dc30": "widened 2x, drop-connect p=0.3",
+}
+SUFFIXES = {"": "per-rate BN", ".calibrated": "per-chip calibration"}
+
+
+def split_config_name(name: str) -> tuple[str, str]:
+    """'resnet20a-wide-dc30' -> ('resnet20a', 'wide-dc30')."""
+    model, _, variant = name.partition("-")
+    return model, variant
+
+
+def collect(out_root: Path) -> list[Path]:
+    """Copy every complete study campaign under OUT_ROOT/<scale>/<config>/<stage>/ into docs/results/."""
+    written = []
+    for scale_dir in sorted(p for p in out_root.iterdir() if p.is_dir()):
+        for run in sorted(p for p in scale_dir.iterdir() if p.is_dir()):
+            model, variant = split_config_name(run.name)
+            if model not in MODELS:
+                continue
+            if scale_dir.name != "cpu":
+                variant = f"{scale_dir.name}-{variant}"
+            for src in sorted(run.glob("*/results*.json")):
+                suffix = src.stem.removeprefix("results").replace("-", ".")  # "", ".calibrated"
+                if suffix not in SUFFIXES:
+                    continue
+                doc = json.loads(src.read_text())
+                if not doc.get("complete"):
+                    print(f"skipped (campaign not complete): {src}", file=sys.stderr)
+                    continue
+                dst = RESULTS / model / f"{variant}{suffix}.json"
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dst.with_suffix(".json.tmp")
+                shutil.copyfile(src, tmp)
+                tmp.replace(dst)
+                written.append(dst)
+    return written
+
+
+def _variant_key(path: Path) -> tuple:
+    name = path.name.removesuffix(".json").removesuffix(".calibrated")
+    base = name.removeprefix("full-")
+    order = list(VARIANTS).index(base) if base in VARIANTS else len(VARIANTS)
+    return (name.startswith("full-"), order, name, path.name.endswith(".calibrated.json"))
+
+
+def describe(path: Path) -> tuple[str, str]:
+    """(variant label, method label) of a docs/results file."""
+    name = path.name.removesuffix(".json")
+    calibrated = name.endswith(".calibrated")
+    name = name.removesuffix(".calibrated")
+    scale = "full" if name.startswith("full-") else "cpu"
+    base = name.removeprefix("full-")
+    return (f"{VARIANTS.get(base, base)} ({scale})", SUFFIXES[".calibrated" if calibrated else ""])
+
+
+def rows(path: Path) -> dict:
+    """The figures of one results file: per SA1 rate its summary; the fault-free mean."""
+    doc = json.loads(path.read_text())
+    by_rate = {round(r["sa1"], 6): r["summary"] for r in doc["rates"] if r.get("sa0", 0) == 0}
+    cfg = doc["config"]
+    return {"rates": by_rate, "runs": cfg["runs"], "images": cfg["images"], "calibrate": cfg.get("calibrate"),
+            "precision": cfg.get("precision"), "preset": cfg["device"].get("name"), "complete": doc.get("complete")}
+
+
+def table(model: str) -> list[str]:
+    files = sorted((RESULTS / model).glob("*.json"), key=_variant_key)
+    rates = sorted({r for f in files for r in rows(f)["rates"]})
+    faulty = [r for r in rates if r > 0]
+    lines = [f"### {MODELS[model]}", "",
+             "| variant | BN statistics | chips x images | " + " | ".join(f"SA1 {100 * r:g}%" for r in rates)
+             + " | loss at " + " / ".join(f"{100 * r:g}" for r in faulty) + "% | file |",
+             "|---|---|---|" + "---|" * len(rates) + "---|---|"]
+    for f in files:
+        info = rows(f)
+        variant, method = describe(f)
+        if info["calibrate"]:
+            method += f" ({info['calibrate']} images)"
+        cells = []
+        for r in rates:
+            s = info["rates"].get(r)
+            if s is None:
+                cells.append("n/a")
+            elif r == 0:
+                cells.append(f"{100 * s['mean']:.2f}")
+            else:
+                cells.append(f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} (min {100 * s['min']:.1f})")
+        clean = info["rates"].get(0.0)
+        loss = " / ".join(f"{100 * (clean['mean'] - info['rates'][r]['mean']):.1f}"
+                          if clean and r in info["rates"] else "n/a" for r in faulty)
+        rel = f.relative_to(ROOT / "docs").as_posix()
+        lines.append(f"| {variant} | {method} | {info['runs']} x {info['images']:,} | " + " | ".join(cells)
+                     + f" | {loss} | [{f.name}]({rel}) |")
+    return lines
+
+
+def tables() -> str:
+    parts = []
+    for model in MODELS:
+        if (RESULTS / model).is_dir() and any((RESULTS / model).glob("*.json")):
+            parts.append("\n".join(table(model)))
+    return "\n\n".join(parts)
+
+
+def generated_block(text: str) -> str:
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{DOC}: markers {BEGIN!r} ... {END!r} not found")
+    return text[text.index(BEGIN) + len(BEGIN):text.index(END)].strip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("action", choices=["collect", "tables", "check", "write"],
+                    help="write: replace RESULTS.md's generated block with the tables")
+    ap.add_argument("--out-root", type=Path, default=ROOT / "out" / "study")
+    args = ap.parse_args(argv)
+    if args.action == "collect":
+        for p in collect(args.out_root):
+            print(f"wrote {p.relative_to(ROOT)}")
+        return 0
+    if args.action == "tables":
+        print(tables())
+        return 0
+    text = DOC.read_text()
+    if args.action == "write":
+        block = generated_block(text)
+        new = text.replace(block, tables()) if block else text.replace(BEGIN + "\n", f"{BEGIN}\n{tables()}\n", 1)
+        tmp = DOC.with_suffix(".md.tmp")
+        tmp.write_text(new)
+        tmp.replace(DOC)
+        print(f"wrote {DOC.relative_to(ROOT)}")
+        return 0
+    if generated_block(text) != tables():
+        print(f"{DOC.relative_to(ROOT)}: the tables differ from docs/results/ (rerun "
+              f"`python benchmarks/study_tables.py write`)", file=sys.stderr)
+        return 1
+    print("docs/RESULTS.md tables match docs/results/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
