@@ -2,7 +2,8 @@
 
     PYTHONPATH=. python benchmarks/study_tables.py collect   # copy finished study campaigns
     PYTHONPATH=. python benchmarks/study_tables.py tables    # print the tables from docs/results/
-    PYTHONPATH=. python benchmarks/study_tables.py check     # RESULTS.md's tables == the files'
+    PYTHONPATH=. python benchmarks/study_tables.py write     # put them into the documents
+    PYTHONPATH=. python benchmarks/study_tables.py check     # the documents' tables == the files'
 
 `collect` takes each `rram pipeline configs/study/<scale>/<model>-<variant>.toml` run folder under
 out/study/ whose campaign is complete and copies its `rram validate` results files to
@@ -11,8 +12,11 @@ docs/results/<model>/<variant>.json (the paper's per-rate BN re-alignment) and
 `full-`. `tables` prints, per model, one row per (variant, method): the mean accuracy with the
 between-chip sample sd and the worst chip at each SA1 rate, and the loss against the same file's
 fault-free (SA1 0) chips. Every figure is `rates[i].summary` of the file, as `rram validate
---json` and `rram plot` report it. `check` (run by tests/test_results_doc.py) fails when
-docs/RESULTS.md's generated block differs from what the files give.
+--json` and `rram plot` report it. It also makes docs/runtime.md's table of per-chip
+calibration (issue 12: per-rate BN against calibration on N = 64 / 256 / 1024 images and with the
+most sensitive layer protected; files under docs/results/calibration/). `check` (run by
+tests/test_results_doc.py) fails when a document's generated block differs from what the files
+give.
 """
 from __future__ import annotations
 
@@ -129,10 +133,45 @@ def table(model: str) -> list[str]:
         clean = info["rates"].get(0.0)
         loss = " / ".join(f"{100 * (clean['mean'] - info['rates'][r]['mean']):.1f}"
                           if clean and r in info["rates"] else "n/a" for r in faulty)
-        rel = f.relative_to(ROOT / "docs").as_posix()
+        rel = f"results/{f.relative_to(RESULTS).as_posix()}"
         lines.append(f"| {variant} | {method} | {info['runs']} x {info['images']:,} | " + " | ".join(cells)
                      + f" | {loss} | [{f.name}]({rel}) |")
     return lines
+
+
+CAL_DOC = ROOT / "docs" / "runtime.md"
+CAL_BEGIN, CAL_END = "<!-- calibration-table:begin (benchmarks/study_tables.py) -->", "<!-- calibration-table:end -->"
+CALIBRATION = [  # issue 12's comparison: (model, method, file under docs/results/), in row order
+    (model, method, path)
+    for model, folder, variant in (("shared pretrained ResNet20", "resnet20a", "plain"),
+                                   ("drop-connect p=0.2 fine-tune (15 epochs)", "resnet20a", "dc20"))
+    for method, path in (
+        ("the paper's per-rate BN", f"{folder}/{variant}.json"),
+        ("per-chip calibration, N = 64", f"calibration/{folder}-{variant}.calibrated-64.json"),
+        ("per-chip calibration, N = 256", f"{folder}/{variant}.calibrated.json"),
+        ("per-chip calibration, N = 1024", f"calibration/{folder}-{variant}.calibrated-1024.json"),
+        ("N = 256, most sensitive layer protected", f"calibration/{folder}-{variant}.calibrated-256-protect.json"))]
+
+
+def calibration_table() -> str:
+    """docs/runtime.md's table (issue 12): the paper's per-rate BN against per-chip calibration."""
+    rates = [0.0, 0.1, 0.2, 0.3]
+    lines = ["| model | BN statistics | " + " | ".join(f"SA1 {100 * r:g}%" for r in rates) + " | file |",
+             "|---|---|" + "---|" * len(rates) + "---|"]
+    for model, method, rel in CALIBRATION:
+        path = RESULTS / rel
+        if not path.is_file():
+            lines.append(f"| {model} | {method} | " + " | ".join("not run" for _ in rates) + " | |")
+            continue
+        info = rows(path)
+        cfg = json.loads(path.read_text())["config"]
+        if cfg.get("protect"):
+            method += f" ({', '.join(f'`{n}`' for n in cfg['protect'])}: {100 * cfg['protected_cells']:.1f}% of cells)"
+        cells = [f"{100 * info['rates'][r]['mean']:.2f}" + ("" if r == 0 else f" ± {100 * info['rates'][r]['std']:.2f}")
+                 if r in info["rates"] else "n/a" for r in rates]
+        lines.append(f"| {model} | {method} | " + " | ".join(cells)
+                     + f" | [{path.name}](results/{rel}) |")
+    return "\n".join(lines)
 
 
 def tables() -> str:
@@ -143,10 +182,20 @@ def tables() -> str:
     return "\n\n".join(parts)
 
 
-def generated_block(text: str) -> str:
-    if BEGIN not in text or END not in text:
-        raise SystemExit(f"{DOC}: markers {BEGIN!r} ... {END!r} not found")
-    return text[text.index(BEGIN) + len(BEGIN):text.index(END)].strip()
+def generated_block(text: str, begin: str = BEGIN, end: str = END) -> str:
+    if begin not in text or end not in text:
+        raise SystemExit(f"markers {begin!r} ... {end!r} not found")
+    return text[text.index(begin) + len(begin):text.index(end)].strip()
+
+
+def with_block(text: str, content: str, begin: str = BEGIN, end: str = END) -> str:
+    """TEXT with the generated block between BEGIN and END replaced by CONTENT."""
+    generated_block(text, begin, end)  # the markers are there
+    return text[:text.index(begin) + len(begin)] + "\n" + content + "\n" + text[text.index(end):]
+
+
+# each generated block: (document, begin marker, end marker, what makes it)
+BLOCKS = [(DOC, BEGIN, END, lambda: tables()), (CAL_DOC, CAL_BEGIN, CAL_END, lambda: calibration_table())]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,20 +211,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "tables":
         print(tables())
         return 0
-    text = DOC.read_text()
-    if args.action == "write":
-        block = generated_block(text)
-        new = text.replace(block, tables()) if block else text.replace(BEGIN + "\n", f"{BEGIN}\n{tables()}\n", 1)
-        tmp = DOC.with_suffix(".md.tmp")
-        tmp.write_text(new)
-        tmp.replace(DOC)
-        print(f"wrote {DOC.relative_to(ROOT)}")
-        return 0
-    if generated_block(text) != tables():
-        print(f"{DOC.relative_to(ROOT)}: the tables differ from docs/results/ (rerun "
+    stale = []
+    for doc, begin, end, make in BLOCKS:
+        text = doc.read_text()
+        if args.action == "write":
+            tmp = doc.with_suffix(".md.tmp")
+            tmp.write_text(with_block(text, make(), begin, end))
+            tmp.replace(doc)
+            print(f"wrote {doc.relative_to(ROOT)}")
+        elif generated_block(text, begin, end) != make():
+            stale.append(doc.relative_to(ROOT).as_posix())
+    if stale:
+        print(f"{', '.join(stale)}: the tables differ from docs/results/ (rerun "
               f"`python benchmarks/study_tables.py write`)", file=sys.stderr)
         return 1
-    print("docs/RESULTS.md tables match docs/results/")
+    if args.action == "check":
+        print("the generated tables match docs/results/")
     return 0
 
 
