@@ -46,6 +46,12 @@ VARIANTS = {  # variant -> what it is, in row order
     "wide-dc20": "widened 2x, drop-connect p=0.2",
     "wide-dc30": "widened 2x, drop-connect p=0.3",
 }
+LABELS = {  # (model, variant) -> what the row is, where the generic variant name says too little
+    ("resnet20a", "plain"): "the shared pretrained model (no drop-connect)",
+    ("resnet20a", "dc10"): "drop-connect p=0.1, 15-epoch fine-tune",
+    ("resnet20a", "dc20"): "drop-connect p=0.2, 15-epoch fine-tune",
+    ("resnet20a", "dc30"): "drop-connect p=0.3, 15-epoch fine-tune",
+}
 SUFFIXES = {"": "per-rate BN", ".calibrated": "per-chip calibration"}
 
 
@@ -96,7 +102,8 @@ def describe(path: Path) -> tuple[str, str]:
     name = name.removesuffix(".calibrated")
     scale = "full" if name.startswith("full-") else "cpu"
     base = name.removeprefix("full-")
-    return (f"{VARIANTS.get(base, base)} ({scale})", SUFFIXES[".calibrated" if calibrated else ""])
+    label = LABELS.get((path.parent.name, base), VARIANTS.get(base, base))
+    return (f"{label} ({scale})", SUFFIXES[".calibrated" if calibrated else ""])
 
 
 def rows(path: Path) -> dict:
