@@ -51,6 +51,9 @@ LABELS = {  # (model, variant) -> what the row is, where the generic variant nam
     ("resnet20a", "dc10"): "drop-connect p=0.1, 15-epoch fine-tune",
     ("resnet20a", "dc20"): "drop-connect p=0.2, 15-epoch fine-tune",
     ("resnet20a", "dc30"): "drop-connect p=0.3, 15-epoch fine-tune",
+    ("vgg13", "plain"): "plain training, width 0.25, 40 epochs",
+    ("vgg13", "dc20"): "drop-connect p=0.2, width 0.25, 40 epochs",
+    ("vgg13", "dc20-wide"): "drop-connect p=0.2, width 0.5 (2x), 30 epochs",
 }
 SUFFIXES = {"": "per-rate BN", ".calibrated": "per-chip calibration"}
 
