@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from runtime.fileio import atomic_write_bytes  # noqa: E402  (the checkout's runtime/)
+
 RESULTS = ROOT / "docs" / "results"
 DOC = ROOT / "docs" / "RESULTS.md"
 BEGIN, END = "<!-- study-tables:begin (benchmarks/study_tables.py) -->", "<!-- study-tables:end -->"
@@ -84,38 +87,37 @@ def collect(out_root: Path) -> list[Path]:
                     continue
                 dst = RESULTS / model / f"{variant}{suffix}.json"
                 dst.parent.mkdir(parents=True, exist_ok=True)
-                tmp = dst.with_suffix(".json.tmp")
-                shutil.copyfile(src, tmp)
-                tmp.replace(dst)
+                atomic_write_bytes(dst, src.read_bytes())
                 written.append(dst)
     return written
 
 
+def parse_name(path: Path) -> tuple[str, str, bool]:
+    """docs/results/<model>/<variant>[.calibrated].json -> (scale, variant without "full-", calibrated)."""
+    name = path.name.removesuffix(".json")
+    calibrated = name.endswith(".calibrated")
+    name = name.removesuffix(".calibrated")
+    return ("full" if name.startswith("full-") else "cpu", name.removeprefix("full-"), calibrated)
+
+
 def _variant_key(path: Path) -> tuple:
-    name = path.name.removesuffix(".json").removesuffix(".calibrated")
-    base = name.removeprefix("full-")
+    scale, base, calibrated = parse_name(path)
     order = list(VARIANTS).index(base) if base in VARIANTS else len(VARIANTS)
-    return (name.startswith("full-"), order, name, path.name.endswith(".calibrated.json"))
+    return (scale == "full", order, base, calibrated)
 
 
 def describe(path: Path) -> tuple[str, str]:
     """(variant label, method label) of a docs/results file."""
-    name = path.name.removesuffix(".json")
-    calibrated = name.endswith(".calibrated")
-    name = name.removesuffix(".calibrated")
-    scale = "full" if name.startswith("full-") else "cpu"
-    base = name.removeprefix("full-")
+    scale, base, calibrated = parse_name(path)
     label = LABELS.get((path.parent.name, base), VARIANTS.get(base, base))
     return (f"{label} ({scale})", SUFFIXES[".calibrated" if calibrated else ""])
 
 
 def rows(path: Path) -> dict:
-    """The figures of one results file: per SA1 rate its summary; the fault-free mean."""
+    """What the tables take from one results file: per SA1 rate its summary, and the config."""
     doc = json.loads(path.read_text())
-    by_rate = {round(r["sa1"], 6): r["summary"] for r in doc["rates"] if r.get("sa0", 0) == 0}
-    cfg = doc["config"]
-    return {"rates": by_rate, "runs": cfg["runs"], "images": cfg["images"], "calibrate": cfg.get("calibrate"),
-            "precision": cfg.get("precision"), "preset": cfg["device"].get("name"), "complete": doc.get("complete")}
+    return {"rates": {round(r["sa1"], 6): r["summary"] for r in doc["rates"] if r.get("sa0", 0) == 0},
+            "config": doc["config"]}
 
 
 def table(model: str) -> list[str]:
@@ -128,9 +130,10 @@ def table(model: str) -> list[str]:
              "|---|---|---|" + "---|" * len(rates) + "---|---|"]
     for f in files:
         info = rows(f)
+        cfg = info["config"]
         variant, method = describe(f)
-        if info["calibrate"]:
-            method += f" ({info['calibrate']} images)"
+        if cfg.get("calibrate"):
+            method += f" ({cfg['calibrate']} images)"
         cells = []
         for r in rates:
             s = info["rates"].get(r)
@@ -144,7 +147,7 @@ def table(model: str) -> list[str]:
         loss = " / ".join(f"{100 * (clean['mean'] - info['rates'][r]['mean']):.1f}"
                           if clean and r in info["rates"] else "n/a" for r in faulty)
         rel = f"results/{f.relative_to(RESULTS).as_posix()}"
-        lines.append(f"| {variant} | {method} | {info['runs']} x {info['images']:,} | " + " | ".join(cells)
+        lines.append(f"| {variant} | {method} | {cfg['runs']} x {cfg['images']:,} | " + " | ".join(cells)
                      + f" | {loss} | [{f.name}]({rel}) |")
     return lines
 
@@ -174,7 +177,7 @@ def calibration_table() -> str:
             lines.append(f"| {model} | {method} | " + " | ".join("not run" for _ in rates) + " | |")
             continue
         info = rows(path)
-        cfg = json.loads(path.read_text())["config"]
+        cfg = info["config"]
         if cfg.get("protect"):
             method += f" ({', '.join(f'`{n}`' for n in cfg['protect'])}: {100 * cfg['protected_cells']:.1f}% of cells)"
         cells = [f"{100 * info['rates'][r]['mean']:.2f}" + ("" if r == 0 else f" ± {100 * info['rates'][r]['std']:.2f}")
@@ -205,13 +208,13 @@ def with_block(text: str, content: str, begin: str = BEGIN, end: str = END) -> s
 
 
 # each generated block: (document, begin marker, end marker, what makes it)
-BLOCKS = [(DOC, BEGIN, END, lambda: tables()), (CAL_DOC, CAL_BEGIN, CAL_END, lambda: calibration_table())]
+BLOCKS = [(DOC, BEGIN, END, tables), (CAL_DOC, CAL_BEGIN, CAL_END, calibration_table)]
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("action", choices=["collect", "tables", "check", "write"],
-                    help="write: replace RESULTS.md's generated block with the tables")
+                    help="write: replace the generated blocks of docs/RESULTS.md and docs/runtime.md")
     ap.add_argument("--out-root", type=Path, default=ROOT / "out" / "study")
     args = ap.parse_args(argv)
     if args.action == "collect":
@@ -225,9 +228,7 @@ def main(argv: list[str] | None = None) -> int:
     for doc, begin, end, make in BLOCKS:
         text = doc.read_text()
         if args.action == "write":
-            tmp = doc.with_suffix(".md.tmp")
-            tmp.write_text(with_block(text, make(), begin, end))
-            tmp.replace(doc)
+            atomic_write_bytes(doc, with_block(text, make(), begin, end).encode())
             print(f"wrote {doc.relative_to(ROOT)}")
         elif generated_block(text, begin, end) != make():
             stale.append(doc.relative_to(ROOT).as_posix())
