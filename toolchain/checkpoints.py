@@ -70,6 +70,7 @@ class Checkpoint:
     meta: dict
     source: str = ""
     imported: bool = False  # read from a foreign file just now: its image size is not recorded
+    width_recorded: bool = True  # False: a foreign file of unknown origin, its width is what --width says
 
     def build(self) -> nn.Module:
         """The model with the checkpoint's weights (and its own BN statistics)."""
@@ -193,7 +194,8 @@ def load_checkpoint(ref: str | os.PathLike, *, model: str | None = None, width: 
     norm = normalization or (known.normalization if known else None)
     if norm is None:
         raise UserError(f"{path} records no input normalisation: pass --mean and --std")
-    return Checkpoint(spec, norm, state, {}, {"imported_from": str(path)}, str(path), imported=True)
+    return Checkpoint(spec, norm, state, {}, {"imported_from": str(path)}, str(path), imported=True,
+                      width_recorded=known is not None or is_factory(spec.name))
 
 
 def adopt_image_size(ckpt: Checkpoint, size: tuple[int, int]) -> None:

@@ -33,7 +33,8 @@ def add_parser(sub) -> None:
     p = sub.add_parser("train", help="fault-aware training with drop-connect (also fine-tuning)")
     p.add_argument("--model", required=True, metavar="NAME", help=MODEL_HELP)
     p.add_argument("--width", type=positive_float, default=None,
-                   help="width multiplier (widening; built-in models, default 1)")
+                   help="width multiplier (widening; built-in models, default 1); a whole multiple of the "
+                        "--init checkpoint's widens it function-preserving")
     p.add_argument("--pad-1x1", action="store_true", help="pad 1x1 convolutions to 3x3")
     p.add_argument("--shortcut", choices=["A", "B"], default=None, help="resnet20 shortcut option (default A)")
     p.add_argument("init", nargs="?", default=argparse.SUPPRESS, metavar="CKPT",
