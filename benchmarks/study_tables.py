@@ -47,6 +47,7 @@ VARIANTS = {  # variant -> what it is, in row order
     "dc30": "drop-connect p=0.3",
     "dc20-wide": "drop-connect p=0.2, widened 2x",
     "wide-dc20": "widened 2x, drop-connect p=0.2",
+    "wide-dc30-4ep": "widened 2x, drop-connect p=0.3, 4 epochs",
     "wide-dc30": "widened 2x, drop-connect p=0.3",
 }
 LABELS = {  # (model, variant) -> what the row is, where the generic variant name says too little
@@ -54,6 +55,8 @@ LABELS = {  # (model, variant) -> what the row is, where the generic variant nam
     ("resnet20a", "dc10"): "drop-connect p=0.1, 15-epoch fine-tune",
     ("resnet20a", "dc20"): "drop-connect p=0.2, 15-epoch fine-tune",
     ("resnet20a", "dc30"): "drop-connect p=0.3, 15-epoch fine-tune",
+    ("resnet20a", "wide-dc30-4ep"): "shared model widened 2x, drop-connect p=0.3, 4-epoch fine-tune",
+    ("resnet20a", "wide-dc30"): "shared model widened 2x, drop-connect p=0.3, 15-epoch fine-tune",
     ("vgg13", "plain"): "plain training, width 0.25, 40 epochs",
     ("vgg13", "dc20"): "drop-connect p=0.2, width 0.25, 40 epochs",
     ("vgg13", "dc20-wide"): "drop-connect p=0.2, width 0.5 (2x), 30 epochs",
