@@ -83,7 +83,8 @@ def train(out: PathLike, *, model: str, drop_rate: float, epochs: int, init: Pat
             model's input size is the size of its images.
         images: train on a random subset of this many images.
         batch_size, lr, seed, device: as ``--batch-size``, ``--lr``, ``--seed``, ``--device``.
-        width, shortcut: built-in models only (refused for a factory model).
+        width, shortcut: built-in models only (refused for a factory model). A ``width`` that is a
+            whole multiple of ``init``'s widens it first, function-preserving (docs/training.md).
         pad_1x1: pad 1x1 convolutions to 3x3.
         resume, auto_resume: continue the run in ``out`` (``--resume``, ``--auto-resume``).
         **options: any other ``rram train`` option (``eval_images``, ``momentum``, ``no_cache``, ...).
