@@ -37,10 +37,23 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _rounded(v):
+    """Floats to 1e-6: the report's SQNR figures are numpy float64 reductions whose last bits
+    differ between CPU kinds (AVX2 and AVX-512 sum in other orders); the bytes of the model and
+    the crossbars, hashed as they are, must not."""
+    if isinstance(v, float):
+        return round(v, 6)
+    if isinstance(v, dict):
+        return {k: _rounded(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_rounded(x) for x in v]
+    return v
+
+
 def report_digest(path: Path) -> str:
     doc = json.loads(path.read_text())
     doc.pop("seconds")  # the only wall-clock figure in report.json
-    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+    return hashlib.sha256(json.dumps(_rounded(doc), sort_keys=True).encode()).hexdigest()
 
 
 def stable(results: Path) -> dict:
