@@ -166,7 +166,12 @@ CALIBRATION = [  # issue 12's comparison: (model, method, file under docs/result
         ("per-chip calibration, N = 64", f"calibration/{folder}-{variant}.calibrated-64.json"),
         ("per-chip calibration, N = 256", f"{folder}/{variant}.calibrated.json"),
         ("per-chip calibration, N = 1024", f"calibration/{folder}-{variant}.calibrated-1024.json"),
-        ("N = 256, most sensitive layer protected", f"calibration/{folder}-{variant}.calibrated-256-protect.json"))]
+        ("N = 256, most sensitive layer protected", f"calibration/{folder}-{variant}.calibrated-256-protect.json"))
+] + [  # the widened model (issue 16): N = 64 / 1024 not run; its first conv protected, not a sensitivity-chosen layer
+    ("widened 2x, p=0.3 fine-tune (15 epochs)", method, path) for method, path in (
+        ("the paper's per-rate BN", "resnet20a/wide-dc30.json"),
+        ("per-chip calibration, N = 256", "resnet20a/wide-dc30.calibrated.json"),
+        ("N = 256, first conv protected", "calibration/resnet20a-wide-dc30.calibrated-256-protect.json"))]
 
 
 def calibration_table() -> str:
