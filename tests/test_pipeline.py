@@ -383,3 +383,21 @@ def test_no_checkpoint_and_no_train_is_one_line_error(tmp_path, capsys):
     assert main(["pipeline", str(tmp_path / "p.toml")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "missing required key 'model.checkpoint'" in err
+
+
+STUDY_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "study").glob("*/*.toml"))
+
+
+@pytest.mark.parametrize("path", STUDY_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_every_study_config_loads_and_validates_on_the_paper_protocol(path, tmp_path, monkeypatch):
+    """The committed study configs (issue 16) parse with the pipeline's own loader (a misspelt key
+    or a bad value fails here, not hours into a run) and keep the study's protocol."""
+    from toolchain.pipeline.config import load_config
+
+    monkeypatch.setenv("RRAM_DATA", str(tmp_path))  # the data folder is the runner's, not the config's
+    cfg = load_config(path)
+    assert cfg.section("quantize")["preset"] == "paper"
+    validate = cfg.section("validate")
+    assert list(validate["sa1"]) == [0.0, 0.1, 0.2, 0.3] and validate["calibrate"] == 256
+    assert validate["runs"] >= (100 if path.parent.name == "full" else 20)
+    assert cfg.out.name == path.stem and cfg.out.parent.name == path.parent.name  # out/study/<scale>/<config>
