@@ -13,7 +13,7 @@ from toolchain.checkpoints import checkpoint_from_model, save_checkpoint
 from toolchain.cli import main
 from toolchain.data import CIFAR10_NORM
 from toolchain.models import ModelSpec, build_model
-from toolchain.pipeline.config import all_keys
+from toolchain.pipeline.config import all_keys, load_config
 from toolchain.pipeline.state import STATE_NAME, settings_key
 
 from conftest import ROOT, make_cifar, one_thread
@@ -385,15 +385,13 @@ def test_no_checkpoint_and_no_train_is_one_line_error(tmp_path, capsys):
     assert err.count("\n") == 1 and "missing required key 'model.checkpoint'" in err
 
 
-STUDY_CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "study").glob("*/*.toml"))
+STUDY_CONFIGS = sorted((ROOT / "configs" / "study").glob("*/*.toml"))
 
 
 @pytest.mark.parametrize("path", STUDY_CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_every_study_config_loads_and_validates_on_the_paper_protocol(path, tmp_path, monkeypatch):
     """The committed study configs (issue 16) parse with the pipeline's own loader (a misspelt key
     or a bad value fails here, not hours into a run) and keep the study's protocol."""
-    from toolchain.pipeline.config import load_config
-
     monkeypatch.setenv("RRAM_DATA", str(tmp_path))  # the data folder is the runner's, not the config's
     cfg = load_config(path)
     assert cfg.section("quantize")["preset"] == "paper"

@@ -10,7 +10,7 @@ import torch
 from toolchain.checkpoints import load_checkpoint
 from toolchain.cli import main
 from toolchain.errors import UserError
-from toolchain.models import ModelSpec
+from toolchain.models import ModelSpec, build_model
 from toolchain.training import LAST, TrainConfig, train
 
 from conftest import ROOT as REPO, make_cifar, one_thread
@@ -224,3 +224,35 @@ def test_a_finished_run_copied_in_with_last_pt_alone_gets_model_pt_and_log_back(
     assert rebuilt.state_dict.keys() == model_before.state_dict.keys()
     assert all(torch.equal(rebuilt.state_dict[k], model_before.state_dict[k]) for k in rebuilt.state_dict)
     assert json.loads((out / "log.json").read_text()) == log_before
+
+
+def test_train_widens_a_narrower_init_checkpoint(data, tmp_path, capsys):
+    train(cfg(data, tmp_path / "narrow", epochs=1, drop_rate=0.0))  # SPEC: width 0.25
+    log = train(cfg(data, tmp_path / "wide", spec=ModelSpec("resnet20", 0.5), epochs=1,
+                    init=str(tmp_path / "narrow" / "model.pt")))
+    assert "widened the --init checkpoint from width 0.25 to 0.5" in capsys.readouterr().out
+    assert log["config"]["model"]["width"] == 0.5
+    ck = load_checkpoint(tmp_path / "wide" / "model.pt")
+    assert ck.spec.width == 0.5 and ck.state_dict["layer1.0.conv1.weight"].shape == (8, 8, 3, 3)
+
+
+def test_train_refuses_a_width_that_is_not_a_whole_multiple(data, tmp_path, capsys):
+    train(cfg(data, tmp_path / "narrow", epochs=1, drop_rate=0.0))  # SPEC: width 0.25
+    code = main(["train", "--model", "resnet20", str(tmp_path / "narrow" / "model.pt"), "--width", "0.375",
+                 "--drop-rate", "0.2", "--epochs", "1", "--data", str(data), "--images", "64",
+                 "--out", str(tmp_path / "bad"), "--no-cache"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code != 0 and len(err) == 1
+    assert "--width 0.375 is not a whole multiple of the --init checkpoint's width 0.25" in err[0]
+    assert not (tmp_path / "bad" / "model.pt").exists()
+
+
+def test_a_foreign_checkpoint_of_unknown_origin_still_takes_its_width_from_width(data, tmp_path):
+    foreign = tmp_path / "foreign.pth"  # a bare state dict: nothing records its width
+    torch.save(build_model(ModelSpec("resnet20", 0.5)).state_dict(), foreign)
+    code = main(["train", "--model", "resnet20", str(foreign), "--width", "0.5", "--drop-rate", "0.2",
+                 "--epochs", "1", "--data", str(data), "--images", "64", "--batch-size", "32",
+                 "--eval-images", "64", "--out", str(tmp_path / "ft"), "--no-cache", "--device", "cpu",
+                 "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"])
+    assert code == 0
+    assert load_checkpoint(tmp_path / "ft" / "model.pt").spec.width == 0.5

@@ -1,15 +1,13 @@
-"""Function-preserving widening (toolchain/models/widen.py) and `rram train --init narrow --width wide`."""
+"""Function-preserving widening (toolchain/models/widen.py); `rram train --init narrow --width wide`
+is tested in test_train.py."""
 import pytest
 import torch
 import torch.nn as nn
 
-from toolchain.checkpoints import load_checkpoint
-from toolchain.cli import main
 from toolchain.models import ModelSpec, build_model
 from toolchain.models.widen import WidenError, widen_into
-from toolchain.training import TrainConfig, train
 
-from conftest import make_cifar, one_thread
+from conftest import one_thread
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 
@@ -72,45 +70,3 @@ def test_another_layer_type_is_refused():
     narrow = nn.Sequential(nn.Conv2d(3, 4, 3), nn.LayerNorm(4))
     with pytest.raises(WidenError, match="LayerNorm holds weights"):
         widen_into(narrow, nn.Sequential(nn.Conv2d(3, 8, 3), nn.LayerNorm(8)))
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_cifar(tmp_path_factory.mktemp("cifar"))
-
-
-def _cfg(data, out, spec, **kw):
-    base = dict(spec=spec, drop_rate=0.2, epochs=1, out=str(out), data=str(data), batch_size=32, images=64,
-                eval_images=64, use_cache=False, progress=False, device="cpu")
-    return TrainConfig(**(base | kw))
-
-
-def test_train_widens_a_narrower_init_checkpoint(data, tmp_path, capsys):
-    train(_cfg(data, tmp_path / "narrow", ModelSpec("resnet20", 0.25), drop_rate=0.0))
-    log = train(_cfg(data, tmp_path / "wide", ModelSpec("resnet20", 0.5), init=str(tmp_path / "narrow" / "model.pt")))
-    assert "widened the --init checkpoint from width 0.25 to 0.5" in capsys.readouterr().out
-    assert log["config"]["model"]["width"] == 0.5
-    ck = load_checkpoint(tmp_path / "wide" / "model.pt")
-    assert ck.spec.width == 0.5 and ck.state_dict["layer1.0.conv1.weight"].shape == (8, 8, 3, 3)
-
-
-def test_train_refuses_a_width_that_is_not_a_whole_multiple(data, tmp_path, capsys):
-    train(_cfg(data, tmp_path / "narrow", ModelSpec("resnet20", 0.25), drop_rate=0.0))
-    code = main(["train", "--model", "resnet20", str(tmp_path / "narrow" / "model.pt"), "--width", "0.375",
-                 "--drop-rate", "0.2", "--epochs", "1", "--data", str(data), "--images", "64",
-                 "--out", str(tmp_path / "bad"), "--no-cache"])
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code != 0 and len(err) == 1
-    assert "--width 0.375 is not a whole multiple of the --init checkpoint's width 0.25" in err[0]
-    assert not (tmp_path / "bad" / "model.pt").exists()
-
-
-def test_a_foreign_checkpoint_of_unknown_origin_still_takes_its_width_from_width(data, tmp_path):
-    foreign = tmp_path / "foreign.pth"  # a bare state dict: nothing records its width
-    torch.save(build_model(ModelSpec("resnet20", 0.5)).state_dict(), foreign)
-    code = main(["train", "--model", "resnet20", str(foreign), "--width", "0.5", "--drop-rate", "0.2",
-                 "--epochs", "1", "--data", str(data), "--images", "64", "--batch-size", "32",
-                 "--eval-images", "64", "--out", str(tmp_path / "ft"), "--no-cache", "--device", "cpu",
-                 "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"])
-    assert code == 0
-    assert load_checkpoint(tmp_path / "ft" / "model.pt").spec.width == 0.5
