@@ -292,6 +292,7 @@ BAD = [
     ('data = "data"\n\n[model]\ncheckpoint = "init.pt"\n', 'data = "data"\nbaseline = true\n\n[model]\n',
      "baseline = true needs model.checkpoint"),
     ('arch = "resnet20"\n', 'arch = "resnet20"\nshortcut = "C"\n', "model.shortcut must be one of A, B"),
+    ("epochs = 1\n", 'epochs = 1\nprecision = "fp16"\n', "train.precision must be one of fp32, bf16"),
 ]
 
 
@@ -355,18 +356,21 @@ def test_from_scratch_until_train_then_elsewhere(tmp_path, capsys):
     by `rram train --auto-resume` (same options), not trained again."""
     make_cifar(tmp_path / "data", per_batch=32, test=64)
     config = re.sub(r'checkpoint = "init.pt"\n', "", CONFIG).replace(
-        'arch = "resnet20"', 'arch = "resnet20"\nwidth = 0.25\npad_1x1 = true\nshortcut = "B"')
+        'arch = "resnet20"', 'arch = "resnet20"\nwidth = 0.25\npad_1x1 = true\nshortcut = "B"').replace(
+        "epochs = 1\n", 'epochs = 1\nprecision = "bf16"\n')
     (tmp_path / "p.toml").write_text(config)
     assert main(["pipeline", str(tmp_path / "p.toml"), "--until", "train"]) == 0
     out = capsys.readouterr().out
     assert ran(out) == {"train"} and "steps up to train ran" in out
     assert "--width 0.25 --pad-1x1 --shortcut B" in out and "--lr 0.1 " in out  # scratch default lr
+    assert "--precision bf16" in out
     run = tmp_path / "run"
     model = run / "train" / "model.pt"
     from toolchain.checkpoints import load_checkpoint
 
     spec = load_checkpoint(model).spec
     assert (spec.width, spec.padded, spec.shortcut) == (0.25, True, "B")
+    assert load_checkpoint(model).meta["config"]["precision"] == "bf16"
     before = hashlib.sha256(model.read_bytes()).hexdigest()
     (run / STATE_NAME).unlink()  # what another machine's run folder looks like here
     assert main(["pipeline", str(tmp_path / "p.toml"), "--until", "recalibrate"]) == 0

@@ -256,3 +256,38 @@ def test_a_foreign_checkpoint_of_unknown_origin_still_takes_its_width_from_width
                  "--mean", "0.5,0.5,0.5", "--std", "0.25,0.25,0.25"])
     assert code == 0
     assert load_checkpoint(tmp_path / "ft" / "model.pt").spec.width == 0.5
+
+
+def test_bf16_precision_trains_float32_weights_and_is_part_of_the_run(data, tmp_path):
+    """--precision bf16 runs the forward pass under bfloat16 autocast: the saved weights stay
+    float32, the record says bf16, a resume at fp32 is refused, and the same seed repeats it."""
+    a = train(cfg(data, tmp_path / "a", epochs=1, precision="bf16"))
+    b = train(cfg(data, tmp_path / "b", epochs=1, precision="bf16"))
+    fp = train(cfg(data, tmp_path / "fp", epochs=1))
+    ck = load_checkpoint(tmp_path / "a" / "model.pt")
+    assert all(t.dtype == torch.float32 for t in ck.state_dict.values() if t.is_floating_point())
+    assert ck.meta["config"]["precision"] == "bf16" and fp["config"]["precision"] == "fp32"
+    assert a["epochs"][0]["train_loss"] == b["epochs"][0]["train_loss"]
+    assert a["epochs"][0]["train_loss"] != fp["epochs"][0]["train_loss"]  # bf16 really ran
+    with pytest.raises(UserError, match="precision='bf16', not 'fp32'"):
+        train(cfg(data, tmp_path / "a", epochs=1, resume=True))
+    with pytest.raises(UserError, match="--precision must be one of fp32, bf16"):
+        train(cfg(data, tmp_path / "c", epochs=1, precision="fp16"))
+
+
+def test_a_run_recorded_before_the_precision_option_resumes_as_fp32(data, tmp_path):
+    out = tmp_path / "old"
+
+    def crash(epoch, step):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):  # a run cut after its first epoch
+        train(cfg(data, out, epochs=2), step_callback=crash)
+    raw = torch.load(out / LAST, weights_only=True)
+    del raw["meta"]["config"]["precision"]  # as written before --precision existed
+    torch.save(raw, out / LAST)
+    with pytest.raises(UserError, match="precision='fp32', not 'bf16'"):
+        train(cfg(data, out, epochs=2, resume=True, precision="bf16"))
+    log = train(cfg(data, out, epochs=2, resume=True))
+    assert [e["epoch"] for e in log["epochs"]] == [1, 2]

@@ -212,6 +212,8 @@ class Pipeline:
             argv.append("--pad-1x1")
         if m["shortcut"] is not None:
             argv += ["--shortcut", m["shortcut"]]
+        if t["precision"] != "fp32":
+            argv += ["--precision", t["precision"]]
         for k in ("images", "eval_images"):
             if t[k] is not None:
                 argv += [f"--{k.replace('_', '-')}", str(t[k])]

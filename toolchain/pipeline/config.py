@@ -59,6 +59,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "lr": Key("float", None, low=1e-12),  # default: 0.01 fine-tuning, 0.1 from scratch
         "batch_size": Key("int", 128, low=2),
         "seed": Key("int", 0, low=0),
+        "precision": Key("str", "fp32", choices=("fp32", "bf16")),  # rram train --precision
     },
     "recalibrate": {
         "rates": Key("floats", **RATE),
