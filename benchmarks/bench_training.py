@@ -1,7 +1,7 @@
 """Training step time with drop-connect vs without (same model, batch and optimizer), in one run.
 
     PYTHONPATH=. python benchmarks/bench_training.py [--model resnet20] [--width 1] [--batch 128]
-        [--drop-rate 0.2] [--steps 20] [--threads N] [--device auto] [--json]
+        [--shortcut A|B] [--pad-1x1] [--drop-rate 0.2] [--steps 20] [--threads N] [--device auto] [--json]
 
 Plain and drop-connect steps are interleaved in rounds (plain, dc, plain, dc, ...) so a busy
 machine slows both alike; the ratio of the medians is printed. Target: at most 1.15.
@@ -51,6 +51,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet20")
     ap.add_argument("--width", type=float, default=1.0)
+    ap.add_argument("--shortcut", choices=["A", "B"], default="A", help="resnet20 shortcut option")
+    ap.add_argument("--pad-1x1", action="store_true", help="1x1 convolutions padded to 3x3")
     ap.add_argument("--batch", type=int, default=128)
     ap.add_argument("--drop-rate", type=float, default=0.2)
     ap.add_argument("--steps", type=int, default=20, help="timed steps per variant")
@@ -62,7 +64,7 @@ def main() -> int:
         torch.set_num_threads(a.threads)
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if a.device == "auto" else a.device))
-    spec = ModelSpec(a.model, a.width)
+    spec = ModelSpec(a.model, a.width, a.shortcut, a.pad_1x1)
     g = torch.Generator().manual_seed(0)
     x = torch.randn(a.batch, 3, 32, 32, generator=g).to(device)
     y = torch.randint(0, 10, (a.batch,), generator=g).to(device)
