@@ -42,6 +42,24 @@ def real_data_cache(tmp_path) -> Path:
     return Path(os.environ["RRAM_CACHE"]) if os.environ.get("RRAM_CACHE") else tmp_path / "cache"
 
 
+@pytest.fixture(scope="module")
+def paper_art(tmp_path_factory) -> Path:
+    """A small deployed artifact on the `paper` preset (one per test module; _runtime_helpers)."""
+    from runtime.crossbar import preset
+
+    from _runtime_helpers import make_artifact  # it imports this module: imported when used
+
+    return make_artifact(tmp_path_factory.mktemp("art") / "a", preset("paper"))
+
+
+@pytest.fixture(scope="module")
+def paper_data(paper_art):
+    """(images, labels) that ``paper_art`` classifies as labelled when fault-free."""
+    from _runtime_helpers import self_labelled_images
+
+    return self_labelled_images(paper_art)
+
+
 def one_thread():
     """Generator fixture body (``pytest.fixture(autouse=True)(one_thread)``): tiny models run
     fastest (and never oversubscribe a busy machine) on one thread."""

@@ -14,12 +14,10 @@ import pytest
 
 import runtime.campaign as campaign
 from runtime.campaign import validate
-from runtime.crossbar import preset
 from runtime.errors import RuntimeInputError
 from runtime.results import read_results
 from runtime.sensitivity import sensitivity
 
-from _runtime_helpers import make_artifact, self_labelled_images
 from conftest import ROOT, one_line_error, one_thread, run_cli, write_test_batch
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
@@ -29,16 +27,6 @@ try:
 except ImportError:  # an optional extra; `make install` installs it, so CI runs these tests
     ray = None
 needs_ray = pytest.mark.skipif(ray is None, reason="ray is not installed (pip install 'rram-toolchain[ray]')")
-
-
-@pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    return make_artifact(tmp_path_factory.mktemp("art") / "a", preset("paper"))
-
-
-@pytest.fixture(scope="module")
-def data(art):
-    return self_labelled_images(art)
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +49,10 @@ def runs_of(doc) -> list[dict]:
     # --protect restricts each chip's faults; --ci counts chips in run order and stops each rate
     dict(sa1=[0.1, 0.4], runs=12, seed=2, protect=["/conv2/Conv"], ci=25.0, min_runs=3),
 ], ids=["plain", "protect-ci"])
-def test_ray_campaign_equals_the_local_one_run_for_run(art, data, cluster, kw):
-    images, labels = data
-    local = validate(art, images, labels, progress=False, **kw)
-    on_ray = validate(art, images, labels, progress=False, ray=True, **kw)
+def test_ray_campaign_equals_the_local_one_run_for_run(paper_art, paper_data, cluster, kw):
+    images, labels = paper_data
+    local = validate(paper_art, images, labels, progress=False, **kw)
+    on_ray = validate(paper_art, images, labels, progress=False, ray=True, **kw)
     assert runs_of(on_ray) == runs_of(local) and on_ray["clean"] == local["clean"]
     assert [e["summary"] for e in on_ray["rates"]] == [e["summary"] for e in local["rates"]]
     assert on_ray["config"] == local["config"] and on_ray["complete"]
@@ -76,22 +64,22 @@ def test_ray_campaign_equals_the_local_one_run_for_run(art, data, cluster, kw):
 
 
 @needs_ray
-def test_ray_sensitivity_equals_the_local_one(art, data, cluster):
-    images, labels = data
-    local = sensitivity(art, images, labels, sa1=[0.1, 0.3], runs=3, seed=5, progress=False)
-    on_ray = sensitivity(art, images, labels, sa1=[0.1, 0.3], runs=3, seed=5, progress=False, ray=True)
+def test_ray_sensitivity_equals_the_local_one(paper_art, paper_data, cluster):
+    images, labels = paper_data
+    local = sensitivity(paper_art, images, labels, sa1=[0.1, 0.3], runs=3, seed=5, progress=False)
+    on_ray = sensitivity(paper_art, images, labels, sa1=[0.1, 0.3], runs=3, seed=5, progress=False, ray=True)
     local.pop("seconds"), on_ray.pop("seconds")
     assert on_ray == local
     assert len({lay["drop"] for e in local["rates"] for lay in e["layers"]}) > 1
 
 
 @needs_ray
-def test_interrupted_ray_campaign_resumes_to_the_local_result(art, data, cluster, tmp_path, monkeypatch):
+def test_interrupted_ray_campaign_resumes_to_the_local_result(paper_art, paper_data, cluster, tmp_path, monkeypatch):
     """Ctrl-C in the driver after four chips are written: the file holds them (whatever order they
     finished in); resuming on Ray runs only the others and ends as one local run."""
-    images, labels = data
+    images, labels = paper_data
     kw = dict(sa1=[0.1, 0.3], runs=8, seed=7, progress=False)
-    whole = validate(art, images, labels, **kw)
+    whole = validate(paper_art, images, labels, **kw)
     out = tmp_path / "r.json"
     writes = []
     write_results = campaign.write_results
@@ -104,28 +92,28 @@ def test_interrupted_ray_campaign_resumes_to_the_local_result(art, data, cluster
 
     monkeypatch.setattr(campaign, "write_results", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        validate(art, images, labels, out=out, ray=True, **kw)
+        validate(paper_art, images, labels, out=out, ray=True, **kw)
     assert writes == [0, 1, 2, 3, 4]  # the fault-free accuracies, then each chip as it finished
     assert sum(len(e["runs"]) for e in read_results(out)["rates"]) == 4
     monkeypatch.setattr(campaign, "write_results", write_results)
-    resumed = validate(art, images, labels, out=out, resume=True, ray=True, **kw)
+    resumed = validate(paper_art, images, labels, out=out, resume=True, ray=True, **kw)
     assert resumed["timing"]["runs"] == 16 - 4  # this process ran only the chips the file lacked
     assert runs_of(resumed) == runs_of(whole) and read_results(out)["complete"]
 
 
 @needs_ray
-def test_resume_on_ray_fills_the_gaps_any_kill_leaves(art, data, cluster, tmp_path):
+def test_resume_on_ray_fills_the_gaps_any_kill_leaves(paper_art, paper_data, cluster, tmp_path):
     """Chips finish out of order on a cluster: a killed campaign's file can miss run 1 and hold run
     3. Resuming on Ray runs exactly the missing ones."""
-    images, labels = data
+    images, labels = paper_data
     kw = dict(sa1=[0.2, 0.4], runs=6, seed=3, progress=False)
     out = tmp_path / "r.json"
-    whole = validate(art, images, labels, out=out, **kw)
+    whole = validate(paper_art, images, labels, out=out, **kw)
     doc = json.loads(out.read_text())
     doc["rates"][0]["runs"] = {k: v for k, v in doc["rates"][0]["runs"].items() if k in ("0", "3", "4")}
     doc["rates"][1]["runs"] = {k: v for k, v in doc["rates"][1]["runs"].items() if k == "5"}
     out.write_text(json.dumps(doc))
-    resumed = validate(art, images, labels, out=out, resume=True, ray=True, **kw)
+    resumed = validate(paper_art, images, labels, out=out, resume=True, ray=True, **kw)
     assert runs_of(resumed) == runs_of(whole)
     assert resumed["timing"]["runs"] == 12 - 4 and read_results(out)["complete"]
 
@@ -144,13 +132,13 @@ sys.exit(main(sys.argv[1:]))
 
 
 @needs_ray
-def test_killed_cli_ray_campaign_resumes(art, data, cluster, tmp_path, capsys):
+def test_killed_cli_ray_campaign_resumes(paper_art, paper_data, cluster, tmp_path, capsys):
     """`rram validate --ray` killed (SIGKILL, its own local Ray instance with it) once its file
     holds three chips; `--resume --ray` completes it to the local campaign's numbers."""
-    images, labels = data
+    images, labels = paper_data
     root = write_test_batch(tmp_path / "cifar", images, labels)
     out = tmp_path / "r.json"
-    argv = ["validate", str(art), "--data", str(root), "--no-cache", "--split", "test", "--sa1", "0.1,0.3",
+    argv = ["validate", str(paper_art), "--data", str(root), "--no-cache", "--split", "test", "--sa1", "0.1,0.3",
             "--runs", "10", "--seed", "9", "--out", str(out)]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     env.pop("RAY_ADDRESS", None)
@@ -178,17 +166,17 @@ def test_killed_cli_ray_campaign_resumes(art, data, cluster, tmp_path, capsys):
     assert not partial["complete"] and 3 <= sum(len(e["runs"]) for e in partial["rates"]) < 20
     code, _, err = run_cli(capsys, *argv, "--resume", "--ray", "--json")
     assert code == 0, err
-    whole = validate(art, images, labels, sa1=[0.1, 0.3], runs=10, seed=9, progress=False)
+    whole = validate(paper_art, images, labels, sa1=[0.1, 0.3], runs=10, seed=9, progress=False)
     assert runs_of(read_results(out)) == runs_of(whole)
 
 
-def test_ray_bad_input(art, data, tmp_path, capsys, monkeypatch):
-    images, labels = data
+def test_ray_bad_input(paper_art, paper_data, tmp_path, capsys, monkeypatch):
+    images, labels = paper_data
     with pytest.raises(RuntimeInputError, match="Ray replaces shards"):
-        validate(art, images, labels, sa1=[0.1], runs=4, shard=(1, 2), ray=True, progress=False)
+        validate(paper_art, images, labels, sa1=[0.1], runs=4, shard=(1, 2), ray=True, progress=False)
     root = write_test_batch(tmp_path / "cifar", images, labels)
     out = tmp_path / "r.json"
-    base = ["validate", art, "--data", root, "--no-cache", "--split", "test", "--sa1", "0.1", "--runs", "4",
+    base = ["validate", paper_art, "--data", root, "--no-cache", "--split", "test", "--sa1", "0.1", "--runs", "4",
             "--out", out]
     code, _, err = run_cli(capsys, *base, "--shard", "1/2", "--ray")
     assert code == 2 and "--ray replaces --shard" in one_line_error(err)
@@ -197,21 +185,21 @@ def test_ray_bad_input(art, data, tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # as if not installed: `import ray` raises ImportError
     code, _, err = run_cli(capsys, *base, "--ray")
     assert code == 2 and "pip install 'rram-toolchain[ray]'" in one_line_error(err)
-    code, _, err = run_cli(capsys, "sensitivity", art, "--data", root, "--no-cache", "--sa1", "0.1",
+    code, _, err = run_cli(capsys, "sensitivity", paper_art, "--data", root, "--no-cache", "--sa1", "0.1",
                            "--out", tmp_path / "s.json", "--ray")
     assert code == 2 and "pip install 'rram-toolchain[ray]'" in one_line_error(err)
     assert not out.exists() and not (tmp_path / "s.json").exists()
 
 
 @needs_ray
-def test_ray_bad_input_found_on_a_worker(art, data, cluster, tmp_path, capsys):
+def test_ray_bad_input_found_on_a_worker(paper_art, paper_data, cluster, tmp_path, capsys):
     """An error the engine raises on a worker reaches the one-line handler as it would locally."""
-    images, labels = data
+    images, labels = paper_data
     with pytest.raises(RuntimeInputError, match="^64 images but 10 labels$"):
-        validate(art, images, labels[:10], sa1=[0.1], runs=2, progress=False, ray=True)
+        validate(paper_art, images, labels[:10], sa1=[0.1], runs=2, progress=False, ray=True)
     root = write_test_batch(tmp_path / "cifar", images, labels)
-    code, _, err = run_cli(capsys, "validate", art, "--data", root, "--no-cache", "--split", "test", "--sa1", "0.1",
-                           "--runs", "2", "--threads", "3", "--out", tmp_path / "r.json", "--ray")
+    code, _, err = run_cli(capsys, "validate", paper_art, "--data", root, "--no-cache", "--split", "test",
+                           "--sa1", "0.1", "--runs", "2", "--threads", "3", "--out", tmp_path / "r.json", "--ray")
     assert code == 2 and "--threads 3" in one_line_error(err) and "has 2" in one_line_error(err)
     assert not (tmp_path / "r.json").exists()
 
@@ -223,9 +211,9 @@ def test_ray_is_imported_only_with_ray():
     assert out.stdout.split() == ["False"], out.stdout + out.stderr
 
 
-def test_every_campaign_runs_through_the_one_chip_function(art, data, monkeypatch):
+def test_every_campaign_runs_through_the_one_chip_function(paper_art, paper_data, monkeypatch):
     """The local executor runs measure_chip too: the function Ray workers run is the campaign's."""
-    images, labels = data
+    images, labels = paper_data
     seen = []
     measure_chip = campaign.measure_chip
 
@@ -234,7 +222,7 @@ def test_every_campaign_runs_through_the_one_chip_function(art, data, monkeypatc
         return measure_chip(engine, cmap, plan, p1, r, *args)
 
     monkeypatch.setattr(campaign, "measure_chip", spy)
-    doc = validate(art, images, labels, sa1=[0.1, 0.2], runs=3, seed=1, progress=False)
+    doc = validate(paper_art, images, labels, sa1=[0.1, 0.2], runs=3, seed=1, progress=False)
     assert seen == [(0.1, 0), (0.1, 1), (0.1, 2), (0.2, 0), (0.2, 1), (0.2, 2)]
     assert np.isfinite(doc["rates"][0]["summary"]["mean"])
 

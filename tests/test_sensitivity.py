@@ -6,7 +6,6 @@ import pytest
 
 from runtime.artifact import Artifact, DeployedModel
 from runtime.campaign import validate
-from runtime.crossbar import preset
 from runtime.engine import Engine
 from runtime.errors import RuntimeInputError
 from runtime.faults import layer_names, run_seed, sample_chip, with_faults_only_in
@@ -14,27 +13,17 @@ from runtime.plot import plot_sensitivity
 from runtime.sensitivity import sensitivity
 from toolchain.cli import main
 
-from _runtime_helpers import make_artifact, self_labelled_images
 from conftest import one_thread, write_test_batch
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 
 
-@pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    return make_artifact(tmp_path_factory.mktemp("art") / "a", preset("paper"))
-
-
-@pytest.fixture(scope="module")
-def data(art):
-    return self_labelled_images(art)
-
-
-def test_each_layer_alone_and_fully_stuck_layers_lead(art, data, tmp_path):
-    images, labels = data
-    doc = sensitivity(art, images, labels, sa1=[0.05, 1.0], runs=3, seed=1, progress=False, out=tmp_path / "s.json")
+def test_each_layer_alone_and_fully_stuck_layers_lead(paper_art, paper_data, tmp_path):
+    images, labels = paper_data
+    doc = sensitivity(paper_art, images, labels, sa1=[0.05, 1.0], runs=3, seed=1, progress=False,
+                      out=tmp_path / "s.json")
     low, full = doc["rates"]
-    dm = DeployedModel.load(art)
+    dm = DeployedModel.load(paper_art)
     assert low["clean"] == 1.0 and [e["name"] for e in low["layers"]] == layer_names(dm.cmap)
     assert json.loads((tmp_path / "s.json").read_text()) == json.loads(json.dumps(doc))
     assert sum(e["cell_share"] for e in low["layers"]) == pytest.approx(1.0)
@@ -52,11 +41,11 @@ def test_each_layer_alone_and_fully_stuck_layers_lead(art, data, tmp_path):
     assert plot_sensitivity(tmp_path / "s.json", tmp_path / "s.png").is_file()
 
 
-def test_protect_leaves_exactly_those_layers_fault_free(art, data):
-    images, labels = data
-    dm = DeployedModel.load(art)
+def test_protect_leaves_exactly_those_layers_fault_free(paper_art, paper_data):
+    images, labels = paper_data
+    dm = DeployedModel.load(paper_art)
     names = layer_names(dm.cmap)
-    doc = validate(art, images, labels, sa1=[0.3], runs=3, seed=2, progress=False, protect=[names[0]])
+    doc = validate(paper_art, images, labels, sa1=[0.3], runs=3, seed=2, progress=False, protect=[names[0]])
     assert doc["config"]["protect"] == [names[0]]
     share = dm.cmap.layers[0].levels.size / dm.cmap.cell_count()
     assert doc["config"]["protected_cells"] == pytest.approx(share)
@@ -76,28 +65,28 @@ def _err(capsys, args):
     return err
 
 
-def test_bad_input(art, data, tmp_path, capsys, monkeypatch):
-    images, labels = data
+def test_bad_input(paper_art, paper_data, tmp_path, capsys, monkeypatch):
+    images, labels = paper_data
     root = write_test_batch(tmp_path / "cifar", images, labels)
     out = tmp_path / "r.json"
     base = ["--data", str(root), "--no-cache", "--split", "test"]
-    err = _err(capsys, ["validate", str(art), *base, "--sa1", "0.1", "--runs", "1", "--protect", "nope",
+    err = _err(capsys, ["validate", str(paper_art), *base, "--sa1", "0.1", "--runs", "1", "--protect", "nope",
                         "--out", str(out)])
-    assert "unknown layer 'nope'" in err and layer_names(DeployedModel.load(art).cmap)[0] in err
+    assert "unknown layer 'nope'" in err and layer_names(DeployedModel.load(paper_art).cmap)[0] in err
     assert not out.exists()
-    empty = Artifact.load(art)
+    empty = Artifact.load(paper_art)
     monkeypatch.setattr(empty.first.cmap, "layers", [])
     with pytest.raises(RuntimeInputError, match="no mapped layer"):
         sensitivity(empty, images, labels, sa1=[0.1], runs=1, progress=False)
 
 
-def test_cli_sensitivity_and_plot(art, data, tmp_path, capsys):
-    images, labels = data
+def test_cli_sensitivity_and_plot(paper_art, paper_data, tmp_path, capsys):
+    images, labels = paper_data
     root = write_test_batch(tmp_path / "cifar", images, labels)
     out = tmp_path / "s.json"
-    assert main(["sensitivity", str(art), "--data", str(root), "--no-cache", "--sa1", "0.1,0.2", "--runs", "2",
+    assert main(["sensitivity", str(paper_art), "--data", str(root), "--no-cache", "--sa1", "0.1,0.2", "--runs", "2",
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert all(name in printed for name in layer_names(DeployedModel.load(art).cmap))
+    assert all(name in printed for name in layer_names(DeployedModel.load(paper_art).cmap))
     assert main(["plot", str(out), "--out", str(tmp_path / "s.png")]) == 0
     assert (tmp_path / "s.png").stat().st_size > 1000
