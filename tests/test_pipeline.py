@@ -136,6 +136,9 @@ def test_end_to_end_report_and_artifacts(built):
     assert "![accuracy on faulty chips](accuracy.png)" in report and "whiskers" in report
     state = json.loads((run / STATE_NAME).read_text())
     assert sorted(state["steps"]) == sorted(ALL_STEPS) and state["started"] == {}
+    # a default (fp32) training records no precision setting: run folders written before
+    # train.precision existed keep the same settings, so their training stays up to date
+    assert "precision" not in state["steps"]["train"]["settings"]
 
 
 def test_rerun_skips_every_step_and_writes_nothing(project, capsys):

@@ -87,7 +87,8 @@ def train(out: PathLike, *, model: str, drop_rate: float, epochs: int, init: Pat
             whole multiple of ``init``'s widens it first, function-preserving (docs/training.md).
         pad_1x1: pad 1x1 convolutions to 3x3.
         resume, auto_resume: continue the run in ``out`` (``--resume``, ``--auto-resume``).
-        **options: any other ``rram train`` option (``eval_images``, ``momentum``, ``no_cache``, ...).
+        **options: any other ``rram train`` option (``eval_images``, ``momentum``, ``precision="bf16"``,
+            ``no_cache``, ...).
     """
     _run("train", init, out=out, model=model, drop_rate=drop_rate, epochs=epochs, data=data, images=images,
          batch_size=batch_size, lr=lr, seed=seed, width=width, shortcut=shortcut, pad_1x1=pad_1x1,

@@ -13,6 +13,7 @@ the epoch and the process rank, so a run resumed after epoch k repeats epochs k+
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -376,8 +377,10 @@ def _train_epoch(net: nn.Module, opt, sched, split: Split, idx: np.ndarray, norm
                leave=False, disable=None if (cfg.progress and dd.main) else True)
     for step, (x, y) in enumerate(bar):
         # bf16: matmuls/convolutions in bfloat16 (2.4x faster on AMX CPUs), weights, optimizer and
-        # BN running statistics stay float32; the loss is taken in float32
-        with torch.autocast(dd.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        # BN running statistics stay float32; the loss is taken in float32. fp32 sets up no
+        # autocast at all (a device without autocast support still trains in fp32)
+        with (torch.autocast(dd.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
+              else contextlib.nullcontext()):
             logits = net(x)
         loss = F.cross_entropy(logits.float(), y)
         opt.zero_grad(set_to_none=True)

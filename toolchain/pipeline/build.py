@@ -147,7 +147,9 @@ class Pipeline:
             m = v["model"]  # width / pad_1x1 / shortcut only when set: older run folders stay current
             shape = {k: m[k] for k in ("width", "pad_1x1", "shortcut") if m[k] not in (None, False)}
             start = {"checkpoint": self.init} if self.init is not None else {}
-            steps.append(Step("train", None, {**common, "arch": arch, **shape, **t},
+            # precision only when not the default: run folders recorded before the key stay current
+            tset = {k: x for k, x in t.items() if not (k == "precision" and x == "fp32")}
+            steps.append(Step("train", None, {**common, "arch": arch, **shape, **tset},
                               {**start, "data": data},
                               [run / "train" / "model.pt", run / "train" / "log.json"], self._train))
         for var in self.variants():
