@@ -65,7 +65,8 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="fp32, or bf16: bfloat16 autocast for the forward pass, float32 weights "
-                        "(about 2.4x faster on CPUs with AMX or AVX512-BF16, and on GPUs)")
+                        "(1.4-2.4x faster per step on CPUs with AMX or AVX512-BF16 and on bf16 GPUs; "
+                        "docs/training.md)")
     p.add_argument("--json", action="store_true", help="print the epoch log as JSON at the end")
     add_data_args(p)
     p.set_defaults(func=run)

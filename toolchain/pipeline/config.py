@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..models import MODEL_NAMES
+from ..training import PRECISIONS as TRAIN_PRECISIONS
 
 try:  # the standard library from Python 3.11 on; the project still runs on 3.10 without the pipeline
     import tomllib
@@ -59,7 +60,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "lr": Key("float", None, low=1e-12),  # default: 0.01 fine-tuning, 0.1 from scratch
         "batch_size": Key("int", 128, low=2),
         "seed": Key("int", 0, low=0),
-        "precision": Key("str", "fp32", choices=("fp32", "bf16")),  # rram train --precision
+        "precision": Key("str", "fp32", choices=TRAIN_PRECISIONS),  # rram train --precision
     },
     "recalibrate": {
         "rates": Key("floats", **RATE),
