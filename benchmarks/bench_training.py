@@ -7,7 +7,7 @@ Plain and drop-connect steps are interleaved in rounds (plain, dc, plain, dc, ..
 machine slows both alike; the ratio of the medians is printed. Target: at most 1.15.
 Also printed: the time of the mask draws alone (one fresh mask for every Conv2d/Linear weight),
 and the drop-connect step under `--precision bf16` (bfloat16 autocast, as rram train runs it) with
-its speed-up over float32 (about 2.4x on CPUs with AMX; below 1 on CPUs without bf16 units).
+its speed-up over float32 (1.4-2.4x on CPUs with AMX, by model; below 1 on CPUs without bf16 units).
 """
 from __future__ import annotations
 
