@@ -1,0 +1,8 @@
+"""The deployment runtime: artifacts, crossbar mapping, fault injection and validation (README.md).
+
+Only names that callers need without loading onnxruntime live here."""
+
+# The precisions a deployed model executes at (Engine, `rram validate --precision`): fp32 runs the
+# folded float weights, int8 quantises activations as a DAC/ADC would. Here, not in engine.py, so the
+# CLI and the pipeline schema can list them without importing onnxruntime.
+PRECISIONS = ("fp32", "int8")

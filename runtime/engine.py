@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 
+from . import PRECISIONS
 from .artifact.deployed import DeployedModel, append_initializers
 from .artifact.layout import MODEL_NAME
 from .calibration import ChipCalibrator, targets_from_metadata
@@ -16,8 +17,6 @@ from .int8 import prepare_int8, quantize_input
 from .int8.calibrate import Int8ChipCalibrator
 from .metadata import normalize_images
 from .session import default_providers, default_threads, make_session
-
-PRECISIONS = ("fp32", "int8")
 
 
 class Engine:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from runtime import PRECISIONS
+
 from ..data import check_for_model, load_split
 from ..errors import UserError
 from .common import (
@@ -61,7 +63,7 @@ def add_parser(sub) -> None:
                         "per-channel statistics from N training images chosen by --seed, and set the digital "
                         "scale/offset, before evaluating (default: off; docs/runtime.md)")
     p.add_argument("--out", required=True, help="results JSON (written after every run)")
-    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="int8: activations quantised as a DAC/ADC would (onnxruntime static "
                         "quantisation calibrated on training images), weights = crossbar integers")
     p.add_argument("--calibration-images", type=positive_int, default=500,

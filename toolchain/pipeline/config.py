@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime import PRECISIONS as VALIDATE_PRECISIONS
+
 from ..errors import UserError
 from ..models import MODEL_NAMES
 from ..training import PRECISIONS as TRAIN_PRECISIONS
@@ -85,7 +87,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "runs": Key("int", 100, low=1),
         "images": Key("int", None, low=1),
         "seed": Key("int", 0, low=0),
-        "precision": Key("str", "fp32", choices=("fp32", "int8")),
+        "precision": Key("str", "fp32", choices=VALIDATE_PRECISIONS),  # rram validate --precision
         "calibrate": Key("int", None, low=1),
         "ray": Key("str", None),
     },
