@@ -311,6 +311,59 @@ def test_bad_config_one_line_error(built, tmp_path, capsys, old, new, message):
     assert not (tmp_path / "proj" / "run").exists()
 
 
+def _based(root: Path) -> Path:
+    """CONFIG as a base in a sub-folder (its relative paths are that folder's), and a config in
+    root that takes it as its base and replaces three keys."""
+    (root / "common").mkdir(parents=True, exist_ok=True)
+    (root / "common" / "base.toml").write_text(CONFIG)
+    (root / "p.toml").write_text('# the variant\nbase = "common/base.toml"\nout = "run2"\n\n'
+                                 "[train]\ndrop_rate = 0.3\n\n[validate]\nruns = 5\n")
+    return root / "p.toml"
+
+
+def test_base_config_keys_are_replaced_key_by_key(tmp_path):
+    from toolchain.pipeline.build import Pipeline
+
+    make_project(tmp_path / "common")
+    cfg = load_config(_based(tmp_path))
+    base = load_config(tmp_path / "common" / "base.toml")
+    assert cfg.section("train")["drop_rate"] == 0.3 and cfg.section("validate")["runs"] == 5
+    for section in ("model", "train", "recalibrate", "validate"):  # the rest is the base's, table by table
+        mine = {k: v for k, v in cfg.section(section).items() if (section, k) not in
+                {("train", "drop_rate"), ("validate", "runs")}}
+        assert mine == {k: v for k, v in base.section(section).items() if k in mine}
+    assert cfg.section("")["base"] == "common/base.toml" and base.section("")["base"] is None
+    # paths are relative to the file that sets them: out here, data and checkpoint in common/
+    assert cfg.out == (tmp_path / "run2").resolve() and cfg.data == (tmp_path / "common" / "data").resolve()
+    assert Pipeline(cfg).init == (tmp_path / "common" / "init.pt").resolve()
+    # the report quotes both files, this one first
+    assert cfg.text.startswith("# the variant") and "\n# ---- base: common/base.toml\n" + CONFIG in cfg.text
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda r: (r / "p.toml").write_text((r / "p.toml").read_text().replace('out = "run2"\n', "")),
+     "p.toml: missing required key 'out': a config with a base sets its own run folder"),
+    (lambda r: (r / "common" / "base.toml").write_text('base = "../p.toml"\n' + CONFIG),
+     "base.toml: base '../p.toml' leads back to p.toml"),
+    (lambda r: (r / "p.toml").write_text((r / "p.toml").read_text().replace("common/", "nowhere/")),
+     "p.toml: base: no such pipeline config:"),
+    (lambda r: (r / "common" / "base.toml").write_text(CONFIG.replace("runs = 2", "run = 2")),
+     "base.toml: unknown key 'validate.run'; did you mean 'validate.runs'?"),
+    (lambda r: (r / "common" / "base.toml").write_text(CONFIG.replace("epochs = 1", 'epochs = "one"')),
+     "base.toml: train.epochs must be an integer"),
+    (lambda r: (r / "p.toml").write_text("base = 3\n" + (r / "p.toml").read_text().split("\n", 2)[2]),
+     "p.toml: base must be a non-empty string"),
+])
+def test_bad_base_config_one_line_error_naming_its_file(tmp_path, capsys, edit, message):
+    make_project(tmp_path / "common")
+    _based(tmp_path)
+    edit(tmp_path)
+    assert main(["pipeline", str(tmp_path / "p.toml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rram: error: ") and message in err, err
+    assert not (tmp_path / "run2").exists() and not (tmp_path / "common" / "run").exists()
+
+
 def test_missing_config_and_bad_from(tmp_path, capsys):
     assert main(["pipeline", str(tmp_path / "none.toml")]) == 2
     assert capsys.readouterr().err == f"rram: error: pipeline config not found: {tmp_path / 'none.toml'}\n"
@@ -328,12 +381,19 @@ def test_shipped_configs_parse(monkeypatch, tmp_path):
     from toolchain.pipeline.config import load_config
 
     monkeypatch.setenv("RRAM_DATA", str(tmp_path))
-    configs = sorted((ROOT / "configs").rglob("*.toml"))
+    files = sorted((ROOT / "configs").rglob("*.toml"))
+    configs = [f for f in files if not f.name.startswith("_")]  # _name.toml: only a base, not a run
     assert len(configs) > 1
+    used = set()
     for cfg in configs:
         c = load_config(cfg)
         assert c.out.is_relative_to(ROOT / "out"), cfg  # run folders stay in the ignored out/
         assert c.has_train or c.values["model"]["checkpoint"], cfg
+        if c.values[""]["base"]:
+            used.add((cfg.parent / c.values[""]["base"]).resolve())
+    assert {f.resolve() for f in files if f.name.startswith("_")} <= used  # no base left unused
+    outs = [load_config(cfg).out for cfg in configs]
+    assert len(set(outs)) == len(outs)  # no two configs share a run folder
 
 
 def test_your_own_model_through_the_pipeline(tmp_path, capsys):

@@ -104,7 +104,7 @@ class Pipeline:
         ref = self.v["model"]["checkpoint"]
         if ref is None:
             return None
-        local = (self.cfg.path.resolve().parent / Path(ref).expanduser())
+        local = self.cfg.folder("model.checkpoint") / Path(ref).expanduser()
         if local.is_file():
             return local
         if os.sep in ref or "/" in ref or ref.endswith((".pt", ".pth", ".th")):

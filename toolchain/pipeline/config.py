@@ -42,6 +42,7 @@ RATE = {"low": 0.0, "high": 1.0, "high_open": True}
 # initial checkpoint goes through the flow as it is (and there is no separate baseline).
 SCHEMA: dict[str, dict[str, Key]] = {
     "": {
+        "base": Key("str", None),  # read by load_config: another config whose keys this one replaces
         "out": Key("str"),
         "data": Key("str", None),
         "weights": Key("str", None),
@@ -112,9 +113,14 @@ class Config:
     out: Path
     data: Path
     weights: Path | None
+    folders: dict  # dotted key -> folder of the file that set it (a ``base`` sets some)
 
     def section(self, name: str) -> dict:
         return self.values[name]
+
+    def folder(self, name: str) -> Path:
+        """The folder a relative path in key ``name`` is taken from: that of the file that set it."""
+        return self.folders.get(name, self.path.resolve().parent)
 
 
 def _fail(path: Path, message: str):
@@ -174,23 +180,21 @@ def _env_path(value: str | None, base: Path, env: str) -> Path | None:
     return None
 
 
-def load_config(path: str | os.PathLike) -> Config:
-    path = Path(path)
-    if tomllib is None:
-        raise UserError("rram pipeline needs Python 3.11 or later (tomllib)")
-    if not path.is_file():
-        raise UserError(f"pipeline config not found: {path}")
+def _read(path: Path) -> tuple[dict, str]:
     try:
         text = path.read_text()
-        raw = tomllib.loads(text)
+        return tomllib.loads(text), text
     except tomllib.TOMLDecodeError as e:
         _fail(path, f"not valid TOML: {e}")
     except (OSError, UnicodeDecodeError) as e:
         _fail(path, f"cannot read it: {e}")
+
+
+def _check_names(path: Path, raw: dict) -> None:
+    """Unknown names first, in the file that has them: a typo explains a missing key."""
     sections = [s for s in SCHEMA if s]
     valid = all_keys() + sections
-    values: dict[str, dict] = {s: {} for s in SCHEMA}
-    for name, value in raw.items():  # unknown names first: a typo explains a missing key
+    for name, value in raw.items():
         if name in SCHEMA[""]:
             continue
         if name not in sections:
@@ -200,6 +204,54 @@ def load_config(path: str | os.PathLike) -> Config:
         for k in value:
             if k not in SCHEMA[name]:
                 _unknown(path, f"{name}.{k}", [f"{name}.{x}" for x in SCHEMA[name]] + valid)
+
+
+def _layers(path: Path, chain: tuple[Path, ...] = ()) -> list[tuple[Path, dict, str]]:
+    """The file and the files its ``base`` names, in turn: [(path, table, text)], the root base
+    first. Each file is checked on its own, so an error names the file that has the fault."""
+    raw, text = _read(path)
+    _check_names(path, raw)
+    if "base" not in raw:
+        return [(path, raw, text)]
+    ref = raw["base"]
+    if not isinstance(ref, str) or not ref:
+        _fail(path, f"base must be a non-empty string (a pipeline config's path), got {ref!r}")
+    base = (path.resolve().parent / Path(ref).expanduser()).resolve()
+    if base in chain + (path.resolve(),):
+        _fail(path, f"base {ref!r} leads back to {base.name}: a config cannot be its own base")
+    if not base.is_file():
+        _fail(path, f"base: no such pipeline config: {base}")
+    return _layers(base, chain + (path.resolve(),)) + [(path, raw, text)]
+
+
+def load_config(path: str | os.PathLike) -> Config:
+    path = Path(path)
+    if tomllib is None:
+        raise UserError("rram pipeline needs Python 3.11 or later (tomllib)")
+    if not path.is_file():
+        raise UserError(f"pipeline config not found: {path}")
+    layers = _layers(path)
+    # ``base``: the base's keys are defaults that this file replaces key by key (a table is merged
+    # key by key, not replaced whole). Each value remembers the file that set it: its messages
+    # name that file, and its paths are relative to that file's folder.
+    raw: dict = {}
+    origin: dict[str, Path] = {}  # dotted key -> the file that set it
+    for file, table, _ in layers:
+        for name, value in table.items():
+            if name == "base":
+                continue
+            if isinstance(value, dict):
+                raw.setdefault(name, {}).update(value)
+                origin.update({f"{name}.{k}": file for k in value})
+            else:
+                raw[name] = value
+                origin[name] = file
+    if "base" in layers[-1][1]:  # this file's own base only: what values[""]["base"] shows
+        raw["base"], origin["base"] = layers[-1][1]["base"], path
+    if len(layers) > 1 and "out" not in layers[-1][1]:
+        _fail(path, "missing required key 'out': a config with a base sets its own run folder "
+                    "(two configs sharing one would overwrite each other's results)")
+    values: dict[str, dict] = {s: {} for s in SCHEMA}
     for section, keys in SCHEMA.items():
         given = raw if section == "" else raw.get(section)
         if section and given is None and section in OPTIONAL_SECTIONS:
@@ -211,7 +263,7 @@ def load_config(path: str | os.PathLike) -> Config:
         for k, key in keys.items():
             name = f"{section}.{k}" if section else k
             if k in given:
-                values[section][k] = _check_value(path, name, key, given[k])
+                values[section][k] = _check_value(origin[name], name, key, given[k])
             elif key.default is REQUIRED:
                 _fail(path, f"missing required key {name!r}" + (f" in [{section}]" if section else ""))
             else:
@@ -229,10 +281,14 @@ def load_config(path: str | os.PathLike) -> Config:
     if ":" in model["arch"] and any(model[k] not in (None, False) for k in ("width", "pad_1x1", "shortcut")):
         _fail(path, "model.width, model.pad_1x1 and model.shortcut are for the built-in models; "
                     f"{model['arch']} builds its own architecture")
-    base = path.resolve().parent
-    data = _env_path(values[""]["data"], base, "RRAM_DATA")
+    folders = {name: file.resolve().parent for name, file in origin.items()}
+    here = path.resolve().parent
+    data = _env_path(values[""]["data"], folders.get("data", here), "RRAM_DATA")
     if data is None:
         _fail(path, "no data: set 'data' in the config or the RRAM_DATA environment variable")
-    return Config(path=path, text=text, values=values, has_train=has_train,
-                  out=(base / values[""]["out"]).resolve(), data=data,
-                  weights=_env_path(values[""]["weights"], base, "RRAM_WEIGHTS"))
+    # The report quotes the configuration: with a base, every file of the chain, this one first.
+    text = "".join(t if f is path else f"\n# ---- base: {os.path.relpath(f.resolve(), here)}\n{t}"
+                   for f, _, t in reversed(layers))
+    return Config(path=path, text=text, values=values, has_train=has_train, folders=folders,
+                  out=(here / values[""]["out"]).resolve(), data=data,
+                  weights=_env_path(values[""]["weights"], folders.get("weights", here), "RRAM_WEIGHTS"))
