@@ -195,6 +195,28 @@ def test_changed_setting_reruns_exactly_the_steps_downstream(project, capsys):
     assert d["recalibrate:baseline"] == ("run", "input checkpoint changed")
 
 
+def test_data_is_compared_by_content_not_modification_time(project, capsys):
+    """A copy of the data set with new modification times (another machine, a fresh checkout of
+    shared/) re-runs nothing; one image's bytes changed (at the same size) re-run every step
+    that reads the data, and the steps after them."""
+    import os
+
+    files = sorted(p for p in (project.parent / "data").rglob("*") if p.is_file())
+    for i, f in enumerate(files):
+        os.utime(f, ns=(10**18 + i, 10**18 + i))
+    assert main(["pipeline", str(project), "--dry-run"]) == 0
+    assert ran(capsys.readouterr().out) == set()
+    changed = bytearray(files[0].read_bytes())
+    changed[-1] ^= 1
+    files[0].write_bytes(bytes(changed))
+    assert main(["pipeline", str(project), "--dry-run"]) == 0
+    d = decisions(capsys.readouterr().out)
+    assert d["train"] == ("run", "input data changed")
+    assert d["recalibrate:baseline"] == ("run", "input data changed")
+    assert d["export:baseline"] == ("run", "input recalibrated.pt is rebuilt by recalibrate:baseline")
+    assert {s for s, (what, _) in d.items() if what == "run"} == set(ALL_STEPS)
+
+
 def test_one_chip_campaign_shows_sd_and_ci_as_na(project, capsys):
     project.write_text(project.read_text().replace("runs = 2", "runs = 1"))
     assert main(["pipeline", str(project)]) == 0
