@@ -59,9 +59,14 @@ LABELS = {  # (model, variant) -> what the row is, where the generic variant nam
     ("resnet20a", "wide-dc30-4ep"): "shared model widened 2x, drop-connect p=0.3, 4-epoch fine-tune",
     ("resnet20a", "wide-dc30"): "shared model widened 2x, drop-connect p=0.3, 15-epoch fine-tune",
     ("resnet20a", "wide-dc30-scratch"): "widened 2x, drop-connect p=0.3, 40 epochs from scratch, bf16 training",
+    ("mobilenetv2", "plain"): "plain training, width 0.35, 30 epochs, bf16 training",
+    ("mobilenetv2", "dc20"): "drop-connect p=0.2, width 0.35, 30 epochs, bf16 training",
+    ("mobilenetv2", "dc20-wide"): "drop-connect p=0.2, width 0.5, 20 epochs, bf16 training",
+    ("resnet20b", "plain"): "plain training, 30 epochs from scratch, bf16 training",
+    ("resnet20b", "dc20"): "drop-connect p=0.2, 30 epochs from scratch, bf16 training",
     ("vgg13", "plain"): "plain training, width 0.25, 40 epochs",
     ("vgg13", "dc20"): "drop-connect p=0.2, width 0.25, 40 epochs",
-    ("vgg13", "dc20-wide"): "drop-connect p=0.2, width 0.5 (2x), 30 epochs",
+    ("vgg13", "dc20-wide"): "drop-connect p=0.2, width 0.5 (2x), 30 epochs, bf16 training",
 }
 SUFFIXES = {"": "per-rate BN", ".calibrated": "per-chip calibration"}
 
