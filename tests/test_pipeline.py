@@ -217,6 +217,30 @@ def test_data_is_compared_by_content_not_modification_time(project, capsys):
     assert {s for s, (what, _) in d.items() if what == "run"} == set(ALL_STEPS)
 
 
+def test_run_folder_recorded_with_the_older_data_fingerprint_reruns_nothing(project, capsys):
+    """Run folders recorded when the data set was fingerprinted by (path, size, mtime) stay up to
+    date, and a step started then resumes, as long as that listing still describes the folder."""
+    from toolchain.pipeline.state import listing_fingerprint
+
+    state_file = project.parent / "run" / STATE_NAME
+    doc = json.loads(state_file.read_text())
+    older = listing_fingerprint(project.parent / "data")
+    for rec in doc["steps"].values():
+        if "data" in rec["inputs"]:
+            rec["inputs"]["data"] = older
+    rec = doc["steps"].pop("validate:baseline")  # as if it had been killed mid-run
+    doc["started"]["validate:baseline"] = settings_key(rec["settings"], rec["inputs"])
+    state_file.write_text(json.dumps(doc))
+    assert main(["pipeline", str(project), "--dry-run"]) == 0
+    d = decisions(capsys.readouterr().out)
+    assert d["validate:baseline"] == ("run", "resuming an interrupted run")
+    assert {s for s, (what, _) in d.items() if what == "run"} == {"validate:baseline", "report"}
+    (project.parent / "data" / "cifar-10-batches-py" / "test_batch").touch()  # the listing no longer fits
+    assert main(["pipeline", str(project), "--dry-run"]) == 0
+    d = decisions(capsys.readouterr().out)
+    assert d["train"] == d["recalibrate:baseline"] == ("run", "input data changed")
+
+
 def test_one_chip_campaign_shows_sd_and_ci_as_na(project, capsys):
     project.write_text(project.read_text().replace("runs = 2", "runs = 1"))
     assert main(["pipeline", str(project)]) == 0
@@ -375,6 +399,12 @@ def test_base_config_keys_are_replaced_key_by_key(tmp_path):
      "base.toml: train.epochs must be an integer"),
     (lambda r: (r / "p.toml").write_text("base = 3\n" + (r / "p.toml").read_text().split("\n", 2)[2]),
      "p.toml: base must be a non-empty string"),
+    (lambda r: (r / "p.toml").write_text((r / "p.toml").read_text().replace('out = "run2"', "out = {x = 1}")),
+     "p.toml: out must be a non-empty string"),
+    (lambda r: (r / "common" / "base.toml").write_text('weights = {x = 1}\n' + CONFIG),
+     "base.toml: weights must be a non-empty string"),
+    (lambda r: (r / "p.toml").write_text((r / "p.toml").read_text() + "\n[data]\nx = 1\n"),
+     "p.toml: data must be a non-empty string"),
 ])
 def test_bad_base_config_one_line_error_naming_its_file(tmp_path, capsys, edit, message):
     make_project(tmp_path / "common")

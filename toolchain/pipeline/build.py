@@ -32,7 +32,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from .config import Config
-from .state import State, fingerprint, settings_key
+from .state import State, fingerprint, listing_fingerprint, settings_key
 
 # (7) sensitivity analysis would go between validate and report: no such command exists yet, so
 # the config accepts no [sensitivity] table. HOOK: add "sensitivity" here and a step in plan().
@@ -318,6 +318,20 @@ def _rel(p: Path, run: Path) -> str:
     return p.relative_to(run).as_posix()
 
 
+def _recorded_form(step: Step, state: State, inputs: dict) -> dict:
+    """A folder input (the data set) recorded in the older (path, size, mtime) form, or a step
+    started under it, keeps that form while it still describes the folder: a run folder written
+    before folders were fingerprinted by content neither re-runs nor restarts its steps."""
+    folders = {label: p for label, p in step.inputs.items() if p.is_dir()}
+    if not folders:
+        return inputs
+    older = {label: listing_fingerprint(p) for label, p in folders.items()}
+    if state.started_key(step.name) == settings_key(step.settings, {**inputs, **older}):
+        return {**inputs, **older}  # an interrupted step resumes
+    recorded = (state.record(step.name) or {}).get("inputs", {})
+    return {**inputs, **{label: h for label, h in older.items() if recorded.get(label) == h}}
+
+
 def decide(step: Step, state: State, run: Path, forced: bool, pending: dict[str, str], from_stage: str | None):
     """("run" | "skip", why, input fingerprints or None when an input is still to be rebuilt)."""
     if forced:
@@ -325,7 +339,7 @@ def decide(step: Step, state: State, run: Path, forced: bool, pending: dict[str,
     for label, producer in step.producers.items():
         if producer in pending:
             return "run", f"input {label} is rebuilt by {producer}", None
-    inputs = {label: fingerprint(p) for label, p in step.inputs.items()}
+    inputs = _recorded_form(step, state, {label: fingerprint(p) for label, p in step.inputs.items()})
     if state.started_key(step.name) == settings_key(step.settings, inputs):
         return "run", "resuming an interrupted run", inputs
     rec = state.record(step.name)

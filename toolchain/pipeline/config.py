@@ -107,7 +107,7 @@ def all_keys() -> list[str]:
 @dataclass
 class Config:
     path: Path  # the TOML file
-    text: str  # its exact contents (the report quotes them)
+    text: str  # its exact contents, then its base chain's (the report quotes them)
     values: dict  # section -> key -> value, defaults filled in ("" = top level)
     has_train: bool
     out: Path
@@ -240,7 +240,7 @@ def load_config(path: str | os.PathLike) -> Config:
         for name, value in table.items():
             if name == "base":
                 continue
-            if isinstance(value, dict):
+            if name in SCHEMA and name and isinstance(value, dict):  # a [section]: merged key by key
                 raw.setdefault(name, {}).update(value)
                 origin.update({f"{name}.{k}": file for k in value})
             else:

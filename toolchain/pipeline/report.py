@@ -174,7 +174,9 @@ def write_report(pipe: Pipeline, step: Step) -> int:
                  f"{100 * tot['utilisation']:.1f}%"])
     L += _table(["layer", "op", "matrix", "tiles", "cells", "allocated", "utilisation"], rows)
     L += ["", "![crossbar utilisation per layer](crossbar-usage.png)", "",
-          "## Configuration", "", f"`{cfg.path}` (paths relative to its folder), exactly:", "",
+          "## Configuration", "", f"`{cfg.path}` (paths relative to its folder), exactly"
+          + (", then its base chain (each file's paths relative to its own folder):" if cfg.values[""]["base"]
+             else ":"), "",
           "```toml", cfg.text.rstrip("\n"), "```", "",
           f"Resolved: data `{cfg.data}`, initial checkpoint `{pipe.init or 'none (from scratch)'}`, "
           f"run folder `{run}`.", "",

@@ -55,6 +55,17 @@ def fingerprint(path: Path) -> str | None:
     return digest
 
 
+def listing_fingerprint(folder: Path) -> str:
+    """How a folder was fingerprinted before its contents were (run folders recorded until
+    2026-12-01): sha256 of its files' "relpath<TAB>size<TAB>mtime_ns" lines. decide() still accepts
+    it where it describes the folder as it is, so upgrading re-runs and restarts nothing."""
+    h = hashlib.sha256(b"folder\n")
+    for rel, file in _files(folder, ""):
+        st = file.stat()
+        h.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
 def _hash_file(path: Path, h) -> None:
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
