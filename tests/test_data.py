@@ -55,9 +55,15 @@ def test_cache_is_invalidated_when_a_source_file_changes(tmp_path, cache_dir):
     from PIL import Image
     target = root / "test" / "cat" / "0000.png"
     Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(target)
+    other = write_imagefolder(tmp_path / "g")  # another data folder keeps its own entry
+    load_split(other, "test", cache_dir=cache_dir)
     again = load_split(root, "test", cache_dir=cache_dir)
     assert again.images[0].max() == 0
-    assert len(list(cache_dir.glob("*.npz"))) == 2
+    # the superseded entry of the first folder is gone; the other folder's stays
+    entries = sorted(cache_dir.glob("*.npz"))
+    assert len(entries) == 2 and len({e.name.rsplit("-", 1)[0] for e in entries}) == 2
+    assert np.array_equal(load_split(other, "test", cache_dir=cache_dir).images,
+                          load_split(other, "test", use_cache=False).images)
 
 
 @pytest.mark.parametrize("make, message", [

@@ -7,7 +7,8 @@ Layouts (detected automatically):
   being that folder). ``download=True`` asks torchvision to fetch it (online only).
 
 Decoded splits are cached as ``.npz`` (images NHWC uint8, labels int64) under the cache folder,
-keyed on the source path and every source file's size and mtime, so any change re-decodes.
+keyed on the source path and every source file's size and mtime, so any change re-decodes (and
+the entry it supersedes is deleted: a re-copied data set does not leave 185 MB behind each time).
 
 Bad data is a one-line error, never a silently wrong accuracy: hidden entries (".ipynb_checkpoints")
 are ignored, ``train`` and ``test`` must hold the same class folders, and ``check_for_model``
@@ -153,13 +154,16 @@ def _check_same_classes(folder: Path) -> None:
                         f"{', '.join(only_train) or 'none'}; only in test: {', '.join(only_test) or 'none'}")
 
 
-def _cache_key(layout: str, folder: Path, split: str, sources: list[tuple[str, os.stat_result]]) -> str:
-    """Hash of the split's source files (path relative to ``folder``, size, mtime): any change
-    re-decodes."""
-    h = hashlib.sha256(f"v1|{layout}|{folder.resolve()}|{split}".encode())
+def _cache_name(layout: str, folder: Path, split: str, sources: list[tuple[str, os.stat_result]]) -> tuple[str, str]:
+    """(prefix, file name) of the split's cache entry: the prefix names the data folder and split,
+    the rest hashes the source files (path relative to ``folder``, size, mtime): any change
+    re-decodes, and the entry it supersedes (same prefix) is removed."""
+    where = hashlib.sha256(f"v1|{layout}|{folder.resolve()}|{split}".encode())
+    prefix = f"cifar-{split}-{where.hexdigest()[:12]}-"
+    h = where.copy()
     for rel, st in sources:
         h.update(f"|{rel}|{st.st_size}|{st.st_mtime_ns}".encode())
-    return h.hexdigest()[:24]
+    return prefix, f"{prefix}{h.hexdigest()[:24]}.npz"
 
 
 def _sources(layout: str, folder: Path, split: str) -> list[tuple[str, os.stat_result]]:
@@ -272,7 +276,8 @@ def load_split(data: str | os.PathLike | None, split: str, *, cache_dir: str | o
     cache_file = None
     if use_cache:
         cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
-        cache_file = cache_root / f"cifar-{split}-{_cache_key(layout, folder, split, sources)}.npz"
+        prefix, name = _cache_name(layout, folder, split, sources)
+        cache_file = cache_root / name
         if cache_file.is_file():
             try:
                 with np.load(cache_file, allow_pickle=False) as z:
@@ -297,6 +302,10 @@ def load_split(data: str | os.PathLike | None, split: str, *, cache_dir: str | o
                           classes=np.asarray(result.classes))
         except (OSError, RuntimeInputError) as e:  # a read-only or full cache costs time, not the run
             print(f"note: not caching the decoded images ({e}); running uncached", file=sys.stderr)
+        else:  # the same folder's earlier entries (files since changed or re-copied) are dead weight
+            for stale in cache_file.parent.glob(f"{prefix}*.npz"):
+                if stale != cache_file:
+                    stale.unlink(missing_ok=True)
     return result
 
 
