@@ -436,15 +436,15 @@ def test_shipped_configs_parse(monkeypatch, tmp_path):
     files = sorted((ROOT / "configs").rglob("*.toml"))
     configs = [f for f in files if not f.name.startswith("_")]  # _name.toml: only a base, not a run
     assert len(configs) > 1
-    used = set()
+    used, outs = set(), []
     for cfg in configs:
         c = load_config(cfg)
         assert c.out.is_relative_to(ROOT / "out"), cfg  # run folders stay in the ignored out/
         assert c.has_train or c.values["model"]["checkpoint"], cfg
+        outs.append(c.out)
         if c.values[""]["base"]:
             used.add((cfg.parent / c.values[""]["base"]).resolve())
     assert {f.resolve() for f in files if f.name.startswith("_")} <= used  # no base left unused
-    outs = [load_config(cfg).out for cfg in configs]
     assert len(set(outs)) == len(outs)  # no two configs share a run folder
 
 
