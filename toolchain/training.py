@@ -86,7 +86,8 @@ class TrainConfig:
 
 
 # Options added after runs were recorded: a record without the key was trained with this value.
-_RECORD_DEFAULTS = {"precision": "fp32"}
+# The pipeline leaves them out of its own step record at these values too (pipeline/build.py).
+ADDED_LATER = {"precision": "fp32"}
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -301,7 +302,7 @@ def _previous_run(cfg: TrainConfig, out: Path, record: dict) -> Checkpoint | Non
     if prev.spec != cfg.spec:
         differs = f"{out} belongs to another model: {prev.spec.describe()}, not {cfg.spec.describe()}"
     else:
-        recorded = {key: prev_record.get(key, _RECORD_DEFAULTS.get(key)) for key in record}
+        recorded = {key: prev_record.get(key, ADDED_LATER.get(key)) for key in record}
         differs = next((f"{out} was trained with {key}={recorded[key]!r}, not {record[key]!r}"
                         for key in record  # every option that shapes the run (the model: above)
                         if key != "model" and recorded[key] != record[key]), None)

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
+from ..training import ADDED_LATER
 from .config import Config
 from .state import State, fingerprint, listing_fingerprint, settings_key
 
@@ -147,8 +148,8 @@ class Pipeline:
             m = v["model"]  # width / pad_1x1 / shortcut only when set: older run folders stay current
             shape = {k: m[k] for k in ("width", "pad_1x1", "shortcut") if m[k] not in (None, False)}
             start = {"checkpoint": self.init} if self.init is not None else {}
-            # precision only when not the default: run folders recorded before the key stay current
-            tset = {k: x for k, x in t.items() if not (k == "precision" and x == "fp32")}
+            # a key added later only when not at its old value: run folders recorded before stay current
+            tset = {k: x for k, x in t.items() if not (k in ADDED_LATER and x == ADDED_LATER[k])}
             steps.append(Step("train", None, {**common, "arch": arch, **shape, **tset},
                               {**start, "data": data},
                               [run / "train" / "model.pt", run / "train" / "log.json"], self._train))
@@ -214,7 +215,7 @@ class Pipeline:
             argv.append("--pad-1x1")
         if m["shortcut"] is not None:
             argv += ["--shortcut", m["shortcut"]]
-        if t["precision"] != "fp32":
+        if t["precision"] != ADDED_LATER["precision"]:
             argv += ["--precision", t["precision"]]
         for k in ("images", "eval_images"):
             if t[k] is not None:
