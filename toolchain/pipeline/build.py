@@ -324,12 +324,14 @@ def _recorded_form(step: Step, state: State, inputs: dict) -> dict:
     started under it, keeps that form while it still describes the folder: a run folder written
     before folders were fingerprinted by content neither re-runs nor restarts its steps."""
     folders = {label: p for label, p in step.inputs.items() if p.is_dir()}
-    if not folders:
-        return inputs
-    older = {label: listing_fingerprint(p) for label, p in folders.items()}
-    if state.started_key(step.name) == settings_key(step.settings, {**inputs, **older}):
-        return {**inputs, **older}  # an interrupted step resumes
     recorded = (state.record(step.name) or {}).get("inputs", {})
+    started = state.started_key(step.name)
+    if not any(recorded.get(label) not in (None, inputs[label]) for label in folders) and (
+            started is None or started == settings_key(step.settings, inputs)):
+        return inputs  # nothing recorded in another form: no second listing of the data set
+    older = {label: listing_fingerprint(p) for label, p in folders.items()}
+    if started == settings_key(step.settings, {**inputs, **older}):
+        return {**inputs, **older}  # an interrupted step resumes
     return {**inputs, **{label: h for label, h in older.items() if recorded.get(label) == h}}
 
 

@@ -33,20 +33,14 @@ def fingerprint(path: Path) -> str | None:
         st = path.stat()
     except OSError:
         return None
-    if path.is_dir():
-        files = list(_files(path, ""))
-        stats = [(rel, file.stat()) for rel, file in files]
-        memo_key = (str(path), "folder", hashlib.sha256("".join(
-            f"{rel}\t{s.st_size}\t{s.st_mtime_ns}\n" for rel, s in stats).encode()).hexdigest())
-    else:
-        memo_key = (str(path), st.st_size, st.st_mtime_ns)
+    memo_key = (str(path), listing_fingerprint(path) if path.is_dir() else (st.st_size, st.st_mtime_ns))
     if memo_key in _memo:
         return _memo[memo_key]
     h = hashlib.sha256()
     if path.is_dir():
         h.update(b"folder\n")
-        for (rel, file), (_, s) in zip(files, stats):
-            h.update(f"{rel}\t{s.st_size}\n".encode())  # the size frames the bytes
+        for rel, file in _files(path, ""):
+            h.update(f"{rel}\t{file.stat().st_size}\n".encode())  # the size frames the bytes
             _hash_file(file, h)
     else:
         _hash_file(path, h)
