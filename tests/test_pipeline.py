@@ -183,6 +183,7 @@ def test_changed_setting_reruns_exactly_the_steps_downstream(project, capsys):
     assert ran(out) == {"train", "recalibrate:fault-aware", "export:fault-aware", "passes:fault-aware",
                         "quantize:fault-aware", "validate:fault-aware", "report"}
     assert decisions(out)["train"][1] == "setting train.drop_rate changed: 0.1 -> 0.2"
+    assert "--precision fp32" in out  # the default is said, not left to rram train's own default
     assert "drop-connect p=0.2" in (project.parent / "run" / "report.md").read_text()
     # a changed input file (the initial checkpoint) re-runs everything that reads it
     init = project.parent / "init.pt"

@@ -215,8 +215,7 @@ class Pipeline:
             argv.append("--pad-1x1")
         if m["shortcut"] is not None:
             argv += ["--shortcut", m["shortcut"]]
-        if t["precision"] != ADDED_LATER["precision"]:
-            argv += ["--precision", t["precision"]]
+        argv += ["--precision", t["precision"]]  # always said: the run does not lean on the CLI's default
         for k in ("images", "eval_images"):
             if t[k] is not None:
                 argv += [f"--{k.replace('_', '-')}", str(t[k])]
