@@ -2,6 +2,8 @@
 what the committed campaign files give, and each file's summaries are what its own per-chip
 accuracies give."""
 import json
+import re
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -52,3 +54,27 @@ def test_each_file_is_a_complete_study_campaign_whose_summaries_re_derive(path):
         again = summarize([run["accuracy"] for _, run in sorted(r["runs"].items(), key=lambda kv: int(kv[0]))])
         for key in ("n", "mean", "std", "min", "max"):
             assert again[key] == pytest.approx(r["summary"][key], abs=1e-12), (r["sa1"], key)
+
+
+def figure_commands() -> list[str]:
+    """The `rram plot` blocks of docs/RESULTS.md, continuation lines joined."""
+    text = (ROOT / "docs" / "RESULTS.md").read_text()
+    blocks = re.findall(r"```sh\n(rram plot .*?)```", text, re.S)
+    return [b.replace("\\\n", " ").strip() for b in blocks]
+
+
+def test_the_figures_are_drawn_by_their_commands_as_written(tmp_path):
+    """Each figure's command, as RESULTS.md shows it, runs from the checkout on the committed
+    files, and names a figure that is committed (drawn here into a temporary folder instead)."""
+    from toolchain.cli import main
+
+    commands = figure_commands()
+    assert len(commands) >= 2
+    for i, command in enumerate(commands):
+        argv = shlex.split(command)[1:]
+        out = argv.index("--out") + 1
+        assert (ROOT / argv[out]).is_file(), f"{argv[out]} is not committed"
+        argv[out] = str(tmp_path / f"figure-{i}.png")
+        argv = [str(ROOT / a) if a.startswith("docs/") else a for a in argv]
+        assert main(argv) == 0
+        assert (tmp_path / f"figure-{i}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
