@@ -46,6 +46,7 @@ VARIANTS = {  # variant -> what it is, in row order
     "dc20": "drop-connect p=0.2",
     "dc30": "drop-connect p=0.3",
     "dc20-wide": "drop-connect p=0.2, widened 2x",
+    "dc30-wide": "drop-connect p=0.3, widened 2x",
     "wide-dc20": "widened 2x, drop-connect p=0.2",
     "wide-dc30-4ep": "widened 2x, drop-connect p=0.3, 4 epochs",
     "wide-dc30": "widened 2x, drop-connect p=0.3",
@@ -67,6 +68,7 @@ LABELS = {  # (model, variant) -> what the row is, where the generic variant nam
     ("vgg13", "plain"): "plain training, width 0.25, 40 epochs",
     ("vgg13", "dc20"): "drop-connect p=0.2, width 0.25, 40 epochs",
     ("vgg13", "dc20-wide"): "drop-connect p=0.2, width 0.5 (2x), 30 epochs, bf16 training",
+    ("vgg13", "dc30-wide"): "drop-connect p=0.3, width 0.5 (2x), 30 epochs, bf16 training",
 }
 SUFFIXES = {"": "per-rate BN", ".calibrated": "per-chip calibration"}
 
