@@ -33,14 +33,15 @@ def fingerprint(path: Path) -> str | None:
         st = path.stat()
     except OSError:
         return None
-    memo_key = (str(path), listing_fingerprint(path) if path.is_dir() else (st.st_size, st.st_mtime_ns))
+    listing = _listing(path) if path.is_dir() else None  # walked once: memo key and hash share it
+    memo_key = (str(path), _listing_digest(listing) if listing is not None else (st.st_size, st.st_mtime_ns))
     if memo_key in _memo:
         return _memo[memo_key]
     h = hashlib.sha256()
-    if path.is_dir():
+    if listing is not None:
         h.update(b"folder\n")
-        for rel, file in _files(path, ""):
-            h.update(f"{rel}\t{file.stat().st_size}\n".encode())  # the size frames the bytes
+        for rel, file, file_st in listing:
+            h.update(f"{rel}\t{file_st.st_size}\n".encode())  # the size frames the bytes
             _hash_file(file, h)
     else:
         _hash_file(path, h)
@@ -53,9 +54,17 @@ def listing_fingerprint(folder: Path) -> str:
     """How a folder was fingerprinted before its contents were (run folders recorded until
     2026-12-01): sha256 of its files' "relpath<TAB>size<TAB>mtime_ns" lines. decide() still accepts
     it where it describes the folder as it is, so upgrading re-runs and restarts nothing."""
+    return _listing_digest(_listing(folder))
+
+
+def _listing(folder: Path) -> list[tuple[str, Path, os.stat_result]]:
+    """(relative path, path, stat) of every file under ``folder``, in a fixed order."""
+    return [(rel, file, file.stat()) for rel, file in _files(folder, "")]
+
+
+def _listing_digest(listing: list[tuple[str, Path, os.stat_result]]) -> str:
     h = hashlib.sha256(b"folder\n")
-    for rel, file in _files(folder, ""):
-        st = file.stat()
+    for rel, _, st in listing:
         h.update(f"{rel}\t{st.st_size}\t{st.st_mtime_ns}\n".encode())
     return h.hexdigest()
 
