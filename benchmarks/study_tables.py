@@ -66,6 +66,7 @@ LABELS = {  # (model, variant) -> what the row is, where the generic variant nam
     ("mobilenetv2", "dc30-wide"): "drop-connect p=0.3, width 0.5, 20 epochs, bf16 training",
     ("resnet20b", "plain"): "plain training, 30 epochs from scratch, bf16 training",
     ("resnet20b", "dc20"): "drop-connect p=0.2, 30 epochs from scratch, bf16 training",
+    ("resnet20b", "wide-dc30"): "widened 2x, drop-connect p=0.3, 30 epochs from scratch, bf16 training",
     ("vgg13", "plain"): "plain training, width 0.25, 40 epochs",
     ("vgg13", "dc20"): "drop-connect p=0.2, width 0.25, 40 epochs",
     ("vgg13", "dc20-wide"): "drop-connect p=0.2, width 0.5 (2x), 30 epochs, bf16 training",

@@ -11,7 +11,7 @@ from toolchain.checkpoints import load_checkpoint
 from toolchain.cli import main
 from toolchain.errors import UserError
 from toolchain.models import ModelSpec, build_model
-from toolchain.training import LAST, TrainConfig, train
+from toolchain.training import LAST, TrainConfig, bf16_is_slow_here, train
 
 from conftest import ROOT as REPO, make_cifar, one_thread
 
@@ -273,6 +273,23 @@ def test_bf16_precision_trains_float32_weights_and_is_part_of_the_run(data, tmp_
         train(cfg(data, tmp_path / "a", epochs=1, resume=True))
     with pytest.raises(UserError, match="--precision must be one of fp32, bf16"):
         train(cfg(data, tmp_path / "c", epochs=1, precision="fp16"))
+
+
+def test_bf16_warns_exactly_on_a_cpu_without_bf16_hardware(data, tmp_path, capsys):
+    """The probe agrees with the CPU's own flags, and a bf16 training warns (and still runs bf16)
+    only where the probe says bf16 has no hardware; fp32 never warns."""
+    flags = set()
+    if os.path.exists("/proc/cpuinfo") and os.uname().machine == "x86_64":
+        with open("/proc/cpuinfo") as f:
+            flags = set(next((ln for ln in f if ln.startswith("flags")), "").split())
+        assert bf16_is_slow_here("cpu") == (not flags & {"amx_tile", "avx512_bf16"}), flags
+    assert not bf16_is_slow_here("cuda")
+    warning = "--precision bf16 on a CPU without AMX or AVX512-BF16"
+    train(cfg(data, tmp_path / "fp", epochs=1))
+    assert warning not in capsys.readouterr().err
+    log = train(cfg(data, tmp_path / "bf", epochs=1, precision="bf16"))
+    assert (warning in capsys.readouterr().err) == bf16_is_slow_here("cpu")
+    assert log["config"]["precision"] == "bf16"
 
 
 def test_a_run_recorded_before_the_precision_option_resumes_as_fp32(data, tmp_path):
