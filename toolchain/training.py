@@ -113,7 +113,7 @@ def validate(cfg: TrainConfig) -> None:
 def bf16_is_slow_here(device_type: str) -> bool:
     """True on an x86 CPU with neither AMX nor AVX512-BF16: there bf16 autocast has no hardware
     and runs far slower than fp32 (measured on 2 AVX2 cores of an AMD EPYC, 2x-wide ResNet20 option B,
-    batch 256: 62 s per step in bf16 against 5.1 s in fp32; docs/training.md). False where this
+    batch 256, p = 0.3: 60 s per step in bf16 against 5.1 s in fp32; docs/training.md). False where this
     cannot be told (other CPUs, a torch without the probes), so nothing is claimed there."""
     if device_type != "cpu" or platform.machine().lower() not in ("x86_64", "amd64"):
         return False
