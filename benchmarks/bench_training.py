@@ -7,7 +7,8 @@ Plain and drop-connect steps are interleaved in rounds (plain, dc, plain, dc, ..
 machine slows both alike; the ratio of the medians is printed. Target: at most 1.15.
 Also printed: the time of the mask draws alone (one fresh mask for every Conv2d/Linear weight),
 and the drop-connect step under `--precision bf16` (bfloat16 autocast, as rram train runs it) with
-its speed-up over float32 (1.4-2.4x on CPUs with AMX, by model; below 1 on CPUs without bf16 units).
+its speed-up over float32 (1.4-2.4x on CPUs with AMX, by model; 0.08x, i.e. 12x slower, on 2 AVX2
+cores without bf16 units, 2x-wide ResNet20 option B at batch 256: docs/training.md).
 """
 from __future__ import annotations
 

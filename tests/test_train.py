@@ -275,21 +275,25 @@ def test_bf16_precision_trains_float32_weights_and_is_part_of_the_run(data, tmp_
         train(cfg(data, tmp_path / "c", epochs=1, precision="fp16"))
 
 
-def test_bf16_warns_exactly_on_a_cpu_without_bf16_hardware(data, tmp_path, capsys):
-    """The probe agrees with the CPU's own flags, and a bf16 training warns (and still runs bf16)
-    only where the probe says bf16 has no hardware; fp32 never warns."""
-    flags = set()
+def test_bf16_warns_exactly_on_a_cpu_without_bf16_hardware(data, tmp_path, capsys, monkeypatch):
+    """The probe agrees with the CPU's own flags; a bf16 training warns (and still runs bf16) exactly
+    when the probe says bf16 has no hardware, both ways on any machine; fp32 never warns."""
+    import toolchain.training as training
+
     if os.path.exists("/proc/cpuinfo") and os.uname().machine == "x86_64":
         with open("/proc/cpuinfo") as f:
             flags = set(next((ln for ln in f if ln.startswith("flags")), "").split())
         assert bf16_is_slow_here("cpu") == (not flags & {"amx_tile", "avx512_bf16"}), flags
     assert not bf16_is_slow_here("cuda")
     warning = "--precision bf16 on a CPU without AMX or AVX512-BF16"
+    monkeypatch.setattr(training, "bf16_is_slow_here", lambda device_type: True)
     train(cfg(data, tmp_path / "fp", epochs=1))
     assert warning not in capsys.readouterr().err
-    log = train(cfg(data, tmp_path / "bf", epochs=1, precision="bf16"))
-    assert (warning in capsys.readouterr().err) == bf16_is_slow_here("cpu")
-    assert log["config"]["precision"] == "bf16"
+    for slow in (True, False):
+        monkeypatch.setattr(training, "bf16_is_slow_here", lambda device_type, slow=slow: slow)
+        log = train(cfg(data, tmp_path / f"bf-{slow}", epochs=1, precision="bf16"))
+        assert (warning in capsys.readouterr().err) == slow
+        assert log["config"]["precision"] == "bf16"
 
 
 def test_a_run_recorded_before_the_precision_option_resumes_as_fp32(data, tmp_path):

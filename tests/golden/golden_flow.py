@@ -1,8 +1,7 @@
 """The golden flow: the shared ResNet20 through export, passes, quantize and two small validate
 campaigns (fp32, int8), run through the real CLI. ``python tests/golden/golden_flow.py --freeze``
 records what it gives (hashes of the written files, the quantizer's report and the results files
-less their timing) beside
-this file; tests/test_golden.py runs the same flow and demands the same bytes and numbers.
+less their timing) beside this file; tests/test_golden.py runs the same flow and demands the same bytes and numbers.
 
 Frozen before the architecture refactor (issue 10) to prove that it changed no behaviour. Re-freeze
 only for an intended change of output, and say so in the commit."""
