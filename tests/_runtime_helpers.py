@@ -16,7 +16,7 @@ from runtime.crossbar import DeviceConfig
 from runtime.metadata import Normalization
 from runtime.quantize import quantize_to_folder
 
-from conftest import write_test_batch
+from conftest import write_test_batch, x86_cpu_flags
 
 NORM = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 
@@ -116,15 +116,8 @@ write_cifar_batches = write_test_batch
 def int8_kernels_exact() -> bool:
     """onnxruntime's u8s8 int8 kernels add exactly on x86 only with VNNI; AVX2-only CPUs add
     products in saturating int16 pairs (docs/runtime.md), so int8-vs-fp32 closeness holds only there."""
-    import platform
-
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
-        return True
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return True
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+    flags = x86_cpu_flags()
+    return flags is None or bool(flags & {"avx512_vnni", "avx_vnni"})
 
 
 def self_labelled_images(art, n: int = 64, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:

@@ -2,6 +2,7 @@
 skip without it, and the synthetic data sets the tests write (one writer per format)."""
 import os
 import pickle
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,16 @@ def write_imagefolder(root: Path, per_class: int = 2, classes=("cat", "dog", "sh
             for i in range(per_class):
                 Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(d / f"{i:04d}.png")
     return root
+
+
+def x86_cpu_flags() -> set[str] | None:
+    """The CPU's feature flags (/proc/cpuinfo) on an x86 Linux machine; None where they cannot be read."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return None
+    try:
+        return set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return None
 
 
 def run_cli(capsys, *argv) -> tuple[int, str, str]:

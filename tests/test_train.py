@@ -13,7 +13,7 @@ from toolchain.errors import UserError
 from toolchain.models import ModelSpec, build_model
 from toolchain.training import LAST, TrainConfig, bf16_is_slow_here, train
 
-from conftest import ROOT as REPO, make_cifar, one_thread
+from conftest import ROOT as REPO, make_cifar, one_thread, x86_cpu_flags
 
 SPEC = ModelSpec("resnet20", 0.25)
 _one_thread = pytest.fixture(autouse=True)(one_thread)
@@ -280,10 +280,9 @@ def test_bf16_warns_exactly_on_a_cpu_without_bf16_hardware(data, tmp_path, capsy
     when the probe says bf16 has no hardware, both ways on any machine; fp32 never warns."""
     import toolchain.training as training
 
-    if os.path.exists("/proc/cpuinfo") and os.uname().machine == "x86_64":
-        with open("/proc/cpuinfo") as f:
-            flags = set(next((ln for ln in f if ln.startswith("flags")), "").split())
-        assert bf16_is_slow_here("cpu") == (not flags & {"amx_tile", "avx512_bf16"}), flags
+    flags = x86_cpu_flags()
+    if flags is not None and os.uname().machine == "x86_64":  # the 64-bit x86 that torch builds for
+        assert bf16_is_slow_here("cpu") == (not flags & {"amx_tile", "avx512_bf16"}), sorted(flags)
     assert not bf16_is_slow_here("cuda")
     warning = "--precision bf16 on a CPU without AMX or AVX512-BF16"
     monkeypatch.setattr(training, "bf16_is_slow_here", lambda device_type: True)
