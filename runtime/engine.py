@@ -15,7 +15,7 @@ from .errors import RuntimeInputError
 from .faults import Chip, faulty_levels
 from .int8 import prepare_int8, quantize_input
 from .int8.calibrate import Int8ChipCalibrator
-from .metadata import normalize_images
+from .metadata import NORMALIZATION_EMBEDDED_KEY, NORMALIZATION_KEY, normalize_images
 from .session import default_providers, default_threads, make_session
 
 
@@ -130,3 +130,30 @@ class Engine:
         t1 = time.perf_counter()
         acc = self.accuracy_of(sess, subset)
         return acc, t1 - t0, time.perf_counter() - t1
+
+
+def check_normalization(artifact) -> None:
+    """The models' recorded input normalisation, one for all (what every engine needs)."""
+    if artifact.first.normalization is None and NORMALIZATION_EMBEDDED_KEY not in artifact.first.metadata:
+        # Guessing (e.g. CIFAR statistics, or none) silently gives a wrong accuracy. A model whose
+        # normalisation is in the graph (embed-normalization) takes the images in [0, 1].
+        raise RuntimeInputError(f"{artifact.path}: model.onnx records no input normalisation "
+                                f"(metadata {NORMALIZATION_KEY}); export it with rram export")
+    norms = {m.normalization for m in artifact.models.values()}
+    if len(norms) > 1:
+        raise RuntimeInputError(f"{artifact.path}: the models use different input normalisations")
+
+
+def engine_factory(artifact, images: np.ndarray, labels: np.ndarray, engine_kw: dict):
+    """``get(model name) -> Engine`` over one artifact (``artifact.Artifact``), each engine built
+    once, on demand, the images normalised once for all: what every executor of campaign tasks
+    (``executors``, ``ray_executor``) hands the per-chip functions."""
+    cache: dict[str, Engine] = {}
+    check_normalization(artifact)
+    x = normalize_images(images, artifact.first.normalization)
+
+    def get(name: str) -> Engine:
+        if name not in cache:
+            cache[name] = Engine(artifact.models[name], images, labels, normalized=x, **engine_kw)
+        return cache[name]
+    return get

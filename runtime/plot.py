@@ -121,7 +121,9 @@ def plot_sensitivity(path: str | os.PathLike, out: str | os.PathLike, *, title: 
     for k, entry in enumerate(rates):
         e = entry["layers"]
         drops = np.array([100 * v["drop"] for v in e])
-        err = [drops - [100 * v["drop_ci95"][0] for v in e], [100 * v["drop_ci95"][1] for v in e] - drops]
+        # one chip per layer: no interval (drop_ci95 None), no error bar
+        ci = [v["drop_ci95"] or [v["drop"], v["drop"]] for v in e]
+        err = [drops - [100 * lo for lo, _ in ci], [100 * hi for _, hi in ci] - drops]
         ax.bar(x + (k - (len(rates) - 1) / 2) * width, drops, width * 0.9, yerr=err, capsize=2, alpha=0.75,
                label=f"SA1 {100 * entry['sa1']:g}% (fault-free {100 * entry['clean']:.2f}%)")
     ax.set_ylabel("accuracy drop (points, 95% CI)")

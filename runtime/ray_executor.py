@@ -37,7 +37,7 @@ class _Worker:
     number of tasks."""
 
     def __init__(self, artifact, images, labels, engine_kw: dict):
-        from .campaign import engine_factory
+        from .engine import engine_factory
 
         self.engine = engine_factory(artifact, images, labels, engine_kw)
         self.cmap = artifact.first.cmap
@@ -63,7 +63,7 @@ def _user_error(error: BaseException) -> RuntimeInputError | None:
 
 
 class RayExecutor:
-    """``call``/``run`` as ``campaign.LocalExecutor``, on Ray actors. ``address``: None connects as
+    """``call``/``run`` as ``executors.LocalExecutor``, on Ray actors. ``address``: None connects as
     ``ray.init()`` does (RAY_ADDRESS, else the cluster `ray start` began on this machine, else a
     new local instance); an instance this process already started (``ray.init`` in a script or a
     test) is used as it is; a connection made here is closed at the end (and a local instance it

@@ -23,6 +23,7 @@ Results file (``format: rram-validate-results``)::
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from pathlib import Path
@@ -54,18 +55,49 @@ def t_quantile_975(df: int) -> float:
             + (3 * z ** 7 + 19 * z ** 5 + 17 * z ** 3 - 15 * z) / (384 * v ** 3))
 
 
+def _summary(n: int, mean: float, std: float | None, lo: float, hi: float) -> dict:
+    """The summary fields from the moments. One chip has no spread to estimate: its std, sem and
+    CI are None (not available), not a zero-width interval."""
+    if n < 2:
+        return {"n": n, "mean": mean, "std": None, "sem": None, "min": lo, "max": hi, "ci95": None}
+    sem = std / math.sqrt(n)
+    half = t_quantile_975(n - 1) * sem
+    # an accuracy lies in [0, 1]: the t interval is clipped there (it overshoots with few runs)
+    return {"n": n, "mean": mean, "std": std, "sem": sem, "min": lo, "max": hi,
+            "ci95": [max(0.0, mean - half), min(1.0, mean + half)]}
+
+
 def summarize(accs: list[float]) -> dict:
     a = np.asarray(accs, dtype=np.float64)
     n = len(a)
     if n == 0:
         return {"n": 0}
-    mean = float(a.mean())
-    std = float(a.std(ddof=1)) if n > 1 else 0.0
-    sem = std / math.sqrt(n) if n > 1 else 0.0
-    half = t_quantile_975(n - 1) * sem if n > 1 else 0.0
-    # an accuracy lies in [0, 1]: the t interval is clipped there (it overshoots with few runs)
-    return {"n": n, "mean": mean, "std": std, "sem": sem, "min": float(a.min()), "max": float(a.max()),
-            "ci95": [max(0.0, mean - half), min(1.0, mean + half)]}
+    return _summary(n, float(a.mean()), float(a.std(ddof=1)) if n > 1 else None, float(a.min()), float(a.max()))
+
+
+class RunningStats:
+    """``summarize`` kept up to date one accuracy at a time (Welford's update: O(1) per chip, so
+    a campaign's bookkeeping does not grow with the chips already in its file). Its mean and std
+    can differ from ``summarize``'s in the last bits; the file's summaries are always
+    ``summarize``'s (``refresh``), this one only decides a --ci stop and labels progress, and a
+    resume rebuilds it from the file's runs in run order, as the straight run added them."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+        self.lo, self.hi = math.inf, -math.inf
+
+    def add(self, x: float) -> None:
+        self.n += 1
+        delta = x - self.mean
+        self.mean += delta / self.n
+        self.m2 += delta * (x - self.mean)
+        self.lo, self.hi = min(self.lo, x), max(self.hi, x)
+
+    def summary(self) -> dict:
+        if not self.n:
+            return {"n": 0}
+        std = math.sqrt(max(0.0, self.m2 / (self.n - 1))) if self.n > 1 else None
+        return _summary(self.n, self.mean, std, self.lo, self.hi)
 
 
 # ------------------------------------------------------------------ results file
@@ -87,33 +119,115 @@ def _is_fraction(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1
 
 
-def read_results(path: str | os.PathLike) -> dict:
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _check_run(key, run: dict, config: dict) -> None:
+    """One run record as the campaign writes it (AssertionError otherwise)."""
+    # "01" or "+1" would be a second spelling of run 1: only the canonical decimal is a key
+    assert isinstance(key, str) and key.isdigit() and str(int(key)) == key and int(key) < config["runs"]
+    assert isinstance(run, dict) and _is_fraction(run["accuracy"]) and _is_fraction(run["stuck_fraction"])
+    for k in ("sa1_fraction", "sa0_fraction"):
+        assert k not in run or _is_fraction(run[k])
+    if "images_auto" in config:  # the subset its accuracy is over
+        assert isinstance(run["images"], int) and 2 <= run["images"] <= config["images"]
+
+
+def check_version(doc: dict, path, what: str) -> None:
+    if doc.get("version") != VERSION:
+        raise RuntimeInputError(f"{path}: {what} of version {doc.get('version')!r}; this rram reads version "
+                                f"{VERSION}")
+
+
+def read_results(path: str | os.PathLike, *, journal: bool = True) -> dict:
+    """A results file, checked (every number read is of the right type, finite and in range), with
+    the chips of its journal (``JOURNAL_SUFFIX``: a campaign still running, or killed) folded in."""
     doc = read_json_document(path, FORMAT, "validate results file")
+    check_version(doc, path, "a results file")
     try:  # the structure merge, resume and plot rely on
         config = doc["config"]
         assert isinstance(config, dict) and isinstance(doc["rates"], list)
         assert isinstance(config["runs"], int) and config["runs"] >= 1 and isinstance(config["images"], int)
         assert isinstance(config["sa1"], list) and len(config["sa1"]) == len(doc["rates"])
+        assert all(_is_fraction(p) for p in config["sa1"]) and _is_fraction(config.get("sa0", 0.0))
         for p, entry in zip(config["sa1"], doc["rates"]):
-            assert isinstance(entry["runs"], dict) and float(entry["sa1"]) == float(p)
+            assert isinstance(entry["runs"], dict) and _is_fraction(entry["sa1"]) and entry["sa1"] == p
             for key, run in entry["runs"].items():
-                assert key.isdigit() and int(key) < config["runs"]
-                assert _is_fraction(run["accuracy"]) and _is_fraction(run["stuck_fraction"])
-                if "images_auto" in config:  # the subset its accuracy is over
-                    assert isinstance(run["images"], int) and 2 <= run["images"] <= config["images"]
+                _check_run(key, run, config)
         clean = doc.get("clean", {})
         assert isinstance(clean, dict) and all(_is_fraction(v) for v in clean.values())
-        assert isinstance(doc.get("timing", {}), dict)
+        timing = doc.get("timing", {})
+        assert isinstance(timing, dict) and all(v is None or _is_number(v) for v in timing.values())
     except (AssertionError, KeyError, TypeError, ValueError, AttributeError):
         raise RuntimeInputError(f"{path}: malformed results file (config, rates[].runs)") from None
+    if journal:
+        apply_journal(doc, journal_path(path))
     return doc
+
+
+# ------------------------------------------------------------------ the journal
+
+JOURNAL_SUFFIX = ".journal"
+JOURNAL_FORMAT = "rram-validate-journal"
+
+
+def journal_path(path: str | os.PathLike) -> Path:
+    """Beside the results file: the chips finished since its last rewrite, one JSON line each."""
+    path = Path(path)
+    return path.with_name(path.name + JOURNAL_SUFFIX)
+
+
+def config_digest(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+
+
+def apply_journal(doc: dict, path: Path) -> int:
+    """Fold the journal's lines into ``doc`` (a no-op without one); how many chips were new. A
+    line already in the document must agree with it (the journal is emptied right after each
+    rewrite, so a kill between the two leaves such lines); a last line cut short by a kill is
+    ignored, any other bad line is an error."""
+    if not path.is_file():
+        return 0
+    lines = path.read_bytes().split(b"\n")
+    new = 0
+    for n, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+            if n == 0:
+                assert item.get("format") == JOURNAL_FORMAT and item.get("version") == VERSION
+                if item.get("config_sha256") != config_digest(doc["config"]):
+                    raise RuntimeInputError(f"{path} is the journal of another campaign than {path.name[:-8]}: "
+                                            f"remove it, or restore its results file")
+                continue
+            entry = doc["rates"][item["rate"]]
+            assert isinstance(item["rate"], int) and item["rate"] >= 0
+            if "images_auto" in item:
+                assert isinstance(item["images_auto"], dict)
+                entry.setdefault("images_auto", item["images_auto"])
+                continue
+            key, record = str(item["run"]), item["record"]
+            _check_run(key, record, doc["config"])
+            old = entry["runs"].setdefault(key, record)
+            if old != record:
+                raise RuntimeInputError(f"{path}: run {key} at SA1 {entry['sa1']} differs from the results file")
+            new += old is record
+        except RuntimeInputError:
+            raise
+        except (AssertionError, KeyError, TypeError, ValueError, IndexError, AttributeError):
+            if n == len(lines) - 1:  # the line a kill cut short
+                break
+            raise RuntimeInputError(f"{path}: malformed journal line {n + 1}") from None
+    return new
 
 
 def precise_enough(summary: dict, config: dict) -> bool:
     """With a precision target (``rram validate --ci POINTS``): at least ``min_runs`` chips and a
     95% CI half-width of the mean of at most POINTS percentage points."""
     target = config.get("ci")
-    if target is None or summary.get("n", 0) < config.get("min_runs", 2) or summary["n"] < 2:
+    if target is None or summary.get("n", 0) < config.get("min_runs", 2) or summary.get("ci95") is None:
         return False
     return 100 * (summary["ci95"][1] - summary["ci95"][0]) / 2 <= target
 
@@ -130,7 +244,10 @@ def refresh(doc: dict) -> dict:
             if entry["runs"] else None
         if "images_auto" in doc["config"]:  # per-chip subsets: the corrected spread, images used, noise note
             entry["summary"].update(summary_fields(list(entry["runs"].values()), doc["config"]["images"]))
-        complete &= len(entry["runs"]) == runs or precise_enough(entry["summary"], doc["config"])
+        precise = precise_enough(entry["summary"], doc["config"])
+        if "ci" in doc["config"] and entry["runs"]:  # all --runs chips may still miss the target: say so
+            entry["summary"]["ci_target_met"] = precise
+        complete &= len(entry["runs"]) == runs or precise
     doc["complete"] = complete
     return doc
 
@@ -187,6 +304,7 @@ def merge(paths: list[str | os.PathLike]) -> dict:
 
 def read_sensitivity(path: str | os.PathLike) -> dict:
     doc = read_json_document(path, SENSITIVITY_FORMAT, "sensitivity report")
+    check_version(doc, path, "a sensitivity report")
     rates = doc.get("rates")
     if not isinstance(rates, list) or not rates or not all(
             isinstance(r, dict) and isinstance(r.get("layers"), list) and all(
@@ -197,8 +315,6 @@ def read_sensitivity(path: str | os.PathLike) -> dict:
 
 
 def is_sensitivity(path: str | os.PathLike) -> bool:
-    import json
-
     try:
         with open(path) as fh:
             return json.load(fh).get("format") == SENSITIVITY_FORMAT

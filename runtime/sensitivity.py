@@ -12,33 +12,36 @@ from __future__ import annotations
 import os
 import time
 from collections import defaultdict
+from contextlib import ExitStack
+from pathlib import Path
 
 import numpy as np
 
-from .artifact import Artifact
-from .campaign import calibrate_config, clean_accuracy, executor
+from .artifact import Artifact, check_stats_rate
+from .campaign.chip import clean_accuracy
+from .campaign.plan import SENSITIVITY_RUNS, calibrate_config, check_runs, check_sa1_rates, check_seed
+from .chips import RandomChips
 from .errors import RuntimeInputError
-from .faults import check_rates, layer_names, run_seed, sample_chip, with_faults_only_in
-from .fileio import atomic_write_json
+from .executors import executor
+from .faults import layer_names
+from .fileio import atomic_write_json, output_lock
+from .progress import Progress
 from .results import SENSITIVITY_FORMAT, VERSION, images_digest, summarize
 
 
 def sensitivity(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels: np.ndarray, *,
-                sa1: list[float], sa0: float = 0.0, runs: int = 10, seed: int = 0, stats_rate: str | float = "auto",
-                out: str | os.PathLike | None = None, progress: bool = True, engine_kw: dict | None = None,
-                calibrate: np.ndarray | None = None, info: dict | None = None, ray: bool | str | None = None) -> dict:
+                sa1: list[float], sa0: float = 0.0, runs: int = SENSITIVITY_RUNS, seed: int = 0,
+                stats_rate: str | float = "auto", out: str | os.PathLike | None = None, progress: bool = True,
+                engine_kw: dict | None = None, calibrate: np.ndarray | None = None, info: dict | None = None,
+                ray: bool | str | None = None) -> dict:
     """Per SA1 rate (the model with the BN statistics ``stats_rate`` selects for it), per mapped
     layer: the accuracy drop with faults in that layer alone. ``ray``: run the chips on Ray
-    workers (``campaign.executor``); the report is the same."""
+    workers (``executors.executor``); the report is the same. ``out`` is written by this process
+    alone (the lock ``rram validate`` takes) and must not exist: a report is never overwritten."""
     if not isinstance(artifact, Artifact):
         artifact = Artifact.load(artifact)
-    sa1 = [float(p) for p in ([sa1] if isinstance(sa1, (int, float)) else sa1)]
-    if not sa1:
-        raise RuntimeInputError("no fault rates given")
-    for p in sa1:
-        check_rates(p, sa0)
-    if not isinstance(runs, int) or runs < 1:
-        raise RuntimeInputError(f"runs must be at least 1, got {runs}")
+    sa1 = list(check_sa1_rates(sa1, sa0))
+    runs, seed, stats_rate = check_runs(runs), check_seed(seed), check_stats_rate(stats_rate)
     cmap = artifact.first.cmap
     if not cmap.layers:
         raise RuntimeInputError(f"{artifact.path}: the model has no mapped layer, so there is no sensitivity "
@@ -50,13 +53,17 @@ def sensitivity(artifact: Artifact | str | os.PathLike, images: np.ndarray, labe
                       "images": int(len(labels)), "images_sha256": images_digest(images, labels),
                       **calibrate_config(calibrate)},
            "rates": [], "info": info or {}}
-    from tqdm import tqdm
-
     names = layer_names(cmap)
     models = [artifact.select(p + sa0, stats_rate) for p in sa1]
-    with executor(ray, artifact, images, labels, {**(engine_kw or {}), "calibrate": calibrate}) as ex:
+    with ExitStack() as stack:
+        if out is not None:  # checked under the lock: two runs on one --out once both exited 0
+            stack.enter_context(output_lock(out, "rram sensitivity"))
+            if Path(out).exists():
+                raise RuntimeInputError(f"{out} exists; choose another --out")
+        ex = stack.enter_context(executor(ray, artifact, images, labels, {**(engine_kw or {}), "calibrate": calibrate}))
         cleans = {name: ex.call(clean_accuracy, name) for name in dict.fromkeys(models)}
-        bar = tqdm(total=len(sa1) * len(names), desc="sensitivity", unit="layer", disable=None if progress else True)
+        bar = Progress(len(sa1) * len(names), progress, desc="sensitivity", unit="layer")
+        stack.callback(bar.close)
         t0 = time.perf_counter()
         accs: dict = defaultdict(dict)  # (rate index, layer index) -> {run: accuracy}
         written = [0]  # layers written, in (rate, layer) order
@@ -64,8 +71,9 @@ def sensitivity(artifact: Artifact | str | os.PathLike, images: np.ndarray, labe
         def tasks():
             for k, (p, name) in enumerate(zip(sa1, models)):
                 for i in range(len(names)):
+                    chips = RandomChips.of(cmap, p, sa0, seed, [i])  # run r's chip, faults in layer i alone
                     for r in range(runs):
-                        yield (k, i, r), (k, i), layer_chip_accuracy, (total, p, sa0, seed, r, i, name, cleans[name])
+                        yield (k, i, r), (k, i), layer_chip_accuracy, (chips, r, name, cleans[name])
 
         def finished(key, acc):
             k, i, r = key
@@ -86,21 +94,21 @@ def sensitivity(artifact: Artifact | str | os.PathLike, images: np.ndarray, labe
                     "name": names[i], "op_type": cmap.layers[i].op_type, "cells": int(cmap.layers[i].levels.size),
                     "cell_share": cmap.layers[i].levels.size / total, "accuracies": layer_accs,
                     "drop": entry["clean"] - s["mean"], "drop_std": s["std"],
-                    "drop_ci95": [entry["clean"] - s["ci95"][1], entry["clean"] - s["ci95"][0]]})
+                    # one chip: no interval (not available), as in a results file's summary
+                    "drop_ci95": None if s["ci95"] is None else [entry["clean"] - s["ci95"][1],
+                                                                 entry["clean"] - s["ci95"][0]]})
                 doc["seconds"] = round(time.perf_counter() - t0, 3)
                 if out is not None:
                     atomic_write_json(out, doc)
                 written[0] += 1
-                bar.update(1)
+                bar.update()
 
         ex.run(tasks(), finished)
-        bar.close()
     return doc
 
 
-def layer_chip_accuracy(engine, cmap, cells: int, p: float, sa0: float, seed: int, r: int, layer: int,
-                        model: str, clean: float) -> float:
-    """Run r's chip (``faults.run_seed(seed, p, sa0, r)``) with its faults in one mapped layer alone:
-    the one per-chip function of every executor (this process, or Ray workers)."""
-    own = with_faults_only_in(cmap, sample_chip(cells, p, sa0, run_seed(seed, p, sa0, r)), [layer])
+def layer_chip_accuracy(engine, cmap, chips: RandomChips, r: int, model: str, clean: float) -> float:
+    """Run r's chip of ``chips`` (faults in one mapped layer alone): the one per-chip function of
+    every executor (this process, or Ray workers)."""
+    own = chips.sample(r)
     return clean if not own.codes.any() else engine(model).chip_accuracy(own)

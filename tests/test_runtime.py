@@ -321,10 +321,11 @@ def test_bad_inputs_one_line_error_nothing_overwritten(art, data, tmp_path, caps
     codes[0] = codes[0][..., :-1]
     np.savez(tmp_path / "bad.npz", **{f"L{i:04d}": c for i, c in enumerate(codes)})
     chip_out = tmp_path / "chip.json"
-    assert "shape" in _err(capsys, base[:-1] + [str(chip_out), "--fault-map", str(tmp_path / "bad.npz")])
+    chip = base[:5] + ["--out", str(chip_out)]  # one measured chip: no campaign options (--runs is refused)
+    assert "shape" in _err(capsys, chip + ["--fault-map", str(tmp_path / "bad.npz")])
     codes[0] = np.full(dm.cmap.layers[0].levels.shape, 3, np.uint8)
     np.savez(tmp_path / "bad3.npz", **{f"L{i:04d}": c for i, c in enumerate(codes)})
-    assert "codes must be" in _err(capsys, base[:-1] + [str(chip_out), "--fault-map", str(tmp_path / "bad3.npz")])
+    assert "codes must be" in _err(capsys, chip + ["--fault-map", str(tmp_path / "bad3.npz")])
     assert not chip_out.exists()
     assert "not found" in _err(capsys, ["merge", str(tmp_path / "nope.json"), "--out", str(merged)])
     assert "k/n" in _err(capsys, base + ["--sa1", "0.1", "--shard", "3/2", "--resume"])
@@ -670,7 +671,7 @@ def test_bad_input_review_round_two(art, data, tmp_path, capsys):
     """Fault-map files that are empty or text, devices that hold no weight, malformed results
     fields, empty comma-list entries, --stats-rate out of range, merge onto one of its inputs."""
     root = write_cifar_batches(tmp_path / "cifar", *data)
-    base = ["validate", str(art), "--data", str(root), "--no-cache", "--runs", "1"]
+    base = ["validate", str(art), "--data", str(root), "--no-cache"]
     (tmp_path / "empty.npz").write_bytes(b"")
     (tmp_path / "text.npz").write_text("ok ok SA1\n")
     out = tmp_path / "chip.json"
@@ -701,9 +702,9 @@ def test_bad_input_review_round_two(art, data, tmp_path, capsys):
     # options whose companion is missing, an empty shard, more images than the split holds
     assert "give --sa1 too" in _err(capsys, ["eval", "--checkpoint", "x", "--runs", "3"])
     assert "give --data too" in _err(capsys, ["passes", "a.onnx", "b.onnx", "--images", "5"])
-    assert main(base + ["--sa1", "0.1", "--shard", "3/3", "--out", str(tmp_path / "s.json")]) == 0
+    assert main(base + ["--runs", "1", "--sa1", "0.1", "--shard", "3/3", "--out", str(tmp_path / "s.json")]) == 0
     assert "holds none" in capsys.readouterr().out  # an empty shard of an array job still merges
-    assert main(base + ["--sa1", "0.1", "--images", "1000", "--out", str(tmp_path / "all.json")]) == 0
+    assert main(base + ["--runs", "1", "--sa1", "0.1", "--images", "1000", "--out", str(tmp_path / "all.json")]) == 0
     assert "using all of them" in capsys.readouterr().out
 
 

@@ -1,6 +1,8 @@
 """``rram sensitivity``: per-layer sensitivity to stuck cells (faults in one mapped layer at a time)."""
 from __future__ import annotations
 
+from runtime.campaign.plan import SENSITIVITY_RUNS
+
 from ..data import load_split, subset_indices
 from ..errors import UserError
 from .common import (
@@ -24,7 +26,8 @@ def add_parser(sub) -> None:
     p.add_argument("--sa1", required=True, metavar="P[,P...]",
                    help="SA1 (stuck at G_min) cell rates in the layer, comma-separated")
     p.add_argument("--sa0", type=rate, default=0.0, help="SA0 (stuck at G_max) cell rate (default: 0)")
-    p.add_argument("--runs", type=positive_int, default=10, help="simulated chips per layer (default: 10)")
+    p.add_argument("--runs", type=positive_int, default=SENSITIVITY_RUNS,
+                   help=f"simulated chips per layer (default: {SENSITIVITY_RUNS})")
     p.add_argument("--seed", type=seed, default=0, help="seed of the chips, 0 <= seed < 2**32 (default: 0)")
     p.add_argument("--images", type=positive_int, default=None,
                    help="use N test images spread evenly over the split (default: all)")
@@ -40,17 +43,16 @@ def run(args) -> int:
     from pathlib import Path
 
     from runtime.artifact import Artifact
-    from runtime.faults import check_rates
+    from runtime.campaign.plan import check_sa1_rates
     from runtime.fileio import check_output_path
     from runtime.sensitivity import sensitivity
 
     sa1 = float_list(args.sa1, "--sa1")
-    for p in sa1:
-        check_rates(p, args.sa0)
+    check_sa1_rates(sa1, args.sa0)  # before the slow loading: the runtime checks them again
     stats_rate = parse_stats_rate(args.bn_rate)
     check_ray(args)
     check_output_path(args.out)
-    if Path(args.out).exists():
+    if Path(args.out).exists():  # early, for a fast answer; the runtime checks again under the lock
         raise UserError(f"{args.out} exists; choose another --out")
     artifact = Artifact.load(args.artifact)
     split = load_split(args.data, "test", cache_dir=args.cache_dir, use_cache=not args.no_cache)
@@ -64,7 +66,8 @@ def run(args) -> int:
               f"(fault-free {100 * entry['clean']:.2f}%):")
         width = max(len(e["name"]) for e in entry["layers"])
         for e in entry["layers"]:
-            lo, hi = e["drop_ci95"]
-            print(f"  {e['name']:<{width}}  drop {100 * e['drop']:6.2f} points  ci95 [{100 * lo:6.2f}, "
-                  f"{100 * hi:6.2f}]  {100 * e['cell_share']:5.1f}% of cells")
+            ci = "ci95 n/a (1 chip)" if e["drop_ci95"] is None else \
+                "ci95 [{:6.2f}, {:6.2f}]".format(*(100 * v for v in e["drop_ci95"]))
+            print(f"  {e['name']:<{width}}  drop {100 * e['drop']:6.2f} points  {ci}  "
+                  f"{100 * e['cell_share']:5.1f}% of cells")
     return 0

@@ -7,6 +7,8 @@ import argparse
 import json
 
 from runtime import PRECISIONS
+from runtime.campaign.plan import MIN_RUNS, RUNS
+from runtime.subsets import PILOT_IMAGES
 
 from ..data import check_for_model, load_split
 from ..errors import UserError
@@ -26,15 +28,18 @@ from .common import (
     split_list,
 )
 
+DEFAULT_SA1 = "0,0.1,0.2,0.3"
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser("validate", help="accuracy of a deployed artifact on simulated faulty chips")
     p.add_argument("artifact", help="folder written by `rram quantize` (or one subfolder per BN rate)")
     add_data_args(p)
     p.add_argument("--split", choices=["test", "train"], default="test", help="which split's images to evaluate")
-    p.add_argument("--sa1", default="0,0.1,0.2,0.3", help="SA1 (stuck at G_min) cell rates, comma-separated")
+    p.add_argument("--sa1", default=None, help=f"SA1 (stuck at G_min) cell rates, comma-separated "
+                                               f"(default: {DEFAULT_SA1})")
     p.add_argument("--sa0", type=rate, default=0.0, help="SA0 (stuck at G_max) cell rate, for every run")
-    p.add_argument("--runs", type=int, default=100, help="simulated chips per rate")
+    p.add_argument("--runs", type=positive_int, default=None, help=f"simulated chips per rate (default: {RUNS})")
     p.add_argument("--seed", type=seed, default=0, help="seed of the simulated chips, 0 <= seed < 2**32")
     p.add_argument("--images", type=images_arg, default=None, metavar="N|auto",
                    help="use N images spread evenly over the split (default: all); auto (with --ci): each chip "
@@ -48,9 +53,9 @@ def add_parser(sub) -> None:
                    help="precision target: add chips at each rate (in run order, --runs at most) until the 95%% CI "
                         "half-width of the mean is at most POINTS percentage points; not with --shard "
                         "(default: off, all --runs)")
-    p.add_argument("--min-runs", type=positive_int, default=10,
-                   help="with --ci: never stop a rate before this many chips (with --images auto: the pilot "
-                        "chips, on 1000 images each)")
+    p.add_argument("--min-runs", type=positive_int, default=None,
+                   help=f"with --ci: never stop a rate before this many chips (default: {MIN_RUNS}; with --images "
+                        f"auto: the pilot chips, on {PILOT_IMAGES} images each)")
     p.add_argument("--protect", default=None, metavar="NAME[,NAME...]",
                    help="keep these mapped layers fault-free (verified crossbars or digital logic); names as "
                         "`rram sensitivity` and the quantize report print them (default: none)")
@@ -86,44 +91,56 @@ def images_arg(text: str) -> int | str:
         raise argparse.ArgumentTypeError(f"must be a positive number of images or auto, got {text!r}") from None
 
 
+# Options of a campaign of simulated chips, refused with --fault-map (one measured chip) rather than
+# ignored: the flag as the user wrote it, and whether it was given.
+_CAMPAIGN_ONLY = (("--sa1", lambda a: a.sa1 is not None), ("--sa0", lambda a: a.sa0 != 0.0),
+                  ("--runs", lambda a: a.runs is not None), ("--shard", lambda a: a.shard is not None),
+                  ("--resume", lambda a: a.resume), ("--ci", lambda a: a.ci is not None),
+                  ("--min-runs", lambda a: a.min_runs is not None), ("--protect", lambda a: a.protect is not None),
+                  ("--images auto", lambda a: a.images == "auto"), ("--ray", lambda a: bool(a.ray)))
+
+
+def campaign_config(args):
+    """The campaign's settings from the command line, checked by the runtime (``CampaignConfig``)
+    before anything slow is loaded."""
+    from runtime.campaign.plan import CampaignConfig
+    from runtime.errors import RuntimeInputError
+
+    try:
+        return CampaignConfig(
+            sa1=tuple(float_list(args.sa1 or DEFAULT_SA1, "--sa1")), sa0=args.sa0,
+            runs=RUNS if args.runs is None else args.runs, seed=args.seed, stats_rate=parse_stats_rate(args.bn_rate),
+            precision=args.precision, ci=args.ci, min_runs=args.min_runs, images_auto=args.images == "auto",
+            protect=None if args.protect is None else tuple(split_list(args.protect, "--protect")),
+            shard=parse_shard(args.shard), ray=args.ray)
+    except RuntimeInputError as e:
+        raise UserError(str(e)) from None
+
+
 def run(args) -> int:
     from runtime.artifact import Artifact
     from runtime.campaign import validate, validate_fault_map
-    from runtime.faults import check_rates
     from runtime.fileio import check_output_path
     from runtime.results import write_results
 
     from ..data import subset_indices
 
-    if args.runs < 1:
-        raise UserError(f"--runs must be at least 1, got {args.runs}")
-    sa1 = float_list(args.sa1, "--sa1")
-    for p in sa1:
-        check_rates(p, args.sa0)
-    shard = parse_shard(args.shard)
-    if args.ci is not None and shard != (1, 1):
-        raise UserError("--ci stops each rate on all its earlier chips, so it cannot be sharded: run it whole "
-                        "(it resumes after a kill)")
-    if args.ray and shard != (1, 1):
-        raise UserError("--ray replaces --shard: run the whole campaign on the Ray cluster (it resumes after a "
-                        "kill), or shard without --ray")
-    if args.ray and args.fault_map:
-        raise UserError("--ray runs campaigns of simulated chips; --fault-map validates one measured chip here")
-    check_ray(args)
+    config = None
+    if args.fault_map:
+        given = [flag for flag, given in _CAMPAIGN_ONLY if given(args)]
+        if given:
+            raise UserError(f"{given[0]} is for campaigns of simulated chips; --fault-map validates one "
+                            f"measured chip (drop {given[0]})")
+    else:
+        if args.chip_calibration:
+            raise UserError("--chip-calibration holds one measured chip's parameters: give its --fault-map too")
+        config = campaign_config(args)
+        check_ray(args)
+        runs = len(config.sa1) * config.runs
+        if config.shard[0] > runs:  # a fixed-size array job over a small campaign: fine
+            print(f"note: --shard {args.shard}: the campaign has only {runs} runs, so this shard holds none "
+                  f"(its results file still merges)")
     auto = args.images == "auto"
-    if auto and args.ci is None:
-        raise UserError("--images auto sizes each chip's random image subset for a precision target: give "
-                        "--ci POINTS too (or --images N)")
-    if auto and args.fault_map:
-        raise UserError("--images auto is for campaigns of simulated chips, not --fault-map (give --images N)")
-    if auto and args.ray:
-        raise UserError("--images auto sizes the subsets from chips timed one after another in this process: "
-                        "run it without --ray (or give --images N)")
-    if args.chip_calibration and not args.fault_map:
-        raise UserError("--chip-calibration holds one measured chip's parameters: give its --fault-map too")
-    if shard[0] > len(sa1) * args.runs:  # a fixed-size array job over a small campaign: fine
-        print(f"note: --shard {args.shard}: the campaign has only {len(sa1) * args.runs} runs, so this "
-              f"shard holds none (its results file still merges)")
     stats_rate = parse_stats_rate(args.bn_rate)
     check_output_path(args.out)
     artifact = Artifact.load(args.artifact)  # before the (slower) image loading: fail fast
@@ -161,12 +178,8 @@ def run(args) -> int:
         print(f"chip {args.fault_map}: {100 * doc['chip']['accuracy']:.2f}% "
               f"(fault-free {100 * doc['clean']:.2f}%, {100 * doc['chip']['stuck_fraction']:.3f}% cells stuck)")
         return 0
-    doc = validate(artifact, images, labels, sa1=sa1, sa0=args.sa0, runs=args.runs, seed=args.seed,
-                   stats_rate=stats_rate, shard=shard, out=args.out, resume=args.resume,
-                   engine_kw=engine_kw, info=info,
-                   protect=split_list(args.protect, "--protect") if args.protect else None,
-                   ci=args.ci, min_runs=args.min_runs, images_auto=auto,
-                   precision=args.precision, calibration=calibration, calibrate=calibrate, ray=args.ray)
+    doc = validate(artifact, images, labels, config, out=args.out, resume=args.resume, engine_kw=engine_kw,
+                   info=info, calibration=calibration, calibrate=calibrate)
     if args.json:
         print(json.dumps(summary_of(doc), indent=1))
     else:
@@ -194,8 +207,13 @@ def print_summary(doc: dict) -> None:
         if s.get("n"):
             which = "" if e["model"] == "." else f", model {e['model']}"
             print(f"SA1 {e['sa1']:g} SA0 {e['sa0']:g} ({s['n']} chips{which}): "
-                  f"mean {100 * s['mean']:.2f}% sd {100 * s['std']:.2f} min {100 * s['min']:.2f}% "
-                  f"max {100 * s['max']:.2f}% ci95 [{100 * s['ci95'][0]:.2f}, {100 * s['ci95'][1]:.2f}]")
+                  f"mean {100 * s['mean']:.2f}% sd {_points(s['std'])} min {100 * s['min']:.2f}% "
+                  f"max {100 * s['max']:.2f}% ci95 " + ("n/a (1 chip)" if s["ci95"] is None else
+                                                       f"[{100 * s['ci95'][0]:.2f}, {100 * s['ci95'][1]:.2f}]"))
+            if s.get("ci_target_met") is False:
+                half = "n/a" if s["ci95"] is None else f"{100 * (s['ci95'][1] - s['ci95'][0]) / 2:.2f}"
+                print(f"  note: the --ci target of {doc['config']['ci']:g} points was missed: all "
+                      f"{doc['config']['runs']} chips give a half-width of {half} points (raise --runs)")
             if "sd_between" in s:  # --images auto
                 size = e.get("images_auto", {}).get("size")
                 chosen = f", then {size} per chip" if size else ""
@@ -212,6 +230,10 @@ def print_summary(doc: dict) -> None:
         images = t.get("images", ran * doc["config"]["images"])  # --images auto: the subsets' images
         print(f"{ran} chips run in {t['seconds']:.1f} s{reused}: {ran / t['seconds']:.2f} chips/s, "
               f"{images / t['seconds']:.0f} images/s")
+
+
+def _points(v: float | None) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}"
 
 
 def _output_classes(artifact) -> int | None:

@@ -1,0 +1,69 @@
+"""One measured chip (a tested chip's fault-map file): its accuracy (``rram validate
+--fault-map``) and its periphery calibration (``rram calibrate``)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from ..artifact import Artifact, check_stats_rate
+from ..chips import MeasuredChip
+from ..engine import Engine, engine_factory
+from ..fileio import file_sha256
+from ..results import FORMAT, VERSION, images_digest
+from .plan import calibrate_config
+
+
+def validate_fault_map(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels: np.ndarray,
+                       fault_map: str | os.PathLike, *, stats_rate: str | float = "auto",
+                       engine_kw: dict | None = None, info: dict | None = None,
+                       calibrate: np.ndarray | None = None, chip_calibration: str | os.PathLike | None = None) -> dict:
+    """Accuracy of the deployed model on one tested chip (a measured fault-map file); with
+    ``calibrate``, after calibrating the chip's periphery on those training images; with
+    ``chip_calibration``, with the periphery parameters `rram calibrate` wrote for this chip."""
+    if not isinstance(artifact, Artifact):
+        artifact = Artifact.load(artifact)
+    chip = MeasuredChip(fault_map, artifact.first.cmap).sample()
+    name = artifact.select(chip.stuck_fraction, check_stats_rate(stats_rate))
+    periphery = None
+    if chip_calibration is not None:
+        from ..calibration import read_chip_calibration
+
+        periphery = read_chip_calibration(chip_calibration, model_sha256=artifact.models[name].sha256,
+                                          fault_map_sha256=file_sha256(fault_map))
+    engine = engine_factory(artifact, images, labels, {**(engine_kw or {}), "calibrate": calibrate})(name)
+    chip_engine = engine if periphery is None else engine_factory(
+        artifact, images, labels, {**(engine_kw or {}), "periphery": periphery})(name)
+    return {"format": FORMAT + "-chip", "version": VERSION,
+            "config": {"artifact": str(artifact.path), "model": name,
+                       "model_sha256": artifact.models[name].sha256,
+                       "device": artifact.first.cmap.device.to_dict(), "fault_map": str(fault_map),
+                       "fault_map_sha256": file_sha256(fault_map), "images": int(len(labels)),
+                       "images_sha256": images_digest(images, labels),
+                       "precision": (engine_kw or {}).get("precision", "fp32"),
+                       **calibrate_config(calibrate),
+                       **({} if chip_calibration is None else {"chip_calibration": file_sha256(chip_calibration)})},
+            "clean": engine.clean_accuracy(),
+            "chip": {"accuracy": chip_engine.chip_accuracy(chip), "stuck_fraction": chip.stuck_fraction,
+                     "sa1_fraction": chip.sa1_fraction, "sa0_fraction": chip.sa0_fraction},
+            "info": info or {}}
+
+
+def calibrate_fault_map(artifact: Artifact | str | os.PathLike, fault_map: str | os.PathLike,
+                        calibrate: np.ndarray, *, stats_rate: str | float = "auto",
+                        engine_kw: dict | None = None) -> dict:
+    """The periphery parameters of one measured chip (``rram calibrate``): its faulty weights,
+    the calibration images, and the resulting per-layer, per-channel digital scale and offset."""
+    from ..calibration import chip_calibration_doc
+
+    if not isinstance(artifact, Artifact):
+        artifact = Artifact.load(artifact)
+    chip = MeasuredChip(fault_map, artifact.first.cmap).sample()
+    name = artifact.select(chip.stuck_fraction, check_stats_rate(stats_rate))
+    model = artifact.models[name]
+    labels = np.zeros(1, np.int64)  # the engine evaluates nothing here; it only measures the chip
+    engine = Engine(model, calibrate[:1], labels, **{**(engine_kw or {}), "calibrate": calibrate})
+    affines = engine.calibrator.measure(engine.weights(chip))  # fp32: float weights; int8: crossbar integers
+    return chip_calibration_doc(affines, model_sha256=model.sha256, fault_map_sha256=file_sha256(fault_map),
+                                calibrate=len(calibrate), precision=engine.precision,
+                                calibrate_sha256=images_digest(calibrate, np.zeros(0, np.int64)))

@@ -1,0 +1,53 @@
+"""Progress of long campaign work: tqdm's bar (with a total, so an ETA) on a terminal; elsewhere
+(batch jobs, logs) a line on stderr every ``PROGRESS_SECONDS``: done/total, elapsed, ETA."""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+
+def _progress_seconds(default: float = 10.0) -> float:
+    try:
+        value = float(os.environ.get("RRAM_PROGRESS_SECONDS", default))
+    except ValueError:  # a typo in the environment is no reason to stop a campaign
+        return default
+    return value if value >= 0 else default
+
+
+PROGRESS_SECONDS = _progress_seconds()  # between progress lines when stderr is not a terminal
+
+
+def hms(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    h, m = divmod(m, 60)
+    return f"{h}:{m:02d}:{s:02d}"
+
+
+class Progress:
+    """``update(note)`` once per unit done; ``close()`` at the end."""
+
+    def __init__(self, total: int, enabled: bool, desc: str = "validate", unit: str = "chip"):
+        from tqdm import tqdm
+
+        self.total, self.done, self.lines = total, 0, enabled and not sys.stderr.isatty()
+        self.desc, self.unit = desc, unit
+        self.bar = tqdm(total=total, desc=desc, unit=unit, disable=None if enabled else True)
+        self.t0 = self.last = time.monotonic()
+
+    def update(self, note: str = "") -> None:
+        self.done += 1
+        self.bar.update(1)
+        if note:
+            self.bar.set_postfix_str(note, refresh=False)
+        now = time.monotonic()
+        if self.lines and now - self.last >= PROGRESS_SECONDS:
+            self.last = now
+            elapsed = now - self.t0
+            eta = elapsed / self.done * (self.total - self.done)
+            tail = f" ({note})" if note else ""
+            print(f"{self.desc}: {self.done}/{self.total} {self.unit}s, {hms(elapsed)} elapsed, ETA {hms(eta)}"
+                  f"{tail}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        self.bar.close()
