@@ -12,10 +12,11 @@ import time
 import numpy as np
 import pytest
 
-import runtime.campaign as campaign
+import runtime.campaign.run as campaign_run
 from runtime.campaign import validate
+from runtime.campaign.writer import ResultsWriter
 from runtime.errors import RuntimeInputError
-from runtime.results import read_results
+from runtime.results import journal_path, read_results
 from runtime.sensitivity import sensitivity
 
 from conftest import ROOT, one_line_error, one_thread, run_cli, write_test_batch
@@ -81,21 +82,19 @@ def test_interrupted_ray_campaign_resumes_to_the_local_result(paper_art, paper_d
     kw = dict(sa1=[0.1, 0.3], runs=8, seed=7, progress=False)
     whole = validate(paper_art, images, labels, **kw)
     out = tmp_path / "r.json"
-    writes = []
-    write_results = campaign.write_results
+    add = ResultsWriter.add
 
-    def interrupted(doc, path):
-        write_results(doc, path)
-        writes.append(sum(len(e["runs"]) for e in doc["rates"]))
-        if writes[-1] == 4:
+    def interrupted(self, *args):
+        add(self, *args)
+        if self.done == 4:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(campaign, "write_results", interrupted)
+    monkeypatch.setattr(ResultsWriter, "add", interrupted)
     with pytest.raises(KeyboardInterrupt):
         validate(paper_art, images, labels, out=out, ray=True, **kw)
-    assert writes == [0, 1, 2, 3, 4]  # the fault-free accuracies, then each chip as it finished
+    assert not journal_path(out).exists()  # the interrupt rewrote the file with every chip it had
     assert sum(len(e["runs"]) for e in read_results(out)["rates"]) == 4
-    monkeypatch.setattr(campaign, "write_results", write_results)
+    monkeypatch.setattr(ResultsWriter, "add", add)
     resumed = validate(paper_art, images, labels, out=out, resume=True, ray=True, **kw)
     assert resumed["timing"]["runs"] == 16 - 4  # this process ran only the chips the file lacked
     assert runs_of(resumed) == runs_of(whole) and read_results(out)["complete"]
@@ -120,12 +119,12 @@ def test_resume_on_ray_fills_the_gaps_any_kill_leaves(paper_art, paper_data, clu
 
 _SLOW_DRIVER = """
 import sys, time
-import runtime.campaign as campaign
-write = campaign.write_results
-def slow(doc, path):  # a slow driver (a loaded head node): time for the test to kill it mid-campaign
-    write(doc, path)
+from runtime.campaign.writer import ResultsWriter
+add = ResultsWriter.add
+def slow(self, *args):  # a slow driver (a loaded head node): time for the test to kill it mid-campaign
+    add(self, *args)
     time.sleep(0.3)
-campaign.write_results = slow
+ResultsWriter.add = slow
 from toolchain.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -172,7 +171,7 @@ def test_killed_cli_ray_campaign_resumes(paper_art, paper_data, cluster, tmp_pat
 
 def test_ray_bad_input(paper_art, paper_data, tmp_path, capsys, monkeypatch):
     images, labels = paper_data
-    with pytest.raises(RuntimeInputError, match="Ray replaces shards"):
+    with pytest.raises(RuntimeInputError, match="--ray replaces --shard"):
         validate(paper_art, images, labels, sa1=[0.1], runs=4, shard=(1, 2), ray=True, progress=False)
     root = write_test_batch(tmp_path / "cifar", images, labels)
     out = tmp_path / "r.json"
@@ -215,13 +214,13 @@ def test_every_campaign_runs_through_the_one_chip_function(paper_art, paper_data
     """The local executor runs measure_chip too: the function Ray workers run is the campaign's."""
     images, labels = paper_data
     seen = []
-    measure_chip = campaign.measure_chip
+    measure_chip = campaign_run.measure_chip
 
-    def spy(engine, cmap, plan, p1, r, *args):
-        seen.append((p1, r))
-        return measure_chip(engine, cmap, plan, p1, r, *args)
+    def spy(engine, cmap, chips, r, *args):
+        seen.append((chips.sa1, r))
+        return measure_chip(engine, cmap, chips, r, *args)
 
-    monkeypatch.setattr(campaign, "measure_chip", spy)
+    monkeypatch.setattr(campaign_run, "measure_chip", spy)
     doc = validate(paper_art, images, labels, sa1=[0.1, 0.2], runs=3, seed=1, progress=False)
     assert seen == [(0.1, 0), (0.1, 1), (0.1, 2), (0.2, 0), (0.2, 1), (0.2, 2)]
     assert np.isfinite(doc["rates"][0]["summary"]["mean"])

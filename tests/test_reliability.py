@@ -294,7 +294,7 @@ def test_unwritable_cache_runs_uncached_with_a_note(ckpt, tmp_path, capsys, monk
 
 
 def _results(config_seed: int) -> dict:
-    from runtime.campaign import FORMAT, VERSION
+    from runtime.results import FORMAT, VERSION
 
     return {"format": FORMAT, "version": VERSION,
             "config": {"runs": 2, "images": 10, "sa1": [0.1], "sa0": 0.0, "seed": config_seed},

@@ -242,16 +242,16 @@ def test_a_billion_runs_start_at_once_with_progress_lines(art, cifar, tmp_path):
 
 
 def test_progress_lines_for_batch_jobs_and_the_same_chips(art, cifar, tmp_path, capsys, monkeypatch):
-    import runtime.campaign as campaign
+    import runtime.progress as progress
 
     out = tmp_path / "res.json"
-    monkeypatch.setattr(campaign, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(progress, "PROGRESS_SECONDS", 0.0)
     code, _, err = run_cli(capsys, *_validate(art, cifar, out, "--shard", "2/3"))
     assert code == 0, err
     lines = [x for x in err.splitlines() if x.startswith("validate: ")]
     assert [x.split(",")[0] for x in lines] == ["validate: 1/1 chips"]  # jobs 1 (r=1) of 0..1
     assert list(json.loads(out.read_text())["rates"][0]["runs"]) == ["1"]
-    monkeypatch.setattr(campaign, "PROGRESS_SECONDS", 1e9)  # a short job: no line at all
+    monkeypatch.setattr(progress, "PROGRESS_SECONDS", 1e9)  # a short job: no line at all
     code, _, err = run_cli(capsys, *_validate(art, cifar, tmp_path / "all.json", "--runs", "3"))
     assert code == 0 and "chips," not in err
 

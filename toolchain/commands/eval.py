@@ -100,8 +100,9 @@ def run(args) -> int:
             per_rate.append({"sa1": p, "mean": s["mean"], "std": s["std"], "min": s["min"], "max": s["max"],
                              "ci95": s["ci95"], "accuracies": accs})
             calibrated = "" if calib is None else f" calibrated on {args.calibrate} images each"
+            std = "n/a" if s["std"] is None else f"{100 * s['std']:.2f}"  # one chip: no spread
             lines.append(f"SA1 {p:g}, {args.runs} chips{calibrated}: mean {100 * s['mean']:.2f}% "
-                         f"std {100 * s['std']:.2f} min {100 * s['min']:.2f}% max {100 * s['max']:.2f}%")
+                         f"std {std} min {100 * s['min']:.2f}% max {100 * s['max']:.2f}%")
         acc = per_rate[0]["mean"] if len(per_rate) == 1 else None
         extra = {"runs": args.runs, "seed": args.seed, "calibrate": args.calibrate, "rates": per_rate,
                  **(per_rate[0] if len(per_rate) == 1 else {})}  # one rate: its figures at the top too
