@@ -293,7 +293,7 @@ def test_interrupted_step_resumes(project, capsys):
 def test_killed_training_resumes_from_its_last_epoch(project, capsys, monkeypatch):
     """Ctrl-C in the second epoch of a new 2-epoch training stops the pipeline (exit 130); the
     next run resumes that training (rram train --auto-resume) instead of starting it afresh."""
-    import toolchain.training as training
+    import toolchain.training.loop as training
 
     real = training._train_epoch
 

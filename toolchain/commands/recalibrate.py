@@ -7,11 +7,11 @@ from pathlib import Path
 from runtime.fileio import check_output_path
 
 from ..checkpoints import adopt_image_size, load_checkpoint, save_checkpoint
-from ..data import check_for_model, load_split
+from ..data import check_for_model, load_split, random_subset
 from ..dropconnect import check_rate, rate_key
 from ..errors import UserError
 from ..recalibrate import recalibrate_bn
-from ..training import random_subset, resolve_device
+from ..training import resolve_device
 from .common import (
     MODEL_HELP,
     add_data_args,

@@ -9,7 +9,7 @@ Layouts (detected automatically, ``layout.py``):
 
 Decoded splits are cached as ``.npz`` (``cache.py``), keyed on the source files, so any change
 re-decodes. ``load.py`` puts these together (``load_split``). ``split.py``: the ``Split`` type, its
-evenly spread subsets (``subset_indices``) and ``check_for_model``. ``batching.py``: batches on
+subsets (``subset_indices``, ``random_subset``) and ``check_for_model``. ``batching.py``: batches on
 tensors (torch is imported only there, inside the functions).
 
 Bad data is a one-line error, never a silently wrong accuracy: hidden entries (".ipynb_checkpoints")
@@ -24,11 +24,11 @@ from .cache import default_cache_dir
 from .imagefolder import class_folders
 from .layout import CIFAR_BATCH_DIR, CIFAR_FILES, IMAGE_SIZE, IMAGE_SUFFIXES, SPLITS, detect_layout, resolve_data_root
 from .load import check_class_folders, image_size_of, load_split
-from .split import Split, check_for_model, subset_indices
+from .split import Split, check_for_model, random_subset, subset_indices
 
 __all__ = [
     "CIFAR10_NORM", "CIFAR_BATCH_DIR", "CIFAR_FILES", "IMAGENET_NORM", "IMAGE_SIZE", "IMAGE_SUFFIXES", "SPLITS",
     "Normalization", "Split", "augment", "check_class_folders", "check_for_model", "class_folders",
     "default_cache_dir", "detect_layout", "image_size_of", "iterate_batches", "load_split", "normalize",
-    "resolve_data_root", "subset_indices", "to_float_nchw",
+    "random_subset", "resolve_data_root", "subset_indices", "to_float_nchw",
 ]

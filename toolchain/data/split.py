@@ -1,6 +1,14 @@
-"""A decoded split (uint8 NHWC images, int64 labels, class names), its evenly spread subsets
-(``subset_indices``, ``Split.subset``: the images ``--images N`` takes), and the check of a split
-against the model it is fed to."""
+"""A decoded split (uint8 NHWC images, int64 labels, class names), the one home of image subsets
+of a split, and the check of a split against the model it is fed to.
+
+Two subsets, two purposes:
+- ``subset_indices`` / ``Split.subset``: ``n`` images spread evenly over the split, no seed: the
+  images ``--images N`` evaluates (``rram eval``, ``validate``, ``sensitivity``, ``calibrate``).
+- ``random_subset``: ``n`` images drawn without replacement from a seed: the training images of
+  ``rram train --images N`` / ``--eval-images N`` and ``rram recalibrate --images N``.
+(``runtime.subsets.chip_subset``, the per-chip subsets of ``--images auto``, is another concept: a
+draw seeded like the chips, in the runtime.)
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,6 +43,20 @@ def subset_indices(total: int, n: int | None) -> np.ndarray:
     if n is None or n >= total:
         return np.arange(total)
     return (np.arange(n, dtype=np.int64) * total) // n
+
+
+def random_subset(split: Split, n: int | None, seed: int) -> Split:
+    """n images drawn without replacement (ImageFolder order is sorted by class, so the first n
+    would be a single class)."""
+    if n is None or n >= len(split):
+        return split
+    import torch  # here: loading a split needs numpy only (rram validate never imports torch)
+
+    from ..dropconnect import derive_seed
+
+    g = torch.Generator().manual_seed(derive_seed(seed, "subset", n))
+    idx = np.sort(torch.randperm(len(split), generator=g)[:n].numpy())
+    return Split(split.images[idx], split.labels[idx], split.classes)
 
 
 def check_for_model(split: Split, num_classes: int, what: str = "the model", *,
