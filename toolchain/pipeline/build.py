@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import UserError
-from ..training import ADDED_LATER
+from ..training import ADDED_LATER, default_lr
 from .config import Config
 from .state import State, fingerprint, listing_fingerprint, settings_key
 
@@ -204,7 +204,7 @@ class Pipeline:
         out = self.run / "train"
         # No clean-up here: --auto-resume continues a run of the same options (also one trained
         # elsewhere, e.g. on a GPU machine, and copied in) and replaces a run of other options.
-        lr = t["lr"] if t["lr"] is not None else (0.01 if self.init is not None else 0.1)
+        lr = t["lr"] if t["lr"] is not None else default_lr(self.init is not None)
         argv = ["train", "--model", m["arch"]] + ([str(self.init)] if self.init is not None else []) + [
             "--drop-rate", str(t["drop_rate"]), "--epochs", str(t["epochs"]), "--lr", str(lr),
             "--batch-size", str(t["batch_size"]), "--seed", str(t["seed"]), "--data", str(self.cfg.data),

@@ -16,13 +16,14 @@ probe), ``distributed`` (DDP), ``model_init`` (from scratch or --init, widening)
 (resume or refuse, what each epoch writes), ``loop`` (``train()`` and the epoch).
 """
 from ..data import random_subset  # its home is toolchain.data (split.py); kept importable from here
-from .config import ADDED_LATER, PRECISIONS, TrainConfig, validate
+from .config import ADDED_LATER, LR_FINE_TUNING, LR_FROM_SCRATCH, PRECISIONS, TrainConfig, default_lr, validate
 from .device import bf16_is_slow_here, resolve_device
 from .distributed import Dist, setup_distributed
 from .loop import train
 from .run_folder import LAST, LOG, MODEL
 
 __all__ = [
-    "ADDED_LATER", "LAST", "LOG", "MODEL", "PRECISIONS", "Dist", "TrainConfig", "bf16_is_slow_here",
-    "random_subset", "resolve_device", "setup_distributed", "train", "validate",
+    "ADDED_LATER", "LAST", "LOG", "LR_FINE_TUNING", "LR_FROM_SCRATCH", "MODEL", "PRECISIONS", "Dist",
+    "TrainConfig", "bf16_is_slow_here", "default_lr", "random_subset", "resolve_device", "setup_distributed",
+    "train", "validate",
 ]

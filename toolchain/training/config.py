@@ -12,10 +12,20 @@ from ..errors import UserError
 from ..models import ModelSpec
 from .device import resolve_device
 
+# The default peak learning rate (cosine schedule), from scratch and when fine-tuning (--init): what
+# `rram train`, the Python API (which runs it) and `rram pipeline` ([train] lr) take when none is given.
+LR_FROM_SCRATCH = 0.1
+LR_FINE_TUNING = 0.01
+
 # Options added after runs were recorded: a record without the key was trained with this value.
 # The pipeline leaves them out of its own step record at these values too (pipeline/build.py).
 ADDED_LATER = {"precision": "fp32"}
 PRECISIONS = ("fp32", "bf16")
+
+
+def default_lr(fine_tuning: bool) -> float:
+    """The peak learning rate when none is given: ``LR_FINE_TUNING`` with --init, else ``LR_FROM_SCRATCH``."""
+    return LR_FINE_TUNING if fine_tuning else LR_FROM_SCRATCH
 
 
 @dataclass
@@ -29,7 +39,7 @@ class TrainConfig:
     init_normalization: Normalization | None = None  # for a foreign --init that records none
     auto_resume: bool = False  # resume a run of the same options, replace one of other options
     batch_size: int = 128
-    lr: float | None = None  # default: 0.1 from scratch, 0.01 when fine-tuning (--init)
+    lr: float | None = None  # default: default_lr(fine-tuning, i.e. --init given)
     momentum: float = 0.9
     weight_decay: float = 5e-4
     seed: int = 0
@@ -48,7 +58,7 @@ class TrainConfig:
     def effective_lr(self) -> float:
         if self.lr is not None:
             return self.lr
-        return 0.01 if self.init else 0.1
+        return default_lr(bool(self.init))
 
     def record(self) -> dict:
         """What defines the run (a resume must match it)."""
