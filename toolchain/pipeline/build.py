@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..commands.recalibrate import RECALIBRATED
 from ..errors import UserError
 from ..training import ADDED_LATER, default_lr
 from .config import Config
@@ -158,9 +159,9 @@ class Pipeline:
             src = {"checkpoint": var.source}
             prod = {"checkpoint": var.source_step} if var.source_step else {}
             steps.append(Step("recalibrate", var.name, {**common, "arch": arch, **v["recalibrate"]},
-                              {**src, "data": data}, [d / "recalibrated.pt"], self._recalibrate, prod))
+                              {**src, "data": data}, [d / RECALIBRATED], self._recalibrate, prod))
             steps.append(Step("export", var.name, {**common, **v["export"]},
-                              {"recalibrated.pt": d / "recalibrated.pt"}, [d / "model.onnx"], self._export))
+                              {RECALIBRATED: d / RECALIBRATED}, [d / "model.onnx"], self._export))
             steps.append(Step("passes", var.name, {**common, "rates": rates, **v["passes"]},
                               {"model.onnx": d / "model.onnx"}, [d / f"model.r{r}.onnx" for r in rates],
                               self._passes))
@@ -232,7 +233,7 @@ class Pipeline:
         return cli(argv)
 
     def _export(self, step: Step, resume: bool) -> int:
-        return cli(["export", str(step.inputs["recalibrated.pt"]), "--all-rates", "--seed",
+        return cli(["export", str(step.inputs[RECALIBRATED]), "--all-rates", "--seed",
                     str(self.v["export"]["seed"]), "--out", str(step.outputs[0])])
 
     def _passes(self, step: Step, resume: bool) -> int:
