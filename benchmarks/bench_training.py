@@ -38,7 +38,7 @@ def make(spec, drop, device, seed=0):
 
 
 def step(m, opt, x, y, device, bf16=False):
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):  # as toolchain/training.py
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):  # as toolchain/training/loop.py
         logits = m(x)
     loss = F.cross_entropy(logits.float(), y)
     opt.zero_grad(set_to_none=True)

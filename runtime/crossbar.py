@@ -243,10 +243,6 @@ def decode(levels: np.ndarray, device: DeviceConfig) -> np.ndarray:
     return (values[0] - device.offset).astype(np.int32)
 
 
-def levels_to_conductance(levels: np.ndarray, device: DeviceConfig) -> np.ndarray:
-    return device.g_min + levels.astype(np.float64) / (device.levels - 1) * (device.g_max - device.g_min)
-
-
 SA1_LEVEL = 0  # stuck at HRS (G_min)
 
 

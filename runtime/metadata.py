@@ -86,10 +86,6 @@ class Normalization:
         except (ValueError, KeyError, TypeError):
             raise RuntimeInputError(f"{where}: unreadable {NORMALIZATION_KEY} {text!r}") from None
 
-    def normalize(self, images: np.ndarray) -> np.ndarray:
-        """uint8 NHWC images -> normalised float32 NCHW (see ``normalize_images``)."""
-        return normalize_images(images, self)
-
 
 def normalize_images(images: np.ndarray, normalization: Normalization | None) -> np.ndarray:
     """uint8 NHWC -> normalised float32 NCHW, once, as one contiguous array."""

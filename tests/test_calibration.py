@@ -9,7 +9,7 @@ import torch
 from runtime.calibration import calibration_indices
 from runtime.errors import RuntimeInputError
 from toolchain.calibrate import calibrate_bn, restored_bn
-from toolchain.checkpoints import checkpoint_from_model, save_checkpoint
+from toolchain.checkpoints import Checkpoint, save_checkpoint
 from toolchain.cli import main
 from toolchain.data import CIFAR10_NORM
 from toolchain.models import ModelSpec, build_model
@@ -57,7 +57,7 @@ def ckpt(tmp_path_factory):
     torch.manual_seed(0)
     m = build_model(SPEC).eval()
     path = tmp_path_factory.mktemp("ck") / "m.pt"
-    save_checkpoint(checkpoint_from_model(m, SPEC, CIFAR10_NORM), path)
+    save_checkpoint(Checkpoint(SPEC, CIFAR10_NORM, m.state_dict(), {}, {}), path)
     return path
 
 

@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from toolchain.checkpoints import checkpoint_from_model, load_checkpoint, save_checkpoint
+from toolchain.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from toolchain.cli import main
 from toolchain.data import CIFAR10_NORM
 from toolchain.errors import UserError
@@ -25,7 +25,7 @@ def tiny_ckpt(tmp_path):
     torch.manual_seed(0)
     spec = ModelSpec("resnet20", width=0.5, shortcut="B", padded=True)
     model = build_model(spec)
-    ckpt = checkpoint_from_model(model, spec, CIFAR10_NORM, note="test")
+    ckpt = Checkpoint(spec, CIFAR10_NORM, model.state_dict(), {}, {"note": "test"})
     return save_checkpoint(ckpt, tmp_path / "ck" / "model.pt"), model
 
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from toolchain import data as data_mod
+import toolchain.data.load as data_load
 from toolchain.data import CIFAR10_NORM, augment, detect_layout, iterate_batches, load_split
 from toolchain.errors import UserError
 
@@ -43,7 +43,7 @@ def test_second_load_comes_from_cache_without_decoding(tmp_path, cache_dir, monk
     def no_decoding(*a, **k):
         raise AssertionError("decoded again despite the cache")
 
-    monkeypatch.setattr(data_mod, "_decode_imagefolder", no_decoding)
+    monkeypatch.setattr(data_load, "decode_imagefolder", no_decoding)
     second = load_split(root, "train", cache_dir=cache_dir)
     np.testing.assert_array_equal(first.images, second.images)
     np.testing.assert_array_equal(first.labels, second.labels)

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from toolchain.checkpoints import checkpoint_from_model, save_checkpoint
+from toolchain.checkpoints import Checkpoint, save_checkpoint
 from toolchain.cli import main
 from toolchain.data import CIFAR10_NORM
 from toolchain.models import ModelSpec, build_model
@@ -25,7 +25,7 @@ def data(tmp_path_factory):
 def ckpt(tmp_path_factory):
     torch.manual_seed(0)
     m = build_model(SPEC).eval()
-    c = checkpoint_from_model(m, SPEC, CIFAR10_NORM)
+    c = Checkpoint(SPEC, CIFAR10_NORM, m.state_dict(), {}, {})
     stats = bn_stats_of(m)
     c.bn_stats = {"0.1": {k: v * 3 + 0.5 for k, v in stats.items()}}
     path = tmp_path_factory.mktemp("ck") / "m.pt"

@@ -8,7 +8,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from toolchain.checkpoints import checkpoint_from_model, load_checkpoint, save_checkpoint
+from toolchain.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from toolchain.cli import main
 from toolchain.data import CIFAR10_NORM
 from toolchain.models import ModelSpec, build_model
@@ -29,7 +29,7 @@ def perturbed_stats(model, seed):
 def ckpt(tmp_path):
     torch.manual_seed(0)
     m = build_model(SPEC).eval()
-    c = checkpoint_from_model(m, SPEC, CIFAR10_NORM, drop_rate=0.2)
+    c = Checkpoint(SPEC, CIFAR10_NORM, m.state_dict(), {}, {"drop_rate": 0.2})
     c.bn_stats = {"0.0": perturbed_stats(m, 1), "0.1": perturbed_stats(m, 2), "0.3": perturbed_stats(m, 3)}
     path = tmp_path / "m.pt"
     save_checkpoint(c, path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from toolchain.checkpoints import checkpoint_from_model, save_checkpoint
+from toolchain.checkpoints import Checkpoint, save_checkpoint
 from toolchain.cli import main
 from toolchain.data import CIFAR10_NORM
 from toolchain.models import ModelSpec, build_model
@@ -58,7 +58,7 @@ def make_project(root: Path, config: str = CONFIG) -> Path:
     make_cifar(root / "data", per_batch=32, test=64)
     torch.manual_seed(0)
     spec = ModelSpec("resnet20", 0.25)
-    save_checkpoint(checkpoint_from_model(build_model(spec).eval(), spec, CIFAR10_NORM), root / "init.pt")
+    save_checkpoint(Checkpoint(spec, CIFAR10_NORM, build_model(spec).eval().state_dict(), {}, {}), root / "init.pt")
     (root / "p.toml").write_text(config)
     return root / "p.toml"
 
@@ -189,7 +189,7 @@ def test_changed_setting_reruns_exactly_the_steps_downstream(project, capsys):
     init = project.parent / "init.pt"
     spec = ModelSpec("resnet20", 0.25)
     torch.manual_seed(1)
-    save_checkpoint(checkpoint_from_model(build_model(spec).eval(), spec, CIFAR10_NORM), init)
+    save_checkpoint(Checkpoint(spec, CIFAR10_NORM, build_model(spec).eval().state_dict(), {}, {}), init)
     assert main(["pipeline", str(project), "--dry-run"]) == 0
     d = decisions(capsys.readouterr().out)
     assert d["train"] == ("run", "input checkpoint changed")
@@ -293,7 +293,7 @@ def test_interrupted_step_resumes(project, capsys):
 def test_killed_training_resumes_from_its_last_epoch(project, capsys, monkeypatch):
     """Ctrl-C in the second epoch of a new 2-epoch training stops the pipeline (exit 130); the
     next run resumes that training (rram train --auto-resume) instead of starting it afresh."""
-    import toolchain.training as training
+    import toolchain.training.loop as training
 
     real = training._train_epoch
 
@@ -457,7 +457,7 @@ def test_your_own_model_through_the_pipeline(tmp_path, capsys):
     make_cifar(tmp_path / "data", per_batch=32, test=64)
     spec = Spec("own_models:tiny_cnn10")
     torch.manual_seed(0)
-    save_checkpoint(checkpoint_from_model(build_model(spec).eval(), spec, CIFAR10_NORM), tmp_path / "init.pt")
+    save_checkpoint(Checkpoint(spec, CIFAR10_NORM, build_model(spec).eval().state_dict(), {}, {}), tmp_path / "init.pt")
     config = CONFIG.replace('arch = "resnet20"', 'arch = "own_models:tiny_cnn10"').replace('out = "run"', 'out = "own"')
     (tmp_path / "p.toml").write_text(config)
     assert main(["pipeline", str(tmp_path / "p.toml")]) == 0, capsys.readouterr().err

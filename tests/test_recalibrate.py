@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from toolchain.checkpoints import checkpoint_from_model, load_checkpoint, save_checkpoint
+from toolchain.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from toolchain.cli import main
 from toolchain.data import CIFAR10_NORM, iterate_batches, load_split
 from toolchain.models import ModelSpec, build_model
@@ -66,7 +66,7 @@ def test_batches_limits_the_pass(split):
 
 def test_cli_recalibrate_stores_each_rate(data, tmp_path, capsys):
     ck = tmp_path / "m.pt"
-    save_checkpoint(checkpoint_from_model(model(), SPEC, CIFAR10_NORM, drop_rate=0.2), ck)
+    save_checkpoint(Checkpoint(SPEC, CIFAR10_NORM, model().state_dict(), {}, {"drop_rate": 0.2}), ck)
     assert main(["recalibrate", str(ck), "--rates", "0,0.1,0.3", "--data", str(data), "--no-cache",
                  "--batches", "2", "--batch-size", "32", "--out", str(tmp_path / "r")]) == 0
     out = load_checkpoint(tmp_path / "r" / "recalibrated.pt")
@@ -81,7 +81,7 @@ def test_cli_recalibrate_stores_each_rate(data, tmp_path, capsys):
 @pytest.mark.parametrize("rates", ["0,1.0", "-0.2", "0.1,abc", "1.5"])
 def test_cli_bad_rates(data, tmp_path, capsys, rates):
     ck = tmp_path / "m.pt"
-    save_checkpoint(checkpoint_from_model(model(), SPEC, CIFAR10_NORM), ck)
+    save_checkpoint(Checkpoint(SPEC, CIFAR10_NORM, model().state_dict(), {}, {}), ck)
     code = main(["recalibrate", str(ck), f"--rates={rates}", "--data", str(data), "--no-cache",
                  "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip().splitlines()

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from toolchain.checkpoints import checkpoint_from_model, save_checkpoint
+from toolchain.checkpoints import Checkpoint, save_checkpoint
 from toolchain.cli import main
 from toolchain.data import CIFAR10_NORM, load_split
 from toolchain.models import ModelSpec, build_model
@@ -63,7 +63,8 @@ def image_folder(root: Path, classes=CLASSES, per_class: int = 2, size: int = 32
 def ckpt(tmp_path) -> Path:
     torch.manual_seed(0)
     spec = ModelSpec("resnet20", width=0.25)
-    return save_checkpoint(checkpoint_from_model(build_model(spec), spec, CIFAR10_NORM), tmp_path / "ck" / "m.pt")
+    ckpt = Checkpoint(spec, CIFAR10_NORM, build_model(spec).state_dict(), {}, {})
+    return save_checkpoint(ckpt, tmp_path / "ck" / "m.pt")
 
 
 class MakesMarker:

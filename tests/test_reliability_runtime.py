@@ -346,7 +346,7 @@ def _argv(command: str, ws: Path, out: Path) -> list:
 def workspace(tmp_path_factory) -> Path:
     """data/ (CIFAR-10 batches), ck/m.pt, models/m.onnx, art/ (quantized), results/res.json, each
     beside a file of the user's (notes.txt) that no command may touch."""
-    from toolchain.checkpoints import checkpoint_from_model, save_checkpoint
+    from toolchain.checkpoints import Checkpoint, save_checkpoint
     from toolchain.data import CIFAR10_NORM
     from toolchain.models import ModelSpec, build_model
 
@@ -354,7 +354,7 @@ def workspace(tmp_path_factory) -> Path:
     write_cifar_batches_py(ws / "data")
     torch.manual_seed(0)
     spec = ModelSpec("resnet20", width=0.25)
-    save_checkpoint(checkpoint_from_model(build_model(spec), spec, CIFAR10_NORM), ws / "ck" / "m.pt")
+    save_checkpoint(Checkpoint(spec, CIFAR10_NORM, build_model(spec).state_dict(), {}, {}), ws / "ck" / "m.pt")
     assert main(["export", str(ws / "ck" / "m.pt"), "--out", str(ws / "models" / "m.onnx")]) == 0
     assert main(["quantize", str(ws / "models" / "m.onnx"), str(ws / "art")]) == 0
     assert main([str(a) for a in _argv("validate", ws, ws / "results" / "res.json")]) == 0

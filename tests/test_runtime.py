@@ -23,7 +23,6 @@ from runtime.crossbar import (
     PRESETS,
     SA1_LEVEL,
     DeviceConfig,
-    levels_to_conductance,
     preset,
     sa0_level,
 )
@@ -93,15 +92,17 @@ def test_same_seed_same_chip_and_rates_distinct():
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS) + ["offset"])
-def test_stuck_cells_read_gmin_and_gmax_exactly(name):
+def test_stuck_cells_sit_at_gmin_and_gmax_exactly(name):
+    """SA1 cells at level 0 (G_min), SA0 cells at level L-1 (G_max: runtime/crossbar.py maps the
+    level to the conductance linearly), every other cell unchanged."""
     device = DeviceConfig(bits_per_cell=4, cells_per_weight=2, encoding="offset") if name == "offset" else preset(name)
     rng = np.random.default_rng(0)
     levels = rng.integers(0, device.levels, (device.planes, device.cells_per_weight, 20, 30), dtype=np.uint8)
     codes = rng.choice(np.array([OK, SA1, SA0], np.uint8), size=levels.shape, p=[0.6, 0.2, 0.2])
     faulty = apply_faults(levels, codes, sa0_level(device))
-    g = levels_to_conductance(faulty, device)
-    assert np.all(g[codes == SA1] == device.g_min)
-    assert np.all(g[codes == SA0] == device.g_max)
+    assert SA1_LEVEL == 0 and sa0_level(device) == device.levels - 1
+    assert np.all(faulty[codes == SA1] == 0)
+    assert np.all(faulty[codes == SA0] == device.levels - 1)
     assert np.array_equal(faulty[codes == OK], levels[codes == OK])
 
 

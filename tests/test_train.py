@@ -278,7 +278,7 @@ def test_bf16_precision_trains_float32_weights_and_is_part_of_the_run(data, tmp_
 def test_bf16_warns_exactly_on_a_cpu_without_bf16_hardware(data, tmp_path, capsys, monkeypatch):
     """The probe agrees with the CPU's own flags; a bf16 training warns (and still runs bf16) exactly
     when the probe says bf16 has no hardware, both ways on any machine; fp32 never warns."""
-    import toolchain.training as training
+    import toolchain.training.loop as training  # train() looks bf16_is_slow_here up there
 
     flags = x86_cpu_flags()
     if flags is not None and os.uname().machine == "x86_64":  # the 64-bit x86 that torch builds for

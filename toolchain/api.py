@@ -26,7 +26,6 @@ from typing import Any
 from .cli import run
 
 REPEATED = {"include", "exclude", "input_shape"}  # options given once per value (action="append")
-RECALIBRATED = "recalibrated.pt"  # `rram recalibrate --out DIR` writes DIR/recalibrated.pt
 CHIP_CALIBRATION = "chip-calibration.json"  # `rram calibrate --out DIR` writes DIR/chip-calibration.json
 
 PathLike = str | os.PathLike
@@ -113,9 +112,11 @@ def recalibrate(checkpoint: PathLike, out: PathLike, *, bn_rate: float | list[fl
         model: architecture of a foreign checkpoint (ours record it).
         **options: any other ``rram recalibrate`` option (``device``, ``mean``, ``std``, ...).
     """
+    from .commands.recalibrate import output_file  # loaded by the run above (torch): not at import
+
     _run("recalibrate", checkpoint, out=out, bn_rate=bn_rate, data=data, images=images, batches=batches,
          batch_size=batch_size, seed=seed, model=model, **options)
-    return Path(out) if Path(out).suffix == ".pt" else Path(out) / RECALIBRATED
+    return output_file(out)
 
 
 def export(checkpoint: PathLike, out: PathLike, *, bn_rate: float | None = None, all_rates: bool = False,

@@ -295,7 +295,3 @@ def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> Path:
             raise UserError(f"cannot write {path}: {why}") from None
     return path
 
-
-def checkpoint_from_model(model: nn.Module, spec: ModelSpec, norm: Normalization, **meta) -> Checkpoint:
-    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    return Checkpoint(spec, norm, state, {}, dict(meta))

@@ -7,11 +7,11 @@ from pathlib import Path
 from runtime.fileio import check_output_path
 
 from ..checkpoints import adopt_image_size, load_checkpoint, save_checkpoint
-from ..data import check_for_model, load_split
+from ..data import check_for_model, load_split, random_subset
 from ..dropconnect import check_rate, rate_key
 from ..errors import UserError
 from ..recalibrate import recalibrate_bn
-from ..training import random_subset, resolve_device
+from ..training import resolve_device
 from .common import (
     MODEL_HELP,
     add_data_args,
@@ -25,7 +25,13 @@ from .common import (
     seed,
 )
 
-OUT_NAME = "recalibrated.pt"
+RECALIBRATED = "recalibrated.pt"  # what `rram recalibrate --out DIR` writes in DIR
+
+
+def output_file(out: str | Path) -> Path:
+    """The checkpoint ``--out`` names: ``out`` itself when it ends in ``.pt``, else ``out/recalibrated.pt``."""
+    out = Path(out)
+    return out if out.suffix == ".pt" else out / RECALIBRATED
 
 
 def parse_rates(text: str) -> list[float]:
@@ -43,7 +49,7 @@ def add_parser(sub) -> None:
                    help="fault rates to re-estimate BN statistics for, comma-separated, e.g. 0,0.1,0.2,0.3")
     hidden_alias(p, "--rates", "bn_rate")
     p.add_argument("--out", required=True, metavar="DIR",
-                   help=f"output folder (writes {OUT_NAME}), or a .pt file path")
+                   help=f"output folder (writes {RECALIBRATED}), or a .pt file path")
     p.add_argument("--batches", type=positive_int, default=None,
                    help="use only N batches of the training set (default: all of it)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
@@ -62,8 +68,7 @@ def run(args) -> int:
     rates = parse_rates(args.bn_rate)
     if args.batch_size < 2:
         raise UserError("--batch-size must be at least 2 (train-mode BatchNorm)")
-    out = Path(args.out)
-    out_file = out if out.suffix == ".pt" else out / OUT_NAME
+    out_file = output_file(args.out)
     check_output_path(out_file)  # before the long forward passes
     device = resolve_device(args.device)
     ckpt = load_checkpoint(args.checkpoint, model=args.model, download=args.download,

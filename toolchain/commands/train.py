@@ -14,7 +14,7 @@ from runtime.fileio import check_output_path
 from ..data import check_class_folders, image_size_of
 from ..errors import UserError
 from ..models import ModelSpec, model_for_data
-from ..training import PRECISIONS, TrainConfig, train
+from ..training import LR_FINE_TUNING, LR_FROM_SCRATCH, PRECISIONS, TrainConfig, train
 from .common import (
     MODEL_HELP,
     add_data_args,
@@ -51,7 +51,7 @@ def add_parser(sub) -> None:
                         "or start one (what `make demo` uses)")
     p.add_argument("--batch-size", type=positive_int, default=128, help="global batch size")
     p.add_argument("--lr", type=positive_float, default=None,
-                   help="peak learning rate (default 0.1, or 0.01 with --init)")
+                   help=f"peak learning rate (default {LR_FROM_SCRATCH:g}, or {LR_FINE_TUNING:g} with --init)")
     p.add_argument("--momentum", type=float, default=0.9, help="SGD (Nesterov) momentum")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
     p.add_argument("--seed", type=seed, default=0, help="seed of every random draw, 0 <= seed < 2**32")

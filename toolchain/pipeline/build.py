@@ -30,8 +30,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..commands.recalibrate import RECALIBRATED
 from ..errors import UserError
-from ..training import ADDED_LATER
+from ..training import ADDED_LATER, default_lr
 from .config import Config
 from .state import State, fingerprint, listing_fingerprint, settings_key
 
@@ -158,9 +159,9 @@ class Pipeline:
             src = {"checkpoint": var.source}
             prod = {"checkpoint": var.source_step} if var.source_step else {}
             steps.append(Step("recalibrate", var.name, {**common, "arch": arch, **v["recalibrate"]},
-                              {**src, "data": data}, [d / "recalibrated.pt"], self._recalibrate, prod))
+                              {**src, "data": data}, [d / RECALIBRATED], self._recalibrate, prod))
             steps.append(Step("export", var.name, {**common, **v["export"]},
-                              {"recalibrated.pt": d / "recalibrated.pt"}, [d / "model.onnx"], self._export))
+                              {RECALIBRATED: d / RECALIBRATED}, [d / "model.onnx"], self._export))
             steps.append(Step("passes", var.name, {**common, "rates": rates, **v["passes"]},
                               {"model.onnx": d / "model.onnx"}, [d / f"model.r{r}.onnx" for r in rates],
                               self._passes))
@@ -204,7 +205,7 @@ class Pipeline:
         out = self.run / "train"
         # No clean-up here: --auto-resume continues a run of the same options (also one trained
         # elsewhere, e.g. on a GPU machine, and copied in) and replaces a run of other options.
-        lr = t["lr"] if t["lr"] is not None else (0.01 if self.init is not None else 0.1)
+        lr = t["lr"] if t["lr"] is not None else default_lr(self.init is not None)
         argv = ["train", "--model", m["arch"]] + ([str(self.init)] if self.init is not None else []) + [
             "--drop-rate", str(t["drop_rate"]), "--epochs", str(t["epochs"]), "--lr", str(lr),
             "--batch-size", str(t["batch_size"]), "--seed", str(t["seed"]), "--data", str(self.cfg.data),
@@ -232,7 +233,7 @@ class Pipeline:
         return cli(argv)
 
     def _export(self, step: Step, resume: bool) -> int:
-        return cli(["export", str(step.inputs["recalibrated.pt"]), "--all-rates", "--seed",
+        return cli(["export", str(step.inputs[RECALIBRATED]), "--all-rates", "--seed",
                     str(self.v["export"]["seed"]), "--out", str(step.outputs[0])])
 
     def _passes(self, step: Step, resume: bool) -> int:

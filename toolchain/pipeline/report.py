@@ -8,6 +8,7 @@ from pathlib import Path
 
 from runtime.fileio import atomic_path, atomic_write_bytes
 
+from ..training import default_lr
 from .build import CALIBRATED, STAGES, Pipeline, Step, cli, rate_name
 
 
@@ -99,7 +100,7 @@ def write_report(pipe: Pipeline, step: Step) -> int:
     if cfg.has_train:
         t = v["train"]
         how = "fine-tuned" if pipe.init is not None else "trained"
-        lr = t["lr"] if t["lr"] is not None else (0.01 if pipe.init is not None else 0.1)
+        lr = t["lr"] if t["lr"] is not None else default_lr(pipe.init is not None)
         dc = (f"with drop-connect p={t['drop_rate']:g} (each weight dropped with that probability at every "
               f"training step)" if t["drop_rate"] > 0 else "without drop-connect (plain training)")
         L.append(f"- **Trained model**: the model {how} {dc} for {t['epochs']} "
