@@ -10,9 +10,10 @@
 - **Rewrites, throttled**: the whole file (``results.refresh``: summaries exactly as a merge
   computes them) is rewritten atomically at the start, at the end (also after an error or an
   interrupt), and in between at most once per ``SNAPSHOT_SECONDS`` and only once the chips
-  recorded since the last rewrite are ``SNAPSHOT_GROWTH`` of those in the file; then the journal
-  is emptied. A rewrite costs time in proportion to the file's chips, so spacing rewrites by a
-  fixed share of them keeps the bookkeeping per chip flat however many chips the file holds
+  recorded since the last rewrite are ``SNAPSHOT_GROWTH`` (all) of those in the file before it;
+  then the journal is emptied. A rewrite costs time in proportion to the file's chips, so spacing
+  rewrites geometrically (the file doubles between two) keeps the rewrites' cost per chip at about
+  twice one chip's share of a rewrite, however many chips the file holds
   (benchmarks/bench_bookkeeping.py; a rewrite after every chip cost 36 ms at 4,000 chips and
   356 ms at 40,000). Readers (``read_results``: plot, merge, resume) fold the journal in too.
 """
@@ -38,7 +39,7 @@ from ..results import (
 from .plan import check_same
 
 SNAPSHOT_SECONDS = 1.0  # at most one rewrite of the whole file per second...
-SNAPSHOT_GROWTH = 0.25  # ...and only after the file's chips grew by a quarter since the last one
+SNAPSHOT_GROWTH = 1.0   # ...and only once the chips recorded since the last one match those before
 
 
 class ResultsWriter:
