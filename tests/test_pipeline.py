@@ -293,23 +293,23 @@ def test_interrupted_step_resumes(project, capsys):
 def test_killed_training_resumes_from_its_last_epoch(project, capsys, monkeypatch):
     """Ctrl-C in the second epoch of a new 2-epoch training stops the pipeline (exit 130); the
     next run resumes that training (rram train --auto-resume) instead of starting it afresh."""
-    import toolchain.training as training
+    import toolchain.commands.train as train_command
+    from toolchain.training import train
 
-    real = training._train_epoch
-
-    def epoch_then_interrupt(*args, **kw):
-        if args[8] == 1:  # the epoch index
-            raise KeyboardInterrupt
-        return real(*args, **kw)
+    def interrupted_in_second_epoch(cfg, **kw):  # the public step_callback: after each optimizer step
+        def stop(epoch, step):
+            if epoch == 1:  # 0-based: the second epoch
+                raise KeyboardInterrupt
+        return train(cfg, step_callback=stop, **kw)
 
     project.write_text(project.read_text().replace("epochs = 1", "epochs = 2"))
-    monkeypatch.setattr(training, "_train_epoch", epoch_then_interrupt)
+    monkeypatch.setattr(train_command, "train", interrupted_in_second_epoch)
     assert main(["pipeline", str(project)]) == 130
     log = project.parent / "run" / "train" / "log.json"
     first = json.loads(log.read_text())["epochs"]
     assert [e["epoch"] for e in first] == [1]
     capsys.readouterr()
-    monkeypatch.setattr(training, "_train_epoch", real)
+    monkeypatch.setattr(train_command, "train", train)
     assert main(["pipeline", str(project)]) == 0
     out, err = capsys.readouterr()
     assert decisions(out)["train"] == ("run", "resuming an interrupted run")
@@ -369,7 +369,7 @@ def _based(root: Path) -> Path:
 
 
 def test_base_config_keys_are_replaced_key_by_key(tmp_path):
-    from toolchain.pipeline.build import Pipeline
+    from toolchain.pipeline import Pipeline
 
     make_project(tmp_path / "common")
     cfg = load_config(_based(tmp_path))
@@ -519,3 +519,27 @@ def test_every_study_config_loads_and_validates_on_the_paper_protocol(path, tmp_
     assert list(validate["sa1"]) == [0.0, 0.1, 0.2, 0.3] and validate["calibrate"] == 256
     assert validate["runs"] >= (100 if path.parent.name == "full" else 20)
     assert cfg.out.name == path.stem and cfg.out.parent.name == path.parent.name  # out/study/<scale>/<config>
+
+
+def test_pipeline_modules_import_one_way():
+    """plan <- actions, decide <- execute; the report reads the plan (and the state), never the
+    executor or the rerun decision: no import cycle inside toolchain/pipeline/, and no module
+    there over the project's 400 lines."""
+    import ast
+
+    folder = ROOT / "toolchain" / "pipeline"
+    graph = {}
+    for path in folder.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        graph[path.stem] = {n.module for n in ast.walk(tree)
+                            if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module}
+        assert len(path.read_text().splitlines()) <= 400, path
+    assert not graph["report"] & {"execute", "decide"} and not graph["plan"] - {"config"}
+
+    def reach(start, seen=()):
+        for m in graph.get(start, ()):
+            assert m not in seen + (start,), f"import cycle through {start} and {m}"
+            reach(m, seen + (start,))
+
+    for module in graph:
+        reach(module)
