@@ -543,3 +543,64 @@ def test_pipeline_modules_import_one_way():
 
     for module in graph:
         reach(module)
+
+
+# ------------------------------------------------------------------------ the run folder is the pipeline's own
+
+def _one_line_refusal(capsys, *parts: str) -> None:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rram: error: ") and all(p in err for p in parts), err
+
+
+def test_existing_folder_of_other_files_is_refused_and_untouched(built, tmp_path, capsys):
+    """out = "." in a folder of the user's files: refused in one line, nothing written or deleted
+    (it used to delete art/ folders, results.json and overwrite report.md)."""
+    shutil.copytree(built, tmp_path / "proj", ignore=shutil.ignore_patterns("cache", "run"))
+    cfg = tmp_path / "proj" / "p.toml"
+    cfg.write_text(cfg.read_text().replace('out = "run"', 'out = "."'))
+    (tmp_path / "proj" / "model" / "art" / "my-notes").mkdir(parents=True)
+    (tmp_path / "proj" / "model" / "art" / "my-notes" / "n.txt").write_text("mine")
+    (tmp_path / "proj" / "report.md").write_text("my report")
+    before = snapshot(tmp_path / "proj")
+    assert main(["pipeline", str(cfg)]) == 2
+    _one_line_refusal(capsys, "holds files the pipeline did not write", "choose another out")
+    assert snapshot(tmp_path / "proj") == before
+
+
+@pytest.mark.parametrize("where", ["/", "/tmp", "~"])
+def test_system_and_home_folders_are_refused(built, tmp_path, capsys, where):
+    shutil.copytree(built, tmp_path / "proj", ignore=shutil.ignore_patterns("cache", "run"))
+    cfg = tmp_path / "proj" / "p.toml"
+    cfg.write_text(cfg.read_text().replace('out = "run"', f'out = "{Path(where).expanduser()}"'))
+    assert main(["pipeline", str(cfg), "--dry-run"]) == 2
+    _one_line_refusal(capsys, "holds files the pipeline did not write")
+
+
+def test_pipeline_deletes_only_what_it_wrote(project, capsys):
+    """A rate dropped from recalibrate.rates loses its artifact files, but the user's folder beside
+    it in art/ and the user's file in that rate folder stay."""
+    art = project.parent / "run" / "fault-aware" / "art"
+    (art / "my-notes").mkdir()
+    (art / "my-notes" / "n.txt").write_text("mine")
+    (art / "rate-0.1" / "notes.txt").write_text("mine too")
+    project.write_text(project.read_text().replace("rates = [0.0, 0.1]", "rates = [0.0]"))
+    assert main(["pipeline", str(project)]) == 0, capsys.readouterr().err
+    assert (art / "my-notes" / "n.txt").read_text() == "mine"
+    assert sorted(p.name for p in (art / "rate-0.1").iterdir()) == ["notes.txt"]
+    assert not (project.parent / "run" / "baseline" / "art" / "rate-0.1").exists()
+
+
+def test_output_the_pipeline_did_not_write_is_not_replaced(project, capsys):
+    """A results.json the state does not record as the pipeline's (put there by hand) is refused,
+    not deleted and recomputed."""
+    run = project.parent / "run"
+    doc = json.loads((run / STATE_NAME).read_text())
+    for step in ("validate:baseline", "report"):
+        doc["steps"].pop(step)
+    doc["written"] = [p for p in doc.get("written", []) if not p.startswith("baseline/results")]
+    (run / STATE_NAME).write_text(json.dumps(doc))
+    (run / "baseline" / "results.json").write_text('{"mine": 1}')
+    assert main(["pipeline", str(project)]) == 2
+    _one_line_refusal(capsys, "validate:baseline: baseline/results.json is in the run folder but the pipeline "
+                              "did not write it")
+    assert (run / "baseline" / "results.json").read_text() == '{"mine": 1}'

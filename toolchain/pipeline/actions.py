@@ -7,8 +7,11 @@ with each subcommand's own parser and checks, before the first step runs (``exec
 """
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable
+from contextlib import suppress
+from pathlib import Path
+
+from runtime.artifact import layout
 
 from ..api import argv
 from .plan import CALIBRATED, Pipeline, Step, folded_name
@@ -87,12 +90,13 @@ def commands(pipe: Pipeline, step: Step, resume: bool = False) -> list[list[str]
 
 # ------------------------------------------------------------------------ running a step
 
-def run_step(pipe: Pipeline, step: Step, resume: bool) -> int:
-    """Run ``step``'s commands, after removing what they would refuse or misread."""
+def run_step(pipe: Pipeline, step: Step, resume: bool, written: set[Path]) -> int:
+    """Run ``step``'s commands, after removing what they would refuse or misread, where the
+    pipeline wrote it (``written``: the state's record; nothing else is touched)."""
     if step.stage == "quantize":
-        _drop_unconfigured_rates(pipe, step)
+        _drop_unconfigured_rates(pipe, step, written)
     for args, out in zip(commands(pipe, step, resume), step.outputs):
-        if step.stage == "validate" and "--resume" not in args and out.exists():
+        if step.stage == "validate" and "--resume" not in args and out in written and out.exists():
             out.unlink()  # a campaign of other settings: started afresh
     for args in commands(pipe, step, resume):
         code = cli(args)
@@ -101,13 +105,21 @@ def run_step(pipe: Pipeline, step: Step, resume: bool) -> int:
     return 0
 
 
-def _drop_unconfigured_rates(pipe: Pipeline, step: Step) -> None:
-    """validate reads every rate-* folder of art/: drop rates no longer configured."""
+def _drop_unconfigured_rates(pipe: Pipeline, step: Step, written: set[Path]) -> None:
+    """validate reads every rate-* folder of art/: the artifacts of rates no longer configured
+    go, file by file, where the pipeline wrote them; a folder left holding anything else stays."""
     art = pipe.art(step.variant)
     if not art.is_dir():
         return
     keep = {pipe.rate_folder(step.variant, r) for r in pipe.rates}
     for d in sorted(art.iterdir()):
-        if d.is_dir() and d not in keep:
-            print(f"removing {d} (rate not in recalibrate.rates)")
-            shutil.rmtree(d)
+        if not d.is_dir() or d in keep:
+            continue
+        mine = [d / f for f in layout.FILES if d / f in written and (d / f).is_file()]
+        if not mine:
+            continue
+        print(f"removing {d} (rate not in recalibrate.rates)")
+        for f in mine:
+            f.unlink()
+        with suppress(OSError):  # a folder still holding something the pipeline did not write stays
+            d.rmdir()

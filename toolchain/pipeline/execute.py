@@ -10,6 +10,7 @@ from .actions import run_step
 from .decide import decide, rel
 from .plan import STAGES, Pipeline, Step
 from .report import write_report
+from .runfolder import check_outputs, check_own, written
 from .state import State, fingerprint, settings_key
 
 
@@ -23,16 +24,17 @@ def _check_stages(pipe: Pipeline, from_stage: str | None, until_stage: str | Non
         raise UserError(f"--until {until_stage} comes before --from {from_stage}")
 
 
-def _act(pipe: Pipeline, step: Step, resume: bool) -> int:
+def _act(pipe: Pipeline, step: Step, resume: bool, mine) -> int:
     if step.stage == "report":
         return write_report(pipe, step)
-    return run_step(pipe, step, resume)
+    return run_step(pipe, step, resume, mine)
 
 
 def execute(pipe: Pipeline, *, dry_run: bool = False, from_stage: str | None = None,
             until_stage: str | None = None) -> int:
     _check_stages(pipe, from_stage, until_stage)
     pipe.check_inputs()
+    check_own(pipe)
     state = State(pipe.run)
     first = STAGES.index(from_stage) if from_stage else len(STAGES)
     pending: dict[str, str] = {}
@@ -56,9 +58,10 @@ def execute(pipe: Pipeline, *, dry_run: bool = False, from_stage: str | None = N
             raise UserError(f"{step.name}: input {missing} not found: {step.inputs[missing]}")
         key = settings_key(step.settings, inputs)
         resume = state.started_key(step.name) == key
-        state.start(step.name, key)
+        check_outputs(pipe, step, written(pipe, state))
+        state.start(step.name, key, [rel(p, pipe.run) for p in step.outputs])
         t0 = time.perf_counter()
-        code = _act(pipe, step, resume)
+        code = _act(pipe, step, resume, written(pipe, state))
         seconds = time.perf_counter() - t0
         if code:
             print(f"rram: note: pipeline stopped at {step.name} (finished steps are kept; "
