@@ -604,3 +604,16 @@ def test_output_the_pipeline_did_not_write_is_not_replaced(project, capsys):
     _one_line_refusal(capsys, "validate:baseline: baseline/results.json is in the run folder but the pipeline "
                               "did not write it")
     assert (run / "baseline" / "results.json").read_text() == '{"mine": 1}'
+
+
+@pytest.mark.parametrize("out", ["data/run", "data/cifar-10-batches-py/run", "data", "."])
+def test_run_folder_inside_or_around_the_data_is_refused(built, tmp_path, capsys, out):
+    """Inside the data folder the run folder would become an extra class folder; around it, the
+    data set would sit in the run folder."""
+    shutil.copytree(built, tmp_path / "proj", ignore=shutil.ignore_patterns("cache", "run"))
+    cfg = tmp_path / "proj" / "p.toml"
+    cfg.write_text(cfg.read_text().replace('out = "run"', f'out = "{out}"'))
+    before = snapshot(tmp_path / "proj")
+    assert main(["pipeline", str(cfg)]) == 2
+    _one_line_refusal(capsys, "the data folder")
+    assert snapshot(tmp_path / "proj") == before

@@ -10,7 +10,7 @@ from .actions import run_step
 from .decide import decide, rel
 from .plan import STAGES, Pipeline, Step
 from .report import write_report
-from .runfolder import check_outputs, check_own, written
+from .runfolder import check_apart_from_data, check_outputs, check_own, written
 from .state import State, fingerprint, settings_key
 
 
@@ -34,6 +34,7 @@ def execute(pipe: Pipeline, *, dry_run: bool = False, from_stage: str | None = N
             until_stage: str | None = None) -> int:
     _check_stages(pipe, from_stage, until_stage)
     pipe.check_inputs()
+    check_apart_from_data(pipe)
     check_own(pipe)
     state = State(pipe.run)
     first = STAGES.index(from_stage) if from_stage else len(STAGES)

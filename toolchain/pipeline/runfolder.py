@@ -16,6 +16,19 @@ LOCK_NAME = STATE_NAME + ".lock"  # runtime.fileio.output_lock(OUT/pipeline-stat
 CARRIED = {LAST, MODEL, LOG}  # a training carried in from another machine (benchmarks/study_on_gpu.py)
 
 
+def check_apart_from_data(pipe: Pipeline) -> None:
+    """The run folder inside the data folder would become one more class folder (every later
+    command on that data fails) or sit beside the splits; one that holds the data folder would
+    hold files the pipeline did not write."""
+    run, data = pipe.run.resolve(), pipe.cfg.data.resolve()
+    if run == data or run.is_relative_to(data):
+        raise UserError(f"{pipe.cfg.path}: out {pipe.run} is inside the data folder {pipe.cfg.data}; "
+                        f"choose a run folder outside it")
+    if data.is_relative_to(run):
+        raise UserError(f"{pipe.cfg.path}: out {pipe.run} holds the data folder {pipe.cfg.data}; "
+                        f"choose a run folder of its own")
+
+
 def check_own(pipe: Pipeline) -> None:
     """Refuse an existing run folder that the pipeline did not make, in one line."""
     run, where = pipe.run, f"{pipe.cfg.path}: out {pipe.run}"
