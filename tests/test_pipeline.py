@@ -557,7 +557,8 @@ def test_existing_folder_of_other_files_is_refused_and_untouched(built, tmp_path
     (it used to delete art/ folders, results.json and overwrite report.md)."""
     shutil.copytree(built, tmp_path / "proj", ignore=shutil.ignore_patterns("cache", "run"))
     cfg = tmp_path / "proj" / "p.toml"
-    cfg.write_text(cfg.read_text().replace('out = "run"', 'out = "."'))
+    shutil.move(tmp_path / "proj" / "data", tmp_path / "data")
+    cfg.write_text(cfg.read_text().replace('out = "run"', 'out = "."').replace('data = "data"', 'data = "../data"'))
     (tmp_path / "proj" / "model" / "art" / "my-notes").mkdir(parents=True)
     (tmp_path / "proj" / "model" / "art" / "my-notes" / "n.txt").write_text("mine")
     (tmp_path / "proj" / "report.md").write_text("my report")
@@ -573,7 +574,7 @@ def test_system_and_home_folders_are_refused(built, tmp_path, capsys, where):
     cfg = tmp_path / "proj" / "p.toml"
     cfg.write_text(cfg.read_text().replace('out = "run"', f'out = "{Path(where).expanduser()}"'))
     assert main(["pipeline", str(cfg), "--dry-run"]) == 2
-    _one_line_refusal(capsys, "holds files the pipeline did not write")
+    _one_line_refusal(capsys, f"out {Path(where).expanduser()} holds ")  # other files (and maybe the data)
 
 
 def test_pipeline_deletes_only_what_it_wrote(project, capsys):
@@ -617,3 +618,32 @@ def test_run_folder_inside_or_around_the_data_is_refused(built, tmp_path, capsys
     assert main(["pipeline", str(cfg)]) == 2
     _one_line_refusal(capsys, "the data folder")
     assert snapshot(tmp_path / "proj") == before
+
+
+def test_second_pipeline_on_one_folder_is_refused_naming_the_holder(project, capsys):
+    """While a pipeline runs in a folder (here: it holds the lock, its campaign "running"), a second
+    one is refused in one line naming the first's process, and its results file is left alone
+    (it used to take the running step for an interrupted one and restart it)."""
+    import subprocess
+    import sys
+
+    run = project.parent / "run"
+    state = json.loads((run / STATE_NAME).read_text())
+    rec = state["steps"].pop("validate:fault-aware")
+    state["started"]["validate:fault-aware"] = settings_key(rec["settings"], rec["inputs"])
+    (run / STATE_NAME).write_text(json.dumps(state))
+    results = run / "fault-aware" / "results.json"
+    before = results.read_bytes()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from runtime.fileio import output_lock\n"
+         f"with output_lock({str(run / STATE_NAME)!r}, 'rram pipeline'):\n"
+         "    print('held', flush=True); time.sleep(120)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert main(["pipeline", str(project)]) == 2
+        _one_line_refusal(capsys, "being written by another rram pipeline", f"process {holder.pid}")
+        assert results.read_bytes() == before
+    finally:
+        holder.kill()
+        holder.wait()

@@ -5,13 +5,15 @@ from __future__ import annotations
 import sys
 import time
 
+from runtime.fileio import output_lock
+
 from ..errors import UserError
 from .actions import run_step
 from .decide import decide, rel
 from .plan import STAGES, Pipeline, Step
 from .report import write_report
 from .runfolder import check_apart_from_data, check_outputs, check_own, written
-from .state import State, fingerprint, settings_key
+from .state import STATE_NAME, State, fingerprint, settings_key
 
 
 def _check_stages(pipe: Pipeline, from_stage: str | None, until_stage: str | None) -> None:
@@ -36,6 +38,15 @@ def execute(pipe: Pipeline, *, dry_run: bool = False, from_stage: str | None = N
     pipe.check_inputs()
     check_apart_from_data(pipe)
     check_own(pipe)
+    if dry_run:
+        return _steps(pipe, dry_run, from_stage, until_stage)
+    # one pipeline per run folder: a second one would take the first's running step for an
+    # interrupted one and restart it (deleting its results file)
+    with output_lock(pipe.run / STATE_NAME, "rram pipeline"):
+        return _steps(pipe, dry_run, from_stage, until_stage)
+
+
+def _steps(pipe: Pipeline, dry_run: bool, from_stage: str | None, until_stage: str | None) -> int:
     state = State(pipe.run)
     first = STAGES.index(from_stage) if from_stage else len(STAGES)
     pending: dict[str, str] = {}
