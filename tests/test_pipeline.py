@@ -343,6 +343,14 @@ BAD = [
      "baseline = true needs model.checkpoint"),
     ('arch = "resnet20"\n', 'arch = "resnet20"\nshortcut = "C"\n', "model.shortcut must be one of A, B"),
     ("epochs = 1\n", 'epochs = 1\nprecision = "fp16"\n', "train.precision must be one of fp32, bf16"),
+    # values only a later step's command refuses: checked with that command's parser and checks
+    # before the first step runs (they used to fail after training, hours in)
+    ("runs = 2\n", "runs = 2\nseed = 4294967296\n", "validate:fault-aware: argument --seed: must be below 2**32"),
+    ("runs = 2\n", "runs = 2\ncalibrate = 1000000000000\n",
+     "validate.calibrate: --calibrate 1000000000000: choose between 1 and the"),
+    ("runs = 2\n", "runs = 2\nsa0 = 0.95\n", "SA1 + SA0 rates must not exceed 1"),
+    ("[validate]\n", '[passes]\npasses = "fold-bn,no-such-pass"\n\n[validate]\n', "unknown pass 'no-such-pass'"),
+    ("[validate]\n", '[quantize]\npreset = "nope"\n\n[validate]\n', "argument --preset: invalid choice: 'nope'"),
 ]
 
 

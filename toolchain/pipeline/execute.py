@@ -11,6 +11,7 @@ from ..errors import UserError
 from .actions import run_step
 from .decide import decide, rel
 from .plan import STAGES, Pipeline, Step
+from .preflight import preflight
 from .report import write_report
 from .runfolder import check_apart_from_data, check_outputs, check_own, written
 from .state import STATE_NAME, State, fingerprint, settings_key
@@ -38,6 +39,7 @@ def execute(pipe: Pipeline, *, dry_run: bool = False, from_stage: str | None = N
     pipe.check_inputs()
     check_apart_from_data(pipe)
     check_own(pipe)
+    preflight(pipe)  # every step's arguments, before the first one runs
     if dry_run:
         return _steps(pipe, dry_run, from_stage, until_stage)
     # one pipeline per run folder: a second one would take the first's running step for an
