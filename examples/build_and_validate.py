@@ -20,6 +20,7 @@ import json
 import sys
 from pathlib import Path
 
+from runtime.artifact import rate_folder
 from toolchain import api
 
 
@@ -58,7 +59,7 @@ def main(argv=None) -> int:
     onnx_model = api.export(recalibrated, out / "model.onnx", all_rates=True, seed=a.seed)
     for rate in rates:  # one artifact per expected fault rate, BN folded at that rate
         folded = api.run_passes(onnx_model, out / f"model.r{rate}.onnx", passes="standard", bn_rate=rate)
-        api.quantize(folded, out / "art" / f"rate-{rate}", preset="paper")
+        api.quantize(folded, out / "art" / rate_folder(str(rate)), preset="paper")  # art/rate-<rate>/
 
     campaign = {"sa1": a.sa1, "runs": a.runs, "images": a.test_images, "seed": a.seed, "bn_rate": "auto",
                 "data": a.data}

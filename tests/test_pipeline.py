@@ -293,23 +293,23 @@ def test_interrupted_step_resumes(project, capsys):
 def test_killed_training_resumes_from_its_last_epoch(project, capsys, monkeypatch):
     """Ctrl-C in the second epoch of a new 2-epoch training stops the pipeline (exit 130); the
     next run resumes that training (rram train --auto-resume) instead of starting it afresh."""
-    import toolchain.training.loop as training
+    import toolchain.commands.train as train_command
+    from toolchain.training import train
 
-    real = training._train_epoch
-
-    def epoch_then_interrupt(*args, **kw):
-        if args[8] == 1:  # the epoch index
-            raise KeyboardInterrupt
-        return real(*args, **kw)
+    def interrupted_in_second_epoch(cfg, **kw):  # the public step_callback: after each optimizer step
+        def stop(epoch, step):
+            if epoch == 1:  # 0-based: the second epoch
+                raise KeyboardInterrupt
+        return train(cfg, step_callback=stop, **kw)
 
     project.write_text(project.read_text().replace("epochs = 1", "epochs = 2"))
-    monkeypatch.setattr(training, "_train_epoch", epoch_then_interrupt)
+    monkeypatch.setattr(train_command, "train", interrupted_in_second_epoch)
     assert main(["pipeline", str(project)]) == 130
     log = project.parent / "run" / "train" / "log.json"
     first = json.loads(log.read_text())["epochs"]
     assert [e["epoch"] for e in first] == [1]
     capsys.readouterr()
-    monkeypatch.setattr(training, "_train_epoch", real)
+    monkeypatch.setattr(train_command, "train", train)
     assert main(["pipeline", str(project)]) == 0
     out, err = capsys.readouterr()
     assert decisions(out)["train"] == ("run", "resuming an interrupted run")
@@ -343,6 +343,14 @@ BAD = [
      "baseline = true needs model.checkpoint"),
     ('arch = "resnet20"\n', 'arch = "resnet20"\nshortcut = "C"\n', "model.shortcut must be one of A, B"),
     ("epochs = 1\n", 'epochs = 1\nprecision = "fp16"\n', "train.precision must be one of fp32, bf16"),
+    # values only a later step's command refuses: checked with that command's parser and checks
+    # before the first step runs (they used to fail after training, hours in)
+    ("runs = 2\n", "runs = 2\nseed = 4294967296\n", "validate:fault-aware: argument --seed: must be below 2**32"),
+    ("runs = 2\n", "runs = 2\ncalibrate = 1000000000000\n",
+     "validate.calibrate: --calibrate 1000000000000: choose between 1 and the"),
+    ("runs = 2\n", "runs = 2\nsa0 = 0.95\n", "SA1 + SA0 rates must not exceed 1"),
+    ("[validate]\n", '[passes]\npasses = "fold-bn,no-such-pass"\n\n[validate]\n', "unknown pass 'no-such-pass'"),
+    ("[validate]\n", '[quantize]\npreset = "nope"\n\n[validate]\n', "argument --preset: invalid choice: 'nope'"),
 ]
 
 
@@ -369,7 +377,7 @@ def _based(root: Path) -> Path:
 
 
 def test_base_config_keys_are_replaced_key_by_key(tmp_path):
-    from toolchain.pipeline.build import Pipeline
+    from toolchain.pipeline import Pipeline
 
     make_project(tmp_path / "common")
     cfg = load_config(_based(tmp_path))
@@ -519,3 +527,131 @@ def test_every_study_config_loads_and_validates_on_the_paper_protocol(path, tmp_
     assert list(validate["sa1"]) == [0.0, 0.1, 0.2, 0.3] and validate["calibrate"] == 256
     assert validate["runs"] >= (100 if path.parent.name == "full" else 20)
     assert cfg.out.name == path.stem and cfg.out.parent.name == path.parent.name  # out/study/<scale>/<config>
+
+
+def test_pipeline_modules_import_one_way():
+    """plan <- actions, decide <- execute; the report reads the plan (and the state), never the
+    executor or the rerun decision: no import cycle inside toolchain/pipeline/, and no module
+    there over the project's 400 lines."""
+    import ast
+
+    folder = ROOT / "toolchain" / "pipeline"
+    graph = {}
+    for path in folder.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        graph[path.stem] = {n.module for n in ast.walk(tree)
+                            if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module}
+        assert len(path.read_text().splitlines()) <= 400, path
+    assert not graph["report"] & {"execute", "decide"} and not graph["plan"] - {"config"}
+
+    def reach(start, seen=()):
+        for m in graph.get(start, ()):
+            assert m not in seen + (start,), f"import cycle through {start} and {m}"
+            reach(m, seen + (start,))
+
+    for module in graph:
+        reach(module)
+
+
+# ------------------------------------------------------------------------ the run folder is the pipeline's own
+
+def _one_line_refusal(capsys, *parts: str) -> None:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("rram: error: ") and all(p in err for p in parts), err
+
+
+def test_existing_folder_of_other_files_is_refused_and_untouched(built, tmp_path, capsys):
+    """out = "." in a folder of the user's files: refused in one line, nothing written or deleted
+    (it used to delete art/ folders, results.json and overwrite report.md)."""
+    shutil.copytree(built, tmp_path / "proj", ignore=shutil.ignore_patterns("cache", "run"))
+    cfg = tmp_path / "proj" / "p.toml"
+    shutil.move(tmp_path / "proj" / "data", tmp_path / "data")
+    cfg.write_text(cfg.read_text().replace('out = "run"', 'out = "."').replace('data = "data"', 'data = "../data"'))
+    (tmp_path / "proj" / "model" / "art" / "my-notes").mkdir(parents=True)
+    (tmp_path / "proj" / "model" / "art" / "my-notes" / "n.txt").write_text("mine")
+    (tmp_path / "proj" / "report.md").write_text("my report")
+    before = snapshot(tmp_path / "proj")
+    assert main(["pipeline", str(cfg)]) == 2
+    _one_line_refusal(capsys, "holds files the pipeline did not write", "choose another out")
+    assert snapshot(tmp_path / "proj") == before
+
+
+@pytest.mark.parametrize("where", ["/", "/tmp", "~"])
+def test_system_and_home_folders_are_refused(built, tmp_path, capsys, where):
+    shutil.copytree(built, tmp_path / "proj", ignore=shutil.ignore_patterns("cache", "run"))
+    cfg = tmp_path / "proj" / "p.toml"
+    cfg.write_text(cfg.read_text().replace('out = "run"', f'out = "{Path(where).expanduser()}"'))
+    assert main(["pipeline", str(cfg), "--dry-run"]) == 2
+    _one_line_refusal(capsys, f"out {Path(where).expanduser()} holds ")  # other files (and maybe the data)
+
+
+def test_pipeline_deletes_only_what_it_wrote(project, capsys):
+    """A rate dropped from recalibrate.rates loses its artifact files, but the user's folder beside
+    it in art/ and the user's file in that rate folder stay."""
+    art = project.parent / "run" / "fault-aware" / "art"
+    (art / "my-notes").mkdir()
+    (art / "my-notes" / "n.txt").write_text("mine")
+    (art / "rate-0.1" / "notes.txt").write_text("mine too")
+    project.write_text(project.read_text().replace("rates = [0.0, 0.1]", "rates = [0.0]"))
+    assert main(["pipeline", str(project)]) == 0, capsys.readouterr().err
+    assert (art / "my-notes" / "n.txt").read_text() == "mine"
+    assert sorted(p.name for p in (art / "rate-0.1").iterdir()) == ["notes.txt"]
+    assert not (project.parent / "run" / "baseline" / "art" / "rate-0.1").exists()
+
+
+def test_output_the_pipeline_did_not_write_is_not_replaced(project, capsys):
+    """A results.json the state does not record as the pipeline's (put there by hand) is refused,
+    not deleted and recomputed."""
+    run = project.parent / "run"
+    doc = json.loads((run / STATE_NAME).read_text())
+    for step in ("validate:baseline", "report"):
+        doc["steps"].pop(step)
+    doc["written"] = [p for p in doc.get("written", []) if not p.startswith("baseline/results")]
+    (run / STATE_NAME).write_text(json.dumps(doc))
+    (run / "baseline" / "results.json").write_text('{"mine": 1}')
+    assert main(["pipeline", str(project)]) == 2
+    _one_line_refusal(capsys, "validate:baseline: baseline/results.json is in the run folder but the pipeline "
+                              "did not write it")
+    assert (run / "baseline" / "results.json").read_text() == '{"mine": 1}'
+
+
+@pytest.mark.parametrize("out", ["data/run", "data/cifar-10-batches-py/run", "data", "."])
+def test_run_folder_inside_or_around_the_data_is_refused(built, tmp_path, capsys, out):
+    """Inside the data folder the run folder would become an extra class folder; around it, the
+    data set would sit in the run folder."""
+    shutil.copytree(built, tmp_path / "proj", ignore=shutil.ignore_patterns("cache", "run"))
+    cfg = tmp_path / "proj" / "p.toml"
+    cfg.write_text(cfg.read_text().replace('out = "run"', f'out = "{out}"'))
+    before = snapshot(tmp_path / "proj")
+    assert main(["pipeline", str(cfg)]) == 2
+    _one_line_refusal(capsys, "the data folder")
+    assert snapshot(tmp_path / "proj") == before
+
+
+def test_second_pipeline_on_one_folder_is_refused_naming_the_holder(project, capsys):
+    """While a pipeline runs in a folder (here: it holds the lock, its campaign "running"), a second
+    one is refused in one line naming the first's process, and its results file is left alone
+    (it used to take the running step for an interrupted one and restart it)."""
+    import subprocess
+    import sys
+
+    run = project.parent / "run"
+    state = json.loads((run / STATE_NAME).read_text())
+    rec = state["steps"].pop("validate:fault-aware")
+    state["started"]["validate:fault-aware"] = settings_key(rec["settings"], rec["inputs"])
+    (run / STATE_NAME).write_text(json.dumps(state))
+    results = run / "fault-aware" / "results.json"
+    before = results.read_bytes()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from runtime.fileio import output_lock\n"
+         f"with output_lock({str(run / STATE_NAME)!r}, 'rram pipeline'):\n"
+         "    print('held', flush=True); time.sleep(120)"],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    try:
+        assert holder.stdout.readline() == "held\n"
+        assert main(["pipeline", str(project)]) == 2
+        _one_line_refusal(capsys, "being written by another rram pipeline", f"process {holder.pid}")
+        assert results.read_bytes() == before
+    finally:
+        holder.kill()
+        holder.wait()

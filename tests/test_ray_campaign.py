@@ -246,20 +246,20 @@ runs = 2
 def test_pipeline_key_validate_ray(tmp_path, monkeypatch):
     """validate.ray passes --ray to the campaigns and is no setting of the step: changing it re-runs
     nothing (it changes no number)."""
-    from toolchain.pipeline import build
+    from toolchain.cli import RaisingParser, build_parser
+    from toolchain.pipeline import Pipeline
+    from toolchain.pipeline.actions import commands
     from toolchain.pipeline.config import load_config
 
     (tmp_path / "init.pt").write_bytes(b"")
+    parser = build_parser(RaisingParser, only="validate")
     settings = []
-    for value, flag in [(None, []), ("default", ["--ray"]), ("local", ["--ray=local"]),
-                        ("10.0.0.1:6379", ["--ray=10.0.0.1:6379"])]:
+    for value, ray in [(None, None), ("default", True), ("local", "local"), ("10.0.0.1:6379", "10.0.0.1:6379")]:
         config = tmp_path / "p.toml"
         config.write_text(PIPELINE + ("" if value is None else f'ray = "{value}"\n'))
-        pipeline = build.Pipeline(load_config(config))
+        pipeline = Pipeline(load_config(config))
         step = next(s for s in pipeline.steps if s.stage == "validate")
         settings.append(step.settings)
-        calls = []
-        monkeypatch.setattr(build, "cli", lambda argv, calls=calls: calls.append(argv) or 0)
-        assert pipeline._validate(step, False) == 0
-        assert [a for a in calls[0] if a.startswith("--ray")] == flag
+        (argv,) = commands(pipeline, step)  # what the step runs, read by rram validate's own parser
+        assert parser.parse_args(argv).ray == ray
     assert all(s == settings[0] for s in settings) and "ray" not in settings[0]

@@ -186,7 +186,7 @@ def validate(artifact: PathLike, out: PathLike, *, sa1: float | list[float] | No
         artifact: the folder ``quantize`` wrote (or one subfolder per BN rate).
         out: the results JSON.
         sa1: SA1 cell rate(s) (None: ``0,0.1,0.2,0.3``).
-        runs: simulated chips per rate (None: 100).
+        runs: simulated chips per rate (None: ``runtime.campaign.plan.RUNS``, 100).
         seed: seed of the simulated chips.
         images: use this many test images spread evenly over the split.
         bn_rate: BN statistics to use (``auto``: those recalibrated for the nearest rate).
@@ -237,7 +237,7 @@ def sensitivity(artifact: PathLike, out: PathLike, *, sa1: float | list[float], 
         artifact: the folder ``quantize`` wrote.
         out: the report JSON.
         sa1: SA1 cell rate(s) for the faulty layer.
-        runs: simulated chips per layer (None: 10).
+        runs: simulated chips per layer (None: ``runtime.campaign.plan.SENSITIVITY_RUNS``, 10).
         seed, images, calibrate, data: as in :func:`validate`.
         **options: any other ``rram sensitivity`` option (``sa0``, ``bn_rate``, ``ray``, ...).
     """

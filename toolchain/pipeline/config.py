@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime import PRECISIONS as VALIDATE_PRECISIONS
+from runtime.campaign.plan import RUNS as CAMPAIGN_RUNS
 
 from ..errors import UserError
 from ..models import MODEL_NAMES
@@ -85,7 +86,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "validate": {
         "sa1": Key("floats", low=0.0, high=1.0),
         "sa0": Key("float", 0.0, low=0.0, high=1.0),
-        "runs": Key("int", 100, low=1),
+        "runs": Key("int", CAMPAIGN_RUNS, low=1),
         "images": Key("int", None, low=1),
         "seed": Key("int", 0, low=0),
         "precision": Key("str", "fp32", choices=VALIDATE_PRECISIONS),  # rram validate --precision

@@ -6,10 +6,13 @@ import json
 import os
 from pathlib import Path
 
+from runtime.artifact import layout
 from runtime.fileio import atomic_path, atomic_write_bytes
 
-from ..training import default_lr
-from .build import CALIBRATED, STAGES, Pipeline, Step, cli, rate_name
+from ..api import argv
+from .actions import cli
+from .plan import ACCURACY_PNG, ART_DIR, CALIBRATED, REPORT, RESULTS, STAGES, USAGE_PNG, Pipeline, Step
+from .state import State
 
 
 def read_results(path: str | os.PathLike) -> dict:
@@ -52,32 +55,29 @@ def _usage_figure(report: dict, out: Path, title: str) -> None:
 
 
 def write_report(pipe: Pipeline, step: Step) -> int:
-    from .state import State
-
     cfg, v, run = pipe.cfg, pipe.v, pipe.run
-    variants = pipe.variants()
-    rates = [rate_name(r) for r in v["recalibrate"]["rates"]]
-    docs = {var.name: read_results(run / var.name / "results.json") for var in variants}
+    variants, rates = pipe.variants, pipe.rates
+    docs = {var.name: read_results(pipe.folder(var.name) / RESULTS) for var in variants}
     # the paper-style figure: baseline left of the fault-aware model at each SA1 rate; with
     # validate.calibrate, each model's per-chip calibrated campaign beside it
     order = sorted(variants, key=lambda x: x.name != "baseline")
     calibrate = v["validate"]["calibrate"]
     series = []  # (label, results path, document)
     for x in order:
-        series.append((x.label, run / x.name / "results.json", docs[x.name]))
+        series.append((x.label, pipe.folder(x.name) / RESULTS, docs[x.name]))
         if calibrate:
-            path = run / x.name / CALIBRATED
+            path = pipe.folder(x.name) / CALIBRATED
             series.append((f"{x.label} + per-chip calibration", path, read_results(path)))
     # rram plot itself says "(per-chip calibration, N images)" of a calibrated campaign
-    code = cli(["plot", *[str(path) for _, path, _ in series],
-                "--labels", ",".join(label.removesuffix(" + per-chip calibration") for label, _, _ in series),
-                "--out", str(run / "accuracy.png")]
-               + (["--title", v["report"]["title"]] if v["report"]["title"] else []))
+    code = cli(argv("plot", *[path for _, path, _ in series],
+                    labels=",".join(label.removesuffix(" + per-chip calibration") for label, _, _ in series),
+                    out=run / ACCURACY_PNG, title=v["report"]["title"]))
     if code:
         return code
     first = variants[0]
-    usage = json.loads((run / first.name / "art" / f"rate-{rates[0]}" / "report.json").read_text())
-    _usage_figure(usage, run / "crossbar-usage.png",
+    usage_file = pipe.rate_folder(first.name, rates[0]) / layout.REPORT_NAME
+    usage = json.loads(usage_file.read_text())
+    _usage_figure(usage, run / USAGE_PNG,
                   f"crossbar utilisation per layer ({usage['device']['name']} preset; number = tiles)")
 
     val = v["validate"]
@@ -100,7 +100,7 @@ def write_report(pipe: Pipeline, step: Step) -> int:
     if cfg.has_train:
         t = v["train"]
         how = "fine-tuned" if pipe.init is not None else "trained"
-        lr = t["lr"] if t["lr"] is not None else default_lr(pipe.init is not None)
+        lr = pipe.train_lr()
         dc = (f"with drop-connect p={t['drop_rate']:g} (each weight dropped with that probability at every "
               f"training step)" if t["drop_rate"] > 0 else "without drop-connect (plain training)")
         L.append(f"- **Trained model**: the model {how} {dc} for {t['epochs']} "
@@ -111,7 +111,8 @@ def write_report(pipe: Pipeline, step: Step) -> int:
     else:
         L.append("- No training: the initial model goes through the flow as it is.")
     L.append(f"- **BN re-alignment** for the expected chip fault rates {', '.join(rates)}: one deployable "
-             f"artifact per rate, in `<model>/art/rate-<rate>/` (QDQ ONNX model, conductance map, report).")
+             f"artifact per rate, in `<model>/{ART_DIR}/{layout.rate_folder('<rate>')}/` (QDQ ONNX model, "
+             f"conductance map, report).")
     L.append(f"- **Crossbars**: the `{v['quantize']['preset']}` device preset "
              f"({usage['device']['tile_rows']}x{usage['device']['tile_cols']} tiles, "
              f"{usage['device']['bits_per_cell']} bits per cell, {usage['device']['encoding']} encoding).")
@@ -130,7 +131,7 @@ def write_report(pipe: Pipeline, step: Step) -> int:
     rows = []
     for var in variants:
         clean = docs[var.name]["clean"]
-        rows.append([var.label] + [_pct(clean.get(f"rate-{r}", clean.get(".") if len(rates) == 1 else None))
+        rows.append([var.label] + [_pct(clean.get(layout.rate_folder(r), clean.get(".") if len(rates) == 1 else None))
                                    for r in rates])
     L += _table(["model"] + [f"BN rate {r}" for r in rates], rows)
     if len(rates) > 1:
@@ -153,7 +154,7 @@ def write_report(pipe: Pipeline, step: Step) -> int:
             s = e["summary"]
             n = s.get("n", 0)
             one = n < 2
-            rows.append([f"{100 * p:g}%", label, e["model"].removeprefix("rate-"), n,
+            rows.append([f"{100 * p:g}%", label, e["model"].removeprefix(layout.RATE_PREFIX), n,
                          _pct(s.get("mean")), "n/a" if one else f"{100 * s['std']:.2f}",
                          _pct(s.get("min")), _pct(s.get("max")),
                          "n/a" if one else f"[{_pct(s['ci95'][0])}, {_pct(s['ci95'][1])}]"])
@@ -165,7 +166,7 @@ def write_report(pipe: Pipeline, step: Step) -> int:
           "box heights of the box, and dots beyond them are single outlying chips. The dashed lines are "
           "each model's fault-free accuracy.", "",
           "## Crossbar usage per layer", "",
-          f"From `{first.name}/art/rate-{rates[0]}/report.json` (every rate and model maps the same "
+          f"From `{usage_file.relative_to(run).as_posix()}` (every rate and model maps the same "
           f"layers onto the same tiles). Utilisation = cells holding a weight / cells of the tiles the "
           f"layer occupies.", ""]
     rows = [[f"`{r['node']}`", r["op_type"], "x".join(map(str, r["matrix_shape"])), r["tiles"], r["cells"],
@@ -193,6 +194,6 @@ def write_report(pipe: Pipeline, step: Step) -> int:
             rows.append([s.name, f"{rec['seconds']:.1f}", rec.get("finished", "")])
     L += _table(["step", "seconds", "finished (UTC)"], rows)
     L += ["", f"Stages: {', '.join(STAGES)}; sensitivity analysis is not part of the pipeline yet."]
-    atomic_write_bytes(run / "report.md", ("\n".join(L) + "\n").encode())
-    print(f"wrote {run / 'report.md'}")
+    atomic_write_bytes(run / REPORT, ("\n".join(L) + "\n").encode())
+    print(f"wrote {run / REPORT}")
     return 0

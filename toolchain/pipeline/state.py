@@ -86,12 +86,22 @@ def _files(folder: Path, prefix: str):
             yield f"{prefix}{e.name}", Path(e.path)
 
 
+def is_state_file(path: Path) -> bool:
+    """Whether ``path`` is a pipeline state file (what marks a run folder as the pipeline's)."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == FORMAT and isinstance(doc.get("steps"), dict)
+
+
 class State:
-    """The run folder's record of finished (and started) steps; written atomically."""
+    """The run folder's record of finished (and started) steps, and of every file the pipeline
+    wrote there; written atomically."""
 
     def __init__(self, run: Path):
         self.path = run / STATE_NAME
-        self.doc = {"format": FORMAT, "version": VERSION, "steps": {}, "started": {}}
+        self.doc = {"format": FORMAT, "version": VERSION, "steps": {}, "started": {}, "written": []}
         if self.path.is_file():
             try:
                 doc = json.loads(self.path.read_text())
@@ -106,11 +116,22 @@ class State:
     def started_key(self, step: str) -> str | None:
         return self.doc["started"].get(step)
 
-    def start(self, step: str, key: str) -> None:
+    def start(self, step: str, key: str, outputs: list[str] = ()) -> None:
         """Say a step began with these inputs and settings: a killed step re-run with the same
-        ones resumes (training, campaign) instead of starting afresh."""
+        ones resumes (training, campaign) instead of starting afresh. ``outputs`` (paths relative
+        to the run folder) join what the pipeline wrote here, before a byte of them is written."""
         self.doc["started"][step] = key
+        self.doc["written"] = sorted(set(self.doc.get("written", [])) | set(outputs))
         self._write()
+
+    def written(self) -> set[str]:
+        """Paths (relative to the run folder) of every file the pipeline wrote or began to write
+        here: the only files it ever deletes or replaces. A state written before this record
+        existed counts its finished steps' outputs."""
+        out = set(self.doc.get("written", []))
+        for rec in self.doc["steps"].values():
+            out.update(rec.get("outputs", {}))
+        return out
 
     def finish(self, step: str, record: dict) -> None:
         self.doc["steps"][step] = record

@@ -18,7 +18,7 @@ LR_FROM_SCRATCH = 0.1
 LR_FINE_TUNING = 0.01
 
 # Options added after runs were recorded: a record without the key was trained with this value.
-# The pipeline leaves them out of its own step record at these values too (pipeline/build.py).
+# The pipeline leaves them out of its own step record at these values too (pipeline/plan.py).
 ADDED_LATER = {"precision": "fp32"}
 PRECISIONS = ("fp32", "bf16")
 
