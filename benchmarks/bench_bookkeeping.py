@@ -15,7 +15,10 @@ the shared ResNet20 on `paper` crossbars (its cell count and identity are real).
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -56,11 +59,15 @@ def main() -> int:
     campaign_run.measure_chip = chip  # the stand-in evaluation (module attribute the campaign calls)
     campaign_run.clean_accuracy = lambda engine, cmap, model: 0.9
     images, labels = np.zeros((8, 32, 32, 3), np.uint8), np.zeros(8, np.int64)
-    print(f"machine: {platform.processor() or platform.machine()}, stand-in evaluation {args.eval_ms:g} ms per chip")
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.machine()) if Path("/proc/cpuinfo").exists() else \
+        platform.machine()
+    print(f"machine: {cpu}, {os.cpu_count()} cores; stand-in evaluation {args.eval_ms:g} ms per chip")
     print("| chips in the file | bookkeeping per chip | of which rewrites | wall |")
     print("|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
-        art = build_resnet20_paper(args.checkpoint, Path(tmp))
+        with contextlib.redirect_stdout(io.StringIO()):  # the build's own tables are not this benchmark's
+            art = build_resnet20_paper(args.checkpoint, Path(tmp))
         if art is None:
             return 1
         artifact = Artifact.load(art)

@@ -15,7 +15,7 @@ def run(args) -> int:
     from pathlib import Path
 
     from runtime.errors import RuntimeInputError
-    from runtime.fileio import check_output_path
+    from runtime.fileio import check_output_path, output_lock
     from runtime.results import merge, read_results, write_results
 
     from .validate import print_summary
@@ -24,15 +24,21 @@ def run(args) -> int:
     if Path(args.out).resolve() in {Path(r).resolve() for r in args.results}:
         raise UserError(f"--out {args.out} is one of the files to merge: write the merged result elsewhere")
     doc = merge(args.results)  # every check happens before anything is written
-    if Path(args.out).exists():  # re-merging one campaign may replace its merge; nothing else
-        try:
-            same = read_results(args.out)["config"] == doc["config"]
-        except RuntimeInputError:  # unreadable, or not a results file: not ours to replace
-            same = False
-        if not same:
-            raise UserError(f"--out {args.out} exists and is not a merge of this configuration "
-                            f"(another campaign's results?): choose another --out")
-    write_results(doc, args.out)
+    with output_lock(args.out, "rram merge"):  # checked and written by one process only
+        if Path(args.out).exists():  # re-merging one campaign may grow its merge; nothing else
+            try:
+                old = read_results(args.out)
+            except RuntimeInputError:  # unreadable, or not a results file: not ours to replace
+                old = None
+            if old is None or old["config"] != doc["config"]:
+                raise UserError(f"--out {args.out} exists and is not a merge of this configuration "
+                                f"(another campaign's results?): choose another --out")
+            lost = sum(1 for mine, theirs in zip(doc["rates"], old["rates"]) for r in theirs["runs"]
+                       if r not in mine["runs"])
+            if lost:  # a merge never shrinks what a file holds
+                raise UserError(f"--out {args.out} holds {lost} chip(s) that the merged files lack: merging "
+                                f"would lose them; choose another --out")
+        write_results(doc, args.out)
     print_summary(doc)
     if not doc["complete"]:
         print("note: the merged files do not cover every run of the configuration")
