@@ -109,6 +109,19 @@ def sample_sa1_masks(model: nn.Module, p: float, generator: torch.Generator) -> 
     return {n: torch.rand(m.weight.shape, generator=generator) < p for n, m in weight_modules(model)}
 
 
+class ReferenceChips:
+    """The PyTorch reference's chips (``rram eval --sa1``): the same interface as the runtime's
+    chip sources (``runtime.chips.ChipSource.sample(run)``), a chip here being the weight masks of
+    ``sample_sa1_masks`` (SA1 drops the weight). Run r is drawn from ``derive_seed(seed, "sa1", r)``
+    alone, so every rate of one evaluation sees the same uniform draws (common random numbers)."""
+
+    def __init__(self, model: nn.Module, p: float, seed: int):
+        self.model, self.p, self.seed = model, check_rate(p, "SA1 rate", inclusive=True), int(seed)
+
+    def sample(self, run: int) -> dict[str, torch.Tensor]:
+        return sample_sa1_masks(self.model, self.p, torch.Generator().manual_seed(derive_seed(self.seed, "sa1", run)))
+
+
 def stored_weight(m: nn.Module) -> torch.Tensor:
     """The weight tensor itself (under drop-connect: the unmasked original)."""
     if parametrize.is_parametrized(m, "weight"):

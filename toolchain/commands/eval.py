@@ -10,7 +10,7 @@ from runtime.results import summarize
 from ..calibrate import calibrate_bn, restored_bn
 from ..checkpoints import adopt_image_size, load_checkpoint
 from ..data import check_for_model, load_split, normalize, to_float_nchw
-from ..dropconnect import check_rate, derive_seed, rate_key, sa1_faults, sample_sa1_masks
+from ..dropconnect import ReferenceChips, check_rate, rate_key, sa1_faults
 from ..errors import UserError
 from ..evaluate import accuracy
 from ..recalibrate import apply_bn_stats
@@ -88,10 +88,9 @@ def run(args) -> int:
     else:
         per_rate, lines = [], []
         for p in rates:
-            accs = []
+            accs, chips = [], ReferenceChips(model, p, args.seed)
             for run_i in range(args.runs):
-                gen = torch.Generator().manual_seed(derive_seed(args.seed, "sa1", run_i))
-                with sa1_faults(model, sample_sa1_masks(model, p, gen)), restored_bn(model):
+                with sa1_faults(model, chips.sample(run_i)), restored_bn(model):
                     if calib is not None:
                         calibrate_bn(model, calib)
                     accs.append(accuracy(model, split, ckpt.normalization, batch_size=args.batch_size,
