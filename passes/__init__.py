@@ -6,9 +6,10 @@ original model in onnxruntime. Never imports ``toolchain``.
     res = passes.run("model.onnx", ["fold-bn", "pad-1x1-to-3x3"], verify="end")
     onnx.save(res.model, "out.onnx")          # or passes.run_file(src, dst, names)
 """
+from .catalog import STANDARD, available, resolve
 from .errors import PassError
 from .pipeline import VERIFY_MODES, Result, run, run_file
-from .registry import STANDARD, Pass, available, register, resolve, unregister
+from .registry import Condition, Pass, PassResult, register, unregister
 from .verify import DEFAULT_TOLERANCE
 
 
@@ -18,4 +19,5 @@ def list_passes() -> dict[str, str]:
 
 
 __all__ = ["PassError", "Result", "run", "run_file", "list_passes", "register", "unregister",
-           "available", "resolve", "STANDARD", "VERIFY_MODES", "DEFAULT_TOLERANCE", "Pass"]
+           "available", "resolve", "STANDARD", "VERIFY_MODES", "DEFAULT_TOLERANCE", "Pass", "PassResult",
+           "Condition"]

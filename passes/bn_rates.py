@@ -17,6 +17,7 @@ import onnx
 from runtime import metadata as md
 
 from .errors import PassError
+from .registry import Condition
 
 
 def rates(meta: dict) -> list[str]:
@@ -30,6 +31,16 @@ def rates(meta: dict) -> list[str]:
         raise PassError(f"metadata {md.BN_STATS_RATES_KEY} must be a JSON list of rate strings, "
                         f"got {meta[md.BN_STATS_RATES_KEY]!r}")
     return value
+
+
+def _unselected(graph, ctx) -> str | None:
+    left = rates(ctx.metadata)
+    return (f"the model holds BN statistics for rates {', '.join(left)}; choose one with --bn-rate"
+            if left else None)
+
+
+# fold-bn requires it; the pipeline establishes it before the passes (--bn-rate, else the default).
+SELECTED = Condition("the BN statistics of one rate selected", _unselected)
 
 
 def match(requested: str, available: list[str]) -> str:

@@ -8,7 +8,7 @@ import onnx_graphsurgeon as gs
 
 from .graph import PassContext, describe
 from .model_io import one_line
-from .registry import register
+from .registry import PassResult, register
 
 
 def _castlike_to_cast(graph: gs.Graph, ctx: PassContext) -> None:
@@ -36,7 +36,7 @@ def _castlike_to_cast(graph: gs.Graph, ctx: PassContext) -> None:
 
 
 @register("fold-constants", "evaluate subgraphs whose inputs are all constants (onnxruntime)")
-def fold_constants(graph: gs.Graph, ctx: PassContext) -> None:
+def fold_constants(graph: gs.Graph, ctx: PassContext) -> PassResult:
     before = len(graph.nodes)
     _castlike_to_cast(graph, ctx)
     # One onnxruntime session for the whole foldable subgraph; only if that fails (an op
@@ -55,10 +55,11 @@ def fold_constants(graph: gs.Graph, ctx: PassContext) -> None:
         ort.set_default_logger_severity(2)
     graph.cleanup()
     ctx.count("removed_nodes", before - len(graph.nodes))
+    return PassResult(graph, bool(ctx.counts.get("removed_nodes") or ctx.counts.get("castlike_to_cast")))
 
 
 @register("eliminate-identity", "remove Identity nodes (graph input/output names kept)")
-def eliminate_identity(graph: gs.Graph, ctx: PassContext) -> None:
+def eliminate_identity(graph: gs.Graph, ctx: PassContext) -> PassResult:
     out_ids = {id(t) for t in graph.outputs}
     in_ids = {id(t) for t in graph.inputs}
     for node in list(graph.nodes):
@@ -83,10 +84,12 @@ def eliminate_identity(graph: gs.Graph, ctx: PassContext) -> None:
             graph.outputs[graph.outputs.index(dst)] = src
             out_ids = {id(t) for t in graph.outputs}
         ctx.count("removed")
+    return PassResult(graph, ctx.counts.get("removed", 0) > 0)
 
 
 @register("eliminate-dead", "remove nodes and constants that do not contribute to the outputs")
-def eliminate_dead(graph: gs.Graph, ctx: PassContext) -> None:
-    before = len(graph.nodes)
+def eliminate_dead(graph: gs.Graph, ctx: PassContext) -> PassResult:
+    before, tensors = len(graph.nodes), len(graph.tensors())
     graph.cleanup(remove_unused_node_outputs=False, remove_unused_graph_inputs=False)
     ctx.count("removed", before - len(graph.nodes))
+    return PassResult(graph, len(graph.nodes) != before or len(graph.tensors()) != tensors)

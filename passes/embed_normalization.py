@@ -29,7 +29,7 @@ from runtime.metadata import (
 
 from .errors import PassError
 from .graph import Namer, PassContext
-from .registry import register
+from .registry import Condition, PassResult, register
 
 LAYOUT_EMBEDDED = "NCHW float32 images in [0, 1]; normalisation embedded in the graph (rram.normalization_embedded)"
 
@@ -48,14 +48,24 @@ def _read(text: str) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(mean, np.float32), np.asarray(std, np.float32)
 
 
+def _not_embedded(graph: gs.Graph, ctx: PassContext) -> str | None:
+    meta = ctx.metadata
+    if EMBEDDED_KEY not in meta or NORMALIZATION_KEY in meta:
+        return f"metadata {EMBEDDED_KEY} missing or {NORMALIZATION_KEY} still there"
+    return None
+
+
+EMBEDDED = Condition("the input normalisation embedded in the graph", _not_embedded)
+
+
 @register("embed-normalization", "the input normalisation (rram.normalization metadata) as the graph's "
-          "first nodes: the model takes images in [0, 1] (exact)")
-def embed_normalization(graph: gs.Graph, ctx: PassContext) -> None:
+          "first nodes: the model takes images in [0, 1] (exact)", ensures=(EMBEDDED,))
+def embed_normalization(graph: gs.Graph, ctx: PassContext) -> PassResult:
     meta = ctx.metadata
     if EMBEDDED_KEY in meta and NORMALIZATION_KEY not in meta:
         ctx.warn(f"the normalisation is already embedded ({EMBEDDED_KEY}); nothing to do")
         ctx.count("kept")
-        return
+        return PassResult(graph, False)
     if NORMALIZATION_KEY not in meta:
         raise PassError(f"embed-normalization: the model records no input normalisation (metadata "
                         f"{NORMALIZATION_KEY}, written by rram export); nothing to embed")
@@ -95,3 +105,4 @@ def embed_normalization(graph: gs.Graph, ctx: PassContext) -> None:
     m, s = mean.reshape(c), std.reshape(c)
     ctx.transform_input(x.name, lambda v: (np.asarray(v, np.float32) * s + m).astype(np.float32))
     ctx.count("embedded")
+    return PassResult(graph, True)

@@ -19,9 +19,10 @@ import onnx_graphsurgeon as gs
 
 from runtime.metadata import BN_TARGETS_KEY
 
+from .bn_rates import SELECTED
 from .errors import PassError
 from .graph import Namer, PassContext, describe, resolve_constant, set_input_constant
-from .registry import register
+from .registry import Condition, PassResult, register
 
 
 def bn_target(bn: gs.Node, s: np.ndarray) -> dict:
@@ -177,8 +178,18 @@ def _fold_matmul_add(x, add, s, t, namer):
     return None
 
 
-@register("fold-bn", "fold inference-mode BatchNormalization into the preceding Conv/Gemm/MatMul(+Add)")
-def fold_bn(graph: gs.Graph, ctx: PassContext) -> None:
+def _unreported_bn(graph: gs.Graph, ctx: PassContext) -> str | None:
+    left = sum(1 for n in graph.nodes if n.op == "BatchNormalization")
+    kept = ctx.counts.get("kept", 0)
+    return f"{left} BatchNormalization left, {kept} reported kept" if left > kept else None
+
+
+NO_BN = Condition("no BatchNormalization left but the ones reported kept", _unreported_bn)
+
+
+@register("fold-bn", "fold inference-mode BatchNormalization into the preceding Conv/Gemm/MatMul(+Add)",
+          requires=(SELECTED,), ensures=(NO_BN,))
+def fold_bn(graph: gs.Graph, ctx: PassContext) -> PassResult:
     targets = {}  # BN targets of this run, merged into what an earlier run of the passes recorded
     namer = Namer(graph)
     out_names = {t.name for t in graph.outputs}
@@ -223,3 +234,4 @@ def fold_bn(graph: gs.Graph, ctx: PassContext) -> None:
     if targets:
         merged = {**json.loads(ctx.metadata.get(BN_TARGETS_KEY, "{}")), **targets}
         ctx.metadata[BN_TARGETS_KEY] = json.dumps(merged, sort_keys=True, separators=(",", ":"))
+    return PassResult(graph, ctx.counts.get("folded", 0) > 0)

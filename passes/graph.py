@@ -27,6 +27,7 @@ class PassContext:
     warnings: list = field(default_factory=list)
     stats: dict = field(default_factory=dict)
     summaries: list = field(default_factory=list)  # from the ``summary`` pass
+    counts: dict = field(default_factory=dict)  # the running pass's counters of this run only
     current: str = ""  # name of the running pass
     # The model's metadata (``rram.*`` keys), the very dict the pipeline writes into the output:
     # a pass that changes what the model expects (embed-normalization) or records what a later
@@ -56,6 +57,7 @@ class PassContext:
     def count(self, key: str, n: int = 1) -> None:
         k = f"{self.current}.{key}" if self.current else key
         self.stats[k] = self.stats.get(k, 0) + n
+        self.counts[key] = self.counts.get(key, 0) + n
 
 
 def describe(node: gs.Node) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .graph import Namer, PassContext, describe, resolve_constant, set_input_constant
-from .registry import register
+from .registry import Condition, PassResult, register
 
 
 def _skip_reason(node: gs.Node) -> str | None:
@@ -44,8 +44,18 @@ def is_1x1_conv(node: gs.Node) -> bool:
     return shape == [1, 1]
 
 
-@register("pad-1x1-to-3x3", "1x1 Conv -> 3x3 Conv with zero border weights and pads +1 (exact)")
-def pad_1x1_to_3x3(graph: gs.Graph, ctx: PassContext) -> None:
+def _unreported_1x1(graph: gs.Graph, ctx: PassContext) -> str | None:
+    left = sum(1 for n in graph.nodes if is_1x1_conv(n))
+    skipped = ctx.counts.get("skipped", 0)
+    return f"{left} 1x1 Conv left, {skipped} reported skipped" if left > skipped else None
+
+
+NO_1X1_CONV = Condition("no 1x1 Conv left but the ones reported skipped", _unreported_1x1)
+
+
+@register("pad-1x1-to-3x3", "1x1 Conv -> 3x3 Conv with zero border weights and pads +1 (exact)",
+          ensures=(NO_1X1_CONV,))
+def pad_1x1_to_3x3(graph: gs.Graph, ctx: PassContext) -> PassResult:
     namer = Namer(graph)
     padded: dict[str, gs.Constant] = {}  # shared 1x1 weights get one padded copy
     for node in graph.nodes:
@@ -77,3 +87,4 @@ def pad_1x1_to_3x3(graph: gs.Graph, ctx: PassContext) -> None:
         node.attrs["kernel_shape"] = [3, 3]
         node.attrs["dilations"] = [1, 1]
         ctx.count("padded")
+    return PassResult(graph, ctx.counts.get("padded", 0) > 0)

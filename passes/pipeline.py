@@ -1,5 +1,6 @@
 """The pass pipeline: resolve names, select BN statistics, run passes on an onnx-graphsurgeon graph
-(cleanup, toposort and shape inference after each), verify numerically, export deterministically."""
+(each pass's ``requires`` checked before it; cleanup, toposort, shape inference and its ``ensures``
+after it), verify numerically, export deterministically."""
 from __future__ import annotations
 
 import os
@@ -15,12 +16,11 @@ from onnx_graphsurgeon.ir.tensor import LazyValues, SparseValues
 
 from runtime import metadata as md
 
-from . import bn_rates, model_io
+from . import bn_rates, catalog, model_io
 from .errors import PassError
 from .graph import PassContext, infer_shapes
-from .registry import resolve
+from .registry import PassResult
 from .summary import summarize_graph
-from .upgrade_opset import TARGET_OPSET, default_opset
 from .verify import DEFAULT_TOLERANCE, Verifier, random_feeds
 
 VERIFY_MODES = ("each", "end", "off")
@@ -41,6 +41,7 @@ class Result:
     verification: dict | None = None
     bn_rate: str | None = None
     written: list = field(default_factory=list)
+    modified: dict = field(default_factory=dict)  # {pass name: whether it changed the graph}
 
     @property
     def seconds(self) -> float:
@@ -123,23 +124,45 @@ def _graph_of(model: onnx.ModelProto) -> gs.Graph:
     return graph
 
 
-def _apply(graph, passes, ctx, on_each=None, timings=None):
+def _unmet(conditions, graph, ctx) -> tuple | None:
+    for cond in conditions:
+        why = cond.violation(graph, ctx)
+        if why is not None:
+            return cond, why
+    return None
+
+
+def _apply(graph, passes, ctx, on_each=None, timings=None, modified=None) -> gs.Graph:
+    """Run ``passes`` in order; returns the graph (a pass may return a new one)."""
     for p in passes:
         ctx.current = p.name
+        if (bad := _unmet(p.requires, graph, ctx)) is not None:
+            raise PassError(f"pass {p.name!r} requires {bad[0].name}: {bad[1]}")
+        ctx.counts = {}
         t0 = time.perf_counter()
         try:
-            p.fn(graph, ctx)
+            out = p.fn(graph, ctx)
         except PassError:
             raise
         except Exception as e:  # a bug in a pass must not be reported as a valid model
             raise PassError(f"pass {p.name!r} failed: {type(e).__name__}: {e}") from e
+        if out is None:  # an older pass: rewrote the graph in place, maybe changed it
+            out = PassResult(graph, True)
+        elif not isinstance(out, PassResult) or not isinstance(out.graph, gs.Graph):
+            raise PassError(f"pass {p.name!r} returned {type(out).__name__}, not a PassResult with a graph")
+        graph = out.graph
         graph.cleanup().toposort()
         infer_shapes(graph, ctx)
         if timings is not None:
             timings[p.name] = timings.get(p.name, 0.0) + time.perf_counter() - t0
+        if (bad := _unmet(p.ensures, graph, ctx)) is not None:
+            raise PassError(f"pass {p.name!r} broke its guarantee {bad[0].name}: {bad[1]} (a bug in the pass)")
+        if modified is not None:
+            modified[p.name] = modified.get(p.name, False) or bool(out.modified)
         if on_each is not None:
-            on_each(p.name)
+            on_each(p.name, graph)
     ctx.current = ""
+    return graph
 
 
 PARAMETER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "BatchNormalization")
@@ -173,14 +196,11 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
         raise PassError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
     if not (tolerance >= 0):
         raise PassError(f"tolerance must be a non-negative number, got {tolerance}")
-    passes = resolve(names)
+    passes = catalog.resolve(names)
     if isinstance(model, (str, os.PathLike)):
         model = model_io.load(model)
     else:
         model_io.check(model, "the input model")
-    if _asks_standard(names) and default_opset(model) < TARGET_OPSET \
-            and not any(p.name == "upgrade-opset" for p in passes):
-        passes = resolve(["upgrade-opset"]) + passes  # older models are converted first
 
     work = _copy(model)
     meta = {p.key: p.value for p in work.metadata_props}
@@ -190,12 +210,13 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
     chosen = None
     if bn_rate is not None:
         chosen = bn_rates.match(str(bn_rate), available)
-    elif available and any(p.name == "fold-bn" for p in passes):
+    elif available and (needs := [p for p in passes if bn_rates.SELECTED in p.requires]):
+        # A pass requires one rate's statistics (fold-bn): the default one, said in a warning.
         chosen = meta.get(md.BN_RATE_DEFAULT_KEY)
         if chosen is None:
             raise PassError(f"the model holds BN statistics for rates {', '.join(available)} but no "
                             f"{md.BN_RATE_DEFAULT_KEY}; choose one with --bn-rate")
-        ctx.warn(f"fold-bn folds the default BN statistics (rate {chosen}); "
+        ctx.warn(f"{needs[0].name} folds the default BN statistics (rate {chosen}); "
                  f"choose another rate with --bn-rate")
     if chosen is not None:
         n = bn_rates.apply_rate(work, chosen, extra, meta.get(md.BN_RATE_DEFAULT_KEY))
@@ -205,11 +226,8 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
             meta.pop(k, None)
         meta[md.BN_RATE_KEY] = chosen
     _check_finite_parameters(work)
-    names_run = [p.name for p in passes]
-    meta[md.PASSES_KEY] = ",".join(filter(None, [meta.get(md.PASSES_KEY, ""), *names_run]))
     # The reference for verification: the input with the chosen rate's statistics, not rewritten.
     reference = work
-    meta_before = dict(meta)  # a replay of the passes starts from the metadata they saw
 
     verifier = None
     verify_seconds = 0.0
@@ -225,7 +243,14 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
     graph = _graph_of(work)
     infer_shapes(graph, ctx)
     before = summarize_graph(graph)
+    # What the list asks of its input and no pass of it ensures: its provider goes first
+    # (`standard` on an older opset: upgrade-opset).
+    passes = catalog.establish(names, passes, graph, ctx)
+    names_run = [p.name for p in passes]
+    meta[md.PASSES_KEY] = ",".join(filter(None, [meta.get(md.PASSES_KEY, ""), *names_run]))
+    meta_before = dict(meta)  # a replay of the passes starts from the metadata they saw
     timings: dict[str, float] = {}
+    modified: dict[str, bool] = {}
     checks: list[dict] = []
 
     def check_now(label, g, c=ctx):
@@ -243,8 +268,8 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
                 f"{tolerance:g}, on {where}")
         return res
 
-    each = (lambda name: check_now(f"pass {name!r}", graph)) if verify == "each" else None
-    _apply(graph, passes, ctx, on_each=each, timings=timings)
+    each = (lambda name, g: check_now(f"pass {name!r}", g)) if verify == "each" else None
+    graph = _apply(graph, passes, ctx, on_each=each, timings=timings, modified=modified)
     # Export, then the full onnx.checker on what will be written (IR rules included): a model
     # that fails it is an error, never written.
     t0 = time.perf_counter()
@@ -261,7 +286,7 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
             g2 = _graph_of(work)
             infer_shapes(g2)
             c2 = PassContext(options=dict(ctx.options), metadata=dict(meta_before))
-            _apply(g2, passes, c2, on_each=lambda name: check_now(f"pass {name!r}", g2, c2))
+            _apply(g2, passes, c2, on_each=lambda name, g: check_now(f"pass {name!r}", g, c2))
             raise PassError(f"verification failed after passes {','.join(names_run)}: output "
                             f"{res['output']!r} differs by {res['max_rel_diff']:.3g}, tolerance "
                             f"{tolerance:g} (no single pass exceeds it)")
@@ -269,12 +294,7 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
     return Result(model=out, passes=names_run, before=before, after=summarize_graph(graph),
                   warnings=ctx.warnings, stats=ctx.stats, summaries=ctx.summaries,
                   pass_seconds=timings, verify_seconds=verify_seconds, export_seconds=export_seconds,
-                  verification=verification, bn_rate=chosen)
-
-
-def _asks_standard(names) -> bool:
-    listed = [p.strip() for p in names.split(",")] if isinstance(names, str) else list(names)
-    return "standard" in listed
+                  verification=verification, bn_rate=chosen, modified=modified)
 
 
 def run_file(src, dst, names, **kwargs) -> Result:

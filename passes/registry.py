@@ -1,11 +1,33 @@
-"""Registry of graph passes by name. A pass is ``fn(graph: gs.Graph, ctx: PassContext) -> None``
-that rewrites the graph in place; the pipeline runs cleanup, toposort and shape inference after it."""
+"""The pass type and the registry of passes by name. Imports no pass module (``catalog.py`` does:
+importing a pass module registers its passes).
+
+A pass is ``fn(graph: gs.Graph, ctx: PassContext) -> PassResult`` (``None`` is accepted from older
+passes: the graph was rewritten in place, ``modified`` unknown and taken as True). It declares the
+conditions it ``requires`` (checked before it runs: unmet, it is refused with a PassError) and the
+ones it ``ensures`` (checked after it and the pipeline's cleanup: violated, a bug, PassError)."""
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .errors import PassError
+
+@dataclass(frozen=True)
+class Condition:
+    """A fact about the graph (and its metadata) a pass can require or ensure. ``check(graph, ctx)``
+    returns None when it holds, otherwise a short text saying what is wrong."""
+    name: str
+    check: Callable
+
+    def violation(self, graph, ctx) -> str | None:
+        return self.check(graph, ctx)
+
+
+@dataclass(frozen=True)
+class PassResult:
+    """What a pass returns: the graph (the one it was given, rewritten in place, or a new one) and
+    whether it changed anything."""
+    graph: object
+    modified: bool
 
 
 @dataclass(frozen=True)
@@ -13,20 +35,19 @@ class Pass:
     name: str
     fn: Callable
     help: str
+    requires: tuple = ()  # Conditions that must hold before the pass runs
+    ensures: tuple = ()   # Conditions that hold after it (checked: a violation is a bug)
 
 
 _REGISTRY: dict[str, Pass] = {}
 
-# The order a deployment build uses: clean, fold, then reshape kernels for the crossbar mapper.
-# `upgrade-opset` goes first when the input's opset is older (pipeline.run).
-STANDARD = ("eliminate-identity", "fold-constants", "fold-bn", "pad-1x1-to-3x3", "eliminate-dead")
 
-
-def register(name: str, help: str):
+def register(name: str, help: str, *, requires=(), ensures=()):
+    """Decorator: register ``fn`` as pass ``name`` with a one-line ``help``."""
     def deco(fn):
         if name in _REGISTRY:
             raise ValueError(f"pass {name!r} registered twice")
-        _REGISTRY[name] = Pass(name, fn, help)
+        _REGISTRY[name] = Pass(name, fn, help, tuple(requires), tuple(ensures))
         return fn
     return deco
 
@@ -35,32 +56,6 @@ def unregister(name: str) -> None:
     _REGISTRY.pop(name, None)
 
 
-def _load_builtin() -> None:
-    # Importing the modules registers their passes.
-    from . import cleanup, embed_normalization, fold_bn, pad_1x1, summary, upgrade_opset  # noqa: F401
-
-
-def available() -> dict[str, Pass]:
-    _load_builtin()
+def registered() -> dict[str, Pass]:
+    """Every pass registered so far, by name (the built-in ones once ``catalog`` is imported)."""
     return dict(sorted(_REGISTRY.items()))
-
-
-def resolve(names) -> list[Pass]:
-    """Pass names (a list or a comma-separated string; ``standard`` expands) -> Pass objects."""
-    _load_builtin()
-    if isinstance(names, str):
-        text, names = names, [p.strip() for p in names.split(",")]
-        if not all(names):
-            raise PassError(f"empty pass name in {text!r}")
-    out: list[Pass] = []
-    for n in names:
-        if n == "standard":
-            out.extend(_REGISTRY[s] for s in STANDARD)
-        elif n in _REGISTRY:
-            out.append(_REGISTRY[n])
-        else:
-            raise PassError(f"unknown pass {n!r}: choose from {', '.join(sorted(_REGISTRY))} "
-                            f"(or 'standard')")
-    if not out:
-        raise PassError("no passes given")
-    return out

@@ -8,7 +8,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .graph import PassContext
-from .registry import register
+from .registry import PassResult, register
 
 
 def summarize_graph(graph: gs.Graph) -> dict:
@@ -32,5 +32,6 @@ def format_summary(before: dict, after: dict) -> str:
 
 
 @register("summary", "record per-op counts and weight counts at this point (changes nothing)")
-def summary(graph: gs.Graph, ctx: PassContext) -> None:
+def summary(graph: gs.Graph, ctx: PassContext) -> PassResult:
     ctx.summaries.append(summarize_graph(graph))
+    return PassResult(graph, False)

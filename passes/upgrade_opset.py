@@ -16,7 +16,7 @@ from onnx import version_converter
 from .errors import PassError
 from .graph import PassContext
 from .model_io import one_line
-from .registry import register
+from .registry import Condition, PassResult, register
 
 # The opset `rram export` writes and the passes are written against.
 TARGET_OPSET = 17
@@ -27,11 +27,21 @@ def default_opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
-@register("upgrade-opset", f"convert an older model to opset {TARGET_OPSET} (ONNX's version converter)")
-def upgrade_opset(graph: gs.Graph, ctx: PassContext) -> None:
+def _older(graph: gs.Graph, ctx: PassContext) -> str | None:
+    return f"the graph is at opset {graph.opset}" if graph.opset < TARGET_OPSET else None
+
+
+# Ensured by upgrade-opset; required by `standard` (catalog.STANDARD_REQUIRES), which runs
+# upgrade-opset first when an older model lacks it.
+OPSET_CURRENT = Condition(f"opset >= {TARGET_OPSET}", _older)
+
+
+@register("upgrade-opset", f"convert an older model to opset {TARGET_OPSET} (ONNX's version converter)",
+          ensures=(OPSET_CURRENT,))
+def upgrade_opset(graph: gs.Graph, ctx: PassContext) -> PassResult:
     if graph.opset >= TARGET_OPSET:
         ctx.count("kept")  # already current: nothing to convert
-        return
+        return PassResult(graph, False)
     before = graph.opset
     model = gs.export_onnx(graph, do_type_check=False)
     # onnx-graphsurgeon keeps weights as initializers only: IR 4 rules (IR 3 wants them as inputs)
@@ -47,3 +57,4 @@ def upgrade_opset(graph: gs.Graph, ctx: PassContext) -> None:
     graph.opset, graph.import_domains = new.opset, new.import_domains
     ctx.count("converted")
     ctx.stats["upgrade-opset.from"] = before
+    return PassResult(graph, True)
