@@ -70,6 +70,42 @@ class RandomChips:
         return Chip(codes)
 
 
+class PlacedChips:
+    """``RandomChips`` placed, each with its own faults, before it is evaluated (``--place``:
+    ``placement``): the chip's spare rows drawn from their own stream of the run's seed, the
+    logical rows of every tile and each column's orientation chosen to minimise the deployed
+    weights' error. The record gains the relative squared weight error of the fixed mapping and of
+    the placement (``weight_error_fixed``, ``weight_error_placed``)."""
+
+    def __init__(self, cmap: CrossbarMap, base: RandomChips, faulty_layers: list[int] | None = None):
+        from .placement import spare_shape
+
+        self.cmap, self.base = cmap, base
+        self.sa1, self.sa0, self.seed = base.sa1, base.sa0, base.seed  # as RandomChips (--images auto)
+        ranges, start = [], 0  # the spare cells of the layers whose faults are kept
+        for i, layer in enumerate(cmap.layers):
+            n = int(np.prod(spare_shape(layer, cmap.device)))
+            if faulty_layers is None or i in faulty_layers:
+                ranges.append((start, start + n))
+            start += n
+        self.spare_faulty = None if faulty_layers is None else tuple(ranges)
+
+    def sample(self, run: int) -> Chip:
+        from .placement import PhysicalChip, place_chip, placed_codes, sample_spares
+
+        spare = sample_spares(self.cmap, self.sa1, self.sa0, self.seed, run)
+        if self.spare_faulty is not None:
+            kept = np.zeros_like(spare)
+            for start, stop in self.spare_faulty:
+                kept[start:stop] = spare[start:stop]
+            spare = kept
+        physical = PhysicalChip(self.base.sample(run), spare)
+        placement = place_chip(self.cmap, physical)
+        chip = placed_codes(self.cmap, physical, placement)
+        chip.info = placement.errors()
+        return chip
+
+
 class MeasuredChip:
     """One tested chip: its measured fault map (format in ``faults``), checked against the map."""
 

@@ -48,6 +48,7 @@ def run_seed(seed: int, p1: float, p0: float, run: int) -> np.random.SeedSequenc
 class Chip:
     """One simulated chip: a fault code per cell (flat, over all layers in map order)."""
     codes: np.ndarray  # uint8, OK / SA1 / SA0
+    info: dict | None = None  # what the chip's source adds to its results record (e.g. placement)
 
     @property
     def sa1_fraction(self) -> float:
@@ -65,13 +66,17 @@ class Chip:
 def sample_chip(n_cells: int, p1: float, p0: float, seed: np.random.SeedSequence | int) -> Chip:
     """Independent per-cell draw: one uniform per cell, SA1 below p1, SA0 in [p1, p1 + p0)."""
     check_rates(p1, p0)
-    rng = np.random.Generator(np.random.PCG64(seed))
+    return Chip(codes_from_uniform(np.random.Generator(np.random.PCG64(seed)), n_cells, p1, p0))
+
+
+def codes_from_uniform(rng: np.random.Generator, n_cells: int, p1: float, p0: float) -> np.ndarray:
+    """``n_cells`` fault codes from one uniform each: SA1 below p1, SA0 in [p1, p1 + p0)."""
     u = rng.random(n_cells, dtype=np.float32)  # half the memory of float64; steps of 2^-24 are fine for rates
     p1, p0 = np.float32(p1), np.float32(p0)
     codes = np.zeros(n_cells, dtype=np.uint8)
     codes[u < p1] = SA1
     codes[(u >= p1) & (u < p1 + p0)] = SA0
-    return Chip(codes)
+    return codes
 
 
 def apply_faults(levels: np.ndarray, codes: np.ndarray, sa0: int) -> np.ndarray:

@@ -31,7 +31,7 @@ def measure_chip(engine, cmap, chips: ChipSource, r: int, model: str, clean: flo
     else:
         acc = engine(model).chip_accuracy(chip) if ran else clean
     return {"accuracy": acc, "stuck_fraction": chip.stuck_fraction, "sa1_fraction": chip.sa1_fraction,
-            "sa0_fraction": chip.sa0_fraction, **record}, ran
+            "sa0_fraction": chip.sa0_fraction, **(chip.info or {}), **record}, ran
 
 
 def clean_accuracy(engine, cmap, model: str) -> float:

@@ -73,6 +73,7 @@ class CampaignConfig:
     protect: tuple[str, ...] | None = None
     shard: tuple[int, int] = (1, 1)
     ray: bool | str | None = None
+    place: bool = False  # each chip placed with its own faults first (runtime/placement.py)
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalise the fields once, here
@@ -163,6 +164,10 @@ class CampaignConfig:
             total = len(images)
             config["images_auto"] = {"pilot": int(min(self.pilot_images, total)),
                                      "min": int(min(self.min_images, total))}
+        if self.place:  # what placement does is part of every number: the identity
+            from ..placement import placement_config
+
+            config["place"] = placement_config()
         if self.protect:
             from ..faults import layer_indices
 

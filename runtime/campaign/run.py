@@ -12,7 +12,7 @@ from contextlib import ExitStack
 import numpy as np
 
 from ..artifact import Artifact
-from ..chips import RandomChips, protected_layers
+from ..chips import PlacedChips, RandomChips, protected_layers
 from ..executors import executor
 from ..progress import Progress
 from ..results import FORMAT, VERSION, precise_enough
@@ -38,6 +38,8 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
     cmap = artifact.first.cmap
     faulty = protected_layers(cmap, config.protect)
     sources = [RandomChips.of(cmap, p, config.sa0, config.seed, faulty) for p in config.sa1]
+    if config.place:
+        sources = [PlacedChips(cmap, base, faulty) for base in sources]
 
     def fresh() -> dict:
         return {"format": FORMAT, "version": VERSION, "config": identity,

@@ -59,6 +59,10 @@ def add_parser(sub) -> None:
     p.add_argument("--protect", default=None, metavar="NAME[,NAME...]",
                    help="keep these mapped layers fault-free (verified crossbars or digital logic); names as "
                         "`rram sensitivity` and the quantize report print them (default: none)")
+    p.add_argument("--place", action="store_true",
+                   help="fault-aware placement: place each chip with its own faults (the tile rows each weight "
+                        "row goes to, spare rows included, and each column's orientation) before evaluating it "
+                        "(docs/runtime.md)")
     p.add_argument("--json", action="store_true",
                    help="print the summary as JSON (fault-free accuracy, per-rate statistics, timing) instead of text")
     p.add_argument("--chip-calibration", default=None, metavar="FILE",
@@ -112,7 +116,7 @@ def campaign_config(args):
             runs=RUNS if args.runs is None else args.runs, seed=args.seed, stats_rate=parse_stats_rate(args.bn_rate),
             precision=args.precision, ci=args.ci, min_runs=args.min_runs, images_auto=args.images == "auto",
             protect=None if args.protect is None else tuple(split_list(args.protect, "--protect")),
-            shard=parse_shard(args.shard), ray=args.ray)
+            shard=parse_shard(args.shard), ray=args.ray, place=args.place)
     except RuntimeInputError as e:
         raise UserError(str(e)) from None
 
