@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from .artifact.crossbar_map import CrossbarMap
-from .faults import Chip, check_rates, layer_indices, load_fault_map, run_seed, sample_chip
+from .faults import Chip, check_rates, layer_indices, run_seed, sample_chip
 
 
 class ChipSource(Protocol):
@@ -107,11 +107,18 @@ class PlacedChips:
 
 
 class MeasuredChip:
-    """One tested chip: its measured fault map (format in ``faults``), checked against the map."""
+    """One tested chip: its measured fault map (format in ``faults``; of the used cells, or of
+    full tiles with the spare rows), checked against the artifact; ``model``: the model the chip's
+    stuck fraction selects (``stats_rate``). ``place``: placed with its own faults; ``placement``:
+    as a placement file (``rram place``) places it. Every run is that chip, as the deployment
+    computes with it (``chip.info``: what placement records)."""
 
-    def __init__(self, path: str | os.PathLike, cmap: CrossbarMap):
+    def __init__(self, path: str | os.PathLike, artifact, stats_rate="auto", *, place: bool = False,
+                 placement: str | os.PathLike | None = None):
+        from .placement_file import measured_chip
+
         self.path = Path(path)
-        self.chip = load_fault_map(self.path, cmap)
+        self.model, self.chip = measured_chip(artifact, self.path, stats_rate, place=place, placement=placement)
 
     def sample(self, run: int = 0) -> Chip:
         return self.chip

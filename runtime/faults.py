@@ -178,3 +178,21 @@ def save_fault_map(path: str | os.PathLike, cmap: CrossbarMap, chip: Chip) -> No
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_with(path, lambda fh: np.savez_compressed(fh, **arrays))
+
+
+def member_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """The array shapes an ``.npz`` declares (read from the headers only: nothing is decompressed
+    but the few header bytes); {} for a file that is not a readable archive (its reader says why)."""
+    shapes = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                with zf.open(info) as fh:
+                    version = np.lib.format.read_magic(fh)
+                    read = {(1, 0): np.lib.format.read_array_header_1_0,
+                            (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                    if read is not None:
+                        shapes[info.filename.removesuffix(".npy")] = tuple(read(fh)[0])
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return {}
+    return shapes

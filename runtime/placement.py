@@ -271,3 +271,43 @@ def placed_codes(cmap: CrossbarMap, chip: PhysicalChip, placement: Placement) ->
                 block[:, :, :, band_flip] = block[::-1, :, :, band_flip]
         parts.append(out.ravel())
     return Chip(np.concatenate(parts) if parts else np.zeros(0, np.uint8))
+
+
+# ------------------------------------------------------------------ measured fault maps of full tiles
+
+def padded_map(cmap: CrossbarMap) -> CrossbarMap:
+    """The map's layers with every physical row of their tiles (levels all 0: the shape is what
+    counts): what a fault map of full tiles is checked against."""
+    from dataclasses import replace
+
+    layers = [replace(layer, levels=np.zeros(layer.levels.shape[:2] + (padded_rows(layer, cmap.device),)
+                                             + layer.levels.shape[3:], np.uint8)) for layer in cmap.layers]
+    return CrossbarMap(cmap.device, layers, cmap.model_sha256)
+
+
+def load_physical_fault_map(path, cmap: CrossbarMap) -> PhysicalChip:
+    """A measured fault map (format in ``faults``) of the used cells (each layer shaped like its
+    levels: spares unknown) or of full tiles (each layer with its padded rows, the spare rows
+    below the used ones): the chip's physical faults."""
+    from .faults import load_fault_map, member_shapes
+
+    shapes = member_shapes(path)
+    full = [tuple(layer.levels.shape[:2]) + (padded_rows(layer, cmap.device),) + tuple(layer.levels.shape[3:])
+            for layer in cmap.layers]
+    keys = [(f"L{i:04d}", layer.name) for i, layer in enumerate(cmap.layers)]
+    given = [shapes.get(k, shapes.get(n)) for k, n in keys]
+    if not any(g == f and f != tuple(layer.levels.shape) for g, f, layer in zip(given, full, cmap.layers)):
+        return PhysicalChip(load_fault_map(path, cmap), None)  # used cells only (or errors in its words)
+    codes = split_codes(padded_map(cmap), load_fault_map(path, padded_map(cmap)).codes)
+    used = [c[:, :, :layer.matrix_shape[0]] for c, layer in zip(codes, cmap.layers)]
+    spare = [c[:, :, layer.matrix_shape[0]:] for c, layer in zip(codes, cmap.layers)]
+    flat = (np.concatenate([c.ravel() for c in parts]) if parts else np.zeros(0, np.uint8) for parts in (used, spare))
+    return PhysicalChip(Chip(next(flat)), next(flat))
+
+
+def save_physical_fault_map(path, cmap: CrossbarMap, chip: PhysicalChip) -> None:
+    """Write a chip's faults over full tiles (spare rows included) in the fault-map format."""
+    from .faults import save_fault_map
+
+    flat = np.concatenate([c.ravel() for c in chip.layer_codes(cmap)]) if cmap.layers else np.zeros(0, np.uint8)
+    save_fault_map(path, padded_map(cmap), Chip(flat))

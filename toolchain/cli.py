@@ -14,7 +14,7 @@ import sys
 from runtime.errors import RramError
 
 COMMANDS = ["eval", "train", "recalibrate", "export", "passes", "quantize", "validate", "merge",
-            "plot", "sensitivity", "calibrate", "pipeline"]
+            "plot", "sensitivity", "calibrate", "place", "pipeline"]
 
 
 class OneLineParser(argparse.ArgumentParser):

@@ -6,7 +6,7 @@ import os
 
 import numpy as np
 
-from ..artifact import Artifact, check_stats_rate
+from ..artifact import Artifact
 from ..chips import MeasuredChip
 from ..engine import Engine, engine_factory
 from ..fileio import file_sha256
@@ -17,14 +17,16 @@ from .plan import calibrate_config
 def validate_fault_map(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels: np.ndarray,
                        fault_map: str | os.PathLike, *, stats_rate: str | float = "auto",
                        engine_kw: dict | None = None, info: dict | None = None,
-                       calibrate: np.ndarray | None = None, chip_calibration: str | os.PathLike | None = None) -> dict:
+                       calibrate: np.ndarray | None = None, chip_calibration: str | os.PathLike | None = None,
+                       place: bool = False, placement: str | os.PathLike | None = None) -> dict:
     """Accuracy of the deployed model on one tested chip (a measured fault-map file); with
     ``calibrate``, after calibrating the chip's periphery on those training images; with
-    ``chip_calibration``, with the periphery parameters `rram calibrate` wrote for this chip."""
+    ``chip_calibration``, with the periphery parameters `rram calibrate` wrote for this chip;
+    ``place``: placed with its own faults first; ``placement``: as a placement file places it."""
     if not isinstance(artifact, Artifact):
         artifact = Artifact.load(artifact)
-    chip = MeasuredChip(fault_map, artifact.first.cmap).sample()
-    name = artifact.select(chip.stuck_fraction, check_stats_rate(stats_rate))
+    measured = MeasuredChip(fault_map, artifact, stats_rate, place=place, placement=placement)
+    name, chip = measured.model, measured.sample()
     periphery = None
     if chip_calibration is not None:
         from ..calibration import read_chip_calibration
@@ -42,7 +44,9 @@ def validate_fault_map(artifact: Artifact | str | os.PathLike, images: np.ndarra
                        "images_sha256": images_digest(images, labels),
                        "precision": (engine_kw or {}).get("precision", "fp32"),
                        **calibrate_config(calibrate),
-                       **({} if chip_calibration is None else {"chip_calibration": file_sha256(chip_calibration)})},
+                       **({} if chip_calibration is None else {"chip_calibration": file_sha256(chip_calibration)}),
+                       **({} if placement is None else {"placement_sha256": file_sha256(placement)}),
+                       **({"place": chip.info} if chip.info else {})},
             "clean": engine.clean_accuracy(),
             "chip": {"accuracy": chip_engine.chip_accuracy(chip), "stuck_fraction": chip.stuck_fraction,
                      "sa1_fraction": chip.sa1_fraction, "sa0_fraction": chip.sa0_fraction},
@@ -51,15 +55,16 @@ def validate_fault_map(artifact: Artifact | str | os.PathLike, images: np.ndarra
 
 def calibrate_fault_map(artifact: Artifact | str | os.PathLike, fault_map: str | os.PathLike,
                         calibrate: np.ndarray, *, stats_rate: str | float = "auto",
-                        engine_kw: dict | None = None) -> dict:
-    """The periphery parameters of one measured chip (``rram calibrate``): its faulty weights,
-    the calibration images, and the resulting per-layer, per-channel digital scale and offset."""
+                        engine_kw: dict | None = None, placement: str | os.PathLike | None = None) -> dict:
+    """The periphery parameters of one measured chip (``rram calibrate``): its faulty weights (as
+    ``placement`` places them, when given: calibration runs after placement), the calibration
+    images, and the resulting per-layer, per-channel digital scale and offset."""
     from ..calibration import chip_calibration_doc
 
     if not isinstance(artifact, Artifact):
         artifact = Artifact.load(artifact)
-    chip = MeasuredChip(fault_map, artifact.first.cmap).sample()
-    name = artifact.select(chip.stuck_fraction, check_stats_rate(stats_rate))
+    measured = MeasuredChip(fault_map, artifact, stats_rate, placement=placement)
+    name, chip = measured.model, measured.sample()
     model = artifact.models[name]
     labels = np.zeros(1, np.int64)  # the engine evaluates nothing here; it only measures the chip
     engine = Engine(model, calibrate[:1], labels, **{**(engine_kw or {}), "calibrate": calibrate})

@@ -25,6 +25,8 @@ def add_parser(sub) -> None:
                         "deploys it (activation ranges from --calibration-images training images)")
     p.add_argument("--calibration-images", type=positive_int, default=500,
                    help="training images for the --precision int8 activation ranges (as rram validate)")
+    p.add_argument("--placement", default=None, metavar="FILE",
+                   help="the chip's placement (`rram place`): calibrate the placed chip (default: the fixed mapping)")
     p.add_argument("--out", required=True, help=f"output folder (gets {FILE_NAME})")
     p.set_defaults(func=run)
 
@@ -51,7 +53,7 @@ def run(args) -> int:
         train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache)
         engine_kw["calibration"] = train.images[subset_indices(len(train), args.calibration_images)]
     doc = calibrate_fault_map(artifact, args.fault_map, calibration_images(args), stats_rate=stats_rate,
-                              engine_kw=engine_kw)
+                              engine_kw=engine_kw, placement=args.placement)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, doc)
     print(f"wrote {out}: {len(doc['layers'])} calibrated layers, {args.calibrate} calibration images")

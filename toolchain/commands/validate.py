@@ -63,6 +63,8 @@ def add_parser(sub) -> None:
                    help="fault-aware placement: place each chip with its own faults (the tile rows each weight "
                         "row goes to, spare rows included, and each column's orientation) before evaluating it "
                         "(docs/runtime.md)")
+    p.add_argument("--placement", default=None, metavar="FILE",
+                   help="with --fault-map: the chip's placement as `rram place` wrote it")
     p.add_argument("--json", action="store_true",
                    help="print the summary as JSON (fault-free accuracy, per-rate statistics, timing) instead of text")
     p.add_argument("--chip-calibration", default=None, metavar="FILE",
@@ -135,9 +137,13 @@ def run(args) -> int:
         if given:
             raise UserError(f"{given[0]} is for campaigns of simulated chips; --fault-map validates one "
                             f"measured chip (drop {given[0]})")
+        if args.place and args.placement:
+            raise UserError("--place places the chip here; --placement FILE applies a placement made by rram "
+                            "place: give one of them")
     else:
-        if args.chip_calibration:
-            raise UserError("--chip-calibration holds one measured chip's parameters: give its --fault-map too")
+        for flag, given in (("--chip-calibration", args.chip_calibration), ("--placement", args.placement)):
+            if given:
+                raise UserError(f"{flag} belongs to one measured chip: give its --fault-map too")
         config = campaign_config(args)
         check_ray(args)
         runs = len(config.sa1) * config.runs
@@ -174,7 +180,8 @@ def run(args) -> int:
             doc = validate_fault_map(artifact, images, labels, args.fault_map, stats_rate=stats_rate,
                                      engine_kw={**engine_kw, "precision": args.precision,
                                                 "calibration": calibration}, info=info, calibrate=calibrate,
-                                     chip_calibration=args.chip_calibration)
+                                     chip_calibration=args.chip_calibration, place=args.place,
+                                     placement=args.placement)
             write_results(doc, args.out)
         if args.json:
             print(json.dumps({k: doc[k] for k in ("config", "clean", "chip")}, indent=1))
