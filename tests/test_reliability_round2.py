@@ -1,0 +1,83 @@
+"""Bad input and resources, second round (issue 33): each case goes through the CLI entry point
+(``toolchain.cli.main`` or an ``rram`` subprocess) and fails without its fix."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from toolchain.checkpoints import checkpoint_from_model, save_checkpoint
+from toolchain.data import CIFAR10_NORM
+from toolchain.models import ModelSpec, build_model
+
+from conftest import ROOT, make_cifar, one_line_error, run_cli
+
+HERE = Path(__file__).resolve().parent
+
+
+def rram_subprocess(*argv, timeout=120, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])}
+    return subprocess.run([sys.executable, "-m", "toolchain", *map(str, argv)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=kw.get("cwd", ROOT))
+
+
+# ------------------------------------------------------------------ 1. no code from a checkpoint
+
+def _checkpoint_naming(tmp_path: Path, factory: str) -> Path:
+    """A valid own-format checkpoint of a tiny built-in model whose ``model.name`` says ``factory``."""
+    spec = ModelSpec("resnet20", width=0.25)
+    ckpt = checkpoint_from_model(build_model(spec), spec, CIFAR10_NORM)
+    path = save_checkpoint(ckpt, tmp_path / "ck.pt")
+    obj = torch.load(path, weights_only=True)
+    obj["model"] = {"name": factory}
+    torch.save(obj, path)
+    return path
+
+
+@pytest.mark.parametrize("factory", ["sys:exit", "tempfile:mkdtemp"])
+def test_a_factory_named_by_the_checkpoint_alone_is_not_called(tmp_path, capsys, factory, monkeypatch):
+    """`sys:exit` made `rram export` exit 0 with no output; `tempfile:mkdtemp` made a folder."""
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    ck = _checkpoint_naming(tmp_path, factory)
+    code, out, err = run_cli(capsys, "export", ck, "--out", tmp_path / "m.onnx")
+    assert code == 2 and f"--model {factory}" in one_line_error(err)
+    assert not (tmp_path / "m.onnx").exists() and not list((tmp_path / "tmp").iterdir())
+
+
+def test_os_abort_in_a_checkpoint_does_not_abort(tmp_path):
+    ck = _checkpoint_naming(tmp_path, "os:abort")
+    r = rram_subprocess("export", ck, "--out", tmp_path / "m.onnx")
+    assert r.returncode == 2, (r.returncode, r.stderr)
+    assert "pass --model os:abort" in one_line_error(r.stderr)
+
+
+def test_a_factory_other_than_the_recorded_one_is_refused(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(HERE))  # own_models.py
+    ck = _checkpoint_naming(tmp_path, "sys:exit")
+    for model in ("own_models:tiny_cnn", "resnet20"):
+        code, _, err = run_cli(capsys, "export", ck, "--model", model, "--out", tmp_path / "m.onnx")
+        assert code == 2 and f"holds a sys:exit, not a {model}" in one_line_error(err)
+    make_cifar(tmp_path / "data", per_batch=8, test=16)
+    code, _, err = run_cli(capsys, "eval", ck, "--data", tmp_path / "data", "--no-cache")
+    assert code == 2 and "--model sys:exit" in one_line_error(err)
+
+
+def test_the_recorded_factory_is_built_with_model_and_builtins_without(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(HERE))
+    import own_models
+
+    spec = ModelSpec("own_models:tiny_cnn")
+    ck = save_checkpoint(checkpoint_from_model(own_models.tiny_cnn(), spec, CIFAR10_NORM), tmp_path / "own.pt")
+    code, _, err = run_cli(capsys, "export", ck, "--out", tmp_path / "a.onnx")
+    assert code == 2 and "pass --model own_models:tiny_cnn" in one_line_error(err)
+    code, _, err = run_cli(capsys, "export", ck, "--model", "own_models:tiny_cnn", "--out", tmp_path / "a.onnx")
+    assert code == 0, err
+    spec = ModelSpec("resnet20", width=0.25)
+    ck = save_checkpoint(checkpoint_from_model(build_model(spec), spec, CIFAR10_NORM), tmp_path / "b.pt")
+    code, _, err = run_cli(capsys, "export", ck, "--out", tmp_path / "b.onnx")
+    assert code == 0, err
