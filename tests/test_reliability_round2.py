@@ -81,3 +81,66 @@ def test_the_recorded_factory_is_built_with_model_and_builtins_without(tmp_path,
     ck = save_checkpoint(checkpoint_from_model(build_model(spec), spec, CIFAR10_NORM), tmp_path / "b.pt")
     code, _, err = run_cli(capsys, "export", ck, "--out", tmp_path / "b.onnx")
     assert code == 0, err
+
+
+# ------------------------------------------------------------------ 2. numbers of a chip-calibration file
+
+@pytest.fixture(scope="module")
+def bn_art(tmp_path_factory):
+    from _runtime_helpers import bn_artifact
+
+    return bn_artifact(tmp_path_factory.mktemp("art") / "a")
+
+
+@pytest.fixture(scope="module")
+def cifar(tmp_path_factory):
+    return make_cifar(tmp_path_factory.mktemp("cifar"), test=32)
+
+
+@pytest.fixture(scope="module")
+def measured_chip(bn_art, cifar, tmp_path_factory):
+    """A fault map and its chip-calibration file written by `rram calibrate`."""
+    from runtime.artifact import DeployedModel
+    from runtime.faults import run_seed, sample_chip, save_fault_map
+    from toolchain.cli import main
+
+    tmp = tmp_path_factory.mktemp("chip")
+    cmap = DeployedModel.load(bn_art).cmap
+    save_fault_map(tmp / "chip.npz", cmap, sample_chip(cmap.cell_count(), 0.2, 0.0, run_seed(7, 0.2, 0.0, 0)))
+    assert main(["calibrate", str(bn_art), "--fault-map", str(tmp / "chip.npz"), "--data", str(cifar),
+                 "--no-cache", "--calibrate", "8", "--out", str(tmp / "cal")]) == 0
+    return tmp / "chip.npz", tmp / "cal" / "chip-calibration.json"
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("scale", 0, "must be non-zero"),
+    ("scale", float("nan"), "not a finite number"),
+    ("scale", float("inf"), "not a finite number"),
+    ("scale", 1e30, "|scale| <= 1e+06"),
+    ("scale", 10**400, "not a finite number"),
+    ("scale", "1.0", "list of numbers"),
+    ("scale", True, "list of numbers"),
+    ("offset", float("-inf"), "not a finite number"),
+    ("offset", None, "list of numbers"),
+    ("calibrate", 0, "'calibrate'"),
+    ("calibrate", "8", "'calibrate'"),
+])
+def test_an_edited_chip_calibration_file_is_refused(bn_art, cifar, measured_chip, tmp_path, capsys, key, value,
+                                                    message):
+    import json
+
+    fault_map, good = measured_chip
+    doc = json.loads(good.read_text())
+    if key == "calibrate":
+        doc[key] = value
+    else:
+        doc["layers"][-1][key][1] = value
+    bad = tmp_path / "edited.json"
+    bad.write_text(json.dumps(doc))  # NaN and Infinity as Python's json writes (and reads) them
+    code, _, err = run_cli(capsys, "validate", bn_art, "--data", cifar, "--no-cache", "--fault-map", fault_map,
+                           "--chip-calibration", bad, "--out", tmp_path / "r.json")
+    assert code == 2 and message in one_line_error(err)
+    assert not (tmp_path / "r.json").exists()
+    code, _, err = run_cli(capsys, "validate", bn_art, "--data", cifar, "--no-cache", "--fault-map", fault_map,
+                           "--chip-calibration", good, "--out", tmp_path / "r.json")
+    assert code == 0, err
