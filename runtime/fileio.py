@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager, suppress
@@ -104,6 +105,53 @@ def read_json_document(path: str | os.PathLike, fmt: str, what: str) -> dict:
     if not isinstance(doc, dict) or doc.get("format") != fmt:
         raise RuntimeInputError(f"{path} is not a {what}")
     return doc
+
+
+NPY_HEADER_BYTES = 10_000  # at most the header of one .npy member (numpy's own read limit; it writes ~128)
+
+
+def check_npz_members(path: str | os.PathLike, expected: dict[str, int], what: str, *,
+                      unknown: str | None = None) -> None:
+    """Before anything is decompressed: every member of the ``.npz`` at ``path`` that ``expected``
+    names ({array name: the most data bytes it may hold}) declares (its zip ``file_size``) and
+    describes (its ``.npy`` header's shape and dtype) no more than that, so an archive built as a
+    zip bomb is a one-line error instead of gigabytes of memory. ``unknown``: None ignores other
+    members (never read); else the one-line error for them. Damage is left to the reader's own
+    messages (a member not found, a bad header: np.load says it)."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                name = info.filename.removesuffix(".npy")
+                limit = expected.get(name)
+                if limit is None:
+                    if unknown is not None:
+                        raise RuntimeInputError(f"{what} {path}: {unknown} ({name!r})")
+                    continue
+                if info.file_size > limit + NPY_HEADER_BYTES:
+                    raise RuntimeInputError(f"{what} {path}: entry {name!r} declares {info.file_size} bytes, "
+                                            f"at most {limit + NPY_HEADER_BYTES} fit what it holds; refused "
+                                            f"before reading it")
+                with zf.open(info) as fh:
+                    try:
+                        version = np.lib.format.read_magic(fh)
+                        read = {(1, 0): np.lib.format.read_array_header_1_0,
+                                (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                        if read is None:
+                            continue
+                        shape, _, dtype = read(fh)
+                    except (ValueError, EOFError, OSError, zipfile.BadZipFile, NotImplementedError):
+                        continue  # not an .npy: the reader refuses it in its own words
+                described = math.prod(shape) * dtype.itemsize
+                if described > limit:
+                    raise RuntimeInputError(f"{what} {path}: entry {name!r} describes {described} bytes "
+                                            f"(shape {tuple(shape)}, {dtype}), at most {limit} fit what it "
+                                            f"holds; refused before reading it")
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return  # not a readable zip: np.load gives its own one-line error
 
 
 @contextmanager

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -144,3 +145,57 @@ def test_an_edited_chip_calibration_file_is_refused(bn_art, cifar, measured_chip
     code, _, err = run_cli(capsys, "validate", bn_art, "--data", cifar, "--no-cache", "--fault-map", fault_map,
                            "--chip-calibration", good, "--out", tmp_path / "r.json")
     assert code == 0, err
+
+
+# ------------------------------------------------------------------ 4. zip bombs
+
+def _bomb(src: Path, dst: Path, member: str, *, data_bytes: int = 64 << 20, header_only: bool = False) -> Path:
+    """``src`` (an .npz) with ``member`` replaced by a uint8 array of ``data_bytes`` zeros
+    (deflated: a few hundred KB on disk), or (``header_only``) by a header that describes that
+    many bytes over a payload of 16."""
+    import zipfile
+
+    arrays = dict(np.load(src))
+    with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, a in arrays.items():
+            if name != member:
+                with zf.open(f"{name}.npy", "w") as fh:
+                    np.lib.format.write_array(fh, a)
+                continue
+            with zf.open(f"{name}.npy", "w", force_zip64=True) as fh:
+                np.lib.format.write_array_header_1_0(fh, {"descr": "|u1", "fortran_order": False,
+                                                          "shape": (data_bytes,)})
+                chunk = bytes(1 << 20)
+                for _ in range(0 if header_only else data_bytes >> 20):
+                    fh.write(chunk)
+                if header_only:
+                    fh.write(bytes(16))
+    return dst
+
+
+@pytest.mark.parametrize("header_only", [False, True])
+def test_a_fault_map_zip_bomb_is_refused_before_it_is_read(bn_art, cifar, measured_chip, tmp_path, capsys,
+                                                           header_only):
+    fault_map, _ = measured_chip
+    bomb = _bomb(fault_map, tmp_path / "bomb.npz", "L0000", header_only=header_only)
+    assert bomb.stat().st_size < 1 << 20
+    code, _, err = run_cli(capsys, "validate", bn_art, "--data", cifar, "--no-cache", "--fault-map", bomb,
+                           "--out", tmp_path / "r.json")
+    assert code == 2 and ("describes" if header_only else "declares") in one_line_error(err)
+    assert "refused before reading it" in err and "'L0000'" in err
+
+
+def test_a_crossbars_npz_zip_bomb_is_refused_before_it_is_read(bn_art, cifar, tmp_path, capsys):
+    import shutil
+
+    art = tmp_path / "art"
+    shutil.copytree(bn_art, art)
+    npz = art / "crossbars.npz"
+    _bomb(npz, tmp_path / "bomb.npz", "L0001.levels").replace(npz)
+    code, _, err = run_cli(capsys, "validate", art, "--data", cifar, "--no-cache", "--sa1", "0.1", "--runs", "1",
+                           "--out", tmp_path / "r.json")
+    assert code == 2 and "entry 'L0001.levels' declares" in one_line_error(err)
+    _bomb(bn_art / "crossbars.npz", tmp_path / "b2.npz", "L0000.scales", header_only=True).replace(npz)
+    code, _, err = run_cli(capsys, "validate", art, "--data", cifar, "--no-cache", "--sa1", "0.1", "--runs", "1",
+                           "--out", tmp_path / "r.json")
+    assert code == 2 and "entry 'L0000.scales' describes" in one_line_error(err)
