@@ -154,13 +154,41 @@ def check_npz_members(path: str | os.PathLike, expected: dict[str, int], what: s
         return  # not a readable zip: np.load gives its own one-line error
 
 
+def _exit_on_sigterm():
+    """While a lock is held: SIGTERM raises ``SystemExit(143)`` (128 + SIGTERM, the status a
+    default SIGTERM death reports) in the main thread, so ``finally`` blocks and context managers
+    run (the lock file is removed) instead of the process dying where it stands. Returns the
+    function that puts the previous handler back. Elsewhere than the main thread (signal handlers
+    can only be set there), or when SIGTERM is ignored, nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_IGN or previous is None:  # ignored, or set outside Python: left alone
+        return lambda: None
+
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, previous)  # a second SIGTERM is the previous behaviour
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+
+    def restore():
+        if signal.getsignal(signal.SIGTERM) is terminate:
+            signal.signal(signal.SIGTERM, previous)
+    return restore
+
+
 @contextmanager
 def output_lock(path: str | os.PathLike, what: str = "rram"):
     """Hold ``PATH.lock`` while writing ``path`` over a long time, so that two processes never
     write one results file (each would rewrite it from its own copy: a campaign lost). The lock is
     an ``fcntl.flock`` on that file, which the kernel releases when its holder dies, so a lock left
     by a killed process is free and taken over; the file holds the holder's pid for the message.
-    Released (and the file removed) on return, error or KeyboardInterrupt."""
+    Released (and the file removed) on return, error, KeyboardInterrupt or SIGTERM (turned into
+    ``SystemExit(143)`` while the lock is held, so that every context manager unwinds)."""
     import fcntl
     import socket
 
@@ -193,11 +221,13 @@ def output_lock(path: str | os.PathLike, what: str = "rram"):
         if same:
             break
         os.close(fd)
+    restore = _exit_on_sigterm()
     try:
         os.ftruncate(fd, 0)  # a stale lock's pid, if any
         os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
         yield lock
     finally:
+        restore()
         with suppress(OSError):  # still holding it: whoever opens the file next finds it gone or new
             os.unlink(lock)
         os.close(fd)

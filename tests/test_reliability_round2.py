@@ -199,3 +199,30 @@ def test_a_crossbars_npz_zip_bomb_is_refused_before_it_is_read(bn_art, cifar, tm
     code, _, err = run_cli(capsys, "validate", art, "--data", cifar, "--no-cache", "--sa1", "0.1", "--runs", "1",
                            "--out", tmp_path / "r.json")
     assert code == 2 and "entry 'L0000.scales' describes" in one_line_error(err)
+
+
+# ------------------------------------------------------------------ 6. SIGTERM releases OUT.lock
+
+def test_sigterm_releases_the_results_lock(bn_art, cifar, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "r.json"
+    lock = tmp_path / "r.json.lock"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(HERE)])}
+    proc = subprocess.Popen([sys.executable, "-m", "toolchain", "validate", str(bn_art), "--data", str(cifar),
+                             "--no-cache", "--sa1", "0.1", "--runs", "1000000", "--threads", "1", "--out", str(out)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 120
+        while not lock.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lock.exists(), proc.communicate(timeout=5)
+        time.sleep(1.0)  # well into the campaign
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert not lock.exists()
