@@ -226,3 +226,49 @@ def test_sigterm_releases_the_results_lock(bn_art, cifar, tmp_path):
             proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert not lock.exists()
+
+
+# ------------------------------------------------------------------ 5. a Ray address that does not answer
+
+def _validate_on_ray(capsys, art, data, tmp_path, *ray_arg):
+    import time
+
+    t0 = time.monotonic()
+    code, _, err = run_cli(capsys, "validate", art, "--data", data, "--no-cache", "--sa1", "0.1", "--runs", "2",
+                           *ray_arg, "--out", tmp_path / "r.json")
+    return code, err, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("how", ["flag", "env"])
+def test_a_closed_ray_address_is_refused_at_once(bn_art, cifar, tmp_path, capsys, monkeypatch, how):
+    pytest.importorskip("ray")
+    if how == "flag":
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)
+        code, err, seconds = _validate_on_ray(capsys, bn_art, cifar, tmp_path, "--ray=127.0.0.1:1")
+    else:
+        monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")
+        code, err, seconds = _validate_on_ray(capsys, bn_art, cifar, tmp_path, "--ray")
+    assert code == 2 and "cannot reach a Ray cluster at 127.0.0.1:1" in one_line_error(err)
+    assert seconds < 30 and not (tmp_path / "r.json").exists()
+
+
+def test_a_ray_address_that_never_answers_is_refused_within_the_timeout(bn_art, cifar, tmp_path):
+    """A listening port that is no Ray cluster: ray.init retried for minutes. In a subprocess (the
+    connection left waiting in its thread must not outlive a test process), the timeout set to 3 s."""
+    import socket
+
+    pytest.importorskip("ray")
+    code = ("import sys; import runtime.ray_executor as rx; rx.CONNECT_TIMEOUT_S = 3; "
+            "from toolchain.cli import main; sys.exit(main(sys.argv[1:]))")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        port = server.getsockname()[1]
+        argv = ["validate", str(bn_art), "--data", str(cifar), "--no-cache", "--sa1", "0.1", "--runs", "2",
+                f"--ray=127.0.0.1:{port}", "--out", str(tmp_path / "r.json")]
+        r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=60,
+                           env=env, cwd=ROOT)
+    assert r.returncode == 2, r.stderr
+    assert f"no Ray cluster answered at 127.0.0.1:{port} within 3 s" in one_line_error(r.stderr)
