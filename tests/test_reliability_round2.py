@@ -272,3 +272,31 @@ def test_a_ray_address_that_never_answers_is_refused_within_the_timeout(bn_art, 
                            env=env, cwd=ROOT)
     assert r.returncode == 2, r.stderr
     assert f"no Ray cluster answered at 127.0.0.1:{port} within 3 s" in one_line_error(r.stderr)
+
+
+# ------------------------------------------------------------------ 7. hashes that describe content
+
+def test_identical_builds_in_two_folders_have_one_model_hash(tmp_path, capsys):
+    """`rram.source` recorded the export's checkpoint path: two folders, two model hashes, two
+    campaigns that could not be merged."""
+    import json
+    import shutil
+
+    torch.manual_seed(0)
+    spec = ModelSpec("resnet20", width=0.25)
+    first = save_checkpoint(checkpoint_from_model(build_model(spec), spec, CIFAR10_NORM), tmp_path / "a" / "ck.pt")
+    (tmp_path / "b").mkdir()
+    shutil.copyfile(first, tmp_path / "b" / "ck.pt")
+    hashes, outputs = [], []
+    for run in ("a", "b"):
+        d = tmp_path / run
+        code, out, err = run_cli(capsys, "export", d / "ck.pt", "--out", d / "m.onnx", "--json")
+        assert code == 0, err
+        outputs.append(json.loads(out))
+        assert run_cli(capsys, "passes", d / "m.onnx", d / "p.onnx", "--passes", "standard")[0] == 0
+        assert run_cli(capsys, "quantize", d / "p.onnx", d / "art", "--preset", "paper")[0] == 0
+        hashes.append(json.loads((d / "art" / "report.json").read_text())["model_sha256"])
+    assert (tmp_path / "a" / "m.onnx").read_bytes() == (tmp_path / "b" / "m.onnx").read_bytes()
+    assert hashes[0] == hashes[1]
+    for run, out in zip("ab", outputs):  # the checkpoint's path: in the command's output
+        assert out["source"] == str((tmp_path / run / "ck.pt").resolve())
