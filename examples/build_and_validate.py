@@ -54,9 +54,10 @@ def main(argv=None) -> int:
 
     model = api.train(out / "train", model=a.model, init=init, width=a.width, drop_rate=a.drop_rate,
                       epochs=a.epochs, images=a.images, eval_images=a.test_images, data=a.data, seed=a.seed)
+    # model=: a factory model's name comes from here, never from the checkpoint alone
     recalibrated = api.recalibrate(model, out / "train", bn_rate=rates, images=a.images, data=a.data,
-                                   seed=a.seed)
-    onnx_model = api.export(recalibrated, out / "model.onnx", all_rates=True, seed=a.seed)
+                                   seed=a.seed, model=a.model)
+    onnx_model = api.export(recalibrated, out / "model.onnx", all_rates=True, seed=a.seed, model=a.model)
     for rate in rates:  # one artifact per expected fault rate, BN folded at that rate
         folded = api.run_passes(onnx_model, out / f"model.r{rate}.onnx", passes="standard", bn_rate=rate)
         api.quantize(folded, out / "art" / rate_folder(str(rate)), preset="paper")  # art/rate-<rate>/

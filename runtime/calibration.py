@@ -267,8 +267,53 @@ def read_chip_calibration(path, *, model_sha256: str,
     if doc.get("fault_map_sha256") != fault_map_sha256:
         raise RuntimeInputError(f"{path} was calibrated for another chip (fault map sha256 "
                                 f"{str(doc.get('fault_map_sha256'))[:12]}, this one {fault_map_sha256[:12]})")
+    calibrate = doc.get("calibrate")
+    if not (isinstance(calibrate, int) and not isinstance(calibrate, bool) and calibrate >= 1):
+        raise RuntimeInputError(f"{path}: 'calibrate' (the number of calibration images) must be a positive "
+                                f"integer, got {calibrate!r}")
+    from . import PRECISIONS
+
+    if doc.get("precision", "fp32") not in PRECISIONS:
+        raise RuntimeInputError(f"{path}: 'precision' must be one of {', '.join(PRECISIONS)}, "
+                                f"got {doc.get('precision')!r}")
+    layers = doc.get("layers")
+    if not isinstance(layers, list) or not layers:
+        raise RuntimeInputError(f"{path}: malformed chip calibration file ('layers' must be a non-empty list)")
+    affines = {}
+    for i, e in enumerate(layers):
+        if not isinstance(e, dict) or not isinstance(e.get("output"), str) or not e["output"]:
+            raise RuntimeInputError(f"{path}: malformed chip calibration file (layer {i} has no 'output' name)")
+        out = e["output"]
+        if out in affines:
+            raise RuntimeInputError(f"{path}: layer {out!r} is calibrated twice")
+        scale, offset = (_channel_values(path, out, e.get(key), key) for key in ("scale", "offset"))
+        if scale.shape != offset.shape:
+            raise RuntimeInputError(f"{path}: layer {out!r} has {scale.size} scales but {offset.size} offsets")
+        bad = ~((scale != 0) & (np.abs(scale) <= MAX_CHIP_SCALE))
+        if bad.any():
+            c = int(np.flatnonzero(bad)[0])
+            raise RuntimeInputError(f"{path}: layer {out!r} channel {c} has scale {scale[c]!r}: a digital scale "
+                                    f"must be non-zero with |scale| <= {MAX_CHIP_SCALE:g}")
+        affines[out] = (scale, offset)
+    return affines
+
+
+MAX_CHIP_SCALE = 1e6  # |digital scale| of a chip-calibration file: a channel's gain, never near this
+
+
+def _channel_values(path, layer: str, values, key: str) -> np.ndarray:
+    """A chip-calibration file's per-channel ``scale`` or ``offset``: a non-empty list of finite
+    numbers (not strings, booleans or nested lists), else a one-line error."""
+    ok = isinstance(values, list) and values and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+    if not ok:
+        raise RuntimeInputError(f"{path}: layer {layer!r} {key!r} must be a non-empty list of numbers, one per "
+                                f"channel")
     try:
-        return {e["output"]: (np.asarray(e["scale"], np.float64), np.asarray(e["offset"], np.float64))
-                for e in doc["layers"]}
-    except (KeyError, TypeError, ValueError) as e:
-        raise RuntimeInputError(f"{path}: malformed chip calibration file ({e})") from None
+        a = np.asarray(values, np.float64)
+    except OverflowError:  # an integer beyond any float
+        a = np.asarray([float(v) if abs(v) < 1e308 else np.inf for v in values], np.float64)
+    if not np.isfinite(a).all():
+        c = int(np.flatnonzero(~np.isfinite(a))[0])
+        raise RuntimeInputError(f"{path}: layer {layer!r} channel {c} has {key} {values[c]!r}: not a finite number")
+    return a

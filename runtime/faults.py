@@ -24,7 +24,7 @@ import numpy as np
 from .artifact.crossbar_map import CrossbarMap
 from .crossbar import SA1_LEVEL, sa0_level
 from .errors import RuntimeInputError
-from .fileio import atomic_write_with
+from .fileio import atomic_write_with, check_npz_members
 
 OK, SA1, SA0 = 0, 1, 2
 RATE_SCALE = 1_000_000  # rates enter seeds as integers in parts per million
@@ -138,12 +138,25 @@ def layer_keys(cmap: CrossbarMap) -> list[str]:
     return [f"L{i:04d}" for i in range(len(cmap.layers))]
 
 
+def fault_map_layer_bytes(layer) -> int:
+    """The most bytes a fault map's array for ``layer`` (a ``MappedLayer``) can hold: one code per
+    cell of its levels (planes, slices, rows, cols), of any integer type (8 bytes at most). The one
+    place the expected size of an entry is computed (``load_fault_map`` checks each entry's declared
+    size against it before reading; a change of the map's shape changes it here)."""
+    return math.prod(layer.levels.shape) * 8
+
+
 def load_fault_map(path: str | os.PathLike, cmap: CrossbarMap) -> Chip:
     """Read a measured fault-map ``.npz`` (format in the module docstring), validated against the
-    conductance map: every layer present, exact shapes, codes in {0, 1, 2}."""
+    conductance map: every layer present, exact shapes, codes in {0, 1, 2}. Each entry's declared
+    size is checked before it is read (``fault_map_layer_bytes``): a zip bomb is one line."""
     path = Path(path)
     if not path.is_file():
         raise RuntimeInputError(f"fault map not found: {path}")
+    expected = {}
+    for key, layer in zip(layer_keys(cmap), cmap.layers):
+        expected[key] = expected[layer.name] = fault_map_layer_bytes(layer)
+    check_npz_members(path, expected, "fault map", unknown="an entry for no mapped layer")
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

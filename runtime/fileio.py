@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from contextlib import contextmanager, suppress
@@ -106,13 +107,88 @@ def read_json_document(path: str | os.PathLike, fmt: str, what: str) -> dict:
     return doc
 
 
+NPY_HEADER_BYTES = 10_000  # at most the header of one .npy member (numpy's own read limit; it writes ~128)
+
+
+def check_npz_members(path: str | os.PathLike, expected: dict[str, int], what: str, *,
+                      unknown: str | None = None) -> None:
+    """Before anything is decompressed: every member of the ``.npz`` at ``path`` that ``expected``
+    names ({array name: the most data bytes it may hold}) declares (its zip ``file_size``) and
+    describes (its ``.npy`` header's shape and dtype) no more than that, so an archive built as a
+    zip bomb is a one-line error instead of gigabytes of memory. ``unknown``: None ignores other
+    members (never read); else the one-line error for them. Damage is left to the reader's own
+    messages (a member not found, a bad header: np.load says it)."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for info in zf.infolist():
+                name = info.filename.removesuffix(".npy")
+                limit = expected.get(name)
+                if limit is None:
+                    if unknown is not None:
+                        raise RuntimeInputError(f"{what} {path}: {unknown} ({name!r})")
+                    continue
+                if info.file_size > limit + NPY_HEADER_BYTES:
+                    raise RuntimeInputError(f"{what} {path}: entry {name!r} declares {info.file_size} bytes, "
+                                            f"at most {limit + NPY_HEADER_BYTES} fit what it holds; refused "
+                                            f"before reading it")
+                with zf.open(info) as fh:
+                    try:
+                        version = np.lib.format.read_magic(fh)
+                        read = {(1, 0): np.lib.format.read_array_header_1_0,
+                                (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+                        if read is None:
+                            continue
+                        shape, _, dtype = read(fh)
+                    except (ValueError, EOFError, OSError, zipfile.BadZipFile, NotImplementedError):
+                        continue  # not an .npy: the reader refuses it in its own words
+                described = math.prod(shape) * dtype.itemsize
+                if described > limit:
+                    raise RuntimeInputError(f"{what} {path}: entry {name!r} describes {described} bytes "
+                                            f"(shape {tuple(shape)}, {dtype}), at most {limit} fit what it "
+                                            f"holds; refused before reading it")
+    except (OSError, zipfile.BadZipFile, EOFError, ValueError):
+        return  # not a readable zip: np.load gives its own one-line error
+
+
+def _exit_on_sigterm():
+    """While a lock is held: SIGTERM raises ``SystemExit(143)`` (128 + SIGTERM, the status a
+    default SIGTERM death reports) in the main thread, so ``finally`` blocks and context managers
+    run (the lock file is removed) instead of the process dying where it stands. Returns the
+    function that puts the previous handler back. Elsewhere than the main thread (signal handlers
+    can only be set there), or when SIGTERM is ignored, nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous is signal.SIG_IGN or previous is None:  # ignored, or set outside Python: left alone
+        return lambda: None
+
+    def terminate(signum, frame):
+        signal.signal(signal.SIGTERM, previous)  # a second SIGTERM is the previous behaviour
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, terminate)
+
+    def restore():
+        if signal.getsignal(signal.SIGTERM) is terminate:
+            signal.signal(signal.SIGTERM, previous)
+    return restore
+
+
 @contextmanager
 def output_lock(path: str | os.PathLike, what: str = "rram"):
     """Hold ``PATH.lock`` while writing ``path`` over a long time, so that two processes never
     write one results file (each would rewrite it from its own copy: a campaign lost). The lock is
     an ``fcntl.flock`` on that file, which the kernel releases when its holder dies, so a lock left
     by a killed process is free and taken over; the file holds the holder's pid for the message.
-    Released (and the file removed) on return, error or KeyboardInterrupt."""
+    Released (and the file removed) on return, error, KeyboardInterrupt or SIGTERM (turned into
+    ``SystemExit(143)`` while the lock is held, so that every context manager unwinds)."""
     import fcntl
     import socket
 
@@ -145,11 +221,13 @@ def output_lock(path: str | os.PathLike, what: str = "rram"):
         if same:
             break
         os.close(fd)
+    restore = _exit_on_sigterm()
     try:
         os.ftruncate(fd, 0)  # a stale lock's pid, if any
         os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
         yield lock
     finally:
+        restore()
         with suppress(OSError):  # still holding it: whoever opens the file next finds it gone or new
             os.unlink(lock)
         os.close(fd)

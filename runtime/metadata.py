@@ -6,7 +6,9 @@ takes the key names from here (docs/architecture.md).
 
 - ``rram.model`` JSON ModelSpec; ``rram.normalization`` JSON {"mean": [3], "std": [3]};
   ``rram.drop_rate`` training drop-connect rate; ``rram.input_layout`` a description;
-  ``rram.source`` the checkpoint it came from.
+  ``rram.source`` the file name of the checkpoint it came from (its name only, not its folder: the
+  model's bytes and sha256 are the same wherever an identical build ran; `rram export --json`
+  prints the full path).
 - ``rram.bn_stats_rates`` JSON list of rate strings whose BN statistics the model carries as extra
   initializers ``NAME@rate=r`` (``RATE_MARKER``); ``rram.bn_rate_default`` the rate baked in at
   export; ``rram.bn_rate`` the rate whose statistics the BN nodes (or the folded weights) hold.

@@ -62,6 +62,65 @@ def _user_error(error: BaseException) -> RuntimeInputError | None:
     return None
 
 
+CONNECT_TIMEOUT_S = 30  # a Ray cluster address that has not connected by then is refused (one line)
+
+
+def _remote_address(address: str | None) -> tuple[str, int] | None:
+    """(host, port) of the cluster ``ray.init(address)`` connects to over the network: the
+    address itself (HOST:PORT or ray://HOST:PORT) or, for None and 'auto', $RAY_ADDRESS; None when
+    it starts or finds a local instance ('local', no RAY_ADDRESS) or the address is not HOST:PORT
+    (left to Ray, still bounded by CONNECT_TIMEOUT_S when it names a host)."""
+    if address in (None, "auto"):
+        address = os.environ.get("RAY_ADDRESS") or None
+    if address is None or address in ("auto", "local"):
+        return None
+    host, _, port = str(address).removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")  # [::1]:6379
+    try:
+        return (host, int(port)) if host and 0 < int(port) < 65536 else None
+    except ValueError:
+        return None
+
+
+def _connect_within(ray, address: str | None, remote: tuple[str, int], seconds: float, flag: str) -> None:
+    """``ray.init(address)`` to the cluster at ``remote``, given up after ``seconds``: first a TCP
+    connection to it (a closed port or an unreachable host fails at once or within the time), then
+    Ray's own connection, which otherwise retries for minutes (a port that is not a Ray cluster, a
+    head that does not answer). Run in a daemon thread: one that never returns is left behind
+    and does not keep the process from exiting."""
+    import socket
+    import threading
+    import time
+
+    deadline = time.monotonic() + seconds
+    box: dict = {}
+
+    def connect():
+        try:
+            with socket.create_connection(remote, timeout=seconds):
+                pass
+            box["probed"] = True
+            ray.init(address=address, include_dashboard=False, logging_level="ERROR")
+            box["done"] = True
+        except BaseException as e:  # handed to the caller's thread
+            box["error"] = e
+
+    thread = threading.Thread(target=connect, name="rram-ray-connect", daemon=True)
+    thread.start()
+    thread.join(max(0.0, deadline - time.monotonic()))
+    if "error" in box:
+        e = box["error"]
+        if isinstance(e, OSError) and "probed" not in box:
+            raise RuntimeInputError(f"{flag}: cannot reach a Ray cluster at {remote[0]}:{remote[1]} "
+                                    f"({e.strerror or type(e).__name__}); is `ray start --head` running there, "
+                                    f"and is RAY_ADDRESS right?") from None
+        raise e
+    if "done" not in box:
+        what = "no Ray cluster answered" if "probed" in box else "no answer"
+        raise RuntimeInputError(f"{flag}: {what} at {remote[0]}:{remote[1]} within {seconds:g} s; is "
+                                f"`ray start --head` running there, and is RAY_ADDRESS right?")
+
+
 class RayExecutor:
     """``call``/``run`` as ``executors.LocalExecutor``, on Ray actors. ``address``: None connects as
     ``ray.init()`` does (RAY_ADDRESS, else the cluster `ray start` began on this machine, else a
@@ -77,11 +136,15 @@ class RayExecutor:
             # campaign runs: Ray's default (niceness 15) yields them to every other job of a shared
             # machine. (A cluster `ray start` began keeps its own setting.)
             os.environ.setdefault("RAY_worker_niceness", "0")
+            flag = "--ray" if address is None else f"--ray {address}"
+            remote = _remote_address(address)
             try:
-                ray.init(address=address, include_dashboard=False, logging_level="ERROR")
-            except (ConnectionError, ValueError, RuntimeError) as e:
+                if remote is None:  # a new local instance (or this machine's cluster): no network wait
+                    ray.init(address=address, include_dashboard=False, logging_level="ERROR")
+                else:  # a cluster elsewhere: an address that does not answer is refused in seconds
+                    _connect_within(ray, address, remote, CONNECT_TIMEOUT_S, flag)
+            except (ConnectionError, ValueError, RuntimeError, OSError) as e:
                 text = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                flag = "--ray" if address is None else f"--ray {address}"
                 raise RuntimeInputError(f"{flag}: cannot start or reach Ray: {text}") from None
             self.started = True
         self.actors, self.workers, self.starting = [], [], {}

@@ -53,7 +53,8 @@ def test_spec_of_a_factory_round_trips():
 
 def test_resnet18_through_the_whole_flow(tmp_path, capsys):
     """train -> recalibrate -> export -> passes standard -> quantize paper -> validate, all through
-    the CLI, a checkpoint of the factory model reloading without --model."""
+    the CLI; a checkpoint of the factory model records the factory for checking only, so every
+    command that builds it is given --model (issue 33: no code from a checkpoint)."""
     data = write_sized_imagefolder(tmp_path / "data")
     common = ["--data", data, "--no-cache"]
     ft = tmp_path / "ft"
@@ -61,15 +62,15 @@ def test_resnet18_through_the_whole_flow(tmp_path, capsys):
                 "--eval-images", "10", "--out", ft, *common) == 0
     ckpt = load_checkpoint(ft / "model.pt")  # no --model: the checkpoint records the factory
     assert ckpt.spec == ModelSpec(RESNET18, num_classes=10, image_size=(40, 40))
-    assert type(ckpt.build()).__name__ == "ResNet"
+    assert type(load_checkpoint(ft / "model.pt", model=RESNET18).build()).__name__ == "ResNet"
 
     rec = tmp_path / "rec.pt"
-    assert rram("recalibrate", ft / "model.pt", "--bn-rate", "0,0.1", "--batch-size", "10", "--out", rec,
-                *common) == 0
+    assert rram("recalibrate", ft / "model.pt", "--model", RESNET18, "--bn-rate", "0,0.1", "--batch-size", "10",
+                "--out", rec, *common) == 0
     assert sorted(load_checkpoint(rec).bn_stats) == ["0.0", "0.1"]
 
     onx = tmp_path / "m.onnx"
-    assert rram("export", rec, "--all-rates", "--out", onx) == 0
+    assert rram("export", rec, "--model", RESNET18, "--all-rates", "--out", onx) == 0
     model = onnx.load(str(onx))
     dims = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
     assert dims[1:] == [3, 40, 40]
@@ -134,7 +135,7 @@ def test_class_count_comes_from_the_model_and_is_checked(tmp_path, small_data, c
     assert not (tmp_path / "bad").exists()
     # evaluated on data of another size: refused, naming both sizes
     other = write_sized_imagefolder(tmp_path / "other", size=(32, 32), classes=4)
-    assert rram("eval", out / "model.pt", "--data", other, "--no-cache") == 2
+    assert rram("eval", out / "model.pt", "--model", "own_models:tiny_cnn", "--data", other, "--no-cache") == 2
     assert "takes images of 3x24x24" in capsys.readouterr().err
 
 

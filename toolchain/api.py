@@ -109,7 +109,8 @@ def recalibrate(checkpoint: PathLike, out: PathLike, *, bn_rate: float | list[fl
         data: as in :func:`train`.
         images: a random subset of this many training images.
         batches, batch_size, seed: as ``--batches``, ``--batch-size``, ``--seed``.
-        model: architecture of a foreign checkpoint (ours record it).
+        model: architecture of a foreign checkpoint (ours record it); a factory model's
+            ``package.module:factory`` always (a checkpoint records it for checking only).
         **options: any other ``rram recalibrate`` option (``device``, ``mean``, ``std``, ...).
     """
     from .commands.recalibrate import output_file  # loaded by the run above (torch): not at import
@@ -130,7 +131,8 @@ def export(checkpoint: PathLike, out: PathLike, *, bn_rate: float | None = None,
             or with ``all_rates`` its lowest).
         all_rates: also embed every stored rate's statistics (``NAME@rate=r`` initializers).
         seed: seed of the random check input.
-        model: architecture of a foreign checkpoint.
+        model: architecture of a foreign checkpoint; a factory model's ``package.module:factory``
+            always (a checkpoint records it for checking only).
         **options: any other ``rram export`` option (``mean``, ``std``, ``download``).
     """
     _run("export", checkpoint, out=out, bn_rate=bn_rate, all_rates=all_rates, seed=seed, model=model,

@@ -11,8 +11,10 @@ Own format (a plain dict, loadable with ``torch.load(..., weights_only=True)``):
 Foreign files: a bare state dict or ``{"state_dict": ...}`` (akamaster's), with an optional
 ``module.`` prefix from DataParallel. The architecture comes from ``--model`` (a built-in name or
 ``package.module:factory``) or from the named registry entry whose SHA-256 prefix matches the file.
-A foreign file records no image size: it is taken as 32x32 until a command with data
-(``eval``, ``recalibrate``, ``train``) adopts the data's (``Checkpoint.imported``).
+Our own format records a factory model's ``package.module:factory`` for checking only: nothing a
+file says is imported or called, so such a checkpoint is built only with ``--model`` naming the
+same factory (a different one is refused). A foreign file records no image size: it is taken
+as 32x32 until a command with data (``eval``, ``recalibrate``, ``train``) adopts the data's (``Checkpoint.imported``).
 """
 from __future__ import annotations
 
@@ -71,9 +73,15 @@ class Checkpoint:
     source: str = ""
     imported: bool = False  # read from a foreign file just now: its image size is not recorded
     width_recorded: bool = True  # False: a foreign file of unknown origin, its width is what --width says
+    # False: the spec's ``package.module:factory`` was read from the file, not given by --model (or a
+    # pipeline config): a file names its factory for checking only, so build() refuses to call it
+    factory_given: bool = True
 
     def build(self) -> nn.Module:
         """The model with the checkpoint's weights (and its own BN statistics)."""
+        if self.spec.is_factory and not self.factory_given:
+            raise UserError(f"{self.source or 'the checkpoint'} records the model factory {self.spec.name}; "
+                            f"code is never run on a checkpoint's word: pass --model {self.spec.name} to build it")
         model = build_model(self.spec)
         load_state_dict_checked(model, self.state_dict, self.spec, self.source)
         model.eval()
@@ -163,6 +171,9 @@ def load_checkpoint(ref: str | os.PathLike, *, model: str | None = None, width: 
         ckpt = _own_checkpoint(obj, path)
         if model is not None and model != ckpt.spec.name:
             raise UserError(f"checkpoint {path} holds a {ckpt.spec.name}, not a {model}")
+        # a factory named by the file alone is not imported or called (build() refuses it): the
+        # name is checked against --model, which is what says which code runs
+        ckpt.factory_given = model is not None
         if normalization is not None and normalization != ckpt.normalization:
             raise UserError(f"{path} records its own input normalisation {ckpt.normalization.to_dict()}; "
                             f"--mean/--std are for foreign checkpoints")

@@ -128,7 +128,10 @@ def export_onnx(ckpt: Checkpoint, out: str | os.PathLike, *, rate: str | None = 
         md.BN_RATE_DEFAULT_KEY: rate,
         md.BN_STATS_RATES_KEY: json.dumps(sorted(tables, key=float)),
         md.INPUT_LAYOUT_KEY: f"NCHW float32, normalised with {md.NORMALIZATION_KEY}",
-        md.SOURCE_KEY: str(ckpt.source),
+        # the checkpoint's file name only: the model's bytes (and so its sha256, the identity a
+        # campaign, a merge and a chip-calibration file check) must not depend on the folder it
+        # was exported from; the full path is in the command's output ("source")
+        md.SOURCE_KEY: Path(ckpt.source).name if ckpt.source else "",
     }
     for k, val in meta.items():
         entry = onx.metadata_props.add()
@@ -141,7 +144,8 @@ def export_onnx(ckpt: Checkpoint, out: str | os.PathLike, *, rate: str | None = 
         raise RuntimeError(f"exported model differs from PyTorch: max abs difference {diff:.3g}")
     atomic_write_bytes(Path(out), onx.SerializeToString())
     return {"out": str(out), "bn_rate": rate, "bn_stats_rates": sorted(tables, key=float),
-            "max_abs_diff": diff, "opset": OPSET, "bn_nodes": len(pairs)}
+            "max_abs_diff": diff, "opset": OPSET, "bn_nodes": len(pairs),
+            "source": str(Path(ckpt.source).resolve()) if ckpt.source else ""}
 
 
 def compare_with_torch(onx: onnx.ModelProto, model: torch.nn.Module, *, seed: int = 0,

@@ -25,7 +25,7 @@ from ..crossbar import (
     tile_grid,
 )
 from ..errors import RuntimeInputError
-from ..fileio import atomic_write_with, read_json_document
+from ..fileio import atomic_write_with, check_npz_members, read_json_document
 from .layout import JSON_NAME, NPZ_NAME
 
 FORMAT = "rram-crossbar-map"
@@ -92,6 +92,20 @@ def save_map(cmap: CrossbarMap, folder: str | os.PathLike) -> None:
     atomic_write_with(folder / JSON_NAME, lambda fh: fh.write(json.dumps(doc, indent=1).encode()))
 
 
+def _expected_bytes(entries, device: DeviceConfig) -> dict[str, int]:
+    """{npz array name: the most bytes it may hold} per layer of ``crossbars.json``: levels one
+    uint8 per cell (planes x cells per weight x rows x columns), scales one float per column (8
+    bytes at most), checked against each entry's declared size before it is read."""
+    expected = {}
+    for e in entries:
+        rows, cols = (int(v) for v in e["matrix_shape"])
+        if rows < 0 or cols < 0:
+            raise ValueError(f"layer {e.get('name')!r} has a negative matrix_shape")
+        expected[f"{e['key']}.levels"] = device.planes * device.cells_per_weight * rows * cols
+        expected[f"{e['key']}.scales"] = cols * 8
+    return expected
+
+
 def load_map(folder: str | os.PathLike) -> CrossbarMap:
     folder = Path(folder)
     jpath, npath = folder / JSON_NAME, folder / NPZ_NAME
@@ -109,6 +123,7 @@ def load_map(folder: str | os.PathLike) -> CrossbarMap:
     layers = []
     try:
         device = DeviceConfig.from_dict(doc["device"])
+        check_npz_members(npath, _expected_bytes(doc["layers"], device), "conductance map")
         with np.load(npath, allow_pickle=False) as z:
             for e in doc["layers"]:
                 levels, scales = z[f"{e['key']}.levels"], z[f"{e['key']}.scales"]

@@ -85,8 +85,8 @@ def run_flow(work: Path, checkpoint: Path, data: Path) -> dict:
             raise RuntimeError(f"rram {' '.join(map(str, args))} exited {code}")
 
     w = work
-    # export records the checkpoint path it was given (rram.source): the same relative name in
-    # every checkout, wherever ../shared lies and however RRAM_WEIGHTS spells it
+    # export records the checkpoint's file name (rram.source; before issue 33 the path it was
+    # given): a copy under the same name, as the golden files were frozen with
     shutil.copyfile(checkpoint, w / CHECKPOINT_NAME)
     with contextlib.chdir(w):
         rram("export", CHECKPOINT_NAME, "--model", "resnet20", "--out", w / "r20.onnx")

@@ -5,7 +5,8 @@
 A model is described by a :class:`ModelSpec` (name and options); checkpoints store the spec so a
 model can be rebuilt exactly (including the 1x1->3x3 padding). A factory model is rebuilt by
 importing and calling its factory again, so its module must be importable wherever the
-checkpoint is used.
+checkpoint is used; the factory's name comes from ``--model`` (or a pipeline config), never from
+the checkpoint alone: a checkpoint records it for checking only (toolchain/checkpoints.py).
 """
 from __future__ import annotations
 
