@@ -88,19 +88,40 @@ def test_place_writes_a_file_a_spec_reader_applies_exactly(setup, capsys, tmp_pa
     assert code == 0, err
     a, b = json.loads(a), json.loads(b)
     assert a["chip"] == b["chip"] and a["config"]["placement_sha256"] == file_sha256(path)
-    code, _, err = run_cli(capsys, "calibrate", s["art"], "--fault-map", s["root"] / "full.npz", "--placement", path,
-                           "--data", s["cifar"], "--no-cache", "--calibrate", "8", "--out", tmp_path / "cal")
-    assert code == 0, err  # calibration runs on the placed chip
+
+
+def test_calibration_runs_on_the_placed_chip(capsys, tmp_path):
+    """`rram calibrate --placement`: the periphery is calibrated for the chip as placed, and
+    validating with that calibration and placement runs."""
+    from _runtime_helpers import bn_artifact
+    from conftest import write_cifar_batches as with_train  # calibration images come from a train split
+
+    art = bn_artifact(tmp_path / "art")
+    cmap = DeployedModel.load(art).cmap
+    save_physical_fault_map(tmp_path / "chip.npz", cmap, PhysicalChip(sample_chip(cmap.cell_count(), 0.2, 0.0, 4),
+                                                                       sample_spares(cmap, 0.2, 0.0, 0, 4)))
+    data = with_train(tmp_path / "data", n_train=20)
+    assert run_cli(capsys, "place", art, "--fault-map", tmp_path / "chip.npz", "--out", tmp_path / "p")[0] == 0
+    placement = tmp_path / "p" / "placement.npz"
+    chip = ["--fault-map", tmp_path / "chip.npz", "--placement", placement, "--data", data, "--no-cache"]
+    code, _, err = run_cli(capsys, "calibrate", art, *chip, "--calibrate", "8", "--out", tmp_path / "cal")
+    assert code == 0, err
+    placed = json.loads((tmp_path / "cal" / "chip-calibration.json").read_text())
+    code, _, err = run_cli(capsys, "calibrate", art, *chip[:2], *chip[4:], "--calibrate", "8", "--out", tmp_path / "fx")
+    assert code == 0, err
+    fixed = json.loads((tmp_path / "fx" / "chip-calibration.json").read_text())
+    assert placed["layers"] != fixed["layers"]  # the placed chip's faulty weights, not the fixed mapping's
 
 
 def test_a_map_of_used_cells_only_places_without_spares(setup, capsys, tmp_path):
     s = setup
     code, out, err = run_cli(capsys, "place", s["art"], "--fault-map", s["root"] / "used.npz", "--out", tmp_path / "p")
-    assert code == 0, err and "without spare rows" in out
+    assert code == 0, err
+    assert "without spare rows" in out
     meta = json.loads(np.load(tmp_path / "p" / "placement.npz")["meta"].tobytes().decode())
-    assert meta["spares"] is False
-    # a placement made with spares does not fit the same chip's map without them
-    run_cli(capsys, "place", s["art"], "--fault-map", s["root"] / "full.npz", "--out", tmp_path / "q")
+    assert meta["spares"] is False and meta["weight_error_placed"] < meta["weight_error_fixed"]
+    rows, n = np.load(tmp_path / "p" / "placement.npz")["L0000.rows"], s["cmap"].layers[0].matrix_shape[0]
+    assert n % 16 and rows[n - n % 16:].max() < n % 16  # the last band's rows stay off its unknown spares
 
 
 def _bad(capsys, argv, expected, out_path):
@@ -118,7 +139,7 @@ def test_bad_placement_inputs_are_one_line_and_write_nothing(setup, capsys, tmp_
     _bad(capsys, base + ["--placement", good, "--sa1", "0.1"], "--placement belongs to one measured chip", out)
     _bad(capsys, base + ["--fault-map", s["root"] / "other.npz", "--placement", good], "places another chip", out)
     _bad(capsys, ["validate", s["other"], "--data", s["cifar"], "--no-cache", "--out", out, "--fault-map",
-                  s["root"] / "full.npz", "--placement", good], "", out)  # another artifact: its map or model
+                  s["root"] / "full.npz", "--placement", good], "places another model", out)
     _bad(capsys, base + ["--fault-map", s["root"] / "full.npz", "--placement", good, "--place"], "give one", out)
     z = dict(np.load(good))
     z["L0000.rows"] = np.zeros_like(z["L0000.rows"])  # every row on physical row 0
