@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from toolchain.checkpoints import checkpoint_from_model, save_checkpoint
+from toolchain.checkpoints import Checkpoint, save_checkpoint
 from toolchain.data import CIFAR10_NORM
 from toolchain.models import ModelSpec, build_model
 
@@ -31,7 +31,7 @@ def rram_subprocess(*argv, timeout=120, **kw) -> subprocess.CompletedProcess:
 def _checkpoint_naming(tmp_path: Path, factory: str) -> Path:
     """A valid own-format checkpoint of a tiny built-in model whose ``model.name`` says ``factory``."""
     spec = ModelSpec("resnet20", width=0.25)
-    ckpt = checkpoint_from_model(build_model(spec), spec, CIFAR10_NORM)
+    ckpt = Checkpoint(spec, CIFAR10_NORM, build_model(spec).state_dict(), {}, {})
     path = save_checkpoint(ckpt, tmp_path / "ck.pt")
     obj = torch.load(path, weights_only=True)
     obj["model"] = {"name": factory}
@@ -73,13 +73,14 @@ def test_the_recorded_factory_is_built_with_model_and_builtins_without(tmp_path,
     import own_models
 
     spec = ModelSpec("own_models:tiny_cnn")
-    ck = save_checkpoint(checkpoint_from_model(own_models.tiny_cnn(), spec, CIFAR10_NORM), tmp_path / "own.pt")
+    ck = save_checkpoint(Checkpoint(spec, CIFAR10_NORM, own_models.tiny_cnn().state_dict(), {}, {}),
+                         tmp_path / "own.pt")
     code, _, err = run_cli(capsys, "export", ck, "--out", tmp_path / "a.onnx")
     assert code == 2 and "pass --model own_models:tiny_cnn" in one_line_error(err)
     code, _, err = run_cli(capsys, "export", ck, "--model", "own_models:tiny_cnn", "--out", tmp_path / "a.onnx")
     assert code == 0, err
     spec = ModelSpec("resnet20", width=0.25)
-    ck = save_checkpoint(checkpoint_from_model(build_model(spec), spec, CIFAR10_NORM), tmp_path / "b.pt")
+    ck = save_checkpoint(Checkpoint(spec, CIFAR10_NORM, build_model(spec).state_dict(), {}, {}), tmp_path / "b.pt")
     code, _, err = run_cli(capsys, "export", ck, "--out", tmp_path / "b.onnx")
     assert code == 0, err
 
@@ -284,7 +285,8 @@ def test_identical_builds_in_two_folders_have_one_model_hash(tmp_path, capsys):
 
     torch.manual_seed(0)
     spec = ModelSpec("resnet20", width=0.25)
-    first = save_checkpoint(checkpoint_from_model(build_model(spec), spec, CIFAR10_NORM), tmp_path / "a" / "ck.pt")
+    first = save_checkpoint(Checkpoint(spec, CIFAR10_NORM, build_model(spec).state_dict(), {}, {}),
+                            tmp_path / "a" / "ck.pt")
     (tmp_path / "b").mkdir()
     shutil.copyfile(first, tmp_path / "b" / "ck.pt")
     hashes, outputs = [], []
