@@ -31,6 +31,8 @@ def series_names(docs: list[dict], paths, labels: list[str] | None = None, *, mi
                  for n, d in zip(names, docs)]
     if len({d["config"].get("sa0", 0.0) for d in docs}) > 1:
         names = [f"{n}, SA0 {100 * d['config'].get('sa0', 0.0):g}%" for n, d in zip(names, docs)]
+    # fault-aware placement changes every faulty chip's numbers: say so, whatever the label
+    names = [f"{n}, placed" if d["config"].get("place") and "placed" not in n else n for n, d in zip(names, docs)]
     names = [f"{n} (per-chip calibration, {d['config']['calibrate']} images)" if d["config"].get("calibrate")
              else n for n, d in zip(names, docs)]
     # --images auto: each chip's accuracy is on its own random image subset, so its box is wider

@@ -48,7 +48,9 @@ def _recalibrate(pipe: Pipeline, step: Step, resume: bool) -> list[list[str]]:
 
 def _export(pipe: Pipeline, step: Step, resume: bool) -> list[list[str]]:
     (src,) = step.inputs.values()
-    return [argv("export", src, all_rates=True, seed=pipe.v["export"]["seed"], out=step.outputs[0])]
+    # the model factory comes from the config, never from the checkpoint's word (it is checked against it)
+    return [argv("export", src, model=pipe.v["model"]["arch"], all_rates=True, seed=pipe.v["export"]["seed"],
+                 out=step.outputs[0])]
 
 
 def _passes(pipe: Pipeline, step: Step, resume: bool) -> list[list[str]]:
@@ -73,7 +75,7 @@ def _validate(pipe: Pipeline, step: Step, resume: bool) -> list[list[str]]:
     return [argv("validate", pipe.art(step.variant), bn_rate="auto", data=pipe.cfg.data, sa1=v["sa1"],
                  sa0=v["sa0"], runs=v["runs"], seed=v["seed"], precision=v["precision"], out=out,
                  images=v["images"], calibrate=v["calibrate"] if out.name == CALIBRATED else None,
-                 ray=ray, resume=resume and out.is_file())
+                 place=v["place"], ray=ray, resume=resume and out.is_file())
             for out in step.outputs]
 
 

@@ -91,6 +91,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "seed": Key("int", 0, low=0),
         "precision": Key("str", "fp32", choices=VALIDATE_PRECISIONS),  # rram validate --precision
         "calibrate": Key("int", None, low=1),
+        "place": Key("bool", False),  # rram validate --place: fault-aware placement of every chip
         "ray": Key("str", None),
     },
     "report": {

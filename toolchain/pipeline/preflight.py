@@ -39,7 +39,7 @@ def _check_validate(args) -> None:
 
 
 def _check_passes(args) -> None:
-    from passes.registry import resolve
+    from passes.catalog import resolve
 
     resolve(args.passes)
 
