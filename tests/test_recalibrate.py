@@ -8,15 +8,15 @@ from toolchain.data import CIFAR10_NORM, iterate_batches, load_split
 from toolchain.models import ModelSpec, build_model
 from toolchain.recalibrate import bn_stats_of, recalibrate_bn
 
-from conftest import make_cifar, one_thread
+from conftest import one_thread
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 SPEC = ModelSpec("resnet20", 0.25)
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_cifar(tmp_path_factory.mktemp("cifar"))
+def data(coloured_cifar):
+    return coloured_cifar()
 
 
 @pytest.fixture(scope="module")

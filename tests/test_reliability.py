@@ -16,10 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from toolchain.checkpoints import Checkpoint, save_checkpoint
 from toolchain.cli import main
-from toolchain.data import CIFAR10_NORM, load_split
-from toolchain.models import ModelSpec, build_model
+from toolchain.data import load_split
 
 from conftest import one_line_error, run_cli
 
@@ -60,11 +58,8 @@ def image_folder(root: Path, classes=CLASSES, per_class: int = 2, size: int = 32
 
 
 @pytest.fixture
-def ckpt(tmp_path) -> Path:
-    torch.manual_seed(0)
-    spec = ModelSpec("resnet20", width=0.25)
-    ckpt = Checkpoint(spec, CIFAR10_NORM, build_model(spec).state_dict(), {}, {})
-    return save_checkpoint(ckpt, tmp_path / "ck" / "m.pt")
+def ckpt(tiny_checkpoint) -> Path:
+    return tiny_checkpoint()
 
 
 class MakesMarker:

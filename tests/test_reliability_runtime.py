@@ -19,7 +19,7 @@ import torch
 
 from toolchain.cli import main
 
-from _runtime_helpers import export_torch, make_artifact, make_images, tiny_model, write_cifar_batches
+from _runtime_helpers import export_torch, tiny_model
 from conftest import ROOT, one_line_error, run_cli
 
 # ------------------------------------------------------------------ helpers
@@ -122,16 +122,14 @@ def test_full_disk_in_quantize_force_names_the_folder(float_onnx, tmp_path, caps
 
 # ------------------------------------------------------------------ 2.-3., 5. validate campaigns
 
-@pytest.fixture(scope="module")
-def art(tmp_path_factory) -> Path:
-    from runtime.crossbar import preset
-
-    return make_artifact(tmp_path_factory.mktemp("art") / "a", preset("paper"))
+@pytest.fixture
+def art(paper_art) -> Path:
+    return paper_art
 
 
-@pytest.fixture(scope="module")
-def cifar(tmp_path_factory) -> Path:
-    return write_cifar_batches(tmp_path_factory.mktemp("cifar"), *make_images(16))
+@pytest.fixture
+def cifar(cifar_test_batch, small_images) -> Path:
+    return cifar_test_batch(*small_images(16))
 
 
 def _validate(art, cifar, out, *extra) -> list:
@@ -375,19 +373,14 @@ def _argv(command: str, ws: Path, out: Path) -> list:
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
+def workspace(tmp_path_factory, tiny_checkpoint) -> Path:
     """data/ (CIFAR-10 batches), ck/m.pt, models/m.onnx, art/ (quantized), results/res.json and
     pipe/ (for the pipeline's config), each beside a file of the user's (notes.txt) that no command
     may touch."""
-    from toolchain.checkpoints import Checkpoint, save_checkpoint
-    from toolchain.data import CIFAR10_NORM
-    from toolchain.models import ModelSpec, build_model
-
     ws = tmp_path_factory.mktemp("ws")
     write_cifar_batches_py(ws / "data")
-    torch.manual_seed(0)
-    spec = ModelSpec("resnet20", width=0.25)
-    save_checkpoint(Checkpoint(spec, CIFAR10_NORM, build_model(spec).state_dict(), {}, {}), ws / "ck" / "m.pt")
+    (ws / "ck").mkdir()
+    shutil.copy(tiny_checkpoint(), ws / "ck" / "m.pt")  # a copy: the commands run on ws's files
     assert main(["export", str(ws / "ck" / "m.pt"), "--out", str(ws / "models" / "m.onnx")]) == 0
     assert main(["quantize", str(ws / "models" / "m.onnx"), str(ws / "art")]) == 0
     assert main([str(a) for a in _argv("validate", ws, ws / "results" / "res.json")]) == 0
