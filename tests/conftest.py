@@ -48,16 +48,30 @@ def real_data_cache(tmp_path) -> Path:
 # module that asks for it. Shared means read-only: a test that edits, adds or removes a file in
 # one works on its own copy (``shutil.copytree(art, tmp_path / ...)``), never on the shared folder.
 
+def _fingerprint(path: Path) -> dict:
+    import hashlib
+
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+            for p in ([path] if path.is_file() else sorted(path.rglob("*")))}
+
+
 class _Once:
-    """``build(*key)`` called once per key; later calls return the first result."""
+    """``build(*key)`` called once per key; later calls return the first result. ``check()`` (at
+    the session's end) fails if a file or folder it built was changed: shared inputs are read-only."""
 
     def __init__(self, build):
-        self.build, self.made = build, {}
+        self.build, self.made, self.prints = build, {}, {}
 
-    def __call__(self, *key):
+    def __call__(self, *key, **data):  # data: passed to build, not part of the key
         if key not in self.made:
-            self.made[key] = self.build(*key)
+            self.made[key] = self.build(*key, **data)
+            if isinstance(self.made[key], Path):
+                self.prints[key] = _fingerprint(self.made[key])
         return self.made[key]
+
+    def check(self) -> None:
+        changed = [str(self.made[k]) for k, fp in self.prints.items() if _fingerprint(self.made[k]) != fp]
+        assert not changed, f"a test changed a shared input (copy it first): {', '.join(changed)}"
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +84,8 @@ def make_paper_artifact(tmp_path_factory):
 
     once = _Once(lambda seed, bn_rate, size: make_artifact(tmp_path_factory.mktemp("paper-art") / "a",
                                                            preset("paper"), seed=seed, bn_rate=bn_rate, size=size))
-    return lambda seed=0, bn_rate=None, size=32: once(seed, bn_rate, size)
+    yield lambda seed=0, bn_rate=None, size=32: once(seed, bn_rate, size)
+    once.check()
 
 
 @pytest.fixture(scope="session")
@@ -81,7 +96,8 @@ def make_bn_artifact(tmp_path_factory):
 
     once = _Once(lambda seed, bn_rate: bn_artifact(tmp_path_factory.mktemp("bn-art") / "a", seed=seed,
                                                    bn_rate=bn_rate))
-    return lambda seed=0, bn_rate=None: once(seed, bn_rate)
+    yield lambda seed=0, bn_rate=None: once(seed, bn_rate)
+    once.check()
 
 
 @pytest.fixture(scope="session")
@@ -100,18 +116,15 @@ def cifar_test_batch(tmp_path_factory):
     (N, H, W, 3) uint8 images (``write_test_batch``), one folder per content."""
     import hashlib
 
-    made = {}
-
     def folder(images, labels):
         digest = hashlib.sha256()
         for a in (np.ascontiguousarray(images), np.ascontiguousarray(labels)):
             digest.update(f"{a.dtype}{a.shape}".encode() + a.tobytes())
-        key = digest.hexdigest()
-        if key not in made:
-            made[key] = write_test_batch(tmp_path_factory.mktemp("cifar"), images, labels)
-        return made[key]
+        return once(digest.hexdigest(), images=images, labels=labels)
 
-    return folder
+    once = _Once(lambda _, images, labels: write_test_batch(tmp_path_factory.mktemp("cifar"), images, labels))
+    yield folder
+    once.check()
 
 
 @pytest.fixture(scope="session")
@@ -120,7 +133,8 @@ def coloured_cifar(tmp_path_factory):
     batches (a few training steps learn them), one folder per arguments."""
     once = _Once(lambda per_batch, test, seed: make_cifar(tmp_path_factory.mktemp("cifar"), per_batch=per_batch,
                                                           test=test, seed=seed))
-    return lambda per_batch=64, test=128, seed=0: once(per_batch, test, seed)
+    yield lambda per_batch=64, test=128, seed=0: once(per_batch, test, seed)
+    once.check()
 
 
 @pytest.fixture(scope="session")
@@ -149,7 +163,8 @@ def tiny_checkpoint(tmp_path_factory):
         return once(spec or ModelSpec("resnet20", 0.25), edit)
 
     once = _Once(build)
-    return checkpoint
+    yield checkpoint
+    once.check()
 
 
 @pytest.fixture(scope="session")
