@@ -75,16 +75,20 @@ class _Once:
 
 
 @pytest.fixture(scope="session")
-def make_paper_artifact(tmp_path_factory):
-    """``make_paper_artifact(seed=0, bn_rate=None, size=32)``: the tiny model (``_runtime_helpers``)
-    through the real quantizer on the ``paper`` preset, one folder per arguments."""
+def make_tiny_artifact(tmp_path_factory):
+    """``make_tiny_artifact(device="paper", seed=0, bn_rate=None, size=32)``: the tiny model
+    (``_runtime_helpers.make_artifact``) through the real quantizer for ``device`` (a preset's name
+    or a DeviceConfig), one folder per arguments."""
     from runtime.crossbar import preset
 
     from _runtime_helpers import make_artifact  # it imports this module: imported when used
 
-    once = _Once(lambda seed, bn_rate, size: make_artifact(tmp_path_factory.mktemp("paper-art") / "a",
-                                                           preset("paper"), seed=seed, bn_rate=bn_rate, size=size))
-    yield lambda seed=0, bn_rate=None, size=32: once(seed, bn_rate, size)
+    def artifact(device="paper", seed=0, bn_rate=None, size=32):
+        return once(preset(device) if isinstance(device, str) else device, seed, bn_rate, size)
+
+    once = _Once(lambda device, seed, bn_rate, size: make_artifact(
+        tmp_path_factory.mktemp("art") / "a", device, seed=seed, bn_rate=bn_rate, size=size))
+    yield artifact
     once.check()
 
 
@@ -178,9 +182,9 @@ def self_labelled():
 
 
 @pytest.fixture(scope="session")
-def paper_art(make_paper_artifact) -> Path:
+def paper_art(make_tiny_artifact) -> Path:
     """The small deployed artifact on the `paper` preset (shared: read it, never change it)."""
-    return make_paper_artifact()
+    return make_tiny_artifact()
 
 
 @pytest.fixture(scope="session")
