@@ -137,12 +137,8 @@ def test_train_with_wrong_class_folders_creates_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_validate_with_wrong_class_folders_writes_nothing(tmp_path, capsys):
-    from runtime.crossbar import preset
-
-    from _runtime_helpers import make_artifact
-
-    art = make_artifact(tmp_path / "art", preset("paper"))  # a 10-class model
+def test_validate_with_wrong_class_folders_writes_nothing(paper_art, tmp_path, capsys):
+    art = paper_art  # a 10-class model
     root = image_folder(tmp_path / "d", classes=CLASSES[:3])
     out = tmp_path / "res.json"
     code, _, err = run_cli(capsys, "validate", art, "--data", root, "--no-cache", "--runs", "1", "--out", out)
