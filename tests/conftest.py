@@ -43,22 +43,154 @@ def real_data_cache(tmp_path) -> Path:
     return Path(os.environ["RRAM_CACHE"]) if os.environ.get("RRAM_CACHE") else tmp_path / "cache"
 
 
-@pytest.fixture(scope="module")
-def paper_art(tmp_path_factory) -> Path:
-    """A small deployed artifact on the `paper` preset (one per test module; _runtime_helpers)."""
+# --- session-scoped factories ----------------------------------------------------------------
+# Each input below is built once per test session for each set of arguments and shared by every
+# module that asks for it. Shared means read-only: a test that edits, adds or removes a file in
+# one works on its own copy (``shutil.copytree(art, tmp_path / ...)``), never on the shared folder.
+
+def _fingerprint(path: Path) -> dict:
+    import hashlib
+
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "folder"
+            for p in ([path] if path.is_file() else sorted(path.rglob("*")))}
+
+
+class _Once:
+    """``build(*key)`` called once per key; later calls return the first result. ``check()`` (at
+    the session's end) fails if a file or folder it built was changed: shared inputs are read-only."""
+
+    def __init__(self, build):
+        self.build, self.made, self.prints = build, {}, {}
+
+    def __call__(self, *key, **data):  # data: passed to build, not part of the key
+        if key not in self.made:
+            self.made[key] = self.build(*key, **data)
+            if isinstance(self.made[key], Path):
+                self.prints[key] = _fingerprint(self.made[key])
+        return self.made[key]
+
+    def check(self) -> None:
+        changed = [str(self.made[k]) for k, fp in self.prints.items() if _fingerprint(self.made[k]) != fp]
+        assert not changed, f"a test changed a shared input (copy it first): {', '.join(changed)}"
+
+
+@pytest.fixture(scope="session")
+def make_tiny_artifact(tmp_path_factory):
+    """``make_tiny_artifact(device="paper", seed=0, bn_rate=None, size=32)``: the tiny model
+    (``_runtime_helpers.make_artifact``) through the real quantizer for ``device`` (a preset's name
+    or a DeviceConfig), one folder per arguments."""
     from runtime.crossbar import preset
 
     from _runtime_helpers import make_artifact  # it imports this module: imported when used
 
-    return make_artifact(tmp_path_factory.mktemp("art") / "a", preset("paper"))
+    def artifact(device="paper", seed=0, bn_rate=None, size=32):
+        return once(preset(device) if isinstance(device, str) else device, seed, bn_rate, size)
+
+    once = _Once(lambda device, seed, bn_rate, size: make_artifact(
+        tmp_path_factory.mktemp("art") / "a", device, seed=seed, bn_rate=bn_rate, size=size))
+    yield artifact
+    once.check()
 
 
-@pytest.fixture(scope="module")
-def paper_data(paper_art):
-    """(images, labels) that ``paper_art`` classifies as labelled when fault-free."""
+@pytest.fixture(scope="session")
+def make_bn_artifact(tmp_path_factory):
+    """``make_bn_artifact(seed=0, bn_rate=None)``: the tiny model with its BN kept through export, the
+    standard passes and quantize (``_runtime_helpers.bn_artifact``): its periphery can be calibrated."""
+    from _runtime_helpers import bn_artifact
+
+    once = _Once(lambda seed, bn_rate: bn_artifact(tmp_path_factory.mktemp("bn-art") / "a", seed=seed,
+                                                   bn_rate=bn_rate))
+    yield lambda seed=0, bn_rate=None: once(seed, bn_rate)
+    once.check()
+
+
+@pytest.fixture(scope="session")
+def small_images():
+    """``small_images(n, seed=0)``: (images, labels) of ``_runtime_helpers.make_images`` (labelled by
+    the float tiny model); each call returns fresh arrays, so a test may change them."""
+    from _runtime_helpers import make_images
+
+    once = _Once(lambda n, seed: make_images(n, seed=seed))
+    return lambda n, seed=0: tuple(a.copy() for a in once(n, seed))
+
+
+@pytest.fixture(scope="session")
+def cifar_test_batch(tmp_path_factory):
+    """``cifar_test_batch(images, labels)``: a data folder holding only ``test_batch`` with these
+    (N, H, W, 3) uint8 images (``write_test_batch``), one folder per content."""
+    import hashlib
+
+    def folder(images, labels):
+        digest = hashlib.sha256()
+        for a in (np.ascontiguousarray(images), np.ascontiguousarray(labels)):
+            digest.update(f"{a.dtype}{a.shape}".encode() + a.tobytes())
+        return once(digest.hexdigest(), images=images, labels=labels)
+
+    once = _Once(lambda _, images, labels: write_test_batch(tmp_path_factory.mktemp("cifar"), images, labels))
+    yield folder
+    once.check()
+
+
+@pytest.fixture(scope="session")
+def coloured_cifar(tmp_path_factory):
+    """``coloured_cifar(per_batch=64, test=128, seed=0)``: ``make_cifar``'s class-coloured CIFAR-10
+    batches (a few training steps learn them), one folder per arguments."""
+    once = _Once(lambda per_batch, test, seed: make_cifar(tmp_path_factory.mktemp("cifar"), per_batch=per_batch,
+                                                          test=test, seed=seed))
+    yield lambda per_batch=64, test=128, seed=0: once(per_batch, test, seed)
+    once.check()
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory):
+    """``tiny_checkpoint(spec=None, edit=None)``: an untrained model of ``spec`` (default ResNet20 of
+    width 0.25) built after ``torch.manual_seed(0)``, saved as a checkpoint with CIFAR-10
+    normalisation and no BN statistics or meta; ``edit(checkpoint, model)``, a module-level
+    function, may fill those in before it is saved. One file per (spec, edit)."""
+    def build(spec, edit):
+        import torch
+
+        from toolchain.checkpoints import Checkpoint, save_checkpoint
+        from toolchain.data import CIFAR10_NORM
+        from toolchain.models import build_model
+
+        torch.manual_seed(0)
+        model = build_model(spec).eval()
+        ckpt = Checkpoint(spec, CIFAR10_NORM, model.state_dict(), {}, {})
+        if edit is not None:
+            edit(ckpt, model)
+        return save_checkpoint(ckpt, tmp_path_factory.mktemp("ck") / "m.pt")
+
+    def checkpoint(spec=None, edit=None):
+        from toolchain.models import ModelSpec
+
+        return once(spec or ModelSpec("resnet20", 0.25), edit)
+
+    once = _Once(build)
+    yield checkpoint
+    once.check()
+
+
+@pytest.fixture(scope="session")
+def self_labelled():
+    """``self_labelled(art, n=64, seed=3)``: images the artifact's fault-free model classifies as
+    labelled (``_runtime_helpers.self_labelled_images``); fresh arrays on each call."""
     from _runtime_helpers import self_labelled_images
 
-    return self_labelled_images(paper_art)
+    once = _Once(lambda art, n, seed: self_labelled_images(art, n=n, seed=seed))
+    return lambda art, n=64, seed=3: tuple(a.copy() for a in once(Path(art), n, seed))
+
+
+@pytest.fixture(scope="session")
+def paper_art(make_tiny_artifact) -> Path:
+    """The small deployed artifact on the `paper` preset (shared: read it, never change it)."""
+    return make_tiny_artifact()
+
+
+@pytest.fixture(scope="session")
+def paper_data(paper_art, self_labelled):
+    """(images, labels) that ``paper_art`` classifies as labelled when fault-free."""
+    return self_labelled(paper_art)
 
 
 def one_thread():

@@ -9,13 +9,11 @@ import torch
 from runtime.calibration import calibration_indices
 from runtime.errors import RuntimeInputError
 from toolchain.calibrate import calibrate_bn, restored_bn
-from toolchain.checkpoints import Checkpoint, save_checkpoint
 from toolchain.cli import main
-from toolchain.data import CIFAR10_NORM
 from toolchain.models import ModelSpec, build_model
 from toolchain.recalibrate import bn_stats_of
 
-from conftest import make_cifar, one_thread
+from conftest import one_thread
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 SPEC = ModelSpec("resnet20", 0.25)
@@ -47,18 +45,14 @@ def test_calibrate_bn_sets_batch_statistics_and_restored_bn_puts_them_back():
     assert all(torch.equal(before[k], after[k]) for k in before) and model.bn1.momentum == 0.1
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_cifar(tmp_path_factory.mktemp("cifar"), test=64)
+@pytest.fixture
+def data(coloured_cifar):
+    return coloured_cifar(test=64)
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    m = build_model(SPEC).eval()
-    path = tmp_path_factory.mktemp("ck") / "m.pt"
-    save_checkpoint(Checkpoint(SPEC, CIFAR10_NORM, m.state_dict(), {}, {}), path)
-    return path
+@pytest.fixture
+def ckpt(tiny_checkpoint):
+    return tiny_checkpoint(SPEC)
 
 
 def _eval(capsys, *args):

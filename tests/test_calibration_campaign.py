@@ -7,25 +7,23 @@ import pytest
 
 from runtime.artifact import DeployedModel
 from runtime.campaign import validate, validate_fault_map
-from runtime.crossbar import preset
 from runtime.faults import run_seed, sample_chip, save_fault_map
 from runtime.results import read_results
 from toolchain.cli import main
 
-from _runtime_helpers import bn_artifact, make_artifact
-from conftest import make_cifar, one_thread
+from conftest import one_thread
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 
 
-@pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    return bn_artifact(tmp_path_factory.mktemp("art") / "a")
+@pytest.fixture
+def art(make_bn_artifact):
+    return make_bn_artifact()
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_cifar(tmp_path_factory.mktemp("cifar"), test=64)
+@pytest.fixture
+def data(coloured_cifar):
+    return coloured_cifar(test=64)
 
 
 def _images(n, seed):
@@ -69,12 +67,12 @@ def _err(capsys, args):
     return err
 
 
-def test_bad_calibration_input_is_one_line(art, data, tmp_path, capsys):
+def test_bad_calibration_input_is_one_line(art, data, tmp_path, capsys, paper_art):
     base = ["validate", str(art), "--data", str(data), "--no-cache", "--sa1", "0.1", "--runs", "1"]
     out = tmp_path / "r.json"
     assert "--calibrate" in _err(capsys, base + ["--calibrate", "0", "--out", str(out)])
     assert "choose between 1 and the 320 images" in _err(capsys, base + ["--calibrate", "100000", "--out", str(out)])
-    old = make_artifact(tmp_path / "old", preset("paper"))  # quantized without fold-bn's targets
+    old = paper_art  # quantized without fold-bn's targets
     err = _err(capsys, ["validate", str(old)] + base[2:] + ["--calibrate", "8", "--out", str(out)])
     assert "records no BN targets" in err and "rram passes" in err
     assert not out.exists()
@@ -116,7 +114,7 @@ def test_campaign_agrees_with_the_pytorch_reference_and_lifts_faulty_chips(tmp_p
     assert abs(campaign["mean"] - ref["mean"]) <= 3 * se, (campaign["mean"], ref["mean"], se)
 
 
-def test_a_measured_chips_calibration_file_round_trips(art, data, tmp_path, capsys):
+def test_a_measured_chips_calibration_file_round_trips(art, data, tmp_path, capsys, make_bn_artifact):
     cmap = DeployedModel.load(art).cmap
     for r in (0, 1):
         chip = sample_chip(cmap.cell_count(), 0.2, 0.0, run_seed(7, 0.2, 0.0, r))
@@ -137,7 +135,7 @@ def test_a_measured_chips_calibration_file_round_trips(art, data, tmp_path, caps
     other_chip = ["validate", str(art), *common, "--fault-map", str(tmp_path / "chip1.npz"),
                   "--chip-calibration", str(file), "--out", str(tmp_path / "c.json")]
     assert "calibrated for another chip" in _err(capsys, other_chip)
-    other = bn_artifact(tmp_path / "other", seed=1)
+    other = make_bn_artifact(seed=1)
     save_fault_map(tmp_path / "o.npz", DeployedModel.load(other).cmap,
                    sample_chip(cmap.cell_count(), 0.2, 0.0, run_seed(7, 0.2, 0.0, 0)))
     assert "calibrated for another artifact" in _err(capsys, ["validate", str(other), *common, "--fault-map",

@@ -20,7 +20,7 @@ from toolchain.cli import main
 from toolchain.recalibrate import bn_modules
 
 from _runtime_helpers import NORM, bn_artifact, tiny_model
-from conftest import make_cifar, one_thread
+from conftest import one_thread
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 
@@ -34,9 +34,9 @@ CALIB = _images(64, 1)[0]      # the int8 activation ranges
 CALIBRATE = _images(64, 2)[0]  # the per-chip calibration batch
 
 
-@pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    return bn_artifact(tmp_path_factory.mktemp("art") / "a")
+@pytest.fixture
+def art(make_bn_artifact):
+    return make_bn_artifact()
 
 
 def _logits(engine, weights=None):
@@ -180,11 +180,11 @@ def test_the_streamlined_int8_graph_is_calibrated_like_the_qdq_graph(art, monkey
     assert np.array_equal(_logits(uncalibrated, w), _logits(fast, w))
 
 
-def test_rram_calibrate_measures_a_chip_in_int8_for_validate(art, tmp_path, capsys):
+def test_rram_calibrate_measures_a_chip_in_int8_for_validate(art, tmp_path, capsys, coloured_cifar):
     """`rram calibrate --precision int8` writes the periphery `validate --precision int8
     --calibrate` gives the measured chip; the fp32-measured file is the same quantity (scales
     within 5%: the activations are quantised in one and not the other), not the same numbers."""
-    data = make_cifar(tmp_path / "cifar", test=64)
+    data = coloured_cifar(test=64)
     cmap = DeployedModel.load(art).cmap
     save_fault_map(tmp_path / "chip.npz", cmap, sample_chip(cmap.cell_count(), 0.2, 0.0, run_seed(7, 0.2, 0.0, 0)))
     common = ["--data", str(data), "--no-cache", "--fault-map", str(tmp_path / "chip.npz"), "--calibrate", "16"]

@@ -14,25 +14,22 @@ from runtime.campaign import CampaignConfig, validate
 from runtime.errors import RuntimeInputError
 from runtime.results import journal_path, read_results
 
-from _runtime_helpers import make_artifact, make_images, write_cifar_batches
 from conftest import ROOT, one_line_error, run_cli
 
 
-@pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    from runtime.crossbar import preset
-
-    return make_artifact(tmp_path_factory.mktemp("art") / "a", preset("paper"))
+@pytest.fixture
+def art(paper_art):
+    return paper_art
 
 
-@pytest.fixture(scope="module")
-def data():
-    return make_images(16)
+@pytest.fixture
+def data(small_images):
+    return small_images(16)
 
 
-@pytest.fixture(scope="module")
-def cifar(tmp_path_factory, data):
-    return write_cifar_batches(tmp_path_factory.mktemp("cifar"), *data)
+@pytest.fixture
+def cifar(cifar_test_batch, data):
+    return cifar_test_batch(*data)
 
 
 def _validate(art, cifar, out, *extra) -> list:

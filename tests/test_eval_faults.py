@@ -4,33 +4,29 @@ import json
 import pytest
 import torch
 
-from toolchain.checkpoints import Checkpoint, save_checkpoint
 from toolchain.cli import main
-from toolchain.data import CIFAR10_NORM
-from toolchain.models import ModelSpec, build_model
+from toolchain.models import ModelSpec
 from toolchain.recalibrate import bn_stats_of
 
-from conftest import make_cifar, one_thread
+from conftest import one_thread
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 SPEC = ModelSpec("resnet20", 0.25)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_cifar(tmp_path_factory.mktemp("cifar"), test=256)
+def with_rate_stats(c, m):
+    """Statistics of BN rate 0.1 far from the model's own (so --rate-stats shows)."""
+    c.bn_stats = {"0.1": {k: v * 3 + 0.5 for k, v in bn_stats_of(m).items()}}
 
 
-@pytest.fixture(scope="module")
-def ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    m = build_model(SPEC).eval()
-    c = Checkpoint(SPEC, CIFAR10_NORM, m.state_dict(), {}, {})
-    stats = bn_stats_of(m)
-    c.bn_stats = {"0.1": {k: v * 3 + 0.5 for k, v in stats.items()}}
-    path = tmp_path_factory.mktemp("ck") / "m.pt"
-    save_checkpoint(c, path)
-    return path
+@pytest.fixture
+def data(coloured_cifar):
+    return coloured_cifar(test=256)
+
+
+@pytest.fixture
+def ckpt(tiny_checkpoint):
+    return tiny_checkpoint(SPEC, with_rate_stats)
 
 
 def ev(capsys, *args):

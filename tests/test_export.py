@@ -8,10 +8,10 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from toolchain.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from toolchain.checkpoints import load_checkpoint
 from toolchain.cli import main
 from toolchain.data import CIFAR10_NORM
-from toolchain.models import ModelSpec, build_model
+from toolchain.models import ModelSpec
 from toolchain.recalibrate import apply_bn_stats, bn_stats_of
 
 from conftest import one_thread
@@ -25,15 +25,14 @@ def perturbed_stats(model, seed):
     return {k: (v + torch.rand(v.shape, generator=g) * 0.5) for k, v in bn_stats_of(model).items()}
 
 
-@pytest.fixture
-def ckpt(tmp_path):
-    torch.manual_seed(0)
-    m = build_model(SPEC).eval()
-    c = Checkpoint(SPEC, CIFAR10_NORM, m.state_dict(), {}, {"drop_rate": 0.2})
+def trained_at_three_rates(c, m):
+    c.meta = {"drop_rate": 0.2}
     c.bn_stats = {"0.0": perturbed_stats(m, 1), "0.1": perturbed_stats(m, 2), "0.3": perturbed_stats(m, 3)}
-    path = tmp_path / "m.pt"
-    save_checkpoint(c, path)
-    return path
+
+
+@pytest.fixture
+def ckpt(tiny_checkpoint):
+    return tiny_checkpoint(SPEC, trained_at_three_rates)
 
 
 def run_onnx(model_proto, x):

@@ -8,7 +8,6 @@ import pytest
 
 from runtime.artifact import DeployedModel
 from runtime.campaign import validate
-from runtime.crossbar import preset
 from runtime.engine import Engine
 from runtime.errors import RuntimeInputError
 from runtime.faults import run_seed, sample_chip
@@ -22,7 +21,7 @@ from runtime.subsets import (
     sampling_variance,
 )
 
-from _runtime_helpers import make_artifact, self_labelled_images
+from _runtime_helpers import self_labelled_images
 from conftest import one_line_error, one_thread, run_cli, write_test_batch
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
@@ -30,14 +29,14 @@ _one_thread = pytest.fixture(autouse=True)(one_thread)
 AUTO = dict(images_auto=True, pilot_images=100, min_images=20)  # small sizes for a 400-image split
 
 
-@pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    return make_artifact(tmp_path_factory.mktemp("art") / "a", preset("paper"))
+@pytest.fixture
+def art(paper_art):
+    return paper_art
 
 
-@pytest.fixture(scope="module")
-def data(art):
-    return self_labelled_images(art, n=400)
+@pytest.fixture
+def data(art, self_labelled):
+    return self_labelled(art, n=400)
 
 
 def half_width(accs) -> float:
@@ -178,10 +177,8 @@ def test_ci_with_images_auto_stops_once_the_target_is_reached_and_never_before_t
     assert sizes(tight["rates"][0])[:5] == [100] * 5  # the pilot: the first --min-runs chips
 
 
-def test_images_auto_with_int8_and_per_chip_calibration(tmp_path, data):
-    from test_calibration_campaign import bn_artifact  # an artifact with fold-bn's BN targets
-
-    art = bn_artifact(tmp_path / "bn")
+def test_images_auto_with_int8_and_per_chip_calibration(data, make_bn_artifact):
+    art = make_bn_artifact()  # an artifact with fold-bn's BN targets
     images, labels = data  # (labelled by another tiny model: the accuracies only need to agree)
     kw = dict(sa1=[0.1], runs=5, seed=2, progress=False, ci=0.001, min_runs=3, **AUTO)
     model = DeployedModel.load(art)

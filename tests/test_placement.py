@@ -14,7 +14,7 @@ from runtime.faults import OK, SA0, SA1, Chip, sample_chip
 from runtime.placement import PhysicalChip, faulty_integers, place_chip, place_tile, placed_codes, sample_spares
 from runtime.results import merge
 
-from _runtime_helpers import make_artifact, make_images
+from _runtime_helpers import make_images
 
 DEVICES = {"paper": preset("paper"), "mlc4": preset("mlc4"), "slc8": preset("slc8"),
            "offset": DeviceConfig(bits_per_cell=4, cells_per_weight=2, encoding="offset", name="offset4")}
@@ -82,9 +82,9 @@ def test_orientation_turns_a_stuck_pair_to_its_healthy_side():
     assert tp.flip.tolist() == [True, False] and tp.error_placed == 0
 
 
-@pytest.fixture(scope="module")
-def small_art(tmp_path_factory):
-    return make_artifact(tmp_path_factory.mktemp("art") / "a", SMALL)
+@pytest.fixture
+def small_art(make_tiny_artifact):
+    return make_tiny_artifact(SMALL)
 
 
 def test_a_placed_chip_computes_the_weights_its_placement_reports(small_art):

@@ -13,18 +13,16 @@ from runtime.crossbar import DeviceConfig, decode
 from runtime.faults import SA0, SA1, sample_chip, save_fault_map
 from runtime.placement import PhysicalChip, sample_spares, save_physical_fault_map
 
-from _runtime_helpers import make_artifact, make_images, write_cifar_batches
 from conftest import one_line_error, run_cli
 
 SMALL = DeviceConfig(tile_rows=16, tile_cols=16, name="small")
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, make_tiny_artifact, cifar_test_batch, small_images):
     root = tmp_path_factory.mktemp("place")
-    art = make_artifact(root / "art", SMALL)
-    other = make_artifact(root / "other", SMALL, seed=1)
-    cifar = write_cifar_batches(root / "cifar", *make_images(16))
+    art, other = make_tiny_artifact(SMALL), make_tiny_artifact(SMALL, seed=1)
+    cifar = cifar_test_batch(*small_images(16))
     cmap = DeployedModel.load(art).cmap
     physical = PhysicalChip(sample_chip(cmap.cell_count(), 0.2, 0.05, 1), sample_spares(cmap, 0.2, 0.05, 0, 1))
     save_physical_fault_map(root / "full.npz", cmap, physical)

@@ -2,21 +2,21 @@
 import pytest
 import torch
 
-from toolchain.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
+from toolchain.checkpoints import load_checkpoint
 from toolchain.cli import main
 from toolchain.data import CIFAR10_NORM, iterate_batches, load_split
 from toolchain.models import ModelSpec, build_model
 from toolchain.recalibrate import bn_stats_of, recalibrate_bn
 
-from conftest import make_cifar, one_thread
+from conftest import one_thread
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 SPEC = ModelSpec("resnet20", 0.25)
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_cifar(tmp_path_factory.mktemp("cifar"))
+def data(coloured_cifar):
+    return coloured_cifar()
 
 
 @pytest.fixture(scope="module")
@@ -64,9 +64,12 @@ def test_batches_limits_the_pass(split):
     assert not torch.equal(full["bn1.running_mean"], two["bn1.running_mean"])
 
 
-def test_cli_recalibrate_stores_each_rate(data, tmp_path, capsys):
-    ck = tmp_path / "m.pt"
-    save_checkpoint(Checkpoint(SPEC, CIFAR10_NORM, model().state_dict(), {}, {"drop_rate": 0.2}), ck)
+def trained_with_drop_connect(c, m):
+    c.meta = {"drop_rate": 0.2}
+
+
+def test_cli_recalibrate_stores_each_rate(data, tmp_path, capsys, tiny_checkpoint):
+    ck = tiny_checkpoint(SPEC, trained_with_drop_connect)
     assert main(["recalibrate", str(ck), "--rates", "0,0.1,0.3", "--data", str(data), "--no-cache",
                  "--batches", "2", "--batch-size", "32", "--out", str(tmp_path / "r")]) == 0
     out = load_checkpoint(tmp_path / "r" / "recalibrated.pt")
@@ -79,9 +82,8 @@ def test_cli_recalibrate_stores_each_rate(data, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("rates", ["0,1.0", "-0.2", "0.1,abc", "1.5"])
-def test_cli_bad_rates(data, tmp_path, capsys, rates):
-    ck = tmp_path / "m.pt"
-    save_checkpoint(Checkpoint(SPEC, CIFAR10_NORM, model().state_dict(), {}, {}), ck)
+def test_cli_bad_rates(data, tmp_path, capsys, rates, tiny_checkpoint):
+    ck = tiny_checkpoint(SPEC)
     code = main(["recalibrate", str(ck), f"--rates={rates}", "--data", str(data), "--no-cache",
                  "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err.strip().splitlines()

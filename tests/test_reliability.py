@@ -16,10 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from toolchain.checkpoints import Checkpoint, save_checkpoint
 from toolchain.cli import main
-from toolchain.data import CIFAR10_NORM, load_split
-from toolchain.models import ModelSpec, build_model
+from toolchain.data import load_split
 
 from conftest import one_line_error, run_cli
 
@@ -60,11 +58,8 @@ def image_folder(root: Path, classes=CLASSES, per_class: int = 2, size: int = 32
 
 
 @pytest.fixture
-def ckpt(tmp_path) -> Path:
-    torch.manual_seed(0)
-    spec = ModelSpec("resnet20", width=0.25)
-    ckpt = Checkpoint(spec, CIFAR10_NORM, build_model(spec).state_dict(), {}, {})
-    return save_checkpoint(ckpt, tmp_path / "ck" / "m.pt")
+def ckpt(tiny_checkpoint) -> Path:
+    return tiny_checkpoint()
 
 
 class MakesMarker:
@@ -142,12 +137,8 @@ def test_train_with_wrong_class_folders_creates_nothing(tmp_path, capsys):
     assert not out.exists()
 
 
-def test_validate_with_wrong_class_folders_writes_nothing(tmp_path, capsys):
-    from runtime.crossbar import preset
-
-    from _runtime_helpers import make_artifact
-
-    art = make_artifact(tmp_path / "art", preset("paper"))  # a 10-class model
+def test_validate_with_wrong_class_folders_writes_nothing(paper_art, tmp_path, capsys):
+    art = paper_art  # a 10-class model
     root = image_folder(tmp_path / "d", classes=CLASSES[:3])
     out = tmp_path / "res.json"
     code, _, err = run_cli(capsys, "validate", art, "--data", root, "--no-cache", "--runs", "1", "--out", out)

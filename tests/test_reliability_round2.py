@@ -88,15 +88,13 @@ def test_the_recorded_factory_is_built_with_model_and_builtins_without(tmp_path,
 # ------------------------------------------------------------------ 2. numbers of a chip-calibration file
 
 @pytest.fixture(scope="module")
-def bn_art(tmp_path_factory):
-    from _runtime_helpers import bn_artifact
-
-    return bn_artifact(tmp_path_factory.mktemp("art") / "a")
+def bn_art(make_bn_artifact):
+    return make_bn_artifact()
 
 
 @pytest.fixture(scope="module")
-def cifar(tmp_path_factory):
-    return make_cifar(tmp_path_factory.mktemp("cifar"), test=32)
+def cifar(coloured_cifar):
+    return coloured_cifar(test=32)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import torch
 
 from toolchain.cli import main
 
-from _runtime_helpers import export_torch, make_artifact, make_images, tiny_model, write_cifar_batches
+from _runtime_helpers import export_torch, tiny_model
 from conftest import ROOT, one_line_error, run_cli
 
 # ------------------------------------------------------------------ helpers
@@ -122,16 +122,14 @@ def test_full_disk_in_quantize_force_names_the_folder(float_onnx, tmp_path, caps
 
 # ------------------------------------------------------------------ 2.-3., 5. validate campaigns
 
-@pytest.fixture(scope="module")
-def art(tmp_path_factory) -> Path:
-    from runtime.crossbar import preset
-
-    return make_artifact(tmp_path_factory.mktemp("art") / "a", preset("paper"))
+@pytest.fixture
+def art(paper_art) -> Path:
+    return paper_art
 
 
-@pytest.fixture(scope="module")
-def cifar(tmp_path_factory) -> Path:
-    return write_cifar_batches(tmp_path_factory.mktemp("cifar"), *make_images(16))
+@pytest.fixture
+def cifar(cifar_test_batch, small_images) -> Path:
+    return cifar_test_batch(*small_images(16))
 
 
 def _validate(art, cifar, out, *extra) -> list:
@@ -319,10 +317,39 @@ def test_levels_of_the_wrong_type_say_so(art, cifar, tmp_path, capsys):
 # ------------------------------------------------------------------ 6. every command that writes
 
 # where each command reads its input and writes its output (a folder, or a file of this suffix)
-FOLDER_OUTPUTS = {"train", "recalibrate", "quantize"}
-SUFFIX = {"export": ".onnx", "passes": ".onnx", "validate": ".json", "merge": ".json", "plot": ".png"}
+FOLDER_OUTPUTS = {"train", "recalibrate", "quantize", "pipeline"}
+SUFFIX = {"export": ".onnx", "passes": ".onnx", "validate": ".json", "merge": ".json", "plot": ".png",
+          "sensitivity": ".json"}
 INPUT = {"train": "data", "recalibrate": "ck/m.pt", "export": "ck/m.pt", "passes": "models/m.onnx",
-         "quantize": "models/m.onnx", "validate": "art", "merge": "results/res.json", "plot": "results/res.json"}
+         "quantize": "models/m.onnx", "validate": "art", "merge": "results/res.json", "plot": "results/res.json",
+         "sensitivity": "art", "pipeline": "pipe/p.toml"}
+WRITERS = ["train", "recalibrate", "export", "passes", "quantize", "validate", "merge", "plot", "sensitivity",
+           "pipeline"]
+# the smallest pipeline: the workspace's checkpoint through recalibrate .. report (no [train])
+PIPELINE = """\
+out = {out}
+data = "../data"
+
+[model]
+checkpoint = "../ck/m.pt"
+arch = "resnet20"
+width = 0.25
+
+[recalibrate]
+rates = [0.1]
+batches = 1
+batch_size = 4
+
+[validate]
+sa1 = [0.1]
+runs = 1
+images = 4
+"""
+
+
+def write_pipeline_config(ws: Path, out: Path) -> None:
+    """``pipe/p.toml`` (the pipeline's input: its run folder is the config's ``out``) with this out."""
+    (ws / INPUT["pipeline"]).write_text(PIPELINE.format(out=json.dumps(str(out))))
 
 
 def _argv(command: str, ws: Path, out: Path) -> list:
@@ -339,26 +366,26 @@ def _argv(command: str, ws: Path, out: Path) -> list:
                      "--out", out],
         "merge": ["merge", inp, "--out", out],
         "plot": ["plot", inp, "--out", out],
+        "sensitivity": ["sensitivity", inp, "--data", data, "--no-cache", "--sa1", "0.1", "--runs", "1",
+                        "--images", "4", "--out", out],
+        "pipeline": ["pipeline", inp],  # its out is in the config (write_pipeline_config)
     }[command]
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    """data/ (CIFAR-10 batches), ck/m.pt, models/m.onnx, art/ (quantized), results/res.json, each
-    beside a file of the user's (notes.txt) that no command may touch."""
-    from toolchain.checkpoints import Checkpoint, save_checkpoint
-    from toolchain.data import CIFAR10_NORM
-    from toolchain.models import ModelSpec, build_model
-
+def workspace(tmp_path_factory, tiny_checkpoint) -> Path:
+    """data/ (CIFAR-10 batches), ck/m.pt, models/m.onnx, art/ (quantized), results/res.json and
+    pipe/ (for the pipeline's config), each beside a file of the user's (notes.txt) that no command
+    may touch."""
     ws = tmp_path_factory.mktemp("ws")
     write_cifar_batches_py(ws / "data")
-    torch.manual_seed(0)
-    spec = ModelSpec("resnet20", width=0.25)
-    save_checkpoint(Checkpoint(spec, CIFAR10_NORM, build_model(spec).state_dict(), {}, {}), ws / "ck" / "m.pt")
+    (ws / "ck").mkdir()
+    shutil.copy(tiny_checkpoint(), ws / "ck" / "m.pt")  # a copy: the commands run on ws's files
     assert main(["export", str(ws / "ck" / "m.pt"), "--out", str(ws / "models" / "m.onnx")]) == 0
     assert main(["quantize", str(ws / "models" / "m.onnx"), str(ws / "art")]) == 0
     assert main([str(a) for a in _argv("validate", ws, ws / "results" / "res.json")]) == 0
-    for folder in ("data", "ck", "models", "results"):
+    (ws / "pipe").mkdir()
+    for folder in ("data", "ck", "models", "results", "pipe"):
         (ws / folder / "notes.txt").write_text(f"the user's notes in {folder}")
     return ws
 
@@ -422,11 +449,11 @@ CASES = ["existing folder", "existing file", "read-only parent", "inside the inp
 
 
 @pytest.mark.parametrize("case", CASES)
-@pytest.mark.parametrize("command", ["train", "recalibrate", "export", "passes", "quantize", "validate", "merge",
-                                     "plot"])
+@pytest.mark.parametrize("command", WRITERS)
 def test_every_writing_command_keeps_what_is_there(command, case, workspace, tmp_path, capsys, monkeypatch):
     ws = tmp_path / "ws"
     shutil.copytree(workspace, ws)
+    monkeypatch.setenv("RRAM_CACHE", str(tmp_path / "cache"))  # the pipeline's data cache: not in ws
     suffix = "" if command in FOLDER_OUTPUTS else SUFFIX[command]
     inp = ws / INPUT[command]
     if case == "existing folder":  # not an artifact, not a previous output: somebody's folder
@@ -434,7 +461,7 @@ def test_every_writing_command_keeps_what_is_there(command, case, workspace, tmp
         out.mkdir()
         (out / "keep.txt").write_text("keep me")
     elif case == "existing file":  # a file of the user's where a folder goes; else the input itself
-        out = ws / "notes" if command in FOLDER_OUTPUTS else (ws / "results" / "res.json" if command == "validate"
+        out = ws / "notes" if command in FOLDER_OUTPUTS else (ws / "results" / "res.json" if inp.is_dir()
                                                               else inp)
         if command in FOLDER_OUTPUTS:
             out.write_text("keep me")
@@ -445,13 +472,18 @@ def test_every_writing_command_keeps_what_is_there(command, case, workspace, tmp
         read_only(monkeypatch, ws / "ro")
     else:
         out = (inp if inp.is_dir() else inp.parent) / f"new{suffix}"
+    if command == "pipeline":
+        write_pipeline_config(ws, out)
     before = tree(ws)
     code, _, err = run_cli(capsys, *_argv(command, ws, out))
     monkeypatch.undo()
     after = tree(ws)
     if code == 0:
+        # train and recalibrate resume into (or add to) a folder; quantize and the pipeline refuse one
+        # they did not write
         assert case == "inside the input's folder" or (case == "existing folder" and command in FOLDER_OUTPUTS
-                                                         and command != "quantize"), f"{command} wrote into {out}"
+                                                         and command not in ("quantize", "pipeline")), \
+            f"{command} wrote into {out}"
         new = [p for p in after if p not in before]
         assert new and all((ws / p) == out or out in (ws / p).parents for p in new), new
         assert {p: h for p, h in after.items() if p in before} == before

@@ -60,14 +60,14 @@ from _runtime_helpers import (
 )
 
 
-@pytest.fixture(scope="module")
-def art(tmp_path_factory):
-    return make_artifact(tmp_path_factory.mktemp("art") / "a", preset("paper"))
+@pytest.fixture
+def art(paper_art):
+    return paper_art
 
 
-@pytest.fixture(scope="module")
-def data():
-    return make_images(48)
+@pytest.fixture
+def data(small_images):
+    return small_images(48)
 
 
 def identity(doc):
@@ -278,7 +278,7 @@ def _err(capsys, args):
     return err
 
 
-def test_bad_inputs_one_line_error_nothing_overwritten(art, data, tmp_path, capsys):
+def test_bad_inputs_one_line_error_nothing_overwritten(art, data, tmp_path, capsys, make_tiny_artifact):
     root = write_cifar_batches(tmp_path / "cifar", *data)
     out = tmp_path / "res.json"
     base = ["validate", str(art), "--data", str(root), "--no-cache", "--runs", "1", "--out", str(out)]
@@ -305,7 +305,7 @@ def test_bad_inputs_one_line_error_nothing_overwritten(art, data, tmp_path, caps
     shutil.copytree(art, bare)
     (bare / "crossbars.npz").unlink()
     assert "no conductance map" in _err(capsys, base[:1] + [str(bare)] + base[2:] + ["--sa1", "0.1"])
-    other_art = make_artifact(tmp_path / "other_art", preset("paper"), seed=1)
+    other_art = make_tiny_artifact(seed=1)
     mixed = tmp_path / "mixed"
     shutil.copytree(art, mixed)
     shutil.copy(other_art / "model.onnx", mixed / "model.onnx")
@@ -334,7 +334,7 @@ def test_bad_inputs_one_line_error_nothing_overwritten(art, data, tmp_path, caps
 
 # ------------------------------------------------------------------ int8 path
 
-def test_int8_engine_computes_with_the_crossbar_integers(art, data, tmp_path):
+def test_int8_engine_computes_with_the_crossbar_integers(art, data, tmp_path, make_tiny_artifact):
     images, labels = data
     dm = DeployedModel.load(art)
     calib = make_images(64, seed=1)[0]
@@ -372,7 +372,7 @@ def test_int8_engine_computes_with_the_crossbar_integers(art, data, tmp_path):
     assert np.array_equal(out8, ref.run(None, {dm.input_name: e32.x})[0])
     doc = validate(art, images, labels, sa1=[0.1], runs=1, progress=False, precision="int8", calibration=calib)
     assert doc["config"]["precision"] == "int8"
-    wide = make_artifact(tmp_path / "wide", preset("mlc4"))  # int16 weights, opset 21
+    wide = make_tiny_artifact("mlc4")  # int16 weights, opset 21
     assert validate(wide, images, labels, sa1=[0.0], runs=1, progress=False)["rates"][0]["summary"]["mean"] \
         == Engine(DeployedModel.load(wide), images, labels).clean_accuracy()
 
@@ -479,11 +479,11 @@ def test_resume_and_merge_follow_content_not_paths(art, data, tmp_path):
     assert identity(merge([tmp_path / "a.json", tmp_path / "b.json"])) == identity(validate(art, *data, **kw))
 
 
-def test_review_bad_inputs_are_one_line_errors(tmp_path, capsys):
+def test_review_bad_inputs_are_one_line_errors(tmp_path, capsys, paper_art):
     """Inputs found by review to crash with a traceback: a corrupt map, malformed results, an
     unknown figure type, an output path blocked by a file, two models for one BN rate, an
     artifact without input normalisation."""
-    art = make_artifact(tmp_path / "art", preset("paper"))
+    art = paper_art
     images, labels = make_images(16)
     root = write_cifar_batches(tmp_path / "data", images, labels)
     out = tmp_path / "res.json"
@@ -586,9 +586,9 @@ def test_int8_bias_follows_the_crossbar_scales(tmp_path):
     assert np.max(np.abs(outs[0] - outs[1])) <= 0.02 * spread, np.max(np.abs(outs[0] - outs[1])) / spread
 
 
-def test_input_shape_and_fixed_batch(tmp_path, capsys):
+def test_input_shape_and_fixed_batch(tmp_path, capsys, make_tiny_artifact):
     images, labels = make_images(50)
-    small = make_artifact(tmp_path / "small", preset("paper"), size=16)
+    small = make_tiny_artifact(size=16)
     with pytest.raises(RuntimeInputError, match=r"3x16x16 \(C x H x W\), the data holds 3x32x32"):
         Engine(DeployedModel.load(small), images, labels)
     fixed = quantize_onnx(_export_keep_bn(tiny_model(), tmp_path / "b.onnx", batch=5), tmp_path / "fixed",
@@ -709,7 +709,7 @@ def test_bad_input_review_round_two(art, data, tmp_path, capsys):
     assert "using all of them" in capsys.readouterr().out
 
 
-def test_int8_quantizer_failure_is_one_line(tmp_path, monkeypatch):
+def test_int8_quantizer_failure_is_one_line(paper_art, monkeypatch):
     """onnxruntime's quantizer raises assorted exceptions on unusual graphs (review: a Gemm bias of
     shape (1, 10)); they become one-line errors."""
     import onnxruntime.quantization as q
@@ -718,7 +718,7 @@ def test_int8_quantizer_failure_is_one_line(tmp_path, monkeypatch):
         raise ValueError("The truth value of an array with more than one element is ambiguous")
 
     monkeypatch.setattr(q, "quantize_static", broken)
-    dm = DeployedModel.load(make_artifact(tmp_path / "a", preset("paper")))
+    dm = DeployedModel.load(paper_art)
     images, labels = make_images(8)
     with pytest.raises(RuntimeInputError, match="onnxruntime's quantizer failed .*ValueError.*use --precision fp32"):
         Engine(dm, images, labels, precision="int8", calibration=images)

@@ -13,15 +13,15 @@ from toolchain.errors import UserError
 from toolchain.models import ModelSpec, build_model
 from toolchain.training import LAST, TrainConfig, bf16_is_slow_here, train
 
-from conftest import ROOT as REPO, make_cifar, one_thread, x86_cpu_flags
+from conftest import ROOT as REPO, one_thread, x86_cpu_flags
 
 SPEC = ModelSpec("resnet20", 0.25)
 _one_thread = pytest.fixture(autouse=True)(one_thread)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_cifar(tmp_path_factory.mktemp("cifar"))
+@pytest.fixture
+def data(coloured_cifar):
+    return coloured_cifar()
 
 
 def cfg(data, out, **kw):
