@@ -101,7 +101,9 @@ def _expected_bytes(entries, device: DeviceConfig) -> dict[str, int]:
         rows, cols = (int(v) for v in e["matrix_shape"])
         if rows < 0 or cols < 0:
             raise ValueError(f"layer {e.get('name')!r} has a negative matrix_shape")
-        expected[f"{e['key']}.levels"] = device.planes * device.cells_per_weight * rows * cols
+        # up to 8 bytes a cell: bounded (a bomb is still refused), and levels stored in a wider
+        # type than uint8 get the reader's own message ("levels are int16, not uint8")
+        expected[f"{e['key']}.levels"] = device.planes * device.cells_per_weight * rows * cols * 8
         expected[f"{e['key']}.scales"] = cols * 8
     return expected
 
