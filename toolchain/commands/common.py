@@ -132,6 +132,17 @@ def calibration_images(args):
     return train.images[calibration_indices(len(train), args.calibrate, args.seed)]
 
 
+def int8_calibration_indices(total: int, n: int):
+    """``--calibration-images N`` (int8 activation ranges): N images spread over the training
+    split's ``total``; more than the split holds is a one-line error, not silently all of them
+    (``--calibration-images 1000000000000`` ran on the whole split for minutes)."""
+    from ..data import subset_indices
+
+    if n > total:
+        raise UserError(f"--calibration-images {n}: the training split has {total} images; choose at most that")
+    return subset_indices(total, n)
+
+
 def add_ray_arg(p: argparse.ArgumentParser) -> None:
     """--ray [ADDRESS]: the chips on Ray workers instead of this process (docs/scaling.md)."""
     p.add_argument("--ray", nargs="?", const=True, default=None, metavar="ADDRESS",
