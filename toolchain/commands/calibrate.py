@@ -6,6 +6,7 @@ CHIP --chip-calibration FILE` validates the chip with them (docs/runtime.md)."""
 from __future__ import annotations
 
 from .common import (
+    INT8_CALIBRATION_DEFAULT,
     add_bn_rate_arg,
     add_data_args,
     calibration_images,
@@ -31,8 +32,9 @@ def add_parser(sub) -> None:
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
                    help="the numerics the chip is measured in: int8 as `rram validate --precision int8` "
                         "deploys it (activation ranges from --calibration-images training images)")
-    p.add_argument("--calibration-images", type=positive_int, default=500,
-                   help="training images for the --precision int8 activation ranges (as rram validate)")
+    p.add_argument("--calibration-images", type=positive_int, default=None,
+                   help="training images for the --precision int8 activation ranges (as rram validate; default: "
+                        f"{INT8_CALIBRATION_DEFAULT}, or the whole split when it is smaller)")
     p.add_argument("--out", required=True, help=f"output folder (gets {FILE_NAME})")
     p.set_defaults(func=run)
 
