@@ -16,7 +16,7 @@ from .faults import Chip, faulty_levels
 from .int8 import prepare_int8, quantize_input
 from .int8.calibrate import Int8ChipCalibrator
 from .metadata import NORMALIZATION_EMBEDDED_KEY, NORMALIZATION_KEY, normalize_images
-from .session import default_providers, default_threads, make_session
+from .session import check_threads, default_providers, default_threads, make_session
 
 
 class Engine:
@@ -45,6 +45,7 @@ class Engine:
                 raise RuntimeInputError(f"{model.folder}: the model takes batches of exactly {fixed} images; "
                                         f"{len(labels)} images are not a multiple of {fixed} (choose --images)")
             self.batch_size = fixed
+        check_threads(threads)
         self.threads = threads or default_threads()
         self.providers = providers or default_providers()
         if precision not in PRECISIONS:

@@ -41,6 +41,25 @@ def series_names(docs: list[dict], paths, labels: list[str] | None = None, *, mi
             for n, d in zip(names, docs)]
 
 
+def check_title(title: str | None) -> None:
+    """A ``--title`` with ``$...$`` is matplotlib mathtext: one that does not parse (``a $\\frac{ $``)
+    is a one-line error before any figure is drawn, not a traceback from savefig."""
+    if not title or "$" not in title:
+        return
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(2, 1))
+    FigureCanvasAgg(fig)
+    fig.suptitle(title)
+    try:
+        fig.canvas.draw()
+    except (ValueError, RuntimeError) as e:
+        why = next((line.strip() for line in reversed(str(e).splitlines()) if line.strip()), type(e).__name__)
+        raise RuntimeInputError(f"--title {title!r} is not valid matplotlib mathtext ({why[:150]}); write a "
+                                f"literal dollar sign as \\$") from None
+
+
 def plot_results(paths: list[str | os.PathLike], out: str | os.PathLike, *, labels: list[str] | None = None,
                  title: str | None = None, mixed: bool = False) -> Path:
     import matplotlib
@@ -50,6 +69,7 @@ def plot_results(paths: list[str | os.PathLike], out: str | os.PathLike, *, labe
 
     if not paths:
         raise RuntimeInputError("no results files to plot")
+    check_title(title)
     fmt = Path(out).suffix.lstrip(".").lower()
     supported = plt.figure().canvas.get_supported_filetypes()
     plt.close("all")
@@ -111,6 +131,8 @@ def plot_sensitivity(path: str | os.PathLike, out: str | os.PathLike, *, title: 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    check_title(title)
 
     doc = read_sensitivity(path)
     rates = doc["rates"]

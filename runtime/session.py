@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import RuntimeInputError
+
 
 def default_providers() -> list[str]:
     """CUDA where onnxruntime-gpu and a GPU are present (unless RRAM_PROVIDER=cpu), the CPU
@@ -18,6 +20,19 @@ def default_providers() -> list[str]:
     if "CUDAExecutionProvider" in available and gpu and os.environ.get("RRAM_PROVIDER", "").lower() != "cpu":
         return ["CUDAExecutionProvider", "CPUExecutionProvider"]
     return ["CPUExecutionProvider"]
+
+
+MAX_THREADS = 1024  # onnxruntime threads per session: more than any machine's cores (a typo, 1e12)
+
+
+def check_threads(threads: int | None) -> None:
+    """``--threads``: None or an integer 1..MAX_THREADS, else one line (onnxruntime raised a
+    TypeError beyond C int range and started 100000 threads below it)."""
+    if threads is None:
+        return
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise RuntimeInputError(f"--threads {threads}: choose between 1 and {MAX_THREADS} (this machine has "
+                                f"{default_threads()} cores)")
 
 
 def default_threads() -> int:
@@ -50,6 +65,7 @@ def make_session(model: bytes | str | os.PathLike, *, providers: list[str] | Non
     runs the graph as written (verification). ``shared_arena``: CPU sessions share one arena."""
     import onnxruntime as ort
 
+    check_threads(threads)
     so = ort.SessionOptions()
     if threads is not None:
         so.intra_op_num_threads = threads

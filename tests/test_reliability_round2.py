@@ -300,3 +300,36 @@ def test_identical_builds_in_two_folders_have_one_model_hash(tmp_path, capsys):
     assert hashes[0] == hashes[1]
     for run, out in zip("ab", outputs):  # the checkpoint's path: in the command's output
         assert out["source"] == str((tmp_path / run / "ck.pt").resolve())
+
+
+# ------------------------------------------------------------------ 8. tracebacks and silent clamps -> one line
+
+@pytest.mark.parametrize("threads", [10**12, 1025])
+def test_an_absurd_thread_count_is_one_line(bn_art, cifar, tmp_path, capsys, threads):
+    """10**12 was a TypeError traceback from onnxruntime; 100000 started that many threads."""
+    code, _, err = run_cli(capsys, "validate", bn_art, "--data", cifar, "--no-cache", "--sa1", "0.1", "--runs", "1",
+                           "--threads", threads, "--out", tmp_path / "r.json")
+    assert code == 2 and f"--threads {threads}: choose between 1 and 1024" in one_line_error(err)
+    assert not (tmp_path / "r.json").exists()
+
+
+def test_a_plot_title_that_is_not_mathtext_is_one_line(bn_art, cifar, tmp_path, capsys):
+    res = tmp_path / "r.json"
+    assert run_cli(capsys, "validate", bn_art, "--data", cifar, "--no-cache", "--sa1", "0.1", "--runs", "1",
+                   "--out", res)[0] == 0
+    code, _, err = run_cli(capsys, "plot", res, "--title", r"a $\frac{ $", "--out", tmp_path / "f.png")
+    assert code == 2 and "is not valid matplotlib mathtext" in one_line_error(err)
+    assert not (tmp_path / "f.png").exists()
+    code, _, err = run_cli(capsys, "plot", res, "--title", r"$\alpha$ chips, 5\$", "--out", tmp_path / "f.png")
+    assert code == 0, err
+
+
+def test_calibration_images_beyond_the_split_are_refused(bn_art, cifar, measured_chip, tmp_path, capsys):
+    """`rram calibrate --precision int8 --calibration-images 1000000000000` was clamped to the whole
+    split (minutes on CIFAR-10) without a word."""
+    fault_map, _ = measured_chip
+    code, _, err = run_cli(capsys, "calibrate", bn_art, "--fault-map", fault_map, "--data", cifar, "--no-cache",
+                           "--calibrate", "8", "--precision", "int8", "--calibration-images", "1000000000000",
+                           "--out", tmp_path / "cal")
+    assert code == 2 and "--calibration-images 1000000000000: the training split has" in one_line_error(err)
+    assert not (tmp_path / "cal").exists()

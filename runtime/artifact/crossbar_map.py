@@ -94,15 +94,14 @@ def save_map(cmap: CrossbarMap, folder: str | os.PathLike) -> None:
 
 def _expected_bytes(entries, device: DeviceConfig) -> dict[str, int]:
     """{npz array name: the most bytes it may hold} per layer of ``crossbars.json``: levels one
-    uint8 per cell (planes x cells per weight x rows x columns), scales one float per column (8
-    bytes at most), checked against each entry's declared size before it is read."""
+    value per cell (planes x cells per weight x rows x columns) and scales one per column, each
+    of at most 8 bytes (a wrong dtype is left to its own message), checked against each entry's
+    declared size before it is read."""
     expected = {}
     for e in entries:
         rows, cols = (int(v) for v in e["matrix_shape"])
         if rows < 0 or cols < 0:
             raise ValueError(f"layer {e.get('name')!r} has a negative matrix_shape")
-        # up to 8 bytes a cell: bounded (a bomb is still refused), and levels stored in a wider
-        # type than uint8 get the reader's own message ("levels are int16, not uint8")
         expected[f"{e['key']}.levels"] = device.planes * device.cells_per_weight * rows * cols * 8
         expected[f"{e['key']}.scales"] = cols * 8
     return expected

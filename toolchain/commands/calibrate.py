@@ -5,7 +5,16 @@ scale and offset a deployment programs into that chip's periphery; `rram validat
 CHIP --chip-calibration FILE` validates the chip with them (docs/runtime.md)."""
 from __future__ import annotations
 
-from .common import add_bn_rate_arg, add_data_args, calibration_images, parse_stats_rate, positive_int, seed
+from .common import (
+    INT8_CALIBRATION_DEFAULT,
+    add_bn_rate_arg,
+    add_data_args,
+    calibration_images,
+    int8_calibration_indices,
+    parse_stats_rate,
+    positive_int,
+    seed,
+)
 
 FILE_NAME = "chip-calibration.json"
 
@@ -23,8 +32,9 @@ def add_parser(sub) -> None:
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
                    help="the numerics the chip is measured in: int8 as `rram validate --precision int8` "
                         "deploys it (activation ranges from --calibration-images training images)")
-    p.add_argument("--calibration-images", type=positive_int, default=500,
-                   help="training images for the --precision int8 activation ranges (as rram validate)")
+    p.add_argument("--calibration-images", type=positive_int, default=None,
+                   help="training images for the --precision int8 activation ranges (as rram validate; default: "
+                        f"{INT8_CALIBRATION_DEFAULT}, or the whole split when it is smaller)")
     p.add_argument("--placement", default=None, metavar="FILE",
                    help="the chip's placement (`rram place`): calibrate the placed chip (default: the fixed mapping)")
     p.add_argument("--out", required=True, help=f"output folder (gets {FILE_NAME})")
@@ -48,10 +58,10 @@ def run(args) -> int:
     artifact = Artifact.load(args.artifact)
     engine_kw = {"precision": args.precision}
     if args.precision == "int8":  # the activation ranges `rram validate --precision int8` sets
-        from ..data import load_split, subset_indices
+        from ..data import load_split
 
         train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache)
-        engine_kw["calibration"] = train.images[subset_indices(len(train), args.calibration_images)]
+        engine_kw["calibration"] = train.images[int8_calibration_indices(len(train), args.calibration_images)]
     doc = calibrate_fault_map(artifact, args.fault_map, calibration_images(args), stats_rate=stats_rate,
                               engine_kw=engine_kw, placement=args.placement)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -132,6 +132,23 @@ def calibration_images(args):
     return train.images[calibration_indices(len(train), args.calibrate, args.seed)]
 
 
+INT8_CALIBRATION_DEFAULT = 500  # --calibration-images when not given (the whole split when smaller)
+
+
+def int8_calibration_indices(total: int, n: int | None):
+    """``--calibration-images N`` (int8 activation ranges): N images spread over the training
+    split's ``total``; more than the split holds is a one-line error, not silently all of them
+    (``--calibration-images 1000000000000`` ran on the whole split for minutes). None (not given):
+    INT8_CALIBRATION_DEFAULT, or the whole split when it is smaller."""
+    from ..data import subset_indices
+
+    if n is None:
+        return subset_indices(total, min(INT8_CALIBRATION_DEFAULT, total))
+    if n > total:
+        raise UserError(f"--calibration-images {n}: the training split has {total} images; choose at most that")
+    return subset_indices(total, n)
+
+
 def add_ray_arg(p: argparse.ArgumentParser) -> None:
     """--ray [ADDRESS]: the chips on Ray workers instead of this process (docs/scaling.md)."""
     p.add_argument("--ray", nargs="?", const=True, default=None, metavar="ADDRESS",

@@ -13,12 +13,14 @@ from runtime.subsets import PILOT_IMAGES
 from ..data import check_for_model, load_split
 from ..errors import UserError
 from .common import (
+    INT8_CALIBRATION_DEFAULT,
     add_bn_rate_arg,
     add_data_args,
     add_ray_arg,
     calibration_images,
     check_ray,
     float_list,
+    int8_calibration_indices,
     parse_shard,
     parse_stats_rate,
     positive_float,
@@ -77,14 +79,28 @@ def add_parser(sub) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="int8: activations quantised as a DAC/ADC would (onnxruntime static "
                         "quantisation calibrated on training images), weights = crossbar integers")
-    p.add_argument("--calibration-images", type=positive_int, default=500,
-                   help="training images for --precision int8 calibration")
+    p.add_argument("--calibration-images", type=positive_int, default=None,
+                   help=f"training images for --precision int8 calibration (default: {INT8_CALIBRATION_DEFAULT}, "
+                        f"or the whole split when it is smaller)")
     p.add_argument("--batch-size", type=positive_int, default=128,
                    help="images per onnxruntime call (128 measured fastest for ResNet20 on 2 cores)")
-    p.add_argument("--threads", type=positive_int, default=None,
+    p.add_argument("--threads", type=thread_count, default=None,
                    help="onnxruntime threads (default: all cores; with --ray 1 per worker)")
     add_ray_arg(p)
     p.set_defaults(func=run)
+
+
+def thread_count(text: str) -> int:
+    """--threads: checked at parsing (runtime.session.check_threads), before any data is loaded."""
+    from runtime.errors import RuntimeInputError
+    from runtime.session import check_threads
+
+    n = positive_int(text)
+    try:
+        check_threads(n)
+    except RuntimeInputError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix(f"--threads {n}: ")) from None
+    return n
 
 
 def images_arg(text: str) -> int | str:
@@ -166,7 +182,7 @@ def run(args) -> int:
     calibration = None
     if args.precision == "int8":
         train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache)
-        calibration = train.images[subset_indices(len(train), args.calibration_images)]
+        calibration = train.images[int8_calibration_indices(len(train), args.calibration_images)]
     calibrate = calibration_images(args)
     info = {"data": str(args.data), "split": args.split}
     if args.fault_map:
