@@ -1,0 +1,39 @@
+"""docs/runtime.md's fault-aware placement figures are what the committed campaign files give."""
+import json
+import re
+import statistics
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK = ROOT / "docs" / "results" / "quick"
+VARIANTS = [("fixed mapping", "fixed"), ("placement", "placed"),
+            ("fixed mapping + per-chip calibration (256 images)", "fixed-cal"),
+            ("placement + per-chip calibration (256 images)", "placed-cal")]
+
+
+def table_rows() -> list[str]:
+    rows = []
+    for label, name in VARIANTS:
+        doc = json.loads((QUICK / f"resnet20-pretrained.{name}-2000.json").read_text())
+        assert doc["complete"] and doc["config"]["images"] == 2000 and doc["config"]["runs"] == 10
+        assert bool(doc["config"].get("place")) == name.startswith("placed")
+        assert (doc["config"].get("calibrate") == 256) == name.endswith("cal")
+        cells = [f"{100 * doc['rates'][0]['summary']['mean']:.2f}"]
+        cells += [f"{100 * e['summary']['mean']:.2f} (min {100 * e['summary']['min']:.1f})" for e in doc["rates"][1:]]
+        rows.append(f"| {label} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def test_the_placement_table_is_the_files():
+    text = (ROOT / "docs" / "runtime.md").read_text()
+    block = re.search(r"<!-- placement-quick.*?-->\n(.*?)<!-- /placement-quick -->", text, re.S).group(1)
+    assert block.strip().splitlines()[2:] == table_rows()
+
+
+def test_the_weight_error_figures_are_the_files():
+    text = " ".join((ROOT / "docs" / "runtime.md").read_text().split())
+    doc = json.loads((QUICK / "resnet20-pretrained.placed-2000.json").read_text())
+    fixed, placed = ([100 * statistics.mean(v[k] for v in e["runs"].values()) for e in doc["rates"][1:]]
+                     for k in ("weight_error_fixed", "weight_error_placed"))
+    assert (f"{fixed[0]:.2f}% fixed, {placed[0]:.2f}% placed at SA1 0.1; {fixed[1]:.2f}% fixed, "
+            f"{placed[1]:.2f}% placed at SA1 0.3") in text
