@@ -37,3 +37,13 @@ def test_the_weight_error_figures_are_the_files():
                      for k in ("weight_error_fixed", "weight_error_placed"))
     assert (f"{fixed[0]:.2f}% fixed, {placed[0]:.2f}% placed at SA1 0.1; {fixed[1]:.2f}% fixed, "
             f"{placed[1]:.2f}% placed at SA1 0.3") in text
+
+
+def test_the_readme_quotes_the_same_files():
+    text = (ROOT / "README.md").read_text()
+
+    def mean(name, i):
+        return 100 * json.loads((QUICK / f"resnet20-pretrained.{name}-2000.json").read_text())["rates"][i]["summary"]["mean"]
+
+    assert (f"keeps {mean('placed', 1):.1f}% at 10% SA1 ({mean('fixed', 1):.1f}% unplaced), "
+            f"{mean('placed-cal', 2):.1f}% at 30% with per-chip calibration (2,000 images, 10 chips)") in text
