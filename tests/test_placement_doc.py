@@ -43,7 +43,8 @@ def test_the_readme_quotes_the_same_files():
     text = (ROOT / "README.md").read_text()
 
     def mean(name, i):
-        return 100 * json.loads((QUICK / f"resnet20-pretrained.{name}-2000.json").read_text())["rates"][i]["summary"]["mean"]
+        doc = json.loads((QUICK / f"resnet20-pretrained.{name}-2000.json").read_text())
+        return 100 * doc["rates"][i]["summary"]["mean"]
 
     assert (f"keeps {mean('placed', 1):.1f}% at 10% SA1 ({mean('fixed', 1):.1f}% unplaced), "
             f"{mean('placed-cal', 2):.1f}% at 30% with per-chip calibration (2,000 images, 10 chips)") in text
