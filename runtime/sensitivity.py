@@ -20,11 +20,12 @@ import numpy as np
 from .artifact import Artifact, check_stats_rate
 from .campaign.chip import clean_accuracy
 from .campaign.plan import SENSITIVITY_RUNS, calibrate_config, check_runs, check_sa1_rates, check_seed
-from .chips import RandomChips
+from .chips import PlacedChips, RandomChips
 from .errors import RuntimeInputError
 from .executors import executor
 from .faults import layer_names
 from .fileio import atomic_write_json, output_lock
+from .placement import placement_config
 from .progress import Progress
 from .results import SENSITIVITY_FORMAT, VERSION, images_digest, summarize
 
@@ -33,10 +34,12 @@ def sensitivity(artifact: Artifact | str | os.PathLike, images: np.ndarray, labe
                 sa1: list[float], sa0: float = 0.0, runs: int = SENSITIVITY_RUNS, seed: int = 0,
                 stats_rate: str | float = "auto", out: str | os.PathLike | None = None, progress: bool = True,
                 engine_kw: dict | None = None, calibrate: np.ndarray | None = None, info: dict | None = None,
-                ray: bool | str | None = None) -> dict:
+                ray: bool | str | None = None, place: bool = False) -> dict:
     """Per SA1 rate (the model with the BN statistics ``stats_rate`` selects for it), per mapped
     layer: the accuracy drop with faults in that layer alone. ``ray``: run the chips on Ray
-    workers (``executors.executor``); the report is the same. ``out`` is written by this process
+    workers (``executors.executor``); the report is the same. ``place``: each chip placed with
+    its own faults first (fault-aware placement; then a layer's drop is what remains after
+    placement). ``out`` is written by this process
     alone (the lock ``rram validate`` takes) and must not exist: a report is never overwritten."""
     if not isinstance(artifact, Artifact):
         artifact = Artifact.load(artifact)
@@ -51,7 +54,7 @@ def sensitivity(artifact: Artifact | str | os.PathLike, images: np.ndarray, labe
            "config": {"models": {n: m.sha256 for n, m in artifact.models.items()}, "device": cmap.device.to_dict(),
                       "sa1": sa1, "sa0": float(sa0), "runs": runs, "seed": int(seed),
                       "images": int(len(labels)), "images_sha256": images_digest(images, labels),
-                      **calibrate_config(calibrate)},
+                      **calibrate_config(calibrate), **({"place": placement_config()} if place else {})},
            "rates": [], "info": info or {}}
     names = layer_names(cmap)
     models = [artifact.select(p + sa0, stats_rate) for p in sa1]
@@ -72,6 +75,8 @@ def sensitivity(artifact: Artifact | str | os.PathLike, images: np.ndarray, labe
             for k, (p, name) in enumerate(zip(sa1, models)):
                 for i in range(len(names)):
                     chips = RandomChips.of(cmap, p, sa0, seed, [i])  # run r's chip, faults in layer i alone
+                    if place:
+                        chips = PlacedChips(cmap, chips, [i])
                     for r in range(runs):
                         yield (k, i, r), (k, i), layer_chip_accuracy, (chips, r, name, cleans[name])
 
@@ -107,7 +112,7 @@ def sensitivity(artifact: Artifact | str | os.PathLike, images: np.ndarray, labe
     return doc
 
 
-def layer_chip_accuracy(engine, cmap, chips: RandomChips, r: int, model: str, clean: float) -> float:
+def layer_chip_accuracy(engine, cmap, chips: RandomChips | PlacedChips, r: int, model: str, clean: float) -> float:
     """Run r's chip of ``chips`` (faults in one mapped layer alone): the one per-chip function of
     every executor (this process, or Ray workers)."""
     own = chips.sample(r)

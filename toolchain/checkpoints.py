@@ -100,15 +100,21 @@ def _weights_dirs() -> list[Path]:
 
 
 def resolve_checkpoint(ref: str | os.PathLike, *, download: bool = False) -> tuple[Path, KnownCheckpoint | None]:
-    """A path, or a registry name looked up in RRAM_WEIGHTS, then the torch hub cache, then online."""
+    """A path; a model of the repository's zoo (``toolchain.zoo``); or a registry name looked up in
+    RRAM_WEIGHTS, then the torch hub cache, then online."""
     path = Path(ref).expanduser()
     if path.exists():
         if not path.is_file():
             raise UserError(f"checkpoint is not a file: {path}")
         return path, None
+    from .zoo import names as zoo_names, zoo_path
+
+    in_zoo = zoo_path(str(ref))  # a model of the repository's zoo (zoo/manifest.json), sha256 checked
+    if in_zoo is not None:
+        return in_zoo, None
     known = KNOWN_CHECKPOINTS.get(str(ref))
     if known is None:
-        hint = f"; known names: {', '.join(KNOWN_CHECKPOINTS)}"
+        hint = f"; known names: {', '.join([*KNOWN_CHECKPOINTS, *zoo_names()])}"
         raise UserError(f"checkpoint not found: {ref}{hint}")
     for d in _weights_dirs():
         candidate = d / known.filename

@@ -34,6 +34,8 @@ def add_parser(sub) -> None:
     add_bn_rate_arg(p, old="--stats-rate")
     p.add_argument("--calibrate", type=positive_int, default=None, metavar="N",
                    help="calibrate each chip's periphery on N training images first (default: off)")
+    p.add_argument("--place", action="store_true",
+                   help="place each chip with its own faults first (fault-aware placement, as rram validate --place)")
     p.add_argument("--out", required=True, help="sensitivity report JSON (rewritten after each layer)")
     add_ray_arg(p)
     p.set_defaults(func=run)
@@ -60,7 +62,7 @@ def run(args) -> int:
     calibrate = calibration_images(args)
     doc = sensitivity(artifact, split.images[idx], split.labels[idx], sa1=sa1, sa0=args.sa0, runs=args.runs,
                       seed=args.seed, stats_rate=stats_rate, out=args.out, calibrate=calibrate,
-                      info={"artifact": str(args.artifact), "data": str(args.data)}, ray=args.ray)
+                      info={"artifact": str(args.artifact), "data": str(args.data)}, ray=args.ray, place=args.place)
     for entry in doc["rates"]:
         print(f"SA1 {entry['sa1']:g} in one layer at a time, {args.runs} chips each "
               f"(fault-free {100 * entry['clean']:.2f}%):")

@@ -1,0 +1,86 @@
+"""Commit a finished training to the model zoo (zoo/README.md; issue 36): copies RUN/model.pt to
+zoo/NAME.pt and records in zoo/manifest.json how it was made (the run's training config and its
+sha256, seed, epochs, precision, the data split's digest, this machine's CPU, the git commit,
+package versions) and its fault-free accuracy on the test split (measured here with `rram eval`
+on all test images). Then `git add zoo/ && git commit`: a finished model is never lost again.
+
+    PYTHONPATH=. python benchmarks/zoo_add.py NAME RUN_FOLDER --data ../shared/data/cifar10-jpeg [--note TEXT]
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import io
+import json
+import platform
+import shutil
+import subprocess
+import sys
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from toolchain.zoo import FORMAT, MANIFEST, VERSION, ZOO_DIR  # noqa: E402
+
+PACKAGES = ("torch", "torchvision", "numpy", "onnx", "onnxruntime")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("name")
+    ap.add_argument("run", type=Path, help="the `rram train --out` folder (model.pt, log.json)")
+    ap.add_argument("--data", required=True, help="the CIFAR-10 root the accuracy is measured on")
+    ap.add_argument("--note", default="")
+    args = ap.parse_args()
+    import torch
+
+    from toolchain.checkpoints import load_checkpoint
+    from toolchain.cli import run as rram
+    from toolchain.data import load_split
+
+    model_pt = args.run / "model.pt"
+    ckpt = load_checkpoint(model_pt)
+    train = ckpt.meta.get("config") or {}
+    log = json.loads((args.run / "log.json").read_text())
+    digest = hashlib.sha256(json.dumps(train, sort_keys=True).encode()).hexdigest()
+    test = load_split(args.data, "test")
+    data_sha = hashlib.sha256(test.images.tobytes() + test.labels.astype("int64").tobytes()).hexdigest()
+    ZOO_DIR.mkdir(exist_ok=True)
+    dest = ZOO_DIR / f"{args.name}.pt"
+    shutil.copyfile(model_pt, dest)
+    with contextlib.redirect_stdout(io.StringIO()) as out:  # fault-free, all test images
+        rram(["eval", str(dest), "--data", args.data, "--json"])
+    accuracy = json.loads(out.getvalue())["accuracy"]
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    entry = {
+        "file": dest.name, "sha256": hashlib.sha256(dest.read_bytes()).hexdigest(),
+        "arch": ckpt.spec.name, "width": ckpt.spec.width, "shortcut": getattr(ckpt.spec, "shortcut", None),
+        "drop_rate": ckpt.meta.get("drop_rate"), "epochs": len(log.get("epochs", [])), "seed": train.get("seed"),
+        "precision": train.get("precision", "fp32"), "training": train, "training_sha256": digest,
+        "data_sha256": data_sha, "hardware": f"{cpu_name()}, {torch.get_num_threads()} threads",
+        "git_commit": commit, "packages": {p: metadata.version(p) for p in PACKAGES},
+        "fault_free": {"accuracy": accuracy, "split": "test", "images": len(test)}, "note": args.note,
+    }
+    path = ZOO_DIR / MANIFEST
+    doc = json.loads(path.read_text()) if path.is_file() else {"format": FORMAT, "version": VERSION, "models": {}}
+    doc["models"][args.name] = entry
+    path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    print(f"zoo/{dest.name}: {entry['sha256'][:12]}, fault-free {100 * accuracy:.2f}% on {len(test)} test images")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
