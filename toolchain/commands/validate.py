@@ -99,7 +99,7 @@ def thread_count(text: str) -> int:
     try:
         check_threads(n)
     except RuntimeInputError as e:
-        raise argparse.ArgumentTypeError(str(e).removeprefix(f"--threads {n}: ")) from None
+        raise argparse.ArgumentTypeError(str(e)) from None
     return n
 
 
