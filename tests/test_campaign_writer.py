@@ -196,13 +196,24 @@ def test_the_campaign_defaults_are_declared_once():
     assert SCHEMA["validate"]["runs"].default == config.runs == 100
 
 
-def test_two_sensitivity_runs_on_one_out_cannot_both_write(art, data, tmp_path):
-    from runtime.fileio import output_lock
-    from runtime.sensitivity import sensitivity
-
+def test_two_sensitivity_runs_on_one_out_cannot_both_write(art, cifar, tmp_path, capsys):
+    """A second `rram sensitivity` on an --out another one is writing is refused (the lock
+    `rram validate` takes), naming the holder; the first one's report is kept."""
     out = tmp_path / "s.json"
-    with output_lock(out, "rram sensitivity"), pytest.raises(RuntimeInputError, match="being written by another"):
-        sensitivity(art, *data, sa1=[0.1], runs=1, out=out, progress=False)
-    sensitivity(art, *data, sa1=[0.1], runs=1, out=out, progress=False)
-    with pytest.raises(RuntimeInputError, match="exists"):
-        sensitivity(art, *data, sa1=[0.1], runs=1, out=out, progress=False)
+    code = ("import sys, time\nfrom runtime.fileio import output_lock\n"
+            "with output_lock(sys.argv[1], 'rram sensitivity'):\n    print('held', flush=True)\n    time.sleep(600)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    argv = ["sensitivity", art, "--data", cifar, "--no-cache", "--sa1", "0.1", "--runs", "1", "--out", out]
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        code, _, err = run_cli(capsys, *argv)
+        assert code == 2 and f"process {holder.pid}" in one_line_error(err) and not out.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    before = out.read_bytes()
+    code, _, err = run_cli(capsys, *argv)
+    assert code == 2 and "exists" in one_line_error(err) and out.read_bytes() == before
