@@ -181,9 +181,15 @@ class RayExecutor:
             return self.ray.get(ref)
         except self.ray.exceptions.RayError as e:
             error = _user_error(e)
-            if error is None:
-                raise
-            raise error from None
+            if error is not None:
+                raise error from None
+            died = (self.ray.exceptions.RayActorError, self.ray.exceptions.WorkerCrashedError,
+                    self.ray.exceptions.NodeDiedError)
+            if isinstance(e, died):  # a worker killed (out of memory, a lost node, by hand): one line
+                text = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+                raise RuntimeInputError(f"a Ray worker died ({type(e).__name__}: {text}); the chips finished "
+                                        f"so far are kept: run the same command with --resume") from None
+            raise
 
     def call(self, fn, *args):
         """One task on the first worker up; its result."""

@@ -138,7 +138,8 @@ def test_sensitivity_with_placement_measures_what_remains_after_it(small_art):
 
     images, labels = make_images(16)
     kw = dict(sa1=[0.3], runs=2, seed=1, progress=False)
-    plain, placed = sensitivity(small_art, images, labels, **kw), sensitivity(small_art, images, labels, place=True, **kw)
+    plain = sensitivity(small_art, images, labels, **kw)
+    placed = sensitivity(small_art, images, labels, place=True, **kw)
     assert "place" in placed["config"] and "place" not in plain["config"]
     drops = [(a["drop"], b["drop"]) for a, b in zip(plain["rates"][0]["layers"], placed["rates"][0]["layers"])]
     assert sum(b for _, b in drops) < sum(a for a, _ in drops)  # placement leaves less to lose

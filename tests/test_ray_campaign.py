@@ -263,3 +263,31 @@ def test_pipeline_key_validate_ray(tmp_path, monkeypatch):
         (argv,) = commands(pipeline, step)  # what the step runs, read by rram validate's own parser
         assert parser.parse_args(argv).ray == ray
     assert all(s == settings[0] for s in settings) and "ray" not in settings[0]
+
+
+@needs_ray
+def test_a_killed_ray_worker_is_one_line_and_the_finished_chips_are_kept(paper_art, paper_data, cluster, tmp_path,
+                                                                          monkeypatch):
+    from runtime.campaign.writer import ResultsWriter
+    from runtime.ray_executor import RayExecutor
+
+    images, labels = paper_data
+    out = tmp_path / "r.json"
+    executors, add = [], ResultsWriter.add
+    init = RayExecutor.__init__
+
+    def remember(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        executors.append(self)
+
+    def kill_after_the_first(self, *args):  # the workers die while the campaign runs
+        add(self, *args)
+        if self.done == 1:
+            for actor in executors[0].actors:
+                ray.kill(actor)
+
+    monkeypatch.setattr(RayExecutor, "__init__", remember)
+    monkeypatch.setattr(ResultsWriter, "add", kill_after_the_first)
+    with pytest.raises(RuntimeInputError, match="a Ray worker died .* --resume"):
+        validate(paper_art, images, labels, sa1=[0.2], runs=8, seed=1, out=out, ray=True, progress=False)
+    assert 1 <= sum(len(e["runs"]) for e in read_results(out)["rates"]) < 8
