@@ -345,6 +345,8 @@ class Statistics:
         self.batch, self.fixed = (int(fixed), int(fixed)) if fixed else (int(batch), None)
         if self.batch < 1:
             raise RuntimeInputError(f"calibration: batch size {batch} must be positive")
+        if self.calibration is not None and len(self.calibration):
+            self.calibration.feed(0, 1)  # images the model cannot take are refused now, not at the first chip
         self._model, self._targets, self._weight_inputs, self._ranks = model, targets, weight_inputs, weight_ranks
         smodel, self.order = stats_model(model, targets, weight_ranks=weight_ranks)
         smodel.graph.input.extend(weight_inputs)
