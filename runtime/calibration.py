@@ -141,12 +141,281 @@ def stats_model(model: onnx.ModelProto, targets: dict[str, BNTarget], *,
     return m, layers
 
 
+def _reduce_mean(g: onnx.GraphProto, opset: int, x: str, y: str, axes: list[int]) -> onnx.NodeProto:
+    if opset >= 18:
+        g.initializer.append(onnx.numpy_helper.from_array(np.array(axes, np.int64), f"{y}.axes"))
+        return onnx.helper.make_node("ReduceMean", [x, f"{y}.axes"], [y], keepdims=1)
+    return onnx.helper.make_node("ReduceMean", [x], [y], axes=axes, keepdims=1)
+
+
+def streamed_stats_model(model: onnx.ModelProto, targets: dict[str, BNTarget], *,
+                         weight_ranks: dict[str, int] | None = None
+                         ) -> tuple[onnx.ModelProto, list[str], dict[str, int]]:
+    """``stats_model`` for calibration images streamed in batches. Nothing in it mixes the images
+    of a batch: each target layer is normalised to its target with statistics over *all* the
+    calibration images, fed as inputs ``<layer>.rram_fmean`` and ``<layer>.rram_fvar`` (per
+    channel, in the broadcast shape), and it outputs each image's own per-channel mean and
+    (population) variance, ``<layer>.rram_imean`` and ``<layer>.rram_ivar`` (a Gemm: its output
+    and no variance, one value per image and channel). Returns the model, the target layers in
+    network order and each layer's level: 0 for a layer that no other target layer feeds, else 1
+    + the highest level among the target layers it reads from (``StreamedStatistics`` measures
+    one level per pass over the images, with the lower levels' statistics then known)."""
+    h = onnx.helper
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    opset = _opset(m)
+    inits = {t.name: t for t in g.initializer}
+    depth: dict[str, int] = {}  # tensor -> the highest level of the target layers it depends on
+    nodes, layers, levels = [], [], {}
+    for node in g.node:
+        out = node.output[0] if node.output else ""
+        d = max((depth.get(i, -1) for i in node.input), default=-1)
+        if out not in targets or node.op_type not in ("Conv", "Gemm"):
+            for o in node.output:
+                depth[o] = d
+            nodes.append(node)
+            continue
+        levels[out] = depth[out] = d + 1
+        t = targets[out]
+        w = inits.get(node.input[1])
+        if node.op_type == "Gemm":
+            rank = 2
+        else:
+            rank = len(w.dims) if w is not None else (weight_ranks or {}).get(node.input[1])
+        if rank is None:
+            raise RuntimeInputError(f"calibration: the rank of {node.input[1]!r} is unknown")
+        spatial = list(range(2, rank)) if node.op_type == "Conv" else []
+        shape = [-1] + [1] * (rank - 2) if node.op_type == "Conv" else [-1]
+        raw = f"{out}.rram_raw"
+        node.output[0] = raw
+        del node.input[2:]  # the bias becomes the calibrated offset
+        nodes.append(node)
+
+        def const(name, values, shape=shape, out=out):
+            g.initializer.append(onnx.numpy_helper.from_array(
+                np.asarray(values, np.float32).reshape(shape), f"{out}.rram_{name}"))
+            return f"{out}.rram_{name}"
+
+        p = f"{out}.rram"
+        imean, ivar, fmean, fvar = (f"{p}_{k}" for k in ("imean", "ivar", "fmean", "fvar"))
+        if spatial:
+            nodes += [_reduce_mean(g, opset, raw, imean, spatial),
+                      h.make_node("Sub", [raw, imean], [f"{p}_icentred"]),
+                      h.make_node("Mul", [f"{p}_icentred", f"{p}_icentred"], [f"{p}_isquared"]),
+                      _reduce_mean(g, opset, f"{p}_isquared", ivar, spatial)]
+            g.output.append(h.make_tensor_value_info(ivar, onnx.TensorProto.FLOAT, None))
+        else:
+            nodes.append(h.make_node("Identity", [raw], [imean]))
+        g.output.append(h.make_tensor_value_info(imean, onnx.TensorProto.FLOAT, None))
+        channels = len(t.gamma)
+        for name in (fmean, fvar):
+            g.input.append(h.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
+                                                    [channels] + [1] * (len(shape) - 1)))
+        nodes += [h.make_node("Sub", [raw, fmean], [f"{p}_centred"]),
+                  h.make_node("Add", [fvar, const("floor", t.variance_floor)], [f"{p}_var_floor"]),
+                  h.make_node("Sqrt", [f"{p}_var_floor"], [f"{p}_std"]),
+                  h.make_node("Div", [f"{p}_centred", f"{p}_std"], [f"{p}_normalised"]),
+                  h.make_node("Mul", [f"{p}_normalised", const("gain", np.abs(t.gamma))], [f"{p}_scaled"]),
+                  h.make_node("Add", [f"{p}_scaled", const("beta", t.beta)], [out])]
+        layers.append(out)
+    del g.node[:]
+    g.node.extend(nodes)
+    return m, layers, levels
+
+
+def pruned(model: onnx.ModelProto, outputs: list[str]) -> onnx.ModelProto:
+    """A copy of ``model`` computing only ``outputs``: the nodes, inputs and initializers they
+    need (onnxruntime runs a whole graph whatever outputs are asked for)."""
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    g = m.graph
+    need, kept = set(outputs), []
+    for node in reversed(list(g.node)):
+        if any(o in need for o in node.output):
+            kept.append(node)
+            need.update(i for i in node.input if i)
+            for a in node.attribute:  # a subgraph's outer-scope reads
+                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    need.update(i for n in sub.node for i in n.input)
+    del g.node[:]
+    g.node.extend(reversed(kept))
+    for field in (g.input, g.initializer):
+        keep = [x for x in field if x.name in need]
+        del field[:]
+        field.extend(keep)
+    outs = {o.name: o for o in g.output}
+    del g.output[:]
+    g.output.extend(outs[o] for o in outputs)
+    return m
+
+
 def measure(session, feed: dict, layers: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """{layer: (mean, var)} per channel from one run of a ``stats_model`` session on the batch."""
     wanted = [n for layer in layers for n in (f"{layer}.rram_mean", f"{layer}.rram_var")]
     outs = dict(zip(wanted, session.run(wanted, feed)))
     return {layer: (outs[f"{layer}.rram_mean"].reshape(-1).astype(np.float64),
                     outs[f"{layer}.rram_var"].reshape(-1).astype(np.float64)) for layer in layers}
+
+
+# Up to this many calibration images run as one batch through ``stats_model`` (the in-graph
+# statistics, as always: a result unchanged from one-batch calibration); beyond it they are
+# streamed in batches of this size (``StreamedStatistics``), so that memory does not grow with
+# N. One batch of ResNet20 at 32x32 takes about 0.42 GB per 1,000 images: 2,048 keeps that
+# under 1 GB, and every documented and committed run (256 and 1,024 images) one batch.
+CALIBRATION_BATCH = 2048
+
+
+class CalibrationImages:
+    """The calibration images and how a batch of them becomes the statistics graph's input: kept
+    as given (uint8 images) and prepared (normalised, quantised) one batch at a time."""
+
+    def __init__(self, name: str, images, prepare=None):
+        self.name, self.images = name, images
+        self.prepare = prepare if prepare is not None else (lambda x: x)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def feed(self, start: int = 0, stop: int | None = None, size: int | None = None) -> dict[str, np.ndarray]:
+        """{input: the prepared images [start, stop)}, padded to ``size`` images (repeating the
+        first) for a model that fixes its batch size."""
+        x = self.prepare(self.images[start:stop])
+        if size is not None and len(x) < size:
+            x = np.concatenate([x, np.repeat(x[:1], size - len(x), axis=0)])
+        return {self.name: x}
+
+
+def calibration_images(calibration) -> CalibrationImages | None:
+    """A calibrator's ``calibration`` argument: None, ``CalibrationImages``, or a feed
+    {input name: prepared images} (one input)."""
+    if calibration is None or isinstance(calibration, CalibrationImages):
+        return calibration
+    if len(calibration) != 1:
+        raise RuntimeInputError(f"calibration: one image input expected, got {sorted(calibration)}")
+    (name, x), = calibration.items()
+    return CalibrationImages(name, x)
+
+
+class _Moments:
+    """Per-channel mean and population variance over images merged batch by batch (Chan et al.'s
+    parallel formula, float64), from each image's own mean and variance over its positions (every
+    image has as many positions)."""
+
+    def __init__(self):
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+
+    def add(self, means: np.ndarray, variances: np.ndarray | None) -> None:
+        means = means.reshape(len(means), -1).astype(np.float64)
+        k = len(means)
+        bmean = means.mean(0)
+        bm2 = ((means - bmean) ** 2).sum(0)
+        if variances is not None:
+            bm2 = bm2 + variances.reshape(k, -1).astype(np.float64).sum(0)
+        n = self.n + k
+        delta = bmean - self.mean
+        self.mean = self.mean + delta * (k / n)
+        self.m2 = self.m2 + bm2 + delta ** 2 * (self.n * k / n)
+        self.n = n
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        return np.asarray(self.mean, np.float64), np.asarray(self.m2 / self.n, np.float64)
+
+
+class Statistics:
+    """Every target layer's per-channel mean and variance on the calibration images for one
+    chip's weights, each layer measured with the earlier ones calibrated (``stats_model``).
+
+    Up to ``batch`` images (or exactly the model's fixed batch size) run as one batch through the
+    in-graph statistics of ``stats_model``. More are streamed: one pass over the images per level
+    of ``streamed_stats_model``, in batches of ``batch`` images (a model that fixes its batch
+    size: batches of that size, the last one padded and the padding left out of the statistics).
+    Pass k measures the layers of level k, each image on its own, merged across batches
+    (``_Moments``), with the layers below normalised by their statistics over all the images
+    from the earlier passes: what the one batch computes, to float rounding, in memory that does
+    not grow with the number of images; the cost is one (partial) forward pass per level."""
+
+    def __init__(self, model: onnx.ModelProto, targets: dict[str, BNTarget], weight_inputs: list,
+                 calibration, session, *, weight_ranks: dict[str, int] | None = None,
+                 batch: int = CALIBRATION_BATCH, fixed: int | None = None):
+        """``weight_inputs``: the chip's weights, value infos appended to the graph's inputs;
+        ``fixed``: the batch size the model fixes, if any."""
+        self.calibration = calibration_images(calibration)
+        self.session = session
+        self.batch, self.fixed = (int(fixed), int(fixed)) if fixed else (int(batch), None)
+        if self.batch < 1:
+            raise RuntimeInputError(f"calibration: batch size {batch} must be positive")
+        if self.calibration is not None and len(self.calibration):
+            self.calibration.feed(0, 1)  # images the model cannot take are refused now, not at the first chip
+        self._model, self._targets, self._weight_inputs, self._ranks = model, targets, weight_inputs, weight_ranks
+        smodel, self.order = stats_model(model, targets, weight_ranks=weight_ranks)
+        smodel.graph.input.extend(weight_inputs)
+        self.stats_bytes = smodel.SerializeToString()
+        self._one, self._levels = None, None
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the images are streamed in batches rather than run as one."""
+        n = len(self.calibration) if self.calibration is not None else 0
+        return n != self.batch if self.fixed else n > self.batch
+
+    def __call__(self, weights: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """{layer: (mean, var)} per channel, float64, for a chip with these weights ({input: array})."""
+        if self.calibration is None:
+            raise RuntimeInputError("calibration: no calibration images to measure the chip with")
+        if not self.streamed:
+            if self._one is None:
+                self._one = self.session(self.stats_bytes)
+            return measure(self._one, {**self.calibration.feed(), **weights}, self.order)
+        return self.stream(weights)
+
+    def stream(self, weights: dict[str, np.ndarray], normalisers: dict | None = None
+               ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """The streamed measurement, whatever the number of images. ``normalisers``: {layer:
+        (mean, var)} to normalise the layers with instead of the statistics the earlier passes
+        measured (a check: given the one batch's own, it must reproduce the one batch's numbers)."""
+        if self.calibration is None:
+            raise RuntimeInputError("calibration: no calibration images to measure the chip with")
+        if self._levels is None:
+            self._levels = self._level_sessions()
+        n, size = len(self.calibration), self.fixed
+        stats: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for sess, layers, inputs in self._levels:
+            known = {}
+            for layer in stats:
+                mean, var = (normalisers or stats)[layer]
+                shape = [-1] + [1] * (len(self._shape[layer]) - 1)
+                known[f"{layer}.rram_fmean"] = mean.astype(np.float32).reshape(shape)
+                known[f"{layer}.rram_fvar"] = var.astype(np.float32).reshape(shape)
+            constant = {k: v for k, v in {**weights, **known}.items() if k in inputs}
+            wanted = [n_ for layer in layers for n_ in self._outputs[layer]]
+            moments = {layer: _Moments() for layer in layers}
+            for start in range(0, n, self.batch):
+                stop = min(start + self.batch, n)
+                outs = dict(zip(wanted, sess.run(wanted, {**self.calibration.feed(start, stop, size), **constant})))
+                for layer in layers:
+                    names = self._outputs[layer]
+                    moments[layer].add(outs[names[0]][:stop - start],
+                                       outs[names[1]][:stop - start] if len(names) > 1 else None)
+            stats.update((layer, moments[layer].result()) for layer in layers)
+        return {layer: stats[layer] for layer in self.order}
+
+    def _level_sessions(self) -> list:
+        """(session, layers, input names) per level: the streamed graph cut to that level's outputs."""
+        smodel, order, levels = streamed_stats_model(self._model, self._targets, weight_ranks=self._ranks)
+        assert order == self.order
+        smodel.graph.input.extend(self._weight_inputs)
+        names = {o.name for o in smodel.graph.output}
+        self._outputs = {layer: [x for x in (f"{layer}.rram_imean", f"{layer}.rram_ivar") if x in names]
+                         for layer in order}
+        self._shape = {i.name[:-len(".rram_fmean")]: [d.dim_value for d in i.type.tensor_type.shape.dim]
+                       for i in smodel.graph.input if i.name.endswith(".rram_fmean")}
+        out = []
+        for level in range(max(levels.values()) + 1):
+            layers = [layer for layer in order if levels[layer] == level]
+            part = pruned(smodel, [x for layer in layers for x in self._outputs[layer]])
+            out.append((self.session(part.SerializeToString()), layers, {i.name for i in part.graph.input}))
+        return out
 
 
 def _channel_axis(node: onnx.NodeProto) -> int:
@@ -160,19 +429,22 @@ class ChipCalibrator:
     (``base``: the model without those initializers, as the runtime engine keeps it).
 
     For each chip: one run of the ``stats_model`` on the calibration batch with the chip's weights
-    measures every calibrated layer; the digital (scale, offset) of each channel follow from its BN
-    target; the evaluated model takes scale * weight as the layer's weight (the scale multiplies the
-    column's output, so the product is the same) and the offset as its bias."""
+    measures every calibrated layer (more images than a batch: streamed, ``Statistics``); the
+    digital (scale, offset) of each channel follow from its BN target; the evaluated model takes
+    scale * weight as the layer's weight (the scale multiplies the column's output, so the product
+    is the same) and the offset as its bias."""
 
     def __init__(self, base: onnx.ModelProto, weight_names: list[str], weight_shapes: list[tuple],
-                 targets: dict[str, BNTarget], calibration: dict[str, np.ndarray] | None, session):
-        """``calibration``: the feed of the calibration batch ({input name: normalised images}),
-        None when the chip's parameters come from a file (``measure`` then refuses);
-        ``session(model_bytes) -> onnxruntime session``."""
+                 targets: dict[str, BNTarget], calibration, session, *, batch: int = CALIBRATION_BATCH,
+                 fixed: int | None = None):
+        """``calibration``: the calibration images (``CalibrationImages``: uint8 images and their
+        normalisation, prepared batch by batch; or a feed {input name: normalised images}), None
+        when the chip's parameters come from a file (``measure`` then refuses);
+        ``session(model_bytes) -> onnxruntime session``; ``batch``: the most images measured
+        as one batch (more are streamed, ``Statistics``); ``fixed``: the batch size the model
+        fixes, if any."""
         self.weight_names = list(weight_names)
-        self.calibration = calibration
         self.session = session
-        self._stats_session = None
         by_weight = {}
         for node in base.graph.node:
             if node.op_type in ("Conv", "Gemm") and len(node.input) > 1 and node.output[0] in targets \
@@ -184,11 +456,13 @@ class ChipCalibrator:
                        for i, w in enumerate(self.weight_names) if w in by_weight]
         self.targets = {out: targets[out] for _, out, _ in self.layers}
         ranks = dict(zip(self.weight_names, (len(s) for s in weight_shapes)))
-        smodel, self.order = stats_model(base, self.targets, weight_ranks=ranks)
         # the chip's weights are inputs of the statistics graph: one session serves every chip
-        for name, shape in zip(self.weight_names, weight_shapes):
-            smodel.graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(shape)))
-        self.stats_bytes = smodel.SerializeToString()
+        inputs = [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, list(shape))
+                  for name, shape in zip(self.weight_names, weight_shapes)]
+        self.stats = Statistics(base, self.targets, inputs, calibration, session, weight_ranks=ranks,
+                                batch=batch, fixed=fixed)
+        self.calibration, self.order = self.stats.calibration, self.stats.order
+        self.stats_bytes = self.stats.stats_bytes
         # the evaluated model: each calibrated layer reads its bias from a per-chip offset
         emodel = onnx.ModelProto()
         emodel.CopyFrom(base)
@@ -204,12 +478,7 @@ class ChipCalibrator:
 
     def measure(self, weights: list[np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """{layer output: (scale, offset)} for a chip computing with these float weights."""
-        if self.calibration is None:
-            raise RuntimeInputError("calibration: no calibration images to measure the chip with")
-        if self._stats_session is None:
-            self._stats_session = self.session(self.stats_bytes)
-        feed = {**self.calibration, **{n: np.asarray(w, np.float32) for n, w in zip(self.weight_names, weights)}}
-        stats = measure(self._stats_session, feed, self.order)
+        stats = self.stats({n: np.asarray(w, np.float32) for n, w in zip(self.weight_names, weights)})
         return {out: self.targets[out].affine(*stats[out]) for out in self.order}
 
     def evaluated(self, weights: list[np.ndarray], affines: dict) -> tuple[list[str], list[np.ndarray]]:

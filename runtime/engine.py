@@ -10,7 +10,7 @@ import numpy as np
 from . import PRECISIONS
 from .artifact.deployed import DeployedModel, append_initializers
 from .artifact.layout import MODEL_NAME
-from .calibration import ChipCalibrator, targets_from_metadata
+from .calibration import CALIBRATION_BATCH, CalibrationImages, ChipCalibrator, targets_from_metadata
 from .errors import RuntimeInputError
 from .faults import Chip, faulty_levels
 from .int8 import prepare_int8, quantize_input
@@ -26,13 +26,15 @@ class Engine:
                  batch_size: int = 128, threads: int | None = None, providers: list[str] | None = None,
                  normalized: np.ndarray | None = None, precision: str = "fp32",
                  calibration: np.ndarray | None = None, calibrate: np.ndarray | None = None,
-                 periphery: dict | None = None):
+                 periphery: dict | None = None, calibrate_batch: int = CALIBRATION_BATCH):
         """``calibration``: uint8 NHWC training images, for ``precision="int8"`` only (activation
         ranges). ``calibrate``: uint8 NHWC training images on which every chip's periphery is
         calibrated (per-chip BN re-estimation, runtime/calibration.py; with int8 measured and applied
         in the int8 graph, runtime/int8/calibrate.py) before it is evaluated.
         ``periphery``: instead, one chip's digital (scale, offset) per layer, as `rram calibrate`
-        wrote them; used for every chip evaluated (a measured chip's file)."""
+        wrote them; used for every chip evaluated (a measured chip's file). ``calibrate_batch``: the
+        most calibration images measured as one batch; more are streamed in batches of that size
+        (of the model's own where it fixes one), in memory that does not grow with their number."""
         if len(images) != len(labels) or len(labels) == 0:
             raise RuntimeInputError(f"{len(images)} images but {len(labels)} labels")
         self.model = model
@@ -58,26 +60,32 @@ class Engine:
             self.feed_name, self.feed = self.int8.input_name, quantize_input(self.x, self.int8)
         self.calibrator, self.periphery = None, periphery
         if calibrate is not None or periphery is not None:
-            if fixed is not None or (model.input_dims and model.input_dims[0] is not None):
-                raise RuntimeInputError(f"{model.folder}: per-chip calibration runs all calibration images as one "
-                                        f"batch, and the model fixes its batch size")
             targets = targets_from_metadata(model.metadata, model.folder / MODEL_NAME)
-            calib = None if calibrate is None else normalize_images(calibrate, model.normalization)
+            # the calibration images stay uint8, normalised (and quantised) one batch at a time:
+            # more than CALIBRATION_BATCH of them are streamed (runtime/calibration.Statistics),
+            # in batches of the model's own size where it fixes one
+            fixed_calibrate = fixed if fixed is not None else (model.input_dims[0] if model.input_dims else None)
+            norm = model.normalization
 
             def session(data):
                 return make_session(data, providers=self.providers, threads=self.threads, shared_arena=True)
 
             if precision == "fp32":
+                calib = None if calibrate is None else CalibrationImages(
+                    model.input_name, calibrate, lambda x: normalize_images(x, norm))
                 self.calibrator = ChipCalibrator(
                     model.base_model(), model.weight_names, [lay.weight_shape for lay in model.cmap.layers],
-                    targets, None if calib is None else {model.input_name: calib}, session)
+                    targets, calib, session, batch=calibrate_batch, fixed=fixed_calibrate)
             else:  # measured and applied in the int8 graph as deployed (runtime/int8/calibrate.py)
+                int8 = self.int8
+                calib = None if calibrate is None else CalibrationImages(
+                    int8.input_name, calibrate, lambda x: quantize_input(normalize_images(x, norm), int8))
                 shapes = [tuple(lay.weight_shape[:1]) + (lay.weight_shape[1] + self.int8.padded_layers.get(i, 0),)
                           + tuple(lay.weight_shape[2:]) for i, lay in enumerate(model.cmap.layers)]
                 self.calibrator = Int8ChipCalibrator(
                     self.int8, model.base_model(), model.weight_names, shapes,
-                    [lay.scales for lay in model.cmap.layers], targets,
-                    None if calib is None else {self.int8.input_name: quantize_input(calib, self.int8)}, session)
+                    [lay.scales for lay in model.cmap.layers], targets, calib, session, batch=calibrate_batch,
+                    fixed=fixed_calibrate)
 
     def weights(self, chip: Chip | None = None) -> list[np.ndarray]:
         """What the session needs per chip: float weights (fp32) or crossbar integers (int8)."""

@@ -17,6 +17,8 @@ offset applied where a periphery applies them, to the integer column output (doc
   its integer convolution exactly as it fused the uncalibrated layer (int32 accumulation, then
   one per-channel requantisation): the affine costs nothing per image. Per chip, only these
   scales and biases are appended with the crossbar integers.
+* More calibration images than one batch holds are streamed (``calibration.Statistics``), the
+  same way as in fp32.
 * The output quantisation ranges stay those calibrated on the fault-free model: calibration
   brings each channel back to its BN target, i.e. to the distribution those ranges were set on."""
 from __future__ import annotations
@@ -26,7 +28,7 @@ import onnx
 from onnx import numpy_helper
 
 from .. import calibration as shared  # its in-graph batch statistics, shared with fp32
-from ..calibration import BNTarget, stats_model
+from ..calibration import BNTarget
 from ..errors import RuntimeInputError
 from .graph import Int8Graph, initializer_array
 
@@ -39,16 +41,16 @@ class Int8ChipCalibrator:
 
     def __init__(self, graph: Int8Graph, base: onnx.ModelProto, float_weight_names: list[str],
                  weight_shapes: list[tuple], layer_scales: list[np.ndarray], targets: dict[str, BNTarget],
-                 calibration: dict[str, np.ndarray] | None, session):
+                 calibration, session, *, batch: int = shared.CALIBRATION_BATCH, fixed: int | None = None):
         """``base``: the deployed float model (which layer each BN target belongs to);
         ``weight_shapes``: the int8 weights as ``graph`` takes them; ``layer_scales``: the
-        crossbar scale of each output channel; ``calibration``: the feed of the calibration batch
-        in ``graph``'s input convention (``quantize_input``), None when the parameters come from
-        a file; ``session(model_bytes) -> onnxruntime session``."""
+        crossbar scale of each output channel; ``calibration``: the calibration images in
+        ``graph``'s input convention (``quantize_input``; ``calibration.CalibrationImages`` to
+        prepare them batch by batch), None when the parameters come from a file;
+        ``session(model_bytes) -> onnxruntime session``; ``batch``, ``fixed``: as
+        ``calibration.ChipCalibrator`` (more than ``batch`` images are streamed)."""
         self.weight_names = list(graph.weight_names)
-        self.calibration = calibration
         self.session = session
-        self._stats_session = None
         target_of = {}
         for node in base.graph.node:
             if node.op_type in ("Conv", "Gemm") and len(node.input) > 1 and node.output[0] in targets:
@@ -79,11 +81,12 @@ class Int8ChipCalibrator:
 
         # the statistics graph: the int8 graph as deployed, the chip's integers as inputs
         ranks = {by_name[f"rram.crossbar.{i}"].input[1]: len(weight_shapes[i]) for i, _, _, _ in self.layers}
-        smodel, self.order = stats_model(q, {out: targets[key] for _, key, out, _ in self.layers},
-                                         weight_ranks=ranks)
-        for name, shape in zip(self.weight_names, weight_shapes):
-            smodel.graph.input.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT8, list(shape)))
-        self.stats_bytes = smodel.SerializeToString()
+        inputs = [onnx.helper.make_tensor_value_info(name, onnx.TensorProto.INT8, list(shape))
+                  for name, shape in zip(self.weight_names, weight_shapes)]
+        self.stats = shared.Statistics(q, {out: targets[key] for _, key, out, _ in self.layers}, inputs,
+                                       calibration, session, weight_ranks=ranks, batch=batch, fixed=fixed)
+        self.calibration, self.order = self.stats.calibration, self.stats.order
+        self.stats_bytes = self.stats.stats_bytes
 
         # the evaluated graph: each calibrated layer's weight scale and int32 bias come per chip
         e = onnx.ModelProto()
@@ -116,12 +119,7 @@ class Int8ChipCalibrator:
 
     def measure(self, weights: list[np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         """{layer (the BN target's key): (scale, offset)} for a chip with these int8 weights."""
-        if self.calibration is None:
-            raise RuntimeInputError("calibration: no calibration images to measure the chip with")
-        if self._stats_session is None:
-            self._stats_session = self.session(self.stats_bytes)
-        feed = {**self.calibration, **{n: np.asarray(w, np.int8) for n, w in zip(self.weight_names, weights)}}
-        stats = shared.measure(self._stats_session, feed, self.order)
+        stats = self.stats({n: np.asarray(w, np.int8) for n, w in zip(self.weight_names, weights)})
         return {self._key_of[out]: self.targets[self._key_of[out]].affine(*stats[out]) for out in self.order}
 
     def evaluated(self, weights: list[np.ndarray], affines: dict) -> tuple[list[str], list[np.ndarray]]:
