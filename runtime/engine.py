@@ -29,7 +29,7 @@ class Engine:
                  periphery: dict | None = None, calibrate_batch: int = CALIBRATION_BATCH):
         """``calibration``: uint8 NHWC training images, for ``precision="int8"`` only (activation
         ranges). ``calibrate``: uint8 NHWC training images on which every chip's periphery is
-        calibrated (per-chip BN re-estimation, runtime/calibration.py; with int8 measured and applied
+        calibrated (per-chip BN re-estimation, runtime/calibration/; with int8 measured and applied
         in the int8 graph, runtime/int8/calibrate.py) before it is evaluated.
         ``periphery``: instead, one chip's digital (scale, offset) per layer, as `rram calibrate`
         wrote them; used for every chip evaluated (a measured chip's file). ``calibrate_batch``: the

@@ -18,7 +18,7 @@ takes the key names from here (docs/architecture.md).
   embed-normalization pass put it into the graph (the model then takes images in [0, 1]).
 - ``rram.bn_targets`` JSON {layer output tensor: {"gamma": [C], "beta": [C], "epsilon": e,
   "fold_scale": [C]}}: what each BN that fold-bn folded asked of its layer, for per-chip
-  calibration of the digital periphery (runtime/calibration.py).
+  calibration of the digital periphery (runtime/calibration/).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Per-chip calibration (runtime/calibration.py) of the int8 graph: statistics measured on the
+"""Per-chip calibration (runtime/calibration/) of the int8 graph: statistics measured on the
 chip as deployed (quantised activations, the chip's crossbar integers), the digital scale and
 offset applied where a periphery applies them, to the integer column output (docs/runtime.md).
 
