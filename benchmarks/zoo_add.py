@@ -43,6 +43,12 @@ def main() -> int:
     ap.add_argument("name")
     ap.add_argument("run", type=Path, help="the `rram train --out` folder (model.pt, log.json)")
     ap.add_argument("--data", required=True, help="the CIFAR-10 root the accuracy is measured on")
+    ap.add_argument("--checkpoint", type=Path, default=None,
+                    help="the file to commit (default: RUN/model.pt); e.g. `rram recalibrate`'s output, which "
+                         "holds the BN statistics per chip fault rate of a drop-connect model")
+    ap.add_argument("--bn-rate", default=None,
+                    help="the BN statistics the fault-free accuracy is measured with (as rram eval --bn-rate; a "
+                         "drop-connect model's own statistics were gathered under its masks: give 0)")
     ap.add_argument("--note", default="")
     args = ap.parse_args()
     import torch
@@ -51,9 +57,10 @@ def main() -> int:
     from toolchain.cli import run as rram
     from toolchain.data import load_split
 
-    model_pt = args.run / "model.pt"
+    model_pt = args.checkpoint or args.run / "model.pt"
     ckpt = load_checkpoint(model_pt)
-    train = ckpt.meta.get("config") or {}
+    trained = load_checkpoint(args.run / "model.pt")  # what the training recorded
+    train = trained.meta.get("config") or {}
     log = json.loads((args.run / "log.json").read_text())
     digest = hashlib.sha256(json.dumps(train, sort_keys=True).encode()).hexdigest()
     test = load_split(args.data, "test")
@@ -62,17 +69,19 @@ def main() -> int:
     dest = ZOO_DIR / f"{args.name}.pt"
     shutil.copyfile(model_pt, dest)
     with contextlib.redirect_stdout(io.StringIO()) as out:  # fault-free, all test images
-        rram(["eval", str(dest), "--data", args.data, "--json"])
+        rram(["eval", str(dest), "--data", args.data, "--json",
+              *(["--bn-rate", args.bn_rate] if args.bn_rate is not None else [])])
     accuracy = json.loads(out.getvalue())["accuracy"]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     entry = {
         "file": dest.name, "sha256": hashlib.sha256(dest.read_bytes()).hexdigest(),
         "arch": ckpt.spec.name, "width": ckpt.spec.width, "shortcut": getattr(ckpt.spec, "shortcut", None),
-        "drop_rate": ckpt.meta.get("drop_rate"), "epochs": len(log.get("epochs", [])), "seed": train.get("seed"),
+        "drop_rate": trained.meta.get("drop_rate"), "epochs": len(log.get("epochs", [])), "seed": train.get("seed"),
         "precision": train.get("precision", "fp32"), "training": train, "training_sha256": digest,
         "data_sha256": data_sha, "hardware": f"{cpu_name()}, {torch.get_num_threads()} threads",
         "git_commit": commit, "packages": {p: metadata.version(p) for p in PACKAGES},
-        "fault_free": {"accuracy": accuracy, "split": "test", "images": len(test)}, "note": args.note,
+        "fault_free": {"accuracy": accuracy, "split": "test", "images": len(test), "bn_rate": args.bn_rate},
+        "bn_rates": sorted(ckpt.bn_stats, key=float), "note": args.note,
     }
     path = ZOO_DIR / MANIFEST
     doc = json.loads(path.read_text()) if path.is_file() else {"format": FORMAT, "version": VERSION, "models": {}}
