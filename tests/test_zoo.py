@@ -57,3 +57,9 @@ def test_each_model_gives_its_recorded_fault_free_accuracy(name, shared_data, ca
     bn = entry["fault_free"].get("bn_rate")
     assert main(["eval", name, "--data", str(shared_data), "--json", *(["--bn-rate", bn] if bn else [])]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == entry["fault_free"]["accuracy"]
+
+
+def test_the_zoo_readme_quotes_the_manifest():
+    text = (zoo.ZOO_DIR / "README.md").read_text()
+    for name, entry in ENTRIES.items():
+        assert f"| `{name}` |" in text and f"{100 * entry['fault_free']['accuracy']:.2f}%" in text
