@@ -121,8 +121,12 @@ def test_cli_error_has_no_traceback_in_a_real_process(tmp_path):
                            "--checkpoint", str(tmp_path / "missing.pt")],
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 2
+    from toolchain import zoo
+
+    known = ", ".join(["resnet20-akamaster", *zoo.names()])  # the registry's, then the model zoo's
+    assert "resnet20-dc30-ft3" in known
     assert proc.stderr.strip().splitlines() == [f"rram: error: checkpoint not found: {tmp_path / 'missing.pt'}; "
-                                                f"known names: resnet20-akamaster"]
+                                                f"known names: {known}"]
 
 
 @pytest.mark.slow
