@@ -14,6 +14,56 @@ def _opset(model: onnx.ModelProto) -> int:
     return next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 1)
 
 
+def _take_layer(g: onnx.GraphProto, node: onnx.NodeProto, inits: dict,
+                weight_ranks: dict[str, int] | None) -> tuple[str, str, int]:
+    """A target Conv/Gemm ``node`` made into the raw pre-normalisation output ``<out>.rram_raw``
+    (its bias dropped: the bias becomes the calibrated offset): (out, raw, the weight's rank)."""
+    out = node.output[0]
+    if node.op_type == "Gemm":
+        rank = 2
+    else:
+        w = inits.get(node.input[1])
+        rank = len(w.dims) if w is not None else (weight_ranks or {}).get(node.input[1])
+    if rank is None:
+        raise RuntimeInputError(f"calibration: the rank of {node.input[1]!r} is unknown")
+    raw = f"{out}.rram_raw"
+    node.output[0] = raw
+    del node.input[2:]
+    return out, raw, rank
+
+
+def _channel_shape(op_type: str, rank: int) -> list[int]:
+    """The broadcast shape of one value per channel of a Conv (N, C, ...) or Gemm (N, C) output."""
+    return [-1] + [1] * (rank - 2) if op_type == "Conv" else [-1]
+
+
+def _to_target(g: onnx.GraphProto, t: BNTarget, out: str, shape: list[int], var: str) -> list[onnx.NodeProto]:
+    """``<out>.rram_centred`` (the raw output less its mean) normalised with variance ``var`` and
+    scaled to the target's |gamma| and beta, into ``out``: the BN the periphery re-creates."""
+    h, p = onnx.helper, f"{out}.rram"
+
+    def const(name, values):
+        g.initializer.append(onnx.numpy_helper.from_array(
+            np.asarray(values, np.float32).reshape(shape), f"{out}.rram_{name}"))
+        return f"{out}.rram_{name}"
+
+    return [h.make_node("Add", [var, const("floor", t.variance_floor)], [f"{p}_var_floor"]),
+            h.make_node("Sqrt", [f"{p}_var_floor"], [f"{p}_std"]),
+            h.make_node("Div", [f"{p}_centred", f"{p}_std"], [f"{p}_normalised"]),
+            h.make_node("Mul", [f"{p}_normalised", const("gain", np.abs(t.gamma))], [f"{p}_scaled"]),
+            h.make_node("Add", [f"{p}_scaled", const("beta", t.beta)], [out])]
+
+
+def _centred_moments(g: onnx.GraphProto, opset: int, raw: str, mean: str, var: str, axes: list[int],
+                     p: str, tag: str = "") -> list[onnx.NodeProto]:
+    """``mean`` and (population) ``var`` of ``raw`` over ``axes``, through ``<p>_<tag>centred``."""
+    h = onnx.helper
+    return [_reduce_mean(g, opset, raw, mean, axes),
+            h.make_node("Sub", [raw, mean], [f"{p}_{tag}centred"]),
+            h.make_node("Mul", [f"{p}_{tag}centred", f"{p}_{tag}centred"], [f"{p}_{tag}squared"]),
+            _reduce_mean(g, opset, f"{p}_{tag}squared", var, axes)]
+
+
 def stats_model(model: onnx.ModelProto, targets: dict[str, BNTarget], *,
                 weight_ranks: dict[str, int] | None = None) -> tuple[onnx.ModelProto, list[str]]:
     """A copy of ``model`` that measures, in one forward pass of a calibration batch, every target
@@ -30,47 +80,15 @@ def stats_model(model: onnx.ModelProto, targets: dict[str, BNTarget], *,
     inits = {t.name: t for t in g.initializer}
     nodes, layers = [], []
     for node in g.node:
-        out = node.output[0] if node.output else ""
-        if out not in targets or node.op_type not in ("Conv", "Gemm"):
+        if (node.output[0] if node.output else "") not in targets or node.op_type not in ("Conv", "Gemm"):
             nodes.append(node)
             continue
-        t = targets[out]
-        w = inits.get(node.input[1])
-        if node.op_type == "Gemm":
-            rank = 2
-        else:
-            rank = len(w.dims) if w is not None else (weight_ranks or {}).get(node.input[1])
-        if rank is None:
-            raise RuntimeInputError(f"calibration: the rank of {node.input[1]!r} is unknown")
-        axes = [0] + list(range(2, rank)) if node.op_type == "Conv" else [0]
-        shape = [-1] + [1] * (rank - 2) if node.op_type == "Conv" else [-1]
-        raw = f"{out}.rram_raw"
-        node.output[0] = raw
-        del node.input[2:]  # the bias becomes the calibrated offset
+        out, raw, rank = _take_layer(g, node, inits, weight_ranks)
         nodes.append(node)
-
-        def const(name, values, shape=shape, out=out):
-            g.initializer.append(onnx.numpy_helper.from_array(
-                np.asarray(values, np.float32).reshape(shape), f"{out}.rram_{name}"))
-            return f"{out}.rram_{name}"
-
-        def reduce_mean(x, y, axes=axes):
-            if opset >= 18:
-                g.initializer.append(onnx.numpy_helper.from_array(np.array(axes, np.int64), f"{y}.axes"))
-                return h.make_node("ReduceMean", [x, f"{y}.axes"], [y], keepdims=1)
-            return h.make_node("ReduceMean", [x], [y], axes=axes, keepdims=1)
-
+        axes = [0] + list(range(2, rank)) if node.op_type == "Conv" else [0]
         mean, var = f"{out}.rram_mean", f"{out}.rram_var"
-        p = f"{out}.rram"
-        nodes += [reduce_mean(raw, mean),
-                  h.make_node("Sub", [raw, mean], [f"{p}_centred"]),
-                  h.make_node("Mul", [f"{p}_centred", f"{p}_centred"], [f"{p}_squared"]),
-                  reduce_mean(f"{p}_squared", var),
-                  h.make_node("Add", [var, const("floor", t.variance_floor)], [f"{p}_var_floor"]),
-                  h.make_node("Sqrt", [f"{p}_var_floor"], [f"{p}_std"]),
-                  h.make_node("Div", [f"{p}_centred", f"{p}_std"], [f"{p}_normalised"]),
-                  h.make_node("Mul", [f"{p}_normalised", const("gain", np.abs(t.gamma))], [f"{p}_scaled"]),
-                  h.make_node("Add", [f"{p}_scaled", const("beta", t.beta)], [out])]
+        nodes += _centred_moments(g, opset, raw, mean, var, axes, f"{out}.rram")
+        nodes += _to_target(g, targets[out], out, _channel_shape(node.op_type, rank), var)
         g.output.append(h.make_tensor_value_info(mean, onnx.TensorProto.FLOAT, None))
         g.output.append(h.make_tensor_value_info(var, onnx.TensorProto.FLOAT, None))
         layers.append(out)
@@ -115,47 +133,22 @@ def streamed_stats_model(model: onnx.ModelProto, targets: dict[str, BNTarget], *
             nodes.append(node)
             continue
         levels[out] = depth[out] = d + 1
-        t = targets[out]
-        w = inits.get(node.input[1])
-        if node.op_type == "Gemm":
-            rank = 2
-        else:
-            rank = len(w.dims) if w is not None else (weight_ranks or {}).get(node.input[1])
-        if rank is None:
-            raise RuntimeInputError(f"calibration: the rank of {node.input[1]!r} is unknown")
-        spatial = list(range(2, rank)) if node.op_type == "Conv" else []
-        shape = [-1] + [1] * (rank - 2) if node.op_type == "Conv" else [-1]
-        raw = f"{out}.rram_raw"
-        node.output[0] = raw
-        del node.input[2:]  # the bias becomes the calibrated offset
+        out, raw, rank = _take_layer(g, node, inits, weight_ranks)
         nodes.append(node)
-
-        def const(name, values, shape=shape, out=out):
-            g.initializer.append(onnx.numpy_helper.from_array(
-                np.asarray(values, np.float32).reshape(shape), f"{out}.rram_{name}"))
-            return f"{out}.rram_{name}"
-
+        shape = _channel_shape(node.op_type, rank)
         p = f"{out}.rram"
         imean, ivar, fmean, fvar = (f"{p}_{k}" for k in ("imean", "ivar", "fmean", "fvar"))
-        if spatial:
-            nodes += [_reduce_mean(g, opset, raw, imean, spatial),
-                      h.make_node("Sub", [raw, imean], [f"{p}_icentred"]),
-                      h.make_node("Mul", [f"{p}_icentred", f"{p}_icentred"], [f"{p}_isquared"]),
-                      _reduce_mean(g, opset, f"{p}_isquared", ivar, spatial)]
+        if node.op_type == "Conv" and rank > 2:
+            nodes += _centred_moments(g, opset, raw, imean, ivar, list(range(2, rank)), p, tag="i")
             g.output.append(h.make_tensor_value_info(ivar, onnx.TensorProto.FLOAT, None))
         else:
             nodes.append(h.make_node("Identity", [raw], [imean]))
         g.output.append(h.make_tensor_value_info(imean, onnx.TensorProto.FLOAT, None))
-        channels = len(t.gamma)
         for name in (fmean, fvar):
             g.input.append(h.make_tensor_value_info(name, onnx.TensorProto.FLOAT,
-                                                    [channels] + [1] * (len(shape) - 1)))
-        nodes += [h.make_node("Sub", [raw, fmean], [f"{p}_centred"]),
-                  h.make_node("Add", [fvar, const("floor", t.variance_floor)], [f"{p}_var_floor"]),
-                  h.make_node("Sqrt", [f"{p}_var_floor"], [f"{p}_std"]),
-                  h.make_node("Div", [f"{p}_centred", f"{p}_std"], [f"{p}_normalised"]),
-                  h.make_node("Mul", [f"{p}_normalised", const("gain", np.abs(t.gamma))], [f"{p}_scaled"]),
-                  h.make_node("Add", [f"{p}_scaled", const("beta", t.beta)], [out])]
+                                                    [len(targets[out].gamma)] + [1] * (len(shape) - 1)))
+        nodes.append(h.make_node("Sub", [raw, fmean], [f"{p}_centred"]))
+        nodes += _to_target(g, targets[out], out, shape, fvar)
         layers.append(out)
     del g.node[:]
     g.node.extend(nodes)
