@@ -11,6 +11,7 @@ from .common import (
     add_data_args,
     calibration_images,
     int8_calibration_indices,
+    new_output_file,
     parse_stats_rate,
     positive_int,
     seed,
@@ -46,14 +47,9 @@ def run(args) -> int:
 
     from runtime.artifact import Artifact
     from runtime.campaign import calibrate_fault_map
-    from runtime.fileio import atomic_write_json, check_output_path
+    from runtime.fileio import atomic_write_json
 
-    from ..errors import UserError
-
-    out = Path(args.out) / FILE_NAME
-    check_output_path(out)
-    if out.exists():
-        raise UserError(f"{out} exists; choose another --out")
+    out = new_output_file(Path(args.out) / FILE_NAME)
     stats_rate = parse_stats_rate(args.bn_rate)
     artifact = Artifact.load(args.artifact)
     engine_kw = {"precision": args.precision}

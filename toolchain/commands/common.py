@@ -234,3 +234,16 @@ def no_new_folders_on_failure(folder: str | Path):
             except OSError:
                 break
         raise
+
+
+def new_output_file(path: str | Path) -> Path:
+    """An output file that must not exist yet (a report is never overwritten): checked to be a
+    writable file path (``runtime.fileio.check_output_path``), and refused in one line when it
+    exists. Early, for a fast answer; a writer that holds a lock checks again under it."""
+    from runtime.fileio import check_output_path
+
+    path = Path(path)
+    check_output_path(path)
+    if path.exists():
+        raise UserError(f"{path} exists; choose another --out")
+    return path

@@ -4,7 +4,7 @@ the physical row each logical row goes to, and each column's orientation; `rram 
 --fault-map CHIP --placement FILE` and `rram calibrate --placement FILE` use it."""
 from __future__ import annotations
 
-from .common import add_bn_rate_arg, parse_stats_rate
+from .common import add_bn_rate_arg, new_output_file, parse_stats_rate
 
 
 def add_parser(sub) -> None:
@@ -25,15 +25,9 @@ def run(args) -> int:
     from pathlib import Path
 
     from runtime.artifact import Artifact
-    from runtime.fileio import check_output_path
     from runtime.placement_file import FILE_NAME, place_fault_map
 
-    from ..errors import UserError
-
-    out = Path(args.out) / FILE_NAME
-    check_output_path(out)
-    if out.exists():
-        raise UserError(f"{out} exists; choose another --out")
+    out = new_output_file(Path(args.out) / FILE_NAME)
     done = place_fault_map(Artifact.load(args.artifact), args.fault_map, out, parse_stats_rate(args.bn_rate))
     spares = "with the spare rows" if done["spares"] else \
         "without spare rows (the fault map covers the used cells only)"

@@ -4,7 +4,6 @@ from __future__ import annotations
 from runtime.campaign.plan import SENSITIVITY_RUNS
 
 from ..data import load_split, subset_indices
-from ..errors import UserError
 from .common import (
     add_bn_rate_arg,
     add_data_args,
@@ -12,6 +11,7 @@ from .common import (
     calibration_images,
     check_ray,
     float_list,
+    new_output_file,
     parse_stats_rate,
     positive_int,
     rate,
@@ -42,20 +42,16 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from pathlib import Path
 
     from runtime.artifact import Artifact
     from runtime.campaign.plan import check_sa1_rates
-    from runtime.fileio import check_output_path
     from runtime.sensitivity import sensitivity
 
     sa1 = float_list(args.sa1, "--sa1")
     check_sa1_rates(sa1, args.sa0)  # before the slow loading: the runtime checks them again
     stats_rate = parse_stats_rate(args.bn_rate)
     check_ray(args)
-    check_output_path(args.out)
-    if Path(args.out).exists():  # early, for a fast answer; the runtime checks again under the lock
-        raise UserError(f"{args.out} exists; choose another --out")
+    new_output_file(args.out)  # the runtime checks again under the lock
     artifact = Artifact.load(args.artifact)
     split = load_split(args.data, "test", cache_dir=args.cache_dir, use_cache=not args.no_cache)
     idx = subset_indices(len(split), args.images)
