@@ -112,18 +112,6 @@ def layer_indices(cmap: CrossbarMap, names: list[str]) -> list[int]:
     return sorted({index[n] for n in names})
 
 
-def with_faults_only_in(cmap: CrossbarMap, chip: Chip, layers: list[int]) -> Chip:
-    """The chip with every layer not in ``layers`` fault-free (verified crossbars or digital logic)."""
-    codes = np.zeros_like(chip.codes)
-    start = 0
-    for i, layer in enumerate(cmap.layers):
-        n = layer.levels.size
-        if i in layers:
-            codes[start:start + n] = chip.codes[start:start + n]
-        start += n
-    return Chip(codes)
-
-
 def faulty_levels(cmap: CrossbarMap, codes: np.ndarray) -> list[np.ndarray]:
     """Per layer: the levels as the faulty chip holds them."""
     flat = np.concatenate([layer.levels.ravel() for layer in cmap.layers]) if cmap.layers else \
