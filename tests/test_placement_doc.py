@@ -4,6 +4,8 @@ import re
 import statistics
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 QUICK = ROOT / "docs" / "results" / "quick"
 VARIANTS = [("fixed mapping", "fixed"), ("placement", "placed"),
@@ -64,3 +66,30 @@ def test_the_drop_connect_figures_are_the_files():
             f"at SA1 0.3: {100 * plain - m[2]:.2f} points lost at 30% SA1, at width 1 (the fixed mapping without "
             f"calibration: {f[1]:.2f}% and {f[2]:.2f}%).") in text
     assert 100 * plain - m[2] <= 1.5  # issue 34's bar
+
+
+def test_the_full_split_table_is_the_files():
+    """Issue 34's table (20 chips x 10,000 images): the block is what benchmarks/placement_table.py
+    makes of the committed files, each complete, of the settings its row names, with summaries that
+    follow from its chips."""
+    import sys
+
+    from runtime.results import summarize
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import placement_table  # noqa: E402  (benchmarks/placement_table.py)
+
+    text = (ROOT / "docs" / "runtime.md").read_text()
+    block = re.search(re.escape(placement_table.BEGIN) + r"\n(.*?)" + re.escape(placement_table.END), text, re.S)
+    assert block.group(1) == placement_table.render()
+    files = sorted(placement_table.RESULTS.glob("*.json"))
+    assert files, "no campaign of the full-split table is committed"
+    for path in files:
+        model, variant = path.stem.split(".")
+        doc = placement_table.load(model, variant)  # checks complete, 10,000 images, 20 chips, settings
+        assert [e["sa1"] for e in doc["rates"]] == [0.0, 0.1, 0.2, 0.3]
+        for e in doc["rates"]:
+            assert len(e["runs"]) == placement_table.RUNS
+            again = summarize([e["runs"][str(r)]["accuracy"] for r in range(placement_table.RUNS)])
+            for key in ("n", "mean", "std", "min", "max"):
+                assert again[key] == pytest.approx(e["summary"][key], abs=1e-12), (path.name, e["sa1"], key)
