@@ -487,7 +487,7 @@ def test_from_scratch_until_train_then_elsewhere(tmp_path, capsys):
     out = capsys.readouterr().out
     assert ran(out) == {"train"} and "steps up to train ran" in out
     assert "--width 0.25 --pad-1x1 --shortcut B" in out and "--lr 0.1 " in out  # scratch default lr
-    assert "--precision bf16" in out
+    assert "--train-precision bf16" in out
     run = tmp_path / "run"
     model = run / "train" / "model.pt"
     from toolchain.checkpoints import load_checkpoint

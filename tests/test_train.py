@@ -259,7 +259,7 @@ def test_a_foreign_checkpoint_of_unknown_origin_still_takes_its_width_from_width
 
 
 def test_bf16_precision_trains_float32_weights_and_is_part_of_the_run(data, tmp_path):
-    """--precision bf16 runs the forward pass under bfloat16 autocast: the saved weights stay
+    """--train-precision bf16 runs the forward pass under bfloat16 autocast: the saved weights stay
     float32, the record says bf16, a resume at fp32 is refused, and the same seed repeats it."""
     a = train(cfg(data, tmp_path / "a", epochs=1, precision="bf16"))
     b = train(cfg(data, tmp_path / "b", epochs=1, precision="bf16"))
@@ -284,7 +284,7 @@ def test_bf16_warns_exactly_on_a_cpu_without_bf16_hardware(data, tmp_path, capsy
     if flags is not None and os.uname().machine == "x86_64":  # the 64-bit x86 that torch builds for
         assert bf16_is_slow_here("cpu") == (not flags & {"amx_tile", "avx512_bf16"}), sorted(flags)
     assert not bf16_is_slow_here("cuda")
-    warning = "--precision bf16 on a CPU without AMX or AVX512-BF16"
+    warning = "--train-precision bf16 on a CPU without AMX or AVX512-BF16"
     monkeypatch.setattr(training, "bf16_is_slow_here", lambda device_type: True)
     train(cfg(data, tmp_path / "fp", epochs=1))
     assert warning not in capsys.readouterr().err

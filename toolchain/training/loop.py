@@ -40,7 +40,7 @@ def train(cfg: TrainConfig, *, step_callback: Callable[[int, int], None] | None 
     dd = setup_distributed(cfg.device)
     if cfg.precision == "bf16" and bf16_is_slow_here(dd.device.type) and dd.main:
         # a warning, not a switch to fp32: the precision is part of the run (resume, records)
-        print("warning: --precision bf16 on a CPU without AMX or AVX512-BF16: bf16 has no hardware here "
+        print("warning: --train-precision bf16 on a CPU without AMX or AVX512-BF16: bf16 has no hardware here "
               "(measured 12x slower per step than fp32 on AVX2 cores; docs/training.md); for speed, train "
               "in fp32 in a fresh --out (in a pipeline config: precision = \"fp32\" under [train])",
               file=sys.stderr, flush=True)
