@@ -65,8 +65,8 @@ def add_parser(sub) -> None:
     add_normalization_args(p)
     p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda")
     p.add_argument("--train-precision", dest="precision", choices=PRECISIONS, default="fp32",
-                   help="the training arithmetic: fp32, or bf16: bfloat16 autocast for the forward pass, float32 weights "
-                        "(1.4-2.4x faster per step on CPUs with AMX or AVX512-BF16 and on bf16 GPUs; "
+                   help="the training arithmetic: fp32, or bf16: bfloat16 autocast for the forward pass, "
+                        "float32 weights (1.4-2.4x faster per step on CPUs with AMX or AVX512-BF16 and on bf16 GPUs; "
                         "docs/training.md); the deployed model's --precision (fp32/int8) is rram validate's")
     hidden_alias(p, "--precision", "precision", choices=PRECISIONS)
     p.add_argument("--json", action="store_true", help="print the epoch log as JSON at the end")
