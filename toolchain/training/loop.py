@@ -100,7 +100,7 @@ def train(cfg: TrainConfig, *, step_callback: Callable[[int, int], None] | None 
 
 
 def _load_splits(cfg: TrainConfig) -> tuple[Split, Split]:
-    """(train, test), each cut to --images / --eval-images by a seeded random subset."""
+    """(train, test), each cut to --train-images / --eval-images by a seeded random subset."""
     def split(name: str, n: int | None) -> Split:
         return random_subset(load_split(cfg.data, name, cache_dir=cfg.cache_dir, use_cache=cfg.use_cache,
                                         progress=cfg.progress), n, cfg.seed)
