@@ -71,6 +71,7 @@ def test_next_run_is_sized_from_the_widest_spread():
     sd = 100 * BASE["rates"][1]["summary"]["std"]
     assert f"`validate.runs = {C.chips_needed(sd)}`" in text and f"sd {sd:.2f} points for baseline" in text
     assert "remove `validate.images`" in text
+    assert f"; {C.MIN_CHIPS} suffice for the deployed drop-connect p=0.1 + per-chip calibration)" in text
     assert C.chips_needed(1.0) == C.MIN_CHIPS and C.chips_needed(10.0) == 97  # (1.96 * 10 / 2) ** 2 = 96.04
 
 

@@ -187,7 +187,12 @@ def next_sentence(series: list[Series], images: int, config_name: str) -> str:
                 f"epochs of fault-aware training (`train.epochs`) are what would move the numbers.")
     text = (f"**Next, for a trustworthy figure**: in `{config_name}` set `validate.runs = {need}` (the widest "
             f"chip-to-chip spread here, sd {_pts(sd)} points for {s.label} at SA1 {100 * r.sa1:g}%, needs about "
-            f"that many chips for a 95% CI of ±{TRUST_POINTS:g} points)")
+            f"that many chips for a 95% CI of ±{TRUST_POINTS:g} points")
+    chosen = best(series)[0]
+    own = [x.sd for x in rates_of(chosen.doc) if x.sa1 > 0 and x.sd is not None]
+    if chosen is not s and own:
+        text += f"; {chips_needed(max(own))} suffice for the deployed {chosen.label}"
+    text += ")"
     if images < MIN_IMAGES:
         text += f" and remove `validate.images` (every test image, not {images:,})"
     return text + f", then run `rram pipeline {config_name}`: only validation and the report re-run."

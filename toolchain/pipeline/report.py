@@ -195,8 +195,11 @@ def write_report(pipe: Pipeline, step: Step) -> int:
           "bar with a diamond. The dashed lines are each model's fault-free accuracy.", "",
           "## Crossbar usage per layer", "",
           f"From `{usage_file.relative_to(run).as_posix()}` (every rate and model maps the same "
-          f"layers onto the same tiles). Utilisation = cells holding a weight / cells of the tiles the "
-          f"layer occupies.", ""]
+          f"layers onto the same tiles). Columns: **layer** and **op**, the ONNX node on crossbars; "
+          f"**matrix**, its weight matrix (rows = inputs per output, columns = outputs); **tiles**, the "
+          f"{usage['device']['tile_rows']}x{usage['device']['tile_cols']} tiles it occupies; **cells**, "
+          f"cells holding a weight (both cells of a differential pair counted); **allocated**, the cells of "
+          f"those tiles; **utilisation** = cells / allocated.", ""]
     rows = [[f"`{r['node']}`", r["op_type"], "x".join(map(str, r["matrix_shape"])), r["tiles"], r["cells"],
              r["allocated_cells"], f"{100 * r['utilisation']:.1f}%"] for r in usage["layers"]]
     tot = usage["total"]
