@@ -40,8 +40,8 @@ def build_random(folder: Path, arch: str, width: float, pad: bool) -> Path | Non
     save_checkpoint(Checkpoint(spec, CIFAR10_NORM, build_model(spec).state_dict(), {}, {}), folder / "m.pt")
     passes = "standard" if pad else "eliminate-identity,fold-constants,fold-bn,eliminate-dead"
     for cmd in (["export", str(folder / "m.pt"), "--out", str(folder / "m.onnx")],
-                ["passes", str(folder / "m.onnx"), str(folder / "m.p.onnx"), "--passes", passes],
-                ["quantize", str(folder / "m.p.onnx"), str(folder / "art"), "--preset", "paper"]):
+                ["passes", str(folder / "m.onnx"), "--out", str(folder / "m.p.onnx"), "--passes", passes],
+                ["quantize", str(folder / "m.p.onnx"), "--out", str(folder / "art"), "--preset", "paper"]):
         if rram(cmd):
             return None
     return folder / "art"

@@ -6,7 +6,7 @@
 Plain and drop-connect steps are interleaved in rounds (plain, dc, plain, dc, ...) so a busy
 machine slows both alike; the ratio of the medians is printed. Target: at most 1.15.
 Also printed: the time of the mask draws alone (one fresh mask for every Conv2d/Linear weight),
-and the drop-connect step under `--precision bf16` (bfloat16 autocast, as rram train runs it) with
+and the drop-connect step under `--train-precision bf16` (bfloat16 autocast, as rram train runs it) with
 its speed-up over float32 (1.4-2.4x on CPUs with AMX, by model; 0.08x, i.e. 12x slower, on 2 AVX2
 cores without bf16 units, 2x-wide ResNet20 option B at batch 256: docs/training.md).
 """
@@ -109,7 +109,7 @@ def main() -> int:
         print(f"mask draws alone  {1000 * result['mask_draw_s']:.2f} ms for {result['weights']} weights")
         print(f"ratio {result['ratio']:.3f} (target <= 1.15)")
         print(f"drop-connect step, bf16 autocast {1000 * med['bf16']:.1f} ms: "
-              f"{result['bf16_speedup']:.2f}x faster than float32 (rram train --precision bf16)")
+              f"{result['bf16_speedup']:.2f}x faster than float32 (rram train --train-precision bf16)")
     return 0
 
 

@@ -54,10 +54,11 @@ def engine_logits(folder: Path, images, labels, batch: int = 500) -> np.ndarray:
 
 def build(work: Path, checkpoint: Path) -> dict:
     for argv in (["export", checkpoint, "--model", "resnet20", "--out", work / "r20.onnx"],
-                 ["passes", work / "r20.onnx", work / "r20.passes.onnx", "--passes", "standard"],
-                 ["quantize", work / "r20.passes.onnx", work / "art", "--preset", "paper"],
-                 ["passes", work / "r20.onnx", work / "r20.emb.onnx", "--passes", "standard,embed-normalization"],
-                 ["quantize", work / "r20.emb.onnx", work / "art-emb", "--preset", "paper"]):
+                 ["passes", work / "r20.onnx", "--out", work / "r20.passes.onnx", "--passes", "standard"],
+                 ["quantize", work / "r20.passes.onnx", "--out", work / "art", "--preset", "paper"],
+                 ["passes", work / "r20.onnx", "--out", work / "r20.emb.onnx",
+                  "--passes", "standard,embed-normalization"],
+                 ["quantize", work / "r20.emb.onnx", "--out", work / "art-emb", "--preset", "paper"]):
         if rram([str(a) for a in argv]):
             raise SystemExit(f"rram {' '.join(map(str, argv))} failed")
     return {"float after passes": (work / "r20.passes.onnx", None),

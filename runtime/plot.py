@@ -60,6 +60,17 @@ def check_title(title: str | None) -> None:
                                 f"literal dollar sign as \\$") from None
 
 
+def _flat_boxes(ax, data: list[list[float]], pos: list[float], width: float, color) -> None:
+    """A box whose chips all have one accuracy (every fault-free chip; a single chip) has no
+    height and vanished under the dashed fault-free line: draw it as a thick bar with a marker
+    (``gid="flat-box"``, which an SVG keeps as the element's id)."""
+    for accs, x in zip(data, pos):
+        if max(accs) - min(accs) < 1e-9:
+            ax.hlines(accs[0], x - width / 2, x + width / 2, colors=color, linewidth=3, zorder=4, gid="flat-box")
+            ax.plot([x], [accs[0]], marker="D", markersize=4, color=color, markeredgecolor="black",
+                    markeredgewidth=0.5, zorder=5, gid="flat-box")
+
+
 def plot_results(paths: list[str | os.PathLike], out: str | os.PathLike, *, labels: list[str] | None = None,
                  title: str | None = None, mixed: bool = False) -> Path:
     import matplotlib
@@ -100,6 +111,7 @@ def plot_results(paths: list[str | os.PathLike], out: str | os.PathLike, *, labe
                        boxprops={"facecolor": color, "alpha": 0.45, "edgecolor": color},
                        medianprops={"color": color}, whiskerprops={"color": color},
                        capprops={"color": color}, flierprops={"markeredgecolor": color, "markersize": 3})
+            _flat_boxes(ax, data, pos, width * 0.85, color)
         clean = doc.get("clean") or {}
         if clean:
             ax.axhline(100 * max(clean.values()), color=color, linestyle="--", linewidth=1,

@@ -1,5 +1,6 @@
-"""Progress of long campaign work: tqdm's bar (with a total, so an ETA) on a terminal; elsewhere
-(batch jobs, logs) a line on stderr every ``PROGRESS_SECONDS``: done/total, elapsed, ETA."""
+"""Progress of long work (a campaign's chips, a training epoch's steps, recalibration's batches):
+tqdm's bar (with a total, so an ETA) on a terminal; elsewhere (batch jobs, logs, ``make demo >
+log``) a line on stderr every ``PROGRESS_SECONDS``: done/total, elapsed, ETA."""
 from __future__ import annotations
 
 import os
@@ -27,12 +28,13 @@ def hms(seconds: float) -> str:
 class Progress:
     """``update(note)`` once per unit done; ``close()`` at the end."""
 
-    def __init__(self, total: int, enabled: bool, desc: str = "validate", unit: str = "chip"):
+    def __init__(self, total: int, enabled: bool, desc: str = "validate", unit: str = "chip", *,
+                 leave: bool = True):
         from tqdm import tqdm
 
         self.total, self.done, self.lines = total, 0, enabled and not sys.stderr.isatty()
         self.desc, self.unit = desc, unit
-        self.bar = tqdm(total=total, desc=desc, unit=unit, disable=None if enabled else True)
+        self.bar = tqdm(total=total, desc=desc, unit=unit, leave=leave, disable=None if enabled else True)
         self.t0 = self.last = time.monotonic()
 
     def update(self, note: str = "") -> None:

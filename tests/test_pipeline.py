@@ -134,6 +134,18 @@ def test_end_to_end_report_and_artifacts(built):
     assert f"| **total** |  |  | {usage['tiles']} | {usage['cells']} | {usage['allocated_cells']} |" in report
     assert CONFIG.strip() in report and "| torch |" in report and "| rram-toolchain |" in report
     assert "![accuracy on faulty chips](accuracy.png)" in report and "whiskers" in report
+    # the conclusions (issue 35): computed from the same numbers, each model's own sentence
+    conclusions = report.split("## Conclusions")[1].split("## What was built")[0]
+    assert (f"**drop-connect p=0.1** (with BN re-alignment only): at SA1 10% the mean of 2 chips is "
+            f"{100 * s['mean']:.2f}% (95% CI ±{50 * (s['ci95'][1] - s['ci95'][0]):.2f} points") in conclusions
+    b = base["rates"][1]["summary"]
+    assert f"**baseline (no drop-connect)** (with BN re-alignment only): at SA1 10% the mean of 2 chips is " \
+           f"{100 * b['mean']:.2f}%" in conclusions
+    assert "**A smoke test**: 2 chips x 32 images" in conclusions
+    link = conclusions.split("[docs/deploying.md](")[1].split(")")[0]  # relative to the run folder
+    assert (run / link).resolve() == Path(__file__).resolve().parents[1] / "docs" / "deploying.md"
+    assert "**Deploy**: the " in conclusions and "**Next, for a trustworthy figure**: in `p.toml`" in conclusions
+    assert "Columns: **SA1 rate**" in report and "The BN rate 0.1 column" in report
     state = json.loads((run / STATE_NAME).read_text())
     assert sorted(state["steps"]) == sorted(ALL_STEPS) and state["started"] == {}
     # a default (fp32) training records no precision setting: run folders written before
@@ -487,7 +499,7 @@ def test_from_scratch_until_train_then_elsewhere(tmp_path, capsys):
     out = capsys.readouterr().out
     assert ran(out) == {"train"} and "steps up to train ran" in out
     assert "--width 0.25 --pad-1x1 --shortcut B" in out and "--lr 0.1 " in out  # scratch default lr
-    assert "--precision bf16" in out
+    assert "--train-precision bf16" in out
     run = tmp_path / "run"
     model = run / "train" / "model.pt"
     from toolchain.checkpoints import load_checkpoint

@@ -1,8 +1,8 @@
 """The README is a contract: its flow block runs as written in a fresh shell (issue 13).
 
 The block is taken from README.md itself, so the README cannot drift from the code; only the
-sizes are made smaller (and the relative paths absolute, since the test runs in a temporary
-folder instead of the checkout)."""
+sizes are made smaller (and the checkout's ../shared absolute, since the test runs in a temporary
+folder instead of the checkout). The flow writes only into its own work/ folder (issue 35)."""
 import json
 import os
 import re
@@ -14,7 +14,7 @@ from conftest import ROOT, SHARED
 
 # (README text, test text): smaller sizes, same commands
 SMALLER = [
-    ("--epochs 3", "--epochs 1 --images 512 --eval-images 200"),
+    ("--epochs 3", "--epochs 1 --train-images 512 --eval-images 200"),
     ("--out ft/recalibrated.pt", "--batches 2 --out ft/recalibrated.pt"),
     ("--runs 10 --calibrate 256", "--runs 2 --calibrate 64 --images 200"),
     ("--runs 100 --seed 0", "--runs 2 --images 200 --seed 0"),
@@ -40,15 +40,25 @@ def test_readme_flow_runs_as_written(tmp_path, shared_data, shared_resnet20, rea
     for old, new in SMALLER:
         script = script.replace(old, new)
     script = script.replace("source .venv/bin/activate", f"source {ROOT / '.venv' / 'bin' / 'activate'}")
-    script = script.replace("../shared", str(SHARED))
+    assert '"$PWD/../shared/' in script  # absolute data paths: they survive the block's cd
+    script = script.replace("$PWD/../shared", str(SHARED))
     env = {k: v for k, v in os.environ.items() if not k.startswith("RRAM_")}  # a fresh shell
     env["RRAM_CACHE"] = str(real_data_cache)
     run = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=1500)
     assert run.returncode == 0, run.stderr[-3000:]
-    per_rate = json.loads((tmp_path / "per-rate.json").read_text())
-    per_chip = json.loads((tmp_path / "per-chip.json").read_text())
+    assert [p.name for p in tmp_path.iterdir()] == ["work"]  # nothing beside the flow's work folder
+    work = tmp_path / "work"
+    per_rate = json.loads((work / "per-rate.json").read_text())
+    per_chip = json.loads((work / "per-chip.json").read_text())
     assert sorted(per_rate["config"]["models"]) == ["rate-0.0", "rate-0.1", "rate-0.2", "rate-0.3"]
     assert [e["model"] for e in per_rate["rates"]] == ["rate-0.0", "rate-0.1", "rate-0.2", "rate-0.3"]
     assert per_chip["config"]["calibrate"] == 64 and per_chip["complete"]
-    assert (tmp_path / "fig.png").stat().st_size > 1000
+    assert (work / "fig.png").stat().st_size > 1000
+
+
+def test_the_flow_writes_into_an_ignored_work_folder():
+    """The flow wrote ft/, art/, r20*.onnx, per-*.json and fig.png into the checkout's root."""
+    block = flow_block()
+    assert "mkdir -p work && cd work" in block.splitlines()[2]  # before the first command that writes
+    assert "/work/" in (ROOT / ".gitignore").read_text().splitlines()

@@ -89,3 +89,16 @@ def test_cli_bad_rates(data, tmp_path, capsys, rates, tiny_checkpoint):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("rram: error: ")
     assert not (tmp_path / "r").exists()
+
+
+def test_cli_recalibrate_prints_progress_lines_off_a_terminal(data, tmp_path, capsys, tiny_checkpoint, monkeypatch):
+    """`make demo > log` showed nothing for 2.3 minutes of recalibration (issue 35)."""
+    import runtime.progress
+
+    monkeypatch.setattr(runtime.progress, "PROGRESS_SECONDS", 0.0)
+    ck = tiny_checkpoint(SPEC, trained_with_drop_connect)
+    assert main(["recalibrate", str(ck), "--bn-rate", "0,0.1", "--data", str(data), "--no-cache",
+                 "--batches", "2", "--batch-size", "32", "--out", str(tmp_path / "r")]) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("recalibrate p'=")]
+    assert [line.split(":")[0] + " " + line.split()[2] for line in lines] == \
+        ["recalibrate p'=0 1/2", "recalibrate p'=0 2/2", "recalibrate p'=0.1 1/2", "recalibrate p'=0.1 2/2"]

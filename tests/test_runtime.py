@@ -702,7 +702,7 @@ def test_bad_input_review_round_two(art, data, tmp_path, capsys):
     assert json.loads(res.read_text()) == doc
     # options whose companion is missing, an empty shard, more images than the split holds
     assert "give --sa1 too" in _err(capsys, ["eval", "--checkpoint", "x", "--runs", "3"])
-    assert "give --data too" in _err(capsys, ["passes", "a.onnx", "b.onnx", "--images", "5"])
+    assert "give --data too" in _err(capsys, ["passes", "a.onnx", "--out", "b.onnx", "--real-images", "5"])
     assert main(base + ["--runs", "1", "--sa1", "0.1", "--shard", "3/3", "--out", str(tmp_path / "s.json")]) == 0
     assert "holds none" in capsys.readouterr().out  # an empty shard of an array job still merges
     assert main(base + ["--runs", "1", "--sa1", "0.1", "--images", "1000", "--out", str(tmp_path / "all.json")]) == 0

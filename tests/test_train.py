@@ -259,7 +259,7 @@ def test_a_foreign_checkpoint_of_unknown_origin_still_takes_its_width_from_width
 
 
 def test_bf16_precision_trains_float32_weights_and_is_part_of_the_run(data, tmp_path):
-    """--precision bf16 runs the forward pass under bfloat16 autocast: the saved weights stay
+    """--train-precision bf16 runs the forward pass under bfloat16 autocast: the saved weights stay
     float32, the record says bf16, a resume at fp32 is refused, and the same seed repeats it."""
     a = train(cfg(data, tmp_path / "a", epochs=1, precision="bf16"))
     b = train(cfg(data, tmp_path / "b", epochs=1, precision="bf16"))
@@ -284,7 +284,7 @@ def test_bf16_warns_exactly_on_a_cpu_without_bf16_hardware(data, tmp_path, capsy
     if flags is not None and os.uname().machine == "x86_64":  # the 64-bit x86 that torch builds for
         assert bf16_is_slow_here("cpu") == (not flags & {"amx_tile", "avx512_bf16"}), sorted(flags)
     assert not bf16_is_slow_here("cuda")
-    warning = "--precision bf16 on a CPU without AMX or AVX512-BF16"
+    warning = "--train-precision bf16 on a CPU without AMX or AVX512-BF16"
     monkeypatch.setattr(training, "bf16_is_slow_here", lambda device_type: True)
     train(cfg(data, tmp_path / "fp", epochs=1))
     assert warning not in capsys.readouterr().err
@@ -311,3 +311,26 @@ def test_a_run_recorded_before_the_precision_option_resumes_as_fp32(data, tmp_pa
         train(cfg(data, out, epochs=2, resume=True, precision="bf16"))
     log = train(cfg(data, out, epochs=2, resume=True))
     assert [e["epoch"] for e in log["epochs"]] == [1, 2]
+
+
+def test_progress_lines_off_a_terminal_and_the_epoch_line_says_what_test_measures(data, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """`make demo > log` showed nothing for 8.5 minutes of training, and `test 60.80%` did not say it
+    is the accuracy of a simulated faulty chip (issue 35). Off a terminal (capsys is not one), a
+    line every RRAM_PROGRESS_SECONDS (0 here: every step)."""
+    import runtime.progress
+
+    monkeypatch.setattr(runtime.progress, "PROGRESS_SECONDS", 0.0)
+    assert main(["train", "--model", "resnet20", "--width", "0.25", "--drop-rate", "0.2", "--epochs", "1",
+                 "--train-images", "128", "--eval-images", "64", "--batch-size", "32", "--data", str(data),
+                 "--no-cache", "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    steps = [line for line in err.splitlines() if line.startswith("train epoch 1/1: ")]
+    assert [s.split()[3] for s in steps] == ["1/4", "2/4", "3/4", "4/4"] and "ETA" in steps[0]
+    assert "loss" in steps[-1] and "train accuracy" in steps[-1]
+    epoch = next(line for line in err.splitlines() if line.startswith("epoch 1/1: "))
+    assert "(on one simulated faulty chip, 20% of weights stuck at 0)" in epoch
+    assert main(["train", "--model", "resnet20", "--width", "0.25", "--drop-rate", "0", "--epochs", "1",
+                 "--train-images", "64", "--eval-images", "32", "--batch-size", "32", "--data", str(data),
+                 "--no-cache", "--out", str(tmp_path / "plain")]) == 0
+    assert "(fault-free)" in next(line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch 1/1"))

@@ -86,10 +86,10 @@ def train(out: PathLike, *, model: str, drop_rate: float, epochs: int, init: Pat
             whole multiple of ``init``'s widens it first, function-preserving (docs/training.md).
         pad_1x1: pad 1x1 convolutions to 3x3.
         resume, auto_resume: continue the run in ``out`` (``--resume``, ``--auto-resume``).
-        **options: any other ``rram train`` option (``eval_images``, ``momentum``, ``precision="bf16"``,
+        **options: any other ``rram train`` option (``eval_images``, ``momentum``, ``train_precision="bf16"``,
             ``no_cache``, ...).
     """
-    _run("train", init, out=out, model=model, drop_rate=drop_rate, epochs=epochs, data=data, images=images,
+    _run("train", init, out=out, model=model, drop_rate=drop_rate, epochs=epochs, data=data, train_images=images,
          batch_size=batch_size, lr=lr, seed=seed, width=width, shortcut=shortcut, pad_1x1=pad_1x1,
          device=device, resume=resume, auto_resume=auto_resume, **options)
     return Path(out) / "model.pt"
@@ -115,7 +115,7 @@ def recalibrate(checkpoint: PathLike, out: PathLike, *, bn_rate: float | list[fl
     """
     from .commands.recalibrate import output_file  # loaded by the run above (torch): not at import
 
-    _run("recalibrate", checkpoint, out=out, bn_rate=bn_rate, data=data, images=images, batches=batches,
+    _run("recalibrate", checkpoint, out=out, bn_rate=bn_rate, data=data, train_images=images, batches=batches,
          batch_size=batch_size, seed=seed, model=model, **options)
     return output_file(out)
 
@@ -143,7 +143,7 @@ def export(checkpoint: PathLike, out: PathLike, *, bn_rate: float | None = None,
 def run_passes(model: PathLike, out: PathLike, *, passes: str | list[str] | None = None,
                bn_rate: float | str | None = None, verify: str | None = None, seed: int | None = None,
                **options: Any) -> Path:
-    """The ONNX graph passes, each verified numerically (``rram passes IN OUT``); returns ``out``.
+    """The ONNX graph passes, each verified numerically (``rram passes IN --out OUT``); returns ``out``.
 
     Args:
         model: the ONNX model to rewrite (never modified).
@@ -152,15 +152,15 @@ def run_passes(model: PathLike, out: PathLike, *, passes: str | list[str] | None
         bn_rate: fold the BN statistics of this rate (a multi-rate export).
         verify: ``each``, ``end`` (the default) or ``off``.
         seed: seed of the random verification inputs.
-        **options: any other ``rram passes`` option (``tolerance``, ``data``, ``images``, ...).
+        **options: any other ``rram passes`` option (``tolerance``, ``data``, ``real_images``, ...).
     """
-    _run("passes", model, out, passes=passes, bn_rate=bn_rate, verify=verify, seed=seed, **options)
+    _run("passes", model, out=out, passes=passes, bn_rate=bn_rate, verify=verify, seed=seed, **options)
     return Path(out)
 
 
 def quantize(model: PathLike, out: PathLike, *, preset: str | None = None, force: bool = False,
              **options: Any) -> Path:
-    """Map a float ONNX model onto crossbars (``rram quantize IN OUTDIR``); returns the artifact
+    """Map a float ONNX model onto crossbars (``rram quantize IN --out OUTDIR``); returns the artifact
     folder ``out``.
 
     Args:
@@ -171,7 +171,7 @@ def quantize(model: PathLike, out: PathLike, *, preset: str | None = None, force
         **options: any other ``rram quantize`` option (``bits_per_cell``, ``tile``, ``include``,
             ``exclude``, ...).
     """
-    _run("quantize", model, out, preset=preset, force=force, **options)
+    _run("quantize", model, out=out, preset=preset, force=force, **options)
     return Path(out)
 
 

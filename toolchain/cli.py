@@ -18,10 +18,17 @@ COMMANDS = ["eval", "train", "recalibrate", "export", "passes", "quantize", "val
 
 
 class OneLineParser(argparse.ArgumentParser):
-    """argparse, but a bad argument is one line (no usage block), like every other error."""
+    """argparse, but a bad argument is one line (no usage block), like every other error, that
+    points to the help of the subcommand given: argparse reports an unknown option of
+    ``rram quantize`` from the top-level parser, which would otherwise say `rram --help`."""
+
+    command: str | None = None  # set on the top-level parser: the subcommand the argument list names
+
+    def help_hint(self) -> str:
+        return f"see `rram {self.command} --help`" if self.command else f"see `{self.prog} --help`"
 
     def error(self, message: str):
-        self.exit(2, f"rram: error: {message} (see `{self.prog} --help`)\n")
+        self.exit(2, f"rram: error: {message} ({self.help_hint()})\n")
 
 
 class RaisingParser(OneLineParser):
@@ -30,7 +37,7 @@ class RaisingParser(OneLineParser):
     def error(self, message: str):
         from .errors import UserError
 
-        raise UserError(f"{message} (see `{self.prog} --help`)")
+        raise UserError(f"{message} ({self.help_hint()})")
 
 
 class DefaultsFormatter(argparse.HelpFormatter):
@@ -51,15 +58,18 @@ def build_parser(parser_class: type[argparse.ArgumentParser] = OneLineParser,
                  only: str | None = None) -> argparse.ArgumentParser:
     """The ``rram`` parser; with ``only`` (a command name), just that subcommand: importing every
     command module pulls in torch (about 3 s), which ``validate``, ``merge`` or ``plot`` do not
-    need, and a campaign's whole-process time is a measured figure (docs/runtime.md)."""
+    need, and a campaign's whole-process time is a measured figure (docs/runtime.md). ``only=""``:
+    no subcommand at all (``rram --version``, ``rram -V``: nothing heavy imported)."""
     parser = parser_class(
         prog="rram", description="Deploy DNNs to RRAM crossbars with fault-aware (drop-connect) training.")
-    parser.add_argument("--version", action="version", version=f"rram {version()}")
+    if isinstance(parser, OneLineParser) and only in COMMANDS:
+        parser.command = only
+    parser.add_argument("-V", "--version", action="version", version=f"rram {version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     add = sub.add_parser
     # every subcommand's --help shows each option's default
     sub.add_parser = lambda *a, **k: add(*a, **{"formatter_class": DefaultsFormatter, **k})
-    for name in ([only] if only in COMMANDS else COMMANDS):
+    for name in ([only] if only in COMMANDS else [] if only == "" else COMMANDS):
         importlib.import_module(f"toolchain.commands.{name}").add_parser(sub)
     return parser
 
@@ -83,8 +93,12 @@ def run(argv: list[str]) -> int:
 
 
 def _command_of(argv: list[str]) -> str | None:
-    """The subcommand ARGV names first (``rram`` has no global option that takes a value)."""
-    return next((a for a in argv if not a.startswith("-")), None)
+    """The subcommand ARGV names first (``rram`` has no global option that takes a value); ""
+    for ``rram --version`` / ``rram -V`` without one (no command module to import)."""
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command is None and {"-V", "--version"} & set(argv) and not {"-h", "--help"} & set(argv):
+        return ""
+    return command
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from tqdm import tqdm
+
+from runtime.progress import Progress
 
 from .data import Normalization, Split, iterate_batches
 from .dropconnect import add_dropconnect, check_rate, derive_seed, remove_dropconnect
@@ -65,13 +66,15 @@ def recalibrate_bn(model: nn.Module, split: Split, norm: Normalization, rate: fl
         if batches is not None:
             total = min(total, batches)
         it = iterate_batches(split, batch_size, norm, shuffle=True, generator=order_gen, device=device)
-        for i, (x, _) in enumerate(tqdm(it, total=total, desc=f"recalibrate p'={rate:g}", unit="batch",
-                                        leave=False, disable=None if progress else True)):
+        # a bar on a terminal, a line every RRAM_PROGRESS_SECONDS in a log (runtime.progress)
+        bar = Progress(total, progress, desc=f"recalibrate p'={rate:g}", unit="batch", leave=False)
+        for i, (x, _) in enumerate(it):
             if i >= total:
                 break
-            if x.shape[0] < 2:  # a train-mode BN cannot use a single image
-                continue
-            model(x)
+            if x.shape[0] >= 2:  # a train-mode BN cannot use a single image
+                model(x)
+            bar.update()
+        bar.close()
         stats = bn_stats_of(model)
     finally:
         remove_dropconnect(model)

@@ -58,7 +58,7 @@ def targets_from_metadata(metadata: dict[str, str], where) -> dict[str, BNTarget
     text = metadata.get(BN_TARGETS_KEY)
     if not text:
         raise RuntimeInputError(f"{where} records no BN targets ({BN_TARGETS_KEY}), so its periphery cannot be "
-                                f"calibrated per chip: rebuild it with `rram passes IN OUT --passes standard` "
+                                f"calibrated per chip: rebuild it with `rram passes IN --out OUT --passes standard` "
                                 f"(fold-bn records them) and `rram quantize`")
     try:
         return {k: BNTarget.from_dict(v) for k, v in json.loads(text).items()}

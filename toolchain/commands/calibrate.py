@@ -6,9 +6,9 @@ CHIP --chip-calibration FILE` validates the chip with them (docs/runtime.md)."""
 from __future__ import annotations
 
 from .common import (
-    INT8_CALIBRATION_DEFAULT,
     add_bn_rate_arg,
     add_data_args,
+    add_int8_images_arg,
     calibration_images,
     int8_calibration_indices,
     new_output_file,
@@ -26,16 +26,14 @@ def add_parser(sub) -> None:
     p.add_argument("--fault-map", required=True, help="the chip's measured fault map (.npz)")
     add_data_args(p)
     p.add_argument("--calibrate", type=positive_int, default=256, metavar="N",
-                   help="training images run through the chip (default: 256)")
+                   help="per-chip calibration: N training images run through the chip (default: 256)")
     p.add_argument("--seed", type=seed, default=0,
                    help="seed that chooses the calibration images, 0 <= seed < 2**32 (default: 0)")
     add_bn_rate_arg(p, old="--stats-rate")
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
                    help="the numerics the chip is measured in: int8 as `rram validate --precision int8` "
-                        "deploys it (activation ranges from --calibration-images training images)")
-    p.add_argument("--calibration-images", type=positive_int, default=None,
-                   help="training images for the --precision int8 activation ranges (as rram validate; default: "
-                        f"{INT8_CALIBRATION_DEFAULT}, or the whole split when it is smaller)")
+                        "deploys it (activation ranges from --int8-images training images)")
+    add_int8_images_arg(p)
     p.add_argument("--placement", default=None, metavar="FILE",
                    help="the chip's placement (`rram place`): calibrate the placed chip (default: the fixed mapping)")
     p.add_argument("--out", required=True, help=f"output folder (gets {FILE_NAME})")

@@ -132,20 +132,51 @@ def calibration_images(args):
     return train.images[calibration_indices(len(train), args.calibrate, args.seed)]
 
 
-INT8_CALIBRATION_DEFAULT = 500  # --calibration-images when not given (the whole split when smaller)
+INT8_CALIBRATION_DEFAULT = 500  # --int8-images when not given (the whole split when smaller)
+
+
+def add_int8_images_arg(p: argparse.ArgumentParser) -> None:
+    """--int8-images N: the training images that set the int8 activation ranges (validate,
+    calibrate). Not --calibration-images (its old, hidden spelling): --calibrate N is per-chip
+    calibration, a different set of images for a different purpose."""
+    p.add_argument("--int8-images", dest="calibration_images", type=positive_int, default=None, metavar="N",
+                   help=f"with --precision int8: N training images that set the activation ranges (default: "
+                        f"{INT8_CALIBRATION_DEFAULT}, or the whole split when it is smaller)")
+    hidden_alias(p, "--calibration-images", "calibration_images", type=positive_int)
+
+
+def add_out_arg(p: argparse.ArgumentParser, help: str, *, metavar: str | None = None,
+                positional: str | None = None) -> None:
+    """--out: every command names its output so. ``positional``: the old form ``rram CMD IN OUT``
+    (passes, quantize), still parsed so that existing scripts keep working, never shown in --help."""
+    p.add_argument("--out", default=None, metavar=metavar, help=help)
+    if positional:
+        p.add_argument(positional, nargs="?", default=None, help=argparse.SUPPRESS)
+
+
+def output_of(args, positional: str, command: str) -> str:
+    """The output ``--out`` (or the old positional form) names; a one-line error without one."""
+    old = getattr(args, positional, None)
+    if old is not None and args.out is not None and old != args.out:
+        raise UserError(f"two outputs given ({old} and --out {args.out}): give --out only "
+                        f"(see `rram {command} --help`)")
+    out = args.out if args.out is not None else old
+    if out is None:
+        raise UserError(f"give the output with --out (see `rram {command} --help`)")
+    return out
 
 
 def int8_calibration_indices(total: int, n: int | None):
-    """``--calibration-images N`` (int8 activation ranges): N images spread over the training
+    """``--int8-images N`` (int8 activation ranges): N images spread over the training
     split's ``total``; more than the split holds is a one-line error, not silently all of them
-    (``--calibration-images 1000000000000`` ran on the whole split for minutes). None (not given):
+    (``--calibration-images 1000000000000``, its old spelling, ran on the whole split for minutes). None (not given):
     INT8_CALIBRATION_DEFAULT, or the whole split when it is smaller."""
     from ..data import subset_indices
 
     if n is None:
         return subset_indices(total, min(INT8_CALIBRATION_DEFAULT, total))
     if n > total:
-        raise UserError(f"--calibration-images {n}: the training split has {total} images; choose at most that")
+        raise UserError(f"--int8-images {n}: the training split has {total} images; choose at most that")
     return subset_indices(total, n)
 
 

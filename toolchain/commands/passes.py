@@ -9,7 +9,7 @@ import sys
 import numpy as np
 
 from ..errors import UserError
-from .common import add_data_args, normalization_from_args, positive_int, seed
+from .common import add_data_args, add_out_arg, hidden_alias, normalization_from_args, output_of, positive_int, seed
 
 
 def _input_shape(text: str):
@@ -35,10 +35,10 @@ def _tolerance(text: str) -> float:
 
 def add_parser(sub) -> None:
     p = sub.add_parser("passes", help="rewrite an ONNX model (pad 1x1 convs, fold BN, clean up), verified",
-                       description="Run graph passes on IN.onnx and write OUT.onnx atomically. "
+                       description="Run graph passes on IN.onnx and write --out OUT.onnx atomically. "
                                    "IN is never modified; the same input and passes give identical bytes.")
     p.add_argument("input", nargs="?", metavar="IN.onnx", help="the model to rewrite (never modified)")
-    p.add_argument("output", nargs="?", metavar="OUT.onnx", help="the rewritten model (written atomically)")
+    add_out_arg(p, "the rewritten model (written atomically)", metavar="OUT.onnx", positional="output")
     p.add_argument("--passes", default="standard",
                    help="comma-separated pass names, in order ('standard' = "
                         "eliminate-identity,fold-constants,fold-bn,pad-1x1-to-3x3,eliminate-dead)")
@@ -48,7 +48,9 @@ def add_parser(sub) -> None:
     p.add_argument("--tolerance", type=_tolerance, default=None,
                    help="max allowed |diff| / max|output| per output (default 1e-3, see passes/verify.py)")
     p.add_argument("--seed", type=seed, default=0, help="seed of the random verification inputs, 0 <= seed < 2**32")
-    p.add_argument("--batch", type=positive_int, default=2, help="batch size for a symbolic batch dimension")
+    p.add_argument("--batch-size", dest="batch", type=positive_int, default=2,
+                   help="batch size of the random verification inputs, for a symbolic batch dimension")
+    hidden_alias(p, "--batch", "batch", type=positive_int)
     p.add_argument("--input-shape", type=_input_shape, action="append", default=[], metavar="NAME=D1,D2,..",
                    help="shape of a graph input with symbolic dimensions (repeatable)")
     p.add_argument("--bn-rate", default=None,
@@ -58,8 +60,9 @@ def add_parser(sub) -> None:
         if action.dest == "data":
             action.help = ("also verify on CIFAR-10 test images from this root (ImageFolder "
                            "train/test or cifar-10-batches-py); off by default")
-    p.add_argument("--images", type=positive_int, default=None,
+    p.add_argument("--real-images", dest="images", type=positive_int, default=None, metavar="N",
                    help="with --data: verify on this many test images too (default 16)")
+    hidden_alias(p, "--images", "images", type=positive_int)
     p.add_argument("--mean", default=None, help="with --data: input mean r,g,b (default: the model's "
                    "rram.normalization metadata, else CIFAR-10's)")
     p.add_argument("--std", default=None, help="with --data: input std r,g,b (default: as --mean)")
@@ -117,10 +120,11 @@ def run(args) -> int:
             print(f"{name:<20} {text}")
         print(f"{'standard':<20} = {','.join(P.STANDARD)}")
         return 0
-    if not args.input or not args.output:
-        raise UserError("give IN.onnx and OUT.onnx (or --list)")
+    if not args.input:
+        raise UserError("give IN.onnx and --out OUT.onnx, or --list (see `rram passes --help`)")
+    args.output = output_of(args, "output", "passes")
     if not args.data and (args.images is not None or args.mean is not None or args.std is not None):
-        raise UserError("--images/--mean/--std choose the real images of --data: give --data too")
+        raise UserError("--real-images/--mean/--std choose the real images of --data: give --data too")
     res = P.run_file(args.input, args.output, args.passes, verify=args.verify,
                      tolerance=P.DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance,
                      seed=args.seed, batch=args.batch, input_shapes=dict(args.input_shape),

@@ -16,16 +16,16 @@ from runtime.quantize import (
 )
 
 from ..errors import UserError
-from .common import split_list
+from .common import add_out_arg, output_of, split_list
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("quantize", help="map weights to crossbar conductance levels; write a deployable folder",
                        description="Quantise Conv/Gemm/MatMul weights onto RRAM crossbar tiles. Writes "
-                       "OUTDIR/model.onnx (QDQ), OUTDIR/crossbars.json + crossbars.npz (conductance map, "
+                       "--out OUTDIR: OUTDIR/model.onnx (QDQ), OUTDIR/crossbars.json + crossbars.npz (conductance map, "
                        "docs/crossbar-format.md) and OUTDIR/report.json.")
     p.add_argument("input", metavar="IN.onnx", help="ONNX model (e.g. after the passes)")
-    p.add_argument("outdir", metavar="OUTDIR", help="output folder (must not exist unless --force)")
+    add_out_arg(p, "output folder (must not exist unless --force)", metavar="OUTDIR", positional="outdir")
     p.add_argument("--preset", choices=list(PRESETS), default="paper",
                    help="device preset (default: paper = differential pair, 7-bit cells, int8 weights)")
     p.add_argument("--bits-per-cell", type=int, default=None, help="bits per cell (levels = 2^bits, 1..8)")
@@ -74,6 +74,7 @@ def device_from_args(args):
 
 
 def run(args) -> int:
+    args.outdir = output_of(args, "outdir", "quantize")
     device = device_from_args(args)
     ops = tuple(split_list(args.ops, "--ops")) if args.ops else MAPPABLE_OPS
     selection = LayerSelection(ops, tuple(args.include), tuple(args.exclude))

@@ -53,7 +53,9 @@ def add_parser(sub) -> None:
     p.add_argument("--batches", type=positive_int, default=None,
                    help="use only N batches of the training set (default: all of it)")
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
-    p.add_argument("--images", type=positive_int, default=None, help="random subset of N images")
+    p.add_argument("--train-images", dest="images", type=positive_int, default=None, metavar="N",
+                   help="a random subset of N training images")
+    hidden_alias(p, "--images", "images", type=positive_int)
     add_normalization_args(p)
     p.add_argument("--seed", type=seed, default=0, help="seed of the drop-connect masks and order, 0 <= seed < 2**32")
     p.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu, cuda, ...")

@@ -33,7 +33,8 @@ def add_parser(sub) -> None:
                    help="use N test images spread evenly over the split (default: all)")
     add_bn_rate_arg(p, old="--stats-rate")
     p.add_argument("--calibrate", type=positive_int, default=None, metavar="N",
-                   help="calibrate each chip's periphery on N training images first (default: off)")
+                   help="per-chip calibration: calibrate each chip's periphery on N training images first "
+                        "(default: off)")
     p.add_argument("--place", action="store_true",
                    help="place each chip with its own faults first (fault-aware placement, as rram validate --place)")
     p.add_argument("--out", required=True, help="sensitivity report JSON (rewritten after each layer)")

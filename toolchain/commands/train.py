@@ -55,18 +55,20 @@ def add_parser(sub) -> None:
     p.add_argument("--momentum", type=float, default=0.9, help="SGD (Nesterov) momentum")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="L2 weight decay")
     p.add_argument("--seed", type=seed, default=0, help="seed of every random draw, 0 <= seed < 2**32")
-    p.add_argument("--images", type=positive_int, default=None,
-                   help="train on a random subset of N images (tests)")
+    p.add_argument("--train-images", dest="images", type=positive_int, default=None, metavar="N",
+                   help="train on a random subset of N training images (tests)")
+    hidden_alias(p, "--images", "images", type=positive_int)  # before --images meant evaluation images
     p.add_argument("--eval-images", type=positive_int, default=None,
                    help="test accuracy after each epoch on a random subset of N images")
     p.add_argument("--no-drop-first", action="store_true", help="no drop-connect on the first layer")
     p.add_argument("--no-drop-last", action="store_true", help="no drop-connect on the last layer")
     add_normalization_args(p)
     p.add_argument("--device", default="auto", help="auto (GPU when there is one), cpu, cuda")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                   help="fp32, or bf16: bfloat16 autocast for the forward pass, float32 weights "
-                        "(1.4-2.4x faster per step on CPUs with AMX or AVX512-BF16 and on bf16 GPUs; "
-                        "docs/training.md)")
+    p.add_argument("--train-precision", dest="precision", choices=PRECISIONS, default="fp32",
+                   help="the training arithmetic: fp32, or bf16: bfloat16 autocast for the forward pass, "
+                        "float32 weights (1.4-2.4x faster per step on CPUs with AMX or AVX512-BF16 and on bf16 GPUs; "
+                        "docs/training.md); the deployed model's --precision (fp32/int8) is rram validate's")
+    hidden_alias(p, "--precision", "precision", choices=PRECISIONS)
     p.add_argument("--json", action="store_true", help="print the epoch log as JSON at the end")
     add_data_args(p)
     p.set_defaults(func=run)

@@ -13,9 +13,9 @@ from runtime.subsets import PILOT_IMAGES
 from ..data import check_for_model, load_split
 from ..errors import UserError
 from .common import (
-    INT8_CALIBRATION_DEFAULT,
     add_bn_rate_arg,
     add_data_args,
+    add_int8_images_arg,
     add_ray_arg,
     calibration_images,
     check_ray,
@@ -79,9 +79,7 @@ def add_parser(sub) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="int8: activations quantised as a DAC/ADC would (onnxruntime static "
                         "quantisation calibrated on training images), weights = crossbar integers")
-    p.add_argument("--calibration-images", type=positive_int, default=None,
-                   help=f"training images for --precision int8 calibration (default: {INT8_CALIBRATION_DEFAULT}, "
-                        f"or the whole split when it is smaller)")
+    add_int8_images_arg(p)
     p.add_argument("--batch-size", type=positive_int, default=128,
                    help="images per onnxruntime call (128 measured fastest for ResNet20 on 2 cores)")
     p.add_argument("--threads", type=thread_count, default=None,

@@ -5,7 +5,7 @@ Two subsets, two purposes:
 - ``subset_indices`` / ``Split.subset``: ``n`` images spread evenly over the split, no seed: the
   images ``--images N`` evaluates (``rram eval``, ``validate``, ``sensitivity``, ``calibrate``).
 - ``random_subset``: ``n`` images drawn without replacement from a seed: the training images of
-  ``rram train --images N`` / ``--eval-images N`` and ``rram recalibrate --images N``.
+  ``rram train --train-images N`` / ``--eval-images N`` and ``rram recalibrate --train-images N``.
 (``runtime.subsets.chip_subset``, the per-chip subsets of ``--images auto``, is another concept: a
 draw seeded like the chips, in the runtime.)
 """

@@ -35,15 +35,15 @@ def _train(pipe: Pipeline, step: Step, resume: bool) -> list[list[str]]:
                  lr=pipe.train_lr(), batch_size=t["batch_size"], seed=t["seed"], data=pipe.cfg.data,
                  out=step.outputs[0].parent, auto_resume=True, width=m["width"], pad_1x1=m["pad_1x1"],
                  shortcut=m["shortcut"],
-                 precision=t["precision"],  # always said: the run does not lean on the CLI's default
-                 images=t["images"], eval_images=t["eval_images"])]
+                 train_precision=t["precision"],  # always said: the run does not lean on the CLI's default
+                 train_images=t["images"], eval_images=t["eval_images"])]
 
 
 def _recalibrate(pipe: Pipeline, step: Step, resume: bool) -> list[list[str]]:
     r = pipe.v["recalibrate"]
     return [argv("recalibrate", step.inputs["checkpoint"], model=pipe.v["model"]["arch"], bn_rate=pipe.rates,
                  batch_size=r["batch_size"], seed=r["seed"], data=pipe.cfg.data, out=step.outputs[0],
-                 batches=r["batches"], images=r["images"])]
+                 batches=r["batches"], train_images=r["images"])]
 
 
 def _export(pipe: Pipeline, step: Step, resume: bool) -> list[list[str]]:
@@ -56,13 +56,13 @@ def _export(pipe: Pipeline, step: Step, resume: bool) -> list[list[str]]:
 def _passes(pipe: Pipeline, step: Step, resume: bool) -> list[list[str]]:
     p = pipe.v["passes"]
     (src,) = step.inputs.values()
-    return [argv("passes", src, out, passes=p["passes"], bn_rate=rate, tolerance=p["tolerance"])
+    return [argv("passes", src, out=out, passes=p["passes"], bn_rate=rate, tolerance=p["tolerance"])
             for out, rate in zip(step.outputs, pipe.rates)]
 
 
 def _quantize(pipe: Pipeline, step: Step, resume: bool) -> list[list[str]]:
     d = pipe.folder(step.variant)
-    return [argv("quantize", d / folded_name(rate), pipe.rate_folder(step.variant, rate),
+    return [argv("quantize", d / folded_name(rate), out=pipe.rate_folder(step.variant, rate),
                  preset=pipe.v["quantize"]["preset"], force=True) for rate in pipe.rates]
 
 

@@ -64,7 +64,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "lr": Key("float", None, low=1e-12),  # default: toolchain.training.default_lr (fine-tuning or not)
         "batch_size": Key("int", 128, low=2),
         "seed": Key("int", 0, low=0),
-        "precision": Key("str", "fp32", choices=TRAIN_PRECISIONS),  # rram train --precision
+        "precision": Key("str", "fp32", choices=TRAIN_PRECISIONS),  # rram train --train-precision
     },
     "recalibrate": {
         "rates": Key("floats", **RATE),

@@ -10,6 +10,7 @@ from runtime.artifact import layout
 from runtime.fileio import atomic_path, atomic_write_bytes
 
 from ..api import argv
+from . import conclusions as C
 from .actions import cli
 from .plan import ACCURACY_PNG, ART_DIR, CALIBRATED, REPORT, RESULTS, STAGES, USAGE_PNG, Pipeline, Step
 from .state import State
@@ -54,6 +55,20 @@ def _usage_figure(report: dict, out: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _conclusions(pipe: Pipeline, concluded: list, n_images: int, calibrate: int | None) -> list[str]:
+    """The report's first section: per model and method what the numbers say, which artifact to
+    deploy, what to run next (computed in conclusions.py)."""
+    docs = Path(__file__).resolve().parents[2] / "docs" / "deploying.md"
+    link = os.path.relpath(docs, pipe.run.resolve()) if docs.is_file() else "docs/deploying.md"
+    plain = {s.variant: s for s in concluded if not s.calibrated}
+    L = ["## Conclusions", ""]
+    L += ["- " + C.sentence(s, n_images, calibrate, plain.get(s.variant) if s.calibrated else None)
+          for s in concluded]
+    L += ["- " + C.deploy_sentence(concluded, pipe.rates, calibrate, link),
+          "- " + C.next_sentence(concluded, n_images, pipe.cfg.path.name), ""]
+    return L
+
+
 def write_report(pipe: Pipeline, step: Step) -> int:
     cfg, v, run = pipe.cfg, pipe.v, pipe.run
     variants, rates = pipe.variants, pipe.rates
@@ -63,11 +78,14 @@ def write_report(pipe: Pipeline, step: Step) -> int:
     order = sorted(variants, key=lambda x: x.name != "baseline")
     calibrate = v["validate"]["calibrate"]
     series = []  # (label, results path, document)
+    concluded = []  # the same, per model and method, for the conclusions
     for x in order:
         series.append((x.label, pipe.folder(x.name) / RESULTS, docs[x.name]))
+        concluded.append(C.Series(x.label, x.name, False, docs[x.name]))
         if calibrate:
             path = pipe.folder(x.name) / CALIBRATED
             series.append((f"{x.label} + per-chip calibration", path, read_results(path)))
+            concluded.append(C.Series(series[-1][0], x.name, True, series[-1][2]))
     # rram plot itself says "(per-chip calibration, N images)" of a calibrated campaign
     code = cli(argv("plot", *[path for _, path, _ in series],
                     labels=",".join(label.removesuffix(" + per-chip calibration") for label, _, _ in series),
@@ -86,8 +104,9 @@ def write_report(pipe: Pipeline, step: Step) -> int:
     title = v["report"]["title"] or f"{v['model']['arch']} on RRAM crossbars"
     L = [f"# {title}", "",
          f"Built by `rram pipeline {cfg.path.name}` in `{run}`. Everything below comes from the files of "
-         f"that folder; re-running the command re-builds only what its configuration or inputs changed.", "",
-         "## What was built", ""]
+         f"that folder; re-running the command re-builds only what its configuration or inputs changed.", ""]
+    L += _conclusions(pipe, concluded, n_images, calibrate)
+    L += ["## What was built", ""]
     m = v["model"]
     shape = [f"width {m['width']:g}"] if m["width"] is not None else []
     shape += ["1x1 convolutions padded to 3x3"] if m["pad_1x1"] else []
@@ -137,13 +156,21 @@ def write_report(pipe: Pipeline, step: Step) -> int:
     if len(rates) > 1:
         L += ["", f"Each column is the artifact whose BN statistics were re-aligned for chips with that "
               f"fault rate, here run on a perfect chip: the BN rate {rates[0]} column is the fault-free "
-              f"accuracy proper; a chip is given the artifact of the rate nearest its own."]
+              f"accuracy proper; a chip is given the artifact of the rate nearest its own. "
+              + C.fault_free_columns(concluded, rates)]
     if any("n/a" in r for r in rows):
         L += ["", "(n/a: no chip of the campaign ran that artifact.)"]
     L += ["", "## Accuracy on faulty chips", "",
           "Per SA1 rate and model: the mean, standard deviation, minimum and maximum top-1 accuracy "
           "over the simulated chips, and the 95% confidence interval of the mean (Student t; n/a for a "
-          "single chip).", ""]
+          "single chip).", "",
+          f"Columns: **SA1 rate**, the fraction of each simulated chip's cells stuck at G_min; **model**, the "
+          f"trained model and whether each chip was calibrated; **BN rate**, the artifact those chips ran (the "
+          f"one re-aligned for the rate nearest theirs); **chips**, simulated chips, each with its own random "
+          f"stuck cells; **mean**, **sd** (points), **min**, **max**, their top-1 accuracy on the {n_images} "
+          f"test images; **95% CI**, where the mean over all such chips lies with 95% confidence, so its "
+          f"width says how many more chips a firmer figure needs. At SA1 0% every chip is the same perfect "
+          f"chip (sd 0; it runs once).", ""]
     rows = []
     sa1_rates = sorted({e["sa1"] for d in docs.values() for e in d["rates"]})
     for p in sa1_rates:
@@ -163,12 +190,16 @@ def write_report(pipe: Pipeline, step: Step) -> int:
           "The figure shows one box per model at each SA1 rate, built from the accuracies of the "
           "simulated chips: the box spans the middle half of the chips (25th to 75th percentile), the "
           "line inside it is the median chip, the whiskers reach the lowest and highest chip within 1.5 "
-          "box heights of the box, and dots beyond them are single outlying chips. The dashed lines are "
-          "each model's fault-free accuracy.", "",
+          "box heights of the box, and dots beyond them are single outlying chips. Chips that all score "
+          "the same (at 0% every chip is the one perfect chip) make a box of no height, drawn as a thick "
+          "bar with a diamond. The dashed lines are each model's fault-free accuracy.", "",
           "## Crossbar usage per layer", "",
           f"From `{usage_file.relative_to(run).as_posix()}` (every rate and model maps the same "
-          f"layers onto the same tiles). Utilisation = cells holding a weight / cells of the tiles the "
-          f"layer occupies.", ""]
+          f"layers onto the same tiles). Columns: **layer** and **op**, the ONNX node on crossbars; "
+          f"**matrix**, its weight matrix (rows = inputs per output, columns = outputs); **tiles**, the "
+          f"{usage['device']['tile_rows']}x{usage['device']['tile_cols']} tiles it occupies; **cells**, "
+          f"cells holding a weight (both cells of a differential pair counted); **allocated**, the cells of "
+          f"those tiles; **utilisation** = cells / allocated.", ""]
     rows = [[f"`{r['node']}`", r["op_type"], "x".join(map(str, r["matrix_shape"])), r["tiles"], r["cells"],
              r["allocated_cells"], f"{100 * r['utilisation']:.1f}%"] for r in usage["layers"]]
     tot = usage["total"]

@@ -85,4 +85,4 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")
     if cfg.precision == "bf16" and not torch.amp.is_autocast_available(torch.device(dev).type):
-        raise UserError(f"--precision bf16: torch has no autocast for the {dev} device here (use fp32)")
+        raise UserError(f"--train-precision bf16: torch has no autocast for the {dev} device here (use fp32)")

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
+
+from runtime.progress import Progress
 
 from ..data import Normalization, Split, check_for_model, iterate_batches, load_split, random_subset
 from ..dropconnect import add_dropconnect, derive_seed, sa1_faults, sample_sa1_masks
@@ -40,7 +41,7 @@ def train(cfg: TrainConfig, *, step_callback: Callable[[int, int], None] | None 
     dd = setup_distributed(cfg.device)
     if cfg.precision == "bf16" and bf16_is_slow_here(dd.device.type) and dd.main:
         # a warning, not a switch to fp32: the precision is part of the run (resume, records)
-        print("warning: --precision bf16 on a CPU without AMX or AVX512-BF16: bf16 has no hardware here "
+        print("warning: --train-precision bf16 on a CPU without AMX or AVX512-BF16: bf16 has no hardware here "
               "(measured 12x slower per step than fp32 on AVX2 cores; docs/training.md); for speed, train "
               "in fp32 in a fresh --out (in a pipeline config: precision = \"fp32\" under [train])",
               file=sys.stderr, flush=True)
@@ -99,7 +100,7 @@ def train(cfg: TrainConfig, *, step_callback: Callable[[int, int], None] | None 
 
 
 def _load_splits(cfg: TrainConfig) -> tuple[Split, Split]:
-    """(train, test), each cut to --images / --eval-images by a seeded random subset."""
+    """(train, test), each cut to --train-images / --eval-images by a seeded random subset."""
     def split(name: str, n: int | None) -> Split:
         return random_subset(load_split(cfg.data, name, cache_dir=cfg.cache_dir, use_cache=cfg.use_cache,
                                         progress=cfg.progress), n, cfg.seed)
@@ -154,11 +155,12 @@ def _train_epoch(net: nn.Module, opt, sched, split: Split, idx: np.ndarray, norm
     mask_gen.manual_seed(derive_seed(cfg.seed, "mask", dd.rank, epoch))
     net.train()
     loss_sum = correct = seen = 0.0
-    bar = tqdm(iterate_batches(split, local_bs, norm, augment_batches=True, generator=aug_gen,
-                               device=dd.device, indices=idx),
-               total=steps, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
-               leave=False, disable=None if (cfg.progress and dd.main) else True)
-    for step, (x, y) in enumerate(bar):
+    # a bar on a terminal, a line every RRAM_PROGRESS_SECONDS in a log (runtime.progress)
+    bar = Progress(steps, cfg.progress and dd.main, desc=f"train epoch {epoch + 1}/{cfg.epochs}", unit="step",
+                   leave=False)
+    batches = iterate_batches(split, local_bs, norm, augment_batches=True, generator=aug_gen, device=dd.device,
+                              indices=idx)
+    for step, (x, y) in enumerate(batches):
         # bf16: matmuls/convolutions in bfloat16 (1.4-2.4x faster on AMX CPUs), weights, optimizer and
         # BN running statistics stay float32; the loss is taken in float32. fp32 sets up no
         # autocast at all (a device without autocast support still trains in fp32)
@@ -174,7 +176,7 @@ def _train_epoch(net: nn.Module, opt, sched, split: Split, idx: np.ndarray, norm
         loss_sum += float(loss.detach()) * n
         correct += float((logits.detach().argmax(1) == y).sum())
         seen += n
-        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{100 * correct / seen:.1f}%")
+        bar.update(f"loss {loss_sum / seen:.3f}, train accuracy {100 * correct / seen:.1f}%")
         if step_callback is not None:
             step_callback(epoch, step)
     bar.close()
@@ -193,7 +195,14 @@ def _test_accuracy(model: nn.Module, split: Split, norm: Normalization, cfg: Tra
         return accuracy(model, split, norm, device=dd.device, progress=cfg.progress, desc="test")
 
 
+def test_measures(rate: float) -> str:
+    """What the epoch line's test accuracy is: one simulated chip with SA1 faults at the
+    drop-connect rate (the same chip every epoch), or the fault-free model at rate 0."""
+    return (f"on one simulated faulty chip, {100 * rate:g}% of weights stuck at 0" if rate > 0
+            else "fault-free")
+
+
 def _print_epoch(entry: dict, epochs: int) -> None:
     print(f"epoch {entry['epoch']}/{epochs}: loss {entry['train_loss']:.4f} "
           f"train {100 * entry['train_acc']:.2f}% test {100 * entry['test_acc']:.2f}% "
-          f"({entry['seconds']:.1f}s)", file=sys.stderr, flush=True)
+          f"({test_measures(entry['test_sa1'])}) ({entry['seconds']:.1f}s)", file=sys.stderr, flush=True)
