@@ -9,7 +9,7 @@ from runtime.results import summarize
 
 from ..calibrate import calibrate_bn, restored_bn
 from ..checkpoints import adopt_image_size, load_checkpoint
-from ..data import check_for_model, load_split, normalize, to_float_nchw
+from ..data import EVAL_SPLITS, check_for_model, load_split, normalize, to_float_nchw
 from ..dropconnect import ReferenceChips, check_rate, rate_key, sa1_faults
 from ..errors import UserError
 from ..evaluate import accuracy
@@ -32,7 +32,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="top-1 accuracy of a checkpoint on the test split")
     add_model_args(p)
     add_data_args(p)
-    p.add_argument("--split", choices=["test", "train"], default="test", help="which split to evaluate")
+    p.add_argument("--split", choices=EVAL_SPLITS, default="test",
+                   help="which split to evaluate (val: the 1 in 10 training images held out for choices; "
+                        "docs/RESULTS.md)")
     p.add_argument("--images", type=positive_int, default=None, help="evaluate N images spread evenly over the split "
                         "(the ones rram validate --images N takes)")
     p.add_argument("--batch-size", type=positive_int, default=500, help="images per forward pass")
