@@ -59,6 +59,7 @@ def test_eval_takes_split_val(coloured_cifar, tiny_checkpoint, tmp_path, capsys)
     assert main(["eval", str(ckpt), "--data", str(data), "--no-cache", "--split", "val", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["split"] == "val" and out["images"] == 32
+    assert out["provenance"]["checkpoint_sha256"] == hashlib.sha256(ckpt.read_bytes()).hexdigest()
     assert main(["eval", str(ckpt), "--data", str(data), "--split", "holdout"]) == 2
     assert "invalid choice: 'holdout' (choose from 'test', 'val', 'train')" in capsys.readouterr().err
 

@@ -112,8 +112,21 @@ def run(args) -> int:
     result = {"model": ckpt.spec.to_dict(), "checkpoint": ckpt.source, "split": args.split,
               "images": len(split), "accuracy": acc, "seconds": round(seconds, 3),
               "threads": torch.get_num_threads(),
-              "bn_rate": None if args.bn_rate is None else rate_key(args.bn_rate), **extra}
+              "bn_rate": None if args.bn_rate is None else rate_key(args.bn_rate), **extra,
+              "provenance": _provenance(ckpt.source)}
     stats = "" if args.bn_rate is None else f", BN stats for p'={args.bn_rate:g}"
     emit(result, args.json, f"{ckpt.spec.describe()} on {args.split} ({len(split)} images{stats}): "
                             f"{text}")
     return 0
+
+
+def _provenance(source: str) -> dict:
+    """What a results file records of its making (runtime/provenance.py), for a checkpoint file."""
+    from pathlib import Path
+
+    from runtime.fileio import file_sha256
+    from runtime.metadata import CHECKPOINT_SHA256_KEY
+    from runtime.provenance import provenance
+
+    path = Path(source) if source else None
+    return provenance({".": {CHECKPOINT_SHA256_KEY: file_sha256(path)} if path and path.is_file() else {}})
