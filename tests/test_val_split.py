@@ -93,3 +93,24 @@ def test_a_run_recorded_before_hold_out_val_resumes_without_it(coloured_cifar, t
     torch.save(raw, out / LAST)
     assert main([*base, "--epochs", "1", "--resume"]) == 0  # finished: nothing to do, no refusal
     assert "nothing to do" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("hold_out", [False, True])
+def test_the_pipeline_passes_train_hold_out_val(tmp_path, hold_out):
+    """train.hold_out_val = true becomes rram train --hold-out-val; left at false, the step's settings
+    are those recorded before the key existed (run folders stay up to date)."""
+    from toolchain.pipeline.actions import commands
+    from toolchain.pipeline.config import load_config
+    from toolchain.pipeline.plan import Pipeline
+
+    from conftest import make_cifar
+
+    make_cifar(tmp_path / "data", per_batch=8, test=16)
+    (tmp_path / "p.toml").write_text('out = "run"\ndata = "data"\n[model]\narch = "resnet20"\n'
+                                     '[train]\ndrop_rate = 0.1\nepochs = 1\n'
+                                     + ("hold_out_val = true\n" if hold_out else "")
+                                     + "[recalibrate]\nrates = [0.0]\n[validate]\nsa1 = [0.0]\n")
+    pipe = Pipeline(load_config(tmp_path / "p.toml"))
+    step = next(s for s in pipe.steps if s.stage == "train")
+    assert ("--hold-out-val" in commands(pipe, step)[0]) == hold_out
+    assert ("hold_out_val" in step.settings) == hold_out
