@@ -50,7 +50,8 @@ def test_each_file_is_a_complete_study_campaign_whose_summaries_re_derive(path):
     assert cfg["images"] == 10000 and cfg["runs"] >= 20 and cfg["device"]["name"] == "paper"
     assert [round(r["sa1"], 6) for r in doc["rates"]] == [0.0, 0.1, 0.2, 0.3]
     assert (".calibrated" in path.name) == bool(cfg.get("calibrate"))
-    assert (".placed" in path.name) == bool(cfg.get("place"))
+    if path.parent.name in study_tables.MODELS:  # the tables' folders: the name says the method
+        assert (".placed" in path.name) == bool(cfg.get("place"))
     for r in doc["rates"]:
         again = summarize([run["accuracy"] for _, run in sorted(r["runs"].items(), key=lambda kv: int(kv[0]))])
         for key in ("n", "mean", "std", "min", "max"):
