@@ -28,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import study_losses as losses  # noqa: E402  (benchmarks/study_losses.py)
+
 from runtime.fileio import atomic_write_bytes  # noqa: E402  (the checkout's runtime/)
 
 RESULTS = ROOT / "docs" / "results"
@@ -72,7 +74,9 @@ LABELS = {  # (model, variant) -> what the row is, where the generic variant nam
     ("vgg13", "dc20-wide"): "drop-connect p=0.2, width 0.5 (2x), 30 epochs, bf16 training",
     ("vgg13", "dc30-wide"): "drop-connect p=0.3, width 0.5 (2x), 30 epochs, bf16 training",
 }
-SUFFIXES = {"": "per-rate BN", ".calibrated": "per-chip calibration"}
+SUFFIXES = {"": "per-rate BN", ".calibrated": "per-chip calibration", ".placed": "placement",
+            ".placed.calibrated": "placement + per-chip calibration"}  # file name -> method (the
+#             table reads the method from each file's config; tests check that the names agree)
 
 
 def split_config_name(name: str) -> tuple[str, str]:
@@ -106,25 +110,24 @@ def collect(out_root: Path) -> list[Path]:
     return written
 
 
-def parse_name(path: Path) -> tuple[str, str, bool]:
-    """docs/results/<model>/<variant>[.calibrated].json -> (scale, variant without "full-", calibrated)."""
-    name = path.name.removesuffix(".json")
-    calibrated = name.endswith(".calibrated")
-    name = name.removesuffix(".calibrated")
-    return ("full" if name.startswith("full-") else "cpu", name.removeprefix("full-"), calibrated)
+def parse_name(path: Path) -> tuple[str, str, str]:
+    """docs/results/<model>/<variant>[.placed][.calibrated].json -> (scale, variant without "full-",
+    suffix as in SUFFIXES)."""
+    base, _, suffix = path.name.removesuffix(".json").partition(".")
+    return ("full" if base.startswith("full-") else "cpu", base.removeprefix("full-"), f".{suffix}" if suffix else "")
 
 
 def _variant_key(path: Path) -> tuple:
-    scale, base, calibrated = parse_name(path)
+    scale, base, suffix = parse_name(path)
     order = list(VARIANTS).index(base) if base in VARIANTS else len(VARIANTS)
-    return (scale == "full", order, base, calibrated)
+    return (scale == "full", order, base, list(SUFFIXES).index(suffix) if suffix in SUFFIXES else len(SUFFIXES))
 
 
 def describe(path: Path) -> tuple[str, str]:
-    """(variant label, method label) of a docs/results file."""
-    scale, base, calibrated = parse_name(path)
+    """(variant label, method label) of a docs/results file; the method as its config says."""
+    scale, base, _ = parse_name(path)
     label = LABELS.get((path.parent.name, base), VARIANTS.get(base, base))
-    return (f"{label} ({scale})", SUFFIXES[".calibrated" if calibrated else ""])
+    return (f"{label} ({scale})", losses.method(path))
 
 
 def rows(path: Path) -> dict:
@@ -134,20 +137,23 @@ def rows(path: Path) -> dict:
             "config": doc["config"]}
 
 
-def table(model: str) -> list[str]:
-    files = sorted((RESULTS / model).glob("*.json"), key=_variant_key)
+def table(model: str, files: list[Path] | None = None, heading: str | None = None) -> list[str]:
+    """One model's table: per (variant, method) row the mean (± between-chip sd, worst chip) at each
+    rate, the loss against the model's plain fault-free accuracy (the main figure) and against the
+    campaign's own fault-free chips."""
+    files = files if files is not None else sorted((RESULTS / model).glob("*.json"), key=_variant_key)
     rates = sorted({r for f in files for r in rows(f)["rates"]})
     faulty = [r for r in rates if r > 0]
-    lines = [f"### {MODELS[model]}", "",
-             "| variant | BN statistics | chips x images | " + " | ".join(f"SA1 {100 * r:g}%" for r in rates)
-             + " | loss at " + " / ".join(f"{100 * r:g}" for r in faulty) + "% | file |",
-             "|---|---|---|" + "---|" * len(rates) + "---|---|"]
+    at = " / ".join(f"{100 * r:g}" for r in faulty) + "%"
+    lines = [f"### {heading or MODELS[model]}", "",
+             "| variant | method | chips x images | " + " | ".join(f"SA1 {100 * r:g}%" for r in rates)
+             + f" | loss vs plain fault-free, {at} | vs own fault-free chips | file |",
+             "|---|---|---|" + "---|" * len(rates) + "---|---|---|"]
     for f in files:
         info = rows(f)
         cfg = info["config"]
-        variant, method = describe(f)
-        if cfg.get("calibrate"):
-            method += f" ({cfg['calibrate']} images)"
+        variant, method = describe(f) if heading is None else (QUICK.get(losses.stem(f), losses.stem(f)),
+                                                               losses.method(f))
         cells = []
         for r in rates:
             s = info["rates"].get(r)
@@ -157,13 +163,30 @@ def table(model: str) -> list[str]:
                 cells.append(f"{100 * s['mean']:.2f}")
             else:
                 cells.append(f"{100 * s['mean']:.2f} ± {100 * s['std']:.2f} (min {100 * s['min']:.1f})")
-        clean = info["rates"].get(0.0)
-        loss = " / ".join(f"{100 * (clean['mean'] - info['rates'][r]['mean']):.1f}"
-                          if clean and r in info["rates"] else "n/a" for r in faulty)
+        plain, own = losses.losses(f)
         rel = f"results/{f.relative_to(RESULTS).as_posix()}"
         lines.append(f"| {variant} | {method} | {cfg['runs']} x {cfg['images']:,} | " + " | ".join(cells)
-                     + f" | {loss} | [{f.name}]({rel}) |")
+                     + f" | **{losses.fmt_losses(plain, faulty)}** | {losses.fmt_losses(own, faulty)} "
+                       f"| [{f.name}]({rel}) |")
     return lines
+
+
+QUICK = {  # docs/results/quick/<stem>.*-2000.json: what the model is (issue 36's placement check)
+    "resnet20-pretrained": "the shared pretrained ResNet20 (no drop-connect)",
+    "resnet20-dc30-ft3": "zoo `resnet20-dc30-ft3`: drop-connect p=0.3, 3-epoch fine-tune of the shared model",
+    "resnet20a-full-wide-dc30": "widened 2x, drop-connect p=0.3, 40 epochs from scratch (`full` config, GPU)",
+}
+
+
+def quick_files() -> list[Path]:
+    files = [p for p in (RESULTS / "quick").glob("*-2000.json") if losses.stem(p) in QUICK]
+    order = ["BN", "per-rate", "per-chip", "placement", "placement +"]
+    return sorted(files, key=lambda p: (list(QUICK).index(losses.stem(p)),
+                                        max(i for i, w in enumerate(order) if losses.method(p).startswith(w))))
+
+
+def quick_table() -> str:
+    return "\n".join(table("quick", quick_files(), "Quick campaigns with placement (not the study protocol)"))
 
 
 CAL_DOC = ROOT / "docs" / "runtime.md"
@@ -211,7 +234,92 @@ def tables() -> str:
     for model in MODELS:
         if (RESULTS / model).is_dir() and any((RESULTS / model).glob("*.json")):
             parts.append("\n".join(table(model)))
+    if quick_files():
+        parts.append(quick_table())
     return "\n\n".join(parts)
+
+
+WIDTHS = {  # (folder, variant) -> width multiplier of the model (1 = the paper's architecture)
+    **{("resnet20a", v): 1 for v in ("plain", "dc10", "dc20", "dc30")},
+    **{("resnet20a", v): 2 for v in ("wide-dc30-4ep", "wide-dc30", "wide-dc30-scratch")},
+    ("resnet20b", "plain"): 1, ("resnet20b", "dc20"): 1, ("resnet20b", "wide-dc30"): 2,
+    ("mobilenetv2", "plain"): 0.35, ("mobilenetv2", "dc20"): 0.35,
+    ("mobilenetv2", "dc20-wide"): 0.5, ("mobilenetv2", "dc30-wide"): 0.5,
+    ("vgg13", "plain"): 0.25, ("vgg13", "dc20"): 0.25, ("vgg13", "dc20-wide"): 0.5, ("vgg13", "dc30-wide"): 0.5,
+    ("quick", "resnet20-pretrained"): 1, ("quick", "resnet20-dc30-ft3"): 1, ("quick", "resnet20a-full-wide-dc30"): 2,
+}
+TARGET_BEGIN, TARGET_END = "<!-- study-targets:begin (benchmarks/study_tables.py) -->", "<!-- study-targets:end -->"
+
+
+def _width(path: Path) -> float | None:
+    key = (path.parent.name, losses.stem(path) if path.parent.name == "quick" else parse_name(path)[1])
+    return WIDTHS.get(key)
+
+
+def targets_table() -> str:
+    """Per model and method, the row closest to the target (the smallest largest loss against the
+    plain fault-free accuracy at 10 / 20 / 30% SA1), at the narrowest width measured and widened."""
+    rates = " / ".join(f"{100 * r:g}" for r in losses.RATES)
+    lines = [f"| model | width | method | best row | chips x images | loss vs plain fault-free, {rates}% "
+             f"| vs own fault-free chips | at most {losses.TARGET:g} point at each rate? | file |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for name, files in _groups():
+        for width in sorted({_width(f) for f in files if _width(f) is not None}):
+            chosen = [f for f in files if _width(f) == width]
+            for method, best in losses.best_per_method(chosen).items():
+                f, cfg = best.path, rows(best.path)["config"]
+                row = describe(f)[0] if f.parent.name != "quick" else QUICK[losses.stem(f)]
+                lines.append(f"| {name} | {width:g} | {method} | {row} | {cfg['runs']} x {cfg['images']:,} | "
+                             f"{losses.fmt_losses(best.plain, losses.RATES)} | "
+                             f"{losses.fmt_losses(best.own, losses.RATES)} | {best.met} | "
+                             f"[{f.name}](results/{f.relative_to(RESULTS).as_posix()}) |")
+    return "\n".join(lines)
+
+
+STATUS_BEGIN, STATUS_END = "<!-- study-status:begin (benchmarks/study_tables.py) -->", "<!-- study-status:end -->"
+
+
+def _groups() -> list[tuple[str, list[Path]]]:
+    return [(MODELS[m].split(" (")[0], sorted((RESULTS / m).glob("*.json"), key=_variant_key)) for m in MODELS
+            if (RESULTS / m).is_dir()] + [("ResNet20 (quick)", quick_files())]
+
+
+def status() -> str:
+    """Per model and width, the committed row closest to the target, its losses against plain and its gap."""
+    lines = []
+    for name, files in _groups():
+        for width in sorted({_width(f) for f in files if _width(f) is not None}):
+            chosen = [f for f in files if _width(f) == width]
+            best = min((losses.Best(f, *losses.losses(f)) for f in chosen), key=lambda b: b.rank)
+            lines.append(_status_line(name, width, best))
+    return "\n".join(lines)
+
+
+def _status_line(name: str, width: float, best) -> str:
+    f, cfg = best.path, rows(best.path)["config"]
+    row = describe(f)[0] if f.parent.name != "quick" else QUICK[losses.stem(f)]
+    return (f"- **{name}**, width {width:g}: {row}, {losses.method(f)}, {cfg['runs']} chips x "
+            f"{cfg['images']:,} images: loses **{losses.fmt_losses(best.plain, losses.RATES)}** points at "
+            f"10 / 20 / 30% SA1 against its plain fault-free accuracy, {losses.gap(best)} "
+            f"([{f.name}](results/{f.relative_to(RESULTS).as_posix()})).")
+
+
+SWEEP_BEGIN, SWEEP_END = "<!-- study-sweep:begin (benchmarks/study_tables.py) -->", "<!-- study-sweep:end -->"
+SWEEP = {  # docs/results/sweep/<file> -> row label, in row order
+    "resnet20a-dc10.json": "p = 0.1", "resnet20a-dc20.json": "p = 0.2", "resnet20a-dc30.json": "p = 0.3",
+    "resnet20a-full-wide-dc20.json": "widened 2x, p = 0.2, 40 epochs from scratch (`full/resnet20a-wide-dc20`)",
+    "resnet20a-full-wide-dc30.json": "widened 2x, p = 0.3, 40 epochs from scratch (`full/resnet20a-wide-dc30`)",
+}
+
+
+def sweep_table() -> str:
+    """The p sweep (rram eval --json files): mean top-1 % per SA1 rate, and the split it was on."""
+    lines = ["| fine-tune | split | SA1 0 | 10% | 20% | 30% | file |", "|---|---|---|---|---|---|---|"]
+    for name, label in SWEEP.items():
+        doc = json.loads((RESULTS / "sweep" / name).read_text())
+        cells = " | ".join(f"{100 * r['mean']:.2f}" for r in doc["rates"])
+        lines.append(f"| {label} | {doc['split']} | {cells} | [{name}](results/sweep/{name}) |")
+    return "\n".join(lines)
 
 
 def generated_block(text: str, begin: str = BEGIN, end: str = END) -> str:
@@ -227,7 +335,9 @@ def with_block(text: str, content: str, begin: str = BEGIN, end: str = END) -> s
 
 
 # each generated block: (document, begin marker, end marker, what makes it)
-BLOCKS = [(DOC, BEGIN, END, tables), (CAL_DOC, CAL_BEGIN, CAL_END, calibration_table)]
+BLOCKS = [(DOC, STATUS_BEGIN, STATUS_END, status), (DOC, BEGIN, END, tables),
+          (DOC, TARGET_BEGIN, TARGET_END, targets_table),
+          (DOC, SWEEP_BEGIN, SWEEP_END, sweep_table), (CAL_DOC, CAL_BEGIN, CAL_END, calibration_table)]
 
 
 def main(argv: list[str] | None = None) -> int:

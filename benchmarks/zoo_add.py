@@ -2,7 +2,8 @@
 zoo/NAME.pt and records in zoo/manifest.json how it was made (the run's training config and its
 sha256, seed, epochs, precision, the data split's digest, this machine's CPU, the git commit,
 package versions) and its fault-free accuracy on the test split (measured here with `rram eval`
-on all test images). Then `git add zoo/ && git commit`: a finished model is never lost again.
+on all test images). Then `git add zoo/ && git commit`: a finished model is never lost again. A
+resume point kept while it trained (benchmarks/zoo_checkpoint.py) is dropped.
 
     PYTHONPATH=. python benchmarks/zoo_add.py NAME RUN_FOLDER --data ../shared/data/cifar10-jpeg [--note TEXT]
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from toolchain.zoo import FORMAT, MANIFEST, VERSION, ZOO_DIR  # noqa: E402
+from toolchain.zoo import FORMAT, MANIFEST, STATE_DIR, VERSION, ZOO_DIR  # noqa: E402
 
 PACKAGES = ("torch", "torchvision", "numpy", "onnx", "onnxruntime")
 
@@ -86,6 +87,8 @@ def main() -> int:
     path = ZOO_DIR / MANIFEST
     doc = json.loads(path.read_text()) if path.is_file() else {"format": FORMAT, "version": VERSION, "models": {}}
     doc["models"][args.name] = entry
+    if doc.get("in_progress", {}).pop(args.name, None) is not None:  # its resume point is done with
+        shutil.rmtree(ZOO_DIR / STATE_DIR / args.name, ignore_errors=True)
     path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     print(f"zoo/{dest.name}: {entry['sha256'][:12]}, fault-free {100 * accuracy:.2f}% on {len(test)} test images")
     return 0

@@ -8,7 +8,8 @@ takes the key names from here (docs/architecture.md).
   ``rram.drop_rate`` training drop-connect rate; ``rram.input_layout`` a description;
   ``rram.source`` the file name of the checkpoint it came from (its name only, not its folder: the
   model's bytes and sha256 are the same wherever an identical build ran; `rram export --json`
-  prints the full path).
+  prints the full path); ``rram.checkpoint_sha256`` the sha256 of that checkpoint file (its
+  provenance: results files record it, ``runtime/provenance.py``).
 - ``rram.bn_stats_rates`` JSON list of rate strings whose BN statistics the model carries as extra
   initializers ``NAME@rate=r`` (``RATE_MARKER``); ``rram.bn_rate_default`` the rate baked in at
   export; ``rram.bn_rate`` the rate whose statistics the BN nodes (or the folded weights) hold.
@@ -42,6 +43,7 @@ PASSES_KEY = "rram.passes"
 DEVICE_KEY = "rram.device"
 BN_TARGETS_KEY = "rram.bn_targets"
 NORMALIZATION_EMBEDDED_KEY = "rram.normalization_embedded"
+CHECKPOINT_SHA256_KEY = "rram.checkpoint_sha256"
 
 RATE_MARKER = "@rate="  # per-rate BN statistics initializer: f"{name}{RATE_MARKER}{rate}"
 

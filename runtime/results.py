@@ -18,7 +18,7 @@ Results file (``format: rram-validate-results``)::
                                  # this process (or sums); fault-free chips are reused, not run:
                                  # the speeds count only the chips that ran
      "complete": bool,
-     "info": {artifact path, data path, split}}                      # informative only
+     "info": {artifact path, data path, split, provenance}}          # informative only (provenance.py)
 """
 from __future__ import annotations
 

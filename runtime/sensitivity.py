@@ -27,6 +27,7 @@ from .faults import layer_names
 from .fileio import atomic_write_json, output_lock
 from .placement import placement_config
 from .progress import Progress
+from .provenance import of_artifact
 from .results import SENSITIVITY_FORMAT, VERSION, images_digest, summarize
 
 
@@ -55,7 +56,7 @@ def sensitivity(artifact: Artifact | str | os.PathLike, images: np.ndarray, labe
                       "sa1": sa1, "sa0": float(sa0), "runs": runs, "seed": int(seed),
                       "images": int(len(labels)), "images_sha256": images_digest(images, labels),
                       **calibrate_config(calibrate), **({"place": placement_config()} if place else {})},
-           "rates": [], "info": info or {}}
+           "rates": [], "info": {**(info or {}), "provenance": of_artifact(artifact)}}
     names = layer_names(cmap)
     models = [artifact.select(p + sa0, stats_rate) for p in sa1]
     with ExitStack() as stack:

@@ -71,7 +71,8 @@ def test_bad_calibration_input_is_one_line(art, data, tmp_path, capsys, paper_ar
     base = ["validate", str(art), "--data", str(data), "--no-cache", "--sa1", "0.1", "--runs", "1"]
     out = tmp_path / "r.json"
     assert "--calibrate" in _err(capsys, base + ["--calibrate", "0", "--out", str(out)])
-    assert "choose between 1 and the 320 images" in _err(capsys, base + ["--calibrate", "100000", "--out", str(out)])
+    err = _err(capsys, base + ["--calibrate", "100000", "--out", str(out)])
+    assert "choose between 1 and the 288 images of the training split outside its validation" in err
     old = paper_art  # quantized without fold-bn's targets
     err = _err(capsys, ["validate", str(old)] + base[2:] + ["--calibrate", "8", "--out", str(out)])
     assert "records no BN targets" in err and "rram passes" in err

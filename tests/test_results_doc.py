@@ -50,6 +50,8 @@ def test_each_file_is_a_complete_study_campaign_whose_summaries_re_derive(path):
     assert cfg["images"] == 10000 and cfg["runs"] >= 20 and cfg["device"]["name"] == "paper"
     assert [round(r["sa1"], 6) for r in doc["rates"]] == [0.0, 0.1, 0.2, 0.3]
     assert (".calibrated" in path.name) == bool(cfg.get("calibrate"))
+    if path.parent.name in study_tables.MODELS:  # the tables' folders: the name says the method
+        assert (".placed" in path.name) == bool(cfg.get("place"))
     for r in doc["rates"]:
         again = summarize([run["accuracy"] for _, run in sorted(r["runs"].items(), key=lambda kv: int(kv[0]))])
         for key in ("n", "mean", "std", "min", "max"):
@@ -78,3 +80,91 @@ def test_the_figures_are_drawn_by_their_commands_as_written(tmp_path):
         argv = [str(ROOT / a) if a.startswith("docs/") else a for a in argv]
         assert main(argv) == 0
         assert (tmp_path / f"figure-{i}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------ the figures of the prose (issue 36)
+
+import study_losses as losses  # noqa: E402  (benchmarks/study_losses.py)
+
+# drop-connect rates and widths, and the boxes' whiskers (1.5 IQR): settings, not measurements
+PARAMETERS = {"0.1", "0.2", "0.3", "0.25", "0.35", "0.5", "1.5"}
+
+
+def _mean(rel: str, rate: float) -> float:
+    return 100 * losses.means(study_tables.RESULTS / rel)[rate]
+
+
+def _losses(rel: str, which: int) -> str:
+    """'a / b / c': the losses at 10 / 20 / 30% of a file, against plain (0) or its own chips (1)."""
+    return losses.fmt_losses(losses.losses(study_tables.RESULTS / rel)[which], losses.RATES)
+
+
+# (document, the text as written, the same text made from the files)
+WIDE, WIDE_CAL = "resnet20a/wide-dc30-scratch.json", "resnet20a/wide-dc30-scratch.calibrated.json"
+CLAIMS = [
+    ("docs/RESULTS.md", "84.37% to 83.95%", lambda: f"{_mean(WIDE, 0.0):.2f}% to {_mean(WIDE_CAL, 0.0):.2f}%"),
+    ("README.md", "loses 1.07 / 1.87 / 3.02 points", lambda: f"loses {_losses(WIDE_CAL, 0)} points"),
+    ("README.md", "(0.65 / 1.45 / 2.60 against", lambda: f"({_losses(WIDE_CAL, 1)} against"),
+    ("README.md", "per-rate BN 2.77 / 7.76 / 11.86", lambda: f"per-rate BN {_losses(WIDE, 0)}"),
+]
+
+
+def test_the_loss_is_taken_against_the_plain_campaign_of_the_same_model():
+    cal = study_tables.RESULTS / WIDE_CAL
+    assert losses.plain_file(cal) == study_tables.RESULTS / WIDE
+    plain, own = losses.losses(cal)
+    for r in losses.RATES:
+        assert plain[r] == pytest.approx(_mean(WIDE, 0.0) - _mean(WIDE_CAL, r))
+        assert own[r] == pytest.approx(_mean(WIDE_CAL, 0.0) - _mean(WIDE_CAL, r))
+    quick = study_tables.RESULTS / "quick" / "resnet20-dc30-ft3.placed-cal-2000.json"
+    assert losses.plain_file(quick).name == "resnet20-dc30-ft3.fixed-2000.json"
+    assert losses.method(quick) == "placement + per-chip calibration (256 images)"
+
+
+def prose(doc: str) -> str:
+    """The hand-written text of a document, whitespace collapsed: RESULTS.md without its generated
+    blocks, code blocks and link targets; README.md's study paragraph only."""
+    text = (ROOT / doc).read_text()
+    if doc == "README.md":
+        text = text[text.index("**The paper's study, reproduced"):text.index("![ResNet20: per-rate BN")]
+    text = re.sub(r"<!-- study-(\w+):begin.*?<!-- study-\1:end -->", " ", text, flags=re.S)
+    text = re.sub(r"```.*?```", " ", text, flags=re.S)
+    text = re.sub(r"\]\([^)]*\)", "]", text)
+    return re.sub(r"\s+", " ", text)
+
+
+@pytest.mark.parametrize("doc, written, make", CLAIMS, ids=[c[1] for c in CLAIMS])
+def test_each_figure_of_the_prose_is_what_the_files_give(doc, written, make):
+    assert make() == written
+    assert written in prose(doc), f"{doc} no longer says {written!r}"
+
+
+@pytest.mark.parametrize("doc", ["docs/RESULTS.md", "README.md"])
+def test_the_prose_states_no_figure_that_is_not_checked(doc):
+    """Every number with a decimal point in the hand-written text is in a checked claim or is a
+    parameter (a drop-connect rate, a width): the figures come from the tables or from CLAIMS."""
+    text = prose(doc)
+    for d, written, _ in CLAIMS:
+        if d == doc:
+            text = text.replace(written, " ")
+    loose = [n for n in re.findall(r"(?<![\w.])\d+\.\d+(?![\w.])", text) if n not in PARAMETERS]
+    assert not loose, f"{doc}: figures not generated nor checked against the files: {loose}"
+
+
+def test_the_status_names_the_zoo_as_it_is():
+    from toolchain import zoo
+
+    status = prose("docs/RESULTS.md").split("## Status of the study")[1].split("## Set-up")[0]
+    named = re.findall(r"\*\*In the zoo\*\*.*?: (.*?)\. It is", status)[0]
+    assert sorted(re.findall(r"`([\w-]+)`", named)) == zoo.names()
+
+
+def test_the_status_is_what_the_files_say():
+    """'No model meets the target on the study protocol': no study campaign loses at most 1 point
+    against plain at every rate; the one quick row inside it at every rate it measured is the zoo
+    model's placement + calibration campaign."""
+    text = prose("docs/RESULTS.md")
+    assert "No model meets the target on the study protocol." in text
+    assert all(losses.Best(f, *losses.losses(f)).met != "yes" for f in FILES)
+    inside = [f.name for f in study_tables.quick_files() if losses.Best(f, *losses.losses(f)).worst <= losses.TARGET]
+    assert inside == ["resnet20-dc30-ft3.placed-cal-2000.json"]

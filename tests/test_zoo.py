@@ -2,10 +2,13 @@
 loads by name, and (slow, on the real test split) gives exactly its recorded fault-free accuracy."""
 import hashlib
 import json
+import shutil
 
 import pytest
 
 from toolchain import zoo
+
+from conftest import ROOT, one_thread
 
 ENTRIES = zoo.manifest()
 
@@ -63,3 +66,63 @@ def test_the_zoo_readme_quotes_the_manifest():
     text = (zoo.ZOO_DIR / "README.md").read_text()
     for name, entry in ENTRIES.items():
         assert f"| `{name}` |" in text and f"{100 * entry['fault_free']['accuracy']:.2f}%" in text
+
+
+def test_the_trainings_in_progress_match_their_files():
+    for name, entry in zoo.in_progress().items():
+        data = (zoo.ZOO_DIR / entry["file"]).read_bytes()
+        assert entry["file"] == f"{zoo.STATE_DIR}/{name}/last.pt"
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"], name
+        assert entry["status"] == f"in progress, epoch {entry['epoch']} of {entry['epochs']}"
+        assert entry["epoch"] < entry["epochs"] and name not in ENTRIES
+
+
+single_thread = pytest.fixture(one_thread)
+
+
+def test_a_training_saved_to_the_zoo_continues_elsewhere_exactly(coloured_cifar, tmp_path, monkeypatch, capsys,
+                                                                single_thread):
+    """benchmarks/zoo_checkpoint.py: a run cut after its first epoch is saved into a zoo, restored
+    into another folder, and the command the zoo records finishes it with the weights of an
+    uninterrupted run."""
+    import shlex
+    import sys
+
+    import torch
+
+    from toolchain.checkpoints import load_checkpoint
+    from toolchain.cli import main
+    from toolchain.models import ModelSpec
+    from toolchain.training import TrainConfig, train
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import zoo_checkpoint
+
+    data = coloured_cifar()
+    monkeypatch.setenv("RRAM_DATA", str(data))
+    monkeypatch.setenv("RRAM_CACHE", str(tmp_path / "cache"))
+    cfg = dict(spec=ModelSpec("resnet20", 0.25), drop_rate=0.2, epochs=2, data=str(data), batch_size=32,
+               images=64, eval_images=32, progress=False, device="cpu")
+    train(TrainConfig(out=str(tmp_path / "whole"), **cfg))
+
+    def cut(epoch, step):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out=str(tmp_path / "run"), **cfg), step_callback=cut)
+    own = tmp_path / "zoo"
+    shutil.copytree(zoo.ZOO_DIR, own, ignore=shutil.ignore_patterns("*.pt"))
+    assert zoo_checkpoint.main(["save", "tiny", str(tmp_path / "run"), "--zoo", str(own)]) == 0
+    entry = zoo.in_progress(own)["tiny"]
+    assert entry["status"] == "in progress, epoch 1 of 2" and (own / "state" / "tiny" / "last.pt").is_file()
+    capsys.readouterr()
+    assert zoo_checkpoint.main(["restore", "tiny", str(tmp_path / "elsewhere"), "--zoo", str(own)]) == 0
+    command = capsys.readouterr().out.splitlines()[-1].strip()
+    argv = shlex.split(command.replace('"$RRAM_DATA"', str(data)))
+    assert argv[:2] == ["rram", "train"] and argv[-1] == "--resume"
+    assert main(argv[1:]) == 0
+    whole = load_checkpoint(tmp_path / "whole" / "model.pt").state_dict
+    resumed = load_checkpoint(tmp_path / "elsewhere" / "model.pt").state_dict
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    assert zoo_checkpoint.main(["restore", "tiny", str(tmp_path / "elsewhere"), "--zoo", str(own)]) == 2

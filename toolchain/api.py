@@ -218,7 +218,8 @@ def calibrate(artifact: PathLike, out: PathLike, *, fault_map: PathLike, images:
         artifact: the folder ``quantize`` wrote.
         out: output folder.
         fault_map: the chip's measured fault map (``.npz``).
-        images: calibration images drawn from the training split (``--calibrate N``; None: 256).
+        images: calibration images drawn from the training split less its validation images
+            (``--calibrate N``; None: 256).
         seed: seed of the calibration images.
         bn_rate: BN statistics of this rate (``auto``: those of the rate nearest to the chip's).
         data: as in :func:`train`.

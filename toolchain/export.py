@@ -6,7 +6,8 @@
 - ``metadata_props``: ``rram.bn_stats_rates`` (JSON list of rate strings, e.g. ["0.0","0.1"]),
   ``rram.bn_rate_default`` and ``rram.bn_rate`` (the rate baked into the BN nodes),
   ``rram.model`` (JSON ModelSpec), ``rram.normalization`` (JSON mean/std), ``rram.drop_rate``
-  (training drop-connect rate), ``rram.input_layout`` ("NCHW float32, normalised").
+  (training drop-connect rate), ``rram.input_layout`` ("NCHW float32, normalised"),
+  ``rram.source`` and ``rram.checkpoint_sha256`` (the checkpoint's file name and sha256).
 - For every rate r in ``rram.bn_stats_rates`` and every BN node with mean/var initializers M, V:
   extra graph initializers ``M@rate=r`` and ``V@rate=r`` (consumed by no node).
 
@@ -27,7 +28,7 @@ import torch
 from onnx import numpy_helper
 
 from runtime import metadata as md
-from runtime.fileio import atomic_write_bytes
+from runtime.fileio import atomic_write_bytes, file_sha256
 from runtime.session import make_session
 
 from .checkpoints import Checkpoint
@@ -132,6 +133,10 @@ def export_onnx(ckpt: Checkpoint, out: str | os.PathLike, *, rate: str | None = 
         # campaign, a merge and a chip-calibration file check) must not depend on the folder it
         # was exported from; the full path is in the command's output ("source")
         md.SOURCE_KEY: Path(ckpt.source).name if ckpt.source else "",
+        # the checkpoint file's bytes, carried by the passes and the quantizer into the artifact
+        # and recorded in every results file's info.provenance (issue 36)
+        md.CHECKPOINT_SHA256_KEY: file_sha256(Path(ckpt.source)) if ckpt.source and Path(ckpt.source).is_file()
+        else "",
     }
     for k, val in meta.items():
         entry = onx.metadata_props.add()

@@ -55,3 +55,24 @@ def zoo_path(name: str, zoo: Path = ZOO_DIR) -> Path | None:
 
 def names(zoo: Path = ZOO_DIR) -> list[str]:
     return sorted(manifest(zoo))
+
+
+STATE_DIR = "state"  # zoo/state/NAME/last.pt: the resume point of a training in progress
+IN_PROGRESS_REQUIRED = ("file", "sha256", "status", "epoch", "epochs", "training", "training_sha256", "command",
+                        "hardware", "git_commit", "packages", "updated")
+
+
+def in_progress(zoo: Path = ZOO_DIR) -> dict:
+    """{name: entry} of the trainings in progress (the manifest's ``in_progress``; zoo/README.md):
+    each a resume point ``state/NAME/last.pt`` that another machine continues with ``rram train
+    ... --resume``; {} without any."""
+    path = zoo / MANIFEST
+    if not path.is_file():
+        return {}
+    manifest(zoo)  # the format checks
+    entries = json.loads(path.read_text()).get("in_progress", {})
+    for name, entry in entries.items():
+        missing = [k for k in IN_PROGRESS_REQUIRED if k not in entry]
+        if missing:
+            raise UserError(f"{path}: training in progress {name!r} lacks {', '.join(missing)}")
+    return entries

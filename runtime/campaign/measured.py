@@ -10,6 +10,7 @@ from ..artifact import Artifact
 from ..chips import MeasuredChip
 from ..engine import Engine, engine_factory
 from ..fileio import file_sha256
+from ..provenance import of_artifact
 from ..results import FORMAT, VERSION, images_digest
 from .plan import calibrate_config
 
@@ -50,7 +51,7 @@ def validate_fault_map(artifact: Artifact | str | os.PathLike, images: np.ndarra
             "clean": engine.clean_accuracy(),
             "chip": {"accuracy": chip_engine.chip_accuracy(chip), "stuck_fraction": chip.stuck_fraction,
                      "sa1_fraction": chip.sa1_fraction, "sa0_fraction": chip.sa0_fraction},
-            "info": info or {}}
+            "info": {**(info or {}), "provenance": of_artifact(artifact)}}
 
 
 def calibrate_fault_map(artifact: Artifact | str | os.PathLike, fault_map: str | os.PathLike,

@@ -15,6 +15,7 @@ from ..artifact import Artifact
 from ..chips import PlacedChips, RandomChips, protected_layers
 from ..executors import executor
 from ..progress import Progress
+from ..provenance import of_artifact
 from ..results import FORMAT, VERSION, precise_enough
 from .chip import Costs, clean_accuracy, measure_chip, subset_size
 from .plan import CampaignConfig
@@ -45,7 +46,8 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
         return {"format": FORMAT, "version": VERSION, "config": identity,
                 "shard": None if config.shard == (1, 1) else list(config.shard), "clean": {},
                 "rates": [{"sa1": p, "sa0": config.sa0, "model": m, "runs": {}} for p, m in zip(config.sa1, selected)],
-                "timing": {}, "complete": False, "info": {"artifact": str(artifact.path), **(info or {})}}
+                "timing": {}, "complete": False,
+                "info": {"artifact": str(artifact.path), **(info or {}), "provenance": of_artifact(artifact)}}
 
     engine_kw = {**(engine_kw or {}), "precision": config.precision, "calibration": calibration,
                  "calibrate": calibrate}

@@ -118,18 +118,33 @@ def add_bn_rate_arg(p: argparse.ArgumentParser, *, default="auto", old: str | No
         hidden_alias(p, old, "bn_rate")
 
 
+def calibration_pool(total: int, n: int, seed: int):
+    """The indices into a training split of ``total`` images of the ``--calibrate n`` images chosen
+    by ``seed``: drawn from the training split less its validation images (docs/RESULTS.md), so that
+    nothing a choice is measured on (``--split val``) calibrated a chip."""
+    from runtime.calibration import calibration_indices
+    from runtime.errors import RuntimeInputError
+
+    from ..data import training_indices
+
+    pool = training_indices(total)
+    if not 1 <= int(n) <= len(pool):
+        raise RuntimeInputError(f"--calibrate {n}: choose between 1 and the {len(pool)} images of the training "
+                                f"split outside its validation images")
+    return pool[calibration_indices(len(pool), n, seed)]
+
+
 def calibration_images(args):
     """The ``--calibrate N`` training images (uint8 NHWC) every chip is calibrated on, chosen by
-    ``--seed`` alone (the same for eval, validate, sensitivity and calibrate), or None."""
+    ``--seed`` alone (the same for eval, validate, sensitivity and calibrate) from the training
+    split less its validation images, or None."""
     if getattr(args, "calibrate", None) is None:
         return None
-    from runtime.calibration import calibration_indices
-
     from ..data import load_split
 
     train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache,
                        download=getattr(args, "download", False))
-    return train.images[calibration_indices(len(train), args.calibrate, args.seed)]
+    return train.images[calibration_pool(len(train), args.calibrate, args.seed)]
 
 
 INT8_CALIBRATION_DEFAULT = 500  # --int8-images when not given (the whole split when smaller)

@@ -9,7 +9,7 @@ from runtime.results import summarize
 
 from ..calibrate import calibrate_bn, restored_bn
 from ..checkpoints import adopt_image_size, load_checkpoint
-from ..data import check_for_model, load_split, normalize, to_float_nchw
+from ..data import EVAL_SPLITS, check_for_model, load_split, normalize, to_float_nchw
 from ..dropconnect import ReferenceChips, check_rate, rate_key, sa1_faults
 from ..errors import UserError
 from ..evaluate import accuracy
@@ -32,7 +32,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("eval", help="top-1 accuracy of a checkpoint on the test split")
     add_model_args(p)
     add_data_args(p)
-    p.add_argument("--split", choices=["test", "train"], default="test", help="which split to evaluate")
+    p.add_argument("--split", choices=EVAL_SPLITS, default="test",
+                   help="which split to evaluate (val: the 1 in 10 training images held out for choices; "
+                        "docs/RESULTS.md)")
     p.add_argument("--images", type=positive_int, default=None, help="evaluate N images spread evenly over the split "
                         "(the ones rram validate --images N takes)")
     p.add_argument("--batch-size", type=positive_int, default=500, help="images per forward pass")
@@ -110,8 +112,21 @@ def run(args) -> int:
     result = {"model": ckpt.spec.to_dict(), "checkpoint": ckpt.source, "split": args.split,
               "images": len(split), "accuracy": acc, "seconds": round(seconds, 3),
               "threads": torch.get_num_threads(),
-              "bn_rate": None if args.bn_rate is None else rate_key(args.bn_rate), **extra}
+              "bn_rate": None if args.bn_rate is None else rate_key(args.bn_rate), **extra,
+              "provenance": _provenance(ckpt.source)}
     stats = "" if args.bn_rate is None else f", BN stats for p'={args.bn_rate:g}"
     emit(result, args.json, f"{ckpt.spec.describe()} on {args.split} ({len(split)} images{stats}): "
                             f"{text}")
     return 0
+
+
+def _provenance(source: str) -> dict:
+    """What a results file records of its making (runtime/provenance.py), for a checkpoint file."""
+    from pathlib import Path
+
+    from runtime.fileio import file_sha256
+    from runtime.metadata import CHECKPOINT_SHA256_KEY
+    from runtime.provenance import provenance
+
+    path = Path(source) if source else None
+    return provenance({".": {CHECKPOINT_SHA256_KEY: file_sha256(path)} if path and path.is_file() else {}})

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from runtime.campaign.plan import SENSITIVITY_RUNS
 
-from ..data import load_split, subset_indices
+from ..data import EVAL_SPLITS, load_split, subset_indices
 from .common import (
     add_bn_rate_arg,
     add_data_args,
@@ -29,8 +29,11 @@ def add_parser(sub) -> None:
     p.add_argument("--runs", type=positive_int, default=SENSITIVITY_RUNS,
                    help=f"simulated chips per layer (default: {SENSITIVITY_RUNS})")
     p.add_argument("--seed", type=seed, default=0, help="seed of the chips, 0 <= seed < 2**32 (default: 0)")
+    p.add_argument("--split", choices=EVAL_SPLITS, default="test",
+                   help="which split's images to evaluate (val: the 1 in 10 training images held out for choices, "
+                        "such as the layer to protect; docs/RESULTS.md)")
     p.add_argument("--images", type=positive_int, default=None,
-                   help="use N test images spread evenly over the split (default: all)")
+                   help="use N images spread evenly over the split (default: all)")
     add_bn_rate_arg(p, old="--stats-rate")
     p.add_argument("--calibrate", type=positive_int, default=None, metavar="N",
                    help="per-chip calibration: calibrate each chip's periphery on N training images first "
@@ -54,12 +57,13 @@ def run(args) -> int:
     check_ray(args)
     new_output_file(args.out)  # the runtime checks again under the lock
     artifact = Artifact.load(args.artifact)
-    split = load_split(args.data, "test", cache_dir=args.cache_dir, use_cache=not args.no_cache)
+    split = load_split(args.data, args.split, cache_dir=args.cache_dir, use_cache=not args.no_cache)
     idx = subset_indices(len(split), args.images)
     calibrate = calibration_images(args)
     doc = sensitivity(artifact, split.images[idx], split.labels[idx], sa1=sa1, sa0=args.sa0, runs=args.runs,
                       seed=args.seed, stats_rate=stats_rate, out=args.out, calibrate=calibrate,
-                      info={"artifact": str(args.artifact), "data": str(args.data)}, ray=args.ray, place=args.place)
+                      info={"artifact": str(args.artifact), "data": str(args.data), "split": args.split},
+                      ray=args.ray, place=args.place)
     for entry in doc["rates"]:
         print(f"SA1 {entry['sa1']:g} in one layer at a time, {args.runs} chips each "
               f"(fault-free {100 * entry['clean']:.2f}%):")

@@ -59,7 +59,11 @@ def add_parser(sub) -> None:
                    help="train on a random subset of N training images (tests)")
     hidden_alias(p, "--images", "images", type=positive_int)  # before --images meant evaluation images
     p.add_argument("--eval-images", type=positive_int, default=None,
-                   help="test accuracy after each epoch on a random subset of N images")
+                   help="test (or validation) accuracy after each epoch on a random subset of N images")
+    p.add_argument("--hold-out-val", action="store_true",
+                   help="train on the training split less its validation images (1 in 10, fixed; docs/RESULTS.md) "
+                        "and measure each epoch on those: for a model whose choices are made on --split val "
+                        "(default: off, all training images, each epoch on the test split)")
     p.add_argument("--no-drop-first", action="store_true", help="no drop-connect on the first layer")
     p.add_argument("--no-drop-last", action="store_true", help="no drop-connect on the last layer")
     add_normalization_args(p)
@@ -88,7 +92,7 @@ def run(args) -> int:
         weight_decay=args.weight_decay, seed=args.seed, images=args.images,
         eval_images=args.eval_images, include_first=not args.no_drop_first,
         include_last=not args.no_drop_last, resume=args.resume, auto_resume=args.auto_resume, device=args.device,
-        precision=args.precision,
+        precision=args.precision, hold_out_val=args.hold_out_val,
         cache_dir=args.cache_dir, use_cache=not args.no_cache, init_normalization=normalization_from_args(args))
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():

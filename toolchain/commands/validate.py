@@ -10,7 +10,7 @@ from runtime import PRECISIONS
 from runtime.campaign.plan import MIN_RUNS, RUNS
 from runtime.subsets import PILOT_IMAGES
 
-from ..data import check_for_model, load_split
+from ..data import EVAL_SPLITS, check_for_model, load_split
 from ..errors import UserError
 from .common import (
     add_bn_rate_arg,
@@ -37,7 +37,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("validate", help="accuracy of a deployed artifact on simulated faulty chips")
     p.add_argument("artifact", help="folder written by `rram quantize` (or one subfolder per BN rate)")
     add_data_args(p)
-    p.add_argument("--split", choices=["test", "train"], default="test", help="which split's images to evaluate")
+    p.add_argument("--split", choices=EVAL_SPLITS, default="test",
+                   help="which split's images to evaluate (val: the 1 in 10 training images held out for choices; "
+                        "docs/RESULTS.md)")
     p.add_argument("--sa1", default=None, help=f"SA1 (stuck at G_min) cell rates, comma-separated "
                                                f"(default: {DEFAULT_SA1})")
     p.add_argument("--sa0", type=rate, default=0.0, help="SA0 (stuck at G_max) cell rate, for every run")

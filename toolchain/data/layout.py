@@ -6,7 +6,8 @@ from pathlib import Path
 
 from ..errors import UserError
 
-SPLITS = ("train", "test")
+SPLITS = ("train", "test")  # on disk
+EVAL_SPLITS = ("test", "val", "train")  # what --split chooses: val is held out of train (split.py)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp"}
 CIFAR_BATCH_DIR = "cifar-10-batches-py"
 CIFAR_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"]}

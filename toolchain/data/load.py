@@ -10,7 +10,7 @@ from .cache import cache_name, default_cache_dir, read_cached, write_cache
 from .cifar_batches import batch_files, read_cifar_batches
 from .imagefolder import check_same_classes, class_folders, decode_imagefolder, scan_split
 from .layout import SPLITS, detect_layout, resolve_data_root
-from .split import Split
+from .split import Split, held_out
 
 
 def _sources(layout: str, folder: Path, split: str) -> list[tuple[str, os.stat_result]]:
@@ -22,9 +22,13 @@ def _sources(layout: str, folder: Path, split: str) -> list[tuple[str, os.stat_r
 
 def load_split(data: str | os.PathLike | None, split: str, *, cache_dir: str | os.PathLike | None = None,
                use_cache: bool = True, download: bool = False, progress: bool = True) -> Split:
-    """Load one split ("train" or "test") as uint8 NHWC images and int64 labels."""
+    """Load one split ("train" or "test") as uint8 NHWC images and int64 labels; "val": the
+    validation images held out of the training split (``split.validation_indices``)."""
+    if split == "val":
+        return held_out(load_split(data, "train", cache_dir=cache_dir, use_cache=use_cache, download=download,
+                                   progress=progress))
     if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}: expected one of {SPLITS}")
+        raise UserError(f"unknown split {split!r}: expected one of {(*SPLITS, 'val')}")
     if download:
         import torchvision
 

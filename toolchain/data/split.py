@@ -8,6 +8,13 @@ Two subsets, two purposes:
   ``rram train --train-images N`` / ``--eval-images N`` and ``rram recalibrate --train-images N``.
 (``runtime.subsets.chip_subset``, the per-chip subsets of ``--images auto``, is another concept: a
 draw seeded like the chips, in the runtime.)
+
+And the validation split (issue 36; docs/RESULTS.md), defined here once, numpy only (``rram validate``
+never imports torch): ``validation_indices(total)``, one image in ten of the training split (5,000 of
+CIFAR-10's 50,000), the first ``total // 10`` of a permutation of ``range(total)`` drawn by numpy's
+PCG64 from ``SeedSequence(VAL_SEED)``, sorted; ``training_indices(total)`` the rest. ``--split val``
+evaluates the held-out images; ``rram train --hold-out-val`` trains on the rest, and every
+calibration draw (``--calibrate N``) comes from the rest.
 """
 from __future__ import annotations
 
@@ -33,8 +40,41 @@ class Split:
         would cover one class), the same ones ``rram validate --images n`` takes."""
         if n is None or n >= len(self):
             return self
-        idx = subset_indices(len(self), n)
+        return self.take(subset_indices(len(self), n))
+
+    def take(self, idx: np.ndarray) -> Split:
+        """The images at ``idx``, in that order."""
         return Split(self.images[idx], self.labels[idx], self.classes)
+
+
+VAL_SEED = 36  # the validation split's seed (issue 36): never change it, every choice made on val depends on it
+VAL_FRACTION = 10  # one image in ten of the training split is held out
+
+
+def validation_indices(total: int) -> np.ndarray:
+    """The held-out images of a training split of ``total`` images (sorted): ``total // 10`` of them,
+    the first of a permutation drawn from ``VAL_SEED`` alone. Stable: tests/test_data.py pins the
+    digest of CIFAR-10's 5,000."""
+    rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(VAL_SEED)))
+    return np.sort(rng.permutation(int(total))[:int(total) // VAL_FRACTION])
+
+
+def training_indices(total: int) -> np.ndarray:
+    """The training split less its validation images (sorted): what ``--hold-out-val`` trains on and
+    what ``--calibrate N`` draws from."""
+    keep = np.ones(int(total), dtype=bool)
+    keep[validation_indices(total)] = False
+    return np.flatnonzero(keep)
+
+
+def held_out(train: Split) -> Split:
+    """The validation split (``--split val``) of a loaded training split."""
+    return train.take(validation_indices(len(train)))
+
+
+def without_validation(train: Split) -> Split:
+    """The training split less its validation images."""
+    return train.take(training_indices(len(train)))
 
 
 def subset_indices(total: int, n: int | None) -> np.ndarray:

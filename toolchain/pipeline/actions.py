@@ -7,8 +7,10 @@ with each subcommand's own parser and checks, before the first step runs (``exec
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from runtime.artifact import layout
@@ -36,7 +38,7 @@ def _train(pipe: Pipeline, step: Step, resume: bool) -> list[list[str]]:
                  out=step.outputs[0].parent, auto_resume=True, width=m["width"], pad_1x1=m["pad_1x1"],
                  shortcut=m["shortcut"],
                  train_precision=t["precision"],  # always said: the run does not lean on the CLI's default
-                 train_images=t["images"], eval_images=t["eval_images"])]
+                 train_images=t["images"], eval_images=t["eval_images"], hold_out_val=t["hold_out_val"])]
 
 
 def _recalibrate(pipe: Pipeline, step: Step, resume: bool) -> list[list[str]]:
@@ -100,11 +102,29 @@ def run_step(pipe: Pipeline, step: Step, resume: bool, written: set[Path]) -> in
     for args, out in zip(commands(pipe, step, resume), step.outputs):
         if step.stage == "validate" and "--resume" not in args and out in written and out.exists():
             out.unlink()  # a campaign of other settings: started afresh
-    for args in commands(pipe, step, resume):
-        code = cli(args)
-        if code:
-            return code
+    with _config_in_environment(pipe):
+        for args in commands(pipe, step, resume):
+            code = cli(args)
+            if code:
+                return code
     return 0
+
+
+@contextmanager
+def _config_in_environment(pipe: Pipeline):
+    """The config's sha256 (of its text and its base chain's, as the report quotes them) in the
+    environment of the step's commands: every results file records it (``runtime/provenance.py``)."""
+    from runtime.provenance import PIPELINE_ENV
+
+    before = os.environ.get(PIPELINE_ENV)
+    os.environ[PIPELINE_ENV] = hashlib.sha256(pipe.cfg.text.encode()).hexdigest()
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(PIPELINE_ENV, None)
+        else:
+            os.environ[PIPELINE_ENV] = before
 
 
 def _drop_unconfigured_rates(pipe: Pipeline, step: Step, written: set[Path]) -> None:

@@ -65,6 +65,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "batch_size": Key("int", 128, low=2),
         "seed": Key("int", 0, low=0),
         "precision": Key("str", "fp32", choices=TRAIN_PRECISIONS),  # rram train --train-precision
+        "hold_out_val": Key("bool", False),  # rram train --hold-out-val (docs/RESULTS.md)
     },
     "recalibrate": {
         "rates": Key("floats", **RATE),

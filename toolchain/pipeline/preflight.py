@@ -53,12 +53,11 @@ def _check_calibration_images(pipe: Pipeline) -> None:
     n = pipe.v["validate"]["calibrate"]
     if n is None:
         return
-    from runtime.calibration import calibration_indices
-
+    from ..commands.common import calibration_pool
     from ..data import load_split
 
     total = len(load_split(pipe.cfg.data, "train", progress=False))
     try:
-        calibration_indices(total, n, 0)
+        calibration_pool(total, n, 0)
     except RramError as e:
         raise UserError(f"{pipe.cfg.path}: validate.calibrate: {e}") from None

@@ -19,7 +19,7 @@ LR_FINE_TUNING = 0.01
 
 # Options added after runs were recorded: a record without the key was trained with this value.
 # The pipeline leaves them out of its own step record at these values too (pipeline/plan.py).
-ADDED_LATER = {"precision": "fp32"}
+ADDED_LATER = {"precision": "fp32", "hold_out_val": False}
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -50,6 +50,7 @@ class TrainConfig:
     resume: bool = False
     device: str = "auto"
     precision: str = "fp32"  # "bf16": forward under bfloat16 autocast (AMX/AVX512-BF16 CPUs, GPUs)
+    hold_out_val: bool = False  # train on the training split less its validation images, evaluate on those
     cache_dir: str | None = None
     use_cache: bool = True
     progress: bool = True
@@ -67,7 +68,12 @@ class TrainConfig:
                 "momentum": self.momentum, "weight_decay": self.weight_decay, "seed": self.seed,
                 "images": self.images, "include_first": self.include_first,
                 "include_last": self.include_last, "schedule": "cosine (per step)",
-                "rescale": False, "precision": self.precision}
+                "rescale": False, "precision": self.precision, "hold_out_val": self.hold_out_val}
+
+    @property
+    def eval_split(self) -> str:
+        """The split each epoch's accuracy is measured on: val when it is held out, else test."""
+        return "val" if self.hold_out_val else "test"
 
 
 def validate(cfg: TrainConfig) -> None:

@@ -23,7 +23,15 @@ import torch.nn.functional as F
 
 from runtime.progress import Progress
 
-from ..data import Normalization, Split, check_for_model, iterate_batches, load_split, random_subset
+from ..data import (
+    Normalization,
+    Split,
+    check_for_model,
+    iterate_batches,
+    load_split,
+    random_subset,
+    without_validation,
+)
 from ..dropconnect import add_dropconnect, derive_seed, sa1_faults, sample_sa1_masks
 from ..errors import UserError
 from ..evaluate import accuracy
@@ -87,7 +95,7 @@ def train(cfg: TrainConfig, *, step_callback: Callable[[int, int], None] | None 
         entry = _train_epoch(net, opt, sched, train_split, idx, norm, cfg, dd, epoch, local_bs,
                              steps_per_epoch, mask_gen, step_callback)
         if dd.main:
-            entry["test_acc"] = _test_accuracy(model, test_split, norm, cfg, dd)
+            entry[f"{cfg.eval_split}_acc"] = _test_accuracy(model, test_split, norm, cfg, dd)
             entry["test_sa1"] = cfg.drop_rate
             entry["seconds"] = round(time.perf_counter() - t0, 2)
             history.append(entry)
@@ -100,16 +108,23 @@ def train(cfg: TrainConfig, *, step_callback: Callable[[int, int], None] | None 
 
 
 def _load_splits(cfg: TrainConfig) -> tuple[Split, Split]:
-    """(train, test), each cut to --train-images / --eval-images by a seeded random subset."""
-    def split(name: str, n: int | None) -> Split:
-        return random_subset(load_split(cfg.data, name, cache_dir=cfg.cache_dir, use_cache=cfg.use_cache,
-                                        progress=cfg.progress), n, cfg.seed)
+    """(train, test), each cut to --train-images / --eval-images by a seeded random subset; with
+    --hold-out-val, (the training split less its validation images, the validation images)."""
+    def load(name: str) -> Split:
+        return load_split(cfg.data, name, cache_dir=cfg.cache_dir, use_cache=cfg.use_cache, progress=cfg.progress)
 
-    train_split, test_split = split("train", cfg.images), split("test", cfg.eval_images)
+    train_split = load("train")
+    if cfg.hold_out_val:
+        test_split = load("val")  # from the cache load() just filled
+        train_split = without_validation(train_split)
+    else:
+        test_split = load("test")
+    train_split = random_subset(train_split, cfg.images, cfg.seed)
+    test_split = random_subset(test_split, cfg.eval_images, cfg.seed)
     if len(train_split) == 0:
         raise UserError("the training split is empty")
     if len(test_split) == 0:
-        raise UserError("the test split is empty")
+        raise UserError(f"the {cfg.eval_split} split is empty")
     for s in (train_split, test_split):  # labels beyond the model's outputs: IndexError mid-epoch
         check_for_model(s, cfg.spec.num_classes, f"the model ({cfg.spec.describe()})", image_size=None)
     return train_split, test_split
@@ -186,13 +201,13 @@ def _train_epoch(net: nn.Module, opt, sched, split: Split, idx: np.ndarray, norm
 
 
 def _test_accuracy(model: nn.Module, split: Split, norm: Normalization, cfg: TrainConfig, dd: Dist) -> float:
-    """Test accuracy of one simulated chip at rate p (the same chip every epoch): the BN statistics
-    gathered in training match such a chip (unscaled masks); the fault-free weights need BN
-    re-aligned at 0 (rram recalibrate)."""
+    """Test (or, with --hold-out-val, validation) accuracy of one simulated chip at rate p (the same
+    chip every epoch): the BN statistics gathered in training match such a chip (unscaled masks);
+    the fault-free weights need BN re-aligned at 0 (rram recalibrate)."""
     chip = sample_sa1_masks(model, cfg.drop_rate,
                             torch.Generator().manual_seed(derive_seed(cfg.seed, "test-chip")))
     with sa1_faults(model, chip):
-        return accuracy(model, split, norm, device=dd.device, progress=cfg.progress, desc="test")
+        return accuracy(model, split, norm, device=dd.device, progress=cfg.progress, desc=cfg.eval_split)
 
 
 def test_measures(rate: float) -> str:
@@ -203,6 +218,7 @@ def test_measures(rate: float) -> str:
 
 
 def _print_epoch(entry: dict, epochs: int) -> None:
+    which = "val" if "val_acc" in entry else "test"
     print(f"epoch {entry['epoch']}/{epochs}: loss {entry['train_loss']:.4f} "
-          f"train {100 * entry['train_acc']:.2f}% test {100 * entry['test_acc']:.2f}% "
+          f"train {100 * entry['train_acc']:.2f}% {which} {100 * entry[f'{which}_acc']:.2f}% "
           f"({test_measures(entry['test_sa1'])}) ({entry['seconds']:.1f}s)", file=sys.stderr, flush=True)
