@@ -99,6 +99,11 @@ def test_command_line_flow(world, kind, tmp_path, capsys):
     assert calibrated["clean"] == plain["clean"] and plain["clean"]["."] > 0.3
     runs = [[r["accuracy"] for r in d["rates"][1]["runs"].values()] for d in (plain, calibrated)]
     assert runs[0] != runs[1]
+    if kind == "plain":  # measured targets in the deployed int8 graph too
+        assert run_cli(capsys, "validate", art, "--data", data, "--sa1", "0.2", "--runs", "1", "--images", "32",
+                       "--precision", "int8", "--calibration-images", "32", "--calibrate", "16",
+                       "--out", tmp_path / "i.json")[0] == 0
+        assert read_results(tmp_path / "i.json")["config"]["calibrate_targets"] == "measured"
 
 
 def test_a_model_without_normalisation_takes_mean_and_std(world, tmp_path, capsys):
@@ -183,13 +188,14 @@ def test_measured_targets_bring_a_faulty_chip_back_to_the_fault_free_statistics(
 @pytest.mark.parametrize("kind", ["bn", "plain"])
 def test_pipeline_flow(world, kind, tmp_path, capsys):
     shutil.copytree(world["data"], tmp_path / "data")
-    shutil.copy(world[kind], tmp_path / "cnn.onnx")
+    for f in world[kind].parent.glob(world[kind].name + "*"):  # the exporter keeps the weights in NAME.onnx.data
+        shutil.copy(f, tmp_path / f.name)
     (tmp_path / "p.toml").write_text(f"""\
 out = "run"
 data = "data"
 
 [model]
-onnx = "cnn.onnx"
+onnx = "{world[kind].name}"
 mean = {list(MEAN)}
 std = {list(STD)}
 
@@ -205,15 +211,14 @@ calibrate = 16
     plain, calibrated = (read_results(run / "model" / f) for f in ("results.json", "results-calibrated.json"))
     assert calibrated["config"]["calibrate_targets"] == "measured" and calibrated["clean"] == plain["clean"]
     report = (run / "report.md").read_text()
-    assert "the ONNX model `cnn.onnx`" in report and "BN re-alignment" not in report
+    assert f"the ONNX model `{world[kind].name}`" in report and "**BN re-alignment**" not in report
     assert f"| model | {100 * plain['clean']['.']:.2f}% |" in report
     code, out, _ = run_cli(capsys, "pipeline", tmp_path / "p.toml")  # nothing changed: nothing runs
     assert code == 0 and "0 of 4 steps ran" in out
 
 
 def test_pipeline_config_of_an_onnx_model_is_checked(world, tmp_path, capsys):
-    shutil.copy(world["plain"], tmp_path / "cnn.onnx")
-    head = 'out = "run"\ndata = "."\n\n[model]\nonnx = "cnn.onnx"\n'
+    head = f'out = "run"\ndata = "."\n\n[model]\nonnx = "{world["plain"]}"\n'
     tail = "\n[validate]\nsa1 = [0.1]\n"
     for extra, words in (('checkpoint = "x.pt"\n', "drop model.checkpoint"),
                          ("mean = [0.5, 0.5, 0.5]\n", "model.mean and model.std go together"),
@@ -248,3 +253,45 @@ def test_padding_only_where_it_helps_and_its_cost_reported_either_way(world, tmp
     onnx.save(m, str(tmp_path / "padded.onnx"))
     code, out, _ = run_cli(capsys, "passes", tmp_path / "padded.onnx", tmp_path / "c.onnx")
     assert code == 0 and "1x1 padding applied (trained padded" in out
+
+
+# --- the README's "Bring your own ONNX" block runs as written (smaller sizes) ----------------------
+
+BYO_SMALLER = [("--runs 10 --images 2000 --calibrate 256", "--runs 2 --images 200 --calibrate 64")]
+
+
+def byo_block() -> str:
+    import re
+
+    from conftest import ROOT
+
+    text = (ROOT / "README.md").read_text()
+    return re.search(r"```sh\n(.*?)```", text[text.index("### Bring your own ONNX"):], re.S).group(1)
+
+
+def test_the_byo_block_holds_what_the_test_shrinks():
+    block = byo_block()
+    for old, _ in BYO_SMALLER:
+        assert old in block
+
+
+@pytest.mark.slow
+def test_readme_bring_your_own_onnx_runs_as_written(tmp_path, shared_data, shared_resnet20, real_data_cache):
+    import os
+    import subprocess
+
+    from conftest import ROOT, SHARED
+
+    script = byo_block()
+    for old, new in BYO_SMALLER:
+        script = script.replace(old, new)
+    script = script.replace("source .venv/bin/activate", f"source {ROOT / '.venv' / 'bin' / 'activate'}")
+    script = script.replace("../shared", str(SHARED))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RRAM_")}  # a fresh shell
+    env["RRAM_CACHE"] = str(real_data_cache)
+    run = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=1500)
+    assert run.returncode == 0, run.stderr[-3000:]
+    doc = read_results(tmp_path / "byo" / "r20.json")
+    assert doc["config"]["calibrate"] == 64 and doc["config"]["calibrate_targets"] == "measured"
+    assert doc["clean"]["."] > 0.7 and doc["complete"]  # a working model, calibrated to measured targets
