@@ -293,7 +293,8 @@ def load_config(path: str | os.PathLike) -> Config:
     if onnx:
         values["recalibrate"] = {}
     elif model["arch"] is None:
-        _fail(path, "missing required key 'model.arch' (or model.onnx: an ONNX model instead of a checkpoint)")
+        _fail(path, "missing required key 'model.arch' in [model] (or model.onnx: an ONNX model instead of a "
+                    "checkpoint)")
     if model["checkpoint"] is None and not has_train and not onnx:
         _fail(path, "missing required key 'model.checkpoint' (without [train] there is no model to take "
                     "through the flow)")
