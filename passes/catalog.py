@@ -9,7 +9,10 @@ from .registry import Condition, Pass, registered
 from .upgrade_opset import OPSET_CURRENT
 
 # The order a deployment build uses: clean, fold, then reshape kernels for the crossbar mapper.
+# pad-1x1-to-3x3 is part of it where it helps (``pads_1x1``): a model trained with its 1x1 kernels
+# padded, or on request; otherwise padding would only multiply those layers' cells by 9.
 STANDARD = ("eliminate-identity", "fold-constants", "fold-bn", "pad-1x1-to-3x3", "eliminate-dead")
+PAD = "pad-1x1-to-3x3"
 # What `standard` needs of its input: an unmet condition is established by the registered pass that
 # ensures it, put first (upgrade-opset for an older opset), unless the list already has such a pass.
 STANDARD_REQUIRES = (OPSET_CURRENT,)
@@ -27,13 +30,31 @@ def _names(names) -> list[str]:
     return list(names)
 
 
-def resolve(names) -> list[Pass]:
-    """Pass names (a list or a comma-separated string; ``standard`` expands) -> Pass objects."""
+def pads_1x1(metadata: dict, requested: bool | None = None) -> bool:
+    """Whether ``standard`` pads 1x1 convolutions to 3x3: ``requested`` (True: --pad-1x1), else
+    only for a model trained that way, as ``rram export`` records it (``rram.model``'s
+    ``"padded"``; an ONNX model from elsewhere records nothing: not padded)."""
+    if requested is not None:
+        return bool(requested)
+    import json
+
+    from runtime.metadata import MODEL_KEY
+
+    try:
+        spec = json.loads(metadata.get(MODEL_KEY) or "{}")
+    except ValueError:
+        return False
+    return isinstance(spec, dict) and spec.get("padded") is True
+
+
+def resolve(names, *, pad: bool = True) -> list[Pass]:
+    """Pass names (a list or a comma-separated string; ``standard`` expands, without
+    pad-1x1-to-3x3 when ``pad`` is False) -> Pass objects. A pass named explicitly always runs."""
     known = registered()
     out: list[Pass] = []
     for n in _names(names):
         if n == "standard":
-            out.extend(known[s] for s in STANDARD)
+            out.extend(known[s] for s in STANDARD if pad or s != PAD)
         elif n in known:
             out.append(known[n])
         else:

@@ -44,6 +44,33 @@ def is_1x1_conv(node: gs.Node) -> bool:
     return shape == [1, 1]
 
 
+PAPER_CELLS_PER_WEIGHT = 2  # the paper preset: a differential pair of one-slice cells per weight
+
+
+def padding_cost(graph: gs.Graph) -> dict:
+    """What padding the 1x1 convolutions to 3x3 costs on the crossbar: the 1x1 convolutions,
+    and the weights of every mappable layer (Conv, Gemm, MatMul with a constant weight) before and
+    after padding, with the cells they take on the paper preset (2 per weight; other presets
+    scale with their cells per weight)."""
+    mapped = ones = convs = 0
+    seen = set()
+    for node in graph.nodes:
+        if node.op not in ("Conv", "Gemm", "MatMul") or len(node.inputs) < 2:
+            continue
+        w = resolve_constant(node.inputs[1])
+        if w is None or w.name in seen:
+            continue
+        seen.add(w.name)
+        size = int(np.prod(w.shape, dtype=np.int64))
+        mapped += size
+        if is_1x1_conv(node):
+            ones += size
+            convs += 1
+    padded = mapped + 8 * ones
+    return {"convs_1x1": convs, "weights": mapped, "weights_padded": padded,
+            "cells": PAPER_CELLS_PER_WEIGHT * mapped, "cells_padded": PAPER_CELLS_PER_WEIGHT * padded}
+
+
 def _unreported_1x1(graph: gs.Graph, ctx: PassContext) -> str | None:
     left = sum(1 for n in graph.nodes if is_1x1_conv(n))
     skipped = ctx.counts.get("skipped", 0)

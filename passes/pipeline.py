@@ -19,6 +19,7 @@ from runtime import metadata as md
 from . import bn_rates, catalog, model_io
 from .errors import PassError
 from .graph import PassContext, infer_shapes
+from .pad_1x1 import padding_cost
 from .registry import PassResult
 from .summary import summarize_graph
 from .verify import DEFAULT_TOLERANCE, Verifier, random_feeds
@@ -42,6 +43,7 @@ class Result:
     bn_rate: str | None = None
     written: list = field(default_factory=list)
     modified: dict = field(default_factory=dict)  # {pass name: whether it changed the graph}
+    padding: dict = field(default_factory=dict)  # padding_cost, with "applied" and "why"
 
     @property
     def seconds(self) -> float:
@@ -184,19 +186,24 @@ def _check_finite_parameters(model: onnx.ModelProto) -> None:
 
 def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERANCE, seed: int = 0,
         batch: int = 2, input_shapes: dict | None = None, inputs: list[dict] | None = None,
-        bn_rate: str | None = None) -> Result:
+        bn_rate: str | None = None, normalization: md.Normalization | None = None,
+        pad_1x1: bool | None = None) -> Result:
     """Run the named passes on ``model`` (a path or an ``onnx.ModelProto``, never modified) and
     return a :class:`Result` whose ``.model`` is the rewritten model.
 
     ``verify``: compare with onnxruntime after each pass, once at the end, or not at all;
     ``inputs``: extra feed dicts (e.g. real images) verified besides the seeded random ones, or a
     function ``f(reference_model) -> list of feed dicts``;
-    ``bn_rate``: which per-rate BN statistics to use (models from ``rram export``)."""
+    ``bn_rate``: which per-rate BN statistics to use (models from ``rram export``);
+    ``normalization``: the input normalisation to record (``rram.normalization``) in a model that
+    records none (an ONNX model exported elsewhere; the embed-normalization pass can then embed it);
+    ``pad_1x1``: whether ``standard`` pads 1x1 convolutions to 3x3 (None: only where the model
+    records that it was trained padded: ``rram.model``'s "padded"; an explicit pad-1x1-to-3x3
+    in the list always runs). ``Result.padding`` reports what padding costs, applied or not."""
     if verify not in VERIFY_MODES:
         raise PassError(f"verify must be one of {', '.join(VERIFY_MODES)}, got {verify!r}")
     if not (tolerance >= 0):
         raise PassError(f"tolerance must be a non-negative number, got {tolerance}")
-    passes = catalog.resolve(names)
     if isinstance(model, (str, os.PathLike)):
         model = model_io.load(model)
     else:
@@ -204,6 +211,9 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
 
     work = _copy(model)
     meta = {p.key: p.value for p in work.metadata_props}
+    if normalization is not None:
+        record_normalization(meta, normalization)
+    passes = catalog.resolve(names)
     available = bn_rates.rates(meta)
     extra = bn_rates.split_rate_initializers(work)
     ctx = PassContext(options={"bn_rate": bn_rate}, metadata=meta)
@@ -243,6 +253,10 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
     graph = _graph_of(work)
     infer_shapes(graph, ctx)
     before = summarize_graph(graph)
+    # `standard` pads 1x1 kernels where it helps (catalog.pads_1x1); the cost is reported either way
+    padding = padding_cost(graph)
+    wanted = catalog.pads_1x1(meta, pad_1x1)
+    passes = catalog.resolve(names, pad=wanted or not padding["convs_1x1"])
     # What the list asks of its input and no pass of it ensures: its provider goes first
     # (`standard` on an older opset: upgrade-opset).
     passes = catalog.establish(names, passes, graph, ctx)
@@ -291,10 +305,26 @@ def run(model, names, *, verify: str = "end", tolerance: float = DEFAULT_TOLERAN
                             f"{res['output']!r} differs by {res['max_rel_diff']:.3g}, tolerance "
                             f"{tolerance:g} (no single pass exceeds it)")
         verification = res
-    return Result(model=out, passes=names_run, before=before, after=summarize_graph(graph),
+    padding["applied"] = bool(padding["convs_1x1"]) and catalog.PAD in names_run
+    padding["why"] = ("requested" if pad_1x1 else "not requested") if pad_1x1 is not None else \
+        ("trained padded (rram.model)" if wanted else "not trained padded (rram.model)")
+    return Result(model=out, passes=names_run, before=before, after=summarize_graph(graph), padding=padding,
                   warnings=ctx.warnings, stats=ctx.stats, summaries=ctx.summaries,
                   pass_seconds=timings, verify_seconds=verify_seconds, export_seconds=export_seconds,
                   verification=verification, bn_rate=chosen, modified=modified)
+
+
+def record_normalization(meta: dict, norm: md.Normalization) -> None:
+    """``norm`` as the model's ``rram.normalization``: refused where the model records another or
+    embeds one in its graph (the same as recorded changes nothing)."""
+    if md.NORMALIZATION_EMBEDDED_KEY in meta:
+        raise PassError(f"the model embeds its input normalisation in the graph ({md.NORMALIZATION_EMBEDDED_KEY}): "
+                        f"it takes images in [0, 1]; drop --mean/--std")
+    recorded = md.Normalization.from_metadata(meta, "the model")
+    if recorded is not None and recorded != norm:
+        raise PassError(f"the model records its own input normalisation {recorded.to_dict()} "
+                        f"({md.NORMALIZATION_KEY}); --mean/--std give {norm.to_dict()}")
+    meta[md.NORMALIZATION_KEY] = norm.to_metadata()
 
 
 def run_file(src, dst, names, **kwargs) -> Result:

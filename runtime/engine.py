@@ -10,7 +10,16 @@ import numpy as np
 from . import PRECISIONS
 from .artifact.deployed import DeployedModel, append_initializers
 from .artifact.layout import MODEL_NAME
-from .calibration import CALIBRATION_BATCH, CalibrationImages, ChipCalibrator, targets_from_metadata
+from .calibration import (
+    CALIBRATION_BATCH,
+    BNTarget,
+    CalibrationImages,
+    ChipCalibrator,
+    calibrated_layers,
+    measured_targets,
+    target_kind,
+    targets_from_metadata,
+)
 from .errors import RuntimeInputError
 from .faults import Chip, faulty_levels
 from .int8 import prepare_int8, quantize_input
@@ -26,7 +35,8 @@ class Engine:
                  batch_size: int = 128, threads: int | None = None, providers: list[str] | None = None,
                  normalized: np.ndarray | None = None, precision: str = "fp32",
                  calibration: np.ndarray | None = None, calibrate: np.ndarray | None = None,
-                 periphery: dict | None = None, calibrate_batch: int = CALIBRATION_BATCH):
+                 periphery: dict | None = None, calibrate_batch: int = CALIBRATION_BATCH,
+                 calibrate_targets: str = "auto"):
         """``calibration``: uint8 NHWC training images, for ``precision="int8"`` only (activation
         ranges). ``calibrate``: uint8 NHWC training images on which every chip's periphery is
         calibrated (per-chip BN re-estimation, runtime/calibration/; with int8 measured and applied
@@ -34,7 +44,10 @@ class Engine:
         ``periphery``: instead, one chip's digital (scale, offset) per layer, as `rram calibrate`
         wrote them; used for every chip evaluated (a measured chip's file). ``calibrate_batch``: the
         most calibration images measured as one batch; more are streamed in batches of that size
-        (of the model's own where it fixes one), in memory that does not grow with their number."""
+        (of the model's own where it fixes one), in memory that does not grow with their number.
+        ``calibrate_targets``: what each calibrated layer is brought back to: "bn" (the BN targets
+        fold-bn recorded), "measured" (the fault-free deployed model's statistics on the
+        calibration images, every mapped Conv/Gemm layer), "auto" (bn where recorded)."""
         if len(images) != len(labels) or len(labels) == 0:
             raise RuntimeInputError(f"{len(images)} images but {len(labels)} labels")
         self.model = model
@@ -60,7 +73,6 @@ class Engine:
             self.feed_name, self.feed = self.int8.input_name, quantize_input(self.x, self.int8)
         self.calibrator, self.periphery = None, periphery
         if calibrate is not None or periphery is not None:
-            targets = targets_from_metadata(model.metadata, model.folder / MODEL_NAME)
             # the calibration images stay uint8, normalised (and quantised) one batch at a time:
             # more than CALIBRATION_BATCH of them are streamed (runtime/calibration.Statistics),
             # in batches of the model's own size where it fixes one
@@ -69,6 +81,23 @@ class Engine:
 
             def session(data):
                 return make_session(data, providers=self.providers, threads=self.threads, shared_arena=True)
+
+            self.targets_kind = target_kind(model.metadata, calibrate_targets, model.folder / MODEL_NAME)
+            layers = calibrated_layers(model.base_model(), model.weight_names)
+            if calibrate is None:  # a chip's file gives the periphery: the targets only name its layers
+                unknown = [out for out in periphery if out not in layers]
+                if unknown:
+                    raise RuntimeInputError(f"the chip's calibration names {unknown[0]!r}, not a mapped Conv or "
+                                            f"Gemm output of {model.folder / MODEL_NAME}")
+                targets = {out: BNTarget.measured(np.zeros(len(a)), np.ones(len(a)))
+                           for out, (a, _) in periphery.items()}
+            elif self.targets_kind == "bn":
+                targets = targets_from_metadata(model.metadata, model.folder / MODEL_NAME)
+            else:  # measured once, on the fault-free fp32 deployed model (calibration.measured)
+                targets = measured_targets(
+                    model.model_bytes_with(), layers,
+                    CalibrationImages(model.input_name, calibrate, lambda x: normalize_images(x, norm)),
+                    session, fixed=fixed_calibrate)
 
             if precision == "fp32":
                 calib = None if calibrate is None else CalibrationImages(
@@ -147,7 +176,8 @@ def check_normalization(artifact) -> None:
         # Guessing (e.g. CIFAR statistics, or none) silently gives a wrong accuracy. A model whose
         # normalisation is in the graph (embed-normalization) takes the images in [0, 1].
         raise RuntimeInputError(f"{artifact.path}: model.onnx records no input normalisation "
-                                f"(metadata {NORMALIZATION_KEY}); export it with rram export")
+                                f"(metadata {NORMALIZATION_KEY}): give --mean R,G,B --std R,G,B (of images in "
+                                f"[0, 1]), or record them with `rram passes IN OUT --mean .. --std ..`")
     norms = {m.normalization for m in artifact.models.values()}
     if len(norms) > 1:
         raise RuntimeInputError(f"{artifact.path}: the models use different input normalisations")

@@ -4,7 +4,10 @@
 quantizer adds ``rram.device``, the runtime reads the normalisation and the BN rate. Every module
 takes the key names from here (docs/architecture.md).
 
-- ``rram.model`` JSON ModelSpec; ``rram.normalization`` JSON {"mean": [3], "std": [3]};
+- ``rram.model`` JSON ModelSpec (its ``"padded"``: trained with 1x1 kernels padded to 3x3, which
+  the passes' ``standard`` reads: passes/catalog.pads_1x1); ``rram.normalization`` JSON {"mean":
+  [3], "std": [3]} (of images in [0, 1]; ``rram passes --mean/--std`` records it in a model from
+  elsewhere);
   ``rram.drop_rate`` training drop-connect rate; ``rram.input_layout`` a description;
   ``rram.source`` the file name of the checkpoint it came from (its name only, not its folder: the
   model's bytes and sha256 are the same wherever an identical build ran; `rram export --json`

@@ -69,10 +69,13 @@ def test_kept_nodes_do_not_break_the_guarantee():
 
 
 def test_modified_is_reported(custom):
-    res = passes.run(conv_bn_model(k=1, pads=[0, 0, 0, 0]), ["summary", "standard", "upgrade-opset"])
+    res = passes.run(conv_bn_model(k=1, pads=[0, 0, 0, 0]), ["summary", "standard", "upgrade-opset"], pad_1x1=True)
     assert res.modified == {"summary": False, "eliminate-identity": False, "fold-constants": False,
                             "fold-bn": True, "pad-1x1-to-3x3": True, "eliminate-dead": False,
                             "upgrade-opset": False}
+    # not trained padded (no rram.model saying so), not asked: `standard` leaves the 1x1 kernel
+    res = passes.run(conv_bn_model(k=1, pads=[0, 0, 0, 0]), "standard")
+    assert "pad-1x1-to-3x3" not in res.modified and not res.padding["applied"] and res.padding["convs_1x1"] == 1
     # An older pass returning None rewrote the graph in place: taken as modified.
     custom("test-legacy", lambda g, c: None)
     assert passes.run(conv_bn_model(), ["test-legacy"], verify="off").modified == {"test-legacy": True}

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import RuntimeInputError
-from ..metadata import BN_RATE_KEY
+from ..metadata import BN_RATE_KEY, NORMALIZATION_EMBEDDED_KEY, NORMALIZATION_KEY, Normalization
 from .deployed import DeployedModel
 from .layout import MODEL_NAME
 
@@ -19,6 +19,7 @@ from .layout import MODEL_NAME
 class Artifact:
     path: Path
     models: dict[str, DeployedModel]  # name ("." for a plain quantized folder) -> model
+    normalization_given: Normalization | None = None  # --mean/--std for models that record none
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Artifact:
@@ -32,7 +33,7 @@ class Artifact:
             raise RuntimeInputError(f"{path} is not a quantized artifact: no {MODEL_NAME} in it or its subfolders")
         models = {p.name: DeployedModel.load(p) for p in subs}
         missing = [n for n, m in models.items() if m.bn_rate is None]
-        if missing:
+        if missing and len(models) > 1:  # one model in a subfolder (rate-<r>/) needs none
             raise RuntimeInputError(f"{path}: with several models each needs {BN_RATE_KEY} metadata; "
                                     f"{missing[0]} has none")
         rates = [m.bn_rate for m in models.values()]
@@ -44,6 +45,29 @@ class Artifact:
         if len(devices) > 1 or len(cells) > 1:
             raise RuntimeInputError(f"{path}: the models are mapped onto different crossbars")
         return cls(path, models)
+
+    def with_normalization(self, norm: Normalization | None) -> Artifact:
+        """The artifact with ``norm`` (--mean/--std: per-channel, of images in [0, 1]) as the input
+        normalisation of models that record none (an ONNX model exported elsewhere); the same as
+        a recorded one changes nothing, another is refused, as is one for a model whose
+        normalisation is embedded in its graph. Where it is used, ``normalization_given`` says so
+        (results files record it: it changes every number)."""
+        if norm is None:
+            return self
+        for m in self.models.values():
+            where = m.folder / MODEL_NAME
+            if NORMALIZATION_EMBEDDED_KEY in m.metadata:
+                raise RuntimeInputError(f"{where} embeds its input normalisation in the graph (it takes images in "
+                                        f"[0, 1]): drop --mean/--std")
+            recorded = m.normalization
+            if recorded is None:
+                m.metadata[NORMALIZATION_KEY] = norm.to_metadata()
+                self.normalization_given = norm
+            elif not all(math.isclose(a, b, rel_tol=1e-6) for a, b in zip(recorded.mean + recorded.std,
+                                                                           norm.mean + norm.std)):
+                raise RuntimeInputError(f"{where} records its own input normalisation {recorded.to_dict()}; "
+                                        f"--mean/--std give {norm.to_dict()} (drop them)")
+        return self
 
     @property
     def first(self) -> DeployedModel:

@@ -6,18 +6,20 @@ per-channel scale and offset after each crossbar column change. The PyTorch refe
 (`rram eval --sa1 P --calibrate N`) and the fault campaign take the same N training images,
 chosen here from the seed alone, so that both calibrate every chip on the same data.
 
-Modules: ``targets`` (the images and the BN targets), ``graphs`` (the statistics graphs),
+Modules: ``targets`` (the images and the BN targets), ``measured`` (targets measured on the
+fault-free model, for a model that records no BN target), ``graphs`` (the statistics graphs),
 ``stream`` (one batch or streamed), ``periphery`` (``ChipCalibrator``), ``chip_file`` (a measured
 chip's calibration file)."""
 from .chip_file import CHIP_FORMAT, CHIP_VERSION, MAX_CHIP_SCALE, chip_calibration_doc, read_chip_calibration
 from .graphs import measure, pruned, stats_model, streamed_stats_model
+from .measured import calibrated_layers, measured_targets
 from .periphery import ChipCalibrator
 from .stream import CALIBRATION_BATCH, CalibrationImages, Statistics, calibration_images
-from .targets import BNTarget, calibration_indices, targets_from_metadata
+from .targets import TARGET_KINDS, BNTarget, calibration_indices, target_kind, targets_from_metadata
 
 __all__ = [
     "BNTarget", "CALIBRATION_BATCH", "CHIP_FORMAT", "CHIP_VERSION", "CalibrationImages", "ChipCalibrator",
-    "MAX_CHIP_SCALE", "Statistics", "calibration_images", "calibration_indices", "chip_calibration_doc",
-    "measure", "pruned", "read_chip_calibration", "stats_model", "streamed_stats_model",
-    "targets_from_metadata",
+    "MAX_CHIP_SCALE", "Statistics", "TARGET_KINDS", "calibrated_layers", "calibration_images", "calibration_indices",
+    "chip_calibration_doc", "measure", "measured_targets", "pruned", "read_chip_calibration", "stats_model",
+    "streamed_stats_model", "target_kind", "targets_from_metadata",
 ]

@@ -1,11 +1,14 @@
-"""Which calibration images a chip sees (chosen from the seed alone) and the BN targets (the
-recorded batch-norm statistics) the periphery is calibrated to."""
+"""Which calibration images a chip sees (chosen from the seed alone) and the targets the periphery
+is calibrated to: the BN targets (the batch-norm statistics fold-bn recorded), or, for a model that
+records none (BN folded by its exporter, or no BN at all), targets measured on the fault-free
+deployed model (``BNTarget.measured``, ``calibration.measured``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
 
+from .. import CALIBRATE_TARGETS
 from ..errors import RuntimeInputError
 
 # Mixed into the seed so that the calibration draw is independent of the fault maps' streams.
@@ -42,24 +45,56 @@ class BNTarget:
         """eps s^2: BN's epsilon expressed in the folded layer's units."""
         return self.epsilon * self.fold_scale ** 2
 
+    @classmethod
+    def measured(cls, mean: np.ndarray, var: np.ndarray) -> BNTarget:
+        """The target of a layer without a recorded BN: its output's per-channel ``mean`` and
+        (population) ``var`` on the fault-free deployed model. gamma = sqrt(var + floor) and beta
+        = mean, so a fault-free chip is left as it is (scale 1, offset its bias) and a faulty one
+        is brought back to the fault-free statistics; the floor (MEASURED_FLOOR of the layer's
+        mean variance, as BN's epsilon) keeps a constant channel's scale finite and non-zero."""
+        mean, var = np.asarray(mean, np.float64), np.maximum(np.asarray(var, np.float64), 0.0)
+        floor = MEASURED_FLOOR * float(var.mean()) if var.size else 0.0
+        floor = floor if floor > 0 else np.finfo(np.float32).tiny
+        return cls(np.sqrt(var + floor), mean, 1.0, np.full(var.shape, np.sqrt(floor)))
+
     def affine(self, mean: np.ndarray, var: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel (scale, offset) that give the measured channel its target again."""
         scale = np.abs(self.gamma) / np.sqrt(np.asarray(var, np.float64) + self.variance_floor)
         return scale, self.beta - scale * np.asarray(mean, np.float64)
 
 
+MEASURED_FLOOR = 1e-5  # a measured target's variance floor, relative to the layer's mean variance
+
+# --calibrate-targets: the BN targets where the model records them, else measured ("auto"), or
+# always one kind ("bn" refuses a model without them; "measured" ignores recorded ones)
+TARGET_KINDS = CALIBRATE_TARGETS
+
+
+def target_kind(metadata: dict[str, str], requested: str = "auto", where="the model") -> str:
+    """Which targets calibration uses: "bn" (recorded by fold-bn) or "measured"."""
+    from ..metadata import BN_TARGETS_KEY
+
+    if requested not in TARGET_KINDS:
+        raise RuntimeInputError(f"calibrate targets must be one of {', '.join(TARGET_KINDS)}, got {requested!r}")
+    if requested == "auto":
+        return "bn" if metadata.get(BN_TARGETS_KEY) else "measured"
+    if requested == "bn" and not metadata.get(BN_TARGETS_KEY):
+        raise RuntimeInputError(f"{where} records no BN targets ({BN_TARGETS_KEY}): calibrate it to targets "
+                                f"measured on the fault-free model (--calibrate-targets measured or auto), or "
+                                f"rebuild it with `rram passes IN --out OUT --passes standard` (fold-bn records them)")
+    return requested
+
+
 def targets_from_metadata(metadata: dict[str, str], where) -> dict[str, BNTarget]:
     """The BN targets an artifact records (``rram.bn_targets``, written by fold-bn), or a one-line
-    error naming the commands that rebuild an artifact quantized before per-chip calibration."""
+    error: a model without them is calibrated to measured targets (``target_kind``)."""
     import json
 
     from ..metadata import BN_TARGETS_KEY
 
     text = metadata.get(BN_TARGETS_KEY)
     if not text:
-        raise RuntimeInputError(f"{where} records no BN targets ({BN_TARGETS_KEY}), so its periphery cannot be "
-                                f"calibrated per chip: rebuild it with `rram passes IN --out OUT --passes standard` "
-                                f"(fold-bn records them) and `rram quantize`")
+        target_kind(metadata, "bn", where)  # raises, naming the remedies
     try:
         return {k: BNTarget.from_dict(v) for k, v in json.loads(text).items()}
     except (ValueError, KeyError, TypeError) as e:

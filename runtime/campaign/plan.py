@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import PRECISIONS
+from .. import CALIBRATE_TARGETS, PRECISIONS
 from ..errors import RuntimeInputError
 from ..results import images_digest
 from ..subsets import MIN_IMAGES, PILOT_IMAGES
@@ -74,6 +74,7 @@ class CampaignConfig:
     shard: tuple[int, int] = (1, 1)
     ray: bool | str | None = None
     place: bool = False  # each chip placed with its own faults first (runtime/placement.py)
+    calibrate_targets: str = "auto"  # with calibration images: "bn", "measured" or "auto" (calibration.targets)
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalise the fields once, here
@@ -84,6 +85,9 @@ class CampaignConfig:
         from ..artifact import check_stats_rate
 
         set_(self, "stats_rate", check_stats_rate(self.stats_rate))
+        if self.calibrate_targets not in CALIBRATE_TARGETS:
+            raise RuntimeInputError(f"calibrate targets must be one of {', '.join(CALIBRATE_TARGETS)}, "
+                                    f"got {self.calibrate_targets!r}")
         if self.precision not in PRECISIONS:
             raise RuntimeInputError(f"unknown precision {self.precision!r}: choose {', '.join(PRECISIONS)}")
         k, n = self.shard
@@ -153,7 +157,8 @@ class CampaignConfig:
             if calibration is None:
                 raise RuntimeInputError("--precision int8 needs calibration images")
             config["calibration_sha256"] = images_digest(calibration, np.zeros(0, np.int64))
-        config.update(calibrate_config(calibrate))  # part of every run: it belongs to the identity
+        # part of every run: it belongs to the identity
+        config.update(calibrate_config(calibrate, artifact, self.calibrate_targets))
         if self.ci is not None:
             config["ci"], config["min_runs"] = float(self.ci), int(self.min_runs)
         if self.images_auto:
@@ -164,6 +169,7 @@ class CampaignConfig:
             total = len(images)
             config["images_auto"] = {"pilot": int(min(self.pilot_images, total)),
                                      "min": int(min(self.min_images, total))}
+        config.update(normalization_config(artifact))
         if self.place:  # what placement does is part of every number: the identity
             from ..placement import placement_config
 
@@ -177,11 +183,29 @@ class CampaignConfig:
         return json.loads(json.dumps(config))  # as a file holds it (tuples -> lists)
 
 
-def calibrate_config(calibrate: np.ndarray | None) -> dict:
-    """How chips were calibrated, for a results file's config (nothing when they were not)."""
+def calibrate_config(calibrate: np.ndarray | None, artifact: Artifact | None = None,
+                     targets: str = "auto") -> dict:
+    """How chips were calibrated, for a results file's config (nothing when they were not):
+    the images, and ``calibrate_targets: "measured"`` where the targets were measured on the
+    fault-free model (a model without recorded BN targets, or --calibrate-targets measured;
+    absent: the recorded BN targets, as in every file written before measured targets)."""
     if calibrate is None:
         return {}
-    return {"calibrate": int(len(calibrate)), "calibrate_sha256": images_digest(calibrate, np.zeros(0, np.int64))}
+    out = {"calibrate": int(len(calibrate)), "calibrate_sha256": images_digest(calibrate, np.zeros(0, np.int64))}
+    if artifact is not None:
+        from ..calibration.targets import target_kind
+
+        kinds = {target_kind(m.metadata, targets, m.folder) for m in artifact.models.values()}
+        if "measured" in kinds:
+            out["calibrate_targets"] = "measured"
+    return out
+
+
+def normalization_config(artifact: Artifact) -> dict:
+    """The input normalisation given with --mean/--std (``Artifact.with_normalization``), for a
+    results file's config: nothing when the model recorded its own (its sha256 says it)."""
+    norm = getattr(artifact, "normalization_given", None)
+    return {} if norm is None else {"normalization": norm.to_dict()}
 
 
 def check_same(doc: dict, config: dict, shard, path) -> None:

@@ -6,9 +6,12 @@ CHIP --chip-calibration FILE` validates the chip with them (docs/runtime.md)."""
 from __future__ import annotations
 
 from .common import (
+    add_artifact_normalization_args,
     add_bn_rate_arg,
+    add_calibrate_targets_arg,
     add_data_args,
     add_int8_images_arg,
+    artifact_with_normalization,
     calibration_images,
     int8_calibration_indices,
     new_output_file,
@@ -36,6 +39,8 @@ def add_parser(sub) -> None:
     add_int8_images_arg(p)
     p.add_argument("--placement", default=None, metavar="FILE",
                    help="the chip's placement (`rram place`): calibrate the placed chip (default: the fixed mapping)")
+    add_calibrate_targets_arg(p)
+    add_artifact_normalization_args(p)
     p.add_argument("--out", required=True, help=f"output folder (gets {FILE_NAME})")
     p.set_defaults(func=run)
 
@@ -49,7 +54,7 @@ def run(args) -> int:
 
     out = new_output_file(Path(args.out) / FILE_NAME)
     stats_rate = parse_stats_rate(args.bn_rate)
-    artifact = Artifact.load(args.artifact)
+    artifact = artifact_with_normalization(Artifact.load(args.artifact), args)
     engine_kw = {"precision": args.precision}
     if args.precision == "int8":  # the activation ranges `rram validate --precision int8` sets
         from ..data import load_split
@@ -57,7 +62,8 @@ def run(args) -> int:
         train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache)
         engine_kw["calibration"] = train.images[int8_calibration_indices(len(train), args.calibration_images)]
     doc = calibrate_fault_map(artifact, args.fault_map, calibration_images(args), stats_rate=stats_rate,
-                              engine_kw=engine_kw, placement=args.placement)
+                              engine_kw=engine_kw, placement=args.placement,
+                              calibrate_targets=args.calibrate_targets)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, doc)
     print(f"wrote {out}: {len(doc['layers'])} calibrated layers, {args.calibrate} calibration images")

@@ -240,9 +240,48 @@ def add_model_args(p: argparse.ArgumentParser, *, checkpoint_required: bool = Tr
     add_normalization_args(p)
 
 
-def add_normalization_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--mean", default=None, help="input mean r,g,b (foreign checkpoints)")
-    p.add_argument("--std", default=None, help="input std r,g,b (foreign checkpoints)")
+def add_normalization_args(p: argparse.ArgumentParser, *, what: str = "foreign checkpoints") -> None:
+    p.add_argument("--mean", default=None, help=f"input mean r,g,b of images in [0, 1] ({what})")
+    p.add_argument("--std", default=None, help=f"input std r,g,b of images in [0, 1] ({what})")
+
+
+ONNX_NORMALIZATION = "ONNX models that record none, e.g. not exported by rram export"
+
+
+def add_artifact_normalization_args(p: argparse.ArgumentParser) -> None:
+    """--mean/--std for an artifact whose model records no input normalisation (an ONNX model from
+    elsewhere): used for every image it is given, and recorded in the results."""
+    add_normalization_args(p, what=ONNX_NORMALIZATION)
+
+
+def artifact_with_normalization(artifact, args):
+    """``artifact`` given --mean/--std (``Artifact.with_normalization``: refused where the model
+    records another or embeds its own), a one-line error otherwise."""
+    from runtime.errors import RuntimeInputError
+
+    norm = normalization_from_args(args)
+    try:
+        return artifact.with_normalization(norm)
+    except RuntimeInputError as e:
+        raise UserError(str(e)) from None
+
+
+def add_calibrate_targets_arg(p: argparse.ArgumentParser) -> None:
+    """--calibrate-targets: what per-chip calibration brings each layer back to."""
+    from runtime import CALIBRATE_TARGETS
+
+    p.add_argument("--calibrate-targets", choices=CALIBRATE_TARGETS, default="auto",
+                   help="with --calibrate: bn = the BN statistics fold-bn recorded (layers followed by BN); "
+                        "measured = every mapped layer's per-channel statistics on the fault-free model, measured "
+                        "on the same calibration images (models whose exporter folded BN, or without BN); auto "
+                        "(default): bn where the model records them, else measured (docs/runtime.md)")
+
+
+def check_calibrate_targets(args) -> None:
+    """--calibrate-targets only with --calibrate (an option that does not apply is refused)."""
+    if getattr(args, "calibrate_targets", "auto") != "auto" and getattr(args, "calibrate", None) is None:
+        raise UserError(f"--calibrate-targets {args.calibrate_targets} chooses the targets of --calibrate N: "
+                        f"give --calibrate too")
 
 
 def normalization_from_args(args) -> Normalization | None:

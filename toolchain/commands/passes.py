@@ -63,9 +63,14 @@ def add_parser(sub) -> None:
     p.add_argument("--real-images", dest="images", type=positive_int, default=None, metavar="N",
                    help="with --data: verify on this many test images too (default 16)")
     hidden_alias(p, "--images", "images", type=positive_int)
-    p.add_argument("--mean", default=None, help="with --data: input mean r,g,b (default: the model's "
-                   "rram.normalization metadata, else CIFAR-10's)")
-    p.add_argument("--std", default=None, help="with --data: input std r,g,b (default: as --mean)")
+    p.add_argument("--mean", default=None,
+                   help="input mean r,g,b of images in [0, 1], recorded in OUT (rram.normalization) for a model "
+                        "that records none (an ONNX model exported elsewhere): validate, calibrate and sensitivity "
+                        "then need no --mean/--std; with --data, the verification images are normalised with it")
+    p.add_argument("--std", default=None, help="input std r,g,b of images in [0, 1] (as --mean)")
+    p.add_argument("--pad-1x1", action="store_true",
+                   help="let standard pad 1x1 convolutions to 3x3 (default: only models trained padded, as rram "
+                        "export records it; padding multiplies those layers' cells by 9, reported either way)")
     p.add_argument("--json", action="store_true", help="print a JSON object")
     p.set_defaults(func=run)
 
@@ -112,6 +117,19 @@ def _image_feeds(args):
     return feeds
 
 
+def padding_line(padding: dict) -> str:
+    """What padding the 1x1 convolutions costs, applied or not (passes.pad_1x1.padding_cost)."""
+    def cells(n: int) -> str:
+        return f"{n / 1e6:.1f} M" if n >= 1e6 else f"{n:,}"
+
+    c, cp = padding["cells"], padding["cells_padded"]
+    cost = (f"{padding['convs_1x1']} 1x1 convolution(s); padded to 3x3 the mapped cells go from {cells(c)} to "
+            f"{cells(cp)} (x{cp / max(c, 1):.2f}, paper preset)")
+    if padding["applied"]:
+        return f"1x1 padding applied ({padding['why']}): {cost}"
+    return f"1x1 padding not applied ({padding['why']}; --pad-1x1 applies it): {cost}"
+
+
 def run(args) -> int:
     import passes as P
 
@@ -123,12 +141,13 @@ def run(args) -> int:
     if not args.input:
         raise UserError("give IN.onnx and --out OUT.onnx, or --list (see `rram passes --help`)")
     args.output = output_of(args, "output", "passes")
-    if not args.data and (args.images is not None or args.mean is not None or args.std is not None):
-        raise UserError("--real-images/--mean/--std choose the real images of --data: give --data too")
+    if not args.data and args.images is not None:
+        raise UserError("--real-images chooses the real images of --data: give --data too")
     res = P.run_file(args.input, args.output, args.passes, verify=args.verify,
                      tolerance=P.DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance,
                      seed=args.seed, batch=args.batch, input_shapes=dict(args.input_shape),
-                     inputs=_image_feeds(args) if args.data else None, bn_rate=args.bn_rate)
+                     inputs=_image_feeds(args) if args.data else None, bn_rate=args.bn_rate,
+                     normalization=normalization_from_args(args), pad_1x1=True if args.pad_1x1 else None)
     for w in res.warnings:
         print(f"rram: warning: {w}", file=sys.stderr)
     v = res.verification
@@ -136,13 +155,15 @@ def run(args) -> int:
               "before": res.before, "after": res.after, "stats": res.stats, "warnings": res.warnings,
               "pass_seconds": {k: round(t, 4) for k, t in res.pass_seconds.items()},
               "export_seconds": round(res.export_seconds, 3), "verify_seconds": round(res.verify_seconds, 3),
-              "verification": v, "written": [str(p) for p in res.written]}
+              "verification": v, "padding": res.padding, "written": [str(p) for p in res.written]}
     if args.json:
         json.dump(result, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
     from passes.summary import format_summary
     print(format_summary(res.before, res.after))
+    if res.padding.get("convs_1x1"):
+        print(padding_line(res.padding))
     print(f"passes {','.join(res.passes)}: {res.seconds:.3f} s"
           + (f", BN statistics of rate {res.bn_rate}" if res.bn_rate else ""))
     if v:

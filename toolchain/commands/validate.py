@@ -13,11 +13,15 @@ from runtime.subsets import PILOT_IMAGES
 from ..data import EVAL_SPLITS, check_for_model, load_split
 from ..errors import UserError
 from .common import (
+    add_artifact_normalization_args,
     add_bn_rate_arg,
+    add_calibrate_targets_arg,
     add_data_args,
     add_int8_images_arg,
     add_ray_arg,
+    artifact_with_normalization,
     calibration_images,
+    check_calibrate_targets,
     check_ray,
     float_list,
     int8_calibration_indices,
@@ -77,6 +81,8 @@ def add_parser(sub) -> None:
                    help="per-chip calibration: on each simulated chip re-estimate every BN-folded layer's "
                         "per-channel statistics from N training images chosen by --seed, and set the digital "
                         "scale/offset, before evaluating (default: off; docs/runtime.md)")
+    add_calibrate_targets_arg(p)
+    add_artifact_normalization_args(p)
     p.add_argument("--out", required=True, help="results JSON (written after every run)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="int8: activations quantised as a DAC/ADC would (onnxruntime static "
@@ -134,7 +140,8 @@ def campaign_config(args):
             runs=RUNS if args.runs is None else args.runs, seed=args.seed, stats_rate=parse_stats_rate(args.bn_rate),
             precision=args.precision, ci=args.ci, min_runs=args.min_runs, images_auto=args.images == "auto",
             protect=None if args.protect is None else tuple(split_list(args.protect, "--protect")),
-            shard=parse_shard(args.shard), ray=args.ray, place=args.place)
+            shard=parse_shard(args.shard), ray=args.ray, place=args.place,
+            calibrate_targets=args.calibrate_targets)
     except RuntimeInputError as e:
         raise UserError(str(e)) from None
 
@@ -148,6 +155,7 @@ def run(args) -> int:
     from ..data import subset_indices
 
     config = None
+    check_calibrate_targets(args)
     if args.fault_map:
         given = [flag for flag, given in _CAMPAIGN_ONLY if given(args)]
         if given:
@@ -169,7 +177,7 @@ def run(args) -> int:
     auto = args.images == "auto"
     stats_rate = parse_stats_rate(args.bn_rate)
     check_output_path(args.out)
-    artifact = Artifact.load(args.artifact)  # before the (slower) image loading: fail fast
+    artifact = artifact_with_normalization(Artifact.load(args.artifact), args)  # before the images: fail fast
     split = load_split(args.data, args.split, cache_dir=args.cache_dir, use_cache=not args.no_cache)
     classes = _output_classes(artifact)
     if classes is not None:  # (the image size the runtime checks against the model's input)
@@ -197,7 +205,7 @@ def run(args) -> int:
                                      engine_kw={**engine_kw, "precision": args.precision,
                                                 "calibration": calibration}, info=info, calibrate=calibrate,
                                      chip_calibration=args.chip_calibration, place=args.place,
-                                     placement=args.placement)
+                                     placement=args.placement, calibrate_targets=args.calibrate_targets)
             write_results(doc, args.out)
         if args.json:
             print(json.dumps({k: doc[k] for k in ("config", "clean", "chip")}, indent=1))

@@ -58,11 +58,19 @@ def _export(pipe: Pipeline, step: Step, resume: bool) -> list[list[str]]:
 def _passes(pipe: Pipeline, step: Step, resume: bool) -> list[list[str]]:
     p = pipe.v["passes"]
     (src,) = step.inputs.values()
-    return [argv("passes", src, out=out, passes=p["passes"], bn_rate=rate, tolerance=p["tolerance"])
+    if pipe.onnx:  # one model, no BN rates; its normalisation recorded when the config gives it
+        m = pipe.v["model"]
+        return [argv("passes", src, out=step.outputs[0], passes=p["passes"], tolerance=p["tolerance"],
+                     pad_1x1=p["pad_1x1"], mean=m["mean"], std=m["std"])]
+    return [argv("passes", src, out=out, passes=p["passes"], bn_rate=rate, tolerance=p["tolerance"],
+                 pad_1x1=p["pad_1x1"])
             for out, rate in zip(step.outputs, pipe.rates)]
 
 
 def _quantize(pipe: Pipeline, step: Step, resume: bool) -> list[list[str]]:
+    if pipe.onnx:
+        (src,) = step.inputs.values()
+        return [argv("quantize", src, out=pipe.art(step.variant), preset=pipe.v["quantize"]["preset"], force=True)]
     d = pipe.folder(step.variant)
     return [argv("quantize", d / folded_name(rate), out=pipe.rate_folder(step.variant, rate),
                  preset=pipe.v["quantize"]["preset"], force=True) for rate in pipe.rates]
@@ -97,7 +105,7 @@ def commands(pipe: Pipeline, step: Step, resume: bool = False) -> list[list[str]
 def run_step(pipe: Pipeline, step: Step, resume: bool, written: set[Path]) -> int:
     """Run ``step``'s commands, after removing what they would refuse or misread, where the
     pipeline wrote it (``written``: the state's record; nothing else is touched)."""
-    if step.stage == "quantize":
+    if step.stage == "quantize" and not pipe.onnx:
         _drop_unconfigured_rates(pipe, step, written)
     for args, out in zip(commands(pipe, step, resume), step.outputs):
         if step.stage == "validate" and "--resume" not in args and out in written and out.exists():

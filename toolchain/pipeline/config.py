@@ -30,7 +30,7 @@ REQUIRED = object()
 
 @dataclass(frozen=True)
 class Key:
-    kind: str  # "str", "bool", "int", "float", "floats" (list of numbers)
+    kind: str  # "str", "bool", "int", "float", "floats" (list of distinct numbers), "vector" (list of numbers)
     default: object = REQUIRED
     low: float | None = None  # inclusive lower bound of a number (each number of a list)
     high: float | None = None  # upper bound
@@ -51,7 +51,10 @@ SCHEMA: dict[str, dict[str, Key]] = {
     },
     "model": {
         "checkpoint": Key("str", None),  # none: [train] trains from scratch
-        "arch": Key("str", choices=MODEL_NAMES + ("package.module:factory",)),
+        "onnx": Key("str", None),  # an ONNX model instead: passes, quantize, validate (no train/recalibrate/export)
+        "mean": Key("vector", None),  # with onnx: its input normalisation, if it records none (rram passes --mean)
+        "std": Key("vector", None, low=1e-12),
+        "arch": Key("str", None, choices=MODEL_NAMES + ("package.module:factory",)),  # required but with onnx
         "width": Key("float", None, low=1e-6),
         "pad_1x1": Key("bool", False),
         "shortcut": Key("str", None, choices=("A", "B")),
@@ -80,6 +83,7 @@ SCHEMA: dict[str, dict[str, Key]] = {
     "passes": {
         "passes": Key("str", "standard"),
         "tolerance": Key("float", None, low=0.0),
+        "pad_1x1": Key("bool", False),  # rram passes --pad-1x1: pad 1x1 kernels of a model not trained padded
     },
     "quantize": {
         "preset": Key("str", "paper"),
@@ -169,7 +173,7 @@ def _check_value(path: Path, name: str, key: Key, value):
     if not isinstance(value, list) or not value:
         _fail(path, f"{name} must be a non-empty list of numbers, e.g. [0.0, 0.1], got {value!r}")
     out = [float(number(v, "a list of numbers")) for v in value]
-    if len(set(out)) != len(out):
+    if key.kind == "floats" and len(set(out)) != len(out):
         _fail(path, f"{name} repeats a value: {value!r}")
     return out
 
@@ -254,9 +258,18 @@ def load_config(path: str | os.PathLike) -> Config:
     if len(layers) > 1 and "out" not in layers[-1][1]:
         _fail(path, "missing required key 'out': a config with a base sets its own run folder "
                     "(two configs sharing one would overwrite each other's results)")
+    onnx = isinstance(raw.get("model"), dict) and raw["model"].get("onnx") is not None
+    if onnx:  # an ONNX model skips the PyTorch stages: their sections would say nothing
+        given = [s for s in ("train", "recalibrate", "export") if s in raw] + \
+            [f"model.{k}" for k in ("checkpoint", "arch", "width", "pad_1x1", "shortcut") if k in raw["model"]]
+        if given:
+            _fail(path, f"model.onnx starts the flow from an ONNX model (passes, quantize, validate): drop "
+                        f"{given[0]}, which belongs to the PyTorch flow")
     values: dict[str, dict] = {s: {} for s in SCHEMA}
     for section, keys in SCHEMA.items():
         given = raw if section == "" else raw.get(section)
+        if onnx and section == "recalibrate":
+            continue
         if section and given is None and section in OPTIONAL_SECTIONS:
             given = {} if section != "train" else None
         if given is None:
@@ -273,7 +286,17 @@ def load_config(path: str | os.PathLike) -> Config:
                 values[section][k] = key.default
     has_train = "train" in raw
     model = values["model"]
-    if model["checkpoint"] is None and not has_train:
+    if (model["mean"] is None) != (model["std"] is None) or (model["mean"] is not None and not onnx):
+        _fail(path, "model.mean and model.std go together, with model.onnx (a model that records no input "
+                    "normalisation; rram export records it for the PyTorch flow)")
+    if model["mean"] is not None and (len(model["mean"]) != 3 or len(model["std"]) != 3):
+        _fail(path, "model.mean and model.std need three numbers each (r, g, b of images in [0, 1])")
+    if onnx:
+        values["recalibrate"] = {}
+    elif model["arch"] is None:
+        _fail(path, "missing required key 'model.arch' in [model] (or model.onnx: an ONNX model instead of a "
+                    "checkpoint)")
+    if model["checkpoint"] is None and not has_train and not onnx:
         _fail(path, "missing required key 'model.checkpoint' (without [train] there is no model to take "
                     "through the flow)")
     if values[""]["baseline"] is None:
@@ -281,7 +304,8 @@ def load_config(path: str | os.PathLike) -> Config:
     elif values[""]["baseline"] and model["checkpoint"] is None:
         _fail(path, "baseline = true needs model.checkpoint (the baseline is the initial checkpoint "
                     "without drop-connect training); set baseline = false to train from scratch")
-    if ":" in model["arch"] and any(model[k] not in (None, False) for k in ("width", "pad_1x1", "shortcut")):
+    factory = model["arch"] is not None and ":" in model["arch"]
+    if factory and any(model[k] not in (None, False) for k in ("width", "pad_1x1", "shortcut")):
         _fail(path, "model.width, model.pad_1x1 and model.shortcut are for the built-in models; "
                     f"{model['arch']} builds its own architecture")
     folders = {name: file.resolve().parent for name, file in origin.items()}

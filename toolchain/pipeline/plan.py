@@ -15,7 +15,8 @@ Run folder::
 
 <variant> is ``fault-aware`` (the drop-connect model of [train]) and ``baseline`` (the initial
 checkpoint without drop-connect training, through the same steps), or ``model`` alone for a
-config without [train].
+config without [train]. A config starting from an ONNX model (``model.onnx``) has ``model`` alone
+and no BN rates: ``model/model.passes.onnx`` (rram passes) and one artifact, ``model/art/``.
 """
 from __future__ import annotations
 
@@ -46,6 +47,9 @@ CALIBRATED = "results-calibrated.json"  # the campaign with per-chip calibration
 REPORT = "report.md"
 ACCURACY_PNG = "accuracy.png"
 USAGE_PNG = "crossbar-usage.png"
+
+
+ONNX_PASSED = "model.passes.onnx"  # model.onnx after rram passes, in model/
 
 
 def folded_name(rate: str) -> str:
@@ -93,9 +97,10 @@ class Pipeline:
         self.cfg = cfg
         self.run = cfg.out
         self.v = cfg.values
-        self.init = _resolve_checkpoint(cfg)
+        self.onnx = _resolve_onnx(cfg)  # an ONNX model as the starting point (no checkpoint, no BN rates)
+        self.init = None if self.onnx else _resolve_checkpoint(cfg)
         self.versions = package_versions()
-        self.rates = [rate_name(r) for r in self.v["recalibrate"]["rates"]]
+        self.rates = [] if self.onnx else [rate_name(r) for r in self.v["recalibrate"]["rates"]]
         self.variants = self._variants()
         self.steps = self._steps()
 
@@ -106,8 +111,9 @@ class Pipeline:
     def art(self, variant: str) -> Path:
         return self.run / variant / ART_DIR
 
-    def rate_folder(self, variant: str, rate: str) -> Path:
-        return self.art(variant) / layout.rate_folder(rate)
+    def rate_folder(self, variant: str, rate: str | None) -> Path:
+        """The artifact of one BN rate (an ONNX starting point: the one artifact, art/ itself)."""
+        return self.art(variant) if self.onnx else self.art(variant) / layout.rate_folder(rate)
 
     def train_lr(self) -> float:
         """train.lr, or the default: 0.01 fine-tuning, 0.1 from scratch (rram train's own)."""
@@ -124,6 +130,8 @@ class Pipeline:
 
     # -------------------------------------------------------------------- the steps
     def _variants(self) -> list[Variant]:
+        if self.onnx:
+            return [Variant("model", self.onnx, None, "model")]
         if not self.cfg.has_train:
             return [Variant("model", self.init, None, "model")]
         t = self.v["train"]
@@ -150,13 +158,18 @@ class Pipeline:
                               [run / TRAIN_DIR / TRAINED_MODEL, run / TRAIN_DIR / TRAIN_LOG]))
         for var in self.variants:
             d = self.folder(var.name)
+            if self.onnx:
+                steps += self._onnx_steps(var, common)
+                continue
             src = {"checkpoint": var.source}
             prod = {"checkpoint": var.source_step} if var.source_step else {}
             steps.append(Step("recalibrate", var.name, {**common, "arch": arch, **v["recalibrate"]},
                               {**src, "data": data}, [d / RECALIBRATED], prod))
             steps.append(Step("export", var.name, {**common, **v["export"]},
                               {RECALIBRATED: d / RECALIBRATED}, [d / EXPORTED]))
-            steps.append(Step("passes", var.name, {**common, "rates": rates, **v["passes"]},
+            # passes.pad_1x1 only when set: run folders recorded before the key stay current
+            passes = {k: x for k, x in v["passes"].items() if k != "pad_1x1" or x}
+            steps.append(Step("passes", var.name, {**common, "rates": rates, **passes},
                               {EXPORTED: d / EXPORTED}, [d / folded_name(r) for r in rates]))
             steps.append(Step("quantize", var.name, {**common, "rates": rates, **v["quantize"]},
                               {folded_name(r): d / folded_name(r) for r in rates},
@@ -174,8 +187,9 @@ class Pipeline:
             rep_inputs[f"{var.name}/{RESULTS}"] = self.folder(var.name) / RESULTS
             if v["validate"]["calibrate"]:
                 rep_inputs[f"{var.name}/{CALIBRATED}"] = self.folder(var.name) / CALIBRATED
-            for r in rates:
-                rep_inputs[f"{var.name}/{ART_DIR}/{layout.rate_folder(r)}/{layout.REPORT_NAME}"] = \
+            for r in rates or [None]:
+                art = f"{ART_DIR}/{layout.rate_folder(r)}" if r is not None else ART_DIR
+                rep_inputs[f"{var.name}/{art}/{layout.REPORT_NAME}"] = \
                     self.rate_folder(var.name, r) / layout.REPORT_NAME
         if self.cfg.has_train:
             rep_inputs[f"{TRAIN_DIR}/{TRAIN_LOG}"] = run / TRAIN_DIR / TRAIN_LOG
@@ -188,6 +202,30 @@ class Pipeline:
                 if str(p) in writer and label not in s.producers:
                     s.producers[label] = writer[str(p)]
         return steps
+
+
+    def _onnx_steps(self, var: Variant, common: dict) -> list[Step]:
+        """passes, quantize and validate of an ONNX starting point: one artifact, art/."""
+        v, d, art = self.v, self.folder(var.name), self.art(var.name)
+        m = {k: v["model"][k] for k in ("mean", "std") if v["model"][k] is not None}
+        art_files = {f"{ART_DIR}/{f}": art / f for f in layout.FILES if f != layout.REPORT_NAME}
+        results = [d / RESULTS] + ([d / CALIBRATED] if v["validate"]["calibrate"] else [])
+        settings = {k: x for k, x in v["validate"].items() if k != "ray"}
+        return [Step("passes", var.name, {**common, **m, **v["passes"]}, {"model.onnx": var.source}, [d / ONNX_PASSED]),
+                Step("quantize", var.name, {**common, **v["quantize"]}, {ONNX_PASSED: d / ONNX_PASSED},
+                     [art / f for f in layout.FILES]),
+                Step("validate", var.name, {**common, **settings}, {**art_files, "data": self.cfg.data}, results)]
+
+
+def _resolve_onnx(cfg: Config) -> Path | None:
+    """model.onnx's path (relative to the config that sets it), checked to be a file."""
+    ref = cfg.values["model"].get("onnx")
+    if ref is None:
+        return None
+    path = (cfg.folder("model.onnx") / Path(ref).expanduser()).resolve()
+    if not path.is_file():
+        raise UserError(f"{cfg.path}: model.onnx: no such file: {path}")
+    return path
 
 
 def _resolve_checkpoint(cfg: Config) -> Path | None:

@@ -93,7 +93,7 @@ def write_report(pipe: Pipeline, step: Step) -> int:
     if code:
         return code
     first = variants[0]
-    usage_file = pipe.rate_folder(first.name, rates[0]) / layout.REPORT_NAME
+    usage_file = pipe.rate_folder(first.name, rates[0] if rates else None) / layout.REPORT_NAME
     usage = json.loads(usage_file.read_text())
     _usage_figure(usage, run / USAGE_PNG,
                   f"crossbar utilisation per layer ({usage['device']['name']} preset; number = tiles)")
@@ -101,7 +101,7 @@ def write_report(pipe: Pipeline, step: Step) -> int:
     val = v["validate"]
     any_doc = next(iter(docs.values()))
     n_images = any_doc["config"]["images"]
-    title = v["report"]["title"] or f"{v['model']['arch']} on RRAM crossbars"
+    title = v["report"]["title"] or f"{v['model']['arch'] or pipe.onnx.name} on RRAM crossbars"
     L = [f"# {title}", "",
          f"Built by `rram pipeline {cfg.path.name}` in `{run}`. Everything below comes from the files of "
          f"that folder; re-running the command re-builds only what its configuration or inputs changed.", ""]
@@ -111,8 +111,14 @@ def write_report(pipe: Pipeline, step: Step) -> int:
     shape = [f"width {m['width']:g}"] if m["width"] is not None else []
     shape += ["1x1 convolutions padded to 3x3"] if m["pad_1x1"] else []
     shape += [f"shortcut option {m['shortcut']}"] if m["shortcut"] is not None else []
-    arch = m["arch"] + (f" ({', '.join(shape)})" if shape else "")
-    if pipe.init is not None:
+    arch = (m["arch"] or "") + (f" ({', '.join(shape)})" if shape else "")
+    if pipe.onnx is not None:
+        norm = (f"input normalisation mean {m['mean']}, std {m['std']} from the config, recorded by rram passes"
+                if m["mean"] is not None else "its own recorded input normalisation")
+        L.append(f"- **Initial model**: the ONNX model `{m['onnx']}` (file `{pipe.onnx}`, {norm}), taken "
+                 f"through the graph passes, quantization and validation as it is: no training, no BN "
+                 f"re-alignment, one deployable artifact in `model/{ART_DIR}/`.")
+    elif pipe.init is not None:
         L.append(f"- **Initial model**: `{m['checkpoint']}` ({arch}), file `{pipe.init}`.")
     else:
         L.append(f"- **Initial model**: none: {arch} is trained from scratch.")
@@ -127,9 +133,10 @@ def write_report(pipe: Pipeline, step: Step) -> int:
         if v[""]["baseline"]:
             L.append("- **Baseline**: the initial model without drop-connect training, taken through exactly "
                      "the same steps (BN re-alignment, export, passes, quantization, validation).")
-    else:
+    elif pipe.onnx is None:
         L.append("- No training: the initial model goes through the flow as it is.")
-    L.append(f"- **BN re-alignment** for the expected chip fault rates {', '.join(rates)}: one deployable "
+    if rates:
+        L.append(f"- **BN re-alignment** for the expected chip fault rates {', '.join(rates)}: one deployable "
              f"artifact per rate, in `<model>/{ART_DIR}/{layout.rate_folder('<rate>')}/` (QDQ ONNX model, "
              f"conductance map, report).")
     L.append(f"- **Crossbars**: the `{v['quantize']['preset']}` device preset "
@@ -137,13 +144,15 @@ def write_report(pipe: Pipeline, step: Step) -> int:
              f"{usage['device']['bits_per_cell']} bits per cell, {usage['device']['encoding']} encoding).")
     L.append(f"- **Validation**: {val['runs']} simulated chips per SA1 (stuck at G_min, the cell reads 0) "
              f"rate{', SA0 rate ' + format(val['sa0'], 'g') if val['sa0'] else ''}, {n_images} test images, "
-             f"seed {val['seed']}, {val['precision']} activations; each chip runs the artifact whose BN "
-             f"statistics were re-aligned for the rate nearest its own.")
+             f"seed {val['seed']}, {val['precision']} activations"
+             + ("; each chip runs the artifact whose BN statistics were re-aligned for the rate nearest its own."
+                if rates else "."))
     if calibrate:
         L.append(f"- **Per-chip calibration** (the rows marked so): on each simulated chip, {calibrate} "
-                 f"training images are run through the faulty crossbars first and every BN-folded layer's "
-                 f"digital per-channel scale and offset are re-set from what that chip computes (no "
-                 f"retraining, weights untouched; docs/runtime.md).")
+                 f"training images are run through the faulty crossbars first and every calibrated layer's "
+                 f"digital per-channel scale and offset are re-set from what that chip computes (to the "
+                 f"BN statistics fold-bn recorded, or, for a model that records none, to those measured on "
+                 f"the fault-free model; no retraining, weights untouched; docs/runtime.md).")
     L += ["", "## Fault-free accuracy", "",
           f"Top-1 accuracy of each deployed (quantized) model on the {n_images} test images with no "
           f"stuck cell.", ""]
@@ -152,7 +161,9 @@ def write_report(pipe: Pipeline, step: Step) -> int:
         clean = docs[var.name]["clean"]
         rows.append([var.label] + [_pct(clean.get(layout.rate_folder(r), clean.get(".") if len(rates) == 1 else None))
                                    for r in rates])
-    L += _table(["model"] + [f"BN rate {r}" for r in rates], rows)
+    if not rates:  # one artifact (an ONNX starting point)
+        rows = [[var.label, _pct(docs[var.name]["clean"].get("."))] for var in variants]
+    L += _table(["model"] + ([f"BN rate {r}" for r in rates] or ["fault-free"]), rows)
     if len(rates) > 1:
         L += ["", f"Each column is the artifact whose BN statistics were re-aligned for chips with that "
               f"fault rate, here run on a perfect chip: the BN rate {rates[0]} column is the fault-free "
@@ -200,6 +211,7 @@ def write_report(pipe: Pipeline, step: Step) -> int:
           f"{usage['device']['tile_rows']}x{usage['device']['tile_cols']} tiles it occupies; **cells**, "
           f"cells holding a weight (both cells of a differential pair counted); **allocated**, the cells of "
           f"those tiles; **utilisation** = cells / allocated.", ""]
+    start = f"ONNX model `{pipe.onnx}`" if pipe.onnx else f"initial checkpoint `{pipe.init or 'none (from scratch)'}`"
     rows = [[f"`{r['node']}`", r["op_type"], "x".join(map(str, r["matrix_shape"])), r["tiles"], r["cells"],
              r["allocated_cells"], f"{100 * r['utilisation']:.1f}%"] for r in usage["layers"]]
     tot = usage["total"]
@@ -211,8 +223,7 @@ def write_report(pipe: Pipeline, step: Step) -> int:
           + (", then its base chain (each file's paths relative to its own folder):" if cfg.values[""]["base"]
              else ":"), "",
           "```toml", cfg.text.rstrip("\n"), "```", "",
-          f"Resolved: data `{cfg.data}`, initial checkpoint `{pipe.init or 'none (from scratch)'}`, "
-          f"run folder `{run}`.", "",
+          f"Resolved: data `{cfg.data}`, {start}, run folder `{run}`.", "",
           "## Software", ""]
     L += _table(["package", "version"], [[k, x] for k, x in step.settings["versions"].items()])
     L += ["", "## Time per step", "",
