@@ -33,7 +33,7 @@ def run(art, images, labels, calib, kind: str, sa1: list[float], runs: int, out)
         engine.calibrated_layers = lambda model, names: layers(model, names)[:-1]
     try:
         return validate(art, images, labels, sa1=sa1, runs=runs, seed=0, calibrate=calib, progress=True,
-                        calibrate_targets="bn" if kind == "bn" else "measured", out=out)
+                        calibration_targets="bn" if kind == "bn" else "measured", out=out)
     finally:
         engine.calibrated_layers = layers
 

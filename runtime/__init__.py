@@ -7,7 +7,7 @@ Only names that callers need without loading onnxruntime live here."""
 # CLI and the pipeline schema can list them without importing onnxruntime.
 PRECISIONS = ("fp32", "int8")
 
-# What per-chip calibration brings each layer back to (`--calibrate-targets`, runtime/calibration/
+# What per-chip calibration brings each layer back to (`--calibration-targets`, runtime/calibration/
 # targets.py): "auto" the BN targets fold-bn recorded where the model has them, else targets
 # measured on the fault-free deployed model; "bn" recorded ones only; "measured" always measured.
-CALIBRATE_TARGETS = ("auto", "bn", "measured")
+CALIBRATION_TARGETS = ("auto", "bn", "measured")

@@ -36,7 +36,7 @@ class Engine:
                  normalized: np.ndarray | None = None, precision: str = "fp32",
                  calibration: np.ndarray | None = None, calibrate: np.ndarray | None = None,
                  periphery: dict | None = None, calibrate_batch: int = CALIBRATION_BATCH,
-                 calibrate_targets: str = "auto"):
+                 calibration_targets: str = "auto"):
         """``calibration``: uint8 NHWC training images, for ``precision="int8"`` only (activation
         ranges). ``calibrate``: uint8 NHWC training images on which every chip's periphery is
         calibrated (per-chip BN re-estimation, runtime/calibration/; with int8 measured and applied
@@ -45,7 +45,7 @@ class Engine:
         wrote them; used for every chip evaluated (a measured chip's file). ``calibrate_batch``: the
         most calibration images measured as one batch; more are streamed in batches of that size
         (of the model's own where it fixes one), in memory that does not grow with their number.
-        ``calibrate_targets``: what each calibrated layer is brought back to: "bn" (the BN targets
+        ``calibration_targets``: what each calibrated layer is brought back to: "bn" (the BN targets
         fold-bn recorded), "measured" (the fault-free deployed model's statistics on the
         calibration images, every mapped Conv/Gemm layer), "auto" (bn where recorded)."""
         if len(images) != len(labels) or len(labels) == 0:
@@ -82,7 +82,7 @@ class Engine:
             def session(data):
                 return make_session(data, providers=self.providers, threads=self.threads, shared_arena=True)
 
-            self.targets_kind = target_kind(model.metadata, calibrate_targets, model.folder / MODEL_NAME)
+            self.targets_kind = target_kind(model.metadata, calibration_targets, model.folder / MODEL_NAME)
             layers = calibrated_layers(model.base_model(), model.weight_names)
             if calibrate is None:  # a chip's file gives the periphery: the targets only name its layers
                 unknown = [out for out in periphery if out not in layers]

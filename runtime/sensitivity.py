@@ -42,12 +42,12 @@ def sensitivity(artifact: Artifact | str | os.PathLike, images: np.ndarray, labe
                 sa1: list[float], sa0: float = 0.0, runs: int = SENSITIVITY_RUNS, seed: int = 0,
                 stats_rate: str | float = "auto", out: str | os.PathLike | None = None, progress: bool = True,
                 engine_kw: dict | None = None, calibrate: np.ndarray | None = None, info: dict | None = None,
-                ray: bool | str | None = None, place: bool = False, calibrate_targets: str = "auto") -> dict:
+                ray: bool | str | None = None, place: bool = False, calibration_targets: str = "auto") -> dict:
     """Per SA1 rate (the model with the BN statistics ``stats_rate`` selects for it), per mapped
     layer: the accuracy drop with faults in that layer alone. ``ray``: run the chips on Ray
     workers (``executors.executor``); the report is the same. ``place``: each chip placed with
     its own faults first (fault-aware placement; then a layer's drop is what remains after
-    placement); ``calibrate_targets``: as ``Engine``'s. ``out`` is written by this process
+    placement); ``calibration_targets``: as ``Engine``'s. ``out`` is written by this process
     alone (the lock ``rram validate`` takes) and must not exist: a report is never overwritten."""
     if not isinstance(artifact, Artifact):
         artifact = Artifact.load(artifact)
@@ -62,7 +62,7 @@ def sensitivity(artifact: Artifact | str | os.PathLike, images: np.ndarray, labe
            "config": {"models": {n: m.sha256 for n, m in artifact.models.items()}, "device": cmap.device.to_dict(),
                       "sa1": sa1, "sa0": float(sa0), "runs": runs, "seed": int(seed),
                       "images": int(len(labels)), "images_sha256": images_digest(images, labels),
-                      **calibrate_config(calibrate, artifact, calibrate_targets), **normalization_config(artifact),
+                      **calibrate_config(calibrate, artifact, calibration_targets), **normalization_config(artifact),
                       **({"place": placement_config()} if place else {})},
            "rates": [], "info": {**(info or {}), "provenance": of_artifact(artifact)}}
     names = layer_names(cmap)
@@ -73,7 +73,7 @@ def sensitivity(artifact: Artifact | str | os.PathLike, images: np.ndarray, labe
             if Path(out).exists():
                 raise RuntimeInputError(f"{out} exists; choose another --out")
         ex = stack.enter_context(executor(ray, artifact, images, labels, {**(engine_kw or {}), "calibrate": calibrate,
-                                                                          "calibrate_targets": calibrate_targets}))
+                                                                          "calibration_targets": calibration_targets}))
         cleans = {name: ex.call(clean_accuracy, name) for name in dict.fromkeys(models)}
         bar = Progress(len(sa1) * len(names), progress, desc="sensitivity", unit="layer")
         stack.callback(bar.close)

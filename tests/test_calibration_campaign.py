@@ -74,10 +74,10 @@ def test_bad_calibration_input_is_one_line(art, data, tmp_path, capsys, paper_ar
     err = _err(capsys, base + ["--calibrate", "100000", "--out", str(out)])
     assert "choose between 1 and the 288 images of the training split outside its validation" in err
     old = paper_art  # quantized without fold-bn's targets: calibrated to measured ones, unless bn is asked for
-    err = _err(capsys, ["validate", str(old)] + base[2:] + ["--calibrate", "8", "--calibrate-targets", "bn",
+    err = _err(capsys, ["validate", str(old)] + base[2:] + ["--calibrate", "8", "--calibration-targets", "bn",
                                                             "--out", str(out)])
-    assert "records no BN targets" in err and "--calibrate-targets measured" in err and "rram passes" in err
-    assert "--calibrate" in _err(capsys, base + ["--calibrate-targets", "measured", "--out", str(out)])
+    assert "records no BN targets" in err and "--calibration-targets measured" in err and "rram passes" in err
+    assert "--calibrate" in _err(capsys, base + ["--calibration-targets", "measured", "--out", str(out)])
     assert not out.exists()
 
 

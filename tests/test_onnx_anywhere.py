@@ -94,7 +94,7 @@ def test_command_line_flow(world, kind, tmp_path, capsys):
     assert run_cli(capsys, "validate", art, *common, "--calibrate", "20", "--out", tmp_path / "c.json")[0] == 0
     plain, calibrated = read_results(tmp_path / "v.json"), read_results(tmp_path / "c.json")
     cfg = calibrated["config"]
-    assert cfg["calibrate"] == 20 and cfg["calibrate_targets"] == "measured" and "normalization" not in cfg
+    assert cfg["calibrate"] == 20 and cfg["calibration_targets"] == "measured" and "normalization" not in cfg
     # measured targets leave a fault-free chip as it is; a faulty one is changed
     assert calibrated["clean"] == plain["clean"] and plain["clean"]["."] > 0.3
     runs = [[r["accuracy"] for r in d["rates"][1]["runs"].values()] for d in (plain, calibrated)]
@@ -103,7 +103,7 @@ def test_command_line_flow(world, kind, tmp_path, capsys):
         assert run_cli(capsys, "validate", art, "--data", data, "--sa1", "0.2", "--runs", "1", "--images", "32",
                        "--precision", "int8", "--calibration-images", "32", "--calibrate", "16",
                        "--out", tmp_path / "i.json")[0] == 0
-        assert read_results(tmp_path / "i.json")["config"]["calibrate_targets"] == "measured"
+        assert read_results(tmp_path / "i.json")["config"]["calibration_targets"] == "measured"
 
 
 def test_a_model_without_normalisation_takes_mean_and_std(world, tmp_path, capsys):
@@ -114,7 +114,7 @@ def test_a_model_without_normalisation_takes_mean_and_std(world, tmp_path, capsy
     assert code == 2 and "--mean" in one_line_error(err) and not (tmp_path / "x.json").exists()
     assert run_cli(capsys, "validate", art, *base, *FLAGS, "--calibrate", "8", "--out", tmp_path / "v.json")[0] == 0
     cfg = read_results(tmp_path / "v.json")["config"]
-    assert cfg["normalization"] == {"mean": list(MEAN), "std": list(STD)} and cfg["calibrate_targets"] == "measured"
+    assert cfg["normalization"] == {"mean": list(MEAN), "std": list(STD)} and cfg["calibration_targets"] == "measured"
     code, _, err = run_cli(capsys, "validate", art, *base, "--mean", "0.4,0.5,0.5", "--std", "1,1,1",
                            "--out", tmp_path / "y.json")
     assert code == 0  # another normalisation is another campaign: it runs and says so
@@ -148,7 +148,7 @@ def test_a_measured_chip_calibration_file_round_trips(world, tmp_path, capsys):
     assert run_cli(capsys, "validate", art, *data, "--calibrate", "16", "--out", tmp_path / "b.json")[0] == 0
     a, b = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
     assert a["chip"]["accuracy"] == b["chip"]["accuracy"]
-    code, _, err = run_cli(capsys, "validate", art, *data, "--calibrate", "16", "--calibrate-targets", "bn",
+    code, _, err = run_cli(capsys, "validate", art, *data, "--calibrate", "16", "--calibration-targets", "bn",
                            "--out", tmp_path / "c.json")
     assert code == 2 and "records no BN targets" in one_line_error(err)
 
@@ -209,7 +209,7 @@ calibrate = 16
     assert code == 0, out
     run = tmp_path / "run"
     plain, calibrated = (read_results(run / "model" / f) for f in ("results.json", "results-calibrated.json"))
-    assert calibrated["config"]["calibrate_targets"] == "measured" and calibrated["clean"] == plain["clean"]
+    assert calibrated["config"]["calibration_targets"] == "measured" and calibrated["clean"] == plain["clean"]
     report = (run / "report.md").read_text()
     assert f"the ONNX model `{world[kind].name}`" in report and "**BN re-alignment**" not in report
     assert f"| model | {100 * plain['clean']['.']:.2f}% |" in report
@@ -295,5 +295,5 @@ def test_readme_bring_your_own_onnx_runs_as_written(tmp_path, shared_data, share
     assert run.returncode == 0, run.stderr[-3000:]
     assert [p.name for p in tmp_path.iterdir()] == ["work"]  # nothing beside the flow's work folder
     doc = read_results(tmp_path / "work" / "byo" / "r20.json")
-    assert doc["config"]["calibrate"] == 64 and doc["config"]["calibrate_targets"] == "measured"
+    assert doc["config"]["calibrate"] == 64 and doc["config"]["calibration_targets"] == "measured"
     assert doc["clean"]["."] > 0.7 and doc["complete"]  # a working model, calibrated to measured targets

@@ -195,7 +195,7 @@ def validate(artifact: PathLike, out: PathLike, *, sa1: float | list[float] | No
         calibrate: per-chip calibration: re-estimate every calibrated layer's statistics on each
             chip from this many training images (``--calibrate N``), to its BN target or, for a
             model without BN targets, to a target measured on the fault-free model
-            (``calibrate_targets="auto"|"bn"|"measured"`` among the options).
+            (``calibration_targets="auto"|"bn"|"measured"`` among the options).
         data: as in :func:`train`.
         resume: continue the campaign in ``out``.
         **options: any other ``rram validate`` option (``sa0``, ``protect``, ``shard``, ``precision``,

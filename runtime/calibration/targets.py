@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import CALIBRATE_TARGETS
+from .. import CALIBRATION_TARGETS
 from ..errors import RuntimeInputError
 
 # Mixed into the seed so that the calibration draw is independent of the fault maps' streams.
@@ -65,9 +65,9 @@ class BNTarget:
 
 MEASURED_FLOOR = 1e-5  # a measured target's variance floor, relative to the layer's mean variance
 
-# --calibrate-targets: the BN targets where the model records them, else measured ("auto"), or
+# --calibration-targets: the BN targets where the model records them, else measured ("auto"), or
 # always one kind ("bn" refuses a model without them; "measured" ignores recorded ones)
-TARGET_KINDS = CALIBRATE_TARGETS
+TARGET_KINDS = CALIBRATION_TARGETS
 
 
 def target_kind(metadata: dict[str, str], requested: str = "auto", where="the model") -> str:
@@ -75,12 +75,12 @@ def target_kind(metadata: dict[str, str], requested: str = "auto", where="the mo
     from ..metadata import BN_TARGETS_KEY
 
     if requested not in TARGET_KINDS:
-        raise RuntimeInputError(f"calibrate targets must be one of {', '.join(TARGET_KINDS)}, got {requested!r}")
+        raise RuntimeInputError(f"calibration targets must be one of {', '.join(TARGET_KINDS)}, got {requested!r}")
     if requested == "auto":
         return "bn" if metadata.get(BN_TARGETS_KEY) else "measured"
     if requested == "bn" and not metadata.get(BN_TARGETS_KEY):
         raise RuntimeInputError(f"{where} records no BN targets ({BN_TARGETS_KEY}): calibrate it to targets "
-                                f"measured on the fault-free model (--calibrate-targets measured or auto), or "
+                                f"measured on the fault-free model (--calibration-targets measured or auto), or "
                                 f"rebuild it with `rram passes IN --out OUT --passes standard` (fold-bn records them)")
     return requested
 

@@ -20,12 +20,12 @@ def validate_fault_map(artifact: Artifact | str | os.PathLike, images: np.ndarra
                        engine_kw: dict | None = None, info: dict | None = None,
                        calibrate: np.ndarray | None = None, chip_calibration: str | os.PathLike | None = None,
                        place: bool = False, placement: str | os.PathLike | None = None,
-                       calibrate_targets: str = "auto") -> dict:
+                       calibration_targets: str = "auto") -> dict:
     """Accuracy of the deployed model on one tested chip (a measured fault-map file); with
     ``calibrate``, after calibrating the chip's periphery on those training images; with
     ``chip_calibration``, with the periphery parameters `rram calibrate` wrote for this chip;
     ``place``: placed with its own faults first; ``placement``: as a placement file places it;
-    ``calibrate_targets``: as ``Engine``'s."""
+    ``calibration_targets``: as ``Engine``'s."""
     if not isinstance(artifact, Artifact):
         artifact = Artifact.load(artifact)
     measured = MeasuredChip(fault_map, artifact, stats_rate, place=place, placement=placement)
@@ -36,7 +36,7 @@ def validate_fault_map(artifact: Artifact | str | os.PathLike, images: np.ndarra
 
         periphery = read_chip_calibration(chip_calibration, model_sha256=artifact.models[name].sha256,
                                           fault_map_sha256=file_sha256(fault_map))
-    engine_kw = {**(engine_kw or {}), "calibrate_targets": calibrate_targets}
+    engine_kw = {**(engine_kw or {}), "calibration_targets": calibration_targets}
     engine = engine_factory(artifact, images, labels, {**engine_kw, "calibrate": calibrate})(name)
     chip_engine = engine if periphery is None else engine_factory(
         artifact, images, labels, {**(engine_kw or {}), "periphery": periphery})(name)
@@ -47,7 +47,7 @@ def validate_fault_map(artifact: Artifact | str | os.PathLike, images: np.ndarra
                        "fault_map_sha256": file_sha256(fault_map), "images": int(len(labels)),
                        "images_sha256": images_digest(images, labels),
                        "precision": (engine_kw or {}).get("precision", "fp32"),
-                       **calibrate_config(calibrate, artifact, calibrate_targets), **normalization_config(artifact),
+                       **calibrate_config(calibrate, artifact, calibration_targets), **normalization_config(artifact),
                        **({} if chip_calibration is None else {"chip_calibration": file_sha256(chip_calibration)}),
                        **({} if placement is None else {"placement_sha256": file_sha256(placement)}),
                        **({"place": chip.info} if chip.info else {})},
@@ -60,11 +60,11 @@ def validate_fault_map(artifact: Artifact | str | os.PathLike, images: np.ndarra
 def calibrate_fault_map(artifact: Artifact | str | os.PathLike, fault_map: str | os.PathLike,
                         calibrate: np.ndarray, *, stats_rate: str | float = "auto",
                         engine_kw: dict | None = None, placement: str | os.PathLike | None = None,
-                        calibrate_targets: str = "auto") -> dict:
+                        calibration_targets: str = "auto") -> dict:
     """The periphery parameters of one measured chip (``rram calibrate``): its faulty weights (as
     ``placement`` places them, when given: calibration runs after placement), the calibration
     images, and the resulting per-layer, per-channel digital scale and offset (to the targets
-    ``calibrate_targets`` chooses, as ``Engine``'s: the file records "measured" ones)."""
+    ``calibration_targets`` chooses, as ``Engine``'s: the file records "measured" ones)."""
     from ..calibration import chip_calibration_doc
 
     if not isinstance(artifact, Artifact):
@@ -78,7 +78,7 @@ def calibrate_fault_map(artifact: Artifact | str | os.PathLike, fault_map: str |
     n = model.fixed_batch(calibrate.shape) or 1
     images, labels = np.resize(calibrate, (n, *calibrate.shape[1:])), np.zeros(n, np.int64)
     engine = Engine(model, images, labels, **{**(engine_kw or {}), "calibrate": calibrate,
-                                                      "calibrate_targets": calibrate_targets})
+                                                      "calibration_targets": calibration_targets})
     affines = engine.calibrator.measure(engine.weights(chip))  # fp32: float weights; int8: crossbar integers
     doc = chip_calibration_doc(affines, model_sha256=model.sha256, fault_map_sha256=file_sha256(fault_map),
                                calibrate=len(calibrate), precision=engine.precision,

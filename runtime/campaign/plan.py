@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .. import CALIBRATE_TARGETS, PRECISIONS
+from .. import CALIBRATION_TARGETS, PRECISIONS
 from ..errors import RuntimeInputError
 from ..results import images_digest
 from ..subsets import MIN_IMAGES, PILOT_IMAGES
@@ -74,7 +74,7 @@ class CampaignConfig:
     shard: tuple[int, int] = (1, 1)
     ray: bool | str | None = None
     place: bool = False  # each chip placed with its own faults first (runtime/placement.py)
-    calibrate_targets: str = "auto"  # with calibration images: "bn", "measured" or "auto" (calibration.targets)
+    calibration_targets: str = "auto"  # with calibration images: "bn", "measured" or "auto" (calibration.targets)
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalise the fields once, here
@@ -85,9 +85,9 @@ class CampaignConfig:
         from ..artifact import check_stats_rate
 
         set_(self, "stats_rate", check_stats_rate(self.stats_rate))
-        if self.calibrate_targets not in CALIBRATE_TARGETS:
-            raise RuntimeInputError(f"calibrate targets must be one of {', '.join(CALIBRATE_TARGETS)}, "
-                                    f"got {self.calibrate_targets!r}")
+        if self.calibration_targets not in CALIBRATION_TARGETS:
+            raise RuntimeInputError(f"calibration targets must be one of {', '.join(CALIBRATION_TARGETS)}, "
+                                    f"got {self.calibration_targets!r}")
         if self.precision not in PRECISIONS:
             raise RuntimeInputError(f"unknown precision {self.precision!r}: choose {', '.join(PRECISIONS)}")
         k, n = self.shard
@@ -158,7 +158,7 @@ class CampaignConfig:
                 raise RuntimeInputError("--precision int8 needs calibration images")
             config["calibration_sha256"] = images_digest(calibration, np.zeros(0, np.int64))
         # part of every run: it belongs to the identity
-        config.update(calibrate_config(calibrate, artifact, self.calibrate_targets))
+        config.update(calibrate_config(calibrate, artifact, self.calibration_targets))
         if self.ci is not None:
             config["ci"], config["min_runs"] = float(self.ci), int(self.min_runs)
         if self.images_auto:
@@ -186,8 +186,8 @@ class CampaignConfig:
 def calibrate_config(calibrate: np.ndarray | None, artifact: Artifact | None = None,
                      targets: str = "auto") -> dict:
     """How chips were calibrated, for a results file's config (nothing when they were not):
-    the images, and ``calibrate_targets: "measured"`` where the targets were measured on the
-    fault-free model (a model without recorded BN targets, or --calibrate-targets measured;
+    the images, and ``calibration_targets: "measured"`` where the targets were measured on the
+    fault-free model (a model without recorded BN targets, or --calibration-targets measured;
     absent: the recorded BN targets, as in every file written before measured targets)."""
     if calibrate is None:
         return {}
@@ -197,7 +197,7 @@ def calibrate_config(calibrate: np.ndarray | None, artifact: Artifact | None = N
 
         kinds = {target_kind(m.metadata, targets, m.folder) for m in artifact.models.values()}
         if "measured" in kinds:
-            out["calibrate_targets"] = "measured"
+            out["calibration_targets"] = "measured"
     return out
 
 

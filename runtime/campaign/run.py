@@ -50,7 +50,7 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
                 "info": {"artifact": str(artifact.path), **(info or {}), "provenance": of_artifact(artifact)}}
 
     engine_kw = {**(engine_kw or {}), "precision": config.precision, "calibration": calibration,
-                 "calibrate": calibrate, "calibrate_targets": config.calibrate_targets}
+                 "calibrate": calibrate, "calibration_targets": config.calibration_targets}
     with ExitStack() as stack:
         writer = ResultsWriter.open(stack, out, identity, config.shard, resume, fresh)
         doc = writer.doc

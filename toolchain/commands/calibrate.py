@@ -8,7 +8,7 @@ from __future__ import annotations
 from .common import (
     add_artifact_normalization_args,
     add_bn_rate_arg,
-    add_calibrate_targets_arg,
+    add_calibration_targets_arg,
     add_data_args,
     add_int8_images_arg,
     artifact_with_normalization,
@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
     add_int8_images_arg(p)
     p.add_argument("--placement", default=None, metavar="FILE",
                    help="the chip's placement (`rram place`): calibrate the placed chip (default: the fixed mapping)")
-    add_calibrate_targets_arg(p)
+    add_calibration_targets_arg(p)
     add_artifact_normalization_args(p)
     p.add_argument("--out", required=True, help=f"output folder (gets {FILE_NAME})")
     p.set_defaults(func=run)
@@ -63,7 +63,7 @@ def run(args) -> int:
         engine_kw["calibration"] = train.images[int8_calibration_indices(len(train), args.calibration_images)]
     doc = calibrate_fault_map(artifact, args.fault_map, calibration_images(args), stats_rate=stats_rate,
                               engine_kw=engine_kw, placement=args.placement,
-                              calibrate_targets=args.calibrate_targets)
+                              calibration_targets=args.calibration_targets)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out, doc)
     print(f"wrote {out}: {len(doc['layers'])} calibrated layers, {args.calibrate} calibration images")

@@ -266,21 +266,21 @@ def artifact_with_normalization(artifact, args):
         raise UserError(str(e)) from None
 
 
-def add_calibrate_targets_arg(p: argparse.ArgumentParser) -> None:
-    """--calibrate-targets: what per-chip calibration brings each layer back to."""
-    from runtime import CALIBRATE_TARGETS
+def add_calibration_targets_arg(p: argparse.ArgumentParser) -> None:
+    """--calibration-targets: what per-chip calibration brings each layer back to."""
+    from runtime import CALIBRATION_TARGETS
 
-    p.add_argument("--calibrate-targets", choices=CALIBRATE_TARGETS, default="auto",
+    p.add_argument("--calibration-targets", choices=CALIBRATION_TARGETS, default="auto",
                    help="with --calibrate: bn = the BN statistics fold-bn recorded (layers followed by BN); "
                         "measured = every mapped layer's per-channel statistics on the fault-free model, measured "
                         "on the same calibration images (models whose exporter folded BN, or without BN); auto "
                         "(default): bn where the model records them, else measured (docs/runtime.md)")
 
 
-def check_calibrate_targets(args) -> None:
-    """--calibrate-targets only with --calibrate (an option that does not apply is refused)."""
-    if getattr(args, "calibrate_targets", "auto") != "auto" and getattr(args, "calibrate", None) is None:
-        raise UserError(f"--calibrate-targets {args.calibrate_targets} chooses the targets of --calibrate N: "
+def check_calibration_targets(args) -> None:
+    """--calibration-targets only with --calibrate (an option that does not apply is refused)."""
+    if getattr(args, "calibration_targets", "auto") != "auto" and getattr(args, "calibrate", None) is None:
+        raise UserError(f"--calibration-targets {args.calibration_targets} chooses the targets of --calibrate N: "
                         f"give --calibrate too")
 
 

@@ -7,12 +7,12 @@ from ..data import EVAL_SPLITS, load_split, subset_indices
 from .common import (
     add_artifact_normalization_args,
     add_bn_rate_arg,
-    add_calibrate_targets_arg,
+    add_calibration_targets_arg,
     add_data_args,
     add_ray_arg,
     artifact_with_normalization,
     calibration_images,
-    check_calibrate_targets,
+    check_calibration_targets,
     check_ray,
     float_list,
     new_output_file,
@@ -42,7 +42,7 @@ def add_parser(sub) -> None:
     p.add_argument("--calibrate", type=positive_int, default=None, metavar="N",
                    help="per-chip calibration: calibrate each chip's periphery on N training images first "
                         "(default: off)")
-    add_calibrate_targets_arg(p)
+    add_calibration_targets_arg(p)
     add_artifact_normalization_args(p)
     p.add_argument("--place", action="store_true",
                    help="place each chip with its own faults first (fault-aware placement, as rram validate --place)")
@@ -61,7 +61,7 @@ def run(args) -> int:
     check_sa1_rates(sa1, args.sa0)  # before the slow loading: the runtime checks them again
     stats_rate = parse_stats_rate(args.bn_rate)
     check_ray(args)
-    check_calibrate_targets(args)
+    check_calibration_targets(args)
     new_output_file(args.out)  # the runtime checks again under the lock
     artifact = artifact_with_normalization(Artifact.load(args.artifact), args)
     split = load_split(args.data, args.split, cache_dir=args.cache_dir, use_cache=not args.no_cache)
@@ -70,7 +70,7 @@ def run(args) -> int:
     doc = sensitivity(artifact, split.images[idx], split.labels[idx], sa1=sa1, sa0=args.sa0, runs=args.runs,
                       seed=args.seed, stats_rate=stats_rate, out=args.out, calibrate=calibrate,
                       info={"artifact": str(args.artifact), "data": str(args.data), "split": args.split},
-                      ray=args.ray, place=args.place, calibrate_targets=args.calibrate_targets)
+                      ray=args.ray, place=args.place, calibration_targets=args.calibration_targets)
     for entry in doc["rates"]:
         print(f"SA1 {entry['sa1']:g} in one layer at a time, {args.runs} chips each "
               f"(fault-free {100 * entry['clean']:.2f}%):")

@@ -15,13 +15,13 @@ from ..errors import UserError
 from .common import (
     add_artifact_normalization_args,
     add_bn_rate_arg,
-    add_calibrate_targets_arg,
+    add_calibration_targets_arg,
     add_data_args,
     add_int8_images_arg,
     add_ray_arg,
     artifact_with_normalization,
     calibration_images,
-    check_calibrate_targets,
+    check_calibration_targets,
     check_ray,
     float_list,
     int8_calibration_indices,
@@ -81,7 +81,7 @@ def add_parser(sub) -> None:
                    help="per-chip calibration: on each simulated chip re-estimate every BN-folded layer's "
                         "per-channel statistics from N training images chosen by --seed, and set the digital "
                         "scale/offset, before evaluating (default: off; docs/runtime.md)")
-    add_calibrate_targets_arg(p)
+    add_calibration_targets_arg(p)
     add_artifact_normalization_args(p)
     p.add_argument("--out", required=True, help="results JSON (written after every run)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
@@ -141,7 +141,7 @@ def campaign_config(args):
             precision=args.precision, ci=args.ci, min_runs=args.min_runs, images_auto=args.images == "auto",
             protect=None if args.protect is None else tuple(split_list(args.protect, "--protect")),
             shard=parse_shard(args.shard), ray=args.ray, place=args.place,
-            calibrate_targets=args.calibrate_targets)
+            calibration_targets=args.calibration_targets)
     except RuntimeInputError as e:
         raise UserError(str(e)) from None
 
@@ -155,7 +155,7 @@ def run(args) -> int:
     from ..data import subset_indices
 
     config = None
-    check_calibrate_targets(args)
+    check_calibration_targets(args)
     if args.fault_map:
         given = [flag for flag, given in _CAMPAIGN_ONLY if given(args)]
         if given:
@@ -205,7 +205,7 @@ def run(args) -> int:
                                      engine_kw={**engine_kw, "precision": args.precision,
                                                 "calibration": calibration}, info=info, calibrate=calibrate,
                                      chip_calibration=args.chip_calibration, place=args.place,
-                                     placement=args.placement, calibrate_targets=args.calibrate_targets)
+                                     placement=args.placement, calibration_targets=args.calibration_targets)
             write_results(doc, args.out)
         if args.json:
             print(json.dumps({k: doc[k] for k in ("config", "clean", "chip")}, indent=1))
