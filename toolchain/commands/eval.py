@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
 import torch
 
 from runtime.results import summarize
@@ -13,6 +14,7 @@ from ..data import EVAL_SPLITS, check_for_model, load_split, normalize, to_float
 from ..dropconnect import ReferenceChips, check_rate, rate_key, sa1_faults
 from ..errors import UserError
 from ..evaluate import accuracy
+from ..placement import PlacedReferenceChips, layer_layouts
 from ..recalibrate import apply_bn_stats
 from .common import (
     add_data_args,
@@ -50,7 +52,18 @@ def add_parser(sub) -> None:
     p.add_argument("--calibrate", type=positive_int, default=None, metavar="N",
                    help="per-chip calibration (with --sa1): re-estimate every BN's statistics on each faulty "
                         "chip from N training images chosen by --seed, then evaluate (default: off)")
+    p.add_argument("--place", action="store_true",
+                   help="fault-aware placement (with --sa1): place each chip with its own faults (the tile rows each "
+                        "weight row goes to, spare rows included, and each column's orientation) before evaluating "
+                        "it, as rram validate --place; the PyTorch reference of a `paper` chip (docs/runtime.md)")
     p.set_defaults(func=run)
+
+
+def placement_layouts(model, split):
+    """The reference placement's layer layouts (toolchain.placement), BN folds from the model's
+    statistics now: one forward pass of a zero image of the split's shape finds them."""
+    h, w, c = split.images.shape[1:]
+    return layer_layouts(model, torch.zeros(1, c, h, w))
 
 
 def run(args) -> int:
@@ -64,6 +77,8 @@ def run(args) -> int:
         raise UserError("--runs counts simulated chips: give --sa1 too")
     if args.calibrate is not None and args.sa1 is None:
         raise UserError("--calibrate re-estimates BN statistics on each simulated chip: give --sa1 too")
+    if args.place and args.sa1 is None:
+        raise UserError("--place places each simulated chip with its own faults: give --sa1 too")
     args.runs = args.runs or 1
     ckpt = load_checkpoint(args.checkpoint, model=args.model, width=args.width, shortcut=args.shortcut,
                            normalization=normalization_from_args(args), download=args.download)
@@ -89,23 +104,36 @@ def run(args) -> int:
         extra, text = {}, f"top-1 {100 * acc:.2f}%"
     else:
         per_rate, lines = [], []
+        layouts = placement_layouts(model, split) if args.place else None  # before any calibration
         for p in rates:
-            accs, chips = [], ReferenceChips(model, p, args.seed)
+            accs, errors = [], {"weight_error_fixed": [], "weight_error_placed": []}
+            chips = (ReferenceChips(model, p, args.seed) if layouts is None
+                     else PlacedReferenceChips(layouts, p, args.seed))
             for run_i in range(args.runs):
-                with sa1_faults(model, chips.sample(run_i)), restored_bn(model):
+                masks = chips.sample(run_i)
+                if layouts is not None:  # a placed chip: its masks and its weight errors
+                    masks, info = masks.masks, masks.info
+                    for k in errors:
+                        errors[k].append(info[k])
+                with sa1_faults(model, masks), restored_bn(model):
                     if calib is not None:
                         calibrate_bn(model, calib)
                     accs.append(accuracy(model, split, ckpt.normalization, batch_size=args.batch_size,
-                                         desc=f"SA1 {p:g} chip {run_i + 1}/{args.runs}"))
+                                         desc=f"SA1 {p:g}{' placed' if layouts else ''} chip {run_i + 1}/{args.runs}"))
             s = summarize(accs)  # the statistics rram validate reports
             per_rate.append({"sa1": p, "mean": s["mean"], "std": s["std"], "min": s["min"], "max": s["max"],
-                             "ci95": s["ci95"], "accuracies": accs})
+                             "ci95": s["ci95"], "accuracies": accs, **(errors if layouts is not None else {})})
             calibrated = "" if calib is None else f" calibrated on {args.calibrate} images each"
+            placed = "" if layouts is None else ", placed"
             std = "n/a" if s["std"] is None else f"{100 * s['std']:.2f}"  # one chip: no spread
-            lines.append(f"SA1 {p:g}, {args.runs} chips{calibrated}: mean {100 * s['mean']:.2f}% "
-                         f"std {std} min {100 * s['min']:.2f}% max {100 * s['max']:.2f}%")
+            lost = "" if layouts is None else (
+                f"; weight error {100 * np.mean(errors['weight_error_fixed']):.2f}% fixed, "
+                f"{100 * np.mean(errors['weight_error_placed']):.2f}% placed")
+            lines.append(f"SA1 {p:g}{placed}, {args.runs} chips{calibrated}: mean {100 * s['mean']:.2f}% "
+                         f"std {std} min {100 * s['min']:.2f}% max {100 * s['max']:.2f}%{lost}")
         acc = per_rate[0]["mean"] if len(per_rate) == 1 else None
-        extra = {"runs": args.runs, "seed": args.seed, "calibrate": args.calibrate, "rates": per_rate,
+        extra = {"runs": args.runs, "seed": args.seed, "calibrate": args.calibrate, "place": args.place,
+                 "rates": per_rate,
                  **(per_rate[0] if len(per_rate) == 1 else {})}  # one rate: its figures at the top too
         text = "\n".join(lines) if len(lines) > 1 else lines[0]
     seconds = time.perf_counter() - t0
