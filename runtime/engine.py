@@ -91,16 +91,21 @@ class Engine:
         """What the session needs per chip: float weights (fp32) or crossbar integers (int8)."""
         if self.precision == "fp32":
             return self.model.chip_weights(chip) if chip is not None else self.model.clean_weights()
+        if chip is not None and chip.noisy:  # (the campaign's plan refuses it first)
+            raise RuntimeInputError("int8 weights are the crossbar's integers: programming variation and read "
+                                    "noise need --precision fp32")
         m = self.model
         levels = faulty_levels(m.cmap, chip.codes) if chip is not None else [lay.levels for lay in m.cmap.layers]
         return self.int8.layer_weights([lay.integer_weight(lv, m.cmap.device)
                                         for lay, lv in zip(m.cmap.layers, levels)])
 
-    def session(self, weights: list[np.ndarray] | None = None):
-        """A session with these per-layer weights (see ``weights``; fault-free when None)."""
+    def session(self, weights: list[np.ndarray] | None = None, affines=None):
+        """A session with these per-layer weights (see ``weights``; fault-free when None);
+        ``affines``: the chip's periphery already measured (read noise: one per chip)."""
         if self.calibrator is not None:  # the chip's periphery, calibrated or from a file, then the chip
             weights = weights if weights is not None else self.weights()
-            affines = self.periphery if self.periphery is not None else self.calibrator.measure(weights)
+            if affines is None:
+                affines = self.periphery if self.periphery is not None else self.calibrator.measure(weights)
             names, arrays = self.calibrator.evaluated(weights, affines)
             data = append_initializers(self.calibrator.eval_base, names, arrays)
         elif self.precision == "fp32":
@@ -129,12 +134,36 @@ class Engine:
         return self.accuracy_of(self.session())
 
     def chip_accuracy(self, chip: Chip) -> float:
+        if chip.read_noise:
+            return self.read_noise_accuracy(chip)
         return self.accuracy_of(self.session(self.weights(chip)))
+
+    def read_noise_accuracy(self, chip: Chip, subset: np.ndarray | None = None) -> float:
+        """Accuracy with read noise: batch b (in evaluation order) computed with the chip's levels
+        read with batch b's noise (``DeployedModel.read_weights``), one session per batch. With
+        per-chip calibration the periphery is measured once, on the programmed chip without read
+        noise, and kept for every batch."""
+        m = self.model
+        levels = m.chip_levels(chip)
+        affines = None
+        if self.calibrator is not None:
+            affines = self.periphery if self.periphery is not None else self.calibrator.measure(m.weights_of(levels))
+        total = len(self.labels) if subset is None else len(subset)
+        correct = 0
+        for b, start in enumerate(range(0, total, self.batch_size)):
+            idx = slice(start, start + self.batch_size) if subset is None else subset[start:start + self.batch_size]
+            sess = self.session(m.read_weights(levels, chip, b), affines=affines)
+            logits = sess.run(None, {self.feed_name: self.feed[idx]})[0]
+            correct += int(np.count_nonzero(logits.argmax(1) == self.labels[idx]))
+        return correct / total
 
     def timed_chip_accuracy(self, chip: Chip, subset: np.ndarray) -> tuple[float, float, float]:
         """The chip's accuracy on the images ``subset``, the seconds spent preparing the chip
         (weights, calibration, session) and those spent evaluating the images (--images auto)."""
         t0 = time.perf_counter()
+        if chip.read_noise:  # a session per batch: preparation and evaluation are one
+            acc = self.read_noise_accuracy(chip, subset)
+            return acc, 0.0, time.perf_counter() - t0
         sess = self.session(self.weights(chip))
         t1 = time.perf_counter()
         acc = self.accuracy_of(sess, subset)

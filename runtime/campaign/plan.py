@@ -74,6 +74,7 @@ class CampaignConfig:
     shard: tuple[int, int] = (1, 1)
     ray: bool | str | None = None
     place: bool = False  # each chip placed with its own faults first (runtime/placement.py)
+    nonideal: object | None = None  # variation.Nonideal beside the stuck cells (None or ideal: none)
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalise the fields once, here
@@ -116,6 +117,10 @@ class CampaignConfig:
             for what, v in (("pilot images", self.pilot_images), ("min images", self.min_images)):
                 if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 2:
                     raise RuntimeInputError(f"--images auto: {what} must be an integer of at least 2, got {v}")
+        if self.nonideal is not None:
+            self.nonideal.check_applies(self.precision)
+            if self.nonideal.ideal:  # no non-ideality: today's campaign, its identity unchanged
+                set_(self, "nonideal", None)
         if self.protect is not None:
             names = tuple(self.protect)
             if not names or any(not isinstance(n, str) or not n.strip() for n in names):
@@ -168,6 +173,8 @@ class CampaignConfig:
             from ..placement import placement_config
 
             config["place"] = placement_config()
+        if self.nonideal is not None:  # recorded only when there is one: older files keep their identity
+            config["nonideal"] = self.nonideal.to_dict()
         if self.protect:
             from ..faults import layer_indices
 

@@ -37,7 +37,7 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
     selected = [artifact.select(p + config.sa0, config.stats_rate) for p in config.sa1]
     cmap = artifact.first.cmap
     faulty = protected_layers(cmap, config.protect)
-    sources = [RandomChips.of(cmap, p, config.sa0, config.seed, faulty) for p in config.sa1]
+    sources = [RandomChips.of(cmap, p, config.sa0, config.seed, faulty, config.nonideal) for p in config.sa1]
     if config.place:
         sources = [PlacedChips(cmap, base, faulty) for base in sources]
 

@@ -16,11 +16,14 @@ from .common import (
     INT8_CALIBRATION_DEFAULT,
     add_bn_rate_arg,
     add_data_args,
+    add_nonideal_args,
     add_ray_arg,
     calibration_images,
     check_ray,
     float_list,
     int8_calibration_indices,
+    nonideal_from_args,
+    nonideal_given,
     parse_shard,
     parse_stats_rate,
     positive_float,
@@ -86,6 +89,7 @@ def add_parser(sub) -> None:
                    help="images per onnxruntime call (128 measured fastest for ResNet20 on 2 cores)")
     p.add_argument("--threads", type=thread_count, default=None,
                    help="onnxruntime threads (default: all cores; with --ray 1 per worker)")
+    add_nonideal_args(p)
     add_ray_arg(p)
     p.set_defaults(func=run)
 
@@ -119,7 +123,8 @@ _CAMPAIGN_ONLY = (("--sa1", lambda a: a.sa1 is not None), ("--sa0", lambda a: a.
                   ("--runs", lambda a: a.runs is not None), ("--shard", lambda a: a.shard is not None),
                   ("--resume", lambda a: a.resume), ("--ci", lambda a: a.ci is not None),
                   ("--min-runs", lambda a: a.min_runs is not None), ("--protect", lambda a: a.protect is not None),
-                  ("--images auto", lambda a: a.images == "auto"), ("--ray", lambda a: bool(a.ray)))
+                  ("--images auto", lambda a: a.images == "auto"), ("--ray", lambda a: bool(a.ray)),
+                  ("the non-ideality options", nonideal_given))
 
 
 def campaign_config(args):
@@ -134,7 +139,7 @@ def campaign_config(args):
             runs=RUNS if args.runs is None else args.runs, seed=args.seed, stats_rate=parse_stats_rate(args.bn_rate),
             precision=args.precision, ci=args.ci, min_runs=args.min_runs, images_auto=args.images == "auto",
             protect=None if args.protect is None else tuple(split_list(args.protect, "--protect")),
-            shard=parse_shard(args.shard), ray=args.ray, place=args.place)
+            shard=parse_shard(args.shard), ray=args.ray, place=args.place, nonideal=nonideal_from_args(args))
     except RuntimeInputError as e:
         raise UserError(str(e)) from None
 
@@ -151,8 +156,9 @@ def run(args) -> int:
     if args.fault_map:
         given = [flag for flag, given in _CAMPAIGN_ONLY if given(args)]
         if given:
-            raise UserError(f"{given[0]} is for campaigns of simulated chips; --fault-map validates one "
-                            f"measured chip (drop {given[0]})")
+            flag = nonideal_given(args) if given[0] == "the non-ideality options" else given[0]
+            raise UserError(f"{flag} is for campaigns of simulated chips; --fault-map validates one "
+                            f"measured chip (drop {flag})")
         if args.place and args.placement:
             raise UserError("--place places the chip here; --placement FILE applies a placement made by rram "
                             "place: give one of them")

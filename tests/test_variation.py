@@ -1,0 +1,235 @@
+"""Device non-idealities beside the stuck cells (issue 37, runtime/variation.py): settings and
+their checks, the per-cell draws (spread, seeds, stuck cells untouched), the campaign (zero noise
+= today's numbers, same seed same numbers, shards, identity), the CLI and the plot label."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from runtime.artifact import DeployedModel
+from runtime.campaign import validate
+from runtime.chips import RandomChips
+from runtime.crossbar import preset
+from runtime.errors import RuntimeInputError
+from runtime.faults import apply_faults, run_seed
+from runtime.plot import series_names
+from runtime.results import merge, read_results
+from runtime.variation import (
+    WAN2022_COEFFS_US,
+    Nonideal,
+    decode_float,
+    nonideal_preset,
+    programmed_levels,
+    read_noise,
+    read_seed,
+)
+from toolchain.cli import main
+
+from _runtime_helpers import write_cifar_batches
+
+
+@pytest.fixture
+def data(small_images):
+    return small_images(48)
+
+
+def identity(doc):
+    return {k: doc[k] for k in ("config", "clean", "rates", "complete")}
+
+
+def accuracies(doc):
+    return [[v["accuracy"] for _, v in sorted(e["runs"].items(), key=lambda kv: int(kv[0]))] for e in doc["rates"]]
+
+
+# ------------------------------------------------------------------ settings
+
+@pytest.mark.parametrize("kw, words", [
+    ({"programming_sigma": -0.01}, ">= 0"), ({"programming_sigma": float("nan")}, ">= 0"),
+    ({"read_sigma": -1}, ">= 0"), ({"read_sigma": float("inf")}, ">= 0"),
+    ({"dac_bits": 0}, "1 to 16"), ({"adc_bits": 17}, "1 to 16"), ({"adc_bits": 4.5}, "1 to 16"),
+    ({"programming_model": "gaussian"}, "unknown programming"), ({"adc_range": "fixed"}, "unknown ADC range"),
+])
+def test_bad_settings_are_one_line(kw, words):
+    with pytest.raises(RuntimeInputError, match=words) as e:
+        Nonideal(**kw)
+    assert "\n" not in str(e.value)
+
+
+def test_presets_and_what_cannot_apply():
+    assert nonideal_preset("ideal").ideal and Nonideal().ideal
+    wan = nonideal_preset("wan2022")
+    assert wan.programming_model == "wan2022" and wan.programming_sigma == 1 and wan.read_sigma == 0.01
+    with pytest.raises(RuntimeInputError, match="unknown non-ideality preset 'nope': choose ideal, wan2022"):
+        nonideal_preset("nope")
+    assert Nonideal.from_dict(wan.to_dict()) == wan
+    assert wan.with_options(read_sigma=0).name == "wan2022+custom" and wan.with_options().name == "wan2022"
+    with pytest.raises(RuntimeInputError, match="int8"):
+        Nonideal(read_sigma=0.01).check_applies("int8")
+    with pytest.raises(RuntimeInputError, match="int8"):
+        Nonideal(programming_sigma=0.01).check_applies("int8")
+    with pytest.raises(RuntimeInputError, match="not applied yet"):
+        Nonideal(adc_bits=6).check_applies("fp32")
+    Nonideal(read_sigma=0.01).check_applies("fp32")
+
+
+# ------------------------------------------------------------------ the draws
+
+def _levels(device, n, level):
+    return np.full(n, level, np.uint8), np.zeros(n, np.uint8)
+
+
+@pytest.mark.parametrize("sigma", [0.01, 0.05])
+def test_additive_spread_matches_its_setting(sigma):
+    device = preset("paper")  # 128 levels
+    lv, codes = _levels(device, 200_000, 63)
+    got = programmed_levels(lv, codes, Nonideal(programming_sigma=sigma), device, run_seed(0, 0.1, 0, 3))
+    rel = (got - 63) / (device.levels - 1)  # in fractions of the conductance range
+    assert abs(rel.mean()) < 4 * sigma / math.sqrt(lv.size)
+    assert rel.std() == pytest.approx(sigma, rel=0.01)
+    # clipped to the device's range: a cell at G_min never goes below it
+    low = programmed_levels(np.zeros(1000, np.uint8), np.zeros(1000, np.uint8), Nonideal(programming_sigma=sigma),
+                            device, run_seed(0, 0.1, 0, 3))
+    assert low.min() == 0 and (low > 0).mean() == pytest.approx(0.5, abs=0.05)
+
+
+def test_lognormal_and_wan2022_spread_match_their_settings():
+    device = preset("paper")
+    top = device.levels - 1
+    lv, codes = _levels(device, 200_000, 40)
+    g = device.g_min + 40 / top * (device.g_max - device.g_min)
+    got = programmed_levels(lv, codes, Nonideal(programming_sigma=0.1, programming_model="lognormal"), device,
+                            run_seed(1, 0, 0, 0))
+    g_got = device.g_min + got / top * (device.g_max - device.g_min)
+    assert np.log(g_got / g).std() == pytest.approx(0.1, rel=0.01)
+    got = programmed_levels(lv, codes, Nonideal(programming_sigma=1.0, programming_model="wan2022"), device,
+                            run_seed(1, 0, 0, 0))
+    x = g / device.g_max
+    want = sum(c * x ** i for i, c in enumerate(WAN2022_COEFFS_US)) / 40.0  # sd as a fraction of g_max
+    g_got = device.g_min + got.astype(np.float64) / top * (device.g_max - device.g_min)
+    assert (g_got / device.g_max).std() == pytest.approx(want, rel=0.01)
+    assert 0.04 < want < 0.06  # about 5% of g_max near a third of the range (Wan et al. 2022)
+
+
+def test_stuck_cells_keep_their_level_and_their_draws(paper_art):
+    dm = DeployedModel.load(paper_art)
+    chips = RandomChips.of(dm.cmap, 0.1, 0.05, seed=4)
+    varied = RandomChips.of(dm.cmap, 0.1, 0.05, seed=4, nonideal=Nonideal(programming_sigma=0.05))
+    a, b = chips.sample(2), varied.sample(2)
+    np.testing.assert_array_equal(a.codes, b.codes)  # the stuck cells' draws are unchanged
+    flat = np.concatenate([lay.levels.ravel() for lay in dm.cmap.layers])
+    faulty = apply_faults(flat, b.codes, preset("paper").levels - 1)
+    got = np.concatenate([lv.ravel() for lv in dm.chip_levels(b)])
+    stuck = b.codes != 0
+    np.testing.assert_array_equal(got[stuck], faulty[stuck])
+    inside = ~stuck & (faulty > 0) & (faulty < 127)
+    assert np.mean(got[inside] != faulty[inside]) > 0.99
+    at_gmin = ~stuck & (faulty == 0)  # clipped at G_min: about half stay there
+    assert np.mean(got[at_gmin] > 0) == pytest.approx(0.5, abs=0.05)
+    # zero variation: exactly today's weights
+    for w0, w1 in zip(dm.chip_weights(a), dm.chip_weights(RandomChips.of(
+            dm.cmap, 0.1, 0.05, seed=4, nonideal=Nonideal()).sample(2))):
+        np.testing.assert_array_equal(w0, w1)
+
+
+def test_float_decode_equals_the_integer_decoder_on_integer_levels():
+    from runtime.crossbar import decode, encode, quantize_matrix
+
+    rng = np.random.default_rng(0)
+    for name in ("paper", "mlc4", "slc8"):
+        device = preset(name)
+        q = quantize_matrix(rng.normal(size=(20, 9)), np.full(9, 3.0 / device.qmax, np.float32), device)
+        levels = encode(q, device)
+        np.testing.assert_array_equal(decode_float(levels.astype(np.float32), device), decode(levels, device))
+
+
+def test_read_noise_is_fresh_per_batch_and_seeded():
+    device, n = preset("paper"), 100_000
+    s = run_seed(0, 0.1, 0, 7)
+    ni = Nonideal(read_sigma=0.02)
+    a, b = read_noise(n, ni, device, s, 0), read_noise(n, ni, device, s, 1)
+    np.testing.assert_array_equal(a, read_noise(n, ni, device, run_seed(0, 0.1, 0, 7), 0))
+    assert np.corrcoef(a, b)[0, 1] < 0.02
+    assert (a / (device.levels - 1)).std() == pytest.approx(0.02, rel=0.02)
+    assert read_seed(s, 0).entropy == s.entropy  # the run's seed, a stream of its own
+
+
+# ------------------------------------------------------------------ campaigns
+
+def test_zero_noise_reproduces_todays_numbers_exactly(paper_art, data):
+    kw = dict(sa1=[0.0, 0.2], sa0=0.01, runs=3, seed=5, progress=False)
+    plain = validate(paper_art, *data, **kw)
+    for zero in (Nonideal(), Nonideal(programming_sigma=0.0, read_sigma=0.0, programming_model="lognormal")):
+        assert identity(validate(paper_art, *data, nonideal=zero, **kw)) == identity(plain)
+    assert "nonideal" not in plain["config"]
+
+
+def test_variation_and_read_noise_campaign_same_seed_same_numbers_and_shards(paper_art, data, tmp_path):
+    ni = Nonideal(programming_sigma=0.05, read_sigma=0.02)
+    kw = dict(sa1=[0.0, 0.1], runs=3, seed=2, progress=False, nonideal=ni, engine_kw={"batch_size": 16})
+    full = validate(paper_art, *data, out=tmp_path / "full.json", **kw)
+    assert identity(validate(paper_art, *data, **kw)) == identity(full)
+    assert full["config"]["nonideal"] == ni.to_dict()
+    plain = validate(paper_art, *data, sa1=[0.0, 0.1], runs=3, seed=2, progress=False)
+    assert accuracies(full) != accuracies(plain)
+    assert all(v["stuck_fraction"] == 0 for v in full["rates"][0]["runs"].values())  # SA1 0 chips ran
+    for k in (1, 2):
+        validate(paper_art, *data, shard=(k, 2), out=tmp_path / f"s{k}.json", **kw)
+    assert identity(merge([tmp_path / "s2.json", tmp_path / "s1.json"])) == identity(full)
+    # the read noise depends on the batch: another batch size, other numbers (same programmed chips)
+    other = validate(paper_art, *data, **{**kw, "engine_kw": {"batch_size": 48}})
+    assert accuracies(other) != accuracies(full)
+
+
+def test_read_noise_with_per_chip_calibration_runs(make_bn_artifact, small_images):
+    art = make_bn_artifact()
+    images, labels = small_images(32)
+    calib = small_images(24, seed=5)[0]
+    kw = dict(sa1=[0.1], runs=2, seed=1, progress=False, calibrate=calib, engine_kw={"batch_size": 16})
+    a = validate(art, images, labels, nonideal=Nonideal(programming_sigma=0.02, read_sigma=0.01), **kw)
+    b = validate(art, images, labels, nonideal=Nonideal(programming_sigma=0.02, read_sigma=0.01), **kw)
+    assert accuracies(a) == accuracies(b) and a["config"]["calibrate"] == 24
+
+
+# ------------------------------------------------------------------ CLI, plot
+
+def _err(capsys, args):
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("rram: error:") and "\n" not in err, err
+    return err
+
+
+def test_cli_options_identity_plot_and_bad_input(paper_art, data, tmp_path, capsys):
+    root = write_cifar_batches(tmp_path / "cifar", *data)
+    out = tmp_path / "v.json"
+    base = ["validate", str(paper_art), "--data", str(root), "--no-cache", "--sa1", "0,0.1", "--runs", "2",
+            "--seed", "3"]
+    assert main(base + ["--variation", "0.05", "--out", str(out)]) == 0
+    doc = read_results(out)
+    assert doc["config"]["nonideal"]["programming_sigma"] == 0.05
+    want = identity(validate(paper_art, *data, sa1=[0.0, 0.1], runs=2, seed=3, progress=False,
+                                   nonideal=Nonideal(programming_sigma=0.05)))
+    assert {k: v for k, v in doc["config"].items() if v != want["config"].get(k)} == {}
+    assert identity(doc) == want
+    zero = tmp_path / "zero.json"  # zero variation: today's file, no nonideal in its identity
+    assert main(base + ["--variation", "0", "--out", str(zero)]) == 0
+    assert "nonideal" not in read_results(zero)["config"]
+    assert "different configuration" in _err(capsys, base + ["--variation", "0.02", "--resume", "--out", str(out)])
+    assert series_names([doc], [out]) == ["v, variation 5% additive"]
+    wan = tmp_path / "wan.json"
+    assert main(base + ["--nonideal", "wan2022", "--out", str(wan)]) == 0
+    assert series_names([read_results(wan)], [wan]) == ["wan, wan2022: variation x1 wan2022, read noise 1%"]
+
+    bad = tmp_path / "bad.json"
+    for extra, words in [(["--variation", "-0.1"], ">= 0"), (["--variation", "nan"], ">= 0"),
+                         (["--read-noise", "-1"], ">= 0"), (["--adc-bits", "0"], "1 to 16"),
+                         (["--dac-bits", "17"], "1 to 16"), (["--nonideal", "nope"], "unknown non-ideality preset"),
+                         (["--read-noise", "0.01", "--precision", "int8"], "int8"),
+                         (["--adc-bits", "6"], "not applied yet")]:
+        assert words in _err(capsys, base + extra + ["--out", str(bad)])
+    chip_args = ["validate", str(paper_art), "--data", str(root), "--no-cache", "--fault-map", str(tmp_path / "m.npz"),
+                 "--variation", "0.1", "--out", str(bad)]
+    assert "--variation is for campaigns" in _err(capsys, chip_args)
+    assert not bad.exists()
