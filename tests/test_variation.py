@@ -233,3 +233,31 @@ def test_cli_options_identity_plot_and_bad_input(paper_art, data, tmp_path, caps
                  "--variation", "0.1", "--out", str(bad)]
     assert "--variation is for campaigns" in _err(capsys, chip_args)
     assert not bad.exists()
+
+
+def test_eval_reference_spread_zero_and_bad_input(capsys):
+    import torch
+
+    from toolchain.variation import VariedReferenceChips, programmed
+
+    lin = torch.nn.Sequential(torch.nn.Linear(4000, 3, bias=False))
+    with torch.no_grad():
+        lin[0].weight.fill_(0.25)
+        lin[0].weight[:, 0] = 0.5  # the column's top: the pair (0.5, 0) per row, g+ = 0.5 elsewhere
+    zero = VariedReferenceChips(lin, 0.0, 0.0, "additive", 0).sample(0)
+    torch.testing.assert_close(zero["0"], lin[0].weight, rtol=0, atol=1e-7)
+    w = VariedReferenceChips(lin, 0.0, 0.05, "additive", 0).sample(0)["0"][:, 1:]
+    # g+ = 0.5 (sd 0.05), g- = 0 clipped at G_min: (g+ - g-) * 0.5 has sd 0.5 * 0.05 * sqrt(1 + (1/2 - 1/(2 pi)))
+    want = 0.5 * 0.05 * math.sqrt(1 + 0.5 - 1 / (2 * math.pi))
+    assert float(w.std()) == pytest.approx(want, rel=0.05)
+    assert float(w.mean()) == pytest.approx(0.25 - 0.5 * 0.05 / math.sqrt(2 * math.pi), abs=2e-3)
+    stuck = VariedReferenceChips(lin, 1.0, 0.05, "additive", 0).sample(1)
+    assert not stuck["0"].any()  # every cell stuck at G_min: every weight reads 0
+    before = lin[0].weight.clone()
+    with programmed(lin, stuck):
+        assert not lin[0].weight.any()
+    assert torch.equal(lin[0].weight, before)
+
+    assert ">= 0" in _err(capsys, ["eval", "nope.pt", "--sa1", "0.1", "--variation", "-0.1"])
+    assert ">= 0" in _err(capsys, ["eval", "nope.pt", "--sa1", "0.1", "--variation", "nan"])
+    assert "give --sa1 too" in _err(capsys, ["eval", "nope.pt", "--variation", "0.1"])

@@ -48,7 +48,20 @@ def add_parser(sub) -> None:
     p.add_argument("--calibrate", type=positive_int, default=None, metavar="N",
                    help="per-chip calibration (with --sa1): re-estimate every BN's statistics on each faulty "
                         "chip from N training images chosen by --seed, then evaluate (default: off)")
+    add_variation_args(p)
     p.set_defaults(func=run)
+
+
+def add_variation_args(p) -> None:
+    """The reference of rram validate's programming variation (toolchain/variation.py)."""
+    from runtime.variation import PROGRAMMING_MODELS
+
+    p.add_argument("--variation", type=float, default=None, metavar="SIGMA",
+                   help="with --sa1: each cell of a differential pair per weight also programmed with an error "
+                        "(additive: sd SIGMA of the conductance range), clipped to the range; SA1 per cell "
+                        "(default: 0, none)")
+    p.add_argument("--variation-model", choices=PROGRAMMING_MODELS, default="additive",
+                   help="as rram validate's (default: additive)")
 
 
 def run(args) -> int:
@@ -62,6 +75,16 @@ def run(args) -> int:
         raise UserError("--runs counts simulated chips: give --sa1 too")
     if args.calibrate is not None and args.sa1 is None:
         raise UserError("--calibrate re-estimates BN statistics on each simulated chip: give --sa1 too")
+    if args.variation is not None:
+        if args.sa1 is None:
+            raise UserError("--variation simulates chips: give --sa1 too (--sa1 0 for variation alone)")
+        from runtime.errors import RuntimeInputError
+        from runtime.variation import Nonideal
+
+        try:  # the runtime's checks (negative, NaN): one line
+            Nonideal(programming_sigma=args.variation, programming_model=args.variation_model)
+        except RuntimeInputError as e:
+            raise UserError(str(e)) from None
     args.runs = args.runs or 1
     ckpt = load_checkpoint(args.checkpoint, model=args.model, width=args.width, shortcut=args.shortcut,
                            normalization=normalization_from_args(args), download=args.download)
@@ -89,8 +112,13 @@ def run(args) -> int:
         per_rate, lines = [], []
         for p in rates:
             accs, chips = [], ReferenceChips(model, p, args.seed)
+            if args.variation is not None:
+                from ..variation import VariedReferenceChips, programmed
+
+                chips = VariedReferenceChips(model, p, args.variation, args.variation_model, args.seed)
             for run_i in range(args.runs):
-                with sa1_faults(model, chips.sample(run_i)), restored_bn(model):
+                with (sa1_faults if args.variation is None else programmed)(model, chips.sample(run_i)), \
+                        restored_bn(model):
                     if calib is not None:
                         calibrate_bn(model, calib)
                     accs.append(accuracy(model, split, ckpt.normalization, batch_size=args.batch_size,
@@ -103,7 +131,11 @@ def run(args) -> int:
             lines.append(f"SA1 {p:g}, {args.runs} chips{calibrated}: mean {100 * s['mean']:.2f}% "
                          f"std {std} min {100 * s['min']:.2f}% max {100 * s['max']:.2f}%")
         acc = per_rate[0]["mean"] if len(per_rate) == 1 else None
+        if args.variation is not None:
+            lines = [f"{line} (variation {args.variation:g} {args.variation_model})" for line in lines]
         extra = {"runs": args.runs, "seed": args.seed, "calibrate": args.calibrate, "rates": per_rate,
+                 **({} if args.variation is None else {"variation": args.variation,
+                                                       "variation_model": args.variation_model}),
                  **(per_rate[0] if len(per_rate) == 1 else {})}  # one rate: its figures at the top too
         text = "\n".join(lines) if len(lines) > 1 else lines[0]
     seconds = time.perf_counter() - t0
