@@ -166,7 +166,8 @@ def programmed_levels(levels: np.ndarray, codes: np.ndarray, nonideal: Nonideal,
     lv = levels.astype(np.float32)
     sigma = np.float32(nonideal.programming_sigma)
     if nonideal.programming_model == "additive":
-        varied = lv + sigma * top * z
+        z *= sigma * top
+        varied = np.add(z, lv, out=z)
     else:
         g_min, g_max = np.float32(device.g_min), np.float32(device.g_max)
         g = g_min + lv / top * (g_max - g_min)
@@ -175,8 +176,10 @@ def programmed_levels(levels: np.ndarray, codes: np.ndarray, nonideal: Nonideal,
         else:  # wan2022
             g = g + sigma * wan2022_sigma(g / g_max) * g_max * z
         varied = (g - g_min) / (g_max - g_min) * top
-    varied = np.clip(varied, 0, top)
-    return np.where(codes != 0, lv, varied).astype(np.float32, copy=False)
+    varied = np.clip(varied, 0, top, out=varied)
+    stuck = codes != 0
+    varied[stuck] = lv[stuck]
+    return varied
 
 
 def read_noise(n_cells: int, nonideal: Nonideal, device: DeviceConfig, seed: np.random.SeedSequence,
@@ -187,10 +190,11 @@ def read_noise(n_cells: int, nonideal: Nonideal, device: DeviceConfig, seed: np.
 
 
 def decode_float(levels: np.ndarray, device: DeviceConfig) -> np.ndarray:
-    """``crossbar.decode`` for real-valued levels (planes, slices, R, C) -> (R, C) float64: what the
-    varied cells sum to in integer-weight units."""
-    weights = np.float64(2.0) ** (device.bits_per_cell * np.arange(device.cells_per_weight))
-    values = np.tensordot(weights, levels.astype(np.float64), axes=([0], [1]))
+    """``crossbar.decode`` for real-valued levels (planes, slices, R, C) -> (R, C) float32: what the
+    varied cells sum to in integer-weight units (float32 holds every integer weight exactly)."""
+    values = levels[:, 0].astype(np.float32)
+    for k in range(1, device.cells_per_weight):  # (np.tensordot over a short axis is 10x slower)
+        values += np.float32(2.0 ** (device.bits_per_cell * k)) * levels[:, k]
     if device.encoding == "differential":
         return values[0] - values[1]
     return values[0] - device.offset
