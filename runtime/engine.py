@@ -26,7 +26,7 @@ class Engine:
                  batch_size: int = 128, threads: int | None = None, providers: list[str] | None = None,
                  normalized: np.ndarray | None = None, precision: str = "fp32",
                  calibration: np.ndarray | None = None, calibrate: np.ndarray | None = None,
-                 periphery: dict | None = None, calibrate_batch: int = CALIBRATION_BATCH):
+                 periphery: dict | None = None, calibrate_batch: int = CALIBRATION_BATCH, converters=None):
         """``calibration``: uint8 NHWC training images, for ``precision="int8"`` only (activation
         ranges). ``calibrate``: uint8 NHWC training images on which every chip's periphery is
         calibrated (per-chip BN re-estimation, runtime/calibration/; with int8 measured and applied
@@ -34,7 +34,9 @@ class Engine:
         ``periphery``: instead, one chip's digital (scale, offset) per layer, as `rram calibrate`
         wrote them; used for every chip evaluated (a measured chip's file). ``calibrate_batch``: the
         most calibration images measured as one batch; more are streamed in batches of that size
-        (of the model's own where it fixes one), in memory that does not grow with their number."""
+        (of the model's own where it fixes one), in memory that does not grow with their number.
+        ``converters``: a ``variation.Nonideal`` whose DAC/ADC resolution every chip is computed
+        with (fp32; its ranges from ``calibration``, runtime/converters.py)."""
         if len(images) != len(labels) or len(labels) == 0:
             raise RuntimeInputError(f"{len(images)} images but {len(labels)} labels")
         self.model = model
@@ -54,6 +56,16 @@ class Engine:
             raise RuntimeInputError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
         self.precision = precision
         self.feed_name, self.feed = model.input_name, self.x
+        self.fp32_base = model.base_bytes
+        if converters is not None and (converters.dac_bits is not None or converters.adc_bits is not None):
+            if precision != "fp32" or calibrate is not None or periphery is not None:
+                raise RuntimeInputError("DAC/ADC resolution applies to fp32 chips without per-chip calibration "
+                                        "(not with --precision int8, --calibrate or a chip calibration file)")
+            from .converters import converted_base
+
+            calib = normalize_images(calibration, model.normalization) if calibration is not None else None
+            self.fp32_base = converted_base(model, converters, calib, lambda data: make_session(
+                data, providers=self.providers, threads=self.threads, shared_arena=True))
         if precision == "int8":
             calib = normalize_images(calibration, model.normalization) if calibration is not None else None
             self.int8 = prepare_int8(model, calib, calibration_batch=fixed or 100, fixed_batch=fixed is not None)
@@ -109,7 +121,8 @@ class Engine:
             names, arrays = self.calibrator.evaluated(weights, affines)
             data = append_initializers(self.calibrator.eval_base, names, arrays)
         elif self.precision == "fp32":
-            data = self.model.model_bytes_with(weights)
+            data = append_initializers(self.fp32_base, self.model.weight_names,
+                                       weights if weights is not None else self.model.clean_weights())
         else:
             data = append_initializers(self.int8.model, self.int8.weight_names,
                                        weights if weights is not None else self.weights())

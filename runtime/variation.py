@@ -20,8 +20,9 @@ and the per-cell draws the runtime applies to a chip's cell levels.
   draw per cell per batch of images from ``read_seed(run_seed, batch)``. Every image of a batch
   sees the same draw; each image's expected accuracy is the same as with a draw per image (its
   marginal noise is the same), only the chip's accuracy varies more between runs.
-- **Converter resolution** (``dac_bits``, ``adc_bits``, ``adc_range``): settings only, not yet
-  applied (asking for them is a one-line error; docs/runtime.md says what is missing).
+- **Converter resolution** (``dac_bits``, ``adc_bits``, ``adc_range``): applied to the campaign's
+  graph, the same for every chip (``converters``: each layer split over its row tiles, each
+  tile's partial sums converted per column, then added digitally; ranges calibrated once).
 """
 from __future__ import annotations
 
@@ -66,8 +67,8 @@ class Nonideal:
     programming_sigma: float = 0.0
     programming_model: str = "additive"
     read_sigma: float = 0.0      # fraction of the conductance range, per cell, per batch
-    dac_bits: int | None = None  # None: unbounded (not yet applied when set)
-    adc_bits: int | None = None  # None: unbounded (not yet applied when set)
+    dac_bits: int | None = None  # None: unbounded
+    adc_bits: int | None = None  # None: unbounded
     adc_range: str = "calibrated-per-column"
     name: str = "custom"
 
@@ -90,14 +91,19 @@ class Nonideal:
             and self.adc_bits is None
 
     @property
+    def converters(self) -> bool:
+        """DAC or ADC resolution: applied by a rewrite of the graph (``converters``)."""
+        return self.dac_bits is not None or self.adc_bits is not None
+
+    @property
     def varies(self) -> bool:
         return self.programming_sigma > 0
 
     def check_applies(self, precision: str) -> None:
-        """One line for what cannot be applied (yet): converters, and noise in int8."""
-        if self.dac_bits is not None or self.adc_bits is not None:
-            raise RuntimeInputError("DAC/ADC resolution (--dac-bits, --adc-bits) is not applied yet: the per-tile "
-                                    "partial-sum rewrite is not built (docs/runtime.md, Device non-idealities)")
+        """One line for what cannot be applied (yet): converters and noise in int8."""
+        if precision != "fp32" and self.converters:
+            raise RuntimeInputError(f"--precision {precision} quantises activations its own way (8 bits, per "
+                                    f"tensor): DAC/ADC resolution (--dac-bits, --adc-bits) needs --precision fp32")
         if precision != "fp32" and (self.programming_sigma > 0 or self.read_sigma > 0):
             raise RuntimeInputError(f"--precision {precision} computes with the crossbar's integer weights, which "
                                     f"cannot hold programming variation or read noise: use --precision fp32")
@@ -122,7 +128,7 @@ NONIDEAL_PRESETS: dict[str, Nonideal] = {
     "ideal": Nonideal(name="ideal"),
     # NeuRRAM's RRAM as measured (Wan et al., Nature 2022) through aihwkit's fit, plus aihwkit's
     # suggested ~1% short-term read noise (its ReRamWan2022NoiseModel docstring: "about 1%",
-    # forward.w_noise = 0.01, additive constant); converters unbounded (not yet applied)
+    # forward.w_noise = 0.01, additive constant); converters unbounded
     "wan2022": Nonideal(programming_sigma=1.0, programming_model="wan2022", read_sigma=0.01, name="wan2022"),
 }
 

@@ -69,8 +69,9 @@ def test_presets_and_what_cannot_apply():
         Nonideal(read_sigma=0.01).check_applies("int8")
     with pytest.raises(RuntimeInputError, match="int8"):
         Nonideal(programming_sigma=0.01).check_applies("int8")
-    with pytest.raises(RuntimeInputError, match="not applied yet"):
-        Nonideal(adc_bits=6).check_applies("fp32")
+    with pytest.raises(RuntimeInputError, match="fp32"):
+        Nonideal(adc_bits=6).check_applies("int8")
+    Nonideal(adc_bits=6, dac_bits=8).check_applies("fp32")
     Nonideal(read_sigma=0.01).check_applies("fp32")
 
 
@@ -226,8 +227,7 @@ def test_cli_options_identity_plot_and_bad_input(paper_art, data, tmp_path, caps
     for extra, words in [(["--variation", "-0.1"], ">= 0"), (["--variation", "nan"], ">= 0"),
                          (["--read-noise", "-1"], ">= 0"), (["--adc-bits", "0"], "1 to 16"),
                          (["--dac-bits", "17"], "1 to 16"), (["--nonideal", "nope"], "unknown non-ideality preset"),
-                         (["--read-noise", "0.01", "--precision", "int8"], "int8"),
-                         (["--adc-bits", "6"], "not applied yet")]:
+                         (["--read-noise", "0.01", "--precision", "int8"], "int8")]:
         assert words in _err(capsys, base + extra + ["--out", str(bad)])
     chip_args = ["validate", str(paper_art), "--data", str(root), "--no-cache", "--fault-map", str(tmp_path / "m.npz"),
                  "--variation", "0.1", "--out", str(bad)]
@@ -261,3 +261,73 @@ def test_eval_reference_spread_zero_and_bad_input(capsys):
     assert ">= 0" in _err(capsys, ["eval", "nope.pt", "--sa1", "0.1", "--variation", "-0.1"])
     assert ">= 0" in _err(capsys, ["eval", "nope.pt", "--sa1", "0.1", "--variation", "nan"])
     assert "give --sa1 too" in _err(capsys, ["eval", "nope.pt", "--variation", "0.1"])
+
+
+# ------------------------------------------------------------------ DAC/ADC resolution
+
+def test_adc_converts_each_tile_partial_sum_to_its_code(make_tiny_artifact, small_images):
+    """The first conv on 8-row tiles (3 input channels x 3 x 3 = 27 rows: tiles of 8, 8, 8, 3 rows,
+    cutting kernels): each tile's partial sum quantised to a 4-bit signed code per column on its
+    calibrated range, then summed with the bias: computed here with torch, against the graph."""
+    import onnx
+    import torch
+
+    from runtime.converters import converter_model, ranges_of
+    from runtime.crossbar import DeviceConfig
+    from runtime.metadata import normalize_images
+    from runtime.session import make_session
+
+    art = make_tiny_artifact(device=DeviceConfig(tile_rows=8, name="rows8"))
+    dm = DeployedModel.load(art)
+    images, _ = small_images(16)
+    x = normalize_images(images, dm.normalization)
+    ni = Nonideal(adc_bits=4)
+    ranges = ranges_of(dm, ni, x, lambda data: make_session(data, threads=1))
+    graph, _ = converter_model(dm, ni, ranges)
+    node = next(n for n in graph.graph.node if n.name == "" and n.output[0].endswith("/0/sum"))
+    graph.graph.output.append(onnx.helper.make_tensor_value_info(node.output[0], onnx.TensorProto.FLOAT, None))
+    from runtime.artifact import append_initializers
+
+    sess = make_session(append_initializers(graph.SerializeToString(), dm.weight_names, dm.clean_weights()), threads=1)
+    got = sess.run([node.output[0]], {dm.input_name: x})[0]
+
+    conv = next(n for n in dm.base_model().graph.node if n.op_type == "Conv" and n.input[1] == dm.weight_names[0])
+    attrs = {a.name: list(a.ints) for a in conv.attribute}
+    pads, stride = attrs.get("pads", [0, 0, 0, 0]), attrs.get("strides", [1, 1])
+    w = torch.from_numpy(dm.clean_weights()[0])
+    flat = w.reshape(w.shape[0], -1)
+    want = 0
+    assert len(ranges["p"][0]) == 4
+    for t, r0 in enumerate(range(0, 27, 8)):
+        mask = torch.zeros_like(flat)
+        mask[:, r0:r0 + 8] = 1
+        part = torch.nn.functional.conv2d(torch.from_numpy(x), (flat * mask).reshape(w.shape), stride=stride,
+                                          padding=pads[:2]).numpy()
+        top = np.abs(part).max(axis=(0, 2, 3))
+        np.testing.assert_allclose(ranges["p"][0][t], top, rtol=1e-5)  # the calibrated per-column range
+        step = (top / 7).reshape(1, -1, 1, 1)
+        code = np.clip(np.round(part / step), -7, 7)
+        assert set(np.unique(code)) <= set(range(-7, 8))
+        assert (np.abs(code).max(axis=(0, 2, 3)) == 7).all()  # each column's largest partial sum: the top code
+        want = want + code * step
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5 * float(np.abs(want).max()))
+
+
+def test_converters_in_campaigns(paper_art, data, small_images, tmp_path, capsys):
+    calib = small_images(32, seed=4)[0]
+    kw = dict(sa1=[0.0, 0.1], runs=2, seed=1, progress=False)
+    plain = validate(paper_art, *data, **kw)
+    wide = validate(paper_art, *data, nonideal=Nonideal(dac_bits=16, adc_bits=16), calibration=calib, **kw)
+    assert accuracies(wide) == accuracies(plain)  # 16 bits: the same decisions as unbounded converters
+    assert wide["config"]["nonideal"]["adc_bits"] == 16 and "calibration_sha256" in wide["config"]
+    narrow = validate(paper_art, *data, nonideal=Nonideal(adc_bits=3), calibration=calib, **kw)
+    assert narrow["clean"]["."] < plain["clean"]["."]  # 3 bits cost accuracy
+    assert identity(validate(paper_art, *data, nonideal=Nonideal(adc_bits=3), calibration=calib, **kw)) == \
+        identity(narrow)
+    with pytest.raises(RuntimeInputError, match="calibrat"):
+        validate(paper_art, *data, nonideal=Nonideal(adc_bits=3), calibrate=calib, calibration=calib, **kw)
+    root = write_cifar_batches(tmp_path / "cifar", *data)
+    bad = tmp_path / "bad.json"
+    assert "fp32" in _err(capsys, ["validate", str(paper_art), "--data", str(root), "--no-cache", "--adc-bits", "6",
+                                   "--precision", "int8", "--out", str(bad)])
+    assert not bad.exists()

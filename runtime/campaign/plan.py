@@ -154,9 +154,10 @@ class CampaignConfig:
             "images": int(len(labels)), "images_sha256": images_digest(images, labels),
             "stats_rate": self.stats_rate, "precision": self.precision,
         }
-        if self.precision == "int8":
+        if self.precision == "int8" or (self.nonideal is not None and self.nonideal.converters):
             if calibration is None:
-                raise RuntimeInputError("--precision int8 needs calibration images")
+                raise RuntimeInputError(f"{'--precision int8' if self.precision == 'int8' else 'DAC/ADC resolution'} "
+                                        f"needs calibration images")
             config["calibration_sha256"] = images_digest(calibration, np.zeros(0, np.int64))
         config.update(calibrate_config(calibrate))  # part of every run: it belongs to the identity
         if self.ci is not None:

@@ -285,11 +285,14 @@ def add_nonideal_args(p: argparse.ArgumentParser) -> None:
                    help="read noise: every cell read with a fresh additive error of sd SIGMA (fraction of the "
                         "conductance range) per batch of images (default: 0, none)")
     p.add_argument("--dac-bits", type=_integer, default=None, metavar="BITS",
-                   help="DAC resolution on the inputs, 1-16 (default: unbounded; not applied yet)")
+                   help="DAC resolution on each mapped layer's inputs, 1-16 bits, range calibrated per layer on "
+                        "--calibration-images (default: unbounded)")
     p.add_argument("--adc-bits", type=_integer, default=None, metavar="BITS",
-                   help="ADC resolution on each tile's column outputs, 1-16 (default: unbounded; not applied yet)")
+                   help="ADC resolution on each row tile's column outputs (partial sums converted, then added "
+                        "digitally), 1-16 bits (default: unbounded)")
     p.add_argument("--adc-range", choices=ADC_RANGES, default=None,
-                   help="the ADC's range (default: calibrated-per-column; not applied yet)")
+                   help="the ADC's range per column: the largest partial sum on --calibration-images, or the column's "
+                        "full scale (default: calibrated-per-column)")
 
 
 def nonideal_given(args) -> str | None:

@@ -83,7 +83,8 @@ def add_parser(sub) -> None:
                    help="int8: activations quantised as a DAC/ADC would (onnxruntime static "
                         "quantisation calibrated on training images), weights = crossbar integers")
     p.add_argument("--calibration-images", type=positive_int, default=None,
-                   help=f"training images for --precision int8 calibration (default: {INT8_CALIBRATION_DEFAULT}, "
+                   help=f"training images for --precision int8 calibration and the DAC/ADC ranges of --dac-bits/"
+                        f"--adc-bits (default: {INT8_CALIBRATION_DEFAULT}, "
                         f"or the whole split when it is smaller)")
     p.add_argument("--batch-size", type=positive_int, default=128,
                    help="images per onnxruntime call (128 measured fastest for ResNet20 on 2 cores)")
@@ -186,7 +187,8 @@ def run(args) -> int:
     images, labels = split.images[idx], split.labels[idx]
     engine_kw = {"batch_size": args.batch_size, "threads": args.threads}
     calibration = None
-    if args.precision == "int8":
+    converters = config is not None and config.nonideal is not None and config.nonideal.converters
+    if args.precision == "int8" or converters:  # activation ranges (int8), converter ranges (DAC/ADC)
         train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache)
         calibration = train.images[int8_calibration_indices(len(train), args.calibration_images)]
     calibrate = calibration_images(args)
