@@ -331,3 +331,18 @@ def test_converters_in_campaigns(paper_art, data, small_images, tmp_path, capsys
     assert "fp32" in _err(capsys, ["validate", str(paper_art), "--data", str(root), "--no-cache", "--adc-bits", "6",
                                    "--precision", "int8", "--out", str(bad)])
     assert not bad.exists()
+
+
+def test_placed_chips_carry_their_variation(paper_art, data):
+    from runtime.chips import PlacedChips
+
+    dm = DeployedModel.load(paper_art)
+    ni = Nonideal(programming_sigma=0.05)
+    plain = PlacedChips(dm.cmap, RandomChips.of(dm.cmap, 0.1, 0.0, 3)).sample(1)
+    varied = PlacedChips(dm.cmap, RandomChips.of(dm.cmap, 0.1, 0.0, 3, nonideal=ni)).sample(1)
+    np.testing.assert_array_equal(plain.codes, varied.codes)  # placed on the faults alone
+    assert varied.nonideal == ni and varied.seed.entropy == run_seed(3, 0.1, 0.0, 1).entropy
+    kw = dict(sa1=[0.1], runs=2, seed=3, progress=False, place=True, nonideal=ni)
+    a = validate(paper_art, *data, **kw)
+    assert identity(a) == identity(validate(paper_art, *data, **kw))
+    assert accuracies(a) != accuracies(validate(paper_art, *data, **{**kw, "nonideal": None}))
