@@ -346,3 +346,31 @@ def test_placed_chips_carry_their_variation(paper_art, data):
     a = validate(paper_art, *data, **kw)
     assert identity(a) == identity(validate(paper_art, *data, **kw))
     assert accuracies(a) != accuracies(validate(paper_art, *data, **{**kw, "nonideal": None}))
+
+
+def test_eval_reference_read_noise_fresh_per_forward(capsys):
+    import torch
+
+    from toolchain.variation import VariedReferenceChips, chip_context
+
+    lin = torch.nn.Sequential(torch.nn.Linear(2000, 4, bias=False))
+    with torch.no_grad():
+        lin[0].weight.uniform_(-1, 1)
+        lin[0].weight[:, 0] = 2.0  # each row's top: 2
+    before = lin[0].weight.detach().clone()
+    chips = VariedReferenceChips(lin, 0.0, 0.0, "additive", 0)
+    seen = []
+    lin[0].register_forward_hook(lambda m, args, out: seen.append(m.weight.detach().clone()))
+    x = torch.ones(1, 2000)
+    with chip_context(chips, 0, 0.02):
+        lin(x), lin(x)
+    d0, d1 = seen[0] - before, seen[1] - before
+    assert float(d0.std()) == pytest.approx(0.02 * 2.0 * math.sqrt(2), rel=0.05)  # both planes, sd of the range
+    assert abs(float(torch.corrcoef(torch.stack([d0.ravel(), d1.ravel()]))[0, 1])) < 0.05  # fresh per batch
+    assert torch.equal(lin[0].weight, before)
+    with chip_context(chips, 0, 0.02):
+        lin(x)
+    torch.testing.assert_close(seen[2], seen[0], rtol=0, atol=0)  # seeded by (seed, run)
+    assert "give --sa1 too" in _err(capsys, ["eval", "nope.pt", "--read-noise", "0.1"])
+    assert ">= 0" in _err(capsys, ["eval", "nope.pt", "--sa1", "0", "--read-noise", "-1"])
+    assert "--calibrate" in _err(capsys, ["eval", "nope.pt", "--sa1", "0", "--read-noise", "0.1", "--calibrate", "8"])

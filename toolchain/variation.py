@@ -1,4 +1,5 @@
-"""The PyTorch reference of programming variation (``rram eval --sa1 P --variation SIGMA``), written
+"""The PyTorch reference of programming variation and read noise (``rram eval --sa1 P --variation
+SIGMA --read-noise SIGMA_R``), written
 from the model's description in docs/runtime.md ("Device non-idealities"), not from the runtime's
 code: what the runtime's ``paper`` preset does to a float weight, without its 7-bit rounding.
 
@@ -9,7 +10,9 @@ both planes is, independently, stuck at G_min (SA1) with probability P, else pro
 error (``additive``: g + SIGMA Z; ``lognormal``: G exp(SIGMA Z); ``wan2022``: the measured sd of
 Wan et al., Nature 2022, times SIGMA), clipped to [G_min, G_max]; the weight the chip computes
 with is (g+ - g-) m. Conductances in siemens where the model needs them (lognormal, wan2022): the
-``paper`` preset's G_min = 1 uS, G_max = 100 uS.
+``paper`` preset's G_min = 1 uS, G_max = 100 uS. Read noise: every forward pass (one batch of
+images) reads each cell of both planes with a fresh error SIGMA_R Z (fraction of the range), not
+clipped, drawn from ``derive_seed(seed, "read", r)`` batch after batch.
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ class VariedReferenceChips:
 
     def __init__(self, model: nn.Module, p: float, sigma: float, kind: str, seed: int):
         self.model, self.p, self.sigma, self.kind, self.seed = model, float(p), float(sigma), kind, int(seed)
+        self.tops = column_tops(model)  # of the clean weights: the mapping's column scales
 
     def sample(self, run: int) -> dict[str, torch.Tensor]:
         gen = torch.Generator().manual_seed(derive_seed(self.seed, "variation", run))
@@ -60,6 +64,39 @@ class VariedReferenceChips:
                 planes.append(torch.where(stuck, torch.zeros_like(g), _program(g, self.sigma, self.kind, gen)))
             out[name] = ((planes[0] - planes[1]) * top).to(stored_weight(m).dtype)
         return out
+
+
+def column_tops(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Per weight module, each output channel's largest |w|: the conductance range's top (G_max)."""
+    return {name: stored_weight(m).detach().abs().amax(dim=tuple(range(1, stored_weight(m).ndim)), keepdim=True)
+            for name, m in weight_modules(model)}
+
+
+@contextlib.contextmanager
+def read_noise(model: nn.Module, tops: dict[str, torch.Tensor], sigma: float, gen: torch.Generator):
+    """Every forward pass (one batch) reads each cell of both planes with a fresh error of sd
+    ``sigma`` of the range: the weight the module computes with is its current (programmed) weight
+    + sigma * top * (Z+ - Z-), drawn from ``gen`` at each call. The weights are restored on exit."""
+    mods = dict(weight_modules(model))
+    base = {name: stored_weight(m).detach().clone() for name, m in mods.items()}
+
+    def hook(name):
+        def pre(module, args):
+            z = torch.randn((2,) + tuple(base[name].shape), generator=gen, dtype=torch.float64)
+            noise = (sigma * tops[name].to(torch.float64) * (z[0] - z[1])).to(base[name].dtype)
+            with torch.no_grad():
+                stored_weight(module).copy_(base[name] + noise.to(base[name].device))
+        return pre
+
+    handles = [m.register_forward_pre_hook(hook(name)) for name, m in mods.items()]
+    try:
+        yield model
+    finally:
+        for h in handles:
+            h.remove()
+        with torch.no_grad():
+            for name, m in mods.items():
+                stored_weight(m).copy_(base[name])
 
 
 @contextlib.contextmanager
@@ -78,3 +115,15 @@ def programmed(model: nn.Module, weights: dict[str, torch.Tensor]):
         with torch.no_grad():
             for name, original in saved.items():
                 stored_weight(mods[name]).copy_(original)
+
+
+@contextlib.contextmanager
+def chip_context(chips: VariedReferenceChips, run: int, read_sigma: float | None):
+    """Chip ``run`` of ``chips`` programmed into the model, read with read noise when given."""
+    with programmed(chips.model, chips.sample(run)):
+        if not read_sigma:
+            yield chips.model
+            return
+        gen = torch.Generator().manual_seed(derive_seed(chips.seed, "read", run))
+        with read_noise(chips.model, chips.tops, read_sigma, gen):
+            yield chips.model

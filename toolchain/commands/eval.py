@@ -62,6 +62,9 @@ def add_variation_args(p) -> None:
                         "(default: 0, none)")
     p.add_argument("--variation-model", choices=PROGRAMMING_MODELS, default="additive",
                    help="as rram validate's (default: additive)")
+    p.add_argument("--read-noise", type=float, default=None, metavar="SIGMA",
+                   help="with --sa1: every cell of both planes read with a fresh error of sd SIGMA of the "
+                        "conductance range at each forward pass (batch) (default: 0, none)")
 
 
 def run(args) -> int:
@@ -73,16 +76,22 @@ def run(args) -> int:
         rates = [check_rate(p, "SA1 rate", inclusive=True) for p in float_list(args.sa1, "--sa1")]
     elif args.runs is not None:
         raise UserError("--runs counts simulated chips: give --sa1 too")
+    if args.read_noise and args.calibrate is not None:
+        raise UserError("--read-noise with --calibrate is not built in the reference (rram validate calibrates "
+                        "without read noise): give one of them")
     if args.calibrate is not None and args.sa1 is None:
         raise UserError("--calibrate re-estimates BN statistics on each simulated chip: give --sa1 too")
-    if args.variation is not None:
+    noisy = args.variation is not None or args.read_noise is not None
+    if noisy:
         if args.sa1 is None:
-            raise UserError("--variation simulates chips: give --sa1 too (--sa1 0 for variation alone)")
+            flag = "--variation" if args.variation is not None else "--read-noise"
+            raise UserError(f"{flag} simulates chips: give --sa1 too (--sa1 0 for it alone)")
         from runtime.errors import RuntimeInputError
         from runtime.variation import Nonideal
 
         try:  # the runtime's checks (negative, NaN): one line
-            Nonideal(programming_sigma=args.variation, programming_model=args.variation_model)
+            Nonideal(programming_sigma=args.variation or 0.0, programming_model=args.variation_model,
+                     read_sigma=args.read_noise or 0.0)
         except RuntimeInputError as e:
             raise UserError(str(e)) from None
     args.runs = args.runs or 1
@@ -112,13 +121,13 @@ def run(args) -> int:
         per_rate, lines = [], []
         for p in rates:
             accs, chips = [], ReferenceChips(model, p, args.seed)
-            if args.variation is not None:
-                from ..variation import VariedReferenceChips, programmed
+            if noisy:
+                from ..variation import VariedReferenceChips, chip_context
 
-                chips = VariedReferenceChips(model, p, args.variation, args.variation_model, args.seed)
+                chips = VariedReferenceChips(model, p, args.variation or 0.0, args.variation_model, args.seed)
             for run_i in range(args.runs):
-                with (sa1_faults if args.variation is None else programmed)(model, chips.sample(run_i)), \
-                        restored_bn(model):
+                chip = chip_context(chips, run_i, args.read_noise) if noisy else sa1_faults(model, chips.sample(run_i))
+                with chip, restored_bn(model):
                     if calib is not None:
                         calibrate_bn(model, calib)
                     accs.append(accuracy(model, split, ckpt.normalization, batch_size=args.batch_size,
@@ -131,11 +140,12 @@ def run(args) -> int:
             lines.append(f"SA1 {p:g}, {args.runs} chips{calibrated}: mean {100 * s['mean']:.2f}% "
                          f"std {std} min {100 * s['min']:.2f}% max {100 * s['max']:.2f}%")
         acc = per_rate[0]["mean"] if len(per_rate) == 1 else None
-        if args.variation is not None:
-            lines = [f"{line} (variation {args.variation:g} {args.variation_model})" for line in lines]
+        if noisy:
+            lines = [f"{line} (variation {args.variation or 0:g} {args.variation_model}, read noise "
+                     f"{args.read_noise or 0:g})" for line in lines]
         extra = {"runs": args.runs, "seed": args.seed, "calibrate": args.calibrate, "rates": per_rate,
-                 **({} if args.variation is None else {"variation": args.variation,
-                                                       "variation_model": args.variation_model}),
+                 **({} if not noisy else {"variation": args.variation or 0.0, "variation_model": args.variation_model,
+                                          "read_noise": args.read_noise or 0.0}),
                  **(per_rate[0] if len(per_rate) == 1 else {})}  # one rate: its figures at the top too
         text = "\n".join(lines) if len(lines) > 1 else lines[0]
     seconds = time.perf_counter() - t0
