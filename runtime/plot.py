@@ -25,6 +25,8 @@ def nonideal_label(n: dict) -> str:
     for key, what in (("dac_bits", "DAC"), ("adc_bits", "ADC")):
         if n.get(key) is not None:
             parts.append(f"{what} {n[key]} bits")
+    if n.get("adc_bits") is not None and n.get("adc_range") == "full-scale":
+        parts[-1] += " full-scale"
     name = n.get("name")
     return (f"{name}: " if name and name != "custom" else "") + ", ".join(parts or ["ideal"])
 

@@ -374,3 +374,14 @@ def test_eval_reference_read_noise_fresh_per_forward(capsys):
     assert "give --sa1 too" in _err(capsys, ["eval", "nope.pt", "--read-noise", "0.1"])
     assert ">= 0" in _err(capsys, ["eval", "nope.pt", "--sa1", "0", "--read-noise", "-1"])
     assert "--calibrate" in _err(capsys, ["eval", "nope.pt", "--sa1", "0", "--read-noise", "0.1", "--calibrate", "8"])
+
+
+def test_plot_label_names_every_setting():
+    from runtime.plot import nonideal_label
+
+    assert nonideal_label(Nonideal(programming_sigma=0.1, programming_model="lognormal").to_dict()) == \
+        "variation 10% lognormal"
+    assert nonideal_label(Nonideal(dac_bits=8, adc_bits=6).to_dict()) == "DAC 8 bits, ADC 6 bits"
+    assert nonideal_label(Nonideal(adc_bits=6, adc_range="full-scale").to_dict()) == "ADC 6 bits full-scale"
+    assert nonideal_label(nonideal_preset("wan2022").with_options(adc_bits=6).to_dict()) == \
+        "wan2022+custom: variation x1 wan2022, read noise 1%, ADC 6 bits"
