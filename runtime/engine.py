@@ -120,9 +120,12 @@ class Engine:
                 affines = self.periphery if self.periphery is not None else self.calibrator.measure(weights)
             names, arrays = self.calibrator.evaluated(weights, affines)
             data = append_initializers(self.calibrator.eval_base, names, arrays)
-        elif self.precision == "fp32":
+        elif self.precision == "fp32" and self.fp32_base is self.model.base_bytes:
+            data = self.model.model_bytes_with(weights)
+        elif self.precision == "fp32":  # behind the converters (runtime/converters.py)
+            weights = weights if weights is not None else self.model.clean_weights()
             data = append_initializers(self.fp32_base, self.model.weight_names,
-                                       weights if weights is not None else self.model.clean_weights())
+                                       [np.asarray(w, dtype=np.float32) for w in weights])
         else:
             data = append_initializers(self.int8.model, self.int8.weight_names,
                                        weights if weights is not None else self.weights())
