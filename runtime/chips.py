@@ -50,24 +50,28 @@ class RandomChips:
     sa0: float
     seed: int
     faulty: tuple[tuple[int, int], ...] | None = None
+    nonideal: object | None = None  # variation.Nonideal, drawn from the run's seed in streams of its own
 
     def __post_init__(self):
         check_rates(self.sa1, self.sa0)
 
     @classmethod
     def of(cls, cmap: CrossbarMap, sa1: float, sa0: float, seed: int,
-           faulty_layers: list[int] | None = None) -> RandomChips:
+           faulty_layers: list[int] | None = None, nonideal=None) -> RandomChips:
         return cls(cmap.cell_count(), float(sa1), float(sa0), int(seed),
-                   None if faulty_layers is None else cell_ranges(cmap, faulty_layers))
+                   None if faulty_layers is None else cell_ranges(cmap, faulty_layers), nonideal)
 
     def sample(self, run: int) -> Chip:
-        chip = sample_chip(self.cells, self.sa1, self.sa0, run_seed(self.seed, self.sa1, self.sa0, run))
-        if self.faulty is None:
-            return chip
-        codes = np.zeros_like(chip.codes)
-        for start, stop in self.faulty:
-            codes[start:stop] = chip.codes[start:stop]
-        return Chip(codes)
+        seed = run_seed(self.seed, self.sa1, self.sa0, run)
+        chip = sample_chip(self.cells, self.sa1, self.sa0, seed)
+        if self.faulty is not None:
+            codes = np.zeros_like(chip.codes)
+            for start, stop in self.faulty:
+                codes[start:stop] = chip.codes[start:stop]
+            chip = Chip(codes)
+        if self.nonideal is not None:  # programming variation and read noise: the run's own streams
+            chip.nonideal, chip.seed = self.nonideal, seed
+        return chip
 
 
 class PlacedChips:
@@ -99,10 +103,14 @@ class PlacedChips:
             for start, stop in self.spare_faulty:
                 kept[start:stop] = spare[start:stop]
             spare = kept
-        physical = PhysicalChip(self.base.sample(run), spare)
+        base = self.base.sample(run)
+        physical = PhysicalChip(base, spare)
         placement = place_chip(self.cmap, physical)
         chip = placed_codes(self.cmap, physical, placement)
         chip.info = placement.errors()
+        # placed on its faults alone; the variation is drawn per logical cell (independent cells:
+        # the same distribution as per physical cell)
+        chip.nonideal, chip.seed = base.nonideal, base.seed
         return chip
 
 

@@ -36,7 +36,7 @@ class Engine:
                  normalized: np.ndarray | None = None, precision: str = "fp32",
                  calibration: np.ndarray | None = None, calibrate: np.ndarray | None = None,
                  periphery: dict | None = None, calibrate_batch: int = CALIBRATION_BATCH,
-                 calibration_targets: str = "auto"):
+                 calibration_targets: str = "auto", converters=None):
         """``calibration``: uint8 NHWC training images, for ``precision="int8"`` only (activation
         ranges). ``calibrate``: uint8 NHWC training images on which every chip's periphery is
         calibrated (per-chip BN re-estimation, runtime/calibration/; with int8 measured and applied
@@ -47,7 +47,9 @@ class Engine:
         (of the model's own where it fixes one), in memory that does not grow with their number.
         ``calibration_targets``: what each calibrated layer is brought back to: "bn" (the BN targets
         fold-bn recorded), "measured" (the fault-free deployed model's statistics on the
-        calibration images, every mapped Conv/Gemm layer), "auto" (bn where recorded)."""
+        calibration images, every mapped Conv/Gemm layer), "auto" (bn where recorded).
+        ``converters``: a ``variation.Nonideal`` whose DAC/ADC resolution every chip is computed
+        with (fp32; its ranges from ``calibration``, runtime/converters.py)."""
         if len(images) != len(labels) or len(labels) == 0:
             raise RuntimeInputError(f"{len(images)} images but {len(labels)} labels")
         self.model = model
@@ -67,6 +69,16 @@ class Engine:
             raise RuntimeInputError(f"unknown precision {precision!r}: choose {', '.join(PRECISIONS)}")
         self.precision = precision
         self.feed_name, self.feed = model.input_name, self.x
+        self.fp32_base = model.base_bytes
+        if converters is not None and (converters.dac_bits is not None or converters.adc_bits is not None):
+            if precision != "fp32" or calibrate is not None or periphery is not None:
+                raise RuntimeInputError("DAC/ADC resolution applies to fp32 chips without per-chip calibration "
+                                        "(not with --precision int8, --calibrate or a chip calibration file)")
+            from .converters import converted_base
+
+            calib = normalize_images(calibration, model.normalization) if calibration is not None else None
+            self.fp32_base = converted_base(model, converters, calib, lambda data: make_session(
+                data, providers=self.providers, threads=self.threads, shared_arena=True))
         if precision == "int8":
             calib = normalize_images(calibration, model.normalization) if calibration is not None else None
             self.int8 = prepare_int8(model, calib, calibration_batch=fixed or 100, fixed_batch=fixed is not None)
@@ -120,20 +132,29 @@ class Engine:
         """What the session needs per chip: float weights (fp32) or crossbar integers (int8)."""
         if self.precision == "fp32":
             return self.model.chip_weights(chip) if chip is not None else self.model.clean_weights()
+        if chip is not None and chip.noisy:  # (the campaign's plan refuses it first)
+            raise RuntimeInputError("int8 weights are the crossbar's integers: programming variation and read "
+                                    "noise need --precision fp32")
         m = self.model
         levels = faulty_levels(m.cmap, chip.codes) if chip is not None else [lay.levels for lay in m.cmap.layers]
         return self.int8.layer_weights([lay.integer_weight(lv, m.cmap.device)
                                         for lay, lv in zip(m.cmap.layers, levels)])
 
-    def session(self, weights: list[np.ndarray] | None = None):
-        """A session with these per-layer weights (see ``weights``; fault-free when None)."""
+    def session(self, weights: list[np.ndarray] | None = None, affines=None):
+        """A session with these per-layer weights (see ``weights``; fault-free when None);
+        ``affines``: the chip's periphery already measured (read noise: one per chip)."""
         if self.calibrator is not None:  # the chip's periphery, calibrated or from a file, then the chip
             weights = weights if weights is not None else self.weights()
-            affines = self.periphery if self.periphery is not None else self.calibrator.measure(weights)
+            if affines is None:
+                affines = self.periphery if self.periphery is not None else self.calibrator.measure(weights)
             names, arrays = self.calibrator.evaluated(weights, affines)
             data = append_initializers(self.calibrator.eval_base, names, arrays)
-        elif self.precision == "fp32":
+        elif self.precision == "fp32" and self.fp32_base is self.model.base_bytes:
             data = self.model.model_bytes_with(weights)
+        elif self.precision == "fp32":  # behind the converters (runtime/converters.py)
+            weights = weights if weights is not None else self.model.clean_weights()
+            data = append_initializers(self.fp32_base, self.model.weight_names,
+                                       [np.asarray(w, dtype=np.float32) for w in weights])
         else:
             data = append_initializers(self.int8.model, self.int8.weight_names,
                                        weights if weights is not None else self.weights())
@@ -158,12 +179,36 @@ class Engine:
         return self.accuracy_of(self.session())
 
     def chip_accuracy(self, chip: Chip) -> float:
+        if chip.read_noise:
+            return self.read_noise_accuracy(chip)
         return self.accuracy_of(self.session(self.weights(chip)))
+
+    def read_noise_accuracy(self, chip: Chip, subset: np.ndarray | None = None) -> float:
+        """Accuracy with read noise: batch b (in evaluation order) computed with the chip's levels
+        read with batch b's noise (``DeployedModel.read_weights``), one session per batch. With
+        per-chip calibration the periphery is measured once, on the programmed chip without read
+        noise, and kept for every batch."""
+        m = self.model
+        levels = m.chip_levels(chip)
+        affines = None
+        if self.calibrator is not None:
+            affines = self.periphery if self.periphery is not None else self.calibrator.measure(m.weights_of(levels))
+        total = len(self.labels) if subset is None else len(subset)
+        correct = 0
+        for b, start in enumerate(range(0, total, self.batch_size)):
+            idx = slice(start, start + self.batch_size) if subset is None else subset[start:start + self.batch_size]
+            sess = self.session(m.read_weights(levels, chip, b), affines=affines)
+            logits = sess.run(None, {self.feed_name: self.feed[idx]})[0]
+            correct += int(np.count_nonzero(logits.argmax(1) == self.labels[idx]))
+        return correct / total
 
     def timed_chip_accuracy(self, chip: Chip, subset: np.ndarray) -> tuple[float, float, float]:
         """The chip's accuracy on the images ``subset``, the seconds spent preparing the chip
         (weights, calibration, session) and those spent evaluating the images (--images auto)."""
         t0 = time.perf_counter()
+        if chip.read_noise:  # a session per batch: preparation and evaluation are one
+            acc = self.read_noise_accuracy(chip, subset)
+            return acc, 0.0, time.perf_counter() - t0
         sess = self.session(self.weights(chip))
         t1 = time.perf_counter()
         acc = self.accuracy_of(sess, subset)

@@ -49,6 +49,19 @@ class Chip:
     """One simulated chip: a fault code per cell (flat, over all layers in map order)."""
     codes: np.ndarray  # uint8, OK / SA1 / SA0
     info: dict | None = None  # what the chip's source adds to its results record (e.g. placement)
+    nonideal: object | None = None  # variation.Nonideal: the chip's other non-idealities (None: none)
+    seed: np.random.SeedSequence | None = None  # the run's seed, whose own streams draw them
+
+    @property
+    def noisy(self) -> bool:
+        """Programming variation or read noise: the chip differs from its codes' weights even
+        without a stuck cell."""
+        n = self.nonideal
+        return n is not None and (n.programming_sigma > 0 or n.read_sigma > 0)
+
+    @property
+    def read_noise(self) -> bool:
+        return self.nonideal is not None and self.nonideal.read_sigma > 0
 
     @property
     def sa1_fraction(self) -> float:

@@ -13,6 +13,24 @@ from .fileio import atomic_path
 from .results import read_results, read_sensitivity
 
 
+def nonideal_label(n: dict) -> str:
+    """A results file's ``config.nonideal`` in a few words, e.g. "variation 5% additive, read noise 1%"."""
+    parts = []
+    if n.get("programming_sigma"):
+        sigma = n["programming_sigma"]
+        parts.append(f"variation x{sigma:g} wan2022" if n.get("programming_model") == "wan2022"
+                     else f"variation {100 * sigma:g}% {n.get('programming_model', 'additive')}")
+    if n.get("read_sigma"):
+        parts.append(f"read noise {100 * n['read_sigma']:g}%")
+    for key, what in (("dac_bits", "DAC"), ("adc_bits", "ADC")):
+        if n.get(key) is not None:
+            parts.append(f"{what} {n[key]} bits")
+    if n.get("adc_bits") is not None and n.get("adc_range") == "full-scale":
+        parts[-1] += " full-scale"
+    name = n.get("name")
+    return (f"{name}: " if name and name != "custom" else "") + ", ".join(parts or ["ideal"])
+
+
 def series_names(docs: list[dict], paths, labels: list[str] | None = None, *, mixed: bool = False) -> list[str]:
     """Legend names: the labels (or file stems), with each file's SA0 rate when they differ and
     the calibration when chips were calibrated per chip, and --images auto (both change what the
@@ -35,6 +53,9 @@ def series_names(docs: list[dict], paths, labels: list[str] | None = None, *, mi
     names = [f"{n}, placed" if d["config"].get("place") and "placed" not in n else n for n, d in zip(names, docs)]
     names = [f"{n} (per-chip calibration, {d['config']['calibrate']} images)" if d["config"].get("calibrate")
              else n for n, d in zip(names, docs)]
+    # device non-idealities beside the stuck cells (runtime/variation.py): every chip's numbers
+    names = [f"{n}, {nonideal_label(d['config']['nonideal'])}" if d["config"].get("nonideal") else n
+             for n, d in zip(names, docs)]
     # --images auto: each chip's accuracy is on its own random image subset, so its box is wider
     # than the chips' spread by the image-sampling noise (the summary's sd_between removes it)
     return [f"{n} (random image subset per chip)" if "images_auto" in d["config"] else n

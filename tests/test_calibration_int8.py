@@ -130,7 +130,7 @@ def test_int8_calibration_lifts_faulty_chips_and_agrees_with_fp32(tmp_path, shar
     assert main(["passes", str(onx), str(folded), "--passes", "standard"]) == 0
     assert main(["quantize", str(folded), str(art), "--preset", "paper"]) == 0
     common = ["validate", str(art), "--data", str(shared_data), "--sa1", "0.1", "--runs", "3", "--images", "300",
-              "--int8-images", "200"]
+              "--range-images", "200"]
     docs = {}
     for name, extra in (("int8", ["--precision", "int8"]), ("int8cal", ["--precision", "int8", "--calibrate", "128"]),
                         ("fp32cal", ["--calibrate", "128"])):

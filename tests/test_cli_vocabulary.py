@@ -137,6 +137,7 @@ TRAIN = ["train", "--model", "resnet20", "--drop-rate", "0.1", "--epochs", "1", 
     (["recalibrate", "c", "--bn-rate", "0", "--out", "o", "--images", "64"], "images", 64),
     (["validate", "a", "--out", "o", "--calibration-images", "50"], "calibration_images", 50),
     (["calibrate", "a", "--fault-map", "f", "--out", "o", "--calibration-images", "50"], "calibration_images", 50),
+    (["validate", "a", "--out", "o", "--int8-images", "50"], "calibration_images", 50),  # before the converters
 ])
 def test_old_spellings_still_parse(argv, dest, value):
     ns = build_parser().parse_args(argv)
@@ -149,7 +150,7 @@ def test_old_spellings_still_parse(argv, dest, value):
     (TRAIN + ["--train-precision", "bf16"], "precision", "bf16"),
     (TRAIN + ["--train-images", "64"], "images", 64),
     (["recalibrate", "c", "--bn-rate", "0", "--out", "o", "--train-images", "64"], "images", 64),
-    (["validate", "a", "--out", "o", "--int8-images", "50"], "calibration_images", 50),
+    (["validate", "a", "--out", "o", "--range-images", "50"], "calibration_images", 50),
 ])
 def test_new_spellings_parse(argv, dest, value):
     ns = build_parser().parse_args(argv)

@@ -18,7 +18,9 @@ from runtime.campaign.writer import ResultsWriter
 from runtime.errors import RuntimeInputError
 from runtime.results import journal_path, read_results
 from runtime.sensitivity import sensitivity
+from runtime.variation import Nonideal
 
+from _runtime_helpers import make_images
 from conftest import ROOT, one_line_error, one_thread, run_cli, write_test_batch
 
 _one_thread = pytest.fixture(autouse=True)(one_thread)
@@ -49,7 +51,11 @@ def runs_of(doc) -> list[dict]:
     dict(sa1=[0.0, 0.05, 0.3], runs=6, seed=4),
     # --protect restricts each chip's faults; --ci counts chips in run order and stops each rate
     dict(sa1=[0.1, 0.4], runs=12, seed=2, protect=["/conv2/Conv"], ci=25.0, min_runs=3),
-], ids=["plain", "protect-ci"])
+    # device non-idealities (issue 37): programming variation and read noise drawn on the workers
+    # from the run's seed, the converters' graph built on each worker from the same ranges
+    dict(sa1=[0.0, 0.05, 0.1], runs=4, seed=3, nonideal=Nonideal(programming_sigma=0.03, read_sigma=0.01, adc_bits=6),
+         calibration=make_images(16, seed=5)[0]),
+], ids=["plain", "protect-ci", "nonideal"])
 def test_ray_campaign_equals_the_local_one_run_for_run(paper_art, paper_data, cluster, kw):
     images, labels = paper_data
     local = validate(paper_art, images, labels, progress=False, **kw)

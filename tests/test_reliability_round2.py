@@ -325,11 +325,11 @@ def test_a_plot_title_that_is_not_mathtext_is_one_line(bn_art, cifar, tmp_path, 
 
 
 def test_calibration_images_beyond_the_split_are_refused(bn_art, cifar, measured_chip, tmp_path, capsys):
-    """`rram calibrate --precision int8 --int8-images 1000000000000` (then --calibration-images) was
+    """`rram calibrate --precision int8 --range-images 1000000000000` (then --calibration-images) was
     clamped to the whole split (minutes on CIFAR-10) without a word."""
     fault_map, _ = measured_chip
     code, _, err = run_cli(capsys, "calibrate", bn_art, "--fault-map", fault_map, "--data", cifar, "--no-cache",
-                           "--calibrate", "8", "--precision", "int8", "--int8-images", "1000000000000",
+                           "--calibrate", "8", "--precision", "int8", "--range-images", "1000000000000",
                            "--out", tmp_path / "cal")
-    assert code == 2 and "--int8-images 1000000000000: the training split has" in one_line_error(err)
+    assert code == 2 and "--range-images 1000000000000: the training split has" in one_line_error(err)
     assert not (tmp_path / "cal").exists()

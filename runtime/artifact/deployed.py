@@ -77,12 +77,49 @@ class DeployedModel:
 
     def chip_weights(self, chip: Chip) -> list[np.ndarray]:
         """The float weights a faulty chip computes with (same decoder as the quantizer)."""
-        from ..faults import faulty_levels  # here: runtime.faults imports this package
+        return self.weights_of(self.chip_levels(chip))
 
+    def chip_levels(self, chip: Chip) -> list[np.ndarray]:
+        """Per layer, the levels the chip's cells hold: uint8 (stuck cells at their stuck level),
+        or float32 with programming variation (``variation.programmed_levels``, drawn from the
+        run's seed in a stream of its own)."""
+        from ..faults import apply_faults, faulty_levels, split_codes  # here: runtime.faults imports this package
+
+        if chip.nonideal is None or not chip.nonideal.varies:
+            return faulty_levels(self.cmap, chip.codes)
+        from ..crossbar import sa0_level
+        from ..variation import programmed_levels
+
+        flat = np.concatenate([layer.levels.ravel() for layer in self.cmap.layers])
+        faulty = apply_faults(flat, chip.codes, sa0_level(self.cmap.device))
+        return split_codes(self.cmap, programmed_levels(faulty, chip.codes, chip.nonideal, self.cmap.device,
+                                                        chip.seed))
+
+    def read_weights(self, levels: list[np.ndarray], chip: Chip, batch: int) -> list[np.ndarray]:
+        """The weights batch ``batch`` is computed with: the chip's ``levels`` read with that
+        batch's read noise (``variation.read_noise``)."""
+        from ..faults import split_codes
+        from ..variation import read_noise
+
+        noise = split_codes(self.cmap, read_noise(self.cmap.cell_count(), chip.nonideal, self.cmap.device,
+                                                  chip.seed, batch))
+        return self.weights_of([lv.astype(np.float32) + n for lv, n in zip(levels, noise)])
+
+    def weights_of(self, levels: list[np.ndarray]) -> list[np.ndarray]:
+        """Float weights from per-layer cell levels: integer levels through the quantizer's own
+        decoder, real-valued ones (variation, read noise) through ``variation.decode_float``."""
         device = self.cmap.device
-        return [matrix_to_weight(dequantize_matrix(decode(lv, device), layer.scales), layer.weight_shape,
-                                 transpose=layer.transpose)
-                for layer, lv in zip(self.cmap.layers, faulty_levels(self.cmap, chip.codes))]
+        out = []
+        for layer, lv in zip(self.cmap.layers, levels):
+            if lv.dtype == np.uint8:
+                q = decode(lv, device)
+            else:
+                from ..variation import decode_float
+
+                q = decode_float(lv, device)
+            out.append(matrix_to_weight(dequantize_matrix(q, layer.scales), layer.weight_shape,
+                                        transpose=layer.transpose))
+        return out
 
     @classmethod
     def load(cls, folder: str | os.PathLike) -> DeployedModel:

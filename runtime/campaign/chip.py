@@ -17,8 +17,9 @@ def measure_chip(engine, cmap, chips: ChipSource, r: int, model: str, clean: flo
     subset of that many of the split's ``images``, drawn like the chip (``subsets.chip_subset``)."""
     t_chip = time.perf_counter()
     chip = chips.sample(r)
-    # a chip without stuck cells computes with the clean weights: its accuracy is known
-    ran = bool(chip.codes.any())
+    # a chip without stuck cells (and without variation or read noise) computes with the clean
+    # weights: its accuracy is known
+    ran = bool(chip.codes.any()) or chip.noisy
     record = {}
     if subset_size is not None:  # --images auto: this chip's own images, and what it cost
         subset = chip_subset(chips.seed, chips.sa1, chips.sa0, r, subset_size, images)

@@ -75,6 +75,7 @@ class CampaignConfig:
     ray: bool | str | None = None
     place: bool = False  # each chip placed with its own faults first (runtime/placement.py)
     calibration_targets: str = "auto"  # with calibration images: "bn", "measured" or "auto" (calibration.targets)
+    nonideal: object | None = None  # variation.Nonideal beside the stuck cells (None or ideal: none)
 
     def __post_init__(self):
         set_ = object.__setattr__  # frozen: normalise the fields once, here
@@ -120,6 +121,10 @@ class CampaignConfig:
             for what, v in (("pilot images", self.pilot_images), ("min images", self.min_images)):
                 if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 2:
                     raise RuntimeInputError(f"--images auto: {what} must be an integer of at least 2, got {v}")
+        if self.nonideal is not None:
+            self.nonideal.check_applies(self.precision)
+            if self.nonideal.ideal:  # no non-ideality: today's campaign, its identity unchanged
+                set_(self, "nonideal", None)
         if self.protect is not None:
             names = tuple(self.protect)
             if not names or any(not isinstance(n, str) or not n.strip() for n in names):
@@ -153,9 +158,10 @@ class CampaignConfig:
             "images": int(len(labels)), "images_sha256": images_digest(images, labels),
             "stats_rate": self.stats_rate, "precision": self.precision,
         }
-        if self.precision == "int8":
+        if self.precision == "int8" or (self.nonideal is not None and self.nonideal.converters):
             if calibration is None:
-                raise RuntimeInputError("--precision int8 needs calibration images")
+                raise RuntimeInputError(f"{'--precision int8' if self.precision == 'int8' else 'DAC/ADC resolution'} "
+                                        f"needs calibration images")
             config["calibration_sha256"] = images_digest(calibration, np.zeros(0, np.int64))
         # part of every run: it belongs to the identity
         config.update(calibrate_config(calibrate, artifact, self.calibration_targets))
@@ -174,6 +180,8 @@ class CampaignConfig:
             from ..placement import placement_config
 
             config["place"] = placement_config()
+        if self.nonideal is not None:  # recorded only when there is one: older files keep their identity
+            config["nonideal"] = self.nonideal.to_dict()
         if self.protect:
             from ..faults import layer_indices
 

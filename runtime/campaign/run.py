@@ -13,6 +13,7 @@ import numpy as np
 
 from ..artifact import Artifact
 from ..chips import PlacedChips, RandomChips, protected_layers
+from ..errors import RuntimeInputError
 from ..executors import executor
 from ..progress import Progress
 from ..provenance import of_artifact
@@ -35,10 +36,13 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
     if not isinstance(artifact, Artifact):
         artifact = Artifact.load(artifact)
     identity = config.identity(artifact, images, labels, calibration=calibration, calibrate=calibrate)
+    if config.nonideal is not None and config.nonideal.converters and calibrate is not None:
+        raise RuntimeInputError("DAC/ADC resolution with per-chip calibration (--calibrate) is not built yet: "
+                                "give one of them")
     selected = [artifact.select(p + config.sa0, config.stats_rate) for p in config.sa1]
     cmap = artifact.first.cmap
     faulty = protected_layers(cmap, config.protect)
-    sources = [RandomChips.of(cmap, p, config.sa0, config.seed, faulty) for p in config.sa1]
+    sources = [RandomChips.of(cmap, p, config.sa0, config.seed, faulty, config.nonideal) for p in config.sa1]
     if config.place:
         sources = [PlacedChips(cmap, base, faulty) for base in sources]
 
@@ -51,6 +55,8 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
 
     engine_kw = {**(engine_kw or {}), "precision": config.precision, "calibration": calibration,
                  "calibrate": calibrate, "calibration_targets": config.calibration_targets}
+    if config.nonideal is not None and config.nonideal.converters:  # the same graph for every chip
+        engine_kw["converters"] = config.nonideal
     with ExitStack() as stack:
         writer = ResultsWriter.open(stack, out, identity, config.shard, resume, fresh)
         doc = writer.doc

@@ -10,7 +10,7 @@ from .common import (
     add_bn_rate_arg,
     add_calibration_targets_arg,
     add_data_args,
-    add_int8_images_arg,
+    add_range_images_arg,
     artifact_with_normalization,
     calibration_images,
     int8_calibration_indices,
@@ -35,8 +35,8 @@ def add_parser(sub) -> None:
     add_bn_rate_arg(p, old="--stats-rate")
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
                    help="the numerics the chip is measured in: int8 as `rram validate --precision int8` "
-                        "deploys it (activation ranges from --int8-images training images)")
-    add_int8_images_arg(p)
+                        "deploys it (activation ranges from --range-images training images)")
+    add_range_images_arg(p)
     p.add_argument("--placement", default=None, metavar="FILE",
                    help="the chip's placement (`rram place`): calibrate the placed chip (default: the fixed mapping)")
     add_calibration_targets_arg(p)

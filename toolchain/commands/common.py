@@ -147,17 +147,20 @@ def calibration_images(args):
     return train.images[calibration_pool(len(train), args.calibrate, args.seed)]
 
 
-INT8_CALIBRATION_DEFAULT = 500  # --int8-images when not given (the whole split when smaller)
+INT8_CALIBRATION_DEFAULT = 500  # --range-images when not given (the whole split when smaller)
 
 
-def add_int8_images_arg(p: argparse.ArgumentParser) -> None:
-    """--int8-images N: the training images that set the int8 activation ranges (validate,
-    calibrate). Not --calibration-images (its old, hidden spelling): --calibrate N is per-chip
-    calibration, a different set of images for a different purpose."""
-    p.add_argument("--int8-images", dest="calibration_images", type=positive_int, default=None, metavar="N",
-                   help=f"with --precision int8: N training images that set the activation ranges (default: "
-                        f"{INT8_CALIBRATION_DEFAULT}, or the whole split when it is smaller)")
+def add_range_images_arg(p: argparse.ArgumentParser) -> None:
+    """--range-images N: the training images that set value ranges of the deployed model: the int8
+    activation ranges (validate, calibrate) and the DAC/ADC ranges (validate --dac-bits/--adc-bits).
+    Not --calibration-images (its old, hidden spelling) nor --int8-images (hidden too, before the
+    converters used them): --calibrate N is per-chip calibration, a different set of images."""
+    p.add_argument("--range-images", dest="calibration_images", type=positive_int, default=None, metavar="N",
+                   help=f"N training images that set the int8 activation ranges (--precision int8) and the "
+                        f"DAC/ADC ranges (--dac-bits/--adc-bits) (default: {INT8_CALIBRATION_DEFAULT}, or the "
+                        f"whole split when it is smaller)")
     hidden_alias(p, "--calibration-images", "calibration_images", type=positive_int)
+    hidden_alias(p, "--int8-images", "calibration_images", type=positive_int)
 
 
 def add_out_arg(p: argparse.ArgumentParser, help: str, *, metavar: str | None = None,
@@ -182,7 +185,7 @@ def output_of(args, positional: str, command: str) -> str:
 
 
 def int8_calibration_indices(total: int, n: int | None):
-    """``--int8-images N`` (int8 activation ranges): N images spread over the training
+    """``--range-images N`` (int8 activation ranges): N images spread over the training
     split's ``total``; more than the split holds is a one-line error, not silently all of them
     (``--calibration-images 1000000000000``, its old spelling, ran on the whole split for minutes). None (not given):
     INT8_CALIBRATION_DEFAULT, or the whole split when it is smaller."""
@@ -191,7 +194,7 @@ def int8_calibration_indices(total: int, n: int | None):
     if n is None:
         return subset_indices(total, min(INT8_CALIBRATION_DEFAULT, total))
     if n > total:
-        raise UserError(f"--int8-images {n}: the training split has {total} images; choose at most that")
+        raise UserError(f"--range-images {n}: the training split has {total} images; choose at most that")
     return subset_indices(total, n)
 
 

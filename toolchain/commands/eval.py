@@ -56,6 +56,7 @@ def add_parser(sub) -> None:
                    help="fault-aware placement (with --sa1): place each chip with its own faults (the tile rows each "
                         "weight row goes to, spare rows included, and each column's orientation) before evaluating "
                         "it, as rram validate --place; the PyTorch reference of a `paper` chip (docs/runtime.md)")
+    add_variation_args(p)
     p.set_defaults(func=run)
 
 
@@ -64,6 +65,21 @@ def placement_layouts(model, split):
     statistics now: one forward pass of a zero image of the split's shape finds them."""
     h, w, c = split.images.shape[1:]
     return layer_layouts(model, torch.zeros(1, c, h, w))
+
+
+def add_variation_args(p) -> None:
+    """The reference of rram validate's programming variation (toolchain/variation.py)."""
+    from runtime.variation import PROGRAMMING_MODELS
+
+    p.add_argument("--variation", type=float, default=None, metavar="SIGMA",
+                   help="with --sa1: each cell of a differential pair per weight also programmed with an error "
+                        "(additive: sd SIGMA of the conductance range), clipped to the range; SA1 per cell "
+                        "(default: 0, none)")
+    p.add_argument("--programming-model", dest="variation_model", choices=PROGRAMMING_MODELS, default="additive",
+                   help="as rram validate's (default: additive)")
+    p.add_argument("--read-noise", type=float, default=None, metavar="SIGMA",
+                   help="with --sa1: every cell of both planes read with a fresh error of sd SIGMA of the "
+                        "conductance range at each forward pass (batch) (default: 0, none)")
 
 
 def run(args) -> int:
@@ -75,10 +91,29 @@ def run(args) -> int:
         rates = [check_rate(p, "SA1 rate", inclusive=True) for p in float_list(args.sa1, "--sa1")]
     elif args.runs is not None:
         raise UserError("--runs counts simulated chips: give --sa1 too")
+    if args.read_noise and args.calibrate is not None:
+        raise UserError("--read-noise with --calibrate is not built in the reference (rram validate calibrates "
+                        "without read noise): give one of them")
     if args.calibrate is not None and args.sa1 is None:
         raise UserError("--calibrate re-estimates BN statistics on each simulated chip: give --sa1 too")
     if args.place and args.sa1 is None:
         raise UserError("--place places each simulated chip with its own faults: give --sa1 too")
+    noisy = args.variation is not None or args.read_noise is not None
+    if noisy:
+        if args.sa1 is None:
+            flag = "--variation" if args.variation is not None else "--read-noise"
+            raise UserError(f"{flag} simulates chips: give --sa1 too (--sa1 0 for it alone)")
+        from runtime.errors import RuntimeInputError
+        from runtime.variation import Nonideal
+
+        try:  # the runtime's checks (negative, NaN): one line
+            Nonideal(programming_sigma=args.variation or 0.0, programming_model=args.variation_model,
+                     read_sigma=args.read_noise or 0.0)
+        except RuntimeInputError as e:
+            raise UserError(str(e)) from None
+    if noisy and args.place:
+        raise UserError("--place with --variation/--read-noise is not built in the reference (rram validate "
+                        "places on the faults alone): give one of them")
     args.runs = args.runs or 1
     ckpt = load_checkpoint(args.checkpoint, model=args.model, width=args.width, shortcut=args.shortcut,
                            normalization=normalization_from_args(args), download=args.download)
@@ -109,13 +144,21 @@ def run(args) -> int:
             accs, errors = [], {"weight_error_fixed": [], "weight_error_placed": []}
             chips = (ReferenceChips(model, p, args.seed) if layouts is None
                      else PlacedReferenceChips(layouts, p, args.seed))
+            if noisy:
+                from ..variation import VariedReferenceChips, chip_context
+
+                chips = VariedReferenceChips(model, p, args.variation or 0.0, args.variation_model, args.seed)
             for run_i in range(args.runs):
-                masks = chips.sample(run_i)
-                if layouts is not None:  # a placed chip: its masks and its weight errors
-                    masks, info = masks.masks, masks.info
-                    for k in errors:
-                        errors[k].append(info[k])
-                with sa1_faults(model, masks), restored_bn(model):
+                if noisy:
+                    chip = chip_context(chips, run_i, args.read_noise)
+                else:
+                    masks = chips.sample(run_i)
+                    if layouts is not None:  # a placed chip: its masks and its weight errors
+                        masks, info = masks.masks, masks.info
+                        for k in errors:
+                            errors[k].append(info[k])
+                    chip = sa1_faults(model, masks)
+                with chip, restored_bn(model):
                     if calib is not None:
                         calibrate_bn(model, calib)
                     accs.append(accuracy(model, split, ckpt.normalization, batch_size=args.batch_size,
@@ -132,8 +175,13 @@ def run(args) -> int:
             lines.append(f"SA1 {p:g}{placed}, {args.runs} chips{calibrated}: mean {100 * s['mean']:.2f}% "
                          f"std {std} min {100 * s['min']:.2f}% max {100 * s['max']:.2f}%{lost}")
         acc = per_rate[0]["mean"] if len(per_rate) == 1 else None
+        if noisy:
+            lines = [f"{line} (variation {args.variation or 0:g} {args.variation_model}, read noise "
+                     f"{args.read_noise or 0:g})" for line in lines]
         extra = {"runs": args.runs, "seed": args.seed, "calibrate": args.calibrate, "place": args.place,
                  "rates": per_rate,
+                 **({} if not noisy else {"variation": args.variation or 0.0, "variation_model": args.variation_model,
+                                          "read_noise": args.read_noise or 0.0}),
                  **(per_rate[0] if len(per_rate) == 1 else {})}  # one rate: its figures at the top too
         text = "\n".join(lines) if len(lines) > 1 else lines[0]
     seconds = time.perf_counter() - t0

@@ -17,7 +17,7 @@ from .common import (
     add_bn_rate_arg,
     add_calibration_targets_arg,
     add_data_args,
-    add_int8_images_arg,
+    add_range_images_arg,
     add_ray_arg,
     artifact_with_normalization,
     calibration_images,
@@ -33,6 +33,7 @@ from .common import (
     seed,
     split_list,
 )
+from .nonideal_args import add_nonideal_args, nonideal_from_args, nonideal_given
 
 DEFAULT_SA1 = "0,0.1,0.2,0.3"
 
@@ -87,11 +88,12 @@ def add_parser(sub) -> None:
     p.add_argument("--precision", choices=PRECISIONS, default="fp32",
                    help="int8: activations quantised as a DAC/ADC would (onnxruntime static "
                         "quantisation calibrated on training images), weights = crossbar integers")
-    add_int8_images_arg(p)
+    add_range_images_arg(p)
     p.add_argument("--batch-size", type=positive_int, default=128,
                    help="images per onnxruntime call (128 measured fastest for ResNet20 on 2 cores)")
     p.add_argument("--threads", type=thread_count, default=None,
                    help="onnxruntime threads (default: all cores; with --ray 1 per worker)")
+    add_nonideal_args(p)
     add_ray_arg(p)
     p.set_defaults(func=run)
 
@@ -125,7 +127,8 @@ _CAMPAIGN_ONLY = (("--sa1", lambda a: a.sa1 is not None), ("--sa0", lambda a: a.
                   ("--runs", lambda a: a.runs is not None), ("--shard", lambda a: a.shard is not None),
                   ("--resume", lambda a: a.resume), ("--ci", lambda a: a.ci is not None),
                   ("--min-runs", lambda a: a.min_runs is not None), ("--protect", lambda a: a.protect is not None),
-                  ("--images auto", lambda a: a.images == "auto"), ("--ray", lambda a: bool(a.ray)))
+                  ("--images auto", lambda a: a.images == "auto"), ("--ray", lambda a: bool(a.ray)),
+                  ("the non-ideality options", nonideal_given))
 
 
 def campaign_config(args):
@@ -141,7 +144,7 @@ def campaign_config(args):
             precision=args.precision, ci=args.ci, min_runs=args.min_runs, images_auto=args.images == "auto",
             protect=None if args.protect is None else tuple(split_list(args.protect, "--protect")),
             shard=parse_shard(args.shard), ray=args.ray, place=args.place,
-            calibration_targets=args.calibration_targets)
+            calibration_targets=args.calibration_targets, nonideal=nonideal_from_args(args))
     except RuntimeInputError as e:
         raise UserError(str(e)) from None
 
@@ -159,8 +162,9 @@ def run(args) -> int:
     if args.fault_map:
         given = [flag for flag, given in _CAMPAIGN_ONLY if given(args)]
         if given:
-            raise UserError(f"{given[0]} is for campaigns of simulated chips; --fault-map validates one "
-                            f"measured chip (drop {given[0]})")
+            flag = nonideal_given(args) if given[0] == "the non-ideality options" else given[0]
+            raise UserError(f"{flag} is for campaigns of simulated chips; --fault-map validates one "
+                            f"measured chip (drop {flag})")
         if args.place and args.placement:
             raise UserError("--place places the chip here; --placement FILE applies a placement made by rram "
                             "place: give one of them")
@@ -188,7 +192,8 @@ def run(args) -> int:
     images, labels = split.images[idx], split.labels[idx]
     engine_kw = {"batch_size": args.batch_size, "threads": args.threads}
     calibration = None
-    if args.precision == "int8":
+    converters = config is not None and config.nonideal is not None and config.nonideal.converters
+    if args.precision == "int8" or converters:  # activation ranges (int8), converter ranges (DAC/ADC)
         train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache)
         calibration = train.images[int8_calibration_indices(len(train), args.calibration_images)]
     calibrate = calibration_images(args)
