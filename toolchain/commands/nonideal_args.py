@@ -43,12 +43,12 @@ def add_nonideal_args(p: argparse.ArgumentParser) -> None:
                         "conductance range) per batch of images (default: 0, none)")
     p.add_argument("--dac-bits", type=_integer, default=None, metavar="BITS",
                    help="DAC resolution on each mapped layer's inputs, 1-16 bits, range calibrated per layer on "
-                        "--calibration-images (default: unbounded)")
+                        "--range-images (default: unbounded)")
     p.add_argument("--adc-bits", type=_integer, default=None, metavar="BITS",
                    help="ADC resolution on each row tile's column outputs (partial sums converted, then added "
                         "digitally), 1-16 bits (default: unbounded)")
     p.add_argument("--adc-range", choices=ADC_RANGES, default=None,
-                   help="the ADC's range per column: the largest partial sum on --calibration-images, or the column's "
+                   help="the ADC's range per column: the largest partial sum on --range-images, or the column's "
                         "full scale (default: calibrated-per-column)")
 
 
