@@ -89,3 +89,75 @@ def test_calibrate_refuses_simulated_noise_on_a_measured_chip(paper_art, tmp_pat
                         str(tmp_path), "--out", str(out), *flag])
     assert f"{flag[0]}: rram calibrate measures a real chip" in err
     assert not out.exists()
+
+
+class FakeClock:
+    """``time.perf_counter`` that moves only where the test says: the programmed levels cost 5 s
+    per chip, a session 1 s (so the split is exact, not timed)."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_images_auto_sees_a_read_noise_chips_preparation(paper_art, paper_data, monkeypatch):
+    """A read-noise chip is prepared once (programmed levels, calibration) and gets a session per
+    batch: the first is the chip's cost, the sessions grow with the images. It used to report all
+    of it as evaluation (preparation 0 s), which the subset-size rule reads as "chips are free"."""
+    import time
+
+    from runtime.artifact import DeployedModel as DM
+    from runtime.campaign import validate
+    from runtime.campaign.chip import measure_chip
+    from runtime.chips import RandomChips
+
+    clock = FakeClock()
+    monkeypatch.setattr(time, "perf_counter", clock)
+    levels, session = DM.chip_levels, Engine.session
+
+    def slow_levels(self, chip):
+        clock.now += 5.0
+        return levels(self, chip)
+
+    def slow_session(self, *args, **kw):
+        clock.now += 1.0
+        return session(self, *args, **kw)
+
+    monkeypatch.setattr(DM, "chip_levels", slow_levels)
+    monkeypatch.setattr(Engine, "session", slow_session)
+    images, labels = paper_data
+    dm = DeployedModel.load(paper_art)
+    engine = Engine(dm, images, labels, batch_size=8)
+    chips = RandomChips.of(dm.cmap, 0.05, 0.0, 0, nonideal=Nonideal(read_sigma=0.02))
+    record, ran = measure_chip(lambda name: engine, dm.cmap, chips, 0, "m", 1.0, subset_size=20, images=len(labels))
+    assert ran and record["_costs"] == (5.0, 3.0, 20)  # 5 s once, 3 batches of 8 a session each
+    # a chip without read noise: its one session is preparation (as before)
+    plain = RandomChips.of(dm.cmap, 0.05, 0.0, 0, nonideal=Nonideal(programming_sigma=0.02))
+    assert measure_chip(lambda name: engine, dm.cmap, plain, 0, "m", 1.0, 20, len(labels))[0]["_costs"] == \
+        (6.0, 0.0, 20)
+    # the campaign's size rule gets the split: 5 s per chip, 1/8 s per image
+    doc = validate(paper_art, images, labels, sa1=[0.1], runs=4, seed=0, progress=False, images_auto=True,
+                   pilot_images=16, min_images=8, min_runs=2, ci=0.001, nonideal=Nonideal(read_sigma=0.02),
+                   engine_kw={"batch_size": 8})
+    auto = doc["rates"][0]["images_auto"]
+    assert auto["chip_seconds"] == 5.0 and auto["image_seconds"] == pytest.approx(1 / 8)
+
+
+def test_images_auto_counts_noisy_chips_without_stuck_cells_as_run(paper_art, paper_data, tmp_path):
+    """At SA1 0 a read-noise chip has no stuck cell but runs on its own subset: the summary's
+    images and the merged timing count it (they counted chips with stuck cells only)."""
+    from runtime.campaign import validate
+    from runtime.results import merge
+
+    images, labels = paper_data
+    doc = validate(paper_art, images, labels, sa1=[0.0], runs=3, seed=0, progress=False, images_auto=True,
+                   pilot_images=16, min_images=8, min_runs=2, ci=0.001, nonideal=Nonideal(read_sigma=0.02),
+                   out=tmp_path / "r.json")
+    (entry,) = doc["rates"]
+    sizes = [v["images"] for v in entry["runs"].values()]
+    assert all(v["stuck_fraction"] == 0 for v in entry["runs"].values()) and max(sizes) < len(labels)
+    assert entry["summary"]["images_evaluated"] == sum(sizes)
+    merged = merge([tmp_path / "r.json"])
+    assert merged["timing"]["ran"] == 3 and merged["timing"]["images"] == sum(sizes)
