@@ -11,11 +11,11 @@ import torch.nn as nn
 
 from toolchain.checkpoints import load_checkpoint
 from toolchain.cli import main
-from toolchain.dropconnect import DropConnect
+from toolchain.dropconnect import DropConnect, sample_sa1_masks, weight_modules
 from toolchain.errors import UserError
 from toolchain.models import ModelSpec
 from toolchain.training import LAST, TrainConfig, train
-from toolchain.variation import G_MAX, G_MIN, WeightNoise, _program
+from toolchain.variation import G_MAX, G_MIN, WeightNoise, _program, varied_chip_weights
 
 from conftest import one_thread
 
@@ -144,10 +144,27 @@ def test_bad_variation_one_line_nothing_written(data, tmp_path, capsys, args, me
     assert not (tmp_path / "x").exists()
 
 
-def test_cli_records_the_setting(data, tmp_path):
+def test_cli_records_the_setting_and_tests_each_epoch_on_a_varied_chip(data, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RRAM_PROGRESS_SECONDS", "1000")
     out = tmp_path / "run"
     assert main(["train", "--model", "resnet20", "--width", "0.25", "--drop-rate", "0.1", "--epochs", "1",
                  "--train-images", "64", "--eval-images", "32", "--batch-size", "32", "--data", str(data),
                  "--no-cache", "--out", str(out), "--variation", "0.03", "--programming-model", "lognormal"]) == 0
-    config = json.loads((out / "log.json").read_text())["config"]
-    assert (config["variation"], config["programming_model"]) == (0.03, "lognormal")
+    log = json.loads((out / "log.json").read_text())
+    assert (log["config"]["variation"], log["config"]["programming_model"]) == (0.03, "lognormal")
+    (entry,) = log["epochs"]
+    assert (entry["test_variation"], entry["test_variation_model"]) == (0.03, "lognormal")
+    assert "10% of weights stuck at 0, programming variation 0.03 lognormal" in capsys.readouterr().err
+
+
+def test_the_epoch_test_chip_is_programmed_with_the_variation():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Flatten(), nn.Linear(8, 4))
+    masks = sample_sa1_masks(model, 0.2, torch.Generator().manual_seed(0))
+    a = varied_chip_weights(model, masks, 0.05, "additive", torch.Generator().manual_seed(1))
+    b = varied_chip_weights(model, masks, 0.05, "additive", torch.Generator().manual_seed(1))
+    for name, m in weight_modules(model):
+        assert torch.equal(a[name], b[name])  # seeded
+        stuck = masks[name]
+        assert stuck.any() and torch.count_nonzero(a[name][stuck]) == 0  # SA1 weights read 0
+        # the others off their targets (a column's top stays when both its planes clip: 1 in 4)
+        assert (a[name][~stuck] != m.weight[~stuck]).float().mean() > 0.85

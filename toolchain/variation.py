@@ -93,6 +93,18 @@ class WeightNoise:
             return programmed_weight(w, self.sigma, self.kind, self.generator) - w.detach()
 
 
+def varied_chip_weights(model: nn.Module, masks: dict[str, torch.Tensor], sigma: float, kind: str,
+                        gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """One chip of ``rram train --variation``'s per-epoch test: every Conv2d/Linear weight as
+    programmed with the variation (``programmed_weight``, drawn on the CPU from ``gen``), the
+    weights ``masks`` marks stuck (SA1) at 0. For ``programmed``."""
+    out = {}
+    for name, m in weight_modules(model):
+        w = programmed_weight(stored_weight(m).detach().cpu(), sigma, kind, gen)
+        out[name] = w.masked_fill(masks[name].cpu(), 0.0) if name in masks else w
+    return out
+
+
 def column_tops(model: nn.Module) -> dict[str, torch.Tensor]:
     """Per weight module, each output channel's largest |w|: the conductance range's top (G_max)."""
     return {name: stored_weight(m).detach().abs().amax(dim=tuple(range(1, stored_weight(m).ndim)), keepdim=True)

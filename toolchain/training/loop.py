@@ -35,7 +35,7 @@ from ..data import (
 from ..dropconnect import add_dropconnect, derive_seed, sa1_faults, sample_sa1_masks
 from ..errors import UserError
 from ..evaluate import accuracy
-from ..variation import WeightNoise
+from ..variation import WeightNoise, programmed, varied_chip_weights
 from .config import TrainConfig, validate
 from .device import bf16_is_slow_here
 from .distributed import Dist, setup_distributed
@@ -99,6 +99,8 @@ def train(cfg: TrainConfig, *, step_callback: Callable[[int, int], None] | None 
         if dd.main:
             entry[f"{cfg.eval_split}_acc"] = _test_accuracy(model, test_split, norm, cfg, dd)
             entry["test_sa1"] = cfg.drop_rate
+            if cfg.variation > 0:  # the test chip's variation (absent without: older logs' entries)
+                entry["test_variation"], entry["test_variation_model"] = cfg.variation, cfg.programming_model
             entry["seconds"] = round(time.perf_counter() - t0, 2)
             history.append(entry)
             save_epoch(out, model, spec, norm, record, history, epoch + 1, opt, sched, cfg, dd.world)
@@ -212,22 +214,33 @@ def _train_epoch(net: nn.Module, opt, sched, split: Split, idx: np.ndarray, norm
 def _test_accuracy(model: nn.Module, split: Split, norm: Normalization, cfg: TrainConfig, dd: Dist) -> float:
     """Test (or, with --hold-out-val, validation) accuracy of one simulated chip at rate p (the same
     chip every epoch): the BN statistics gathered in training match such a chip (unscaled masks);
-    the fault-free weights need BN re-aligned at 0 (rram recalibrate)."""
+    the fault-free weights need BN re-aligned at 0 (rram recalibrate). With --variation the chip's
+    weights are also programmed with it (the same draw every epoch, on every layer)."""
     chip = sample_sa1_masks(model, cfg.drop_rate,
                             torch.Generator().manual_seed(derive_seed(cfg.seed, "test-chip")))
+    if cfg.variation > 0:
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "test-chip-variation"))
+        with programmed(model, varied_chip_weights(model, chip, cfg.variation, cfg.programming_model, gen)):
+            return accuracy(model, split, norm, device=dd.device, progress=cfg.progress, desc=cfg.eval_split)
     with sa1_faults(model, chip):
         return accuracy(model, split, norm, device=dd.device, progress=cfg.progress, desc=cfg.eval_split)
 
 
-def test_measures(rate: float) -> str:
+def test_measures(rate: float, variation: float = 0.0, model: str = "additive") -> str:
     """What the epoch line's test accuracy is: one simulated chip with SA1 faults at the
-    drop-connect rate (the same chip every epoch), or the fault-free model at rate 0."""
-    return (f"on one simulated faulty chip, {100 * rate:g}% of weights stuck at 0" if rate > 0
+    drop-connect rate (the same chip every epoch), or the fault-free model at rate 0; with
+    programming variation (--variation) on that chip."""
+    text = (f"on one simulated faulty chip, {100 * rate:g}% of weights stuck at 0" if rate > 0
             else "fault-free")
+    if variation > 0:
+        text = (f"{text}, programming variation {variation:g} {model}" if rate > 0
+                else f"on one simulated chip with programming variation {variation:g} {model}")
+    return text
 
 
 def _print_epoch(entry: dict, epochs: int) -> None:
     which = "val" if "val_acc" in entry else "test"
     print(f"epoch {entry['epoch']}/{epochs}: loss {entry['train_loss']:.4f} "
           f"train {100 * entry['train_acc']:.2f}% {which} {100 * entry[f'{which}_acc']:.2f}% "
-          f"({test_measures(entry['test_sa1'])}) ({entry['seconds']:.1f}s)", file=sys.stderr, flush=True)
+          f"({test_measures(entry['test_sa1'], entry.get('test_variation', 0.0), entry.get('test_variation_model'))}) "
+          f"({entry['seconds']:.1f}s)", file=sys.stderr, flush=True)
