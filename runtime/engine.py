@@ -188,11 +188,17 @@ class Engine:
         read with batch b's noise (``DeployedModel.read_weights``), one session per batch. With
         per-chip calibration the periphery is measured once, on the programmed chip without read
         noise, and kept for every batch."""
+        return self._read_noise_accuracy(chip, subset)[0]
+
+    def _read_noise_accuracy(self, chip: Chip, subset: np.ndarray | None) -> tuple[float, float]:
+        """(accuracy, seconds preparing the chip once: its programmed levels and calibration)."""
+        t0 = time.perf_counter()
         m = self.model
         levels = m.chip_levels(chip)
         affines = None
         if self.calibrator is not None:
             affines = self.periphery if self.periphery is not None else self.calibrator.measure(m.weights_of(levels))
+        prepared = time.perf_counter() - t0
         total = len(self.labels) if subset is None else len(subset)
         correct = 0
         for b, start in enumerate(range(0, total, self.batch_size)):
@@ -200,15 +206,18 @@ class Engine:
             sess = self.session(m.read_weights(levels, chip, b), affines=affines)
             logits = sess.run(None, {self.feed_name: self.feed[idx]})[0]
             correct += int(np.count_nonzero(logits.argmax(1) == self.labels[idx]))
-        return correct / total
+        return correct / total, prepared
 
     def timed_chip_accuracy(self, chip: Chip, subset: np.ndarray) -> tuple[float, float, float]:
         """The chip's accuracy on the images ``subset``, the seconds spent preparing the chip
-        (weights, calibration, session) and those spent evaluating the images (--images auto)."""
+        (weights, calibration, session) and those spent evaluating the images (--images auto).
+        With read noise the chip is prepared once (its programmed levels, calibration) and each
+        batch gets its read weights and a session: that cost grows with the images (one per
+        ``batch_size``), so it counts as evaluation, the rest as preparation."""
         t0 = time.perf_counter()
-        if chip.read_noise:  # a session per batch: preparation and evaluation are one
-            acc = self.read_noise_accuracy(chip, subset)
-            return acc, 0.0, time.perf_counter() - t0
+        if chip.read_noise:
+            acc, prepared = self._read_noise_accuracy(chip, subset)
+            return acc, prepared, time.perf_counter() - t0 - prepared
         sess = self.session(self.weights(chip))
         t1 = time.perf_counter()
         acc = self.accuracy_of(sess, subset)

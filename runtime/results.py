@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import RuntimeInputError
 from .fileio import atomic_write_json, read_json_document
-from .subsets import summary_fields
+from .subsets import chip_ran, summary_fields
 
 FORMAT = "rram-validate-results"
 SENSITIVITY_FORMAT = "rram-sensitivity"
@@ -243,7 +243,8 @@ def refresh(doc: dict) -> dict:
         entry["summary"]["stuck_fraction"] = float(np.mean([v["stuck_fraction"] for v in entry["runs"].values()])) \
             if entry["runs"] else None
         if "images_auto" in doc["config"]:  # per-chip subsets: the corrected spread, images used, noise note
-            entry["summary"].update(summary_fields(list(entry["runs"].values()), doc["config"]["images"]))
+            entry["summary"].update(summary_fields(list(entry["runs"].values()), doc["config"]["images"],
+                                                   doc["config"]))
         precise = precise_enough(entry["summary"], doc["config"])
         if "ci" in doc["config"] and entry["runs"]:  # all --runs chips may still miss the target: say so
             entry["summary"]["ci_target_met"] = precise
@@ -286,15 +287,16 @@ def merge(paths: list[str | os.PathLike]) -> dict:
                 mine.setdefault("images_auto", theirs["images_auto"])
         seconds += doc.get("timing", {}).get("seconds", 0.0)
     # distinct runs over the summed time of all files (a run found in two files counts once);
-    # a chip without stuck cells was reused (its accuracy is the fault-free one), not run
+    # a chip without stuck cells (nor variation or read noise) was reused (its accuracy is the
+    # fault-free one), not run
     runs_done = sum(len(e["runs"]) for e in out["rates"])
-    ran = sum(1 for e in out["rates"] for v in e["runs"].values() if v["stuck_fraction"] > 0)
+    ran = sum(1 for e in out["rates"] for v in e["runs"].values() if chip_ran(v, base["config"]))
     images = base["config"]["images"]
     out["timing"] = {"runs": int(runs_done), "ran": ran, "reused": runs_done - ran, "seconds": round(seconds, 3),
                      "runs_per_second": ran / seconds if seconds else None,
                      "images_per_second": ran * images / seconds if seconds else None}
     if "images_auto" in base["config"]:  # chips ran on subsets of their own sizes
-        evaluated = sum(v["images"] for e in out["rates"] for v in e["runs"].values() if v["stuck_fraction"] > 0)
+        evaluated = sum(v["images"] for e in out["rates"] for v in e["runs"].values() if chip_ran(v, base["config"]))
         out["timing"].update(images=evaluated, images_per_second=evaluated / seconds if seconds else None)
     out["clean"] = dict(sorted(out["clean"].items()))
     return refresh(out)

@@ -93,15 +93,24 @@ def choose_size(p: float, sd_between: float, chip_seconds: float, image_seconds:
     return min(_grid(lo, int(total)), key=lambda g: (abs(math.log(g / n)), g))
 
 
-def summary_fields(runs: list[dict], total: int) -> dict:
+def chip_ran(run: dict, config: dict) -> bool:
+    """Whether a run's chip was evaluated rather than given the clean accuracy: it has a stuck
+    cell, or the campaign's chips have programming variation or read noise (then every chip runs,
+    on its own subset with --images auto; ``config``: the results file's)."""
+    nonideal = config.get("nonideal") or {}
+    return run["stuck_fraction"] > 0 or nonideal.get("programming_sigma", 0) > 0 or nonideal.get("read_sigma", 0) > 0
+
+
+def summary_fields(runs: list[dict], total: int, config: dict | None = None) -> dict:
     """What a rate's summary adds with --images auto: the between-chip sd corrected for image
-    sampling, the images evaluated (chips that ran), the smallest subset, and the noise note."""
+    sampling, the images evaluated (chips that ran: ``chip_ran``), the smallest subset, and the
+    noise note."""
     if not runs:
         return {}
     accs = [v["accuracy"] for v in runs]
     sizes = [v.get("images", total) for v in runs]
     out = {"sd_between": between_chip_sd(accs, sizes, total),
-           "images_evaluated": int(sum(s for s, v in zip(sizes, runs) if v["stuck_fraction"] > 0)),
+           "images_evaluated": int(sum(s for s, v in zip(sizes, runs) if chip_ran(v, config or {}))),
            "images_min": int(min(sizes))}
     if min(sizes) < total:
         worst = float(np.sqrt(sampling_variance(0.5, min(sizes), total)))

@@ -151,6 +151,7 @@ def test_end_to_end_report_and_artifacts(built):
     # a default (fp32) training records no precision setting: run folders written before
     # train.precision existed keep the same settings, so their training stays up to date
     assert "precision" not in state["steps"]["train"]["settings"]
+    assert not {"variation", "programming_model"} & set(state["steps"]["train"]["settings"])  # nor variation
 
 
 def test_rerun_skips_every_step_and_writes_nothing(project, capsys):
@@ -355,6 +356,8 @@ BAD = [
      "baseline = true needs model.checkpoint"),
     ('arch = "resnet20"\n', 'arch = "resnet20"\nshortcut = "C"\n', "model.shortcut must be one of A, B"),
     ("epochs = 1\n", 'epochs = 1\nprecision = "fp16"\n', "train.precision must be one of fp32, bf16"),
+    ("epochs = 1\n", "epochs = 1\nvariation = -0.1\n", "train.variation must be"),
+    ("epochs = 1\n", 'epochs = 1\nprogramming_model = "gauss"\n', "train.programming_model must be one of"),
     # values only a later step's command refuses: checked with that command's parser and checks
     # before the first step runs (they used to fail after training, hours in)
     ("runs = 2\n", "runs = 2\nseed = 4294967296\n", "validate:fault-aware: argument --seed: must be below 2**32"),
@@ -493,13 +496,13 @@ def test_from_scratch_until_train_then_elsewhere(tmp_path, capsys):
     make_cifar(tmp_path / "data", per_batch=32, test=64)
     config = re.sub(r'checkpoint = "init.pt"\n', "", CONFIG).replace(
         'arch = "resnet20"', 'arch = "resnet20"\nwidth = 0.25\npad_1x1 = true\nshortcut = "B"').replace(
-        "epochs = 1\n", 'epochs = 1\nprecision = "bf16"\n')
+        "epochs = 1\n", 'epochs = 1\nprecision = "bf16"\nvariation = 0.02\nprogramming_model = "wan2022"\n')
     (tmp_path / "p.toml").write_text(config)
     assert main(["pipeline", str(tmp_path / "p.toml"), "--until", "train"]) == 0
     out = capsys.readouterr().out
     assert ran(out) == {"train"} and "steps up to train ran" in out
     assert "--width 0.25 --pad-1x1 --shortcut B" in out and "--lr 0.1 " in out  # scratch default lr
-    assert "--train-precision bf16" in out
+    assert "--train-precision bf16" in out and "--variation 0.02 --programming-model wan2022" in out
     run = tmp_path / "run"
     model = run / "train" / "model.pt"
     from toolchain.checkpoints import load_checkpoint
@@ -507,6 +510,7 @@ def test_from_scratch_until_train_then_elsewhere(tmp_path, capsys):
     spec = load_checkpoint(model).spec
     assert (spec.width, spec.padded, spec.shortcut) == (0.25, True, "B")
     assert load_checkpoint(model).meta["config"]["precision"] == "bf16"
+    assert load_checkpoint(model).meta["config"]["variation"] == 0.02
     before = hashlib.sha256(model.read_bytes()).hexdigest()
     (run / STATE_NAME).unlink()  # what another machine's run folder looks like here
     assert main(["pipeline", str(tmp_path / "p.toml"), "--until", "recalibrate"]) == 0

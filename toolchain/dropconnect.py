@@ -54,25 +54,36 @@ def weight_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 class DropConnect(nn.Module):
-    """weight -> weight * Bernoulli(1-p) mask in training mode; identity in eval mode."""
+    """weight -> weight * Bernoulli(1-p) mask in training mode; identity in eval mode. With
+    ``noise`` (a callable: weight -> the error to add, e.g. ``toolchain.variation.WeightNoise``,
+    ``rram train --variation``), every kept weight also gets a fresh error each forward pass (a
+    dropped weight stays 0: a stuck cell keeps its level); the error carries no gradient."""
 
-    def __init__(self, p: float, generator: torch.Generator):
+    def __init__(self, p: float, generator: torch.Generator, noise=None):
         super().__init__()
         self.p = check_rate(p)
         self.generator = generator
+        self.noise = noise
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
+        if not self.training or (self.p == 0.0 and self.noise is None):
             return w
-        # One uniform draw and a compare is the cheapest mask; masked_fill's gradient is zero
-        # exactly at the dropped weights, so only kept weights learn from this step.
-        drop = torch.rand(w.shape, generator=self.generator, device=w.device, dtype=w.dtype) < self.p
-        return w.masked_fill(drop, 0.0)
+        out = w
+        if self.p > 0.0:
+            # One uniform draw and a compare is the cheapest mask; masked_fill's gradient is zero
+            # exactly at the dropped weights, so only kept weights learn from this step.
+            drop = torch.rand(w.shape, generator=self.generator, device=w.device, dtype=w.dtype) < self.p
+            out = w.masked_fill(drop, 0.0)
+        if self.noise is not None:
+            error = self.noise(w)
+            out = out + (error.masked_fill(drop, 0.0) if self.p > 0.0 else error)
+        return out
 
 
 def add_dropconnect(model: nn.Module, p: float, generator: torch.Generator, *,
-                    include_first: bool = True, include_last: bool = True) -> list[DropConnect]:
-    """Put drop-connect on the weights of every Conv2d/Linear; returns the parametrization modules."""
+                    include_first: bool = True, include_last: bool = True, noise=None) -> list[DropConnect]:
+    """Put drop-connect (and ``noise``: ``DropConnect``) on the weights of every Conv2d/Linear;
+    returns the parametrization modules."""
     check_rate(p)
     mods = weight_modules(model)
     chosen = [m for i, (_, m) in enumerate(mods)
@@ -81,7 +92,7 @@ def add_dropconnect(model: nn.Module, p: float, generator: torch.Generator, *,
     for m in chosen:
         if parametrize.is_parametrized(m, "weight"):
             raise ValueError("weight already parametrized")
-        dc = DropConnect(p, generator)
+        dc = DropConnect(p, generator, noise)
         parametrize.register_parametrization(m, "weight", dc)
         added.append(dc)
     return added

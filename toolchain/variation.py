@@ -30,7 +30,7 @@ WAN2022_US = (0.348, 16.030, -43.853, 45.393, -16.815)
 
 def _program(g: torch.Tensor, sigma: float, model: str, gen: torch.Generator) -> torch.Tensor:
     """Normalised targets g in [0, 1] -> programmed values in [0, 1]."""
-    z = torch.randn(g.shape, generator=gen, dtype=torch.float64)
+    z = torch.randn(g.shape, generator=gen, dtype=g.dtype, device=g.device)  # the reference: float64
     if model == "additive":
         return (g + sigma * z).clamp(0.0, 1.0)
     big = G_MIN + g * (G_MAX - G_MIN)
@@ -64,6 +64,45 @@ class VariedReferenceChips:
                 planes.append(torch.where(stuck, torch.zeros_like(g), _program(g, self.sigma, self.kind, gen)))
             out[name] = ((planes[0] - planes[1]) * top).to(stored_weight(m).dtype)
         return out
+
+
+def programmed_weight(w: torch.Tensor, sigma: float, kind: str, gen: torch.Generator) -> torch.Tensor:
+    """The weight a chip computes with once ``w`` (a Conv2d/Linear weight) is programmed with
+    variation ``sigma`` of model ``kind``: each output channel a differential pair scaled to its
+    largest |w|, both planes programmed with an error and clipped (as ``VariedReferenceChips``,
+    without stuck cells); drawn on ``w``'s device and dtype (``rram train --variation``)."""
+    w = w.detach()
+    top = w.abs().amax(dim=tuple(range(1, w.ndim)), keepdim=True)
+    top = torch.where(top > 0, top, torch.ones_like(top))
+    planes = [_program(g, sigma, kind, gen) for g in (w.clamp(min=0) / top, (-w).clamp(min=0) / top)]
+    return (planes[0] - planes[1]) * top
+
+
+class WeightNoise:
+    """Training for the chip (``rram train --variation SIGMA --programming-model M``): called with a
+    weight, returns the error the chip's programming would add to it (``programmed_weight(w) - w``),
+    a fresh draw from ``generator`` at each call (the training loop reseeds it every step). No
+    gradient flows through the error: the weight learns as if it were exact (straight-through), as
+    aihwkit's hardware-aware training adds its weight noise."""
+
+    def __init__(self, sigma: float, kind: str, generator: torch.Generator):
+        self.sigma, self.kind, self.generator = float(sigma), kind, generator
+
+    def __call__(self, w: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return programmed_weight(w, self.sigma, self.kind, self.generator) - w.detach()
+
+
+def varied_chip_weights(model: nn.Module, masks: dict[str, torch.Tensor], sigma: float, kind: str,
+                        gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """One chip of ``rram train --variation``'s per-epoch test: every Conv2d/Linear weight as
+    programmed with the variation (``programmed_weight``, drawn on the CPU from ``gen``), the
+    weights ``masks`` marks stuck (SA1) at 0. For ``programmed``."""
+    out = {}
+    for name, m in weight_modules(model):
+        w = programmed_weight(stored_weight(m).detach().cpu(), sigma, kind, gen)
+        out[name] = w.masked_fill(masks[name].cpu(), 0.0) if name in masks else w
+    return out
 
 
 def column_tops(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from ..chips import ChipSource
-from ..subsets import between_chip_sd, chip_subset, choose_size, optimal_size
+from ..subsets import between_chip_sd, chip_ran, chip_subset, choose_size, optimal_size
 
 
 def measure_chip(engine, cmap, chips: ChipSource, r: int, model: str, clean: float,
@@ -68,7 +68,7 @@ def subset_size(entry: dict, r: int, config: dict, costs: Costs) -> tuple[int, d
         return auto["pilot"], None
     if "images_auto" in entry:
         return entry["images_auto"]["size"], None
-    later = [v["images"] for k, v in entry["runs"].items() if int(k) >= pilot_runs and v["stuck_fraction"] > 0]
+    later = [v["images"] for k, v in entry["runs"].items() if int(k) >= pilot_runs and chip_ran(v, config)]
     pilot = [entry["runs"][str(k)] for k in range(pilot_runs)]
     accs, sizes = [v["accuracy"] for v in pilot], [v["images"] for v in pilot]
     p, sd = float(np.mean(accs)), between_chip_sd(accs, sizes, config["images"])

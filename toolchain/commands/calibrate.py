@@ -19,6 +19,7 @@ from .common import (
     positive_int,
     seed,
 )
+from .nonideal_args import MEASURED_CHIP, add_refused_nonideal_args, refuse_nonideal
 
 FILE_NAME = "chip-calibration.json"
 
@@ -42,6 +43,7 @@ def add_parser(sub) -> None:
     add_calibration_targets_arg(p)
     add_artifact_normalization_args(p)
     p.add_argument("--out", required=True, help=f"output folder (gets {FILE_NAME})")
+    add_refused_nonideal_args(p)  # a measured chip: refused with the reason (docs/runtime.md)
     p.set_defaults(func=run)
 
 
@@ -52,6 +54,7 @@ def run(args) -> int:
     from runtime.campaign import calibrate_fault_map
     from runtime.fileio import atomic_write_json
 
+    refuse_nonideal(args, MEASURED_CHIP)
     out = new_output_file(Path(args.out) / FILE_NAME)
     stats_rate = parse_stats_rate(args.bn_rate)
     artifact = artifact_with_normalization(Artifact.load(args.artifact), args)

@@ -75,3 +75,24 @@ def nonideal_from_args(args):
                                  adc_range=args.adc_range)
     except RuntimeInputError as e:
         raise UserError(str(e)) from None
+
+
+# rram calibrate (and validate --fault-map) compute one measured chip: a simulated draw on top of it
+# would write periphery parameters for a chip that does not exist (docs/runtime.md)
+MEASURED_CHIP = ("rram calibrate measures a real chip, whose programming errors and read noise are physical and "
+                 "in what it measures: a simulated draw on top would calibrate a chip that does not exist "
+                 "(simulate them with rram validate --calibrate --variation ...)")
+
+
+def add_refused_nonideal_args(p: argparse.ArgumentParser) -> None:
+    """The non-ideality options, hidden, so that ``refuse_nonideal`` says why they do not apply."""
+    for flag in ("--nonideal", "--variation", "--programming-model", "--read-noise", "--dac-bits", "--adc-bits",
+                 "--adc-range"):
+        p.add_argument(flag, dest="variation_model" if flag == "--programming-model" else None, default=None,
+                       help=argparse.SUPPRESS)
+
+
+def refuse_nonideal(args, why: str) -> None:
+    flag = nonideal_given(args)
+    if flag is not None:
+        raise UserError(f"{flag}: {why}")

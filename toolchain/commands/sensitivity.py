@@ -4,6 +4,7 @@ from __future__ import annotations
 from runtime.campaign.plan import SENSITIVITY_RUNS
 
 from ..data import EVAL_SPLITS, load_split, subset_indices
+from ..errors import UserError
 from .common import (
     add_artifact_normalization_args,
     add_bn_rate_arg,
@@ -21,6 +22,7 @@ from .common import (
     rate,
     seed,
 )
+from .nonideal_args import add_nonideal_args, nonideal_from_args
 
 
 def add_parser(sub) -> None:
@@ -46,6 +48,7 @@ def add_parser(sub) -> None:
     add_artifact_normalization_args(p)
     p.add_argument("--place", action="store_true",
                    help="place each chip with its own faults first (fault-aware placement, as rram validate --place)")
+    add_nonideal_args(p)  # variation and read noise on every chip (DAC/ADC: refused, one line)
     p.add_argument("--out", required=True, help="sensitivity report JSON (rewritten after each layer)")
     add_ray_arg(p)
     p.set_defaults(func=run)
@@ -60,6 +63,17 @@ def run(args) -> int:
     sa1 = float_list(args.sa1, "--sa1")
     check_sa1_rates(sa1, args.sa0)  # before the slow loading: the runtime checks them again
     stats_rate = parse_stats_rate(args.bn_rate)
+    nonideal = nonideal_from_args(args)
+    if nonideal is not None:
+        from runtime.errors import RuntimeInputError
+
+        try:  # the runtime checks again: before the slow loading, one line
+            nonideal.check_applies("fp32")
+        except RuntimeInputError as e:
+            raise UserError(str(e)) from None
+        if nonideal.converters:
+            raise UserError("DAC/ADC resolution (--dac-bits, --adc-bits) in rram sensitivity is not built yet: use "
+                            "rram validate --protect to compare layers behind converters")
     check_ray(args)
     check_calibration_targets(args)
     new_output_file(args.out)  # the runtime checks again under the lock
@@ -70,10 +84,13 @@ def run(args) -> int:
     doc = sensitivity(artifact, split.images[idx], split.labels[idx], sa1=sa1, sa0=args.sa0, runs=args.runs,
                       seed=args.seed, stats_rate=stats_rate, out=args.out, calibrate=calibrate,
                       info={"artifact": str(args.artifact), "data": str(args.data), "split": args.split},
-                      ray=args.ray, place=args.place, calibration_targets=args.calibration_targets)
+                      ray=args.ray, place=args.place, calibration_targets=args.calibration_targets,
+                      nonideal=nonideal)
     for entry in doc["rates"]:
+        alone = "" if "nonideal_alone" not in entry else \
+            f"; the same chips without a stuck cell {100 * entry['nonideal_alone']['mean']:.2f}%"
         print(f"SA1 {entry['sa1']:g} in one layer at a time, {args.runs} chips each "
-              f"(fault-free {100 * entry['clean']:.2f}%):")
+              f"(fault-free {100 * entry['clean']:.2f}%{alone}):")
         width = max(len(e["name"]) for e in entry["layers"])
         for e in entry["layers"]:
             ci = "ci95 n/a (1 chip)" if e["drop_ci95"] is None else \

@@ -64,6 +64,7 @@ def add_parser(sub) -> None:
                    help="train on the training split less its validation images (1 in 10, fixed; docs/RESULTS.md) "
                         "and measure each epoch on those: for a model whose choices are made on --split val "
                         "(default: off, all training images, each epoch on the test split)")
+    _add_weight_noise_args(p)
     p.add_argument("--no-drop-first", action="store_true", help="no drop-connect on the first layer")
     p.add_argument("--no-drop-last", action="store_true", help="no drop-connect on the last layer")
     add_normalization_args(p)
@@ -76,6 +77,19 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true", help="print the epoch log as JSON at the end")
     add_data_args(p)
     p.set_defaults(func=run)
+
+
+def _add_weight_noise_args(p) -> None:
+    """Training for the chip's programming variation (toolchain/variation.py ``WeightNoise``)."""
+    from runtime.variation import PROGRAMMING_MODELS
+
+    p.add_argument("--variation", type=float, default=0.0, metavar="SIGMA",
+                   help="programming variation to train for: each weight's effective value perturbed as the chip's "
+                        "programming would perturb it (a differential pair per weight, additive: sd SIGMA of the "
+                        "conductance range, clipped; as rram validate --variation), a fresh draw every training "
+                        "step, on the drop-connect layers (default: 0, none)")
+    p.add_argument("--programming-model", dest="variation_model", choices=PROGRAMMING_MODELS, default="additive",
+                   help="as rram validate's (default: additive)")
 
 
 def run(args) -> int:
@@ -93,6 +107,7 @@ def run(args) -> int:
         eval_images=args.eval_images, include_first=not args.no_drop_first,
         include_last=not args.no_drop_last, resume=args.resume, auto_resume=args.auto_resume, device=args.device,
         precision=args.precision, hold_out_val=args.hold_out_val,
+        variation=args.variation, programming_model=args.variation_model,
         cache_dir=args.cache_dir, use_cache=not args.no_cache, init_normalization=normalization_from_args(args))
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():

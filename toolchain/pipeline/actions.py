@@ -38,7 +38,9 @@ def _train(pipe: Pipeline, step: Step, resume: bool) -> list[list[str]]:
                  out=step.outputs[0].parent, auto_resume=True, width=m["width"], pad_1x1=m["pad_1x1"],
                  shortcut=m["shortcut"],
                  train_precision=t["precision"],  # always said: the run does not lean on the CLI's default
-                 train_images=t["images"], eval_images=t["eval_images"], hold_out_val=t["hold_out_val"])]
+                 train_images=t["images"], eval_images=t["eval_images"], hold_out_val=t["hold_out_val"],
+                 variation=t["variation"] or None,  # none at 0: the command lines of older runs
+                 programming_model=t["programming_model"] if t["variation"] else None)]
 
 
 def _recalibrate(pipe: Pipeline, step: Step, resume: bool) -> list[list[str]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from runtime import PRECISIONS as VALIDATE_PRECISIONS
 from runtime.campaign.plan import RUNS as CAMPAIGN_RUNS
+from runtime.variation import PROGRAMMING_MODELS
 
 from ..errors import UserError
 from ..models import MODEL_NAMES
@@ -69,6 +70,8 @@ SCHEMA: dict[str, dict[str, Key]] = {
         "seed": Key("int", 0, low=0),
         "precision": Key("str", "fp32", choices=TRAIN_PRECISIONS),  # rram train --train-precision
         "hold_out_val": Key("bool", False),  # rram train --hold-out-val (docs/RESULTS.md)
+        "variation": Key("float", 0.0, low=0.0),  # rram train --variation: programming variation trained for
+        "programming_model": Key("str", "additive", choices=PROGRAMMING_MODELS),  # rram train --programming-model
     },
     "recalibrate": {
         "rates": Key("floats", **RATE),

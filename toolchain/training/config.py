@@ -19,7 +19,7 @@ LR_FINE_TUNING = 0.01
 
 # Options added after runs were recorded: a record without the key was trained with this value.
 # The pipeline leaves them out of its own step record at these values too (pipeline/plan.py).
-ADDED_LATER = {"precision": "fp32", "hold_out_val": False}
+ADDED_LATER = {"precision": "fp32", "hold_out_val": False, "variation": 0.0, "programming_model": "additive"}
 PRECISIONS = ("fp32", "bf16")
 
 
@@ -51,6 +51,8 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "fp32"  # "bf16": forward under bfloat16 autocast (AMX/AVX512-BF16 CPUs, GPUs)
     hold_out_val: bool = False  # train on the training split less its validation images, evaluate on those
+    variation: float = 0.0  # programming variation added to each weight, a fresh draw every step (0: none)
+    programming_model: str = "additive"  # its model (runtime.variation.PROGRAMMING_MODELS)
     cache_dir: str | None = None
     use_cache: bool = True
     progress: bool = True
@@ -68,7 +70,10 @@ class TrainConfig:
                 "momentum": self.momentum, "weight_decay": self.weight_decay, "seed": self.seed,
                 "images": self.images, "include_first": self.include_first,
                 "include_last": self.include_last, "schedule": "cosine (per step)",
-                "rescale": False, "precision": self.precision, "hold_out_val": self.hold_out_val}
+                "rescale": False, "precision": self.precision, "hold_out_val": self.hold_out_val,
+                "variation": float(self.variation),
+                # the model shapes nothing without variation: recorded as the default then
+                "programming_model": self.programming_model if self.variation else ADDED_LATER["programming_model"]}
 
     @property
     def eval_split(self) -> str:
@@ -87,6 +92,13 @@ def validate(cfg: TrainConfig) -> None:
     for name, v in (("momentum", cfg.momentum), ("weight decay", cfg.weight_decay)):
         if not math.isfinite(v) or v < 0:
             raise UserError(f"{name} must be a finite number >= 0, got {v}")
+    from runtime.errors import RuntimeInputError
+    from runtime.variation import Nonideal
+
+    try:  # the runtime's checks (negative, NaN, an unknown model): one line
+        Nonideal(programming_sigma=cfg.variation, programming_model=cfg.programming_model)
+    except RuntimeInputError as e:
+        raise UserError(f"--variation: {e}") from None
     dev = resolve_device(cfg.device)
     if cfg.precision not in PRECISIONS:
         raise UserError(f"--precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r}")

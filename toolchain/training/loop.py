@@ -35,6 +35,7 @@ from ..data import (
 from ..dropconnect import add_dropconnect, derive_seed, sa1_faults, sample_sa1_masks
 from ..errors import UserError
 from ..evaluate import accuracy
+from ..variation import WeightNoise, programmed, varied_chip_weights
 from .config import TrainConfig, validate
 from .device import bf16_is_slow_here
 from .distributed import Dist, setup_distributed
@@ -80,7 +81,8 @@ def train(cfg: TrainConfig, *, step_callback: Callable[[int, int], None] | None 
     local_bs, steps_per_epoch = _batches_per_rank(cfg, len(train_split), dd.world)
     model.to(dd.device)
     mask_gen = torch.Generator(device=dd.device)
-    net = _wrap_model(model, cfg, dd, mask_gen)
+    noise_gen = torch.Generator(device=dd.device)  # --variation: reseeded every step
+    net = _wrap_model(model, cfg, dd, mask_gen, noise_gen)
     opt, sched = _optimizer(model, cfg, steps_per_epoch, train_state)
     if dd.main:
         out.mkdir(parents=True, exist_ok=True)
@@ -93,10 +95,12 @@ def train(cfg: TrainConfig, *, step_callback: Callable[[int, int], None] | None 
         sampler.set_epoch(epoch)
         idx = np.asarray(list(sampler))[: steps_per_epoch * local_bs]
         entry = _train_epoch(net, opt, sched, train_split, idx, norm, cfg, dd, epoch, local_bs,
-                             steps_per_epoch, mask_gen, step_callback)
+                             steps_per_epoch, (mask_gen, noise_gen), step_callback)
         if dd.main:
             entry[f"{cfg.eval_split}_acc"] = _test_accuracy(model, test_split, norm, cfg, dd)
             entry["test_sa1"] = cfg.drop_rate
+            if cfg.variation > 0:  # the test chip's variation (absent without: older logs' entries)
+                entry["test_variation"], entry["test_variation_model"] = cfg.variation, cfg.programming_model
             entry["seconds"] = round(time.perf_counter() - t0, 2)
             history.append(entry)
             save_epoch(out, model, spec, norm, record, history, epoch + 1, opt, sched, cfg, dd.world)
@@ -139,11 +143,14 @@ def _batches_per_rank(cfg: TrainConfig, n_train: int, world: int) -> tuple[int, 
     return local_bs, max(1, per_rank // local_bs)
 
 
-def _wrap_model(model: nn.Module, cfg: TrainConfig, dd: Dist, mask_gen: torch.Generator) -> nn.Module:
-    """Drop-connect on the weights (masks drawn from ``mask_gen``), then DDP when distributed."""
-    if cfg.drop_rate > 0:
+def _wrap_model(model: nn.Module, cfg: TrainConfig, dd: Dist, mask_gen: torch.Generator,
+                noise_gen: torch.Generator) -> nn.Module:
+    """Drop-connect on the weights (masks drawn from ``mask_gen``; with --variation, the
+    programming error from ``noise_gen`` too), then DDP when distributed."""
+    noise = WeightNoise(cfg.variation, cfg.programming_model, noise_gen) if cfg.variation > 0 else None
+    if cfg.drop_rate > 0 or noise is not None:
         add_dropconnect(model, cfg.drop_rate, mask_gen, include_first=cfg.include_first,
-                        include_last=cfg.include_last)
+                        include_last=cfg.include_last, noise=noise)
     if dd.world > 1:
         return nn.parallel.DistributedDataParallel(
             model, device_ids=[dd.local_rank] if dd.device.type == "cuda" else None)
@@ -163,9 +170,11 @@ def _optimizer(model: nn.Module, cfg: TrainConfig, steps_per_epoch: int, train_s
 
 def _train_epoch(net: nn.Module, opt, sched, split: Split, idx: np.ndarray, norm: Normalization,
                  cfg: TrainConfig, dd: Dist, epoch: int, local_bs: int, steps: int,
-                 mask_gen: torch.Generator, step_callback) -> dict:
+                 gens: tuple[torch.Generator, torch.Generator], step_callback) -> dict:
     """One pass over this process's share ``idx``; returns the loss/accuracy summed over processes.
-    Augmentation and masks are reseeded from (seed, rank, epoch), which makes a resume exact."""
+    Augmentation and masks are reseeded from (seed, rank, epoch), the weight noise (--variation)
+    from (seed, rank, epoch, step), which makes a resume exact."""
+    mask_gen, noise_gen = gens
     aug_gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "augment", dd.rank, epoch))
     mask_gen.manual_seed(derive_seed(cfg.seed, "mask", dd.rank, epoch))
     net.train()
@@ -176,6 +185,8 @@ def _train_epoch(net: nn.Module, opt, sched, split: Split, idx: np.ndarray, norm
     batches = iterate_batches(split, local_bs, norm, augment_batches=True, generator=aug_gen, device=dd.device,
                               indices=idx)
     for step, (x, y) in enumerate(batches):
+        if cfg.variation > 0:
+            noise_gen.manual_seed(derive_seed(cfg.seed, "weight-noise", dd.rank, epoch, step))
         # bf16: matmuls/convolutions in bfloat16 (1.4-2.4x faster on AMX CPUs), weights, optimizer and
         # BN running statistics stay float32; the loss is taken in float32. fp32 sets up no
         # autocast at all (a device without autocast support still trains in fp32)
@@ -203,22 +214,33 @@ def _train_epoch(net: nn.Module, opt, sched, split: Split, idx: np.ndarray, norm
 def _test_accuracy(model: nn.Module, split: Split, norm: Normalization, cfg: TrainConfig, dd: Dist) -> float:
     """Test (or, with --hold-out-val, validation) accuracy of one simulated chip at rate p (the same
     chip every epoch): the BN statistics gathered in training match such a chip (unscaled masks);
-    the fault-free weights need BN re-aligned at 0 (rram recalibrate)."""
+    the fault-free weights need BN re-aligned at 0 (rram recalibrate). With --variation the chip's
+    weights are also programmed with it (the same draw every epoch, on every layer)."""
     chip = sample_sa1_masks(model, cfg.drop_rate,
                             torch.Generator().manual_seed(derive_seed(cfg.seed, "test-chip")))
+    if cfg.variation > 0:
+        gen = torch.Generator().manual_seed(derive_seed(cfg.seed, "test-chip-variation"))
+        with programmed(model, varied_chip_weights(model, chip, cfg.variation, cfg.programming_model, gen)):
+            return accuracy(model, split, norm, device=dd.device, progress=cfg.progress, desc=cfg.eval_split)
     with sa1_faults(model, chip):
         return accuracy(model, split, norm, device=dd.device, progress=cfg.progress, desc=cfg.eval_split)
 
 
-def test_measures(rate: float) -> str:
+def test_measures(rate: float, variation: float = 0.0, model: str = "additive") -> str:
     """What the epoch line's test accuracy is: one simulated chip with SA1 faults at the
-    drop-connect rate (the same chip every epoch), or the fault-free model at rate 0."""
-    return (f"on one simulated faulty chip, {100 * rate:g}% of weights stuck at 0" if rate > 0
+    drop-connect rate (the same chip every epoch), or the fault-free model at rate 0; with
+    programming variation (--variation) on that chip."""
+    text = (f"on one simulated faulty chip, {100 * rate:g}% of weights stuck at 0" if rate > 0
             else "fault-free")
+    if variation > 0:
+        text = (f"{text}, programming variation {variation:g} {model}" if rate > 0
+                else f"on one simulated chip with programming variation {variation:g} {model}")
+    return text
 
 
 def _print_epoch(entry: dict, epochs: int) -> None:
     which = "val" if "val_acc" in entry else "test"
     print(f"epoch {entry['epoch']}/{epochs}: loss {entry['train_loss']:.4f} "
           f"train {100 * entry['train_acc']:.2f}% {which} {100 * entry[f'{which}_acc']:.2f}% "
-          f"({test_measures(entry['test_sa1'])}) ({entry['seconds']:.1f}s)", file=sys.stderr, flush=True)
+          f"({test_measures(entry['test_sa1'], entry.get('test_variation', 0.0), entry.get('test_variation_model'))}) "
+          f"({entry['seconds']:.1f}s)", file=sys.stderr, flush=True)
