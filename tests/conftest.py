@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("RRAM_SHARED", ROOT.parent / "shared"))
-SHARED_DATA = Path(os.environ.get("RRAM_DATA", SHARED / "data" / "cifar10-jpeg"))
-SHARED_MODELS = Path(os.environ.get("RRAM_WEIGHTS", SHARED / "models"))
+# absolute: make exports RRAM_DATA/RRAM_WEIGHTS relative to the checkout (../shared/...), and the
+# end-to-end tests run their shell blocks from a temporary folder
+SHARED = Path(os.environ.get("RRAM_SHARED", ROOT.parent / "shared")).resolve()
+SHARED_DATA = Path(os.environ.get("RRAM_DATA", SHARED / "data" / "cifar10-jpeg")).resolve()
+SHARED_MODELS = Path(os.environ.get("RRAM_WEIGHTS", SHARED / "models")).resolve()
 SHARED_RESNET20 = SHARED_MODELS / "resnet20-12fca82f.th"
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

@@ -59,7 +59,7 @@ def test_the_pages_show_commands():
     assert len(CASES) > 40
 
 
-@pytest.mark.parametrize("page, argv", CASES, ids=[f"{p.parent.name}/{p.name}:{' '.join(a)[:60]}" for p, a in CASES])
+@pytest.mark.parametrize("page, argv", CASES, ids=[f"{p.relative_to(ROOT)}:{' '.join(a)[:60]}" for p, a in CASES])
 def test_every_shown_command_parses(page, argv):
     if not argv or argv[0].startswith("-"):  # rram --version, rram -V, rram --help
         return
