@@ -81,6 +81,21 @@ def test_bad_calibration_input_is_one_line(art, data, tmp_path, capsys, paper_ar
     assert not out.exists()
 
 
+def test_measured_targets_refuse_a_model_re_aligned_for_a_fault_rate(make_bn_artifact, data, tmp_path, capsys):
+    """Measured targets are the model's own fault-free statistics; a per-rate BN artifact (p > 0)
+    is mis-normalised on a fault-free chip by design, so they would calibrate every chip into that
+    (the zoo's drop-connect ResNet20, rate-0.3 artifact: 13% at SA1 0.2 and 0.3, 81% with its BN
+    targets). Its BN targets still work, and the rate-0 artifact takes measured targets."""
+    out = tmp_path / "r.json"
+    base = ["--data", str(data), "--no-cache", "--sa1", "0.1", "--runs", "1", "--calibrate", "8", "--out", str(out)]
+    err = _err(capsys, ["validate", str(make_bn_artifact(bn_rate=0.1))] + base + ["--calibration-targets", "measured"])
+    assert "re-aligned for SA1 rate 0.1" in err and "--bn-rate 0" in err and not out.exists()
+    assert main(["validate", str(make_bn_artifact(bn_rate=0.1))] + base + ["--calibration-targets", "bn"]) == 0
+    out.unlink()
+    assert main(["validate", str(make_bn_artifact(bn_rate=0.0))] + base + ["--calibration-targets", "measured"]) == 0
+    assert read_results(out)["config"]["calibration_targets"] == "measured"
+
+
 def test_cli_campaign_with_calibration(art, data, tmp_path, capsys):
     out = tmp_path / "r.json"
     assert main(["validate", str(art), "--data", str(data), "--no-cache", "--sa1", "0,0.1", "--runs", "2",

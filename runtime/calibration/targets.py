@@ -77,12 +77,32 @@ def target_kind(metadata: dict[str, str], requested: str = "auto", where="the mo
     if requested not in TARGET_KINDS:
         raise RuntimeInputError(f"calibration targets must be one of {', '.join(TARGET_KINDS)}, got {requested!r}")
     if requested == "auto":
-        return "bn" if metadata.get(BN_TARGETS_KEY) else "measured"
+        kind = "bn" if metadata.get(BN_TARGETS_KEY) else "measured"
+        return _measured_needs_rate_zero(metadata, where) if kind == "measured" else kind
+    if requested == "measured":
+        return _measured_needs_rate_zero(metadata, where)
     if requested == "bn" and not metadata.get(BN_TARGETS_KEY):
         raise RuntimeInputError(f"{where} records no BN targets ({BN_TARGETS_KEY}): calibrate it to targets "
                                 f"measured on the fault-free model (--calibration-targets measured or auto), or "
                                 f"rebuild it with `rram passes IN --out OUT --passes standard` (fold-bn records them)")
     return requested
+
+
+def _measured_needs_rate_zero(metadata: dict[str, str], where) -> str:
+    """Measured targets are what the model computes on a fault-free chip. A model whose BN
+    statistics were re-aligned for a fault rate p > 0 (the paper's per-rate BN) is mis-normalised
+    on a fault-free chip by design, so its fault-free statistics are the wrong targets: calibrating
+    a faulty chip to them reproduces that mis-normalisation (measured: 13% at SA1 0.2 and 0.3 on the
+    zoo's drop-connect ResNet20's rate-0.3 artifact, against 81% with its BN targets)."""
+    from ..metadata import bn_rate_from_metadata
+
+    rate = bn_rate_from_metadata(metadata, where)
+    if rate:
+        raise RuntimeInputError(f"{where} holds BN statistics re-aligned for SA1 rate {rate:g}, which a fault-free "
+                                f"chip mis-normalises by design: targets measured on it are wrong; calibrate the "
+                                f"rate-0 artifact (--bn-rate 0) to measured targets, or this one to its BN targets "
+                                f"(--calibration-targets bn)")
+    return "measured"
 
 
 def targets_from_metadata(metadata: dict[str, str], where) -> dict[str, BNTarget]:
