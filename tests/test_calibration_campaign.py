@@ -94,6 +94,15 @@ def test_measured_targets_refuse_a_model_re_aligned_for_a_fault_rate(make_bn_art
     out.unlink()
     assert main(["validate", str(make_bn_artifact(bn_rate=0.0))] + base + ["--calibration-targets", "measured"]) == 0
     assert read_results(out)["config"]["calibration_targets"] == "measured"
+    out.unlink()
+    import shutil
+
+    both = tmp_path / "per-rate"  # one artifact per BN rate: the chips of --bn-rate 0 run the rate-0 model only
+    for r in (0.0, 0.1):
+        shutil.copytree(make_bn_artifact(bn_rate=r), both / f"rate-{r}")
+    assert "re-aligned" in _err(capsys, ["validate", str(both)] + base + ["--calibration-targets", "measured"])
+    assert main(["validate", str(both)] + base + ["--bn-rate", "0", "--calibration-targets", "measured"]) == 0
+    assert [e["model"] for e in read_results(out)["rates"]] == ["rate-0.0"]
 
 
 def test_cli_campaign_with_calibration(art, data, tmp_path, capsys):

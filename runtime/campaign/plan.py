@@ -164,7 +164,8 @@ class CampaignConfig:
                                         f"needs calibration images")
             config["calibration_sha256"] = images_digest(calibration, np.zeros(0, np.int64))
         # part of every run: it belongs to the identity
-        config.update(calibrate_config(calibrate, artifact, self.calibration_targets))
+        selected = {artifact.select(p + self.sa0, self.stats_rate) for p in self.sa1}  # the models chips run
+        config.update(calibrate_config(calibrate, artifact, self.calibration_targets, selected))
         if self.ci is not None:
             config["ci"], config["min_runs"] = float(self.ci), int(self.min_runs)
         if self.images_auto:
@@ -192,7 +193,7 @@ class CampaignConfig:
 
 
 def calibrate_config(calibrate: np.ndarray | None, artifact: Artifact | None = None,
-                     targets: str = "auto") -> dict:
+                     targets: str = "auto", models=None) -> dict:
     """How chips were calibrated, for a results file's config (nothing when they were not):
     the images, and ``calibration_targets: "measured"`` where the targets were measured on the
     fault-free model (a model without recorded BN targets, or --calibration-targets measured;
@@ -203,7 +204,8 @@ def calibrate_config(calibrate: np.ndarray | None, artifact: Artifact | None = N
     if artifact is not None:
         from ..calibration.targets import target_kind
 
-        kinds = {target_kind(m.metadata, targets, m.folder) for m in artifact.models.values()}
+        kinds = {target_kind(m.metadata, targets, m.folder) for n, m in artifact.models.items()
+                 if models is None or n in models}  # models: the names a campaign selects (None: all)
         if "measured" in kinds:
             out["calibration_targets"] = "measured"
     return out
