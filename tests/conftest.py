@@ -19,6 +19,29 @@ SHARED_RESNET20 = SHARED_MODELS / "resnet20-12fca82f.th"
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 
+def run_readme_block(script: str, smaller: list[tuple[str, str]], tmp_path: Path, cache: Path) -> Path:
+    """Run a README shell block as written, in a fresh shell in ``tmp_path``: smaller sizes
+    (``smaller``: (README text, test text)), this checkout's venv, ``../shared`` made absolute (the
+    block must give data paths as ``"$PWD/../shared/..."``, which survive its ``cd``); no RRAM_*
+    variable but the data cache. Asserts it succeeded and wrote nothing beside its ``work/``
+    folder (and the test's own cache); returns that folder."""
+    import subprocess
+
+    for old, new in smaller:
+        script = script.replace(old, new)
+    script = script.replace("source .venv/bin/activate", f"source {ROOT / '.venv' / 'bin' / 'activate'}")
+    assert '"$PWD/../shared/' in script  # absolute data paths: they survive the block's cd
+    script = script.replace("$PWD/../shared", str(SHARED))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RRAM_")}  # a fresh shell
+    env["RRAM_CACHE"] = str(cache)
+    run = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=1500)
+    assert run.returncode == 0, run.stderr[-3000:]
+    beside = {p for p in tmp_path.iterdir()} - {tmp_path / "work", cache}
+    assert not beside  # nothing beside the flow's work folder (and this test's own data cache)
+    return tmp_path / "work"
+
+
 @pytest.fixture
 def shared_data() -> Path:
     if not (SHARED_DATA / "test").is_dir():

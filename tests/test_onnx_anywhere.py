@@ -277,24 +277,9 @@ def test_the_byo_block_holds_what_the_test_shrinks():
 
 @pytest.mark.slow
 def test_readme_bring_your_own_onnx_runs_as_written(tmp_path, shared_data, shared_resnet20, real_data_cache):
-    import os
-    import subprocess
+    from conftest import run_readme_block
 
-    from conftest import ROOT, SHARED
-
-    script = byo_block()
-    for old, new in BYO_SMALLER:
-        script = script.replace(old, new)
-    script = script.replace("source .venv/bin/activate", f"source {ROOT / '.venv' / 'bin' / 'activate'}")
-    assert '"$PWD/../shared/' in script  # absolute data paths: they survive the block's cd
-    script = script.replace("$PWD/../shared", str(SHARED))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RRAM_")}  # a fresh shell
-    env["RRAM_CACHE"] = str(real_data_cache)
-    run = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=1500)
-    assert run.returncode == 0, run.stderr[-3000:]
-    beside = {p for p in tmp_path.iterdir()} - {tmp_path / "work", real_data_cache}
-    assert not beside  # nothing beside the flow's work folder (and this test's own data cache)
-    doc = read_results(tmp_path / "work" / "byo" / "r20.json")
+    work = run_readme_block(byo_block(), BYO_SMALLER, tmp_path, real_data_cache)
+    doc = read_results(work / "byo" / "r20.json")
     assert doc["config"]["calibrate"] == 64 and doc["config"]["calibration_targets"] == "measured"
     assert doc["clean"]["."] > 0.7 and doc["complete"]  # a working model, calibrated to measured targets

@@ -4,13 +4,11 @@ The block is taken from README.md itself, so the README cannot drift from the co
 sizes are made smaller (and the checkout's ../shared absolute, since the test runs in a temporary
 folder instead of the checkout). The flow writes only into its own work/ folder (issue 35)."""
 import json
-import os
 import re
-import subprocess
 
 import pytest
 
-from conftest import ROOT, SHARED
+from conftest import ROOT, run_readme_block
 
 # (README text, test text): smaller sizes, same commands
 SMALLER = [
@@ -36,20 +34,7 @@ def test_the_block_holds_what_the_test_shrinks():
 
 @pytest.mark.slow
 def test_readme_flow_runs_as_written(tmp_path, shared_data, shared_resnet20, real_data_cache):
-    script = flow_block()
-    for old, new in SMALLER:
-        script = script.replace(old, new)
-    script = script.replace("source .venv/bin/activate", f"source {ROOT / '.venv' / 'bin' / 'activate'}")
-    assert '"$PWD/../shared/' in script  # absolute data paths: they survive the block's cd
-    script = script.replace("$PWD/../shared", str(SHARED))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RRAM_")}  # a fresh shell
-    env["RRAM_CACHE"] = str(real_data_cache)
-    run = subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=1500)
-    assert run.returncode == 0, run.stderr[-3000:]
-    beside = {p for p in tmp_path.iterdir()} - {tmp_path / "work", real_data_cache}
-    assert not beside  # nothing beside the flow's work folder (and this test's own data cache)
-    work = tmp_path / "work"
+    work = run_readme_block(flow_block(), SMALLER, tmp_path, real_data_cache)
     per_rate = json.loads((work / "per-rate.json").read_text())
     per_chip = json.loads((work / "per-chip.json").read_text())
     assert sorted(per_rate["config"]["models"]) == ["rate-0.0", "rate-0.1", "rate-0.2", "rate-0.3"]
