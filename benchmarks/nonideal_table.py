@@ -1,0 +1,178 @@
+"""docs/runtime.md's device non-ideality table on the full test split (issue 37's "Measure"): for
+the shared pretrained ResNet20 and the zoo's drop-connect ResNet20, 20 chips on all 10,000 test
+images: programming variation alone (2, 5, 10% of the conductance range), ADC resolution alone
+(8, 6, 4 bits), and SA1 0 / 10 / 20 / 30% with the published device preset (`wan2022`), each
+without and with per-chip calibration, the preset's rows with placement too.
+
+    PYTHONPATH=. python benchmarks/nonideal_table.py run RUNDIR [KEY ...]  # the campaigns (resumable)
+    PYTHONPATH=. python benchmarks/nonideal_table.py collect RUNDIR        # finished ones -> docs/results/nonideal/
+    PYTHONPATH=. python benchmarks/nonideal_table.py write                 # remake the block in docs/runtime.md
+
+``run`` needs the artifacts of benchmarks/placement_table.py in RUNDIR (``pretrained/``,
+``resnet20-dc30-ft3/``) and runs, per model, the campaigns named by KEY (``MODEL.CAMPAIGN``, e.g.
+``pretrained.wan2022-placed``; all of them without KEY), each into RUNDIR/MODEL.CAMPAIGN.json with
+``--resume``. The baselines (no non-ideality: the plain fault-free accuracy) are the placement
+table's committed campaigns (docs/results/placement/MODEL.fixed.json and MODEL.fixed-cal.json),
+the same artifacts, images and seed. tests/test_nonideal_doc.py checks that the block is what
+``render`` makes of the files.
+
+Choices, stated: chips that place or calibrate to measured targets use the model's rate-0 BN
+(``--bn-rate 0``; placement and per-rate BN clash, docs/runtime.md), the others ``--bn-rate auto``;
+calibration targets ``measured`` with placement (the better of the two in the placement table,
+a choice made there on the test split), BN targets without. Programming variation and ADC rows
+have no stuck cells, so placement has nothing to move there and is not run.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results" / "nonideal"
+PLACEMENT = ROOT / "docs" / "results" / "placement"
+MODELS = [("pretrained", "the shared pretrained ResNet20 (`resnet20-akamaster`, no drop-connect)"),
+          ("resnet20-dc30-ft3", "the zoo's `resnet20-dc30-ft3` (drop-connect p = 0.3, 3-epoch fine-tune, width 1)")]
+RUNS = 20
+CAL = ["--calibrate", "256"]
+PLACED = ["--bn-rate", "0", "--place"]
+VARIATION = [0.02, 0.05, 0.1]
+ADC_BITS = [8, 6, 4]
+SA1 = "0,0.1,0.2,0.3"
+WAN = [("wan2022", "fixed mapping", ["--bn-rate", "auto"]),
+       ("wan2022-cal", "fixed mapping + calibration", ["--bn-rate", "auto", *CAL]),
+       ("wan2022-placed", "placement", PLACED),
+       ("wan2022-placed-cal", "placement + calibration (measured targets)",
+        [*PLACED, *CAL, "--calibration-targets", "measured"])]
+
+
+def campaigns() -> list[tuple[str, str, list[str]]]:
+    """(name, SA1 rates, options) of every campaign of one model, in the order ``run`` runs them."""
+    out = [(name, SA1, ["--nonideal", "wan2022", *options]) for name, _, options in WAN]
+    for sigma in VARIATION:
+        for cal in ([], CAL):
+            out.append((f"variation-{sigma:g}" + ("-cal" if cal else ""), "0",
+                        ["--bn-rate", "auto", "--variation", f"{sigma:g}", *cal]))
+    for bits in ADC_BITS:
+        for cal in ([], CAL):
+            out.append((f"adc-{bits}" + ("-cal" if cal else ""), "0",
+                        ["--bn-rate", "auto", "--adc-bits", str(bits), *cal]))
+    return out
+
+
+def command(artifact: str, out: str, rates: str, options: list[str]) -> list[str]:
+    return ["rram", "validate", artifact, "--sa1", rates, "--runs", str(RUNS), "--seed", "0", *options,
+            "--out", out, "--resume"]
+
+
+def load(folder: Path, name: str) -> dict | None:
+    """A complete committed campaign on the full test split, or None while it is not committed."""
+    path = folder / f"{name}.json"
+    if not path.exists():
+        return None
+    doc = json.loads(path.read_text())
+    config = doc["config"]
+    assert doc["complete"] and config["images"] == 10000 and config["runs"] == RUNS, name
+    assert (config.get("calibrate") == 256) == ("-cal" in name), name
+    assert bool(config.get("place")) == ("-placed" in name), name
+    return doc
+
+
+def _summary(doc: dict | None, i: int = 0) -> dict | None:
+    return None if doc is None else doc["rates"][i]["summary"]
+
+
+def _cell(s: dict | None, base: float | None) -> str:
+    if s is None:
+        return "not run yet"
+    loss = [] if base is None else [f"loss {100 * (base - s['mean']):.2f}"]
+    worst = [f"min {100 * s['min']:.1f}"] if s["max"] > s["min"] else []  # identical chips: one figure
+    return f"{100 * s['mean']:.2f}" + (f" ({', '.join(worst + loss)})" if worst + loss else "")
+
+
+def render_model(model: str) -> list[str]:
+    docs = {name: load(RESULTS, f"{model}.{name}") for name, _, _ in campaigns()}
+    plain, plain_cal = load(PLACEMENT, f"{model}.fixed"), load(PLACEMENT, f"{model}.fixed-cal")
+    base = None if plain is None else _summary(plain)["mean"]
+    lines = ["plain fault-free accuracy " + ("not committed yet" if base is None else f"{100 * base:.2f}%")
+             + "; mean top-1 % over 20 chips (worst chip, loss in points against the plain fault-free accuracy; "
+             "one figure where every chip is the same)", "",
+             "| non-ideality alone (no stuck cell) | uncalibrated | per-chip calibration (256 images) |",
+             "|---|---|---|",
+             f"| none | {_cell(_summary(plain), base)} | {_cell(_summary(plain_cal), base)} |"]
+    for sigma in VARIATION:
+        name = f"variation-{sigma:g}"
+        lines.append(f"| programming variation {100 * sigma:g}% of the range (additive) | "
+                     f"{_cell(_summary(docs[name]), base)} | {_cell(_summary(docs[name + '-cal']), base)} |")
+    for bits in ADC_BITS:
+        name = f"adc-{bits}"
+        lines.append(f"| {bits}-bit ADCs (per-column calibrated range) | "
+                     f"{_cell(_summary(docs[name]), base)} | {_cell(_summary(docs[name + '-cal']), base)} |")
+    lines += ["", "| `wan2022` (variation + 1% read noise) and SA1 | SA1 0 | SA1 0.1 | SA1 0.2 | SA1 0.3 |",
+              "|---|---|---|---|---|"]
+    for name, label, _ in WAN:
+        doc = docs[name]
+        cells = [_cell(_summary(doc, i), base) for i in range(4)] if doc else ["not run yet", "", "", ""]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def render() -> str:
+    lines = []
+    for model, label in MODELS:
+        first, *rest = render_model(model)
+        lines += [f"**{label[0].upper() + label[1:]}**: {first}", *rest]
+    return "\n".join(lines)
+
+
+BEGIN = "<!-- nonideal-full: generated by benchmarks/nonideal_table.py write; tests/test_nonideal_doc.py checks it -->"
+END = "<!-- /nonideal-full -->"
+
+
+def write() -> None:
+    path = ROOT / "docs" / "runtime.md"
+    text = path.read_text()
+    block = f"{BEGIN}\n{render()}{END}"
+    new, n = re.subn(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    if n != 1:
+        sys.exit(f"docs/runtime.md has no {BEGIN} ... {END} block")
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text(new)
+    tmp.replace(path)
+
+
+def run(rundir: Path, keys: list[str]) -> None:
+    todo = [(m, name, rates, options) for m, _ in MODELS for name, rates, options in campaigns()
+            if not keys or f"{m}.{name}" in keys]
+    unknown = set(keys) - {f"{m}.{name}" for m, name, _, _ in todo}
+    if unknown:
+        sys.exit(f"unknown campaign {sorted(unknown)[0]}: MODEL.CAMPAIGN, e.g. pretrained.wan2022")
+    for model, name, rates, options in todo:
+        print(f"== {model}.{name}", flush=True)
+        subprocess.run(command(str(rundir / model), str(rundir / f"{model}.{name}.json"), rates, options),
+                       check=True)
+
+
+def collect(rundir: Path) -> None:
+    """Copy the finished campaigns (complete files only) into docs/results/nonideal/."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for model, _ in MODELS:
+        for name, _, _ in campaigns():
+            src = rundir / f"{model}.{name}.json"
+            if src.exists() and json.loads(src.read_text()).get("complete"):
+                shutil.copyfile(src, RESULTS / src.name)
+
+
+if __name__ == "__main__":
+    what = sys.argv[1] if len(sys.argv) > 1 else ""
+    if what == "write":
+        write()
+    elif what == "run" and len(sys.argv) >= 3:
+        run(Path(sys.argv[2]), sys.argv[3:])
+    elif what == "collect" and len(sys.argv) == 3:
+        collect(Path(sys.argv[2]))
+    else:
+        sys.exit(__doc__)

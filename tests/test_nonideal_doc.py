@@ -1,0 +1,72 @@
+"""docs/runtime.md's device non-ideality table (issue 37) is what the committed campaign files give
+(benchmarks/nonideal_table.py render), and each file is the campaign the table says it is."""
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import nonideal_table  # noqa: E402  (benchmarks/nonideal_table.py)
+
+FILES = sorted(nonideal_table.RESULTS.glob("*.json"))
+
+
+def block() -> str:
+    text = (ROOT / "docs" / "runtime.md").read_text()
+    return re.search(re.escape(nonideal_table.BEGIN) + r"\n(.*?)" + re.escape(nonideal_table.END), text, re.S).group(1)
+
+
+def test_the_block_is_what_the_files_give():
+    assert block() == nonideal_table.render()
+
+
+def test_a_changed_figure_changes_the_block(tmp_path, monkeypatch):
+    """The check can fail: a copy of one committed file (or of the placement baseline, while no
+    non-ideality file is committed) with one chip's mean moved renders another block."""
+    source = FILES[0] if FILES else nonideal_table.PLACEMENT / "pretrained.fixed.json"
+    folder = tmp_path / source.parent.name
+    shutil.copytree(source.parent, folder)
+    monkeypatch.setattr(nonideal_table, "RESULTS" if FILES else "PLACEMENT", folder)
+    assert nonideal_table.render() == block()
+    doc = json.loads((folder / source.name).read_text())
+    doc["rates"][0]["summary"]["mean"] -= 0.01
+    (folder / source.name).write_text(json.dumps(doc))
+    assert nonideal_table.render() != block()
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.name for p in FILES])
+def test_each_file_is_the_campaign_its_name_says(path):
+    model, name = path.stem.split(".", 1)
+    campaigns = {c[0]: c for c in nonideal_table.campaigns()}
+    assert model in dict(nonideal_table.MODELS) and name in campaigns
+    doc = json.loads(path.read_text())
+    config = doc["config"]
+    assert doc["complete"] and config["images"] == 10000 and config["runs"] == 20 and config["seed"] == 0
+    assert [f"{r['sa1']:g}" for r in doc["rates"]] == campaigns[name][1].split(",")
+    options = campaigns[name][2]
+    setting = config["nonideal"]
+    if "--variation" in options:
+        assert setting["programming_sigma"] == float(options[options.index("--variation") + 1])
+        assert setting["programming_model"] == "additive" and not setting.get("adc_bits")
+    if "--adc-bits" in options:
+        assert setting["adc_bits"] == int(options[options.index("--adc-bits") + 1])
+    if "--nonideal" in options:
+        assert setting["name"] == "wan2022"
+    assert bool(config.get("place")) == ("--place" in options)
+    assert (config.get("calibrate") == 256) == ("--calibrate" in options)
+    # the same artifact as the placement baseline the losses are taken against
+    baseline = json.loads((nonideal_table.PLACEMENT / f"{model}.fixed.json").read_text())["config"]
+    assert config["models"] == baseline["models"] and config["images_sha256"] == baseline["images_sha256"]
+
+
+def test_every_campaign_command_parses():
+    """Each campaign's `rram validate` command is accepted by today's CLI."""
+    from toolchain.cli import build_parser
+    parser = build_parser()
+    for _, rates, options in nonideal_table.campaigns():
+        args = parser.parse_args(nonideal_table.command("ART", "out.json", rates, options)[1:])
+        assert args.runs == 20 and args.resume
