@@ -55,7 +55,8 @@ def _label(model: str) -> str:
 
 
 def caveat(p: Path) -> str:
-    """What the status says beside a row of this table that was not chosen on the validation split."""
+    """What the status says beside a row of a model not chosen on the validation split (this
+    table's or the quick campaigns' of the same model)."""
     if losses.stem(p) not in NOT_CHOSEN:
         return ""
     cal = losses.read(p)["config"].get("calibrate")

@@ -176,7 +176,7 @@ def table(model: str, files: list[Path] | None = None, heading: str | None = Non
 
 QUICK = {  # docs/results/quick/<stem>.*-2000.json: what the model is (issue 36's placement check)
     "resnet20-pretrained": "the shared pretrained ResNet20 (no drop-connect)",
-    "resnet20-dc30-ft3": "zoo `resnet20-dc30-ft3`: drop-connect p=0.3, 3-epoch fine-tune of the shared model",
+    "resnet20-dc30-ft3": "zoo `resnet20-dc30-ft3`: drop-connect p=0.3, 3-epoch fine-tune of the shared model (*)",
     "resnet20a-full-wide-dc30": "widened 2x, drop-connect p=0.3, 40 epochs from scratch (`full` config, GPU)",
 }
 
@@ -318,7 +318,7 @@ def _status_line(name: str, width: float, best) -> str:
             f"{cfg['images']:,} images: loses **{losses.fmt_losses(best.plain, losses.RATES)}** points at "
             f"10 / 20 / 30% SA1 against its plain fault-free accuracy"
             + ("" if plain is None else f" ({100 * plain:.2f}%)") + f", {losses.gap(best)}"
-            + (placement.caveat(f) if f.parent.name == placement.FOLDER else "")
+            + placement.caveat(f)
             + f" ([{f.name}](results/{f.relative_to(RESULTS).as_posix()})).")
 
 

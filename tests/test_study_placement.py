@@ -160,3 +160,14 @@ def test_the_placement_folder_s_other_files_are_not_rows():
     assert (RESULTS / "placement" / evidence).is_file()
     assert evidence not in [f.name for f in placement.files(RESULTS)]
     assert evidence not in study_tables.tables() + study_tables.status() + study_tables.targets_table()
+
+
+def test_every_row_of_a_model_not_chosen_on_the_validation_split_says_so():
+    """Wherever the generated blocks show resnet20-dc30-ft3 (the placement table, the quick table,
+    the targets, the status), its row carries the (*) that the note explains."""
+    blocks = study_tables.tables() + "\n" + study_tables.targets_table() + "\n" + study_tables.status()
+    shown = [ln for ln in blocks.splitlines() if ln.startswith(("|", "- ")) and "`resnet20-dc30-ft3`:" in ln]
+    assert len(shown) >= 10
+    assert all("(*)" in ln for ln in shown), [ln for ln in shown if "(*)" not in ln]
+    assert all("chosen before the validation split existed" in ln
+               for ln in study_tables.status().splitlines() if "`resnet20-dc30-ft3`:" in ln)
