@@ -145,6 +145,7 @@ def test_the_note_says_what_the_manifest_and_the_files_record():
     entry = json.loads((ROOT / "zoo" / "manifest.json").read_text())["models"]["resnet20-dc30-ft3"]
     training = entry["training"]
     assert not training.get("hold_out_val", False) and training["images"] is None and training["drop_rate"] == 0.3
+    assert entry["shortcut"] == "A" and entry["width"] == 1  # it counts with ResNet20 option A at width 1
     assert "resnet20-dc30-ft3" in placement.NOT_CHOSEN and "(*)" in placement.NOTE
     folder = RESULTS / "placement"
     early = losses.read(folder / "pretrained.placed-cal.json")["config"]["calibrate_sha256"]
