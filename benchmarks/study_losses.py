@@ -36,13 +36,20 @@ def means(path: Path) -> dict[float, float]:
 
 
 def method(path: Path) -> str:
-    """What a campaign did to each chip, from its config."""
+    """What a campaign did to each chip, from its config: calibration to targets measured on the
+    fault-free model says so, and so does one artifact chosen out of several (``--bn-rate 0``)."""
     cfg = read(path)["config"]
-    cal = f"per-chip calibration ({cfg['calibrate']} images)" if cfg.get("calibrate") else ""
+    measured = " to measured targets" if cfg.get("calibration_targets") == "measured" else ""
+    one = cfg.get("stats_rate", "auto")
+    artifact = f"rate-{float(one):g} artifact" if len(cfg["models"]) > 1 and one != "auto" else ""
+    cal = (f"per-chip calibration{measured} ({cfg['calibrate']} images{', ' + artifact if artifact else ''})"
+           if cfg.get("calibrate") else "")
     if cfg.get("place"):
-        return "placement" + (f" + {cal}" if cal else "")
+        return "placement" + (f" + {cal}" if cal else f" ({artifact})" if artifact else "")
     if cal:
         return cal
+    if artifact:
+        return f"BN of the {artifact}"
     return "per-rate BN" if len(cfg["models"]) > 1 else "BN of the fault-free model"
 
 

@@ -12,7 +12,9 @@ docs/results/<model>/<variant>.json (the paper's per-rate BN re-alignment) and
 `full-`. `tables` prints, per model, one row per (variant, method): the mean accuracy with the
 between-chip sample sd and the worst chip at each SA1 rate, and the loss against the same file's
 fault-free (SA1 0) chips. Every figure is `rates[i].summary` of the file, as `rram validate
---json` and `rram plot` report it. It also makes docs/runtime.md's table of per-chip
+--json` and `rram plot` report it. After ResNet20 option A's table comes its table with placement
+(benchmarks/study_placement.py: docs/results/placement/ read in place; those files count with
+option A at width 1 in the status and the targets). It also makes docs/runtime.md's table of per-chip
 calibration (issue 12: per-rate BN against calibration on N = 64 / 256 / 1024 images and with the
 most sensitive layer protected; files under docs/results/calibration/). `check` (run by
 tests/test_results_doc.py) fails when a document's generated block differs from what the files
@@ -29,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import study_losses as losses  # noqa: E402  (benchmarks/study_losses.py)
+import study_placement as placement  # noqa: E402  (benchmarks/study_placement.py)
 
 from runtime.fileio import atomic_write_bytes  # noqa: E402  (the checkout's runtime/)
 
@@ -173,7 +176,7 @@ def table(model: str, files: list[Path] | None = None, heading: str | None = Non
 
 QUICK = {  # docs/results/quick/<stem>.*-2000.json: what the model is (issue 36's placement check)
     "resnet20-pretrained": "the shared pretrained ResNet20 (no drop-connect)",
-    "resnet20-dc30-ft3": "zoo `resnet20-dc30-ft3`: drop-connect p=0.3, 3-epoch fine-tune of the shared model",
+    "resnet20-dc30-ft3": "zoo `resnet20-dc30-ft3`: drop-connect p=0.3, 3-epoch fine-tune of the shared model (*)",
     "resnet20a-full-wide-dc30": "widened 2x, drop-connect p=0.3, 40 epochs from scratch (`full` config, GPU)",
 }
 
@@ -234,6 +237,8 @@ def tables() -> str:
     for model in MODELS:
         if (RESULTS / model).is_dir() and any((RESULTS / model).glob("*.json")):
             parts.append("\n".join(table(model)))
+        if model == "resnet20a" and (RESULTS / placement.FOLDER).is_dir():
+            parts.append(placement.table(RESULTS))
     if quick_files():
         parts.append(quick_table())
     return "\n\n".join(parts)
@@ -247,12 +252,14 @@ WIDTHS = {  # (folder, variant) -> width multiplier of the model (1 = the paper'
     ("mobilenetv2", "dc20-wide"): 0.5, ("mobilenetv2", "dc30-wide"): 0.5,
     ("vgg13", "plain"): 0.25, ("vgg13", "dc20"): 0.25, ("vgg13", "dc20-wide"): 0.5, ("vgg13", "dc30-wide"): 0.5,
     ("quick", "resnet20-pretrained"): 1, ("quick", "resnet20-dc30-ft3"): 1, ("quick", "resnet20a-full-wide-dc30"): 2,
+    **{(placement.FOLDER, m): 1 for m in placement.MODELS},
 }
 TARGET_BEGIN, TARGET_END = "<!-- study-targets:begin (benchmarks/study_tables.py) -->", "<!-- study-targets:end -->"
 
 
 def _width(path: Path) -> float | None:
-    key = (path.parent.name, losses.stem(path) if path.parent.name == "quick" else parse_name(path)[1])
+    by_stem = path.parent.name in ("quick", placement.FOLDER)
+    key = (path.parent.name, losses.stem(path) if by_stem else parse_name(path)[1])
     return WIDTHS.get(key)
 
 
@@ -268,7 +275,7 @@ def targets_table() -> str:
             chosen = [f for f in files if _width(f) == width]
             for method, best in losses.best_per_method(chosen).items():
                 f, cfg = best.path, rows(best.path)["config"]
-                row = describe(f)[0] if f.parent.name != "quick" else QUICK[losses.stem(f)]
+                row = row_label(f)
                 lines.append(f"| {name} | {width:g} | {method} | {row} | {cfg['runs']} x {cfg['images']:,} | "
                              f"{losses.fmt_losses(best.plain, losses.RATES)} | "
                              f"{losses.fmt_losses(best.own, losses.RATES)} | {best.met} | "
@@ -280,8 +287,17 @@ STATUS_BEGIN, STATUS_END = "<!-- study-status:begin (benchmarks/study_tables.py)
 
 
 def _groups() -> list[tuple[str, list[Path]]]:
-    return [(MODELS[m].split(" (")[0], sorted((RESULTS / m).glob("*.json"), key=_variant_key)) for m in MODELS
+    """(model, its files) per model: the placement campaigns (all of ResNet20 option A) with resnet20a's."""
+    return [(MODELS[m].split(" (")[0], sorted((RESULTS / m).glob("*.json"), key=_variant_key)
+             + (placement.files(RESULTS) if m == "resnet20a" else [])) for m in MODELS
             if (RESULTS / m).is_dir()] + [("ResNet20 (quick)", quick_files())]
+
+
+def row_label(f: Path) -> str:
+    """What a row's model is, as its table says."""
+    if f.parent.name == "quick":
+        return QUICK[losses.stem(f)]
+    return placement.label(f) if f.parent.name == placement.FOLDER else describe(f)[0]
 
 
 def status() -> str:
@@ -297,11 +313,13 @@ def status() -> str:
 
 def _status_line(name: str, width: float, best) -> str:
     f, cfg = best.path, rows(best.path)["config"]
-    row = describe(f)[0] if f.parent.name != "quick" else QUICK[losses.stem(f)]
-    return (f"- **{name}**, width {width:g}: {row}, {losses.method(f)}, {cfg['runs']} chips x "
+    plain = losses.plain_accuracy(f)
+    return (f"- **{name}**, width {width:g}: {row_label(f)}, {losses.method(f)}, {cfg['runs']} chips x "
             f"{cfg['images']:,} images: loses **{losses.fmt_losses(best.plain, losses.RATES)}** points at "
-            f"10 / 20 / 30% SA1 against its plain fault-free accuracy, {losses.gap(best)} "
-            f"([{f.name}](results/{f.relative_to(RESULTS).as_posix()})).")
+            f"10 / 20 / 30% SA1 against its plain fault-free accuracy"
+            + ("" if plain is None else f" ({100 * plain:.2f}%)") + f", {losses.gap(best)}"
+            + placement.caveat(f)
+            + f" ([{f.name}](results/{f.relative_to(RESULTS).as_posix()})).")
 
 
 SWEEP_BEGIN, SWEEP_END = "<!-- study-sweep:begin (benchmarks/study_tables.py) -->", "<!-- study-sweep:end -->"
