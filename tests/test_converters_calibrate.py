@@ -180,3 +180,19 @@ def test_cli_validate_adc_bits_with_calibrate(make_bn_artifact, coloured_cifar, 
     assert main(args) == 0, capsys.readouterr().err
     config = read_results(out)["config"]
     assert config["nonideal"]["adc_bits"] == 6 and config["calibrate"] == 16 and "calibration_sha256" in config
+
+
+def test_every_non_ideality_with_calibration_and_placement(make_bn_artifact, small_images):
+    """Variation, read noise, DAC and ADC together with --calibrate and --place: reproducible, and
+    the converters change the numbers."""
+    art = make_bn_artifact()
+    images, labels = small_images(48)
+    calib = small_images(32, seed=5)[0]
+    noise = dict(programming_sigma=0.02, read_sigma=0.01)
+    kw = dict(sa1=[0.0, 0.1], runs=2, seed=3, progress=False, calibrate=calib, calibration=calib, place=True,
+              engine_kw={"batch_size": 16})
+    full = validate(art, images, labels, nonideal=Nonideal(dac_bits=4, adc_bits=3, **noise), **kw)
+    assert identity(validate(art, images, labels, nonideal=Nonideal(dac_bits=4, adc_bits=3, **noise), **kw)) == \
+        identity(full)
+    assert full["config"]["place"] and full["config"]["calibrate"] == 32
+    assert accuracies(validate(art, images, labels, nonideal=Nonideal(**noise), **kw)) != accuracies(full)
