@@ -19,6 +19,11 @@ For every mapped Conv/Gemm with input X, weight W (the chip's) and bias B:
 
 Quantisation is round-half-to-even (onnx Round) of value / step, clipped, times the step. Costs:
 with an ADC every layer is computed once per row tile (ResNet20's 576-row layers five times).
+
+With per-chip calibration (``converter_rewrite``): the same rewrite applied to the calibration's
+statistics and evaluated graphs, whose calibrated layers have no bias (the rewrite then ends them
+at the digital sum) and take the chip's digital scale and offset after it; the ranges measured
+on the ideal chip as deployed, its periphery calibrated (``ranges_of(reference=...)``).
 """
 from __future__ import annotations
 
@@ -66,11 +71,20 @@ def _qdq(nodes: list, inits: list, x: str, step: np.ndarray, lo: float, hi: floa
     return f"{name}/q"
 
 
-def converter_model(model: DeployedModel, nonideal, ranges: dict | None) -> tuple[onnx.ModelProto, list[str]]:
-    """The prepared model with each mapped layer split over its row tiles. ``ranges`` None: no
-    quantisation, and the layer inputs and partial sums are extra outputs (what ``ranges_of``
-    measures); else ``{"x": [max |X|, min X] per layer, "p": [per tile: max |P_t| per column]}``."""
-    base = model.base_model()
+def converter_model(model: DeployedModel, nonideal, ranges: dict | None,
+                    base: onnx.ModelProto | None = None) -> tuple[onnx.ModelProto, list[str]]:
+    """The prepared model (or ``base``, a graph built from it whose mapped Conv/Gemm nodes still
+    read the mapped weights by name: a calibration graph) with each mapped layer split over its
+    row tiles. ``ranges`` None: no quantisation, and the layer inputs and partial sums are extra
+    outputs (what ``ranges_of`` measures); else ``{"x": [max |X|, min X] per layer, "p": [per
+    tile: max |P_t| per column]}``. A layer without a bias (as the calibration graphs leave the
+    calibrated ones) ends at the digital sum of its converted partial sums."""
+    if base is None:
+        base = model.base_model()
+    else:
+        copy = onnx.ModelProto()
+        copy.CopyFrom(base)
+        base = copy
     graph, device = base.graph, model.cmap.device
     consumer = {n.input[1]: n for n in graph.node if n.op_type in ("Conv", "Gemm") and len(n.input) > 1}
     probes, new_inits, replaced = [], [], {}
@@ -136,10 +150,15 @@ def converter_model(model: DeployedModel, nonideal, ranges: dict | None) -> tupl
     return base, probes
 
 
-def ranges_of(model: DeployedModel, nonideal, calibration: np.ndarray, session, batch: int = 100) -> dict:
-    """The converters' ranges from normalised calibration images on the ideal chip (module doc)."""
-    graph, probes = converter_model(model, nonideal, None)
-    sess = session(append_initializers(graph.SerializeToString(), model.weight_names, model.clean_weights()))
+def ranges_of(model: DeployedModel, nonideal, calibration: np.ndarray, session, batch: int = 100,
+              reference: tuple | None = None) -> dict:
+    """The converters' ranges from normalised calibration images on the ideal chip (module doc).
+    ``reference``: (graph, initializer names, arrays) of the ideal chip as deployed, when that is
+    not the prepared model with its clean weights (per-chip calibration: the fault-free chip with
+    its periphery calibrated, the digital scale after the layer, ``ChipCalibrator.eval_model``)."""
+    base, names, arrays = reference if reference is not None else (None, model.weight_names, model.clean_weights())
+    graph, probes = converter_model(model, nonideal, None, base)
+    sess = session(append_initializers(graph.SerializeToString(), names, arrays))
     top = [None] * len(probes)
     low = [np.inf] * len(probes)
     for start in range(0, len(calibration), batch):
@@ -167,10 +186,20 @@ def ranges_of(model: DeployedModel, nonideal, calibration: np.ndarray, session, 
     return ranges
 
 
-def converted_base(model: DeployedModel, nonideal, calibration: np.ndarray, session) -> bytes:
-    """The prepared model (without the mapped weights) with DAC/ADC resolution applied."""
+def converter_rewrite(model: DeployedModel, nonideal, calibration: np.ndarray, session, reference=None):
+    """The ranges measured once (``ranges_of``, the ideal chip, ``reference``), then
+    ``rewrite(graph) -> graph``: DAC/ADC resolution applied to the prepared model or to a graph
+    built from it (the per-chip calibration's statistics and evaluated graphs: the chip
+    calibrated and evaluated as it computes, behind the same converters)."""
     if calibration is None or len(calibration) == 0:
         raise RuntimeInputError("DAC/ADC resolution needs calibration images for its ranges")
-    ranges = ranges_of(model, nonideal, calibration, session)
-    graph, _ = converter_model(model, nonideal, ranges)
-    return graph.SerializeToString()
+    ranges = ranges_of(model, nonideal, calibration, session, reference=reference)
+
+    def rewrite(base: onnx.ModelProto | None = None) -> onnx.ModelProto:
+        return converter_model(model, nonideal, ranges, base)[0]
+    return rewrite
+
+
+def converted_base(model: DeployedModel, nonideal, calibration: np.ndarray, session) -> bytes:
+    """The prepared model (without the mapped weights) with DAC/ADC resolution applied."""
+    return converter_rewrite(model, nonideal, calibration, session)().SerializeToString()

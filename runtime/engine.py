@@ -49,7 +49,8 @@ class Engine:
         fold-bn recorded), "measured" (the fault-free deployed model's statistics on the
         calibration images, every mapped Conv/Gemm layer), "auto" (bn where recorded).
         ``converters``: a ``variation.Nonideal`` whose DAC/ADC resolution every chip is computed
-        with (fp32; its ranges from ``calibration``, runtime/converters.py)."""
+        with (fp32; its ranges from ``calibration``, runtime/converters.py); with ``calibrate``
+        each chip is calibrated and evaluated behind them (its periphery after the ADCs)."""
         if len(images) != len(labels) or len(labels) == 0:
             raise RuntimeInputError(f"{len(images)} images but {len(labels)} labels")
         self.model = model
@@ -70,15 +71,11 @@ class Engine:
         self.precision = precision
         self.feed_name, self.feed = model.input_name, self.x
         self.fp32_base = model.base_bytes
-        if converters is not None and (converters.dac_bits is not None or converters.adc_bits is not None):
-            if precision != "fp32" or calibrate is not None or periphery is not None:
-                raise RuntimeInputError("DAC/ADC resolution applies to fp32 chips without per-chip calibration "
-                                        "(not with --precision int8, --calibrate or a chip calibration file)")
-            from .converters import converted_base
-
-            calib = normalize_images(calibration, model.normalization) if calibration is not None else None
-            self.fp32_base = converted_base(model, converters, calib, lambda data: make_session(
-                data, providers=self.providers, threads=self.threads, shared_arena=True))
+        if converters is not None and not (converters.dac_bits is not None or converters.adc_bits is not None):
+            converters = None
+        if converters is not None and (precision != "fp32" or periphery is not None):
+            raise RuntimeInputError("DAC/ADC resolution applies to fp32 chips (not with --precision int8 or a "
+                                    "chip calibration file)")
         if precision == "int8":
             calib = normalize_images(calibration, model.normalization) if calibration is not None else None
             self.int8 = prepare_int8(model, calib, calibration_batch=fixed or 100, fixed_batch=fixed is not None)
@@ -114,9 +111,18 @@ class Engine:
             if precision == "fp32":
                 calib = None if calibrate is None else CalibrationImages(
                     model.input_name, calibrate, lambda x: normalize_images(x, norm))
-                self.calibrator = ChipCalibrator(
-                    model.base_model(), model.weight_names, [lay.weight_shape for lay in model.cmap.layers],
-                    targets, calib, session, batch=calibrate_batch, fixed=fixed_calibrate)
+
+                def fp32_calibrator(rewrite=None):
+                    return ChipCalibrator(
+                        model.base_model(), model.weight_names, [lay.weight_shape for lay in model.cmap.layers],
+                        targets, calib, session, batch=calibrate_batch, fixed=fixed_calibrate, rewrite=rewrite)
+                rewrite = None
+                if converters is not None:  # ranges from the ideal chip as deployed: calibrated too
+                    ideal = fp32_calibrator(lambda m: m)
+                    w = model.clean_weights()
+                    names, arrays = ideal.evaluated(w, ideal.measure(w))
+                    rewrite = self._converters(converters, calibration, (ideal.eval_model, names, arrays))
+                self.calibrator = fp32_calibrator(rewrite)
             else:  # measured and applied in the int8 graph as deployed (runtime/int8/calibrate.py)
                 int8 = self.int8
                 calib = None if calibrate is None else CalibrationImages(
@@ -127,6 +133,20 @@ class Engine:
                     self.int8, model.base_model(), model.weight_names, shapes,
                     [lay.scales for lay in model.cmap.layers], targets, calib, session, batch=calibrate_batch,
                     fixed=fixed_calibrate)
+        if converters is not None and self.calibrator is None:
+            self._converters(converters, calibration, None)
+
+    def _converters(self, converters, calibration: np.ndarray | None, reference):
+        """DAC/ADC resolution (runtime/converters.py): the ranges measured once on ``calibration``
+        with the ideal chip (``reference``: as per-chip calibration deploys it), the prepared
+        model rewritten behind the converters; returns the rewrite (for the calibration graphs)."""
+        from .converters import converter_rewrite
+
+        calib = normalize_images(calibration, self.model.normalization) if calibration is not None else None
+        rewrite = converter_rewrite(self.model, converters, calib, lambda data: make_session(
+            data, providers=self.providers, threads=self.threads, shared_arena=True), reference)
+        self.fp32_base = rewrite().SerializeToString()
+        return rewrite
 
     def weights(self, chip: Chip | None = None) -> list[np.ndarray]:
         """What the session needs per chip: float weights (fp32) or crossbar integers (int8)."""

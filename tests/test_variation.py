@@ -324,8 +324,6 @@ def test_converters_in_campaigns(paper_art, data, small_images, tmp_path, capsys
     assert narrow["clean"]["."] < plain["clean"]["."]  # 3 bits cost accuracy
     assert identity(validate(paper_art, *data, nonideal=Nonideal(adc_bits=3), calibration=calib, **kw)) == \
         identity(narrow)
-    with pytest.raises(RuntimeInputError, match="calibrat"):
-        validate(paper_art, *data, nonideal=Nonideal(adc_bits=3), calibrate=calib, calibration=calib, **kw)
     root = write_cifar_batches(tmp_path / "cifar", *data)
     bad = tmp_path / "bad.json"
     assert "fp32" in _err(capsys, ["validate", str(paper_art), "--data", str(root), "--no-cache", "--adc-bits", "6",

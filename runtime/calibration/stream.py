@@ -83,9 +83,10 @@ class Statistics:
 
     def __init__(self, model: onnx.ModelProto, targets: dict[str, BNTarget], weight_inputs: list,
                  calibration, session, *, weight_ranks: dict[str, int] | None = None,
-                 batch: int = CALIBRATION_BATCH, fixed: int | None = None):
+                 batch: int = CALIBRATION_BATCH, fixed: int | None = None, rewrite=None):
         """``weight_inputs``: the chip's weights, value infos appended to the graph's inputs;
-        ``fixed``: the batch size the model fixes, if any."""
+        ``fixed``: the batch size the model fixes, if any; ``rewrite``: applied to every statistics
+        graph once built (graph -> graph: DAC/ADC resolution, runtime/converters.py)."""
         self.calibration = calibration_images(calibration)
         self.session = session
         self.batch, self.fixed = (int(fixed), int(fixed)) if fixed else (int(batch), None)
@@ -94,8 +95,10 @@ class Statistics:
         if self.calibration is not None and len(self.calibration):
             self.calibration.feed(0, 1)  # images the model cannot take are refused now, not at the first chip
         self._model, self._targets, self._weight_inputs, self._ranks = model, targets, weight_inputs, weight_ranks
+        self._rewrite = rewrite if rewrite is not None else (lambda m: m)
         smodel, self.order = stats_model(model, targets, weight_ranks=weight_ranks)
         smodel.graph.input.extend(weight_inputs)
+        smodel = self._rewrite(smodel)
         self.stats_bytes = smodel.SerializeToString()
         self._one, self._levels = None, None
 
@@ -151,6 +154,7 @@ class Statistics:
         smodel, order, levels = streamed_stats_model(self._model, self._targets, weight_ranks=self._ranks)
         assert order == self.order
         smodel.graph.input.extend(self._weight_inputs)
+        smodel = self._rewrite(smodel)
         names = {o.name for o in smodel.graph.output}
         self._outputs = {layer: [x for x in (f"{layer}.rram_imean", f"{layer}.rram_ivar") if x in names]
                          for layer in order}

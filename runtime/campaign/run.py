@@ -13,7 +13,6 @@ import numpy as np
 
 from ..artifact import Artifact
 from ..chips import PlacedChips, RandomChips, protected_layers
-from ..errors import RuntimeInputError
 from ..executors import executor
 from ..progress import Progress
 from ..provenance import of_artifact
@@ -31,14 +30,12 @@ def validate(artifact: Artifact | str | os.PathLike, images: np.ndarray, labels:
     ``config``, or its fields as keywords (``sa1=[0.1], runs=20, ...``: ``plan.CampaignConfig``).
     ``calibration``: training images for int8 activation ranges; ``calibrate``: training images on
     which each chip's periphery is calibrated before it is evaluated (then ``clean`` is the
-    calibrated fault-free accuracy too)."""
+    calibrated fault-free accuracy too; with DAC/ADC resolution each chip is calibrated and
+    evaluated behind the converters, ranges measured once on ``calibration``)."""
     config = config if config is not None else CampaignConfig(**settings)
     if not isinstance(artifact, Artifact):
         artifact = Artifact.load(artifact)
     identity = config.identity(artifact, images, labels, calibration=calibration, calibrate=calibrate)
-    if config.nonideal is not None and config.nonideal.converters and calibrate is not None:
-        raise RuntimeInputError("DAC/ADC resolution with per-chip calibration (--calibrate) is not built yet: "
-                                "give one of them")
     selected = [artifact.select(p + config.sa0, config.stats_rate) for p in config.sa1]
     cmap = artifact.first.cmap
     faulty = protected_layers(cmap, config.protect)
