@@ -52,9 +52,9 @@ def train_command(record: dict, out: str) -> str:
     argv += ["--drop-rate", repr(record["drop_rate"]), "--epochs", str(record["epochs"]),
              "--batch-size", str(record["batch_size"]), "--lr", repr(record["lr"]),
              "--momentum", repr(record["momentum"]), "--weight-decay", repr(record["weight_decay"]),
-             "--seed", str(record["seed"]), "--precision", record.get("precision", "fp32")]
+             "--seed", str(record["seed"]), "--train-precision", record.get("precision", "fp32")]
     if record.get("images"):
-        argv += ["--images", str(record["images"])]
+        argv += ["--train-images", str(record["images"])]
     argv += [flag for key, flag in (("include_first", "--no-drop-first"), ("include_last", "--no-drop-last"))
              if not record.get(key, True)]
     if record.get("hold_out_val"):

@@ -2,6 +2,7 @@
 loads by name, and (slow, on the real test split) gives exactly its recorded fault-free accuracy."""
 import hashlib
 import json
+import re
 import shutil
 
 import pytest
@@ -75,6 +76,12 @@ def test_the_trainings_in_progress_match_their_files():
         assert hashlib.sha256(data).hexdigest() == entry["sha256"], name
         assert entry["status"] == f"in progress, epoch {entry['epoch']} of {entry['epochs']}"
         assert entry["epoch"] < entry["epochs"] and name not in ENTRIES
+
+
+def test_the_zoo_readme_names_the_trainings_in_progress():
+    line = re.search(r"In progress now.*?(?:\n\n|$)", (zoo.ZOO_DIR / "README.md").read_text(), re.S).group(0)
+    named = set(re.findall(r"`([a-z][a-z0-9.-]+)`", line))
+    assert named == set(zoo.in_progress()) or (not zoo.in_progress() and "none" in line), named
 
 
 single_thread = pytest.fixture(one_thread)
