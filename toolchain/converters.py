@@ -86,9 +86,15 @@ def partial_sums(m: nn.Module, x: torch.Tensor, tiles: list[tuple[int, int]]) ->
     return out
 
 
-def _column_max(v: torch.Tensor) -> torch.Tensor:
-    """max |v| per channel (dim 1) over every other dimension."""
-    return v.abs().amax(dim=tuple(d for d in range(v.ndim) if d != 1))
+def _column_max(m: nn.Module, v: torch.Tensor) -> torch.Tensor:
+    """max |v| per output column (a conv's dim 1, a Linear's last) over every other dimension."""
+    col = 1 if isinstance(m, nn.Conv2d) else v.ndim - 1
+    return v.abs().amax(dim=tuple(d for d in range(v.ndim) if d != col))
+
+
+def _per_column(m: nn.Module, top: torch.Tensor) -> torch.Tensor:
+    """A per-column vector shaped to broadcast against the module's output."""
+    return top.view(1, -1, 1, 1) if isinstance(m, nn.Conv2d) else top
 
 
 def _check_module(name: str, m: nn.Module) -> None:
@@ -145,7 +151,7 @@ class ConverterReference:
             def forward(x):
                 r.x_top, r.x_low = max(r.x_top, float(x.abs().max())), min(r.x_low, float(x.min()))
                 parts = partial_sums(m, x, r.tiles)
-                tops = [_column_max(p) for p in parts]
+                tops = [_column_max(m, p) for p in parts]
                 r.p_top = tops if not r.p_top else [torch.maximum(a, b) for a, b in zip(r.p_top, tops)]
                 return _finish(m, parts)
             return forward
@@ -175,8 +181,8 @@ class ConverterReference:
                     x = quantize(x, torch.tensor(r.x_top, dtype=x.dtype), self.dac_bits, signed=r.x_low < 0)
                 parts = partial_sums(m, x, r.tiles)
                 if self.adc_bits is not None:
-                    shape = (1, -1) + (1,) * (parts[0].ndim - 2)
-                    parts = [quantize(p, top.to(p.dtype).view(shape), self.adc_bits) for p, top in zip(parts, r.p_top)]
+                    parts = [quantize(p, _per_column(m, top.to(p.dtype)), self.adc_bits)
+                             for p, top in zip(parts, r.p_top)]
                 return _finish(m, parts)
             return forward
 
@@ -199,5 +205,5 @@ def _finish(m: nn.Module, parts: list[torch.Tensor]) -> torch.Tensor:
     for p in parts[1:]:
         out = out + p
     if m.bias is not None:
-        out = out + (m.bias.view(1, -1, 1, 1) if isinstance(m, nn.Conv2d) else m.bias)
+        out = out + _per_column(m, m.bias)
     return out
