@@ -55,6 +55,9 @@ def test_runtime_agrees_with_the_torch_reference(paper_artifact, tmp_path, share
     ref_clean = json.loads(capsys.readouterr().out)["accuracy"]  # the fault-free model behind the converters
 
     se = math.sqrt(np.var(ours, ddof=1) / RUNS + np.var(ref, ddof=1) / RUNS)
+    print(f"\n{' '.join(converters)}: fault-free runtime {100 * clean:.2f}%, reference {100 * ref_clean:.2f}%; "
+          f"SA1 {P:g}, {RUNS} chips: runtime {100 * np.mean(ours):.2f}% (sd {100 * np.std(ours, ddof=1):.2f}), "
+          f"reference {100 * np.mean(ref):.2f}% (sd {100 * np.std(ref, ddof=1):.2f}); 3 combined SE {300 * se:.2f}")
     assert abs(np.mean(ours) - np.mean(ref)) <= 3 * se, (ours, ref)
     # the fault-free chips: one number each (no draw), binomial standard errors on IMAGES images
     se_clean = math.sqrt(clean * (1 - clean) / IMAGES + ref_clean * (1 - ref_clean) / IMAGES)
