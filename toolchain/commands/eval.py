@@ -1,6 +1,7 @@
 """``rram eval``: top-1 accuracy of a checkpoint on the CIFAR-10 test split."""
 from __future__ import annotations
 
+import contextlib
 import time
 
 import numpy as np
@@ -17,12 +18,14 @@ from ..evaluate import accuracy
 from ..placement import PlacedReferenceChips, layer_layouts
 from ..recalibrate import apply_bn_stats
 from .common import (
+    INT8_CALIBRATION_DEFAULT,
     add_data_args,
     add_model_args,
     calibration_images,
     emit,
     float_list,
     hidden_alias,
+    int8_calibration_indices,
     normalization_from_args,
     positive_int,
     rate,
@@ -57,6 +60,7 @@ def add_parser(sub) -> None:
                         "weight row goes to, spare rows included, and each column's orientation) before evaluating "
                         "it, as rram validate --place; the PyTorch reference of a `paper` chip (docs/runtime.md)")
     add_variation_args(p)
+    add_converter_args(p)
     p.set_defaults(func=run)
 
 
@@ -82,6 +86,62 @@ def add_variation_args(p) -> None:
                         "conductance range at each forward pass (batch) (default: 0, none)")
 
 
+def add_converter_args(p) -> None:
+    """The reference of rram validate's DAC/ADC resolution (toolchain/converters.py)."""
+    from runtime.variation import ADC_RANGES
+
+    from .nonideal_args import _integer
+
+    p.add_argument("--dac-bits", type=_integer, default=None, metavar="BITS",
+                   help="DAC resolution on each Conv/Linear input, 1-16 bits, range per layer from "
+                        "--range-images (default: unbounded)")
+    p.add_argument("--adc-bits", type=_integer, default=None, metavar="BITS",
+                   help="ADC resolution on each row tile's column outputs of a `paper` chip (128-row tiles; "
+                        "partial sums converted, then added), 1-16 bits (default: unbounded)")
+    p.add_argument("--adc-range", choices=ADC_RANGES, default=None,
+                   help="the ADC's range per column: the largest partial sum on --range-images, or the column's "
+                        "full scale (default: calibrated-per-column)")
+    p.add_argument("--range-images", dest="calibration_images", type=positive_int, default=None, metavar="N",
+                   help=f"N training images that set the DAC/ADC ranges, on the fault-free model (default: "
+                        f"{INT8_CALIBRATION_DEFAULT}, or the whole split when it is smaller)")
+
+
+def converter_reference(args, model, normalization):
+    """The DAC/ADC reference the options describe, its ranges measured (None without converters)."""
+    if args.dac_bits is None and args.adc_bits is None:
+        return None
+    from ..converters import ConverterReference
+
+    train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                       download=args.download)
+    images = train.images[int8_calibration_indices(len(train), args.calibration_images)]
+    ref = ConverterReference(model, args.dac_bits, args.adc_bits, args.adc_range or "calibrated-per-column")
+    ref.measure(normalize(to_float_nchw(torch.from_numpy(images)), normalization))
+    return ref
+
+
+def check_converter_args(args) -> None:
+    """One line for bad converter settings (the runtime's checks) and what they cannot go with."""
+    converters = args.dac_bits is not None or args.adc_bits is not None
+    if not converters:
+        for flag, given in (("--adc-range", args.adc_range), ("--range-images", args.calibration_images)):
+            if given is not None:
+                raise UserError(f"{flag} sets the converters' ranges: give --dac-bits or --adc-bits too")
+        return
+    from runtime.errors import RuntimeInputError
+    from runtime.variation import Nonideal
+
+    try:
+        Nonideal(dac_bits=args.dac_bits, adc_bits=args.adc_bits,
+                 adc_range=args.adc_range or "calibrated-per-column")
+    except RuntimeInputError as e:
+        raise UserError(str(e)) from None
+    if args.adc_range is not None and args.adc_bits is None:
+        raise UserError("--adc-range is the ADC's range: give --adc-bits too")
+    if args.calibrate is not None:
+        raise UserError("--dac-bits/--adc-bits with --calibrate is not built (as in rram validate): give one of them")
+
+
 def run(args) -> int:
     args.checkpoint = getattr(args, "checkpoint", None)  # absent: see add_model_args
     if args.checkpoint is None:
@@ -94,6 +154,7 @@ def run(args) -> int:
     if args.read_noise and args.calibrate is not None:
         raise UserError("--read-noise with --calibrate is not built in the reference (rram validate calibrates "
                         "without read noise): give one of them")
+    check_converter_args(args)
     if args.calibrate is not None and args.sa1 is None:
         raise UserError("--calibrate re-estimates BN statistics on each simulated chip: give --sa1 too")
     if args.place and args.sa1 is None:
@@ -130,12 +191,15 @@ def run(args) -> int:
     adopt_image_size(ckpt, split.images.shape[1:3])
     check_for_model(split, ckpt.spec.num_classes, f"the model ({ckpt.spec.describe()})",
                     image_size=ckpt.spec.image_size)
+    converters = converter_reference(args, model, ckpt.normalization)  # ranges on the fault-free model
+    through = converters.applied if converters is not None else contextlib.nullcontext
     calib = calibration_images(args)
     if calib is not None:
         calib = normalize(to_float_nchw(torch.from_numpy(calib)), ckpt.normalization)
     t0 = time.perf_counter()
     if args.sa1 is None:
-        acc = accuracy(model, split, ckpt.normalization, batch_size=args.batch_size)
+        with through():
+            acc = accuracy(model, split, ckpt.normalization, batch_size=args.batch_size)
         extra, text = {}, f"top-1 {100 * acc:.2f}%"
     else:
         per_rate, lines = [], []
@@ -158,7 +222,7 @@ def run(args) -> int:
                         for k in errors:
                             errors[k].append(info[k])
                     chip = sa1_faults(model, masks)
-                with chip, restored_bn(model):
+                with chip, restored_bn(model), through():
                     if calib is not None:
                         calibrate_bn(model, calib)
                     accs.append(accuracy(model, split, ckpt.normalization, batch_size=args.batch_size,
@@ -185,6 +249,9 @@ def run(args) -> int:
                  **(per_rate[0] if len(per_rate) == 1 else {})}  # one rate: its figures at the top too
         text = "\n".join(lines) if len(lines) > 1 else lines[0]
     seconds = time.perf_counter() - t0
+    if converters is not None:
+        extra["converters"] = converters.to_dict()
+        text = "\n".join(f"{line} ({converters.describe()})" for line in text.split("\n"))
     result = {"model": ckpt.spec.to_dict(), "checkpoint": ckpt.source, "split": args.split,
               "images": len(split), "accuracy": acc, "seconds": round(seconds, 3),
               "threads": torch.get_num_threads(),
