@@ -25,11 +25,12 @@ have no stuck cells, so placement has nothing to move there and is not run.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+from placement_table import write_block  # benchmarks/placement_table.py: one block writer
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "nonideal"
@@ -133,15 +134,7 @@ END = "<!-- /nonideal-full -->"
 
 
 def write() -> None:
-    path = ROOT / "docs" / "runtime.md"
-    text = path.read_text()
-    block = f"{BEGIN}\n{render()}{END}"
-    new, n = re.subn(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    if n != 1:
-        sys.exit(f"docs/runtime.md has no {BEGIN} ... {END} block")
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text(new)
-    tmp.replace(path)
+    write_block(ROOT / "docs" / "runtime.md", BEGIN, END, render())
 
 
 def run(rundir: Path, keys: list[str]) -> None:

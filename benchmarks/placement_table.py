@@ -100,16 +100,21 @@ def render() -> str:
     return "\n".join(lines)
 
 
-def write() -> None:
-    path = ROOT / "docs" / "runtime.md"
+def write_block(path: Path, begin: str, end: str, body: str) -> None:
+    """Replace the generated block between BEGIN and END in PATH by BODY (written to a temporary
+    name, then renamed); benchmarks/nonideal_table.py writes its block with it too."""
     text = path.read_text()
-    block = f"{BEGIN}\n{render()}{END}"
-    new, n = re.subn(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    block = f"{begin}\n{body}{end}"
+    new, n = re.subn(re.escape(begin) + r".*?" + re.escape(end), lambda _: block, text, flags=re.S)
     if n != 1:
-        sys.exit(f"docs/runtime.md has no {BEGIN} ... {END} block")
+        sys.exit(f"{path.relative_to(ROOT)} has no {begin} ... {end} block")
     tmp = path.with_suffix(".md.tmp")
     tmp.write_text(new)
     tmp.replace(path)
+
+
+def write() -> None:
+    write_block(ROOT / "docs" / "runtime.md", BEGIN, END, render())
 
 
 def run(rundir: Path) -> None:
