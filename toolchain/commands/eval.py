@@ -88,19 +88,11 @@ def add_variation_args(p) -> None:
 
 def add_converter_args(p) -> None:
     """The reference of rram validate's DAC/ADC resolution (toolchain/converters.py)."""
-    from runtime.variation import ADC_RANGES
+    from . import nonideal_args
 
-    from .nonideal_args import _integer
-
-    p.add_argument("--dac-bits", type=_integer, default=None, metavar="BITS",
-                   help="DAC resolution on each Conv/Linear input, 1-16 bits, range per layer from "
-                        "--range-images (default: unbounded)")
-    p.add_argument("--adc-bits", type=_integer, default=None, metavar="BITS",
-                   help="ADC resolution on each row tile's column outputs of a `paper` chip (128-row tiles; "
-                        "partial sums converted, then added), 1-16 bits (default: unbounded)")
-    p.add_argument("--adc-range", choices=ADC_RANGES, default=None,
-                   help="the ADC's range per column: the largest partial sum on --range-images, or the column's "
-                        "full scale (default: calibrated-per-column)")
+    nonideal_args.add_converter_args(
+        p, dac="each Conv/Linear input, 1-16 bits, range per layer from --range-images",
+        adc="each row tile's column outputs of a `paper` chip (128-row tiles; partial sums converted, then added)")
     p.add_argument("--range-images", dest="calibration_images", type=positive_int, default=None, metavar="N",
                    help=f"N training images that set the DAC/ADC ranges, on the fault-free model (default: "
                         f"{INT8_CALIBRATION_DEFAULT}, or the whole split when it is smaller)")

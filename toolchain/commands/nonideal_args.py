@@ -25,7 +25,7 @@ def _integer(text: str) -> int:
 
 def add_nonideal_args(p: argparse.ArgumentParser) -> None:
     """Non-idealities beside the stuck cells (runtime/variation.py, docs/runtime.md)."""
-    from runtime.variation import ADC_RANGES, NONIDEAL_PRESETS, PROGRAMMING_MODELS
+    from runtime.variation import NONIDEAL_PRESETS, PROGRAMMING_MODELS
 
     p.add_argument("--nonideal", default=None, metavar="PRESET",
                    help=f"device non-idealities beside the stuck cells, from a preset ({', '.join(NONIDEAL_PRESETS)}; "
@@ -41,12 +41,19 @@ def add_nonideal_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--read-noise", type=_number, default=None, metavar="SIGMA",
                    help="read noise: every cell read with a fresh additive error of sd SIGMA (fraction of the "
                         "conductance range) per batch of images (default: 0, none)")
+    add_converter_args(p, dac="each mapped layer's inputs, 1-16 bits, range calibrated per layer on --range-images",
+                       adc="each row tile's column outputs (partial sums converted, then added digitally)")
+
+
+def add_converter_args(p: argparse.ArgumentParser, *, dac: str, adc: str) -> None:
+    """--dac-bits, --adc-bits, --adc-range: one definition for validate/sensitivity and for the
+    PyTorch reference in eval; DAC and ADC say where each converter sits."""
+    from runtime.variation import ADC_RANGES
+
     p.add_argument("--dac-bits", type=_integer, default=None, metavar="BITS",
-                   help="DAC resolution on each mapped layer's inputs, 1-16 bits, range calibrated per layer on "
-                        "--range-images (default: unbounded)")
+                   help=f"DAC resolution on {dac} (default: unbounded)")
     p.add_argument("--adc-bits", type=_integer, default=None, metavar="BITS",
-                   help="ADC resolution on each row tile's column outputs (partial sums converted, then added "
-                        "digitally), 1-16 bits (default: unbounded)")
+                   help=f"ADC resolution on {adc}, 1-16 bits (default: unbounded)")
     p.add_argument("--adc-range", choices=ADC_RANGES, default=None,
                    help="the ADC's range per column: the largest partial sum on --range-images, or the column's "
                         "full scale (default: calibrated-per-column)")
