@@ -85,12 +85,14 @@ def test_the_full_split_table_is_the_files():
     files = sorted(placement_table.RESULTS.glob("*.json"))
     assert files, "no campaign of the full-split table is committed"
     for path in files:
-        model, variant = path.stem.split(".")
-        doc = placement_table.load(model, variant)  # checks complete, 10,000 images, 20 chips, settings
+        model, variant, *protocol = path.stem.split(".")  # MODEL.VARIANT[.100-chips]
+        assert protocol in ([], [placement_table.PROTOCOL_SUFFIX]), path.name
+        doc = placement_table.load(model, variant, bool(protocol))  # complete, 10,000 images, 20 or 100 chips
+        runs = placement_table.PROTOCOL_RUNS if protocol else placement_table.RUNS
         assert [e["sa1"] for e in doc["rates"]] == [0.0, 0.1, 0.2, 0.3]
         for e in doc["rates"]:
-            assert len(e["runs"]) == placement_table.RUNS
-            again = summarize([e["runs"][str(r)]["accuracy"] for r in range(placement_table.RUNS)])
+            assert len(e["runs"]) == runs
+            again = summarize([e["runs"][str(r)]["accuracy"] for r in range(runs)])
             for key in ("n", "mean", "std", "min", "max"):
                 assert again[key] == pytest.approx(e["summary"][key], abs=1e-12), (path.name, e["sa1"], key)
 

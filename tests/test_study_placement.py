@@ -172,3 +172,39 @@ def test_every_row_of_a_model_not_chosen_on_the_validation_split_says_so():
     assert all("(*)" in ln for ln in shown), [ln for ln in shown if "(*)" not in ln]
     assert all("chosen before the validation split existed" in ln
                for ln in study_tables.status().splitlines() if "`resnet20-dc30-ft3`:" in ln)
+
+
+def test_the_choice_on_the_validation_split_is_the_smallest_largest_loss_there(copy):
+    """issue 36: the candidates (two models x two calibration targets) ran on the validation split;
+    the chosen one has the smallest largest loss against its own plain accuracy there, and a changed
+    figure changes the choice."""
+    folder = copy / placement.VAL_FOLDER
+    found = placement.val_files(copy)
+    assert len(found) == len(placement.VAL_CANDIDATES)
+    for f in found:
+        doc = losses.read(f)
+        assert doc["info"]["split"] == "val" and doc["config"]["images"] == 5000 and doc["config"]["place"]
+        assert losses.plain_file(f).name == f"{losses.stem(f)}.plain.json"
+    worst = {(losses.stem(f), f.name.split(".")[1]): max(losses.losses(f)[0].values()) for f in found
+             if placement.eligible(losses.stem(f))}
+    # only models trained with the validation images held out are eligible: not the one trained on them
+    assert {m for m, _ in worst} == {"resnet20-dc30-ft10"} and not placement.eligible("resnet20-dc30-ft3")
+    choice = placement.chosen(copy)
+    assert choice == min(worst, key=worst.get)
+    text = placement.validation_table(copy)
+    assert sum("| yes |" in ln for ln in text.splitlines()) == 1
+    # a candidate that trained on the validation images is not chosen, however well it does there
+    ft3 = folder / "resnet20-dc30-ft3.placed-cal.json"
+    ft3_plain = losses.plain_accuracy(ft3)
+    _edit(ft3, lambda doc: [e["summary"].update(mean=ft3_plain) for e in doc["rates"]])
+    assert placement.chosen(copy) == choice
+    # another eligible candidate that loses nothing at any rate: the choice moves to it
+    other = next(k for k in worst if k != choice)
+    plain = losses.plain_accuracy(folder / f"{other[0]}.{other[1]}.json")
+    _edit(folder / f"{other[0]}.{other[1]}.json",
+          lambda doc: [e["summary"].update(mean=plain) for e in doc["rates"]])
+    assert placement.chosen(copy) == other
+    # a candidate not committed: no choice yet, and the table says so
+    (folder / f"{other[0]}.{other[1]}.json").unlink()
+    assert placement.chosen(copy) is None and placement.NOT_RUN in placement.validation_table(copy)
+
