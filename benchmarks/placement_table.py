@@ -151,8 +151,9 @@ def collect(rundir: Path) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     for model, _ in MODELS:
         for variant, _, _ in VARIANTS:
+            full = PROTOCOL_SUFFIX
             for src, dest in ((f"{model}-{variant}.json", f"{model}.{variant}.json"),
-                              (f"{model}-{variant}-{PROTOCOL_SUFFIX}.json", f"{model}.{variant}.{PROTOCOL_SUFFIX}.json")):
+                              (f"{model}-{variant}-{full}.json", f"{model}.{variant}.{full}.json")):
                 if (rundir / src).is_file() and json.loads((rundir / src).read_text()).get("complete"):
                     shutil.copyfile(rundir / src, RESULTS / dest)
 
