@@ -2,7 +2,7 @@
 pretrained ResNet20 and the zoo's drop-connect model, SA1 0 / 10 / 20 / 30%, 20 chips on all
 10,000 test images, fixed mapping and placement, each with and without per-chip calibration.
 
-    PYTHONPATH=. python benchmarks/placement_table.py run RUNDIR    # the 8 campaigns (resumable)
+    PYTHONPATH=. python benchmarks/placement_table.py run RUNDIR [MODEL]  # the campaigns (resumable)
     PYTHONPATH=. python benchmarks/placement_table.py collect RUNDIR  # copy them to docs/results/placement/
     PYTHONPATH=. python benchmarks/placement_table.py write         # remake the block in docs/runtime.md
     PYTHONPATH=. python benchmarks/placement_table.py protocol RUNDIR MODEL VARIANT  # 100 chips (issue 36)
@@ -129,8 +129,13 @@ def write() -> None:
     write_block(ROOT / "docs" / "runtime.md", BEGIN, END, render())
 
 
-def run(rundir: Path) -> None:
+def run(rundir: Path, only: str | None = None) -> None:
+    """The campaigns of every model, or of ONLY (a model of MODELS) alone."""
+    if only is not None and only not in dict(MODELS):
+        sys.exit(f"run: unknown model {only!r} (models: {', '.join(dict(MODELS))})")
     for model, _ in MODELS:
+        if only is not None and model != only:
+            continue
         for variant, _, options in VARIANTS:
             subprocess.run(command(str(rundir / model), str(rundir / f"{model}-{variant}.json"), options), check=True)
 
@@ -162,8 +167,10 @@ if __name__ == "__main__":
     what = sys.argv[1] if len(sys.argv) > 1 else ""
     if what == "write":
         write()
-    elif what in ("run", "collect") and len(sys.argv) == 3:
-        (run if what == "run" else collect)(Path(sys.argv[2]))
+    elif what == "run" and len(sys.argv) in (3, 4):
+        run(Path(sys.argv[2]), *sys.argv[3:])
+    elif what == "collect" and len(sys.argv) == 3:
+        collect(Path(sys.argv[2]))
     elif what == "protocol" and len(sys.argv) == 5:
         protocol(Path(sys.argv[2]), sys.argv[3], sys.argv[4])
     else:
