@@ -95,20 +95,37 @@ def _err(capsys, args):
     return err
 
 
-def test_cli_adc_equals_the_campaigns_chip_and_refusals(paper_art, coloured_cifar, tmp_path, capsys):
-    data = coloured_cifar(test=32)
+def _data(root, test, train):
+    """A CIFAR-10 folder: ``test`` (images, labels) as its test split, ``train`` images as its
+    training split (where the converters' range images come from)."""
+    from conftest import CIFAR10_CLASSES, write_cifar_python
+
+    def rows(images):
+        return images.transpose(0, 3, 1, 2).reshape(len(images), -1)
+
+    batches = {f"data_batch_{i + 1}": (rows(part), np.zeros(len(part), np.int64))
+               for i, part in enumerate(np.array_split(train, 5))}
+    batches["test_batch"] = (rows(test[0]), test[1])
+    write_cifar_python(root / "cifar-10-batches-py", batches, CIFAR10_CLASSES)
+    return root
+
+
+def test_cli_adc_equals_the_campaigns_chip_and_refusals(paper_art, paper_data, small_images, tmp_path, capsys):
+    data = _data(tmp_path / "cifar", paper_data, small_images(40, seed=4)[0])
     base = ["validate", str(paper_art), "--data", str(data), "--no-cache", "--range-images", "40"]
     campaign = tmp_path / "campaign.json"
-    assert main([*base, "--sa1", "0.2", "--runs", "2", "--seed", "4", "--adc-bits", "3", "--out", str(campaign)]) == 0
+    assert main([*base, "--sa1", "0.05", "--runs", "2", "--seed", "4", "--adc-bits", "3", "--out", str(campaign)]) == 0
     cmap = DeployedModel.load(paper_art).cmap
-    save_fault_map(tmp_path / "chip.npz", cmap, sample_chip(cmap.cell_count(), 0.2, 0.0, run_seed(4, 0.2, 0.0, 1)))
+    save_fault_map(tmp_path / "chip.npz", cmap, sample_chip(cmap.cell_count(), 0.05, 0.0, run_seed(4, 0.05, 0.0, 1)))
     out = tmp_path / "chip.json"
     chip_args = [*base, "--fault-map", str(tmp_path / "chip.npz")]
     assert main([*chip_args, "--adc-bits", "3", "--out", str(out)]) == 0
     assert "ADC 3 bits" in capsys.readouterr().out
     doc, want = json.loads(out.read_text()), json.loads(campaign.read_text())
     assert doc["chip"]["accuracy"] == want["rates"][0]["runs"]["1"]["accuracy"]
-    assert doc["clean"] == want["clean"]["."]  # the ideal chip behind the same converters
+    assert doc["clean"] == want["clean"]["."] < 1  # the ideal chip behind the same converters: 3 bits cost
+    plain = validate_fault_map(paper_art, *paper_data, tmp_path / "chip.npz")
+    assert plain["chip"]["accuracy"] != doc["chip"]["accuracy"]  # the converters acted on the chip too
     assert doc["config"]["nonideal"] == want["config"]["nonideal"]
     assert doc["config"]["calibration_sha256"] == want["config"]["calibration_sha256"]  # the same range images
 
@@ -123,3 +140,21 @@ def test_cli_adc_equals_the_campaigns_chip_and_refusals(paper_art, coloured_cifa
     ]:
         assert words in _err(capsys, [*chip_args, *extra, "--out", str(bad)])
         assert not bad.exists() and not bad.with_name("bad.json.lock").exists()
+
+
+def test_calibrated_behind_the_converters_as_the_campaigns_chip(paper_art, paper_data, small_images, tmp_path):
+    """--calibrate N with --adc-bits on a measured chip: the campaign's chip of the same codes,
+    calibrated and evaluated behind the same converters (ranges on the calibrated ideal chip)."""
+    from runtime.campaign import validate
+
+    images, labels = paper_data
+    calib, calibrate = small_images(32, seed=4)[0], small_images(16, seed=6)[0]
+    ni = Nonideal(adc_bits=4)
+    doc = validate(paper_art, images, labels, sa1=[0.1], runs=1, seed=2, progress=False, nonideal=ni,
+                   calibration=calib, calibrate=calibrate)
+    cmap = DeployedModel.load(paper_art).cmap
+    save_fault_map(tmp_path / "c.npz", cmap, sample_chip(cmap.cell_count(), 0.1, 0.0, run_seed(2, 0.1, 0.0, 0)))
+    chip = validate_fault_map(paper_art, images, labels, tmp_path / "c.npz", nonideal=ni, calibrate=calibrate,
+                              engine_kw={"calibration": calib})
+    assert chip["chip"]["accuracy"] == doc["rates"][0]["runs"]["0"]["accuracy"]
+    assert chip["clean"] == doc["clean"]["."] and chip["config"]["calibrate"] == 16

@@ -82,7 +82,8 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true",
                    help="print the summary as JSON (fault-free accuracy, per-rate statistics, timing) instead of text")
     p.add_argument("--chip-calibration", default=None, metavar="FILE",
-                   help="with --fault-map: the chip's periphery parameters written by `rram calibrate`")
+                   help="with --fault-map: the chip's periphery parameters written by `rram calibrate` (not with "
+                        "the non-ideality options: it was calibrated on the chip as measured)")
     p.add_argument("--calibrate", type=positive_int, default=None, metavar="N",
                    help="per-chip calibration: on each simulated chip re-estimate every BN-folded layer's "
                         "per-channel statistics from N training images chosen by --seed, and set the digital "
