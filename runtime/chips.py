@@ -7,8 +7,8 @@
 - ``MeasuredChip``: one tested chip, read from its fault-map file (every run is that chip).
 
 ``rram validate`` (campaigns and ``--fault-map``), ``rram sensitivity`` and ``rram calibrate`` take
-their chips from here; the next kinds of chip (placement on a measured map, device variation)
-plug in as further sources. A source is small and picklable: Ray workers get it with each chip.
+their chips from here, each with its device non-idealities (``variation``) when given. A source
+is small and picklable: Ray workers get it with each chip.
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from .artifact.crossbar_map import CrossbarMap
-from .faults import Chip, check_rates, layer_indices, run_seed, sample_chip
+from .faults import Chip, check_rates, layer_indices, measured_seed, run_seed, sample_chip
 
 
 class ChipSource(Protocol):
@@ -119,14 +119,20 @@ class MeasuredChip:
     full tiles with the spare rows), checked against the artifact; ``model``: the model the chip's
     stuck fraction selects (``stats_rate``). ``place``: placed with its own faults; ``placement``:
     as a placement file (``rram place``) places it. Every run is that chip, as the deployment
-    computes with it (``chip.info``: what placement records)."""
+    computes with it (``chip.info``: what placement records). ``nonideal``: its simulated
+    programming variation and read noise (``variation.Nonideal``), drawn from
+    ``faults.measured_seed(seed)`` as a campaign's chip draws them from its run's seed (the stuck
+    cells of the map keep their levels; placed chips are varied per logical cell, as
+    ``PlacedChips``); the chip is programmed once: every run is the same draw."""
 
     def __init__(self, path: str | os.PathLike, artifact, stats_rate="auto", *, place: bool = False,
-                 placement: str | os.PathLike | None = None):
+                 placement: str | os.PathLike | None = None, nonideal=None, seed: int = 0):
         from .placement_file import measured_chip
 
         self.path = Path(path)
         self.model, self.chip = measured_chip(artifact, self.path, stats_rate, place=place, placement=placement)
+        if nonideal is not None:
+            self.chip.nonideal, self.chip.seed = nonideal, measured_seed(seed)
 
     def sample(self, run: int = 0) -> Chip:
         return self.chip

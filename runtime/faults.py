@@ -44,6 +44,17 @@ def run_seed(seed: int, p1: float, p0: float, run: int) -> np.random.SeedSequenc
     return np.random.SeedSequence([int(seed), round(p1 * RATE_SCALE), round(p0 * RATE_SCALE), int(run)])
 
 
+MEASURED_CHIP_WORD = 0x3EA5ED  # above every SA1 word of ``run_seed`` (at most RATE_SCALE)
+
+
+def measured_seed(seed: int) -> np.random.SeedSequence:
+    """The seed of a measured chip's simulated programming errors and read noise (``rram validate
+    --fault-map --variation/--read-noise``): ``SeedSequence([seed, 0x3EA5ED])``, a function of
+    ``seed`` alone, never a campaign run's seed (whose second word, the SA1 rate in parts per
+    million, is at most 10^6). The chip is programmed once: one draw per seed."""
+    return np.random.SeedSequence([int(seed), MEASURED_CHIP_WORD])
+
+
 @dataclass
 class Chip:
     """One simulated chip: a fault code per cell (flat, over all layers in map order)."""

@@ -33,8 +33,8 @@ def add_nonideal_args(p: argparse.ArgumentParser) -> None:
                         f"(default: none)")
     p.add_argument("--variation", type=_number, default=None, metavar="SIGMA",
                    help="programming variation: each cell's conductance off its target by a seeded error per chip, "
-                        "clipped to the device's range; additive: sd as a fraction of the conductance range "
-                        "(default: 0, none)")
+                        "clipped to the device's range (stuck cells keep their level; a --fault-map chip is drawn "
+                        "once, from --seed); additive: sd as a fraction of the conductance range (default: 0, none)")
     p.add_argument("--programming-model", dest="variation_model", choices=PROGRAMMING_MODELS, default=None,
                    help="additive: G + SIGMA (Gmax-Gmin) Z; lognormal: G exp(SIGMA Z); wan2022: the measured "
                         "conductance-dependent sd times SIGMA (default: additive)")
@@ -84,8 +84,9 @@ def nonideal_from_args(args):
         raise UserError(str(e)) from None
 
 
-# rram calibrate (and validate --fault-map) compute one measured chip: a simulated draw on top of it
-# would write periphery parameters for a chip that does not exist (docs/runtime.md)
+# rram calibrate computes one measured chip's periphery: a simulated draw on top of it would write
+# periphery parameters for a chip that does not exist (docs/runtime.md; rram validate --fault-map
+# simulates them on the measured chip, but refuses them with its --chip-calibration file)
 MEASURED_CHIP = ("rram calibrate measures a real chip, whose programming errors and read noise are physical and "
                  "in what it measures: a simulated draw on top would calibrate a chip that does not exist "
                  "(simulate them with rram validate --calibrate --variation ...)")

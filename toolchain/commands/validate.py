@@ -33,7 +33,7 @@ from .common import (
     seed,
     split_list,
 )
-from .nonideal_args import add_nonideal_args, nonideal_from_args, nonideal_given
+from .nonideal_args import add_nonideal_args, nonideal_from_args
 
 DEFAULT_SA1 = "0,0.1,0.2,0.3"
 
@@ -49,13 +49,18 @@ def add_parser(sub) -> None:
                                                f"(default: {DEFAULT_SA1})")
     p.add_argument("--sa0", type=rate, default=0.0, help="SA0 (stuck at G_max) cell rate, for every run")
     p.add_argument("--runs", type=positive_int, default=None, help=f"simulated chips per rate (default: {RUNS})")
-    p.add_argument("--seed", type=seed, default=0, help="seed of the simulated chips, 0 <= seed < 2**32")
+    p.add_argument("--seed", type=seed, default=0,
+                   help="seed of the simulated chips, 0 <= seed < 2**32; with --fault-map, of the chip's simulated "
+                        "programming variation and read noise (one draw: a chip is programmed once)")
     p.add_argument("--images", type=images_arg, default=None, metavar="N|auto",
                    help="use N images spread evenly over the split (default: all); auto (with --ci): each chip "
                         "on its own random subset of the split, the size chosen from the measured per-chip and "
                         "per-image costs after --min-runs pilot chips and recorded (docs/runtime.md)")
     add_bn_rate_arg(p, old="--stats-rate")
-    p.add_argument("--fault-map", default=None, help="a measured fault map (.npz): validate that one chip")
+    p.add_argument("--fault-map", default=None,
+                   help="a measured fault map (.npz): validate that one chip (its stuck cells from the map; with "
+                        "the non-ideality options below, behind the DAC/ADCs and with variation and read noise "
+                        "drawn from --seed, as a campaign's chip)")
     p.add_argument("--shard", default=None, help="k/n: run the k-th of n deterministic parts")
     p.add_argument("--resume", action="store_true", help="continue the campaign in --out")
     p.add_argument("--ci", type=positive_float, default=None, metavar="POINTS",
@@ -77,7 +82,8 @@ def add_parser(sub) -> None:
     p.add_argument("--json", action="store_true",
                    help="print the summary as JSON (fault-free accuracy, per-rate statistics, timing) instead of text")
     p.add_argument("--chip-calibration", default=None, metavar="FILE",
-                   help="with --fault-map: the chip's periphery parameters written by `rram calibrate`")
+                   help="with --fault-map: the chip's periphery parameters written by `rram calibrate` (not with "
+                        "the non-ideality options: it was calibrated on the chip as measured)")
     p.add_argument("--calibrate", type=positive_int, default=None, metavar="N",
                    help="per-chip calibration: on each simulated chip re-estimate every BN-folded layer's "
                         "per-channel statistics from N training images chosen by --seed, and set the digital "
@@ -127,8 +133,7 @@ _CAMPAIGN_ONLY = (("--sa1", lambda a: a.sa1 is not None), ("--sa0", lambda a: a.
                   ("--runs", lambda a: a.runs is not None), ("--shard", lambda a: a.shard is not None),
                   ("--resume", lambda a: a.resume), ("--ci", lambda a: a.ci is not None),
                   ("--min-runs", lambda a: a.min_runs is not None), ("--protect", lambda a: a.protect is not None),
-                  ("--images auto", lambda a: a.images == "auto"), ("--ray", lambda a: bool(a.ray)),
-                  ("the non-ideality options", nonideal_given))
+                  ("--images auto", lambda a: a.images == "auto"), ("--ray", lambda a: bool(a.ray)))
 
 
 def campaign_config(args):
@@ -157,17 +162,23 @@ def run(args) -> int:
 
     from ..data import subset_indices
 
-    config = None
+    config = nonideal = None
     check_calibration_targets(args)
     if args.fault_map:
+        from runtime.campaign.measured import measured_nonideal
+        from runtime.errors import RuntimeInputError
+
         given = [flag for flag, given in _CAMPAIGN_ONLY if given(args)]
         if given:
-            flag = nonideal_given(args) if given[0] == "the non-ideality options" else given[0]
-            raise UserError(f"{flag} is for campaigns of simulated chips; --fault-map validates one "
-                            f"measured chip (drop {flag})")
+            raise UserError(f"{given[0]} is for campaigns of simulated chips; --fault-map validates one "
+                            f"measured chip (drop {given[0]})")
         if args.place and args.placement:
             raise UserError("--place places the chip here; --placement FILE applies a placement made by rram "
                             "place: give one of them")
+        try:  # checked before anything slow is loaded (None: no non-ideality, today's chip)
+            nonideal = measured_nonideal(nonideal_from_args(args), args.precision, args.chip_calibration)
+        except RuntimeInputError as e:
+            raise UserError(str(e)) from None
     else:
         for flag, given in (("--chip-calibration", args.chip_calibration), ("--placement", args.placement)):
             if given:
@@ -192,7 +203,9 @@ def run(args) -> int:
     images, labels = split.images[idx], split.labels[idx]
     engine_kw = {"batch_size": args.batch_size, "threads": args.threads}
     calibration = None
-    converters = config is not None and config.nonideal is not None and config.nonideal.converters
+    if config is not None:
+        nonideal = config.nonideal
+    converters = nonideal is not None and nonideal.converters
     if args.precision == "int8" or converters:  # activation ranges (int8), converter ranges (DAC/ADC)
         train = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache)
         calibration = train.images[int8_calibration_indices(len(train), args.calibration_images)]
@@ -210,13 +223,20 @@ def run(args) -> int:
                                      engine_kw={**engine_kw, "precision": args.precision,
                                                 "calibration": calibration}, info=info, calibrate=calibrate,
                                      chip_calibration=args.chip_calibration, place=args.place,
-                                     placement=args.placement, calibration_targets=args.calibration_targets)
+                                     placement=args.placement, calibration_targets=args.calibration_targets,
+                                     nonideal=nonideal, seed=args.seed)
             write_results(doc, args.out)
         if args.json:
             print(json.dumps({k: doc[k] for k in ("config", "clean", "chip")}, indent=1))
             return 0
+        with_ = ""
+        if nonideal is not None:
+            from runtime.plot import nonideal_label
+
+            with_ = f"; {nonideal_label(nonideal.to_dict())}" + (f", seed {args.seed}" if "seed" in doc["config"]
+                                                                  else "")
         print(f"chip {args.fault_map}: {100 * doc['chip']['accuracy']:.2f}% "
-              f"(fault-free {100 * doc['clean']:.2f}%, {100 * doc['chip']['stuck_fraction']:.3f}% cells stuck)")
+              f"(fault-free {100 * doc['clean']:.2f}%, {100 * doc['chip']['stuck_fraction']:.3f}% cells stuck{with_})")
         return 0
     doc = validate(artifact, images, labels, config, out=args.out, resume=args.resume, engine_kw=engine_kw,
                    info=info, calibration=calibration, calibrate=calibrate)
