@@ -13,6 +13,7 @@ from runtime.chips import MeasuredChip
 from runtime.engine import Engine
 from runtime.faults import Chip, faulty_levels, measured_seed, run_seed, sample_chip, save_fault_map, split_codes
 from runtime.variation import Nonideal
+from toolchain import api
 from toolchain.cli import main
 
 from conftest import one_thread
@@ -128,6 +129,10 @@ def test_cli_adc_equals_the_campaigns_chip_and_refusals(paper_art, paper_data, s
     assert plain["chip"]["accuracy"] != doc["chip"]["accuracy"]  # the converters acted on the chip too
     assert doc["config"]["nonideal"] == want["config"]["nonideal"]
     assert doc["config"]["calibration_sha256"] == want["config"]["calibration_sha256"]  # the same range images
+    # the API returns the chip's document too (not a campaign's reader refusing it)
+    via_api = api.validate(paper_art, tmp_path / "api.json", fault_map=tmp_path / "chip.npz", adc_bits=3,
+                           data=data, no_cache=True, range_images=40)
+    assert via_api["chip"] == doc["chip"] and via_api["format"] == doc["format"]
 
     bad = tmp_path / "bad.json"
     for extra, words in [

@@ -182,7 +182,8 @@ def validate(artifact: PathLike, out: PathLike, *, sa1: float | list[float] | No
     """Accuracy of an artifact on simulated faulty chips (``rram validate``); returns the results
     document written to ``out``, read back with :func:`runtime.results.read_results`
     (``doc["clean"]``: fault-free accuracy per model; ``doc["rates"]``: per rate its runs and
-    ``summary`` with mean, std, min, max, ci95).
+    ``summary`` with mean, std, min, max, ci95); with ``fault_map=``, the one measured chip's
+    document (``doc["chip"]["accuracy"]``, docs/results-format.md).
 
     Args:
         artifact: the folder ``quantize`` wrote (or one subfolder per BN rate).
@@ -201,10 +202,13 @@ def validate(artifact: PathLike, out: PathLike, *, sa1: float | list[float] | No
         **options: any other ``rram validate`` option (``sa0``, ``protect``, ``shard``, ``precision``,
             ``fault_map``, ``chip_calibration``, ``ray``: True or a cluster address, docs/scaling.md, ...).
     """
-    from runtime.results import read_results
+    from runtime.fileio import read_json_document
+    from runtime.results import FORMAT, read_results
 
     _run("validate", artifact, out=out, sa1=sa1, runs=runs, seed=seed, images=images, bn_rate=bn_rate,
          calibrate=calibrate, data=data, resume=resume, **options)
+    if options.get("fault_map") is not None:  # one measured chip: its own document (``doc["chip"]``)
+        return read_json_document(out, FORMAT + "-chip", "validate chip results file")
     return read_results(out)
 
 
