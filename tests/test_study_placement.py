@@ -221,3 +221,16 @@ def test_the_choice_on_the_validation_split_is_the_smallest_largest_loss_there(c
     (folder / f"{other[0]}.{other[1]}.json").unlink()
     assert placement.chosen(copy) is None and placement.NOT_RUN in placement.validation_table(copy)
 
+
+
+def test_the_retrained_model_s_campaigns_name_its_zoo_checkpoint():
+    """Provenance (issue 36): every campaign of `resnet20-dc30-ft10`, on the validation and the test
+    split, records the sha256 of the checkpoint its artifact was exported from, and it is the zoo's
+    file (zoo/manifest.json)."""
+    zoo_sha = json.loads((ROOT / "zoo" / "manifest.json").read_text())["models"]["resnet20-dc30-ft10"]["sha256"]
+    found = sorted((RESULTS / placement.VAL_FOLDER).glob("resnet20-dc30-ft10.*.json")) + sorted(
+        (RESULTS / placement.FOLDER).glob("resnet20-dc30-ft10.*.json"))
+    assert len(found) >= 4
+    for f in found:
+        prov = losses.read(f)["info"]["provenance"]
+        assert prov["checkpoint_sha256"] == zoo_sha, f.name
