@@ -144,7 +144,8 @@ def table(results: Path) -> str:
 VAL_FOLDER = "val"
 VAL_CANDIDATES = [(m, v) for m in ("resnet20-dc30-ft3", "resnet20-dc30-ft10")
                   for v in ("placed-cal", "placed-cal-measured")] + [
-    ("resnet20-dc30-ft10", "placed-cal1024-measured")]  # the calibration size N: 1,024 images instead of 256
+    ("resnet20-dc30-ft10", "placed-cal1024-measured"),  # the calibration size N: 1,024 images instead of 256
+    ("resnet20-dc30-ft10", "placed-rate0")]  # placement alone, every chip on the rate-0 artifact (no calibration)
 VAL_NOTE = (
     "Only a model that did not train on the validation images can be chosen on them: `resnet20-dc30-ft10` "
     "(`--hold-out-val`, zoo/manifest.json); `resnet20-dc30-ft3` trained on all 50,000 training images, "
@@ -186,6 +187,15 @@ def chosen(results: Path) -> tuple[str, str] | None:
     return losses.stem(pick.path), pick.path.name.split(".")[1]
 
 
+def chosen_file(results: Path) -> Path | None:
+    """The test-split campaign of the row chosen on the validation split: its 100-chip run where
+    committed, else its 20-chip one; None without a choice or a committed campaign."""
+    choice = chosen(results)
+    if choice is None:
+        return None
+    return next((p for p in (path(results, *choice, protocol=True), path(results, *choice)) if p.is_file()), None)
+
+
 def standard_error(best) -> float:
     """The standard error (points) of a campaign's mean at the rate of its largest loss."""
     rate = max((r for r in losses.RATES if r in best.plain), key=best.plain.get)
@@ -194,7 +204,7 @@ def standard_error(best) -> float:
 
 
 def validation_table(results: Path) -> str:
-    lines = ["### Chosen on the validation split (ResNet20, width 1, placement + per-chip calibration)", "",
+    lines = ["### Chosen on the validation split (ResNet20, width 1, with placement)", "",
              "The candidates on the 5,000 validation images (`rram validate ART --split val --place --calibrate "
              "256 [--calibration-targets measured --bn-rate 0] --sa1 0,0.1,0.2,0.3 --runs 10 --seed 0`), each "
              "loss against the candidate's plain fault-free accuracy on the same images (`MODEL.plain.json`: "

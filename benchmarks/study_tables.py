@@ -301,11 +301,15 @@ def row_label(f: Path) -> str:
 
 
 def status() -> str:
-    """Per model and width, the committed row closest to the target, its losses against plain and its gap."""
+    """Per model and width, the row chosen on the validation split where one is (its 100-chip campaign
+    when run: study_placement.chosen), else the committed row closest to the target; its losses
+    against plain and its gap."""
     lines = []
+    picked = placement.chosen_file(RESULTS)
     for name, files in _groups():
         for width in sorted({_width(f) for f in files if _width(f) is not None}):
             chosen = [f for f in files if _width(f) == width]
+            chosen = [picked] if picked in chosen else chosen
             best = min((losses.Best(f, *losses.losses(f)) for f in chosen), key=lambda b: b.rank)
             lines.append(_status_line(name, width, best))
     return "\n".join(lines)
