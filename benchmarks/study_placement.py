@@ -112,7 +112,8 @@ NOTE = (
     "chosen before the validation split existed, and it was trained on all 50,000 training images "
     "(zoo/manifest.json). Which calibration targets it should use (the BN targets of its per-rate "
     "artifacts, or targets measured on its rate-0 artifact) has not been chosen on the validation split "
-    "either: both rows are shown, and the status above takes the closer one on these test-split figures.")
+    "either: both rows are shown. It cannot be chosen on the validation split (it trained on those images); "
+    "the status above shows the row chosen there instead (the table \"Chosen on the validation split\" below).")
 ABOUT = (
     "The shared model's rows run the README flow's artifact (`rram export resnet20-akamaster`, `rram "
     "passes --passes standard`, `rram quantize --preset paper`), not the study pipeline's per-rate "
