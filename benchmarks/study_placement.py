@@ -12,10 +12,14 @@ benchmarks/study_tables.py; tests/test_results_doc.py checks the blocks against 
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
+import placement_table  # benchmarks/placement_table.py: the campaigns and their file names
 import study_losses as losses  # benchmarks/study_losses.py
+
+from toolchain import zoo
 
 FOLDER = "placement"  # docs/results/placement/<model>.<method>.json (placement_table.py's names)
 HEADING = "ResNet20, option A, with placement (width 1; 20 chips x 10,000 images, docs/runtime.md's placement table)"
@@ -35,11 +39,11 @@ METHODS = {  # <method> of the file names -> the method a file of that name is (
     "placed-cal-measured": "placement + per-chip calibration to measured targets (256 images, rate-0 artifact)",
 }
 NOT_RUN = "not run yet"
-PROTOCOL = "100-chips"  # MODEL.METHOD.100-chips.json: the paper's protocol (benchmarks/placement_table.py protocol)
+PROTOCOL = placement_table.PROTOCOL_SUFFIX  # MODEL.METHOD.100-chips.json: the paper's protocol
 
 
 def path(results: Path, model: str, method: str, protocol: bool = False) -> Path:
-    return results / FOLDER / (f"{model}.{method}.{PROTOCOL}.json" if protocol else f"{model}.{method}.json")
+    return results / FOLDER / placement_table.file_name(model, method, protocol)
 
 
 def files(results: Path) -> list[Path]:
@@ -159,9 +163,14 @@ VAL_NOTE = (
 
 def eligible(model: str) -> bool:
     """A zoo model that trained with the validation images held out (its manifest says so)."""
-    manifest = json.loads((Path(__file__).resolve().parents[1] / "zoo" / "manifest.json").read_text())
-    entry = manifest["models"].get(model)
-    return bool(entry and entry["training"].get("hold_out_val"))
+    return model in _held_out_val()
+
+
+@functools.cache
+def _held_out_val() -> frozenset[str]:
+    """The zoo models whose training held the validation images out, read from zoo/manifest.json
+    once per process (the tables ask once per row and candidate)."""
+    return frozenset(name for name, entry in zoo.manifest().items() if entry["training"].get("hold_out_val"))
 
 
 def val_path(results: Path, model: str, method: str) -> Path:
