@@ -95,6 +95,41 @@ def test_a_run_recorded_before_hold_out_val_resumes_without_it(coloured_cifar, t
     assert "nothing to do" in capsys.readouterr().err
 
 
+def test_recalibrate_leaves_the_validation_images_out_for_a_model_trained_without_them(
+        coloured_cifar, tiny_checkpoint, tmp_path, capsys):
+    """A checkpoint trained with --hold-out-val gets its BN statistics from the training split less
+    the validation images (its accuracy there must not be optimistic); another one only when asked."""
+    import torch
+
+    from toolchain.checkpoints import load_checkpoint
+
+    data = coloured_cifar()
+    base = ["--bn-rate", "0", "--data", str(data), "--no-cache"]
+
+    def recalibrated(ckpt, out, *extra):
+        assert main(["recalibrate", str(ckpt), *base, "--out", str(tmp_path / out), *extra]) == 0
+        return load_checkpoint(str(tmp_path / out / "recalibrated.pt"))
+
+    plain = tiny_checkpoint()
+    every, asked = recalibrated(plain, "every"), recalibrated(plain, "asked", "--hold-out-val")
+    assert every.meta["recalibration"]["images"] == 320 and every.meta["recalibration"]["hold_out_val"] is False
+    assert asked.meta["recalibration"]["images"] == 288 and asked.meta["recalibration"]["hold_out_val"] is True
+    assert any(not torch.equal(a, b) for a, b in zip(every.bn_stats["0.0"].values(), asked.bn_stats["0.0"].values()))
+    # trained with --hold-out-val (the record in its meta): held out without asking
+    raw = torch.load(plain, weights_only=True)
+    raw["meta"].setdefault("config", {})["hold_out_val"] = True
+    torch.save(raw, tmp_path / "trained.pt")
+    inherited = recalibrated(tmp_path / "trained.pt", "inherited")
+    assert inherited.meta["recalibration"]["images"] == 288 and inherited.meta["recalibration"]["hold_out_val"] is True
+    for a, b in zip(inherited.bn_stats["0.0"].values(), asked.bn_stats["0.0"].values()):
+        assert torch.equal(a, b)
+    # ... unless told otherwise: a recalibration made before this default reproduces exactly
+    before = recalibrated(tmp_path / "trained.pt", "before", "--no-hold-out-val")
+    assert before.meta["recalibration"]["images"] == 320 and before.meta["recalibration"]["hold_out_val"] is False
+    for a, b in zip(before.bn_stats["0.0"].values(), every.bn_stats["0.0"].values()):
+        assert torch.equal(a, b)
+
+
 @pytest.mark.parametrize("hold_out", [False, True])
 def test_the_pipeline_passes_train_hold_out_val(tmp_path, hold_out):
     """train.hold_out_val = true becomes rram train --hold-out-val; left at false, the step's settings

@@ -1,13 +1,14 @@
 """``rram recalibrate``: BN re-alignment (UpdateVar) for each expected chip fault rate p'."""
 from __future__ import annotations
 
+import argparse
 import time
 from pathlib import Path
 
 from runtime.fileio import check_output_path
 
 from ..checkpoints import adopt_image_size, load_checkpoint, save_checkpoint
-from ..data import check_for_model, load_split, random_subset
+from ..data import check_for_model, load_split, random_subset, without_validation
 from ..dropconnect import check_rate, rate_key
 from ..errors import UserError
 from ..recalibrate import recalibrate_bn
@@ -56,6 +57,10 @@ def add_parser(sub) -> None:
     p.add_argument("--train-images", dest="images", type=positive_int, default=None, metavar="N",
                    help="a random subset of N training images")
     hidden_alias(p, "--images", "images", type=positive_int)
+    p.add_argument("--hold-out-val", action=argparse.BooleanOptionalAction, default=None,
+                   help="leave the validation images out of the BN statistics (default: when the checkpoint "
+                        "trained with --hold-out-val, so that choices made on those images stay honest; "
+                        "--no-hold-out-val reproduces a recalibration made before this default)")
     add_normalization_args(p)
     p.add_argument("--seed", type=seed, default=0, help="seed of the drop-connect masks and order, 0 <= seed < 2**32")
     p.add_argument("--device", default="auto", help="torch device: auto (CUDA when present), cpu, cuda, ...")
@@ -76,9 +81,14 @@ def run(args) -> int:
     ckpt = load_checkpoint(args.checkpoint, model=args.model, download=args.download,
                            normalization=normalization_from_args(args))
     model = ckpt.build().to(device)  # a mismatched checkpoint (or a failing factory) before the data
-    split = random_subset(load_split(args.data, "train", cache_dir=args.cache_dir,
-                                     use_cache=not args.no_cache, download=args.download),
-                          args.images, args.seed)
+    # A model trained without the validation images must not see them here either: BN statistics
+    # estimated on them would make its accuracy there (docs/RESULTS.md's choices) optimistic.
+    hold_out_val = args.hold_out_val
+    if hold_out_val is None:
+        hold_out_val = bool((ckpt.meta.get("config") or {}).get("hold_out_val"))
+    split = load_split(args.data, "train", cache_dir=args.cache_dir, use_cache=not args.no_cache,
+                       download=args.download)
+    split = random_subset(without_validation(split) if hold_out_val else split, args.images, args.seed)
     adopt_image_size(ckpt, split.images.shape[1:3])
     check_for_model(split, ckpt.spec.num_classes, f"the model ({ckpt.spec.describe()})",
                     image_size=ckpt.spec.image_size)
@@ -90,7 +100,7 @@ def run(args) -> int:
     ckpt.meta = dict(ckpt.meta)
     ckpt.meta.pop("train_state", None)
     ckpt.meta["recalibration"] = {"rates": [rate_key(r) for r in rates], "batches": args.batches,
-                                  "batch_size": args.batch_size, "images": len(split),
+                                  "batch_size": args.batch_size, "images": len(split), "hold_out_val": hold_out_val,
                                   "seed": args.seed, "source": ckpt.source}
     with no_new_folders_on_failure(out_file.parent):  # a failed write leaves no empty --out
         save_checkpoint(ckpt, out_file)
