@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from runtime.fileio import atomic_write_bytes  # noqa: E402
 from toolchain.zoo import FORMAT, MANIFEST, STATE_DIR, VERSION, ZOO_DIR  # noqa: E402
 
 PACKAGES = ("torch", "torchvision", "numpy", "onnx", "onnxruntime")
@@ -89,7 +90,7 @@ def main() -> int:
     doc["models"][args.name] = entry
     if doc.get("in_progress", {}).pop(args.name, None) is not None:  # its resume point is done with
         shutil.rmtree(ZOO_DIR / STATE_DIR / args.name, ignore_errors=True)
-    path.write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
+    atomic_write_bytes(path, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
     print(f"zoo/{dest.name}: {entry['sha256'][:12]}, fault-free {100 * accuracy:.2f}% on {len(test)} test images")
     return 0
 
