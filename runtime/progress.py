@@ -48,8 +48,13 @@ class Progress:
             elapsed = now - self.t0
             eta = elapsed / self.done * (self.total - self.done)
             tail = f" ({note})" if note else ""
-            print(f"{self.desc}: {self.done}/{self.total} {self.unit}s, {hms(elapsed)} elapsed, ETA {hms(eta)}"
+            print(f"{self.desc}: {self.done}/{self.total} {plural(self.unit)}, {hms(elapsed)} elapsed, ETA {hms(eta)}"
                   f"{tail}", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         self.bar.close()
+
+
+def plural(unit: str) -> str:
+    """English plural of a progress unit: steps, runs, batches (not "batchs")."""
+    return unit + ("es" if unit.endswith(("s", "x", "ch", "sh")) else "s")

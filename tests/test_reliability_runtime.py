@@ -491,3 +491,16 @@ def test_every_writing_command_keeps_what_is_there(command, case, workspace, tmp
         line = one_line_error(err)
         assert code == 2, line
         assert after == before, f"{command} ({case}) changed {set(after.items()) ^ set(before.items())}"
+
+
+def test_progress_lines_name_their_unit_in_plain_english(monkeypatch, capsys):
+    """A log reads "176/176 batches", not "batchs" (recalibration's progress line once did)."""
+    from runtime import progress
+
+    monkeypatch.setattr(progress, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False)
+    for unit, word in (("batch", "batches"), ("chip", "chips"), ("step", "steps"), ("layer", "layers")):
+        bar = progress.Progress(2, True, desc="d", unit=unit, leave=False)
+        bar.update()
+        bar.close()
+        assert f"d: 1/2 {word}, " in capsys.readouterr().err
