@@ -207,6 +207,30 @@ def self_labelled():
 
 
 @pytest.fixture(scope="session")
+def shared_paper_artifact(tmp_path_factory):
+    """The shared pretrained ResNet20 deployed as docs/runtime.md shows (`rram export`, `rram passes
+    --passes standard`, `rram quantize --preset paper`), built once per session for the slow
+    cross-checks against the PyTorch reference (read it, never change it); skipped without the file."""
+    from toolchain.cli import main
+
+    def build():
+        tmp = tmp_path_factory.mktemp("r20-paper")
+        assert main(["export", str(SHARED_RESNET20), "--model", "resnet20", "--out", str(tmp / "r20.onnx")]) == 0
+        assert main(["passes", str(tmp / "r20.onnx"), str(tmp / "r20.passes.onnx"), "--passes", "standard"]) == 0
+        assert main(["quantize", str(tmp / "r20.passes.onnx"), str(tmp / "art"), "--preset", "paper"]) == 0
+        return tmp / "art"
+
+    once = _Once(build)
+
+    def artifact() -> Path:
+        if not SHARED_RESNET20.is_file():
+            pytest.skip(f"pretrained ResNet20 not found at {SHARED_RESNET20}")
+        return once()
+    yield artifact
+    once.check()
+
+
+@pytest.fixture(scope="session")
 def paper_art(make_tiny_artifact) -> Path:
     """The small deployed artifact on the `paper` preset (shared: read it, never change it)."""
     return make_tiny_artifact()

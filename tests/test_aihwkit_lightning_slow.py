@@ -30,7 +30,7 @@ import torch
 
 pytestmark = pytest.mark.slow
 
-IMAGES, BATCH, RANGE_IMAGES, DAC, ADC, READ, RUNS = 500, 50, 500, 6, 10, 0.03, 6
+IMAGES, BATCH, RANGE_IMAGES, DAC, ADC, READ, RUNS = 500, 50, 200, 6, 10, 0.03, 6
 ONE_TILE = 1 << 30
 
 

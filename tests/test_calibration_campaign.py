@@ -119,16 +119,14 @@ def test_cli_campaign_with_calibration(art, data, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_campaign_agrees_with_the_pytorch_reference_and_lifts_faulty_chips(tmp_path, shared_data, shared_resnet20,
-                                                                           capsys, monkeypatch, real_data_cache):
-    """Pretrained ResNet20, SA1 0.1, 10 chips, 2000 test images, 256 calibration images: the
+                                                                           shared_paper_artifact, capsys, monkeypatch,
+                                                                           real_data_cache):
+    """Pretrained ResNet20, SA1 0.1, 10 chips, 1000 test images, 256 calibration images: the
     campaign's mean is at least 65% (without calibration about 38%) and within three combined
     standard errors of `rram eval --sa1 0.1 --calibrate 256` (other chips, same procedure)."""
     monkeypatch.setenv("RRAM_CACHE", str(real_data_cache))
-    onx, folded, art = tmp_path / "r20.onnx", tmp_path / "r20.passes.onnx", tmp_path / "art"
-    assert main(["export", str(shared_resnet20), "--model", "resnet20", "--out", str(onx)]) == 0
-    assert main(["passes", str(onx), str(folded), "--passes", "standard"]) == 0
-    assert main(["quantize", str(folded), str(art), "--preset", "paper"]) == 0
-    common = ["--data", str(shared_data), "--sa1", "0.1", "--images", "2000"]
+    art = shared_paper_artifact()
+    common = ["--data", str(shared_data), "--sa1", "0.1", "--images", "1000"]
     assert main(["validate", str(art), *common, "--runs", "10", "--calibrate", "256",
                  "--out", str(tmp_path / "c.json")]) == 0
     campaign = read_results(tmp_path / "c.json")["rates"][0]["summary"]

@@ -14,22 +14,12 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-P, RUNS, IMAGES = 0.02, 6, 1000
+P, RUNS, IMAGES = 0.02, 6, 600
 
 
-@pytest.fixture(scope="module")
-def paper_artifact(tmp_path_factory):
-    from toolchain.cli import main
-
-    from conftest import SHARED_RESNET20
-
-    if not SHARED_RESNET20.is_file():
-        pytest.skip(f"pretrained ResNet20 not found at {SHARED_RESNET20}")
-    tmp = tmp_path_factory.mktemp("adc")
-    assert main(["export", str(SHARED_RESNET20), "--out", str(tmp / "r20.onnx")]) == 0
-    assert main(["passes", str(tmp / "r20.onnx"), "--out", str(tmp / "r20.deploy.onnx"), "--passes", "standard"]) == 0
-    assert main(["quantize", str(tmp / "r20.deploy.onnx"), "--out", str(tmp / "art"), "--preset", "paper"]) == 0
-    return tmp / "art"
+@pytest.fixture
+def paper_artifact(shared_paper_artifact):
+    return shared_paper_artifact()
 
 
 @pytest.mark.parametrize("converters", [["--adc-bits", "6"], ["--adc-bits", "4", "--dac-bits", "8"]])

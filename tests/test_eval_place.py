@@ -181,17 +181,15 @@ def test_place_without_sa1_is_a_one_line_error(data, tiny_checkpoint, capsys):
 
 @pytest.mark.slow
 def test_the_runtimes_placed_chips_agree_with_the_pytorch_reference(tmp_path, shared_data, shared_resnet20,
-                                                                    capsys, monkeypatch, real_data_cache):
-    """Pretrained ResNet20 (standard flow, `paper`), SA1 0.3, 10 chips each, 2,000 test images,
+                                                                    shared_paper_artifact, capsys, monkeypatch,
+                                                                    real_data_cache):
+    """Pretrained ResNet20 (standard flow, `paper`), SA1 0.3, 10 chips each, 1,000 test images,
     per-chip calibration on 256 images (it narrows the chips' spread to about one point, so the
     test can see a few points): `rram validate --place` and `rram eval --place` agree on the mean
     accuracy within three combined standard errors, and on the weight error too."""
     monkeypatch.setenv("RRAM_CACHE", str(real_data_cache))
-    onx, folded, art = tmp_path / "r20.onnx", tmp_path / "r20.passes.onnx", tmp_path / "art"
-    assert main(["export", str(shared_resnet20), "--model", "resnet20", "--out", str(onx)]) == 0
-    assert main(["passes", str(onx), str(folded), "--passes", "standard"]) == 0
-    assert main(["quantize", str(folded), str(art), "--preset", "paper"]) == 0
-    common = ["--data", str(shared_data), "--sa1", "0.3", "--images", "2000", "--runs", "10", "--calibrate", "256",
+    art = shared_paper_artifact()
+    common = ["--data", str(shared_data), "--sa1", "0.3", "--images", "1000", "--runs", "10", "--calibrate", "256",
               "--place"]
     assert main(["validate", str(art), *common, "--out", str(tmp_path / "p.json")]) == 0
     rate = json.loads((tmp_path / "p.json").read_text())["rates"][0]
