@@ -31,6 +31,8 @@ RESULTS = ROOT / "docs" / "results" / "placement"
 MODELS = [("pretrained", "the shared pretrained ResNet20 (`resnet20-akamaster`, no drop-connect)"),
           ("resnet20-dc30-ft3", "the zoo's `resnet20-dc30-ft3` (drop-connect p = 0.3, 3-epoch fine-tune, width 1)"),
           ("resnet20-dc30-ft10", "the zoo's `resnet20-dc30-ft10` (drop-connect p = 0.3, 10-epoch fine-tune, width 1, "
+                                 "validation split held out)"),
+          ("resnet20-dc40-ft10", "the zoo's `resnet20-dc40-ft10` (drop-connect p = 0.4, 10-epoch fine-tune, width 1, "
                                  "validation split held out)")]
 VARIANTS = [("fixed", "fixed mapping", []), ("placed", "placement", ["--place"]),
             ("fixed-cal", "fixed mapping + calibration", ["--calibrate", "256"]),
