@@ -214,7 +214,7 @@ def chosen_file(results: Path) -> Path | None:
 
 def _mean_at(p: Path, rate: float) -> str:
     """A campaign's mean accuracy (%) at SA1 ``rate``, or n/a."""
-    mean = next((e["summary"]["mean"] for e in losses.read(p)["rates"] if round(e["sa1"], 6) == rate), None)
+    mean = losses.means(p).get(rate)
     return "n/a" if mean is None else f"{100 * mean:.2f}"
 
 
