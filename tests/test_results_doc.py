@@ -141,8 +141,7 @@ def _protocol_claim(model: str = "resnet20-dc40-ft10") -> str:
 
 def _kept_at_30(model: str) -> str:
     """A chosen row's mean accuracy at 30% SA1 on the paper's 100 chips."""
-    full = study_tables.RESULTS / "placement" / f"{model}.placed-cal-measured.100-chips.json"
-    return f"{100 * losses.means(full)[0.3]:.2f}%"
+    return f"{_mean(f'placement/{model}.placed-cal-measured.100-chips.json', 0.3):.2f}%"
 
 
 def _val_worst(model: str, method: str) -> str:

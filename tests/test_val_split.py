@@ -96,7 +96,7 @@ def test_a_run_recorded_before_hold_out_val_resumes_without_it(coloured_cifar, t
 
 
 def test_recalibrate_leaves_the_validation_images_out_for_a_model_trained_without_them(
-        coloured_cifar, tiny_checkpoint, tmp_path, capsys):
+        coloured_cifar, tiny_checkpoint, tmp_path):
     """A checkpoint trained with --hold-out-val gets its BN statistics from the training split less
     the validation images (its accuracy there must not be optimistic); another one only when asked."""
     import torch
