@@ -14,7 +14,6 @@ import contextlib
 import hashlib
 import io
 import json
-import platform
 import shutil
 import subprocess
 import sys
@@ -25,19 +24,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from runtime.fileio import atomic_write_bytes  # noqa: E402
+from runtime.provenance import cpu  # noqa: E402
 from toolchain.zoo import FORMAT, MANIFEST, STATE_DIR, VERSION, ZOO_DIR  # noqa: E402
 
 PACKAGES = ("torch", "torchvision", "numpy", "onnx", "onnxruntime")
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> int:
@@ -80,7 +72,7 @@ def main() -> int:
         "arch": ckpt.spec.name, "width": ckpt.spec.width, "shortcut": getattr(ckpt.spec, "shortcut", None),
         "drop_rate": trained.meta.get("drop_rate"), "epochs": len(log.get("epochs", [])), "seed": train.get("seed"),
         "precision": train.get("precision", "fp32"), "training": train, "training_sha256": digest,
-        "data_sha256": data_sha, "hardware": f"{cpu_name()}, {torch.get_num_threads()} threads",
+        "data_sha256": data_sha, "hardware": f"{cpu()}, {torch.get_num_threads()} threads",
         "git_commit": commit, "packages": {p: metadata.version(p) for p in PACKAGES},
         "fault_free": {"accuracy": accuracy, "split": "test", "images": len(test), "bn_rate": args.bn_rate},
         "bn_rates": sorted(ckpt.bn_stats, key=float), "note": args.note,

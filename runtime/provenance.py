@@ -11,6 +11,16 @@ a newer numpy or another commit must not make an existing campaign unresumable.
 - ``packages``: {name: version} of numpy, onnx, onnxruntime and torch, read with importlib.metadata
   (nothing imported: the runtime never imports torch); null for one not installed.
 - ``python``: the interpreter's version.
+- ``cpu``: the processor's model name and the instruction-set extensions that change which kernels
+  onnxruntime and PyTorch run (AVX2, AVX-512, AVX-512 BF16, VNNI, AMX): int8 results differ between
+  machines with and without VNNI, and timings between all of them.
+- ``content_sha256`` (of an artifact, ``of_artifact``): per model, the sha256 of what it computes
+  with: its ``model.onnx`` without the provenance-only metadata (``metadata.PROVENANCE_ONLY_KEYS``),
+  re-serialised deterministically, followed by its conductance map (``crossbars.npz``). The model's
+  file sha256 (in ``config``, the identity) changes when a newer ``rram export`` records more
+  provenance; this one does not, so two campaigns can be shown to have run the same deployed
+  weights (``config.models`` of a file written before it cannot: rerun its fixed-mapping baseline on
+  the rebuilt artifact, chip for chip, as docs/results/nonideal/rebuilt/ does).
 - ``pipeline_config_sha256``: when ``rram pipeline`` runs the command, the sha256 of its config's
   text (the file and its ``base`` chain, as the report quotes it), passed in the environment variable
   ``RRAM_PIPELINE_CONFIG_SHA256``; absent otherwise.
@@ -18,13 +28,14 @@ a newer numpy or another commit must not make an existing campaign unresumable.
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import platform
 import subprocess
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-from .metadata import CHECKPOINT_SHA256_KEY
+from .metadata import CHECKPOINT_SHA256_KEY, PROVENANCE_ONLY_KEYS
 
 PACKAGES = ("numpy", "onnx", "onnxruntime", "torch")
 PIPELINE_ENV = "RRAM_PIPELINE_CONFIG_SHA256"
@@ -51,6 +62,29 @@ def git_state() -> tuple[str | None, bool | None]:
     return commit.strip(), None if status is None else bool(status.strip())
 
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu() -> str:
+    """This machine's processor: its model name and which of ``CPU_FLAGS`` it has (Linux reads
+    /proc/cpuinfo; elsewhere the platform's processor name alone)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() == "model name":
+                name = value.strip()
+            elif key.strip() == "flags":
+                flags = set(value.split())
+            if name and flags:
+                break
+    except OSError:
+        return name
+    present = [f for f in CPU_FLAGS if f in flags]
+    return f"{name} ({', '.join(present) if present else 'none of ' + ', '.join(CPU_FLAGS)})"
+
+
 def package_versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for name in PACKAGES:
@@ -72,13 +106,32 @@ def provenance(model_metadata: dict[str, dict[str, str]]) -> dict:
     """The ``info.provenance`` of a results file on an artifact whose models carry this metadata."""
     commit, dirty = git_state()
     out = {"checkpoint_sha256": checkpoint_sha256(model_metadata), "git_commit": commit, "git_dirty": dirty,
-           "packages": package_versions(), "python": platform.python_version()}
+           "packages": package_versions(), "python": platform.python_version(), "cpu": cpu()}
     pipeline = os.environ.get(PIPELINE_ENV)
     if pipeline:
         out["pipeline_config_sha256"] = pipeline
     return out
 
 
+def content_sha256(folder: Path) -> str:
+    """The sha256 of what one deployed model computes with (module docstring): its model.onnx less
+    the provenance-only metadata, then its crossbars.npz."""
+    import onnx  # here: provenance() itself imports neither onnx nor torch
+
+    from .artifact.layout import MODEL_NAME, NPZ_NAME
+
+    model = onnx.load(str(folder / MODEL_NAME), load_external_data=False)
+    kept = [p for p in model.metadata_props if p.key not in PROVENANCE_ONLY_KEYS]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    digest = hashlib.sha256(model.SerializeToString(deterministic=True))
+    npz = folder / NPZ_NAME
+    digest.update(npz.read_bytes() if npz.is_file() else b"")
+    return digest.hexdigest()
+
+
 def of_artifact(artifact) -> dict:
-    """``provenance`` of a loaded ``runtime.artifact.Artifact``."""
-    return provenance({name: model.metadata for name, model in artifact.models.items()})
+    """``provenance`` of a loaded ``runtime.artifact.Artifact``, with each model's ``content_sha256``."""
+    out = provenance({name: model.metadata for name, model in artifact.models.items()})
+    out["content_sha256"] = {name: content_sha256(model.folder) for name, model in artifact.models.items()}
+    return out

@@ -504,3 +504,20 @@ def test_progress_lines_name_their_unit_in_plain_english(monkeypatch, capsys):
         bar.update()
         bar.close()
         assert f"d: 1/2 {word}, " in capsys.readouterr().err
+
+
+def test_the_eta_counts_only_units_that_took_time(monkeypatch, capsys):
+    """A campaign's fault-free chips after the first are reused (no work): counting them made the
+    ETA of the faulty chips after them 20x too short."""
+    from runtime import progress
+
+    monkeypatch.setattr(progress, "PROGRESS_SECONDS", 0.0)
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False)
+    clock = iter([0.0] + [0.0] * 9 + [10.0, 10.0])  # t0; nine reused units at once; one of 10 s
+    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    bar = progress.Progress(20, True, desc="d", leave=False)
+    for _ in range(9):
+        bar.update(timed=False)
+    bar.update()  # the 10th: the first that ran, 10 s
+    bar.close()
+    assert capsys.readouterr().err.splitlines()[-1] == "d: 10/20 chips, 0:00:10 elapsed, ETA 0:01:40"

@@ -109,7 +109,7 @@ def _run_chips(config: CampaignConfig, identity: dict, writer: ResultsWriter, ch
         if chip_costs is not None:
             costs.add(*chip_costs)
         writer.add(i, r, record, ran)
-        bar.update(f"sa1={config.sa1[i]:g} mean={100 * writer.stats[i].mean:.2f}%")
+        bar.update(f"sa1={config.sa1[i]:g} mean={100 * writer.stats[i].mean:.2f}%", timed=bool(ran))
 
     try:
         # With --ci a rate's chips count in run order only (the stop depends on every earlier one):
