@@ -20,7 +20,8 @@ An artifact rebuilt later (another session: the machine that built the baselines
 differ in its model.onnx sha256 without computing anything else: a newer ``rram export`` records
 more provenance in the ONNX metadata (the checkpoint's sha256). ``run`` then first reruns the
 fixed-mapping baseline on the rebuilt artifact (RUNDIR/rebuilt/MODEL.fixed.json) and goes on only
-if every chip at every rate gives the committed baseline's accuracy exactly; ``collect`` commits
+if every chip at every rate gives the committed baseline's accuracy within ``MAX_IMAGES_APART``
+images (another CPU's rounding; more means other weights); ``collect`` commits
 that rerun to docs/results/nonideal/rebuilt/, and a row may name either artifact (the test checks
 the rerun against the baseline chip for chip). New results files also record each model's
 ``content_sha256`` (runtime/provenance.py), which ignores that metadata.
@@ -153,14 +154,30 @@ def chip_accuracies(doc: dict) -> list[list[float]]:
     return [[rate["runs"][str(i)]["accuracy"] for i in range(len(rate["runs"]))] for rate in doc["rates"]]
 
 
+# Another CPU's kernels (AVX2 against AVX-512: another summation order) can flip an image whose top
+# two logits nearly tie: measured on the shared ResNet20's rebuilt artifact, 79 of the 80 chips gave
+# the committed accuracies exactly and one chip differed by one image of 10,000. More than this many
+# images on any chip means other weights, not rounding.
+MAX_IMAGES_APART = 2
+
+
+def images_apart(rerun: dict, baseline: dict) -> list[int]:
+    """Per chip (all rates in order), how many test images' verdicts the two campaigns differ by."""
+    images = baseline["config"]["images"]
+    return [round(abs(a - b) * images) for ra, rb in zip(chip_accuracies(rerun), chip_accuracies(baseline))
+            for a, b in zip(ra, rb)]
+
+
 def same_baseline(rerun: dict, baseline: dict) -> bool:
     """A rerun of the fixed-mapping baseline on a rebuilt artifact computes what the committed one
-    did: the same campaign (config less the model files' sha256) and every chip's accuracy equal."""
+    did: the same campaign (config less the model files' sha256), the same chips, and every chip's
+    accuracy within ``MAX_IMAGES_APART`` images (the rest is the CPU's rounding)."""
     def identity(doc):
         return {k: v for k, v in doc["config"].items() if k != "models"}
 
-    return (identity(rerun) == identity(baseline) and rerun["complete"] and baseline["complete"]
-            and chip_accuracies(rerun) == chip_accuracies(baseline))
+    shape = [len(r) for r in chip_accuracies(rerun)] == [len(r) for r in chip_accuracies(baseline)]
+    return (identity(rerun) == identity(baseline) and rerun["complete"] and baseline["complete"] and shape
+            and max(images_apart(rerun, baseline)) <= MAX_IMAGES_APART)
 
 
 def artifacts(model: str) -> list[dict]:
@@ -194,7 +211,11 @@ def check_artifact(rundir: Path, model: str) -> None:
           f"rerunning its fixed-mapping baseline into {out}", flush=True)
     subprocess.run(["rram", "validate", str(rundir / model), "--bn-rate", "auto", "--sa1", SA1, "--runs", str(RUNS),
                     "--seed", "0", "--out", str(out), "--resume"], check=True)
-    if not same_baseline(json.loads(out.read_text()), baseline):
+    rerun = json.loads(out.read_text())
+    apart = images_apart(rerun, baseline)
+    print(f"== {model}: {apart.count(0)} of {len(apart)} chips give the committed accuracy exactly, "
+          f"the others {sorted(set(apart) - {0})} image(s) apart", flush=True)
+    if not same_baseline(rerun, baseline):
         sys.exit(f"{rundir / model} is not the artifact of {PLACEMENT / (model + '.fixed.json')}: "
                  "its fixed-mapping chips give other accuracies; rebuild it as the placement table says")
 
