@@ -40,7 +40,8 @@ class Progress:
     def update(self, note: str = "", *, timed: bool = True) -> None:
         """One unit done; ``timed=False`` for one that cost next to nothing (a campaign's fault-free
         chips after the first are the same chip, reused): the ETA is the elapsed time over the timed
-        units, else 20 reused chips first made it 20x too short."""
+        units, else 20 reused chips first made it 20x too short. Reused units still to come count as
+        timed ones (too long an ETA, never too short: a campaign's fault-free rate usually comes first)."""
         self.done += 1
         self.timed += timed
         self.bar.update(1)

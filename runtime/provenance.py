@@ -14,13 +14,13 @@ a newer numpy or another commit must not make an existing campaign unresumable.
 - ``cpu``: the processor's model name and the instruction-set extensions that change which kernels
   onnxruntime and PyTorch run (AVX2, AVX-512, AVX-512 BF16, VNNI, AMX): int8 results differ between
   machines with and without VNNI, and timings between all of them.
-- ``content_sha256`` (of an artifact, ``of_artifact``): per model, the sha256 of what it computes
-  with: its ``model.onnx`` without the provenance-only metadata (``metadata.PROVENANCE_ONLY_KEYS``),
-  re-serialised deterministically, followed by its conductance map (``crossbars.npz``). The model's
-  file sha256 (in ``config``, the identity) changes when a newer ``rram export`` records more
-  provenance; this one does not, so two campaigns can be shown to have run the same deployed
-  weights (``config.models`` of a file written before it cannot: rerun its fixed-mapping baseline on
-  the rebuilt artifact, chip for chip, as docs/results/nonideal/rebuilt/ does).
+- ``content_sha256`` (of an artifact, ``of_artifact``): per model, ``DeployedModel.content_sha256``:
+  the sha256 of the deployed folder less what only says where it came from (the model.onnx with the
+  ``metadata.PROVENANCE_ONLY_KEYS`` dropped, crossbars.json without its ``model_sha256``, and
+  crossbars.npz). The model's file sha256 (in ``config``, the identity) changes when a newer
+  ``rram export`` records more provenance; this one does not, so two campaigns can be shown to have
+  run the same deployed model (for files written before it: rerun the fixed-mapping baseline on
+  the rebuilt artifact and compare chip by chip, as docs/results/nonideal/rebuilt/ does).
 - ``pipeline_config_sha256``: when ``rram pipeline`` runs the command, the sha256 of its config's
   text (the file and its ``base`` chain, as the report quotes it), passed in the environment variable
   ``RRAM_PIPELINE_CONFIG_SHA256``; absent otherwise.
@@ -28,14 +28,13 @@ a newer numpy or another commit must not make an existing campaign unresumable.
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import platform
 import subprocess
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
-from .metadata import CHECKPOINT_SHA256_KEY, PROVENANCE_ONLY_KEYS
+from .metadata import CHECKPOINT_SHA256_KEY
 
 PACKAGES = ("numpy", "onnx", "onnxruntime", "torch")
 PIPELINE_ENV = "RRAM_PIPELINE_CONFIG_SHA256"
@@ -69,9 +68,14 @@ CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_b
 def cpu() -> str:
     """This machine's processor: its model name and which of ``CPU_FLAGS`` it has (Linux reads
     /proc/cpuinfo; elsewhere the platform's processor name alone)."""
+    return cpu_of(Path("/proc/cpuinfo"))
+
+
+def cpu_of(cpuinfo: Path) -> str:
+    """``cpu()`` read from a /proc/cpuinfo file (its first processor's model name and flags)."""
     name, flags = platform.processor() or platform.machine(), set()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in cpuinfo.read_text().splitlines():
             key, _, value = line.partition(":")
             if key.strip() == "model name":
                 name = value.strip()
@@ -113,25 +117,8 @@ def provenance(model_metadata: dict[str, dict[str, str]]) -> dict:
     return out
 
 
-def content_sha256(folder: Path) -> str:
-    """The sha256 of what one deployed model computes with (module docstring): its model.onnx less
-    the provenance-only metadata, then its crossbars.npz."""
-    import onnx  # here: provenance() itself imports neither onnx nor torch
-
-    from .artifact.layout import MODEL_NAME, NPZ_NAME
-
-    model = onnx.load(str(folder / MODEL_NAME), load_external_data=False)
-    kept = [p for p in model.metadata_props if p.key not in PROVENANCE_ONLY_KEYS]
-    del model.metadata_props[:]
-    model.metadata_props.extend(kept)
-    digest = hashlib.sha256(model.SerializeToString(deterministic=True))
-    npz = folder / NPZ_NAME
-    digest.update(npz.read_bytes() if npz.is_file() else b"")
-    return digest.hexdigest()
-
-
 def of_artifact(artifact) -> dict:
     """``provenance`` of a loaded ``runtime.artifact.Artifact``, with each model's ``content_sha256``."""
     out = provenance({name: model.metadata for name, model in artifact.models.items()})
-    out["content_sha256"] = {name: content_sha256(model.folder) for name, model in artifact.models.items()}
+    out["content_sha256"] = {name: model.content_sha256() for name, model in artifact.models.items()}
     return out

@@ -71,8 +71,8 @@ REBUILT = sorted(nonideal_table.REBUILT.glob("*.json"))
 def test_a_rebuilt_artifact_computes_the_baseline(path):
     """docs/results/nonideal/rebuilt/MODEL.fixed.json: the placement table's fixed-mapping baseline
     rerun on an artifact rebuilt later (another model.onnx sha256: more provenance metadata) gives
-    every chip's accuracy at every rate, within MAX_IMAGES_APART images (another CPU's rounding),
-    nearly all of them exactly."""
+    every chip's accuracy at every rate, within MAX_IMAGES_APART images (float rounding), nearly all
+    of them exactly."""
     model = path.name.removesuffix(".fixed.json")
     rerun = json.loads(path.read_text())
     baseline = json.loads((nonideal_table.PLACEMENT / path.name).read_text())
@@ -107,3 +107,39 @@ def test_every_campaign_command_parses():
     for _, rates, options in nonideal_table.campaigns():
         args = parser.parse_args(nonideal_table.command("ART", "out.json", rates, options)[1:])
         assert args.runs == 20 and args.resume
+
+
+def test_a_row_runs_on_a_rebuilt_artifact_only_after_its_baseline_rerun_matches(tmp_path, monkeypatch):
+    """check_artifact: the baseline's own artifact runs at once; a rebuilt one first reruns the
+    fixed baseline (placement_table's command) and stops with one line when its chips differ."""
+    baseline = json.loads((nonideal_table.PLACEMENT / "pretrained.fixed.json").read_text())
+    ran = []
+
+    def rerun_gives(doc):
+        def fake_run(argv, check):
+            ran.append(argv)
+            Path(argv[argv.index("--out") + 1]).write_text(json.dumps(doc))
+        monkeypatch.setattr(nonideal_table.subprocess, "run", fake_run)
+
+    monkeypatch.setattr(nonideal_table, "_models_of", lambda folder: baseline["config"]["models"])
+    rerun_gives(baseline)
+    nonideal_table.check_artifact(tmp_path, "pretrained")
+    assert ran == []  # the same artifact: nothing to rerun
+    rebuilt = {".": {"sha256": "0" * 64, "bn_rate": 0.0}}
+    monkeypatch.setattr(nonideal_table, "_models_of", lambda folder: rebuilt)
+    same = {**json.loads(json.dumps(baseline)), "config": {**baseline["config"], "models": rebuilt}}
+    rerun_gives(same)
+    nonideal_table.check_artifact(tmp_path, "pretrained")
+    assert ran[-1] == nonideal_table.placement_table.command(str(tmp_path / "pretrained"),
+                                                             str(tmp_path / "rebuilt" / "pretrained.fixed.json"), [])
+    other = json.loads(json.dumps(same))
+    other["rates"][1]["runs"]["3"]["accuracy"] += 0.01  # 100 images apart: other weights
+    (tmp_path / "rebuilt" / "pretrained.fixed.json").unlink()
+    rerun_gives(other)
+    with pytest.raises(SystemExit, match="is not the artifact of"):
+        nonideal_table.check_artifact(tmp_path, "pretrained")
+
+
+def test_a_missing_artifact_is_one_line(tmp_path):
+    with pytest.raises(SystemExit, match=r"^nonideal_table: artifact folder not found: .*\(build it as"):
+        nonideal_table.check_artifact(tmp_path, "pretrained")

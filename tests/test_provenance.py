@@ -14,6 +14,8 @@ import onnx
 import pytest
 
 from runtime import provenance
+from runtime.artifact import DeployedModel
+from runtime.artifact.deployed import content_sha256
 from runtime.metadata import CHECKPOINT_SHA256_KEY, read_metadata
 from runtime.results import read_results
 from toolchain.cli import main
@@ -63,7 +65,7 @@ def test_the_checkpoint_sha256_goes_from_export_to_the_results_file(tiny_checkpo
     p = doc["info"]["provenance"]
     assert p["checkpoint_sha256"] == sha and p["packages"]["onnxruntime"] == metadata.version("onnxruntime")
     assert "provenance" not in doc["config"] and sha not in json.dumps(doc["config"])  # not identity
-    assert p["content_sha256"] == {".": provenance.content_sha256(art)}
+    assert p["content_sha256"] == {".": DeployedModel.load(art).content_sha256()}
     # a file written before provenance resumes: the identity is the same, its info is kept
     doc["info"].pop("provenance")
     out.write_text(json.dumps(doc))
@@ -78,7 +80,8 @@ def test_the_checkpoint_sha256_goes_from_export_to_the_results_file(tiny_checkpo
 
 def test_the_content_hash_ignores_provenance_metadata_and_sees_the_weights(tiny_checkpoint, tmp_path):
     """Two builds that differ only in where the model came from (an older export recorded no
-    checkpoint sha256) have one content_sha256; another weight or another conductance map does not."""
+    checkpoint sha256; crossbars.json then names another model.onnx sha256) have one
+    content_sha256; other metadata the runtime reads, a weight, a tile layout or a level does not."""
     import shutil
 
     import numpy as np
@@ -87,7 +90,8 @@ def test_the_content_hash_ignores_provenance_metadata_and_sees_the_weights(tiny_
     assert main(["export", str(tiny_checkpoint()), "--out", str(onx)]) == 0
     assert main(["passes", str(onx), str(folded), "--passes", "standard"]) == 0
     assert main(["quantize", str(folded), str(art), "--preset", "paper"]) == 0
-    base = provenance.content_sha256(art)
+    base = DeployedModel.load(art).content_sha256()
+    assert base == content_sha256(art)
 
     def variant(name, change):
         other = tmp_path / name
@@ -96,7 +100,10 @@ def test_the_content_hash_ignores_provenance_metadata_and_sees_the_weights(tiny_
         change(model, other)
         onnx.save(model, str(other / "model.onnx"))
         assert (other / "model.onnx").read_bytes() != (art / "model.onnx").read_bytes()
-        return provenance.content_sha256(other)
+        cmap = json.loads((other / "crossbars.json").read_text())  # the map names its model file's hash
+        cmap["model_sha256"] = hashlib.sha256((other / "model.onnx").read_bytes()).hexdigest()
+        (other / "crossbars.json").write_text(json.dumps(cmap))
+        return content_sha256(other)  # the files as they are: a changed level no longer loads
 
     def drop_provenance(model, _):
         kept = [p for p in model.metadata_props if p.key not in (CHECKPOINT_SHA256_KEY, "rram.source")]
@@ -114,7 +121,7 @@ def test_the_content_hash_ignores_provenance_metadata_and_sees_the_weights(tiny_
         array.flat[0] += 1
         first.CopyFrom(onnx.numpy_helper.from_array(array, first.name))
 
-    def other_map(model, folder):
+    def other_level(model, folder):
         drop_provenance(model, folder)
         npz = dict(np.load(folder / "crossbars.npz"))
         key = sorted(npz)[0]
@@ -122,9 +129,27 @@ def test_the_content_hash_ignores_provenance_metadata_and_sees_the_weights(tiny_
         npz[key].flat[0] ^= 1
         np.savez(folder / "crossbars.npz", **npz)
 
+    def other_layout(model, folder):
+        drop_provenance(model, folder)
+        cmap = json.loads((folder / "crossbars.json").read_text())
+        cmap["layers"][0]["name"] += "-renamed"  # the map's description: what the runtime reads too
+        (folder / "crossbars.json").write_text(json.dumps(cmap))
+
     assert variant("older-export", drop_provenance) == base
-    assert len({base, variant("bn", other_bn_targets), variant("weight", other_weight),
-                variant("map", other_map)}) == 4
+    others = [variant(n, f) for n, f in (("bn", other_bn_targets), ("weight", other_weight),
+                                         ("level", other_level), ("layout", other_layout))]
+    assert len({base, *others}) == 5
+
+
+def test_the_cpu_is_read_with_its_instruction_set_extensions(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu sse avx2 avx512f avx512_bf16 "
+                    "avx512_vnni\n\nprocessor\t: 1\nmodel name\t: other\nflags\t\t: amx_int8\n")
+    assert provenance.cpu_of(info) == "AMD EPYC 9R14 (avx2, avx512f, avx512_bf16, avx512_vnni)"
+    info.write_text("model name\t: Old Xeon\nflags\t\t: fpu sse sse2\n")
+    assert provenance.cpu_of(info) == f"Old Xeon (none of {', '.join(provenance.CPU_FLAGS)})"
+    assert provenance.cpu_of(tmp_path / "missing") == (provenance.platform.processor()
+                                                       or provenance.platform.machine())
 
 
 def test_the_pipeline_puts_its_config_hash_into_the_environment_of_its_steps(monkeypatch):

@@ -513,11 +513,12 @@ def test_the_eta_counts_only_units_that_took_time(monkeypatch, capsys):
 
     monkeypatch.setattr(progress, "PROGRESS_SECONDS", 0.0)
     monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False)
-    clock = iter([0.0] + [0.0] * 9 + [10.0, 10.0])  # t0; nine reused units at once; one of 10 s
-    monkeypatch.setattr(progress.time, "monotonic", lambda: next(clock))
+    now = [0.0]  # a clock of our own: the nine reused units take no time, the tenth 10 s
+    monkeypatch.setattr(progress.time, "monotonic", lambda: now[0])
     bar = progress.Progress(20, True, desc="d", leave=False)
     for _ in range(9):
         bar.update(timed=False)
+    now[0] = 10.0
     bar.update()  # the 10th: the first that ran, 10 s
     bar.close()
     assert capsys.readouterr().err.splitlines()[-1] == "d: 10/20 chips, 0:00:10 elapsed, ETA 0:01:40"

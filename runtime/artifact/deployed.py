@@ -15,6 +15,7 @@ ORT_ENABLE_EXTENDED it loses the NCHWc layout (~40% slower runs).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -28,12 +29,32 @@ from onnx import numpy_helper
 from ..crossbar import decode, dequantize_matrix, matrix_to_weight
 from ..errors import RuntimeInputError
 from ..fileio import file_sha256
-from ..metadata import DEVICE_KEY, Normalization, bn_rate_from_metadata, read_metadata
+from ..metadata import DEVICE_KEY, PROVENANCE_ONLY_KEYS, Normalization, bn_rate_from_metadata, read_metadata
 from .crossbar_map import CrossbarMap, load_map
-from .layout import JSON_NAME, MODEL_NAME
+from .layout import JSON_NAME, MODEL_NAME, NPZ_NAME
 
 if TYPE_CHECKING:
     from ..faults import Chip
+
+
+def content_sha256(folder: Path) -> str:
+    """The sha256 of a deployed folder less what only says where it came from (results files'
+    ``info.provenance.content_sha256``, runtime/provenance.py): model.onnx without the
+    ``PROVENANCE_ONLY_KEYS`` metadata, re-serialised deterministically; crossbars.json without
+    ``model_sha256`` (the file hash that metadata changes); crossbars.npz. Two builds that differ
+    only in the checkpoint's recorded path or sha256 give one value; any weight, level, scale, tile
+    layout or metadata the runtime reads gives another. Reads the files as they are (no
+    consistency check: ``DeployedModel.load`` makes those)."""
+    model = onnx.load(str(folder / MODEL_NAME), load_external_data=False)
+    kept = [p for p in model.metadata_props if p.key not in PROVENANCE_ONLY_KEYS]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    cmap = json.loads((folder / JSON_NAME).read_text())
+    cmap.pop("model_sha256", None)
+    digest = hashlib.sha256(model.SerializeToString(deterministic=True))
+    digest.update(json.dumps(cmap, sort_keys=True).encode())
+    digest.update((folder / NPZ_NAME).read_bytes())
+    return digest.hexdigest()
 
 
 @dataclass
@@ -58,6 +79,10 @@ class DeployedModel:
     @property
     def bn_rate(self) -> float | None:
         return bn_rate_from_metadata(self.metadata, self.folder / MODEL_NAME)
+
+    def content_sha256(self) -> str:
+        """``content_sha256`` of this model's folder (results files' ``info.provenance``)."""
+        return content_sha256(self.folder)
 
     def model_bytes_with(self, weights: list[np.ndarray] | None = None) -> bytes:
         """The complete prepared model with these float weights (the clean ones when None)."""
