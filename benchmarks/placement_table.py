@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+from runtime.fileio import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results" / "placement"
@@ -173,7 +174,7 @@ def collect(rundir: Path) -> None:
             for src, dest in ((f"{model}-{variant}.json", file_name(model, variant)),
                               (f"{model}-{variant}-{PROTOCOL_SUFFIX}.json", file_name(model, variant, True))):
                 if (rundir / src).is_file() and json.loads((rundir / src).read_text()).get("complete"):
-                    shutil.copyfile(rundir / src, RESULTS / dest)
+                    atomic_write_bytes(RESULTS / dest, (rundir / src).read_bytes())
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def main() -> int:
     data_sha = hashlib.sha256(test.images.tobytes() + test.labels.astype("int64").tobytes()).hexdigest()
     ZOO_DIR.mkdir(exist_ok=True)
     dest = ZOO_DIR / f"{args.name}.pt"
-    shutil.copyfile(model_pt, dest)
+    atomic_write_bytes(dest, model_pt.read_bytes())  # a killed copy leaves no half model in the zoo
     with contextlib.redirect_stdout(io.StringIO()) as out:  # fault-free, all test images
         rram(["eval", str(dest), "--data", args.data, "--json",
               *(["--bn-rate", args.bn_rate] if args.bn_rate is not None else [])])
