@@ -24,7 +24,7 @@ if every chip at every rate gives the committed baseline's accuracy within ``MAX
 images (float rounding, likely another CPU's; more means other weights); ``collect`` commits
 that rerun to docs/results/nonideal/rebuilt/, and a row may name either artifact (the test checks
 the rerun against the baseline chip for chip). New results files also record each model's
-``content_sha256`` (runtime/provenance.py), which ignores that metadata.
+``content_sha256`` (runtime/artifact/deployed.py), which ignores that metadata.
 
 Choices, stated: chips that place or calibrate to measured targets use the model's rate-0 BN
 (``--bn-rate 0``; placement and per-rate BN clash, docs/runtime.md), the others ``--bn-rate auto``;
@@ -197,13 +197,13 @@ def artifacts(model: str) -> list[dict]:
 def _models_of(artifact: Path) -> dict:
     """``config.models`` as ``rram validate`` will record it for this artifact folder."""
     from runtime.artifact import Artifact
+    from runtime.campaign.plan import models_identity
     from runtime.errors import RuntimeInputError
 
     try:
-        art = Artifact.load(artifact)
+        return models_identity(Artifact.load(artifact))
     except RuntimeInputError as e:
         sys.exit(f"nonideal_table: {e} (build it as benchmarks/placement_table.py says)")
-    return {name: {"sha256": m.sha256, "bn_rate": m.bn_rate} for name, m in art.models.items()}
 
 
 def check_artifact(rundir: Path, model: str) -> None:

@@ -30,8 +30,6 @@ from toolchain.zoo import FORMAT, MANIFEST, STATE_DIR, VERSION, ZOO_DIR  # noqa:
 PACKAGES = ("torch", "torchvision", "numpy", "onnx", "onnxruntime")
 
 
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("name")

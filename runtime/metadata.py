@@ -48,7 +48,7 @@ BN_TARGETS_KEY = "rram.bn_targets"
 NORMALIZATION_EMBEDDED_KEY = "rram.normalization_embedded"
 CHECKPOINT_SHA256_KEY = "rram.checkpoint_sha256"
 # Keys that say where a model came from and change no number: results files fingerprint an artifact
-# without them (runtime/provenance.content_sha256), so that two builds which differ only here (an
+# without them (runtime/artifact/deployed.content_sha256), so that two builds which differ only here (an
 # older `rram export` recorded no checkpoint sha256, or the checkpoint's full path) are seen as one.
 PROVENANCE_ONLY_KEYS = (SOURCE_KEY, CHECKPOINT_SHA256_KEY)
 

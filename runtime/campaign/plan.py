@@ -51,6 +51,11 @@ def check_sa1_rates(sa1, sa0: float) -> tuple[float, ...]:
     return tuple(float(p) for p in rates)
 
 
+def models_identity(artifact: Artifact) -> dict:
+    """``config.models`` of a results file: per model of the artifact, its model.onnx sha256 and BN rate."""
+    return {n: {"sha256": m.sha256, "bn_rate": m.bn_rate} for n, m in artifact.models.items()}
+
+
 @dataclass(frozen=True)
 class CampaignConfig:
     """What a user chooses for a campaign of simulated chips (``rram validate``). ``ci``: a
@@ -152,7 +157,7 @@ class CampaignConfig:
         resumed or merged file must hold exactly this."""
         cmap = artifact.first.cmap
         config = {
-            "models": {n: {"sha256": m.sha256, "bn_rate": m.bn_rate} for n, m in artifact.models.items()},
+            "models": models_identity(artifact),
             "device": cmap.device.to_dict(), "cells": cmap.cell_count(),
             "sa1": list(self.sa1), "sa0": self.sa0, "runs": self.runs, "seed": self.seed,
             "images": int(len(labels)), "images_sha256": images_digest(images, labels),
