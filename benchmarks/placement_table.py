@@ -1,5 +1,5 @@
 """docs/runtime.md's placement table on the full test split (issue 34's "Measure"): for the shared
-pretrained ResNet20 and the zoo's drop-connect model, SA1 0 / 10 / 20 / 30%, 20 chips on all
+pretrained ResNet20 and the zoo's drop-connect models (ResNet20 and VGG13-BN), SA1 0 / 10 / 20 / 30%, 20 chips on all
 10,000 test images, fixed mapping and placement, each with and without per-chip calibration.
 
     PYTHONPATH=. python benchmarks/placement_table.py run RUNDIR [MODEL]  # the campaigns (resumable)
@@ -9,7 +9,7 @@ pretrained ResNet20 and the zoo's drop-connect model, SA1 0 / 10 / 20 / 30%, 20 
 
 ``run`` needs the two artifacts in RUNDIR (``pretrained/``: the README flow's ``rram quantize``
 output of resnet20-akamaster; ``resnet20-dc30-ft3/``: docs/runtime.md's commands, one subfolder per
-BN rate; ``resnet20-dc30-ft10/`` likewise). tests/test_placement_doc.py checks that the block is what
+BN rate; ``resnet20-dc30-ft10/``, ``resnet20-dc40-ft10/`` and ``vgg13-dc30/`` likewise). tests/test_placement_doc.py checks that the block is what
 ``render`` makes of the files.
 
 ``protocol`` runs one campaign with the paper's 100 chips per rate instead of 20 (issue 36: the
@@ -34,7 +34,9 @@ MODELS = [("pretrained", "the shared pretrained ResNet20 (`resnet20-akamaster`, 
           ("resnet20-dc30-ft10", "the zoo's `resnet20-dc30-ft10` (drop-connect p = 0.3, 10-epoch fine-tune, width 1, "
                                  "validation split held out)"),
           ("resnet20-dc40-ft10", "the zoo's `resnet20-dc40-ft10` (drop-connect p = 0.4, 10-epoch fine-tune, width 1, "
-                                 "validation split held out)")]
+                                 "validation split held out)"),
+          ("vgg13-dc30", "the zoo's `vgg13-dc30` (VGG13-BN, drop-connect p = 0.3, 30 epochs from scratch, width 1, "
+                         "validation split held out)")]
 VARIANTS = [("fixed", "fixed mapping", []), ("placed", "placement", ["--place"]),
             ("fixed-cal", "fixed mapping + calibration", ["--calibrate", "256"]),
             ("placed-cal", "placement + calibration", ["--place", "--calibrate", "256"]),

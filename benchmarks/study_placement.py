@@ -1,11 +1,13 @@
-"""docs/RESULTS.md's table of ResNet20 with placement (issue 36): the campaigns of
+"""docs/RESULTS.md's tables with placement (issue 36), one per architecture (ResNet20 option A, VGG13-BN;
+``HEADINGS``, each model's in ``ARCH``): the campaigns of
 benchmarks/placement_table.py (docs/runtime.md's full-split placement table: 20 chips x 10,000
 test images, SA1 0 / 10 / 20 / 30%), read in place from docs/results/placement/, with the study's
 columns: per method the mean (± between-chip sd, worst chip) at each rate, the loss against the
 model's plain fault-free accuracy (its fixed-mapping campaign at SA1 0: no calibration, no
 placement) and against the campaign's own fault-free chips.
 
-Each model has one row per method in ``METHODS``; a method whose file is not committed yet says
+Each model has one row per method in ``METHODS``; each table ends with the choice made on the
+validation split among its candidates (``VAL_CANDIDATES``, ``chosen``); a method whose file is not committed yet says
 "not run yet", and its row fills in when the file lands (no code change). The files also join the
 study's status and targets blocks (benchmarks/study_tables.py: ``files``, ``label``). Used by
 benchmarks/study_tables.py; tests/test_results_doc.py checks the blocks against the files.
@@ -22,7 +24,11 @@ import study_losses as losses  # benchmarks/study_losses.py
 from toolchain import zoo
 
 FOLDER = "placement"  # docs/results/placement/<model>.<method>.json (placement_table.py's names)
-HEADING = "ResNet20, option A, with placement (width 1; 20 chips x 10,000 images, docs/runtime.md's placement table)"
+HEADINGS = {  # study_tables' model folder -> the heading of its table with placement
+    "resnet20a": "ResNet20, option A, with placement (width 1; 20 chips x 10,000 images, docs/runtime.md's "
+                 "placement table)",
+    "vgg13": "VGG13-BN, with placement (width 1; 20 chips x 10,000 images, docs/runtime.md's placement table)",
+}
 MODELS = {  # <model> of the file names -> what the row is, in row order; every one at width 1
     "pretrained": "the shared pretrained model (no drop-connect): the README flow's artifact, one BN",
     "resnet20-dc30-ft3": "zoo `resnet20-dc30-ft3`: drop-connect p=0.3, 3-epoch fine-tune of the shared model",
@@ -30,7 +36,10 @@ MODELS = {  # <model> of the file names -> what the row is, in row order; every 
                           "validation split held out",
     "resnet20-dc40-ft10": "zoo `resnet20-dc40-ft10`: drop-connect p=0.4, 10-epoch fine-tune of the shared model, "
                           "validation split held out",
+    "vgg13-dc30": "zoo `vgg13-dc30`: drop-connect p=0.3, 30 epochs from scratch, bf16 training, "
+                  "validation split held out",
 }
+ARCH = {m: "vgg13" if m.startswith("vgg13") else "resnet20a" for m in MODELS}  # the table each model is in
 NOT_CHOSEN = {"resnet20-dc30-ft3"}  # models not chosen on the validation split: marked (*), the NOTE says why
 METHODS = {  # <method> of the file names -> the method a file of that name is (its config says the same;
     #         a test checks), in row order; the label stands where the file is not committed yet
@@ -48,17 +57,22 @@ def path(results: Path, model: str, method: str, protocol: bool = False) -> Path
     return results / FOLDER / placement_table.file_name(model, method, protocol)
 
 
-def files(results: Path) -> list[Path]:
-    """The committed campaigns of the table, in row order, as the status and the targets count them:
+def files(results: Path, arch: str = "resnet20a") -> list[Path]:
+    """The committed campaigns of ARCH's table, in row order, as the status and the targets count them:
     a method run on the paper's 100 chips stands in place of its 20-chip campaign (the same first 20
     chips; issue 36: the protocol for the headline rows). The other files of the folder, such as the
     measured-targets-on-a-per-rate-artifact evidence, are not methods of the study."""
     out = []
-    for m in MODELS:
+    for m in models_of(arch):
         for v in METHODS:
             full = path(results, m, v, protocol=True)
             out += [full] if full.is_file() else [p] if (p := path(results, m, v)).is_file() else []
     return out
+
+
+def models_of(arch: str) -> list[str]:
+    """The models of ARCH's table (a study_tables folder: "resnet20a", "vgg13"), in row order."""
+    return [m for m in MODELS if ARCH[m] == arch]
 
 
 def label(p: Path) -> str:
@@ -73,7 +87,7 @@ def _label(model: str) -> str:
 def caveat(p: Path) -> str:
     """What the status says beside a row of a model not chosen on the validation split (this
     table's or the quick campaigns' of the same model), or beside the row chosen on it."""
-    if p.parent.name == FOLDER and (choice := chosen(p.parent.parent)) is not None \
+    if p.parent.name == FOLDER and (choice := chosen(p.parent.parent, ARCH[losses.stem(p)])) is not None \
             and (losses.stem(p), p.name.split(".")[1]) == choice:
         return "; chosen on the validation split (the table \"Chosen on the validation split\" below)"
     if losses.stem(p) not in NOT_CHOSEN:
@@ -101,10 +115,10 @@ def _row(results: Path, model: str, method: str, rates: list[float], protocol: b
               f"| [{p.name}](results/{FOLDER}/{p.name}) |")
 
 
-def _plain_line(results: Path) -> str:
+def _plain_line(results: Path, arch: str) -> str:
     """Each model's plain fault-free accuracy, as the losses take it."""
     parts = []
-    for model in MODELS:
+    for model in models_of(arch):
         fixed = path(results, model, "fixed")
         plain = losses.plain_accuracy(fixed) if fixed.is_file() else None
         name = "the shared model" if model == "pretrained" else f"`{model}`"
@@ -130,17 +144,27 @@ ABOUT = (
     "artifact's BN expects the weight energy an unplaced chip loses.")
 
 
-def table(results: Path) -> str:
-    """The table (every model and method, committed or not), its plain accuracies and its notes."""
+VGG13_NOTE = (
+    "`vgg13-dc30` trained from scratch on the 45,000 training images outside the validation split, at a "
+    "fifth of the study's peak learning rate (the study's diverged at width 1: docs/RESULTS.md's status); "
+    "its p = 0.3 is the study's choice for VGG13-BN at width 0.5, made on the test split before the "
+    "validation split existed, not chosen again here. Its artifacts hold BN re-estimated at SA1 0 and "
+    "0.3 (`rram recalibrate --bn-rate 0,0.3`, on the same 45,000 images): per-rate BN takes the nearer "
+    "one at 10 and 20%.")
+
+
+def table(results: Path, arch: str = "resnet20a") -> str:
+    """ARCH's table (every model and method, committed or not), its plain accuracies and its notes."""
     rates = [0.0, 0.1, 0.2, 0.3]
     at = " / ".join(f"{100 * r:g}" for r in rates if r > 0) + "%"
-    lines = [f"### {HEADING}", "",
+    lines = [f"### {HEADINGS[arch]}", "",
              "| variant | method | chips x images | " + " | ".join(f"SA1 {100 * r:g}%" for r in rates)
              + f" | loss vs plain fault-free, {at} | vs own fault-free chips | file |",
              "|---|---|---|" + "---|" * len(rates) + "---|---|---|"]
-    lines += [_row(results, m, v, rates, protocol) for m in MODELS for v in METHODS
+    lines += [_row(results, m, v, rates, protocol) for m in models_of(arch) for v in METHODS
               for protocol in (False, True) if not protocol or path(results, m, v, True).is_file()]
-    return "\n".join(lines + ["", _plain_line(results), "", NOTE, "", ABOUT, "", validation_table(results)])
+    notes = [NOTE, "", ABOUT] if arch == "resnet20a" else [VGG13_NOTE]
+    return "\n".join(lines + ["", _plain_line(results, arch), "", *notes, "", validation_table(results, arch)])
 
 
 # The choice on the validation split (issue 36): the candidates' placement + calibration campaigns on
@@ -153,7 +177,8 @@ VAL_CANDIDATES = [(m, v) for m in ("resnet20-dc30-ft3", "resnet20-dc30-ft10")
                   for v in ("placed-cal", "placed-cal-measured")] + [
     ("resnet20-dc30-ft10", "placed-cal1024-measured"),  # the calibration size N: 1,024 images instead of 256
     ("resnet20-dc30-ft10", "placed-rate0"),  # placement alone, every chip on the rate-0 artifact (no calibration)
-    ("resnet20-dc40-ft10", "placed-cal"), ("resnet20-dc40-ft10", "placed-cal-measured")]  # the rate p: 0.4
+    ("resnet20-dc40-ft10", "placed-cal"), ("resnet20-dc40-ft10", "placed-cal-measured"),  # the rate p: 0.4
+    ("vgg13-dc30", "placed-cal"), ("vgg13-dc30", "placed-cal-measured")]  # VGG13-BN: the calibration targets
 VAL_NOTE = (
     "Only a model that did not train on the validation images can be chosen on them: `resnet20-dc30-ft10` "
     "and `resnet20-dc40-ft10` (`--hold-out-val`, zoo/manifest.json); `resnet20-dc30-ft3` trained on all "
@@ -165,6 +190,12 @@ VAL_NOTE = (
     "rests on losses, each against the candidate's own plain accuracy on the same images, not on the "
     "accuracy kept (the column at 30% SA1): a model that starts lower may lose less. Not chosen here: "
     "fine-tuning the shared model (from issue 34's test-split figures).")
+
+
+VGG13_VAL_NOTE = (
+    "`vgg13-dc30` trained with the validation images held out (zoo/manifest.json), so it is eligible; "
+    "the choice here is between the calibration targets (its per-rate artifacts' BN, or targets measured "
+    "on its rate-0 artifact).")
 
 
 def eligible(model: str) -> bool:
@@ -183,30 +214,37 @@ def val_path(results: Path, model: str, method: str) -> Path:
     return results / VAL_FOLDER / f"{model}.{method}.json"
 
 
-def val_files(results: Path) -> list[Path]:
-    return [p for m, v in VAL_CANDIDATES if (p := val_path(results, m, v)).is_file()]
+def candidates(arch: str) -> list[tuple[str, str]]:
+    """ARCH's candidates on the validation split, in the order of VAL_CANDIDATES."""
+    return [(m, v) for m, v in VAL_CANDIDATES if ARCH[m] == arch]
 
 
-def chosen(results: Path) -> tuple[str, str] | None:
-    """(model, method) chosen on the validation split, among the eligible candidates (``eligible``):
+def val_files(results: Path, arch: str = "resnet20a") -> list[Path]:
+    return [p for m, v in candidates(arch) if (p := val_path(results, m, v)).is_file()]
+
+
+def chosen(results: Path, arch: str = "resnet20a") -> tuple[str, str] | None:
+    """(model, method) of ARCH chosen on the validation split, among the eligible candidates (``eligible``):
     the smallest largest loss against its plain accuracy there, by the one-standard-error rule (of
     the candidates whose largest loss is within one standard error of the best one's, the cheapest:
     the fewest calibration images, then the first listed), so that a difference smaller than the
     chips' noise does not buy a costlier method; None until every candidate's file is committed."""
-    found = val_files(results)
-    if len(found) < len(VAL_CANDIDATES):
+    found = val_files(results, arch)
+    if len(found) < len(candidates(arch)):
         return None
     bests = [losses.Best(f, *losses.losses(f)) for f in found if eligible(losses.stem(f))]
+    if not bests:  # no candidate trained with the validation images held out
+        return None
     best = min(bests, key=lambda b: b.rank)
     within = [b for b in bests if b.rank[0] == best.rank[0] and b.worst <= best.worst + standard_error(best)]
     pick = min(within, key=lambda b: (losses.read(b.path)["config"].get("calibrate") or 0, found.index(b.path)))
     return losses.stem(pick.path), pick.path.name.split(".")[1]
 
 
-def chosen_file(results: Path) -> Path | None:
+def chosen_file(results: Path, arch: str = "resnet20a") -> Path | None:
     """The test-split campaign of the row chosen on the validation split: its 100-chip run where
     committed, else its 20-chip one; None without a choice or a committed campaign."""
-    choice = chosen(results)
+    choice = chosen(results, arch)
     if choice is None:
         return None
     return next((p for p in (path(results, *choice, protocol=True), path(results, *choice)) if p.is_file()), None)
@@ -225,8 +263,11 @@ def standard_error(best) -> float:
     return 100 * summary["std"] / summary["n"] ** 0.5
 
 
-def validation_table(results: Path) -> str:
-    lines = ["### Chosen on the validation split (ResNet20, width 1, with placement)", "",
+VAL_TITLES = {"resnet20a": "ResNet20", "vgg13": "VGG13-BN"}
+
+
+def validation_table(results: Path, arch: str = "resnet20a") -> str:
+    lines = [f"### Chosen on the validation split ({VAL_TITLES[arch]}, width 1, with placement)", "",
              "The candidates on the 5,000 validation images (`rram validate ART --split val --place --calibrate "
              "256 [--calibration-targets measured --bn-rate 0] --sa1 0,0.1,0.2,0.3 --runs 10 --seed 0`), each "
              "loss against the candidate's plain fault-free accuracy on the same images (`MODEL.plain.json`: "
@@ -236,8 +277,8 @@ def validation_table(results: Path) -> str:
              "(benchmarks/study_placement.py `chosen`).", "",
              "| model | method | chips x images | plain fault-free | loss vs plain fault-free, 10 / 20 / 30% "
              "| mean at 30% SA1 | chosen | file |", "|---|---|---|---|---|---|---|---|"]
-    choice = chosen(results)
-    for model, method in VAL_CANDIDATES:
+    choice = chosen(results, arch)
+    for model, method in candidates(arch):
         p = val_path(results, model, method)
         if not p.is_file():
             lines.append(f"| `{model}` | {METHODS.get(method, method)} | {NOT_RUN} | | | | | |")
@@ -253,4 +294,4 @@ def validation_table(results: Path) -> str:
         lines += ["", f"Chosen: `{choice[0]}`, {losses.method(val_path(results, *choice))}. On the test split: "
                   + (f"[{full.name}](results/{FOLDER}/{full.name}) (the paper's 100 chips) and its 20-chip row above."
                      if full.is_file() else f"its 20-chip row above; its 100-chip campaign is {NOT_RUN}.")]
-    return "\n".join(lines + ["", VAL_NOTE])
+    return "\n".join(lines + ["", VAL_NOTE if arch == "resnet20a" else VGG13_VAL_NOTE])

@@ -14,7 +14,8 @@ between-chip sample sd and the worst chip at each SA1 rate, and the loss against
 fault-free (SA1 0) chips. Every figure is `rates[i].summary` of the file, as `rram validate
 --json` and `rram plot` report it. After ResNet20 option A's table comes its table with placement
 (benchmarks/study_placement.py: docs/results/placement/ read in place; those files count with
-option A at width 1 in the status and the targets). It also makes docs/runtime.md's table of per-chip
+option A at width 1 in the status and the targets), and after VGG13-BN's its table with placement
+(the zoo's `vgg13-dc30`, width 1). It also makes docs/runtime.md's table of per-chip
 calibration (issue 12: per-rate BN against calibration on N = 64 / 256 / 1024 images and with the
 most sensitive layer protected; files under docs/results/calibration/). `check` (run by
 tests/test_results_doc.py) fails when a document's generated block differs from what the files
@@ -237,8 +238,8 @@ def tables() -> str:
     for model in MODELS:
         if (RESULTS / model).is_dir() and any((RESULTS / model).glob("*.json")):
             parts.append("\n".join(table(model)))
-        if model == "resnet20a" and (RESULTS / placement.FOLDER).is_dir():
-            parts.append(placement.table(RESULTS))
+        if model in placement.HEADINGS and (RESULTS / placement.FOLDER).is_dir():
+            parts.append(placement.table(RESULTS, model))
     if quick_files():
         parts.append(quick_table())
     return "\n\n".join(parts)
@@ -287,9 +288,10 @@ STATUS_BEGIN, STATUS_END = "<!-- study-status:begin (benchmarks/study_tables.py)
 
 
 def _groups() -> list[tuple[str, list[Path]]]:
-    """(model, its files) per model: the placement campaigns (all of ResNet20 option A) with resnet20a's."""
+    """(model, its files) per model: the placement campaigns with their architecture's (ResNet20 option A's
+    with resnet20a's, VGG13-BN's with vgg13's)."""
     return [(MODELS[m].split(" (")[0], sorted((RESULTS / m).glob("*.json"), key=_variant_key)
-             + (placement.files(RESULTS) if m == "resnet20a" else [])) for m in MODELS
+             + (placement.files(RESULTS, m) if m in placement.HEADINGS else [])) for m in MODELS
             if (RESULTS / m).is_dir()] + [("ResNet20 (quick)", quick_files())]
 
 
@@ -305,11 +307,11 @@ def status() -> str:
     when run: study_placement.chosen), else the committed row closest to the target; its losses
     against plain and its gap."""
     lines = []
-    picked = placement.chosen_file(RESULTS)
+    picked = {placement.chosen_file(RESULTS, arch) for arch in placement.HEADINGS} - {None}
     for name, files in _groups():
         for width in sorted({_width(f) for f in files if _width(f) is not None}):
             chosen = [f for f in files if _width(f) == width]
-            chosen = [picked] if picked in chosen else chosen
+            chosen = [f for f in chosen if f in picked] or chosen
             best = min((losses.Best(f, *losses.losses(f)) for f in chosen), key=lambda b: b.rank)
             lines.append(_status_line(name, width, best))
     return "\n".join(lines)

@@ -18,9 +18,10 @@ import study_tables  # noqa: E402  (benchmarks/study_tables.py)
 
 # every study-protocol `rram validate` results file (sensitivity/ holds `rram sensitivity` reports,
 # sweep/ `rram eval --json` outputs, quick/ smaller campaigns that the text quotes, nonideal/ the
-# device non-ideality table's campaigns, checked by tests/test_nonideal_doc.py)
+# device non-ideality table's campaigns, checked by tests/test_nonideal_doc.py, bench/ benchmark
+# records, checked by the test of their document's block)
 FILES = sorted(p for p in (ROOT / "docs" / "results").glob("*/*.json")
-               if p.parent.name not in ("sensitivity", "sweep", "quick", "nonideal"))
+               if p.parent.name not in ("sensitivity", "sweep", "quick", "nonideal", "bench"))
 
 
 def test_the_tables_in_the_documents_match_the_results_files(capsys):

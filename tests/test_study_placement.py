@@ -184,8 +184,8 @@ def test_the_choice_on_the_validation_split_is_the_smallest_largest_loss_there(c
     the chosen one has the smallest largest loss against its own plain accuracy there, and a changed
     figure changes the choice."""
     folder = copy / placement.VAL_FOLDER
-    found = placement.val_files(copy)
-    assert len(found) == len(placement.VAL_CANDIDATES)
+    found = placement.val_files(copy)  # ResNet20's (VGG13-BN's choice is its own: test below)
+    assert len(found) == len(placement.candidates("resnet20a")) == 8
     for f in found:
         doc = losses.read(f)
         assert doc["info"]["split"] == "val" and doc["config"]["images"] == 5000 and doc["config"]["place"]
@@ -273,3 +273,31 @@ def test_the_protocol_campaigns_are_chosen_rows_and_their_first_20_chips_are_the
                 assert ra["runs"][run]["accuracy"] == chip["accuracy"], (ra["sa1"], run)
         assert full in placement.files(RESULTS) and twenty not in placement.files(RESULTS)
         assert f"(results/placement/{full.name})" in study_tables.tables()
+
+
+def test_each_architecture_has_its_own_placement_table_and_its_own_choice(copy):
+    """VGG13-BN at width 1 (`vgg13-dc30`) has a table with placement of its own after VGG13-BN's, and
+    its choice on the validation split is made among its own candidates: its files never move
+    ResNet20's choice, and its chosen row's test-split campaign becomes VGG13-BN's status at width 1."""
+    assert placement.models_of("vgg13") == ["vgg13-dc30"]
+    assert "vgg13-dc30" not in placement.models_of("resnet20a")
+    text = study_tables.tables()
+    assert text.index("### VGG13-BN\n") < text.index("### VGG13-BN, with placement") \
+        < text.index("### Chosen on the validation split (VGG13-BN, width 1, with placement)")
+    resnet = placement.chosen(copy)
+    val, test = copy / placement.VAL_FOLDER, copy / placement.FOLDER
+    # stand-ins for VGG13-BN's files as placement_table.py and `rram validate --split val` write them
+    for method in ("plain", "placed-cal", "placed-cal-measured"):
+        shutil.copyfile(val / f"resnet20-dc40-ft10.{method}.json", val / f"vgg13-dc30.{method}.json")
+    for method in ("fixed", "placed-cal", "placed-cal-measured"):
+        shutil.copyfile(test / f"resnet20-dc30-ft10.{method}.json", test / f"vgg13-dc30.{method}.json")
+    assert placement.chosen(copy, "vgg13") == ("vgg13-dc30", "placed-cal-measured")
+    assert placement.chosen(copy) == resnet  # ResNet20's choice is untouched
+    plain = losses.plain_accuracy(val / "vgg13-dc30.placed-cal.json")
+    _edit(val / "vgg13-dc30.placed-cal.json", lambda doc: [e["summary"].update(mean=plain) for e in doc["rates"]])
+    assert placement.chosen(copy, "vgg13") == ("vgg13-dc30", "placed-cal") and placement.chosen(copy) == resnet
+    line = _status_line("VGG13-BN", "1")
+    assert "(results/placement/vgg13-dc30.placed-cal.json)" in line and "chosen on the validation split" in line
+    assert "(results/placement/vgg13-dc30.placed-cal.json)" not in _status_line()
+    (val / "vgg13-dc30.placed-cal.json").unlink()
+    assert placement.chosen(copy, "vgg13") is None
