@@ -9,8 +9,8 @@ pretrained ResNet20 and the zoo's drop-connect models (ResNet20 and VGG13-BN), S
 
 ``run`` needs the two artifacts in RUNDIR (``pretrained/``: the README flow's ``rram quantize``
 output of resnet20-akamaster; ``resnet20-dc30-ft3/``: docs/runtime.md's commands, one subfolder per
-BN rate; ``resnet20-dc30-ft10/``, ``resnet20-dc40-ft10/`` and ``vgg13-dc30/`` likewise). tests/test_placement_doc.py checks that the block is what
-``render`` makes of the files.
+BN rate; ``resnet20-dc30-ft10/``, ``resnet20-dc40-ft10/`` and ``vgg13-dc30/`` likewise).
+tests/test_placement_doc.py checks that the block is what ``render`` makes of the files.
 
 ``protocol`` runs one campaign with the paper's 100 chips per rate instead of 20 (issue 36: the
 study's headline row, the model and method chosen on the validation split: docs/RESULTS.md) and

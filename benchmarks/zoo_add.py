@@ -52,8 +52,9 @@ def main() -> int:
     model_pt = args.checkpoint or args.run / "model.pt"
     ckpt = load_checkpoint(model_pt)
     if ckpt.bn_stats and args.bn_rate is None:  # else its training-time statistics, gathered under masks
-        sys.exit(f"zoo_add: {model_pt} holds BN statistics per fault rate ({', '.join(sorted(ckpt.bn_stats, key=float))}):"
-                 " give --bn-rate (0 for the fault-free accuracy)")
+        rates = ", ".join(sorted(ckpt.bn_stats, key=float))
+        sys.exit(f"zoo_add: {model_pt} holds BN statistics per fault rate ({rates}): give --bn-rate (0 for the "
+                 "fault-free accuracy)")
     trained = load_checkpoint(args.run / "model.pt")  # what the training recorded
     train = trained.meta.get("config") or {}
     log = json.loads((args.run / "log.json").read_text())

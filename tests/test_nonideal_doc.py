@@ -143,3 +143,26 @@ def test_a_row_runs_on_a_rebuilt_artifact_only_after_its_baseline_rerun_matches(
 def test_a_missing_artifact_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match=r"^nonideal_table: artifact folder not found: .*\(build it as"):
         nonideal_table.check_artifact(tmp_path, "pretrained")
+
+
+def test_the_slowdown_block_is_the_committed_benchmark_record():
+    """Issue 37's slowdown of each non-ideality (benchmarks/bench_nonideal.py --write): the block in
+    docs/runtime.md is what the committed record gives, each ratio is its row's seconds over the
+    seconds of the row it names, every non-ideality of the table is timed, and it was taken idle."""
+    import bench_nonideal
+
+    text = (ROOT / "docs" / "runtime.md").read_text()
+    found = re.search(re.escape(bench_nonideal.BEGIN) + r"\n(.*?)" + re.escape(bench_nonideal.END), text, re.S)
+    doc = json.loads(bench_nonideal.RESULT.read_text())
+    assert found.group(1) == bench_nonideal.render(doc)
+    seconds = {row["options"]: row["seconds_per_chip"] for row in doc["rows"]}
+    assert [row["options"] for row in doc["rows"]] == [bench_nonideal.name(o) for o, _ in bench_nonideal.ROWS]
+    for row in doc["rows"]:
+        assert row["seconds_per_chip"] > 0, row
+        if row["against"] is not None:
+            assert row["slowdown"] == pytest.approx(row["seconds_per_chip"] / seconds[row["against"]], abs=0.01)
+    assert {"--variation 0.05", "--read-noise 0.01", "--adc-bits 6", "--nonideal wan2022"} <= set(seconds)
+    assert doc["load_before"] < 1.0, "time it on an idle machine"
+    # the check can fail: another figure renders another block
+    doc["rows"][1]["seconds_per_chip"] += 1
+    assert bench_nonideal.render(doc) != found.group(1)
