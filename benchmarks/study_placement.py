@@ -291,7 +291,9 @@ def validation_table(results: Path, arch: str = "resnet20a") -> str:
                      + f" | [{p.name}](results/{VAL_FOLDER}/{p.name}) |")
     if choice is not None:
         full = path(results, *choice, protocol=True)
+        twenty = ("its 20-chip row above" if path(results, *choice).is_file()
+                  else f"its 20-chip campaign is {NOT_RUN}")
         lines += ["", f"Chosen: `{choice[0]}`, {losses.method(val_path(results, *choice))}. On the test split: "
-                  + (f"[{full.name}](results/{FOLDER}/{full.name}) (the paper's 100 chips) and its 20-chip row above."
-                     if full.is_file() else f"its 20-chip row above; its 100-chip campaign is {NOT_RUN}.")]
+                  + (f"[{full.name}](results/{FOLDER}/{full.name}) (the paper's 100 chips); {twenty}."
+                     if full.is_file() else f"{twenty}; its 100-chip campaign is {NOT_RUN}.")]
     return "\n".join(lines + ["", VAL_NOTE if arch == "resnet20a" else VGG13_VAL_NOTE])

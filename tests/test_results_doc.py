@@ -251,8 +251,8 @@ def test_the_status_is_what_the_files_say():
     text = prose("docs/RESULTS.md")
     assert "ResNet20 at width 1 meets the target on the study protocol, by the target's own measure; no " \
            "other model does." in text
-    met = [f.relative_to(study_tables.RESULTS).as_posix() for f in FILES
-           if losses.Best(f, *losses.losses(f)).met == "yes"]
+    met = [f.relative_to(study_tables.RESULTS).as_posix() for f in FILES  # the test split's (val/ chooses)
+           if f.parent.name != "val" and losses.Best(f, *losses.losses(f)).met == "yes"]
     assert met == ["placement/resnet20-dc40-ft10.placed-cal-measured.100-chips.json",
                    "placement/resnet20-dc40-ft10.placed-cal-measured.json"], met
     inside = [f.name for f in study_tables.quick_files() if losses.Best(f, *losses.losses(f)).worst <= losses.TARGET]
