@@ -42,8 +42,9 @@ MAX_BYTES = 95 * 2**20
 PACKAGES = ("torch", "numpy", "onnx", "onnxruntime")
 
 
-def train_command(record: dict, out: str) -> str:
-    """The `rram train` command that continues a run of this training record in OUT."""
+def train_command(record: dict, out: str, eval_images: int | None = None) -> str:
+    """The `rram train` command that continues a run of this training record in OUT (and, where the
+    run measured each epoch on a subset, on the same number of images)."""
     m = record["model"]
     argv = ["rram", "train", *([record["init"]] if record.get("init") else []), "--model", m["name"]]
     if m.get("width", 1.0) != 1.0:
@@ -62,6 +63,8 @@ def train_command(record: dict, out: str) -> str:
              if not record.get(key, True)]
     if record.get("hold_out_val"):
         argv.append("--hold-out-val")
+    if eval_images:
+        argv += ["--eval-images", str(eval_images)]
     return f'{shlex.join(argv)} --data "$RRAM_DATA" --out {shlex.quote(out)} --resume'
 
 
@@ -80,7 +83,7 @@ def _state(run: Path):
     state = ckpt.meta.get("train_state")
     if not state or "config" not in ckpt.meta:
         raise UserError(f"{last} has no resume state (train_state): not written by `rram train`")
-    return last, ckpt.meta["config"], int(state["epoch"])
+    return last, ckpt.meta["config"], int(state["epoch"]), ckpt.meta.get("eval_images")
 
 
 def _manifest(zoo: Path) -> dict:
@@ -91,7 +94,7 @@ def _manifest(zoo: Path) -> dict:
 def save(name: str, run: Path, zoo: Path, note: str) -> tuple[int, int]:
     import torch
 
-    last, record, epoch = _state(run)
+    last, record, epoch, eval_images = _state(run)
     dest = zoo / STATE_DIR / name / "last.pt"
     dest.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(dest, last.read_bytes())
@@ -101,7 +104,7 @@ def save(name: str, run: Path, zoo: Path, note: str) -> tuple[int, int]:
         "file": dest.relative_to(zoo).as_posix(), "sha256": file_sha256(dest),
         "status": f"in progress, epoch {epoch} of {record['epochs']}", "epoch": epoch, "epochs": record["epochs"],
         "training": record, "training_sha256": hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest(),
-        "command": train_command(record, f"out/{name}"),
+        "command": train_command(record, f"out/{name}", eval_images),
         "hardware": f"{cpu()}, {torch.get_num_threads()} threads", "git_commit": commit,
         "packages": {p: metadata.version(p) for p in PACKAGES},
         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "note": note}

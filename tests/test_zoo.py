@@ -128,8 +128,12 @@ def test_a_training_saved_to_the_zoo_continues_elsewhere_exactly(coloured_cifar,
     command = capsys.readouterr().out.splitlines()[-1].strip()
     argv = shlex.split(command.replace('"$RRAM_DATA"', str(data)))
     assert argv[:2] == ["rram", "train"] and argv[-1] == "--resume"
+    assert "--eval-images 32" in command  # the epochs' check on as many images as the run began with
     assert main(argv[1:]) == 0
     whole = load_checkpoint(tmp_path / "whole" / "model.pt").state_dict
     resumed = load_checkpoint(tmp_path / "elsewhere" / "model.pt").state_dict
     assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    logs = [[{k: v for k, v in e.items() if k != "seconds"} for e in json.loads((tmp_path / run / "log.json")
+             .read_text())["epochs"]] for run in ("whole", "elsewhere")]
+    assert logs[0] == logs[1]  # the same per-epoch figures, the last one measured after the resume
     assert zoo_checkpoint.main(["restore", "tiny", str(tmp_path / "elsewhere"), "--zoo", str(own)]) == 2

@@ -71,7 +71,9 @@ def save_epoch(out: Path, model: nn.Module, spec: ModelSpec, norm, record: dict,
                epoch: int, opt, sched, cfg: TrainConfig, world: int) -> None:
     state = plain_state_dict(model)
     meta = {"config": record, "drop_rate": cfg.drop_rate, "epoch": epoch, "history": history,
-            "trained_with": "rram train"}
+            "trained_with": "rram train",
+            # not in the record (it shapes no weight), but a resume should measure its epochs alike
+            "eval_images": cfg.eval_images}
     full = dict(meta, train_state={"epoch": epoch, "optimizer": opt.state_dict(),
                                    "scheduler": sched.state_dict()})
     # last.pt is the resume point and is written first; model.pt and log.json follow from it
