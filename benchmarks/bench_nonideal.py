@@ -105,7 +105,7 @@ def measure(art: Path, data: str, images: int, chips: int, more: int, repeats: i
 def render(doc: dict) -> str:
     """docs/runtime.md's block from the committed file."""
     lines = [f"Measured {doc['date']} on {doc['cpu']} ({doc['cores']} cores), load average "
-             f"{doc['load_before']:.2f} before and {doc['load_after']:.2f} after (other work paused); "
+             f"{doc['load_before']:.2f} before and {doc['load_after']:.2f} after; "
              f"`PYTHONPATH=. python benchmarks/bench_nonideal.py --images {doc['images']} --chips {doc['chips']} "
              f"--more {doc['more']} --repeats {doc['repeats']} --write` (the shared ResNet20, README flow "
              f"artifact, SA1 10%, {doc['images']:,} test images per chip; marginal seconds per chip: a campaign "
@@ -141,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not Path(args.data).is_dir():
         sys.exit(f"bench_nonideal: no CIFAR-10 at {args.data} (set RRAM_DATA)")
+    if not Path(args.checkpoint).is_file():
+        sys.exit(f"bench_nonideal: no checkpoint at {args.checkpoint} (set RRAM_WEIGHTS, or --checkpoint)")
+    if min(args.images, args.chips, args.more, args.repeats) < 1:
+        sys.exit("bench_nonideal: --images, --chips, --more and --repeats must be at least 1")
     from runtime.fileio import atomic_write_bytes
     from runtime.provenance import cpu
 

@@ -7,9 +7,11 @@ pretrained ResNet20 and the zoo's drop-connect models (ResNet20 and VGG13-BN), S
     PYTHONPATH=. python benchmarks/placement_table.py write         # remake the block in docs/runtime.md
     PYTHONPATH=. python benchmarks/placement_table.py protocol RUNDIR MODEL VARIANT  # 100 chips (issue 36)
 
-``run`` needs the two artifacts in RUNDIR (``pretrained/``: the README flow's ``rram quantize``
+``run`` needs each model's artifact in RUNDIR (``pretrained/``: the README flow's ``rram quantize``
 output of resnet20-akamaster; ``resnet20-dc30-ft3/``: docs/runtime.md's commands, one subfolder per
-BN rate; ``resnet20-dc30-ft10/``, ``resnet20-dc40-ft10/`` and ``vgg13-dc30/`` likewise).
+BN rate; ``resnet20-dc30-ft10/``, ``resnet20-dc40-ft10/`` and ``vgg13-dc30/`` likewise, from their zoo
+names: ``rram export NAME --all-rates``, then per BN rate p in 0.0 and 0.3 ``rram passes --passes standard
+--bn-rate p`` and ``rram quantize --preset paper --out RUNDIR/NAME/rate-p``).
 tests/test_placement_doc.py checks that the block is what ``render`` makes of the files.
 
 ``protocol`` runs one campaign with the paper's 100 chips per rate instead of 20 (issue 36: the

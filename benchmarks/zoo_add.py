@@ -6,6 +6,7 @@ on all test images). Then `git add zoo/ && git commit`: a finished model is neve
 resume point kept while it trained (benchmarks/zoo_checkpoint.py) is dropped.
 
     PYTHONPATH=. python benchmarks/zoo_add.py NAME RUN_FOLDER --data ../shared/data/cifar10-jpeg [--note TEXT]
+        [--checkpoint RUN/recalibrated.pt --bn-rate 0]   # a model with BN per fault rate (rram recalibrate)
 """
 from __future__ import annotations
 
@@ -48,26 +49,34 @@ def main() -> int:
     from toolchain.checkpoints import load_checkpoint
     from toolchain.cli import run as rram
     from toolchain.data import load_split
+    from toolchain.errors import RramError
 
     model_pt = args.checkpoint or args.run / "model.pt"
     ckpt = load_checkpoint(model_pt)
+    rates = ", ".join(sorted(ckpt.bn_stats, key=float))
     if ckpt.bn_stats and args.bn_rate is None:  # else its training-time statistics, gathered under masks
-        rates = ", ".join(sorted(ckpt.bn_stats, key=float))
         sys.exit(f"zoo_add: {model_pt} holds BN statistics per fault rate ({rates}): give --bn-rate (0 for the "
                  "fault-free accuracy)")
+    if args.bn_rate is not None and not any(float(r) == float(args.bn_rate) for r in ckpt.bn_stats):
+        sys.exit(f"zoo_add: {model_pt} has no BN statistics for rate {args.bn_rate} (it has: {rates or 'none'})")
     trained = load_checkpoint(args.run / "model.pt")  # what the training recorded
     train = trained.meta.get("config") or {}
     log = json.loads((args.run / "log.json").read_text())
     digest = hashlib.sha256(json.dumps(train, sort_keys=True).encode()).hexdigest()
     test = load_split(args.data, "test")
     data_sha = hashlib.sha256(test.images.tobytes() + test.labels.astype("int64").tobytes()).hexdigest()
+    try:  # fault-free, all test images, before the zoo changes
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            failed = rram(["eval", str(model_pt), "--data", args.data, "--json",
+                           *(["--bn-rate", args.bn_rate] if args.bn_rate is not None else [])])
+    except (RramError, OSError) as e:
+        sys.exit(f"zoo_add: rram eval {model_pt}: {e}; nothing added")
+    if failed:
+        sys.exit(f"zoo_add: rram eval {model_pt} failed ({failed}); nothing added")
+    accuracy = json.loads(out.getvalue())["accuracy"]
     ZOO_DIR.mkdir(exist_ok=True)
     dest = ZOO_DIR / f"{args.name}.pt"
     atomic_write_bytes(dest, model_pt.read_bytes())  # a killed copy leaves no half model in the zoo
-    with contextlib.redirect_stdout(io.StringIO()) as out:  # fault-free, all test images
-        rram(["eval", str(dest), "--data", args.data, "--json",
-              *(["--bn-rate", args.bn_rate] if args.bn_rate is not None else [])])
-    accuracy = json.loads(out.getvalue())["accuracy"]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     entry = {
         "file": dest.name, "sha256": hashlib.sha256(dest.read_bytes()).hexdigest(),

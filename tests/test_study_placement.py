@@ -54,7 +54,7 @@ def _row(model: str, method: str) -> str:
 def test_the_method_names_are_placement_table_s_and_each_file_s_config_says_the_same():
     assert set(placement.METHODS) == {v for v, _, _ in placement_table.VARIANTS}
     assert {m for m, _ in placement_table.MODELS} == set(placement.MODELS)
-    files = placement.files(RESULTS)
+    files = [f for arch in placement.HEADINGS for f in placement.files(RESULTS, arch)]  # every table's
     assert len(files) >= 8
     for f in files:
         variant = f.name.split(".")[1]
@@ -154,7 +154,8 @@ def test_the_note_says_what_the_manifest_and_the_files_record():
     assert "resnet20-dc30-ft3" in placement.NOT_CHOSEN and "(*)" in placement.NOTE
     folder = RESULTS / "placement"
     early = losses.read(folder / "pretrained.placed-cal.json")["config"]["calibrate_sha256"]
-    later = {losses.read(f)["config"]["calibrate_sha256"] for f in placement.files(RESULTS)
+    later = {losses.read(f)["config"]["calibrate_sha256"] for arch in placement.HEADINGS
+             for f in placement.files(RESULTS, arch)
              if losses.read(f)["config"].get("calibrate") and f.name != "pretrained.placed-cal.json"}
     assert later and early not in later
 
@@ -280,6 +281,7 @@ def test_each_architecture_has_its_own_placement_table_and_its_own_choice(copy):
     its choice on the validation split is made among its own candidates: its files never move
     ResNet20's choice, and its chosen row's test-split campaign becomes VGG13-BN's status at width 1."""
     assert placement.models_of("vgg13") == ["vgg13-dc30"]
+    assert set(placement.ARCH) == set(placement.MODELS) and set(placement.ARCH.values()) == set(placement.HEADINGS)
     assert "vgg13-dc30" not in placement.models_of("resnet20a")
     text = study_tables.tables()
     assert text.index("### VGG13-BN\n") < text.index("### VGG13-BN, with placement") \

@@ -2,6 +2,7 @@
 loads by name, and (slow, on the real test split) gives exactly its recorded fault-free accuracy."""
 import hashlib
 import json
+import os
 import re
 import shutil
 
@@ -137,3 +138,31 @@ def test_a_training_saved_to_the_zoo_continues_elsewhere_exactly(coloured_cifar,
              .read_text())["epochs"]] for run in ("whole", "elsewhere")]
     assert logs[0] == logs[1]  # the same per-epoch figures, the last one measured after the resume
     assert zoo_checkpoint.main(["restore", "tiny", str(tmp_path / "elsewhere"), "--zoo", str(own)]) == 2
+
+
+def _per_rate_bn(ckpt, model):
+    """Two empty per-rate BN tables (rates 0 and 0.3), as `rram recalibrate --bn-rate 0,0.3` leaves."""
+    ckpt.bn_stats.update({"0.0": {}, "0.3": {}})
+
+
+@pytest.mark.parametrize("bn_rate, says", [(None, "give --bn-rate"), ("0.1", "no BN statistics for rate 0.1")])
+def test_zoo_add_refuses_a_per_rate_bn_checkpoint_without_the_rate_it_has(tiny_checkpoint, tmp_path, bn_rate, says):
+    """A recalibrated drop-connect checkpoint measured without --bn-rate would be judged with its
+    training-time BN statistics (gathered under masks: VGG13-BN's read 20.83% so); without a rate it
+    has statistics for, zoo_add stops in one line before the zoo changes."""
+    import subprocess
+    import sys
+
+    path = tiny_checkpoint(edit=_per_rate_bn)
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copyfile(path, run / "model.pt")
+    (run / "log.json").write_text('{"config": {}, "epochs": []}')
+    before = sorted(p.name for p in zoo.ZOO_DIR.iterdir())
+    manifest = (zoo.ZOO_DIR / zoo.MANIFEST).read_bytes()
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "zoo_add.py"), "tiny-test", str(run),
+                           "--data", str(tmp_path / "no-data"), *(["--bn-rate", bn_rate] if bn_rate else [])],
+                          capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode != 0 and says in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert sorted(p.name for p in zoo.ZOO_DIR.iterdir()) == before
+    assert (zoo.ZOO_DIR / zoo.MANIFEST).read_bytes() == manifest
