@@ -235,7 +235,7 @@ def test_the_choice_on_the_validation_split_is_the_smallest_largest_loss_there(c
 
 
 
-@pytest.mark.parametrize("model", ["resnet20-dc30-ft10", "resnet20-dc40-ft10"])
+@pytest.mark.parametrize("model", ["resnet20-dc30-ft10", "resnet20-dc40-ft10", "vgg13-dc30"])
 def test_the_retrained_model_s_campaigns_name_its_zoo_checkpoint(model):
     """Provenance (issue 36): every campaign of a model retrained with the validation split held
     out, on the validation and the test split, records the sha256 of the checkpoint its artifact was
