@@ -252,8 +252,8 @@ def test_the_status_is_what_the_files_say():
     """'ResNet20 at width 1 meets the target on the study protocol ... VGG13-BN at width 1 meets it on
     20 chips per rate': the study campaigns that lose at most 1 point against plain at every rate
     are the p = 0.4 ResNet20's placement + calibration to measured targets (its 100 chips and their
-    first 20) and VGG13-BN's `vgg13-dc30` with the same method (20 chips), on the test split; the one quick row inside it at every rate it measured is the zoo model's placement +
-    calibration campaign."""
+    first 20) and VGG13-BN's `vgg13-dc30` with the same method (20 chips), on the test split; the one
+    quick row inside it at every rate it measured is the zoo model's placement + calibration campaign."""
     text = prose("docs/RESULTS.md")
     assert "ResNet20 at width 1 meets the target on the study protocol, by the target's own measure; VGG13-BN at " \
            "width 1 meets it on 20 chips per rate, its 100-chip campaign not run yet; MobileNetV2 has no width-1 " \
