@@ -156,6 +156,9 @@ VGG13_NOTE = (
     "one at 10 and 20%.")
 
 
+NOTES = {"resnet20a": f"{NOTE}\n\n{ABOUT}", "vgg13": VGG13_NOTE}  # under each table, by architecture
+
+
 def table(results: Path, arch: str = "resnet20a") -> str:
     """ARCH's table (every model and method, committed or not), its plain accuracies and its notes."""
     rates = [0.0, 0.1, 0.2, 0.3]
@@ -166,8 +169,7 @@ def table(results: Path, arch: str = "resnet20a") -> str:
              "|---|---|---|" + "---|" * len(rates) + "---|---|---|"]
     lines += [_row(results, m, v, rates, protocol) for m in models_of(arch) for v in METHODS
               for protocol in (False, True) if not protocol or path(results, m, v, True).is_file()]
-    notes = [NOTE, "", ABOUT] if arch == "resnet20a" else [VGG13_NOTE]
-    return "\n".join(lines + ["", _plain_line(results, arch), "", *notes, "", validation_table(results, arch)])
+    return "\n".join(lines + ["", _plain_line(results, arch), "", NOTES[arch], "", validation_table(results, arch)])
 
 
 # The choice on the validation split (issue 36): the candidates' placement + calibration campaigns on
@@ -266,11 +268,12 @@ def standard_error(best) -> float:
     return 100 * summary["std"] / summary["n"] ** 0.5
 
 
-VAL_TITLES = {"resnet20a": "ResNet20", "vgg13": "VGG13-BN"}
+VAL_NOTES = {"resnet20a": VAL_NOTE, "vgg13": VGG13_VAL_NOTE}  # under each choice, by architecture
 
 
 def validation_table(results: Path, arch: str = "resnet20a") -> str:
-    lines = [f"### Chosen on the validation split ({VAL_TITLES[arch]}, width 1, with placement)", "",
+    title = HEADINGS[arch].split(",")[0]  # "ResNet20", "VGG13-BN"
+    lines = [f"### Chosen on the validation split ({title}, width 1, with placement)", "",
              "The candidates on the 5,000 validation images (`rram validate ART --split val --place --calibrate "
              "256 [--calibration-targets measured --bn-rate 0] --sa1 0,0.1,0.2,0.3 --runs 10 --seed 0`), each "
              "loss against the candidate's plain fault-free accuracy on the same images (`MODEL.plain.json`: "
@@ -299,4 +302,4 @@ def validation_table(results: Path, arch: str = "resnet20a") -> str:
         lines += ["", f"Chosen: `{choice[0]}`, {losses.method(val_path(results, *choice))}. On the test split: "
                   + (f"[{full.name}](results/{FOLDER}/{full.name}) (the paper's 100 chips); {twenty}."
                      if full.is_file() else f"{twenty}; its 100-chip campaign is {NOT_RUN}.")]
-    return "\n".join(lines + ["", VAL_NOTE if arch == "resnet20a" else VGG13_VAL_NOTE])
+    return "\n".join(lines + ["", VAL_NOTES[arch]])
