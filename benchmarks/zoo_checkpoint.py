@@ -1,7 +1,7 @@
 """Keep a long training's resume point in the model zoo (zoo/README.md; issue 36), so that another
 machine can continue it when this one goes away.
 
-    # save: RUN/last.pt -> zoo/state/NAME/last.pt, manifest entry "in progress, epoch k of n"
+    # save: RUN/last.pt -> zoo/state/NAME/last.pt (or its parts), manifest entry "in progress, epoch k of n"
     PYTHONPATH=. python benchmarks/zoo_checkpoint.py save NAME RUN [--commit] [--watch SECONDS] [--note TEXT]
     # continue elsewhere: zoo/state/NAME/last.pt -> OUT/last.pt, and the `rram train ... --resume` to run
     PYTHONPATH=. python benchmarks/zoo_checkpoint.py restore NAME OUT
@@ -12,6 +12,8 @@ under `in_progress`, the epoch reached, the run's training record and its sha256
 command that continues it, this machine's CPU, the git commit and package versions. With
 `--commit` it also commits zoo/state/NAME and the manifest (only those paths); with `--watch S` it
 checks every S seconds and saves (and commits) each new epoch until the run has all its epochs.
+A resume point over 95 MB (the usual git host's limit per file) is kept as parts, last.pt.0,
+last.pt.1, ..., listed in the entry's ``parts``; ``restore`` joins them.
 `restore` checks the file's sha256 against the manifest and prints the command. A finished
 training goes into the zoo with benchmarks/zoo_add.py, which drops its `in_progress` entry.
 """
@@ -31,14 +33,24 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from runtime.fileio import atomic_write_bytes, file_sha256  # noqa: E402
+from runtime.fileio import atomic_write_bytes  # noqa: E402
 from runtime.provenance import cpu  # noqa: E402
 from toolchain.errors import UserError  # noqa: E402
-from toolchain.zoo import FORMAT, MANIFEST, STATE_DIR, VERSION, ZOO_DIR, in_progress  # noqa: E402
+from toolchain.zoo import (  # noqa: E402
+    FORMAT,
+    MANIFEST,
+    PART_BYTES,
+    STATE_DIR,
+    VERSION,
+    ZOO_DIR,
+    in_progress,
+    state_bytes,
+)
 
-# VGG13-BN at width 1 (9.4 M weights) has a 75 MB resume point (weights + momentum buffers); a file over
-# 95 MB would be refused by the usual git host (100 MB per file), and means something else anyway
-MAX_BYTES = 95 * 2**20
+# VGG13-BN at width 1 (9.4 M weights) has a 75 MB resume point (weights + momentum buffers), MobileNetV2
+# at width 1 padded 154 MB (kept in parts of PART_BYTES each, the git host's limit per file); over this,
+# a resume point means something else (another dtype, a stray tensor)
+MAX_BYTES = 4 * PART_BYTES
 PACKAGES = ("torch", "numpy", "onnx", "onnxruntime")
 
 
@@ -97,11 +109,21 @@ def save(name: str, run: Path, zoo: Path, note: str) -> tuple[int, int]:
     last, record, epoch, eval_images = _state(run)
     dest = zoo / STATE_DIR / name / "last.pt"
     dest.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(dest, last.read_bytes())
+    data = last.read_bytes()
+    count = -(-len(data) // PART_BYTES)  # ceil
+    parts = [dest.with_name(f"last.pt.{i}") for i in range(count)] if count > 1 else []
+    for stale in dest.parent.glob("last.pt*"):  # a previous save's file or parts that this one does not rewrite
+        if stale not in (parts or [dest]):
+            stale.unlink()
+    for i, part in enumerate(parts):
+        atomic_write_bytes(part, data[i * PART_BYTES:(i + 1) * PART_BYTES])
+    if not parts:
+        atomic_write_bytes(dest, data)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     doc = _manifest(zoo)
     doc.setdefault("in_progress", {})[name] = {
-        "file": dest.relative_to(zoo).as_posix(), "sha256": file_sha256(dest),
+        "file": dest.relative_to(zoo).as_posix(), "sha256": hashlib.sha256(data).hexdigest(),
+        **({"parts": [part.relative_to(zoo).as_posix() for part in parts]} if parts else {}),
         "status": f"in progress, epoch {epoch} of {record['epochs']}", "epoch": epoch, "epochs": record["epochs"],
         "training": record, "training_sha256": hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest(),
         "command": train_command(record, f"out/{name}", eval_images),
@@ -125,13 +147,14 @@ def restore(name: str, out: Path, zoo: Path) -> str:
     if entry is None:
         raise UserError(f"no training in progress named {name!r} in {zoo / MANIFEST}")
     src = zoo / entry["file"]
-    if file_sha256(src) != entry["sha256"]:
+    data = state_bytes(entry, zoo)
+    if hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise UserError(f"{src}: sha256 differs from the manifest's (a partial checkout?)")
     dest = out / "last.pt"
     if dest.exists():
         raise UserError(f"{dest} exists: restore into an empty folder")
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(dest, src.read_bytes())
+    atomic_write_bytes(dest, data)
     command = entry["command"].replace(f"out/{name}", shlex.quote(str(out)))
     print(f"{dest}: {entry['status']}; continue with:\n  {command}")
     return command

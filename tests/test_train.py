@@ -186,6 +186,32 @@ def test_killed_process_resumes_from_the_last_finished_epoch(data, tmp_path):
     assert json.loads((out / "log.json").read_text())["epochs"] == log["epochs"]
 
 
+def test_a_resume_without_eval_images_measures_on_the_runs_own_number(data, tmp_path, monkeypatch):
+    """--eval-images shapes no weight, so a resume need not repeat it; the resumed epochs are then
+    measured on the recorded number of images, as the uninterrupted run's are (not on all of them)."""
+    from toolchain.training import loop
+
+    measured = []  # images each epoch's accuracy is measured on
+    accuracy = loop._test_accuracy
+    monkeypatch.setattr(loop, "_test_accuracy", lambda model, split, *a: measured.append(len(split))
+                        or accuracy(model, split, *a))
+    whole = train(cfg(data, tmp_path / "whole", images=64, eval_images=16))
+
+    def cut(epoch, step):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg(data, tmp_path / "cut", images=64, eval_images=16), step_callback=cut)
+    resumed = train(cfg(data, tmp_path / "cut", images=64, eval_images=None, resume=True))
+
+    def figures(log):
+        return [{k: v for k, v in e.items() if k != "seconds"} for e in log["epochs"]]
+
+    assert figures(resumed) == figures(whole) and len(figures(whole)) == 2
+    assert measured == [16, 16, 16, 16]  # the whole run's two epochs, the cut run's first, the resumed one
+
+
 def test_auto_resume_continues_same_options_and_replaces_others(data, tmp_path, capsys):
     out = tmp_path / "run"
 

@@ -58,6 +58,10 @@ def names(zoo: Path = ZOO_DIR) -> list[str]:
 
 
 STATE_DIR = "state"  # zoo/state/NAME/last.pt: the resume point of a training in progress
+# A resume point over this size is kept as numbered parts (last.pt.0, last.pt.1, ...; the entry's
+# "parts"): the usual git host refuses a file over 100 MB, and MobileNetV2 at width 1 with every 1x1
+# padded to 3x3 (19 M weights) has a 154 MB resume point (weights + momentum buffers, float32)
+PART_BYTES = 95 * 2**20
 IN_PROGRESS_REQUIRED = ("file", "sha256", "status", "epoch", "epochs", "training", "training_sha256", "command",
                         "hardware", "git_commit", "packages", "updated")
 
@@ -76,3 +80,8 @@ def in_progress(zoo: Path = ZOO_DIR) -> dict:
         if missing:
             raise UserError(f"{path}: training in progress {name!r} lacks {', '.join(missing)}")
     return entries
+
+
+def state_bytes(entry: dict, zoo: Path = ZOO_DIR) -> bytes:
+    """The resume point of an ``in_progress`` entry: its file, or its parts joined in order."""
+    return b"".join((zoo / part).read_bytes() for part in entry.get("parts", [entry["file"]]))

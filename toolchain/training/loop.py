@@ -68,6 +68,11 @@ def train(cfg: TrainConfig, *, step_callback: Callable[[int, int], None] | None 
         train_state = prev.meta.get("train_state")
         history = list(prev.meta.get("history", []))
         start_epoch = int(train_state["epoch"])
+        recorded = prev.meta.get("eval_images")
+        if cfg.eval_images is None and recorded is not None:
+            # the resumed epochs are measured on as many images as the run's first ones were (it
+            # shapes no weight, so it is not in the record that a resume must match)
+            cfg = replace(cfg, eval_images=int(recorded))
     if start_epoch >= cfg.epochs:  # finished: no data, no optimizer state needed (a copied-in run
         #                            may carry its last epoch without the optimizer's buffers)
         if cfg.progress and dd.rank == 0:
