@@ -112,9 +112,10 @@ def save(name: str, run: Path, zoo: Path, note: str) -> tuple[int, int]:
     data = last.read_bytes()
     count = -(-len(data) // PART_BYTES)  # ceil
     parts = [dest.with_name(f"last.pt.{i}") for i in range(count)] if count > 1 else []
-    for stale in dest.parent.glob("last.pt*"):  # a previous save's file or parts that this one does not rewrite
-        if stale not in (parts or [dest]):
-            stale.unlink()
+    # The new state first, then the manifest, then the previous save's leftovers: a kill in between
+    # leaves the previous state's files beside the new ones, not a manifest naming files that are gone.
+    # (Parts rewritten in place are each replaced atomically, not all at once: the committed state is
+    # the one to trust after a kill mid-save, and `restore` checks the sha256 of the whole.)
     for i, part in enumerate(parts):
         atomic_write_bytes(part, data[i * PART_BYTES:(i + 1) * PART_BYTES])
     if not parts:
@@ -131,7 +132,11 @@ def save(name: str, run: Path, zoo: Path, note: str) -> tuple[int, int]:
         "packages": {p: metadata.version(p) for p in PACKAGES},
         "updated": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "note": note}
     atomic_write_bytes(zoo / MANIFEST, (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode())
-    print(f"zoo/{dest.relative_to(zoo)}: {name} in progress, epoch {epoch} of {record['epochs']}")
+    for stale in dest.parent.glob("last.pt*"):  # a previous save's file or parts that this one did not rewrite
+        if stale not in (parts or [dest]):
+            stale.unlink()
+    where = f"zoo/{dest.relative_to(zoo)}" + (f" ({len(parts)} parts)" if parts else "")
+    print(f"{where}: {name} in progress, epoch {epoch} of {record['epochs']}")
     return epoch, record["epochs"]
 
 
@@ -146,10 +151,10 @@ def restore(name: str, out: Path, zoo: Path) -> str:
     entry = in_progress(zoo).get(name)
     if entry is None:
         raise UserError(f"no training in progress named {name!r} in {zoo / MANIFEST}")
-    src = zoo / entry["file"]
     data = state_bytes(entry, zoo)
     if hashlib.sha256(data).hexdigest() != entry["sha256"]:
-        raise UserError(f"{src}: sha256 differs from the manifest's (a partial checkout?)")
+        what = ", ".join(entry.get("parts", [entry["file"]]))
+        raise UserError(f"{zoo}: {what}: sha256 differs from the manifest's (a partial checkout?)")
     dest = out / "last.pt"
     if dest.exists():
         raise UserError(f"{dest} exists: restore into an empty folder")

@@ -74,10 +74,17 @@ def test_the_trainings_in_progress_match_their_files():
     for name, entry in zoo.in_progress().items():
         data = zoo.state_bytes(entry)
         assert entry["file"] == f"{zoo.STATE_DIR}/{name}/last.pt"
-        assert all(len((zoo.ZOO_DIR / part).read_bytes()) <= zoo.PART_BYTES for part in entry.get("parts", []))
+        parts = entry.get("parts", [])
+        assert parts == [f"{entry['file']}.{i}" for i in range(len(parts))] and len(parts) != 1
+        assert all((zoo.ZOO_DIR / part).stat().st_size == zoo.PART_BYTES for part in parts[:-1])
+        held = sorted(f.relative_to(zoo.ZOO_DIR).as_posix() for f in (zoo.ZOO_DIR / zoo.STATE_DIR / name).iterdir())
+        assert held == sorted(parts or [entry["file"]]), name  # no stray file or part beside them
         assert hashlib.sha256(data).hexdigest() == entry["sha256"], name
         assert entry["status"] == f"in progress, epoch {entry['epoch']} of {entry['epochs']}"
         assert entry["epoch"] < entry["epochs"] and name not in ENTRIES
+    state = zoo.ZOO_DIR / zoo.STATE_DIR
+    folders = {f.name for f in state.iterdir()} if state.is_dir() else set()
+    assert folders == set(zoo.in_progress())  # a finished training's state folder goes (zoo_add.py)
 
 
 def test_the_zoo_readme_names_the_trainings_in_progress():
@@ -135,6 +142,22 @@ def test_a_training_saved_to_the_zoo_continues_elsewhere_exactly(coloured_cifar,
     assert entry["parts"] == [f"state/tiny/last.pt.{i}" for i in range(3)]
     assert sorted(p.name for p in (own / "state" / "tiny").iterdir()) == ["last.pt.0", "last.pt.1", "last.pt.2"]
     assert zoo.state_bytes(entry, own) == (tmp_path / "run" / "last.pt").read_bytes()
+    # back to one file when it fits (exactly the limit): the parts go
+    monkeypatch.setattr(zoo_checkpoint, "PART_BYTES", size)
+    assert zoo_checkpoint.main(["save", "tiny", str(tmp_path / "run"), "--zoo", str(own)]) == 0
+    single = zoo.in_progress(own)["tiny"]
+    assert "parts" not in single and [p.name for p in (own / "state" / "tiny").iterdir()] == ["last.pt"]
+    assert zoo.state_bytes(single, own) == (tmp_path / "run" / "last.pt").read_bytes()
+    # a part missing from a checkout: one line, nothing restored
+    manifest = json.loads((own / "manifest.json").read_text())
+    manifest["in_progress"]["tiny"] = entry
+    (own / "manifest.json").write_text(json.dumps(manifest))
+    assert zoo_checkpoint.main(["restore", "tiny", str(tmp_path / "nowhere"), "--zoo", str(own)]) == 2
+    assert "last.pt.0, state/tiny/last.pt.1, state/tiny/last.pt.2 missing" in capsys.readouterr().err
+    assert not (tmp_path / "nowhere").exists()
+    for i in range(3):  # the parts back: restore below joins them
+        (own / "state" / "tiny" / f"last.pt.{i}").write_bytes((tmp_path / "run" / "last.pt").read_bytes()
+                                                              [i * (size // 3 + 1):(i + 1) * (size // 3 + 1)])
     capsys.readouterr()
     assert zoo_checkpoint.main(["restore", "tiny", str(tmp_path / "elsewhere"), "--zoo", str(own)]) == 0
     command = capsys.readouterr().out.splitlines()[-1].strip()

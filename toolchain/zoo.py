@@ -83,5 +83,10 @@ def in_progress(zoo: Path = ZOO_DIR) -> dict:
 
 
 def state_bytes(entry: dict, zoo: Path = ZOO_DIR) -> bytes:
-    """The resume point of an ``in_progress`` entry: its file, or its parts joined in order."""
-    return b"".join((zoo / part).read_bytes() for part in entry.get("parts", [entry["file"]]))
+    """The resume point of an ``in_progress`` entry: its file, or its parts joined in order (with
+    ``parts``, ``file`` is the name the joined parts restore to, not a file in the zoo)."""
+    files = [zoo / name for name in entry.get("parts", [entry["file"]])]
+    missing = [f.relative_to(zoo).as_posix() for f in files if not f.is_file()]
+    if missing:
+        raise UserError(f"{zoo}: the resume point's {', '.join(missing)} missing (a partial checkout?)")
+    return b"".join(f.read_bytes() for f in files)

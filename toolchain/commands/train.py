@@ -59,7 +59,8 @@ def add_parser(sub) -> None:
                    help="train on a random subset of N training images (tests)")
     hidden_alias(p, "--images", "images", type=positive_int)  # before --images meant evaluation images
     p.add_argument("--eval-images", type=positive_int, default=None,
-                   help="test (or validation) accuracy after each epoch on a random subset of N images")
+                   help="test (or validation) accuracy after each epoch on a random subset of N images "
+                        "(default: all; with --resume, the number the run began with)")
     p.add_argument("--hold-out-val", action="store_true",
                    help="train on the training split less its validation images (1 in 10, fixed; docs/RESULTS.md) "
                         "and measure each epoch on those: for a model whose choices are made on --split val "
