@@ -151,9 +151,21 @@ def _val_worst(model: str, method: str) -> str:
     return f"{losses.losses(study_tables.RESULTS / 'val' / f'{model}.{method}.json')[0][0.3]:.2f}"
 
 
+def _inside(rel: str) -> bool:
+    """A file's losses against plain are at most 1 point at every faulty rate."""
+    return max(losses.losses(study_tables.RESULTS / rel)[0].values()) <= 1
+
+
 # (document, the text as written, the same text made from the files)
 WIDE, WIDE_CAL = "resnet20a/wide-dc30-scratch.json", "resnet20a/wide-dc30-scratch.calibrated.json"
 CLAIMS = [
+    ("docs/RESULTS.md", "calibration alone (to its BN targets) loses 0.92 / 1.75 / 2.88 points",
+     lambda: f"calibration alone (to its BN targets) loses {_losses('placement/vgg13-dc30.fixed-cal.json', 0)} points"),
+    ("docs/RESULTS.md", "calibration to the BN targets loses 0.38 / 0.56 / 0.96 points, inside the target too",
+     lambda: f"calibration to the BN targets loses {_losses('placement/vgg13-dc30.placed-cal.json', 0)} points, "
+             + ("inside the target too" if _inside('placement/vgg13-dc30.placed-cal.json') else "over the target")),
+    ("docs/RESULTS.md", "with the per-rate BN, loses -0.07 / 57.83 / 48.66 points",
+     lambda: f"with the per-rate BN, loses {_losses('placement/vgg13-dc30.placed.json', 0)} points"),
     ("docs/RESULTS.md", "84.37% to 83.95%", lambda: f"{_mean(WIDE, 0.0):.2f}% to {_mean(WIDE_CAL, 0.0):.2f}%"),
     ("README.md", "loses 1.07 / 1.87 / 3.02 points", lambda: f"loses {_losses(WIDE_CAL, 0)} points"),
     ("README.md", "(0.65 / 1.45 / 2.60 against", lambda: f"({_losses(WIDE_CAL, 1)} against"),
@@ -255,7 +267,9 @@ def test_the_status_is_what_the_files_say():
     """'ResNet20 at width 1 meets the target on the study protocol ... VGG13-BN at width 1 meets it on
     20 chips per rate': the study campaigns that lose at most 1 point against plain at every rate
     are the p = 0.4 ResNet20's placement + calibration to measured targets (its 100 chips and their
-    first 20) and VGG13-BN's `vgg13-dc30` with the same method (20 chips), on the test split; the one
+    first 20) and VGG13-BN's `vgg13-dc30` with the same method (100 chips and their first 20) and with
+    placement + calibration to its BN targets (20 chips; not the method chosen on the validation split,
+    the prose says it is inside too), on the test split; the one
     quick row inside it at every rate it measured is the zoo model's placement + calibration campaign."""
     text = prose("docs/RESULTS.md")
     assert "ResNet20 at width 1 meets the target on the study protocol, by the target's own measure; VGG13-BN at " \
@@ -265,6 +279,7 @@ def test_the_status_is_what_the_files_say():
     assert met == ["placement/resnet20-dc40-ft10.placed-cal-measured.100-chips.json",
                    "placement/resnet20-dc40-ft10.placed-cal-measured.json",
                    "placement/vgg13-dc30.placed-cal-measured.100-chips.json",
-                   "placement/vgg13-dc30.placed-cal-measured.json"], met
+                   "placement/vgg13-dc30.placed-cal-measured.json",
+                   "placement/vgg13-dc30.placed-cal.json"], met
     inside = [f.name for f in study_tables.quick_files() if losses.Best(f, *losses.losses(f)).worst <= losses.TARGET]
     assert inside == ["resnet20-dc30-ft3.placed-cal-2000.json"]
