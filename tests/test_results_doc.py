@@ -153,17 +153,18 @@ def _val_worst(model: str, method: str) -> str:
 
 
 def _inside(rel: str) -> bool:
-    """A file's losses against plain are at most 1 point at every faulty rate."""
-    return max(losses.losses(study_tables.RESULTS / rel)[0].values()) <= 1
+    """A file's losses against plain are within the target at every rate (study_losses' verdict)."""
+    path = study_tables.RESULTS / rel
+    return losses.Best(path, *losses.losses(path)).met == "yes"
 
 
 def _first_epochs() -> str:
     """MobileNetV2's stopped p = 0.3 run against VGG13-BN's zoo model: training accuracy (drop-connect
     on) after each of the first three epochs, from the committed log and the zoo checkpoint's history."""
-    import torch
+    from toolchain.checkpoints import load_checkpoint
 
     log = json.loads((study_tables.RESULTS / "training" / "mobilenetv2-dc30-stopped.log.json").read_text())
-    vgg = torch.load(ROOT / "zoo" / "vgg13-dc30.pt", weights_only=True, map_location="cpu")["meta"]["history"]
+    vgg = load_checkpoint("vgg13-dc30").meta["history"]  # by its zoo name: the file's sha256 checked
 
     def fmt(epochs):
         return " / ".join(f"{100 * e['train_acc']:.0f}" for e in epochs[:3])
