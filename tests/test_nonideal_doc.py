@@ -110,8 +110,9 @@ def test_every_campaign_command_parses():
 
 
 def test_a_row_runs_on_a_rebuilt_artifact_only_after_its_baseline_rerun_matches(tmp_path, monkeypatch):
-    """check_artifact: the baseline's own artifact runs at once; a rebuilt one first reruns the
-    fixed baseline (placement_table's command) and stops with one line when its chips differ."""
+    """check_artifact: the baseline's own artifact and the committed rebuilt one run at once; another
+    rebuilt one first reruns the fixed baseline (placement_table's command) and stops with one line
+    when its chips differ."""
     baseline = json.loads((nonideal_table.PLACEMENT / "pretrained.fixed.json").read_text())
     ran = []
 
@@ -125,6 +126,11 @@ def test_a_row_runs_on_a_rebuilt_artifact_only_after_its_baseline_rerun_matches(
     rerun_gives(baseline)
     nonideal_table.check_artifact(tmp_path, "pretrained")
     assert ran == []  # the same artifact: nothing to rerun
+    committed = json.loads((nonideal_table.REBUILT / "pretrained.fixed.json").read_text())["config"]["models"]
+    assert committed != baseline["config"]["models"]
+    monkeypatch.setattr(nonideal_table, "_models_of", lambda folder: committed)
+    nonideal_table.check_artifact(tmp_path, "pretrained")
+    assert ran == []  # the rebuilt artifact whose rerun is committed: checked already
     rebuilt = {".": {"sha256": "0" * 64, "bn_rate": 0.0}}
     monkeypatch.setattr(nonideal_table, "_models_of", lambda folder: rebuilt)
     same = {**json.loads(json.dumps(baseline)), "config": {**baseline["config"], "models": rebuilt}}
