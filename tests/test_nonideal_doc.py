@@ -172,3 +172,47 @@ def test_the_slowdown_block_is_the_committed_benchmark_record():
     # the check can fail: another figure renders another block
     doc["rows"][1]["seconds_per_chip"] += 1
     assert bench_nonideal.render(doc) != found.group(1)
+
+
+
+def _campaign(folder: Path, name: str) -> dict:
+    """A committed 20-chip campaign on the full test split at SA1 0 / 10 / 20 / 30%."""
+    path = folder / f"{name}.json"
+    assert path.exists(), f"{name} is not committed: docs/runtime.md's statements about it need it"
+    doc = json.loads(path.read_text())
+    assert doc["complete"] and doc["config"]["images"] == 10000 and doc["config"]["runs"] == nonideal_table.RUNS
+    assert [r["sa1"] for r in doc["rates"]] == [0.0, 0.1, 0.2, 0.3], name
+    return doc
+
+
+def _means(folder: Path, name: str) -> list[float]:
+    return [r["summary"]["mean"] for r in _campaign(folder, name)["rates"]]
+
+
+@pytest.mark.parametrize("model", [m for m, _ in nonideal_table.MODELS])
+def test_the_statements_below_the_wan2022_rows_hold(model):
+    """docs/runtime.md, "What the `wan2022` rows say": with calibration, and with placement +
+    calibration to measured targets, the preset costs accuracy on top of the stuck cells' at every
+    SA1 rate, on the same chips (the placement table's campaigns: the same artifact, or the rebuilt
+    one whose baseline rerun is committed, and every chip's stuck cells the same); placement +
+    calibration to measured targets is the best row at every rate, with the preset (among the fixed
+    mapping rows) and without it (among all five)."""
+    text = " ".join((ROOT / "docs" / "runtime.md").read_text().split())
+    assert ("with per-chip calibration, and with placement + calibration to measured targets, the preset costs "
+            "each model accuracy on top of the stuck cells' at every SA1 rate") in text
+    assert ("placement + calibration to measured targets stays each model's best row at every rate with the "
+            "preset (against fixed mapping with and without calibration), as it is without the preset "
+            "(against the other four rows)") in text
+    stuck, preset = nonideal_table.PLACEMENT, nonideal_table.RESULTS
+    for alone, with_preset in (("fixed-cal", "wan2022-cal"), ("placed-cal-measured", "wan2022-placed-cal")):
+        a, b = _campaign(stuck, f"{model}.{alone}"), _campaign(preset, f"{model}.{with_preset}")
+        assert b["config"]["models"] in nonideal_table.artifacts(model)
+        assert [[c["stuck_fraction"] for c in r["runs"].values()] for r in a["rates"]] == \
+               [[c["stuck_fraction"] for c in r["runs"].values()] for r in b["rates"]], (model, with_preset)
+        without, with_ = _means(stuck, f"{model}.{alone}"), _means(preset, f"{model}.{with_preset}")
+        assert all(w > p for w, p in zip(without, with_)), (model, with_preset, without, with_)
+    for folder, best, others in ((stuck, "placed-cal-measured", ["fixed", "fixed-cal", "placed", "placed-cal"]),
+                                 (preset, "wan2022-placed-cal", ["wan2022", "wan2022-cal"])):
+        top = _means(folder, f"{model}.{best}")
+        for other in others:
+            assert all(t >= o for t, o in zip(top, _means(folder, f"{model}.{other}"))), (model, best, other)
