@@ -19,13 +19,14 @@ tests/test_placement_doc.py checks that the block is what ``render`` makes of th
 study's headline row, the model and method chosen on the validation split: docs/RESULTS.md) and
 ``collect`` copies it to ``MODEL.VARIANT.100-chips.json`` beside the 20-chip files.
 
-A 100-chip campaign takes hours on 2 cores (VGG13-BN: about 70 min on AVX-512 cores, several hours
-on AVX2-only ones), longer than a session may last; like a long training's resume point (zoo/README.md),
-``save`` keeps a running or stopped one's chips in ``in-progress/MODEL.VARIANT.100-chips.json`` (its
-journal folded in, summaries refreshed: ``rram merge`` of the one file) and with ``--commit`` commits
-that file alone, so that another machine continues it: ``protocol`` starts from the saved file
-when RUNDIR has none (``--resume`` refuses it unless the artifact and every setting are the same),
-and ``collect`` drops it once the campaign is complete.
+A 100-chip campaign takes hours on 2 cores (VGG13-BN's fixed mapping: 68 min on AVX-512 cores, about
+6 h on AVX2-only ones, 70 s a chip), longer than a session may last; like a long training's resume
+point (zoo/README.md), ``save`` keeps a running or stopped one's chips in
+``in-progress/MODEL.VARIANT.100-chips.json`` (its journal folded in, summaries refreshed: ``rram
+merge`` of the one file) and with ``--commit`` commits that file alone, so that another machine
+continues it: ``protocol`` starts from the saved file when RUNDIR has none (``--resume`` refuses it
+unless the artifact and every setting are the same), and ``collect`` drops it once the campaign is
+complete.
 """
 from __future__ import annotations
 

@@ -34,6 +34,11 @@ def test_the_provenance_table_counts_the_files():
     found: dict[str, Counter] = {}
     for path in sorted(RESULTS.rglob("*.json")):
         folder = path.relative_to(RESULTS).parts[0]
+        if "in-progress" in path.relative_to(RESULTS).parts:
+            # a running campaign's saved chips (benchmarks/placement_table.py save), committed again and
+            # again while it runs and dropped when it completes: not counted, but held to the full record
+            assert kind(path) == "full", path
+            continue
         if folder not in ("bench", "training"):  # timings and training logs, not campaigns
             found.setdefault(folder, Counter())[kind(path)] += 1
     table = stated()
