@@ -19,14 +19,17 @@ tests/test_placement_doc.py checks that the block is what ``render`` makes of th
 study's headline row, the model and method chosen on the validation split: docs/RESULTS.md) and
 ``collect`` copies it to ``MODEL.VARIANT.100-chips.json`` beside the 20-chip files.
 
-A 100-chip campaign takes hours on 2 cores (VGG13-BN's fixed mapping: 68 min on AVX-512 cores, about
-6 h on AVX2-only ones, 70 s a chip), longer than a session may last; like a long training's resume
-point (zoo/README.md), ``save`` keeps a running or stopped one's chips in
+A 100-chip campaign takes hours on 2 cores (VGG13-BN's with placement + calibration: 68 min on
+AVX-512 cores, its file's timing; its fixed mapping on AVX2-only cores: about 70 s a faulty chip by
+its progress lines, about 6 h for the 300), longer than a session may last; like a long training's
+resume point (zoo/README.md), ``save`` keeps a running or stopped one's chips in
 ``in-progress/MODEL.VARIANT.100-chips.json`` (its journal folded in, summaries refreshed: ``rram
 merge`` of the one file) and with ``--commit`` commits that file alone, so that another machine
 continues it: ``protocol`` starts from the saved file when RUNDIR has none (``--resume`` refuses it
 unless the artifact and every setting are the same), and ``collect`` drops it once the campaign is
-complete.
+complete. Known gap: a continued file keeps the ``info`` (provenance: CPU, git commit, packages) of
+the machine that started it, as any ``--resume`` does; the chips are the same whatever machine runs
+them (the seed draws them), but the record does not list every machine that did.
 """
 from __future__ import annotations
 
@@ -71,7 +74,7 @@ def file_name(model: str, variant: str, protocol: bool = False) -> str:
 
 
 def check_model(what: str, model: str) -> None:
-    """Stop with one line when MODEL is not one of MODELS (``run`` and ``protocol``)."""
+    """Stop with one line when MODEL is not one of MODELS (``run``, ``protocol`` and ``save``)."""
     if model not in dict(MODELS):
         sys.exit(f"{what}: unknown model {model!r} (models: {', '.join(dict(MODELS))})")
 
@@ -188,11 +191,17 @@ def protocol(rundir: Path, model: str, variant: str) -> None:
     check_model("protocol", model)
     options = check_variant("protocol", variant)
     out, saved = protocol_file(rundir, model, variant), IN_PROGRESS / file_name(model, variant, True)
-    if not out.exists() and saved.is_file():
+    restored = not out.exists() and saved.is_file()
+    if restored:
         out.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out, saved.read_bytes())
         print(f"protocol: continuing from {saved.relative_to(ROOT)}")
-    subprocess.run(command(str(rundir / model), str(out), options, PROTOCOL_RUNS), check=True)
+    try:
+        subprocess.run(command(str(rundir / model), str(out), options, PROTOCOL_RUNS), check=True)
+    except subprocess.CalledProcessError:
+        if restored and out.read_bytes() == saved.read_bytes():  # refused before any chip: leave no copy
+            out.unlink()
+        sys.exit(f"protocol: rram validate failed on {out} (its message above)")
 
 
 def save(rundir: Path, model: str, variant: str, commit: bool = False) -> str:
@@ -206,22 +215,25 @@ def save(rundir: Path, model: str, variant: str, commit: bool = False) -> str:
     out, saved = protocol_file(rundir, model, variant), IN_PROGRESS / file_name(model, variant, True)
     if not out.is_file():
         sys.exit(f"save: {out} does not exist: start it with `protocol {rundir} {model} {variant}`")
-    try:
-        doc = merge([out])  # its journal's chips folded in, summaries as a finished file's
+    try:  # its journal's chips folded in, and the chips saved before (an older RUNDIR never shrinks them)
+        doc = merge([out, saved] if saved.is_file() else [out])
     except RuntimeInputError as e:
         sys.exit(f"save: {e}")
     if doc["config"]["runs"] != PROTOCOL_RUNS:
         sys.exit(f"save: {out} is not a {PROTOCOL_RUNS}-chip campaign")
     if doc["complete"]:
-        sys.exit(f"save: {out} is complete: `collect {rundir}` copies it to {RESULTS.relative_to(ROOT)}/")
+        sys.exit(f"save: {out} holds every chip: `protocol {rundir} {model} {variant}` finishes its file "
+                 f"(nothing left to run), then `collect {rundir}` copies it to {RESULTS.relative_to(ROOT)}/")
     write_results(doc, saved)
     done = sum(len(e["runs"]) for e in doc["rates"])
     line = f"{model} {variant}: {done} of {PROTOCOL_RUNS * len(doc['rates'])} chips"
     if commit:
         path = str(saved.relative_to(ROOT))
         subprocess.run(["git", "add", "--", path], cwd=ROOT, check=True)
-        message = f"placement: the 100-chip campaign in progress, {line}"
-        subprocess.run(["git", "commit", "-q", "-m", message, "--", path], cwd=ROOT, check=True)
+        staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", path], cwd=ROOT).returncode
+        if staged:  # nothing new since the last commit: git would refuse an empty commit
+            message = f"placement: the 100-chip campaign in progress, {line}"
+            subprocess.run(["git", "commit", "-q", "-m", message, "--", path], cwd=ROOT, check=True)
     print(f"save: {saved.relative_to(ROOT)}, {line}")
     return line
 

@@ -79,7 +79,7 @@ def test_collect_drops_the_saved_chips_once_the_campaign_is_complete(stopped):
 @pytest.mark.parametrize("case, message", [
     ("missing", "does not exist: start it with `protocol"),
     ("twenty", "is not a 100-chip campaign"),
-    ("complete", "is complete: `collect"),
+    ("complete", "holds every chip: `protocol"),
     ("variant", "save: unknown variant 'placed-calibrated'"),
 ])
 def test_save_refuses_with_one_line_and_writes_nothing(stopped, case, message):
@@ -101,3 +101,27 @@ def test_save_refuses_with_one_line_and_writes_nothing(stopped, case, message):
         placement_table.save(stopped.parent, MODEL, variant)
     assert message in str(err.value) and "\n" not in str(err.value)
     assert not placement_table.IN_PROGRESS.exists()
+
+
+def test_save_never_drops_chips_saved_before(stopped):
+    """An older RUNDIR (here: the journal's chip lost) saved after a newer one keeps the newer chips."""
+    placement_table.save(stopped.parent, MODEL, VARIANT)
+    journal_path(stopped).unlink()
+    assert placement_table.save(stopped.parent, MODEL, VARIANT) == f"{MODEL} {VARIANT}: 81 of 400 chips"
+
+
+def test_a_refused_continuation_leaves_no_copy_in_rundir(stopped, monkeypatch):
+    """`rram validate --resume` refusing the saved file (another artifact, another setting) before any
+    chip: protocol stops with one line and RUNDIR is as it was, so the next try is not stuck on it."""
+    placement_table.save(stopped.parent, MODEL, VARIANT)
+    stopped.unlink()
+    journal_path(stopped).unlink()
+
+    def refuse(cmd, check):
+        raise placement_table.subprocess.CalledProcessError(2, cmd)
+
+    monkeypatch.setattr(placement_table.subprocess, "run", refuse)
+    with pytest.raises(SystemExit) as err:
+        placement_table.protocol(stopped.parent, MODEL, VARIANT)
+    assert "rram validate failed" in str(err.value) and "\n" not in str(err.value)
+    assert not stopped.exists()
