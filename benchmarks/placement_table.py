@@ -177,6 +177,11 @@ def protocol_file(rundir: Path, model: str, variant: str) -> Path:
     return rundir / f"{model}-{variant}-{PROTOCOL_SUFFIX}.json"
 
 
+def saved_file(model: str, variant: str) -> Path:
+    """Where ``save`` keeps a 100-chip campaign's chips while it runs."""
+    return IN_PROGRESS / file_name(model, variant, True)
+
+
 def check_variant(what: str, variant: str) -> list[str]:
     options = {v: o for v, _, o in VARIANTS}
     if variant not in options:
@@ -190,7 +195,7 @@ def protocol(rundir: Path, model: str, variant: str) -> None:
     the chips ``save`` committed when RUNDIR holds none of its own."""
     check_model("protocol", model)
     options = check_variant("protocol", variant)
-    out, saved = protocol_file(rundir, model, variant), IN_PROGRESS / file_name(model, variant, True)
+    out, saved = protocol_file(rundir, model, variant), saved_file(model, variant)
     restored = not out.exists() and saved.is_file()
     if restored:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -212,7 +217,7 @@ def save(rundir: Path, model: str, variant: str, commit: bool = False) -> str:
 
     check_model("save", model)
     check_variant("save", variant)
-    out, saved = protocol_file(rundir, model, variant), IN_PROGRESS / file_name(model, variant, True)
+    out, saved = protocol_file(rundir, model, variant), saved_file(model, variant)
     if not out.is_file():
         sys.exit(f"save: {out} does not exist: start it with `protocol {rundir} {model} {variant}`")
     try:  # its journal's chips folded in, and the chips saved before (an older RUNDIR never shrinks them)
@@ -230,8 +235,9 @@ def save(rundir: Path, model: str, variant: str, commit: bool = False) -> str:
     if commit:
         path = str(saved.relative_to(ROOT))
         subprocess.run(["git", "add", "--", path], cwd=ROOT, check=True)
-        staged = subprocess.run(["git", "diff", "--cached", "--quiet", "--", path], cwd=ROOT).returncode
-        if staged:  # nothing new since the last commit: git would refuse an empty commit
+        # `git diff --quiet` exits 1 when the file differs from HEAD; unchanged, git would refuse the commit
+        changed = subprocess.run(["git", "diff", "--cached", "--quiet", "--", path], cwd=ROOT).returncode
+        if changed:
             message = f"placement: the 100-chip campaign in progress, {line}"
             subprocess.run(["git", "commit", "-q", "-m", message, "--", path], cwd=ROOT, check=True)
     print(f"save: {saved.relative_to(ROOT)}, {line}")
@@ -243,11 +249,13 @@ def collect(rundir: Path) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     for model, _ in MODELS:
         for variant, _, _ in VARIANTS:
-            for src, dest in ((f"{model}-{variant}.json", file_name(model, variant)),
-                              (f"{model}-{variant}-{PROTOCOL_SUFFIX}.json", file_name(model, variant, True))):
-                if (rundir / src).is_file() and json.loads((rundir / src).read_text()).get("complete"):
-                    atomic_write_bytes(RESULTS / dest, (rundir / src).read_bytes())
-                    (IN_PROGRESS / dest).unlink(missing_ok=True)  # its saved chips are in the complete file
+            for src, dest, saved in ((rundir / f"{model}-{variant}.json", file_name(model, variant), None),
+                                     (protocol_file(rundir, model, variant), file_name(model, variant, True),
+                                      saved_file(model, variant))):
+                if src.is_file() and json.loads(src.read_text()).get("complete"):
+                    atomic_write_bytes(RESULTS / dest, src.read_bytes())
+                    if saved is not None:
+                        saved.unlink(missing_ok=True)  # its chips are in the complete file
 
 
 if __name__ == "__main__":

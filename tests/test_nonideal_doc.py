@@ -188,6 +188,11 @@ def _means(doc: dict) -> list[float]:
     return [r["summary"]["mean"] for r in doc["rates"]]
 
 
+def _stuck_fractions(doc: dict) -> list[list[float]]:
+    """Every chip's stuck fraction per rate: equal lists mean the same chips (the same seed's draws)."""
+    return [[c["stuck_fraction"] for c in r["runs"].values()] for r in doc["rates"]]
+
+
 @pytest.mark.parametrize("model", [m for m, _ in nonideal_table.MODELS])
 def test_the_statements_below_the_wan2022_rows_hold(model):
     """docs/runtime.md, "What the `wan2022` rows say": with calibration, and with placement +
@@ -212,8 +217,7 @@ def test_the_statements_below_the_wan2022_rows_hold(model):
     for alone, with_preset in (("fixed-cal", "wan2022-cal"), ("placed-cal-measured", "wan2022-placed-cal")):
         a, b = _campaign(stuck, f"{model}.{alone}"), _campaign(preset, f"{model}.{with_preset}")
         assert b["config"]["models"] in nonideal_table.artifacts(model)
-        assert [[c["stuck_fraction"] for c in r["runs"].values()] for r in a["rates"]] == \
-               [[c["stuck_fraction"] for c in r["runs"].values()] for r in b["rates"]], (model, with_preset)
+        assert _stuck_fractions(a) == _stuck_fractions(b), (model, with_preset)
         without, with_ = _means(a), _means(b)
         assert all(w > p for w, p in zip(without, with_)), (model, with_preset, without, with_)
     for folder, best, others in ((stuck, "placed-cal-measured", ["fixed", "fixed-cal", "placed", "placed-cal"]),
@@ -226,8 +230,7 @@ def test_the_statements_below_the_wan2022_rows_hold(model):
     assert all(p > c for p, c in list(zip(_means(placed), _means(calibrated)))[1:]), model
     assert placed["config"]["models"] in nonideal_table.artifacts(model)
     alone = _campaign(stuck, f"{model}.placed")
-    assert [[c["stuck_fraction"] for c in r["runs"].values()] for r in alone["rates"]] == \
-           [[c["stuck_fraction"] for c in r["runs"].values()] for r in placed["rates"]], model  # the same chips
+    assert _stuck_fractions(alone) == _stuck_fractions(placed), model
     models = [[e["model"] for e in doc["rates"]] for doc in (placed, alone)]
     if model == "pretrained":  # one artifact: like for like
         assert models == [["."] * 4] * 2

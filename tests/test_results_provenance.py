@@ -33,8 +33,9 @@ def stated() -> dict[str, tuple[int, int, int]]:
 def test_the_provenance_table_counts_the_files():
     found: dict[str, Counter] = {}
     for path in sorted(RESULTS.rglob("*.json")):
-        folder = path.relative_to(RESULTS).parts[0]
-        if "in-progress" in path.relative_to(RESULTS).parts:
+        parts = path.relative_to(RESULTS).parts
+        folder = parts[0]
+        if "in-progress" in parts:
             # a running campaign's saved chips (benchmarks/placement_table.py save), committed again and
             # again while it runs and dropped when it completes: not counted, but held to the full record
             assert kind(path) == "full", path
