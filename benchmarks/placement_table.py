@@ -15,8 +15,9 @@ names: ``rram export NAME --all-rates``, then per BN rate p in 0.0 and 0.3 ``rra
 --bn-rate p`` and ``rram quantize --preset paper --out RUNDIR/NAME/rate-p``).
 tests/test_placement_doc.py checks that the block is what ``render`` makes of the files.
 
-``protocol`` runs one campaign with the paper's 100 chips per rate instead of 20 (issue 36: the
-study's headline row, the model and method chosen on the validation split: docs/RESULTS.md) and
+``protocol`` runs one campaign with the paper's 100 chips per rate instead of 20 (issue 36: a
+headline row, benchmarks/study_placement.py ``protocol_rows``: the row chosen on the validation
+split, and each other method's row of a one-model table such as VGG13-BN's; docs/RESULTS.md) and
 ``collect`` copies it to ``MODEL.VARIANT.100-chips.json`` beside the 20-chip files.
 
 A 100-chip campaign takes hours on 2 cores (VGG13-BN's with placement + calibration: 68 min on

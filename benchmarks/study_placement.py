@@ -255,6 +255,21 @@ def chosen_file(results: Path, arch: str = "resnet20a") -> Path | None:
     return next((p for p in (path(results, *choice, protocol=True), path(results, *choice)) if p.is_file()), None)
 
 
+def protocol_rows(arch: str = "resnet20a") -> list[tuple[str, str]]:
+    """(model, method) of ARCH whose test-split campaign may run on the paper's 100 chips (issue
+    36: "each model's best row under each method"). With placement: ARCH's candidates on the
+    validation split (placement with or without calibration) that trained with it held out (the
+    chosen one; a row chosen before a later candidate moved the choice keeps its run). Every other
+    method (per-rate BN, per-chip calibration, placement alone): where ARCH's table has one model,
+    that model's row, the method's best with nothing to choose (VGG13-BN); with several, none until a
+    choice per method is made on the validation split (ResNet20: not made yet)."""
+    rows = [(m, v) for m, v in candidates(arch) if eligible(m)]
+    models = models_of(arch)
+    if len(models) == 1:
+        rows += [(models[0], v) for v in METHODS if not v.startswith("placed-cal")]
+    return rows
+
+
 def _mean_at(p: Path, rate: float) -> str:
     """A campaign's mean accuracy (%) at SA1 ``rate``, or n/a."""
     mean = losses.means(p).get(rate)

@@ -249,11 +249,12 @@ def test_the_retrained_model_s_campaigns_name_its_zoo_checkpoint(model):
         assert prov["checkpoint_sha256"] == zoo_sha, f.name
 
 
-def test_the_protocol_campaigns_are_chosen_rows_and_their_first_20_chips_are_the_20_chip_campaign_s():
-    """The paper's 100 chips ran for rows chosen on the validation split only (the chosen one, and
-    the one chosen before a later candidate moved the choice); the same seed draws the same chips,
-    so each one's first 20 chips give its 20-chip campaign's accuracies exactly; it stands in for
-    that campaign in the status and the targets."""
+def test_the_protocol_campaigns_are_headline_rows_and_their_first_20_chips_are_the_20_chip_campaign_s():
+    """The paper's 100 chips ran for headline rows only (``protocol_rows``: placement + calibration
+    chosen on the validation split, the chosen one and one chosen before a later candidate moved the
+    choice; the other methods' rows of a one-model table); the same seed draws the same chips, so
+    each one's first 20 chips give its 20-chip campaign's accuracies exactly; it stands in for that
+    campaign in the status and the targets."""
     choice = placement.chosen(RESULTS)
     assert choice is not None
     full = placement.path(RESULTS, *choice, protocol=True)
@@ -261,7 +262,7 @@ def test_the_protocol_campaigns_are_chosen_rows_and_their_first_20_chips_are_the
     assert "chosen on the validation split" in placement.caveat(full)
     for full in sorted(RESULTS.joinpath("placement").glob(f"*.{placement.PROTOCOL}.json")):
         model, method = full.name.split(".")[:2]
-        assert (model, method) in placement.VAL_CANDIDATES and placement.eligible(model), full.name
+        assert (model, method) in placement.protocol_rows(placement.ARCH[model]), full.name
         twenty = placement.path(RESULTS, model, method)
         assert twenty.is_file()
         a, b = losses.read(full), losses.read(twenty)
@@ -275,6 +276,19 @@ def test_the_protocol_campaigns_are_chosen_rows_and_their_first_20_chips_are_the
         table = placement.files(RESULTS, placement.ARCH[model])
         assert full in table and twenty not in table
         assert f"(results/placement/{full.name})" in study_tables.tables()
+
+
+def test_the_headline_rows_are_the_chosen_candidates_and_a_one_model_table_s_other_methods():
+    """ResNet20's table has four models: its per-method rows need a choice on the validation split
+    first, so only its eligible candidates there (placement, with or without calibration) are
+    headline rows; VGG13-BN's one model has a headline
+    row per method (placement + calibration: its candidates, chosen on the validation split)."""
+    resnet = placement.protocol_rows("resnet20a")
+    assert resnet and all(v.startswith("placed") and placement.eligible(m) for m, v in resnet)  # no fixed mapping
+    assert ("resnet20-dc40-ft10", "placed-cal-measured") in resnet and ("resnet20-dc30-ft10", "fixed") not in resnet
+    assert not any(m == "resnet20-dc30-ft3" for m, _ in resnet)  # not eligible: trained on the validation images
+    assert sorted(placement.protocol_rows("vgg13")) == sorted(
+        [("vgg13-dc30", v) for v in ("fixed", "fixed-cal", "placed", "placed-cal", "placed-cal-measured")])
 
 
 def test_each_architecture_has_its_own_placement_table_and_its_own_choice(copy):
