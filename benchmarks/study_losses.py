@@ -58,9 +58,11 @@ def stem(path: Path) -> str:
 
 
 def plain_file(path: Path) -> Path | None:
-    """The campaign of the same model with neither calibration nor placement, on the same images."""
+    """The campaign of the same model with neither calibration nor placement, on the same images:
+    MODEL.plain.json where there is one (the validation split's), else the first such by name."""
     cfg = read(path)["config"]
-    for other in sorted(path.parent.glob(f"{stem(path)}.*json")):
+    for other in sorted(path.parent.glob(f"{stem(path)}.*json"), key=lambda p: (not p.name.endswith(".plain.json"),
+                                                                                  p.name)):
         if stem(other) != stem(path):
             continue
         o = read(other)["config"]

@@ -234,8 +234,13 @@ def chosen(results: Path, arch: str = "resnet20a") -> tuple[str, str] | None:
     the candidates whose largest loss is within one standard error of the best one's, the cheapest:
     the fewest calibration images, then the first listed), so that a difference smaller than the
     chips' noise does not buy a costlier method; None until every candidate's file is committed."""
-    found = val_files(results, arch)
-    if len(found) < len(candidates(arch)):
+    return _choose(results, candidates(arch))
+
+
+def _choose(results: Path, pairs: list[tuple[str, str]]) -> tuple[str, str] | None:
+    """``chosen``'s rule over the validation campaigns of PAIRS ((model, method), in order)."""
+    found = [p for m, v in pairs if (p := val_path(results, m, v)).is_file()]
+    if len(found) < len(pairs):
         return None
     bests = [losses.Best(f, *losses.losses(f)) for f in found if eligible(losses.stem(f))]
     if not bests:  # no candidate trained with the validation images held out
@@ -244,6 +249,28 @@ def chosen(results: Path, arch: str = "resnet20a") -> tuple[str, str] | None:
     within = [b for b in bests if b.rank[0] == best.rank[0] and b.worst <= best.worst + standard_error(best)]
     pick = min(within, key=lambda b: (losses.read(b.path)["config"].get("calibrate") or 0, found.index(b.path)))
     return losses.stem(pick.path), pick.path.name.split(".")[1]
+
+
+# Each other method's headline row (issue 36: "each model's best row under each method"): in a table
+# of several eligible models (ResNet20), the model is chosen on the validation split by ``chosen``'s
+# rule among the eligible models run with that method's own options (placement_table.VARIANTS, `rram
+# validate ART --split val --bn-rate auto ... --runs 10 --seed 0`: docs/results/val/MODEL.METHOD.json);
+# in a table of one model (VGG13-BN) there is nothing to choose.
+PER_METHOD = ("fixed", "fixed-cal", "placed")
+
+
+def method_candidates(arch: str, method: str) -> list[tuple[str, str]]:
+    """ARCH's eligible models run with METHOD on the validation split, in table order."""
+    return [(m, method) for m in models_of(arch) if eligible(m)]
+
+
+def chosen_for(results: Path, arch: str, method: str) -> tuple[str, str] | None:
+    """METHOD's headline row of ARCH (a PER_METHOD method): the table's one model, or the eligible
+    model chosen on the validation split; None until every candidate's file is committed."""
+    models = models_of(arch)
+    if len(models) == 1:
+        return models[0], method
+    return _choose(results, method_candidates(arch, method))
 
 
 def chosen_file(results: Path, arch: str = "resnet20a") -> Path | None:
@@ -255,19 +282,16 @@ def chosen_file(results: Path, arch: str = "resnet20a") -> Path | None:
     return next((p for p in (path(results, *choice, protocol=True), path(results, *choice)) if p.is_file()), None)
 
 
-def protocol_rows(arch: str = "resnet20a") -> list[tuple[str, str]]:
+def protocol_rows(results: Path, arch: str = "resnet20a") -> list[tuple[str, str]]:
     """(model, method) of ARCH whose test-split campaign may run on the paper's 100 chips (issue
     36: "each model's best row under each method"). With placement: ARCH's candidates on the
     validation split (placement with or without calibration) that trained with it held out (the
     chosen one; a row chosen before a later candidate moved the choice keeps its run). Every other
-    method (per-rate BN, per-chip calibration, placement alone): where ARCH's table has one model,
-    that model's row, the method's best with nothing to choose (VGG13-BN); with several, none until a
-    choice per method is made on the validation split (ResNet20: not made yet)."""
+    method (PER_METHOD: per-rate BN, per-chip calibration, placement alone): ``chosen_for``, the
+    table's one model (VGG13-BN) or the model chosen on the validation split for that method
+    (ResNet20); none for a method whose choice is not made yet."""
     rows = [(m, v) for m, v in candidates(arch) if eligible(m)]
-    models = models_of(arch)
-    if len(models) == 1:
-        rows += [(models[0], v) for v in METHODS if not v.startswith("placed-cal")]
-    return rows
+    return rows + [row for v in PER_METHOD if (row := chosen_for(results, arch, v)) is not None and row not in rows]
 
 
 def _mean_at(p: Path, rate: float) -> str:
@@ -317,4 +341,45 @@ def validation_table(results: Path, arch: str = "resnet20a") -> str:
         lines += ["", f"Chosen: `{choice[0]}`, {losses.method(val_path(results, *choice))}. On the test split: "
                   + (f"[{full.name}](results/{FOLDER}/{full.name}) (the paper's 100 chips); {twenty}."
                      if full.is_file() else f"{twenty}; its 100-chip campaign is {NOT_RUN}.")]
-    return "\n".join(lines + ["", VAL_NOTES[arch]])
+    return "\n".join(lines + ["", VAL_NOTES[arch]] + _per_method_lines(results, arch))
+
+
+def _per_method_lines(results: Path, arch: str) -> list[str]:
+    """The per-method choice on the validation split (``chosen_for``), for a table of several models:
+    each PER_METHOD method's eligible models, their losses there and which is chosen; its row's
+    100-chip campaign on the test split where committed."""
+    if len(models_of(arch)) == 1:
+        return []
+    title = HEADINGS[arch].split(",")[0]
+    lines = ["", f"### Chosen on the validation split, per method ({title}, width 1)", "",
+             "Each other method's headline row (issue 36: each model's best row under each method, the paper's "
+             "100 chips for it) is chosen the same way among the eligible models, each run with the method's own "
+             "options on the 5,000 validation images (`rram validate ART --split val --bn-rate auto [--calibrate "
+             "256 | --place] --sa1 0,0.1,0.2,0.3 --runs 10 --seed 0`).", "",
+             "| method | model | chips x images | plain fault-free | loss vs plain fault-free, 10 / 20 / 30% "
+             "| mean at 30% SA1 | chosen | file |", "|---|---|---|---|---|---|---|---|"]
+    for method in PER_METHOD:
+        choice = chosen_for(results, arch, method)
+        for model, _ in method_candidates(arch, method):
+            p = val_path(results, model, method)
+            if not p.is_file():
+                lines.append(f"| {METHODS[method]} | `{model}` | {NOT_RUN} | | | | | |")
+                continue
+            cfg, plain = losses.read(p)["config"], losses.plain_accuracy(p)
+            lines.append(f"| {losses.method(p)} | `{model}` | {cfg['runs']} x {cfg['images']:,} | "
+                         + ("n/a" if plain is None else f"{100 * plain:.2f}")
+                         + f" | **{losses.fmt_losses(losses.losses(p)[0], losses.RATES)}** | {_mean_at(p, 0.3)} | "
+                         + ("yes" if choice == (model, method) else "")
+                         + f" | [{p.name}](results/{VAL_FOLDER}/{p.name}) |")
+    lines += ["", "Placement here keeps the per-rate BN of the test split's `placement` rows, whose BN of the "
+              "highest rate collapses on placed chips at the higher fault rates, on both splits; placement alone "
+              "on the rate-0 artifact is the candidate `placed-rate0` of the table above."]
+    chosen_rows = [(v, c) for v in PER_METHOD if (c := chosen_for(results, arch, v)) is not None]
+    if chosen_rows:
+        lines.append("")
+        for method, choice in chosen_rows:
+            full = path(results, *choice, protocol=True)
+            lines.append(f"- {METHODS[method]}: `{choice[0]}`; on the test split "
+                         + (f"[{full.name}](results/{FOLDER}/{full.name}) (the paper's 100 chips)."
+                            if full.is_file() else f"its 20-chip row above; its 100-chip campaign is {NOT_RUN}."))
+    return lines

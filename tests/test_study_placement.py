@@ -216,7 +216,7 @@ def test_the_choice_on_the_validation_split_is_the_smallest_largest_loss_there(c
     assert placement.chosen(copy) == best
     shutil.copyfile(RESULTS / placement.VAL_FOLDER / big.name, big)
     assert placement.chosen(copy) == choice
-    text = placement.validation_table(copy)
+    text = placement.validation_table(copy).split("### Chosen on the validation split, per method")[0]
     assert sum("| yes |" in ln for ln in text.splitlines()) == 1
     # a candidate that trained on the validation images is not chosen, however well it does there
     ft3 = folder / "resnet20-dc30-ft3.placed-cal.json"
@@ -262,7 +262,7 @@ def test_the_protocol_campaigns_are_headline_rows_and_their_first_20_chips_are_t
     assert "chosen on the validation split" in placement.caveat(full)
     for full in sorted(RESULTS.joinpath("placement").glob(f"*.{placement.PROTOCOL}.json")):
         model, method = full.name.split(".")[:2]
-        assert (model, method) in placement.protocol_rows(placement.ARCH[model]), full.name
+        assert (model, method) in placement.protocol_rows(RESULTS, placement.ARCH[model]), full.name
         twenty = placement.path(RESULTS, model, method)
         assert twenty.is_file()
         a, b = losses.read(full), losses.read(twenty)
@@ -278,17 +278,67 @@ def test_the_protocol_campaigns_are_headline_rows_and_their_first_20_chips_are_t
         assert f"(results/placement/{full.name})" in study_tables.tables()
 
 
-def test_the_headline_rows_are_the_chosen_candidates_and_a_one_model_table_s_other_methods():
-    """ResNet20's table has four models: its per-method rows need a choice on the validation split
-    first, so only its eligible candidates there (placement, with or without calibration) are
-    headline rows; VGG13-BN's one model has a headline
-    row per method (placement + calibration: its candidates, chosen on the validation split)."""
-    resnet = placement.protocol_rows("resnet20a")
-    assert resnet and all(v.startswith("placed") and placement.eligible(m) for m, v in resnet)  # no fixed mapping
-    assert ("resnet20-dc40-ft10", "placed-cal-measured") in resnet and ("resnet20-dc30-ft10", "fixed") not in resnet
+def test_the_headline_rows_are_the_chosen_candidates_and_each_other_method_s_chosen_row():
+    """ResNet20's table has four models: its placement candidates on the validation split that are
+    eligible, and each other method's row chosen there (``chosen_for``); VGG13-BN's one model has a
+    headline row per method with nothing to choose (placement + calibration: its candidates)."""
+    resnet = placement.protocol_rows(RESULTS, "resnet20a")
+    per_method = [placement.chosen_for(RESULTS, "resnet20a", v) for v in placement.PER_METHOD]
+    assert None not in per_method and [v for _, v in per_method] == ["fixed", "fixed-cal", "placed"]
+    assert resnet == [(m, v) for m, v in placement.candidates("resnet20a") if placement.eligible(m)] + per_method
+    assert all(placement.eligible(m) for m, _ in resnet)
     assert not any(m == "resnet20-dc30-ft3" for m, _ in resnet)  # not eligible: trained on the validation images
-    assert sorted(placement.protocol_rows("vgg13")) == sorted(
+    assert sorted(placement.protocol_rows(RESULTS, "vgg13")) == sorted(
         [("vgg13-dc30", v) for v in ("fixed", "fixed-cal", "placed", "placed-cal", "placed-cal-measured")])
+
+
+def test_each_other_method_s_row_is_chosen_on_the_validation_split(copy):
+    """issue 36, each model's best row under each method: for ResNet20 (two eligible models) each
+    PER_METHOD method's model has the smallest largest loss against its own plain accuracy on the
+    validation split (by the one-standard-error rule), each candidate run there with the options of
+    the method's test-split campaigns; a changed figure moves the choice, a missing file leaves none."""
+    options = {"fixed": {}, "fixed-cal": {"calibrate": 256}, "placed": {"place": True}}
+    for method in placement.PER_METHOD:
+        candidates = placement.method_candidates("resnet20a", method)
+        assert candidates == [("resnet20-dc30-ft10", method), ("resnet20-dc40-ft10", method)]
+        worst = {}
+        for model, _ in candidates:
+            f = placement.val_path(copy, model, method)
+            cfg, test = losses.read(f)["config"], losses.read(placement.path(copy, model, method))["config"]
+            assert losses.read(f)["info"]["split"] == "val" and cfg["runs"] == 10 and cfg["images"] == 5000
+            for key in ("sa1", "seed", "stats_rate", "device", "calibrate", "calibration_targets"):
+                assert cfg.get(key) == test.get(key), (method, model, key)
+            assert bool(cfg.get("place")) == bool(test.get("place")) == bool(options[method].get("place"))
+            assert cfg.get("calibrate") == options[method].get("calibrate")
+            assert losses.plain_file(f).name == f"{model}.plain.json"
+            worst[model] = max(losses.losses(f)[0].values())
+        model, _ = placement.chosen_for(copy, "resnet20a", method)
+        best = min(worst, key=worst.get)
+        best_file = placement.val_path(copy, best, method)
+        se = placement.standard_error(losses.Best(best_file, *losses.losses(best_file)))
+        assert worst[model] <= worst[best] + se and (model == best or model == candidates[0][0]), method
+        other = next(m for m in worst if m != model)
+        f = placement.val_path(copy, other, method)
+        plain = losses.plain_accuracy(f)
+        _edit(f, lambda doc, plain=plain: [e["summary"].update(mean=plain) for e in doc["rates"]])  # loses nothing
+        assert placement.chosen_for(copy, "resnet20a", method) == (other, method)
+        assert (other, method) in placement.protocol_rows(copy, "resnet20a")
+        f.unlink()
+        assert placement.chosen_for(copy, "resnet20a", method) is None
+        assert all(v != method for _, v in placement.protocol_rows(copy, "resnet20a"))
+    text = placement.validation_table(copy)
+    assert "per method (ResNet20, width 1)" in text and placement.NOT_RUN in text
+    assert "per method" not in placement.validation_table(copy, "vgg13")  # one model: nothing to choose
+    assert placement.chosen_for(copy, "vgg13", "fixed") == ("vgg13-dc30", "fixed")
+
+
+def test_the_per_method_table_marks_each_method_s_choice_once():
+    lines = placement.validation_table(RESULTS).split("per method (ResNet20, width 1)")[1].splitlines()
+    for method in placement.PER_METHOD:
+        model = placement.chosen_for(RESULTS, "resnet20a", method)[0]
+        rows = [ln for ln in lines if ln.startswith("| ") and f"results/val/{model}.{method}.json" in ln]
+        assert len(rows) == 1 and "| yes |" in rows[0], method
+        assert sum("| yes |" in ln and f".{method}.json" in ln for ln in lines) == 1, method
 
 
 def test_each_architecture_has_its_own_placement_table_and_its_own_choice(copy):
