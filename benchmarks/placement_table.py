@@ -17,7 +17,8 @@ tests/test_placement_doc.py checks that the block is what ``render`` makes of th
 
 ``protocol`` runs one campaign with the paper's 100 chips per rate instead of 20 (issue 36: a
 headline row, benchmarks/study_placement.py ``protocol_rows``: the row chosen on the validation
-split, and each other method's row of a one-model table such as VGG13-BN's; docs/RESULTS.md) and
+split, and each other method's row, chosen there per method among ResNet20's models, VGG13-BN's
+one model's without a choice; docs/RESULTS.md) and
 ``collect`` copies it to ``MODEL.VARIANT.100-chips.json`` beside the 20-chip files.
 
 A 100-chip campaign takes hours on 2 cores (VGG13-BN's with placement + calibration: 68 min on

@@ -6,7 +6,8 @@ tests/test_results_doc.py (the figures of the prose).
 
 - **Plain fault-free accuracy** of a model: the SA1 0 mean of its campaign with neither per-chip
   calibration nor placement, on the same images (the file of the same stem, ``STEM.json`` or
-  ``STEM.fixed-N.json``, whose config has neither ``calibrate`` nor ``place``).
+  ``STEM.fixed-N.json``, whose config has neither ``calibrate`` nor ``place``; on the validation
+  split ``STEM.plain.json``, before any other such file).
 - **Loss against plain** (the main figure): that accuracy minus the mean at the rate; **against own
   chips**: the campaign's own SA1 0 mean (calibrated and placed like its faulty chips) minus it.
 """

@@ -7,7 +7,9 @@ model's plain fault-free accuracy (its fixed-mapping campaign at SA1 0: no calib
 placement) and against the campaign's own fault-free chips.
 
 Each model has one row per method in ``METHODS``; each table ends with the choice made on the
-validation split among its candidates (``VAL_CANDIDATES``, ``chosen``); a method whose file is not committed yet says
+validation split among its candidates (``VAL_CANDIDATES``, ``chosen``) and, in a table of several
+models (ResNet20), each other method's choice there (``PER_METHOD``, ``chosen_for``); the rows that
+may run on the paper's 100 chips are ``protocol_rows``. A method whose file is not committed yet says
 "not run yet", and its row fills in when the file lands (no code change). The files also join the
 study's status and targets blocks (benchmarks/study_tables.py: ``files``, ``label``). Used by
 benchmarks/study_tables.py; tests/test_results_doc.py checks the blocks against the files.
@@ -176,7 +178,8 @@ def table(results: Path, arch: str = "resnet20a") -> str:
 # the 5,000 held-out training images (`rram validate ... --split val`, 10 chips per rate), files
 # docs/results/val/MODEL.METHOD.json beside MODEL.plain.json (the plain fault-free accuracy on the same
 # images); the candidate with the smallest largest loss against it at 10 / 20 / 30% SA1 is chosen, and
-# only its test-split campaign runs on the paper's 100 chips.
+# its test-split campaign runs on the paper's 100 chips (with each other method's chosen row:
+# ``protocol_rows``).
 VAL_FOLDER = "val"
 VAL_CANDIDATES = [(m, v) for m in ("resnet20-dc30-ft3", "resnet20-dc30-ft10")
                   for v in ("placed-cal", "placed-cal-measured")] + [
@@ -284,13 +287,14 @@ def chosen_file(results: Path, arch: str = "resnet20a") -> Path | None:
 
 def protocol_rows(results: Path, arch: str = "resnet20a") -> list[tuple[str, str]]:
     """(model, method) of ARCH whose test-split campaign may run on the paper's 100 chips (issue
-    36: "each model's best row under each method"). With placement: ARCH's candidates on the
-    validation split (placement with or without calibration) that trained with it held out (the
-    chosen one; a row chosen before a later candidate moved the choice keeps its run). Every other
-    method (PER_METHOD: per-rate BN, per-chip calibration, placement alone): ``chosen_for``, the
-    table's one model (VGG13-BN) or the model chosen on the validation split for that method
-    (ResNet20); none for a method whose choice is not made yet."""
-    rows = [(m, v) for m, v in candidates(arch) if eligible(m)]
+    36: "each model's best row under each method"). With placement + calibration: every eligible
+    candidate on the validation split that is a method of the test table (``METHODS``), since any
+    of them may be chosen, and one chosen before a later candidate moved the choice keeps its run
+    (ResNet20's `resnet20-dc30-ft10` with measured targets). Every other method (PER_METHOD:
+    per-rate BN, per-chip calibration, placement alone): ``chosen_for``, the table's one model
+    (VGG13-BN) or the model chosen on the validation split for that method (ResNet20); none for a
+    method whose choice is not made yet."""
+    rows = [(m, v) for m, v in candidates(arch) if eligible(m) and v in METHODS]
     return rows + [row for v in PER_METHOD if (row := chosen_for(results, arch, v)) is not None and row not in rows]
 
 
@@ -356,17 +360,17 @@ def _per_method_lines(results: Path, arch: str) -> list[str]:
              "100 chips for it) is chosen the same way among the eligible models, each run with the method's own "
              "options on the 5,000 validation images (`rram validate ART --split val --bn-rate auto [--calibrate "
              "256 | --place] --sa1 0,0.1,0.2,0.3 --runs 10 --seed 0`).", "",
-             "| method | model | chips x images | plain fault-free | loss vs plain fault-free, 10 / 20 / 30% "
+             "| model | method | chips x images | plain fault-free | loss vs plain fault-free, 10 / 20 / 30% "
              "| mean at 30% SA1 | chosen | file |", "|---|---|---|---|---|---|---|---|"]
     for method in PER_METHOD:
         choice = chosen_for(results, arch, method)
         for model, _ in method_candidates(arch, method):
             p = val_path(results, model, method)
             if not p.is_file():
-                lines.append(f"| {METHODS[method]} | `{model}` | {NOT_RUN} | | | | | |")
+                lines.append(f"| `{model}` | {METHODS[method]} | {NOT_RUN} | | | | | |")
                 continue
             cfg, plain = losses.read(p)["config"], losses.plain_accuracy(p)
-            lines.append(f"| {losses.method(p)} | `{model}` | {cfg['runs']} x {cfg['images']:,} | "
+            lines.append(f"| `{model}` | {losses.method(p)} | {cfg['runs']} x {cfg['images']:,} | "
                          + ("n/a" if plain is None else f"{100 * plain:.2f}")
                          + f" | **{losses.fmt_losses(losses.losses(p)[0], losses.RATES)}** | {_mean_at(p, 0.3)} | "
                          + ("yes" if choice == (model, method) else "")

@@ -3,7 +3,8 @@ artifact built as docs/runtime.md shows: export, passes standard, quantize --pre
 in distribution with the independently written PyTorch reference (`rram eval --sa1 P --adc-bits B
 [--dac-bits B]`, toolchain/converters.py) on the shared pretrained ResNet20 and real CIFAR-10 test
 images. The runtime's weights are rounded to the `paper` crossbar's 7-bit levels, the reference's
-are not (as the variation reference): the fault-free accuracies differ by a few tenths of a point."""
+are not (as the variation reference): the fault-free accuracies can differ (on these 600 images by
+up to about two points with 4-bit ADCs: docs/runtime.md quotes the last run)."""
 from __future__ import annotations
 
 import json
@@ -52,5 +53,5 @@ def test_runtime_agrees_with_the_torch_reference(paper_artifact, tmp_path, share
     # the fault-free chips: one number each (no draw), binomial standard errors on IMAGES images
     se_clean = math.sqrt(clean * (1 - clean) / IMAGES + ref_clean * (1 - ref_clean) / IMAGES)
     assert abs(clean - ref_clean) <= 3 * se_clean, (clean, ref_clean)
-    if converters[1] == "4":  # 4-bit ADCs bite: both well below the unbounded model (79.6% on these images)
+    if converters[1] == "4":  # 4-bit ADCs bite: both well below the unbounded model
         assert clean < 0.74 and ref_clean < 0.74, (clean, ref_clean)

@@ -231,7 +231,8 @@ def test_the_choice_on_the_validation_split_is_the_smallest_largest_loss_there(c
     assert placement.chosen(copy) == other
     # a candidate not committed: no choice yet, and the table says so
     (folder / f"{other[0]}.{other[1]}.json").unlink()
-    assert placement.chosen(copy) is None and placement.NOT_RUN in placement.validation_table(copy)
+    missing = f"| `{other[0]}` | {placement.METHODS.get(other[1], other[1])} | {placement.NOT_RUN} |"
+    assert placement.chosen(copy) is None and missing in placement.validation_table(copy)
 
 
 
@@ -250,11 +251,12 @@ def test_the_retrained_model_s_campaigns_name_its_zoo_checkpoint(model):
 
 
 def test_the_protocol_campaigns_are_headline_rows_and_their_first_20_chips_are_the_20_chip_campaign_s():
-    """The paper's 100 chips ran for headline rows only (``protocol_rows``: placement + calibration
-    chosen on the validation split, the chosen one and one chosen before a later candidate moved the
-    choice; the other methods' rows of a one-model table); the same seed draws the same chips, so
-    each one's first 20 chips give its 20-chip campaign's accuracies exactly; it stands in for that
-    campaign in the status and the targets."""
+    """The paper's 100 chips ran for headline rows only (``protocol_rows``: the eligible placement
+    candidates on the validation split, among them the chosen one and one chosen before a later
+    candidate moved the choice; each other method's row, chosen per method on the validation split
+    or a one-model table's); the same seed draws the same chips, so each one's first 20 chips give
+    its 20-chip campaign's accuracies exactly; it stands in for that campaign in the status and the
+    targets."""
     choice = placement.chosen(RESULTS)
     assert choice is not None
     full = placement.path(RESULTS, *choice, protocol=True)
@@ -278,14 +280,16 @@ def test_the_protocol_campaigns_are_headline_rows_and_their_first_20_chips_are_t
         assert f"(results/placement/{full.name})" in study_tables.tables()
 
 
-def test_the_headline_rows_are_the_chosen_candidates_and_each_other_method_s_chosen_row():
-    """ResNet20's table has four models: its placement candidates on the validation split that are
-    eligible, and each other method's row chosen there (``chosen_for``); VGG13-BN's one model has a
-    headline row per method with nothing to choose (placement + calibration: its candidates)."""
+def test_the_headline_rows_are_the_eligible_candidates_and_each_other_method_s_chosen_row():
+    """ResNet20 (four models, two eligible): its eligible placement candidates on the validation
+    split that the test table runs (not placement on the rate-0 artifact or 1,024 calibration
+    images, which are validation-only candidates), and each other method's row chosen there
+    (``chosen_for``); VGG13-BN's one model has a headline row per method with nothing to choose."""
     resnet = placement.protocol_rows(RESULTS, "resnet20a")
     per_method = [placement.chosen_for(RESULTS, "resnet20a", v) for v in placement.PER_METHOD]
     assert None not in per_method and [v for _, v in per_method] == ["fixed", "fixed-cal", "placed"]
-    assert resnet == [(m, v) for m, v in placement.candidates("resnet20a") if placement.eligible(m)] + per_method
+    assert resnet == [(m, v) for m, v in placement.candidates("resnet20a")
+                      if placement.eligible(m) and v in ("placed-cal", "placed-cal-measured")] + per_method
     assert all(placement.eligible(m) for m, _ in resnet)
     assert not any(m == "resnet20-dc30-ft3" for m, _ in resnet)  # not eligible: trained on the validation images
     assert sorted(placement.protocol_rows(RESULTS, "vgg13")) == sorted(
@@ -333,6 +337,7 @@ def test_each_other_method_s_row_is_chosen_on_the_validation_split(copy):
 
 
 def test_the_per_method_table_marks_each_method_s_choice_once():
+    """The generated table says "yes" on exactly one row per method: the row of chosen_for's model."""
     lines = placement.validation_table(RESULTS).split("per method (ResNet20, width 1)")[1].splitlines()
     for method in placement.PER_METHOD:
         model = placement.chosen_for(RESULTS, "resnet20a", method)[0]
