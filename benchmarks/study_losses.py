@@ -60,10 +60,11 @@ def stem(path: Path) -> str:
 
 def plain_file(path: Path) -> Path | None:
     """The campaign of the same model with neither calibration nor placement, on the same images:
-    MODEL.plain.json where there is one (the validation split's), else the first such by name."""
+    MODEL.plain.json where there is one (the validation split's), else the first such by name, a
+    20-chip campaign before its 100-chip run (the same fault-free chip, so the same accuracy)."""
     cfg = read(path)["config"]
-    for other in sorted(path.parent.glob(f"{stem(path)}.*json"), key=lambda p: (not p.name.endswith(".plain.json"),
-                                                                                  p.name)):
+    for other in sorted(path.parent.glob(f"{stem(path)}.*json"),
+                        key=lambda p: (not p.name.endswith(".plain.json"), ".100-chips." in p.name, p.name)):
         if stem(other) != stem(path):
             continue
         o = read(other)["config"]
