@@ -314,6 +314,24 @@ def standard_error(best) -> float:
 VAL_NOTES = {"resnet20a": VAL_NOTE, "vgg13": VGG13_VAL_NOTE}  # under each choice, by architecture
 
 
+VAL_HEADER = ["| model | method | chips x images | plain fault-free | loss vs plain fault-free, 10 / 20 / 30% "
+              "| mean at 30% SA1 | chosen | file |", "|---|---|---|---|---|---|---|---|"]
+
+
+def _val_row(results: Path, model: str, method: str, choice: tuple[str, str] | None) -> str:
+    """One candidate's row of a validation table (VAL_HEADER): its losses there, and whether it is
+    CHOICE ("not eligible" where it trained on the validation images)."""
+    p = val_path(results, model, method)
+    if not p.is_file():
+        return f"| `{model}` | {METHODS.get(method, method)} | {NOT_RUN} | | | | | |"
+    cfg, plain = losses.read(p)["config"], losses.plain_accuracy(p)
+    return (f"| `{model}` | {losses.method(p)} | {cfg['runs']} x {cfg['images']:,} | "
+            + ("n/a" if plain is None else f"{100 * plain:.2f}")
+            + f" | **{losses.fmt_losses(losses.losses(p)[0], losses.RATES)}** | {_mean_at(p, 0.3)} | "
+            + ("yes" if choice == (model, method) else "" if eligible(model) else "not eligible")
+            + f" | [{p.name}](results/{VAL_FOLDER}/{p.name}) |")
+
+
 def validation_table(results: Path, arch: str = "resnet20a") -> str:
     title = HEADINGS[arch].split(",")[0]  # "ResNet20", "VGG13-BN"
     lines = [f"### Chosen on the validation split ({title}, width 1, with placement)", "",
@@ -324,20 +342,9 @@ def validation_table(results: Path, arch: str = "resnet20a") -> str:
              "one-standard-error rule: of the candidates within one standard error of the best (between "
              "chips, at the best one's worst rate), the cheapest, the fewest calibration images "
              "(benchmarks/study_placement.py `chosen`).", "",
-             "| model | method | chips x images | plain fault-free | loss vs plain fault-free, 10 / 20 / 30% "
-             "| mean at 30% SA1 | chosen | file |", "|---|---|---|---|---|---|---|---|"]
+             *VAL_HEADER]
     choice = chosen(results, arch)
-    for model, method in candidates(arch):
-        p = val_path(results, model, method)
-        if not p.is_file():
-            lines.append(f"| `{model}` | {METHODS.get(method, method)} | {NOT_RUN} | | | | | |")
-            continue
-        cfg, plain = losses.read(p)["config"], losses.plain_accuracy(p)
-        lines.append(f"| `{model}` | {losses.method(p)} | {cfg['runs']} x {cfg['images']:,} | "
-                     + ("n/a" if plain is None else f"{100 * plain:.2f}")
-                     + f" | **{losses.fmt_losses(losses.losses(p)[0], losses.RATES)}** | {_mean_at(p, 0.3)} | "
-                     + ("yes" if choice == (model, method) else "" if eligible(model) else "not eligible")
-                     + f" | [{p.name}](results/{VAL_FOLDER}/{p.name}) |")
+    lines += [_val_row(results, model, method, choice) for model, method in candidates(arch)]
     if choice is not None:
         full = path(results, *choice, protocol=True)
         twenty = ("its 20-chip row above" if path(results, *choice).is_file()
@@ -360,21 +367,10 @@ def _per_method_lines(results: Path, arch: str) -> list[str]:
              "100 chips for it) is chosen the same way among the eligible models, each run with the method's own "
              "options on the 5,000 validation images (`rram validate ART --split val --bn-rate auto [--calibrate "
              "256 | --place] --sa1 0,0.1,0.2,0.3 --runs 10 --seed 0`).", "",
-             "| model | method | chips x images | plain fault-free | loss vs plain fault-free, 10 / 20 / 30% "
-             "| mean at 30% SA1 | chosen | file |", "|---|---|---|---|---|---|---|---|"]
+             *VAL_HEADER]
     for method in PER_METHOD:
         choice = chosen_for(results, arch, method)
-        for model, _ in method_candidates(arch, method):
-            p = val_path(results, model, method)
-            if not p.is_file():
-                lines.append(f"| `{model}` | {METHODS[method]} | {NOT_RUN} | | | | | |")
-                continue
-            cfg, plain = losses.read(p)["config"], losses.plain_accuracy(p)
-            lines.append(f"| `{model}` | {losses.method(p)} | {cfg['runs']} x {cfg['images']:,} | "
-                         + ("n/a" if plain is None else f"{100 * plain:.2f}")
-                         + f" | **{losses.fmt_losses(losses.losses(p)[0], losses.RATES)}** | {_mean_at(p, 0.3)} | "
-                         + ("yes" if choice == (model, method) else "")
-                         + f" | [{p.name}](results/{VAL_FOLDER}/{p.name}) |")
+        lines += [_val_row(results, model, method, choice) for model, method in method_candidates(arch, method)]
     lines += ["", "Placement here keeps the per-rate BN of the test split's `placement` rows, whose BN of the "
               "highest rate collapses on placed chips at the higher fault rates, on both splits; placement alone "
               "on the rate-0 artifact is the candidate `placed-rate0` of the table above."]
